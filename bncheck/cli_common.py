@@ -1,0 +1,159 @@
+"""What every command's CLI shares: common options, error handling, writing the report.
+
+The CLI only parses and renders; the work happens in the Python API.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bncheck.errors import BncheckError, OutputError
+from bncheck.formats import FORMATS, get_renderer
+from bncheck.report import Report
+
+
+class State:
+    debug = False
+
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help=f"Report format: {'|'.join(FORMATS)} (default: table)."),
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
+]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option("--fail-on", help="Lowest severity that fails the run (exit 1): error|warning|info|never. Default: error."),
+]
+SelectOpt = Annotated[
+    list[str] | None, typer.Option("--select", help="Only these rules (codes or prefixes, comma-separated).")
+]
+IgnoreOpt = Annotated[
+    list[str] | None, typer.Option("--ignore", help="Skip these rules (codes or prefixes, comma-separated).")
+]
+ThresholdOpt = Annotated[
+    list[str] | None,
+    typer.Option("--threshold", "-t", help="Override a rule threshold: CODE.NAME=VALUE (repeatable)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: [tool.bncheck] in the nearest pyproject.toml, then bncheck.toml)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; a one-line table.")]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="Architecture for a state dict: package.module:factory or path/file.py:factory."),
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow unpickling whole modules (runs code from the file: only for files you trust)."),
+]
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handle_errors(func):
+    """Turn BncheckError into one line on stderr and exit 2; unexpected errors too (with the
+    traceback only under --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BncheckError as exc:
+            if State.debug:
+                traceback.print_exc()
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err("error: interrupted.")
+            raise typer.Exit(2) from None
+        except Exception as exc:  # a bug, or an input we failed to anticipate
+            if State.debug:
+                traceback.print_exc()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            err(
+                f"error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; "
+                "re-run with --debug for the traceback and please report it."
+            )
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_atomically(path: Path, writer) -> None:
+    """Call ``writer(tmp_path)`` then move the temporary file onto ``path``."""
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BncheckError:
+        _unlink(tmp)
+        raise
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def choose_format(fmt: str | None, output: Path | None, settings_format: str | None = None) -> str:
+    fmt = fmt or settings_format
+    if fmt is None and output is not None:
+        fmt = {".json": "json", ".md": "markdown", ".xml": "junit"}.get(output.suffix.lower())
+    fmt = fmt or "table"
+    if fmt not in FORMATS:
+        raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    return fmt
+
+
+def emit(report: Report, fmt: str, output: Path | None, quiet: bool = False) -> None:
+    """Render ``report`` and write it to ``output`` or stdout; exit with the report's code."""
+    renderer = get_renderer(fmt)
+    color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if fmt == "table" and quiet:
+        from bncheck.formats.common import headline
+
+        text = headline(report) + "\n"
+    else:
+        text = renderer(report, color=color)
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"report written to {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    raise typer.Exit(report.exit_code)

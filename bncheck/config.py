@@ -1,0 +1,167 @@
+"""Settings from ``[tool.bncheck]`` (nearest pyproject.toml), ``bncheck.toml`` or ``--config``,
+overridden by command-line options."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bncheck.errors import UsageError
+from bncheck.findings import FAIL_ON
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class Settings:
+    fail_on: str = "error"
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    train_batch_size: int | None = None
+    #: every other key of the config table (command options such as batch-size), normalised
+    options: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    def threshold_table(self) -> dict[str, dict[str, float]]:
+        """Registry defaults overlaid with the configured thresholds."""
+        from bncheck.rules.registry import default_thresholds
+
+        table = default_thresholds()
+        for code, values in self.thresholds.items():
+            table.setdefault(code, {}).update(values)
+        return table
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml with a [tool.bncheck] table, else the nearest bncheck.toml."""
+    start = (start or Path.cwd()).resolve()
+    for folder in [start, *start.parents]:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+                data = {}
+            if "bncheck" in data.get("tool", {}):
+                return pyproject
+    for folder in [start, *start.parents]:
+        if (folder / "bncheck.toml").is_file():
+            return folder / "bncheck.toml"
+    return None
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"config file {path} does not exist.") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML ({exc}).") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path} ({exc.strerror}).") from exc
+    if path.name == "pyproject.toml":
+        return data.get("tool", {}).get("bncheck", {})
+    return data.get("tool", {}).get("bncheck", data)
+
+
+def _key(name: str) -> str:
+    return name.replace("-", "_").lower()
+
+
+def parse_threshold(spec: str) -> tuple[str, str, float]:
+    """``BN006.max_initial_weight=0.05`` -> ("BN006", "max_initial_weight", 0.05)."""
+    try:
+        left, value = spec.split("=", 1)
+        code, name = left.strip().split(".", 1)
+        return code.strip().upper(), _key(name.strip()), float(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"--threshold {spec!r} must look like CODE.NAME=VALUE, e.g. BN101.error=2.0."
+        ) from exc
+
+
+def _validate_threshold(code: str, name: str) -> None:
+    from bncheck.rules.registry import REGISTRY
+
+    rule = REGISTRY.get(code)
+    if rule is None:
+        raise UsageError(f"threshold for unknown rule {code}; `bncheck rules` lists them.")
+    if name not in rule.thresholds:
+        known = ", ".join(rule.thresholds) or "none"
+        raise UsageError(f"rule {code} has no threshold {name!r} (it has: {known}).")
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    fail_on: str | None = None,
+    select: list[str] | None = None,
+    ignore: list[str] | None = None,
+    thresholds: list[str] | None = None,
+    train_batch_size: int | None = None,
+) -> Settings:
+    """Settings from the config file (``config`` or discovered), then command-line overrides."""
+    import bncheck.rules  # noqa: F401  (registers the rules thresholds are checked against)
+
+    path = config if config is not None else find_config()
+    table = _read_table(path) if path is not None else {}
+    settings = Settings(config_path=path)
+    for raw_key, value in table.items():
+        key = _key(raw_key)
+        if key == "fail_on":
+            settings.fail_on = str(value)
+        elif key in ("select", "ignore"):
+            values = [value] if isinstance(value, str) else list(value)
+            setattr(settings, key, [str(v).upper() for v in values])
+        elif key == "thresholds":
+            if not isinstance(value, dict):
+                raise UsageError(f"{path}: thresholds must be a table.")
+            for code_or_dotted, inner in value.items():
+                if isinstance(inner, dict):
+                    for name, number in inner.items():
+                        _set_threshold(settings, str(code_or_dotted).upper(), _key(name), number, path)
+                else:
+                    code, name, number = parse_threshold(f"{code_or_dotted}={inner}")
+                    _set_threshold(settings, code, name, number, path)
+        elif key == "train_batch_size":
+            settings.train_batch_size = int(value)
+        else:
+            settings.options[key] = value
+    if fail_on is not None:
+        settings.fail_on = fail_on
+    if select:
+        settings.select = _split(select)
+    if ignore:
+        settings.ignore = _split(ignore)
+    for spec in thresholds or []:
+        code, name, number = parse_threshold(spec)
+        _set_threshold(settings, code, name, number, None)
+    if train_batch_size is not None:
+        settings.train_batch_size = train_batch_size
+    if settings.fail_on not in FAIL_ON:
+        raise UsageError(f"fail-on {settings.fail_on!r} must be one of: error, warning, info, never.")
+    if settings.train_batch_size is not None and settings.train_batch_size < 1:
+        raise UsageError("--train-batch-size must be at least 1.")
+    return settings
+
+
+def _set_threshold(settings: Settings, code: str, name: str, number: Any, path: Path | None) -> None:
+    _validate_threshold(code, name)
+    try:
+        settings.thresholds.setdefault(code, {})[name] = float(number)
+    except (TypeError, ValueError) as exc:
+        where = f"{path}: " if path else ""
+        raise UsageError(f"{where}threshold {code}.{name} must be a number, not {number!r}.") from exc
+
+
+def _split(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        out += [v.strip().upper() for v in value.split(",") if v.strip()]
+    return out

@@ -1,0 +1,40 @@
+"""Small helpers shared by the human-readable formats."""
+
+from __future__ import annotations
+
+from bncheck.report import Report
+
+
+def fmt_num(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.{digits}g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def verdict(report: Report) -> str:
+    s = report.summary()
+    if report.fail_on == "never":
+        return "PASSED (gate disabled: --fail-on never)"
+    return ("PASSED" if s["passed"] else "FAILED") + f" (fail-on {report.fail_on})"
+
+
+def headline(report: Report) -> str:
+    s = report.summary()
+    model = report.model
+    return (
+        f"bncheck {report.command} {model.path} ({model.format}): {s['layers']} BN layer(s), "
+        f"{s['errors']} error(s), {s['warnings']} warning(s), {s['infos']} info(s) — {verdict(report)}"
+    )
+
+
+def foldable_text(layer) -> str:
+    if layer.foldable is None:
+        return "?"
+    return "yes" if layer.foldable else "no"

@@ -1,0 +1,150 @@
+"""Reading an ONNX graph: tensors that are constant (initializers or constant subgraphs),
+who produces and who consumes each value. Shared by the ONNX inventory and the fold rewrite."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+#: Ops that only move or convert constants; a chain of them over constants is a constant.
+MAX_CONSTANT_DEPTH = 32
+
+
+def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graph and every subgraph (If/Loop/Scan bodies), with a readable path."""
+    yield path, graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g, f"{path}{node.name or node.op_type}/{attr.name}/")
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for i, sub in enumerate(attr.graphs):
+                    yield from iter_graphs(sub, f"{path}{node.name or node.op_type}/{attr.name}[{i}]/")
+
+
+class GraphIndex:
+    """Producers, consumers and constant values of one ONNX graph.
+
+    ``outer`` holds constants visible from an enclosing graph (for subgraphs).
+    """
+
+    def __init__(self, graph: onnx.GraphProto, opset: int, outer: dict[str, onnx.TensorProto] | None = None):
+        self.graph = graph
+        self.opset = opset
+        self.initializers: dict[str, onnx.TensorProto] = dict(outer or {})
+        for init in graph.initializer:
+            self.initializers[init.name] = init
+        self.graph_inputs = {i.name for i in graph.input} - set(self.initializers)
+        self.graph_outputs = {o.name for o in graph.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def is_constant(self, name: str) -> bool:
+        return self.constant(name) is not None
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is an initializer or computed from constants only."""
+        if name in self._cache:
+            return self._cache[name]
+        self._cache[name] = None  # guards cycles
+        value = self._evaluate(name, depth=0)
+        self._cache[name] = value
+        return value
+
+    def constant_source(self, name: str) -> str:
+        """How a constant is stored: initializer, Constant node, or computed chain."""
+        if name in self.initializers:
+            return "initializer"
+        node = self.producer.get(name)
+        if node is None:
+            return "input"
+        return "Constant node" if node.op_type == "Constant" else f"{node.op_type} of constants"
+
+    def _evaluate(self, name: str, depth: int) -> np.ndarray | None:
+        if not name:
+            return None
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or depth > MAX_CONSTANT_DEPTH:
+            return None
+        if node.op_type == "Constant":
+            return _constant_node_value(node)
+        if node.domain not in ("", "ai.onnx") or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        ):
+            return None
+        inputs = []
+        for inp in node.input:
+            if not inp:
+                inputs.append(None)
+                continue
+            if inp in self._cache and self._cache[inp] is not None:
+                inputs.append(self._cache[inp])
+                continue
+            value = self._evaluate(inp, depth + 1)
+            if value is None:
+                return None
+            self._cache[inp] = value
+            inputs.append(value)
+        if node.op_type == "Identity":
+            return inputs[0]
+        return _run_single_node(node, inputs, self.opset).get(name)
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+def _run_single_node(node: onnx.NodeProto, inputs: list, opset: int) -> dict[str, np.ndarray]:
+    """Evaluate one node on constant inputs with ONNX's reference implementation."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
+    clone = onnx.NodeProto()
+    clone.CopyFrom(node)
+    del clone.input[:]
+    clone.input.extend(names)
+    graph = onnx.helper.make_graph(
+        [clone],
+        "const",
+        [],
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+        initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs) if v is not None],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    try:
+        results = ReferenceEvaluator(model).run(None, {})
+    except Exception:
+        return {}
+    return {o: np.asarray(r) for o, r in zip([o for o in node.output if o], results)}
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1

@@ -1,0 +1,267 @@
+"""Reading PyTorch files: torch.save checkpoints, safetensors, TorchScript, torch.export, --arch.
+
+Untrusted pickles are never executed: ``torch.load(weights_only=True)`` unless the user
+passes ``--trust-pickle``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bncheck.errors import ModelLoadError
+
+#: Keys under which training scripts commonly nest the weights of a checkpoint.
+CHECKPOINT_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "module",
+    "model_ema",
+    "ema",
+    "weights",
+)
+#: Prefixes added by DistributedDataParallel / DataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ModelLoadError(
+            "this is a PyTorch model but torch is not installed; install it with "
+            "`pip install 'bncheck[torch]'`."
+        ) from exc
+    return torch
+
+
+def torch_load(path: Path, *, trust_pickle: bool) -> Any:
+    """``torch.load`` on CPU; weights_only unless the user trusts the file."""
+    torch = import_torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path} contains pickled Python objects (e.g. a whole nn.Module), and unpickling "
+                "runs code from the file; if you trust it pass --trust-pickle, or better save a "
+                "state dict and pass --arch."
+            ) from exc
+        raise ModelLoadError(f"{path} cannot be unpickled ({exc}); the file may be damaged.") from exc
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise ModelLoadError(
+            f"{path} is a pickled module whose classes cannot be imported here ({exc}); make the "
+            "defining package importable (PYTHONPATH), or save a state dict and use --arch."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path} cannot be read as a PyTorch file ({_first_line(exc)}); it is probably "
+            "truncated or corrupt: save or download it again."
+        ) from exc
+
+
+def load_safetensors(path: Path) -> dict[str, Any]:
+    import_torch()
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:  # pragma: no cover
+        raise ModelLoadError(
+            "reading .safetensors needs the safetensors package; install `bncheck[torch]`."
+        ) from exc
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ModelLoadError(
+            f"{path} is not a valid safetensors file ({_first_line(exc)}); it is probably truncated."
+        ) from exc
+
+
+def load_torchscript(path: Path):
+    torch = import_torch()
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} cannot be loaded as TorchScript ({_first_line(exc)}); it may be damaged or "
+            "saved by a newer PyTorch."
+        ) from exc
+
+
+def load_exported_program(path: Path):
+    torch = import_torch()
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} cannot be loaded as a torch.export program ({_first_line(exc)}); it may be "
+            "damaged or saved by a newer PyTorch."
+        ) from exc
+
+
+def is_tensor_mapping(obj: Any) -> bool:
+    torch = import_torch()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
+    )
+
+
+def unwrap_checkpoint(obj: Any, path: Path) -> Any:
+    """The nn.Module or the state dict inside what ``torch.load`` returned."""
+    torch = import_torch()
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if is_tensor_mapping(obj):
+        return strip_wrapper_prefixes({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
+    if isinstance(obj, Mapping):
+        for key in CHECKPOINT_KEYS:
+            if key in obj:
+                inner = obj[key]
+                if isinstance(inner, torch.nn.Module) or is_tensor_mapping(inner):
+                    return unwrap_checkpoint(inner, path)
+                if isinstance(inner, Mapping):
+                    try:
+                        return unwrap_checkpoint(inner, path)
+                    except ModelLoadError:
+                        continue
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise ModelLoadError(
+            f"{path} is a dict without model weights (keys: {keys}); expected a state dict or a "
+            f"checkpoint with one of: {', '.join(CHECKPOINT_KEYS)}."
+        )
+    raise ModelLoadError(
+        f"{path} holds a {type(obj).__name__}, not a model or a state dict; save "
+        "model.state_dict() or the whole module."
+    )
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes carried by every key."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def build_from_arch(spec: str):
+    """Call the factory named by ``package.module:factory`` or ``path/file.py:factory``."""
+    torch = import_torch()
+    if ":" not in spec:
+        raise ModelLoadError(
+            f"--arch {spec!r} must look like package.module:factory or path/to/file.py:factory."
+        )
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ModelLoadError(
+            f"--arch {spec!r} must look like package.module:factory or path/to/file.py:factory."
+        )
+    module = _import_target(target, spec)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"--arch {spec!r}: {attr} is not callable.")
+    try:
+        model = obj()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {_first_line(exc)}."
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(
+            f"--arch {spec!r}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module."
+        )
+    return model
+
+
+def _import_target(target: str, spec: str):
+    path = Path(target)
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        if not path.is_file():
+            raise ModelLoadError(f"--arch {spec!r}: file {target} does not exist.")
+        name = f"bncheck_arch_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ModelLoadError(f"--arch {spec!r}: {target} cannot be imported as Python.")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ModelLoadError(
+                f"--arch {spec!r}: importing {target} failed with {type(exc).__name__}: "
+                f"{_first_line(exc)}."
+            ) from exc
+        finally:
+            sys.path.pop(0)
+        return module
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(target)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"--arch {spec!r}: cannot import module {target} ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check the name and PYTHONPATH."
+        ) from exc
+
+
+def load_state_dict_into(model, state: dict[str, Any], spec: str) -> None:
+    """Strictly load ``state`` into ``model``, explaining key and shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) such as {', '.join(missing[:4])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) such as {', '.join(unexpected[:4])}")
+        raise ModelLoadError(
+            f"the state dict does not match --arch {spec}: {'; '.join(parts)}; pass the "
+            "architecture the checkpoint was trained with."
+        )
+    for key, value in state.items():
+        want = expected[key]
+        if _is_uninitialized(want):
+            continue
+        if tuple(want.shape) != tuple(value.shape):
+            raise ModelLoadError(
+                f"the state dict does not match --arch {spec}: {key} has shape "
+                f"{tuple(value.shape)} in the file but {tuple(want.shape)} in the architecture."
+            )
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the state dict cannot be loaded into --arch {spec}: {_first_line(exc)}."
+        ) from exc
+
+
+def _is_uninitialized(tensor) -> bool:
+    from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+    return isinstance(tensor, (UninitializedParameter, UninitializedBuffer))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
