@@ -358,7 +358,10 @@ class ExportSource(ModelSource):
                 continue
             iw, ib, im, iv, it, imom, ieps = torch_graph.EXPORT_BN_OPS[str(node.target)]
             args = list(node.args)
-            get = lambda i: args[i] if i is not None and i < len(args) else None  # noqa: E731
+
+            def get(i, args=args):
+                return args[i] if i is not None and i < len(args) else None
+
             mean_node, var_node = get(im), get(iv)
             weight, bias = self._tensor(get(iw)), self._tensor(get(ib))
             mean, var = self._tensor(mean_node), self._tensor(var_node)
