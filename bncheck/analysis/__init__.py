@@ -1,0 +1,1 @@
+"""Analysis: statistics, drift metrics and folding math (pure functions, no I/O)."""
