@@ -46,6 +46,11 @@ def import_torch():
 def torch_load(path: Path, *, trust_pickle: bool) -> Any:
     """``torch.load`` on CPU; weights_only unless the user trusts the file."""
     torch = import_torch()
+    # A trusted pickle names classes by module path; resolve them like `python -m` would, from
+    # the working directory.
+    added = trust_pickle and "" not in sys.path and str(Path.cwd()) not in sys.path
+    if added:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -66,6 +71,9 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
             f"{path} cannot be read as a PyTorch file ({_first_line(exc)}); it is probably "
             "truncated or corrupt: save or download it again."
         ) from exc
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
 
 
 def load_safetensors(path: Path) -> dict[str, Any]:
