@@ -1,0 +1,273 @@
+"""Rules with data: BN101-BN104 (drift), BN201 (small-batch risk), BN301 (train/eval mismatch).
+
+They read the figures that ``bncheck drift`` measured, from ``RuleContext.extras``:
+``drift`` ({layer: LayerDrift}), ``samples`` (int), ``input_diagnosis`` (dict or None),
+``small_batch`` (dict or None) and ``mismatch`` (dict or None).
+"""
+
+from __future__ import annotations
+
+import math
+
+from bncheck.findings import Severity
+from bncheck.rules.registry import RuleContext, rule
+
+
+def _graded(value: float, warn: float, error: float) -> Severity | None:
+    if not math.isfinite(value):
+        return None
+    if value >= error:
+        return Severity.ERROR
+    if value >= warn:
+        return Severity.WARNING
+    return None
+
+
+@rule(
+    code="BN101",
+    name="mean-shift",
+    severity="warning",
+    phase="drift",
+    summary="Mean shift of a layer above threshold (warning/error by threshold).",
+    what="""For every channel, z = (data mean - running_mean) / sqrt(running_var + eps): how many
+    stored standard deviations the mean of what the layer receives on DATA has moved. Flags a
+    layer whose mean |z| over channels reaches `warning` (warning) or `error` (error).""",
+    why="""BN subtracts the stored mean; when the data mean has moved, every following layer sees
+    shifted activations it was never trained on. This is how a change of camera, lighting,
+    preprocessing or population silently degrades a model.""",
+    example="""Images 20% brighter in production: the first BN layer sees mean |z| = 0.8.""",
+    fix="""Find what changed in the input (see BN103 and the first drifting layer); if the new data
+    is the new normal, re-estimate the statistics with `bncheck recalibrate MODEL DATA -o OUT`
+    and validate accuracy, or fine-tune.""",
+    thresholds={"warning": 0.25, "error": 0.5},
+    threshold_docs={"warning": "mean |z| for a warning", "error": "mean |z| for an error"},
+)
+def check_mean_shift(r, ctx: RuleContext):
+    warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
+    for name, d in ctx.extras.get("drift", {}).items():
+        ms = d.mean_shift
+        sev = _graded(ms.mean, warn, error)
+        if sev:
+            yield r.finding(
+                name,
+                f"mean shift: mean |z| {ms.mean:.3g} (max {ms.max:.3g} at channel {ms.channel}) ≥ {warn if sev is Severity.WARNING else error:g}",
+                sev,
+                mean=ms.mean,
+                max=ms.max,
+                channel=ms.channel,
+                standard_error=d.z_se,
+            )
+
+
+@rule(
+    code="BN102",
+    name="variance-ratio",
+    severity="warning",
+    phase="drift",
+    summary="Variance log-ratio of a layer above threshold (warning/error by threshold).",
+    what="""For every channel, r = ln((data var + eps) / (running_var + eps)). Flags a layer whose
+    mean |r| over channels reaches `warning` or `error` (0.5 means the variance is 1.65x or
+    0.61x what the layer was calibrated for).""",
+    why="""BN divides by the stored standard deviation; when the spread of the data has changed
+    (contrast, noise, blur, a different sensor gain) the normalised activations are too wide or
+    too narrow, which saturates or silences the non-linearities that follow.""",
+    example="""Noisy production images: BN layers near the input see 2x the variance (r = 0.69).""",
+    fix="""As for BN101: find the input change, then recalibrate (`bncheck recalibrate`) or
+    fine-tune on the new data.""",
+    thresholds={"warning": 0.25, "error": 0.5},
+    threshold_docs={"warning": "mean |r| for a warning", "error": "mean |r| for an error"},
+)
+def check_variance_ratio(r, ctx: RuleContext):
+    warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
+    for name, d in ctx.extras.get("drift", {}).items():
+        vr = d.var_log_ratio
+        sev = _graded(vr.mean, warn, error)
+        if sev:
+            yield r.finding(
+                name,
+                f"variance ratio: mean |r| {vr.mean:.3g} (max {vr.max:.3g} at channel {vr.channel}, "
+                f"i.e. x{math.exp(vr.max):.3g} or x{math.exp(-vr.max):.3g}) ≥ {warn if sev is Severity.WARNING else error:g}",
+                sev,
+                mean=vr.mean,
+                max=vr.max,
+                channel=vr.channel,
+                standard_error=d.r_se,
+            )
+
+
+@rule(
+    code="BN103",
+    name="input-mismatch",
+    severity="warning",
+    phase="drift",
+    summary="Drift already strong at the BN layer(s) nearest the input: preprocessing mismatch suspected.",
+    what="""Looks at the first `first_layers` BN layers in network order. When their drift score
+    reaches `score` (or mean |z| / mean |r| reach BN101/BN102's error thresholds), the problem is
+    in the input itself. bncheck then re-measures those layers on a small subsample with
+    candidate corrections (x255, /255, RGB<->BGR, inverted, ImageNet mean/std on or off) and names
+    the one that removes most of the drift.""",
+    why="""Drift that starts at the very first layer is rarely a change of the world; it is
+    almost always a change of plumbing: pixels in 0-255 instead of 0-1, BGR instead of RGB,
+    normalisation applied twice or not at all, a different resize. Recalibrating would hide a
+    bug that is cheaper to fix.""",
+    example="""An OpenCV pipeline feeds BGR uint8 images to a model trained on RGB in [0, 1]:
+    the first BN layer shows mean |r| = 9 (a 255^2 variance ratio).""",
+    fix="""Fix the preprocessing to match training (bncheck drift's --scale, --mean, --std,
+    --bgr/--rgb, --size options help try it), then run drift again.""",
+    thresholds={"first_layers": 1, "score": 0.3},
+    threshold_docs={"first_layers": "how many BN layers count as nearest the input", "score": "drift score that triggers the diagnosis"},
+)
+def check_input_mismatch(r, ctx: RuleContext):
+    drift = ctx.extras.get("drift", {})
+    if not drift:
+        return
+    first = int(ctx.threshold(r.code, "first_layers"))
+    limit = ctx.threshold(r.code, "score")
+    z_err = ctx.thresholds.get("BN101", {}).get("error", 0.5)
+    r_err = ctx.thresholds.get("BN102", {}).get("error", 0.5)
+    nearest = [layer.name for layer in ctx.layers if layer.name in drift][:first]
+    strong = [
+        n for n in nearest
+        if drift[n].score >= limit or drift[n].mean_shift.mean >= z_err or drift[n].var_log_ratio.mean >= r_err
+    ]
+    if not strong:
+        return
+    diagnosis = ctx.extras.get("input_diagnosis") or {}
+    best = diagnosis.get("best")
+    if best:
+        msg = (
+            f"drift starts at the input (score {drift[strong[0]].score:.3g}): preprocessing mismatch suspected — "
+            f"{best['description']} brings the first-layer score from {diagnosis['baseline']:.3g} to {best['score']:.3g}"
+        )
+    else:
+        msg = (
+            f"drift starts at the input (score {drift[strong[0]].score:.3g}): check scale (0-1 vs 0-255), mean/std, "
+            "channel order and resolution against training"
+        )
+    yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis)
+
+
+@rule(
+    code="BN104",
+    name="few-samples",
+    severity="info",
+    phase="drift",
+    summary="Too few samples for reliable statistics.",
+    what="""Flags a run with fewer than `min_samples` samples, and layers whose sampling standard
+    error of mean |z| or mean |r| (shown in the report as `uncertainty`) exceeds `max_se`.""",
+    why="""Drift figures are estimates: with 20 images a mean shift of 0.3 may be pure chance.
+    The report states the standard error of each figure; this rule says when they are too
+    uncertain to act on.""",
+    example="""drift on a folder of 12 images: SE(z) = 0.29, SE(r) = 0.43.""",
+    fix="""Run on more data (a few hundred samples is usually enough), or treat the figures as a
+    rough indication only.""",
+    thresholds={"min_samples": 100, "max_se": 0.1},
+    threshold_docs={"min_samples": "fewest samples for a reliable run", "max_se": "largest acceptable standard error"},
+)
+def check_few_samples(r, ctx: RuleContext):
+    samples = ctx.extras.get("samples")
+    if samples is None:
+        return
+    minimum = ctx.threshold(r.code, "min_samples")
+    max_se = ctx.threshold(r.code, "max_se")
+    if samples < minimum:
+        yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples)
+        return
+    for name, d in ctx.extras.get("drift", {}).items():
+        worst = max(d.z_se, d.r_se)
+        if math.isfinite(worst) and worst > max_se:
+            yield r.finding(name, f"standard error {worst:.2g} of the drift figures exceeds {max_se:g}", z_se=d.z_se, r_se=d.r_se)
+
+
+@rule(
+    code="BN201",
+    name="small-batch-risk",
+    severity="warning",
+    phase="drift",
+    summary="Small-batch risk: at the given batch size, per-batch statistics scatter too far from the population statistics.",
+    what="""Splits a subsample (--mismatch-samples) into batches of --train-batch-size B, runs them
+    with BN using batch statistics, and measures (a) per layer how far the batch means scatter
+    around the population mean, in channel standard deviations, and how far the batch variances
+    scatter (log-ratio), and (b) how often the prediction differs from eval mode. Flags when the
+    worst layer's mean scatter reaches `mean_scatter` or the prediction flip rate reaches
+    `flip_rate`.""",
+    why="""Training normalises with these noisy batch statistics; the network learns under noise
+    that inference does not have, and fine-tuning or train-mode inference with such batches
+    changes predictions. Below about 16 samples per device BN's statistics become unreliable.""",
+    example="""B = 4 on 32x32 feature maps: batch means scatter by 0.4 std, 9% of predictions flip.""",
+    fix="""Use GroupNorm or LayerNorm, SyncBatchNorm across devices, larger per-device batches, or
+    freeze BN (FrozenBatchNorm2d) when fine-tuning with small batches.""",
+    thresholds={"mean_scatter": 0.25, "flip_rate": 0.05},
+    threshold_docs={"mean_scatter": "batch-mean scatter in channel stds", "flip_rate": "fraction of predictions that change"},
+)
+def check_small_batch(r, ctx: RuleContext):
+    sb = ctx.extras.get("small_batch")
+    if not sb:
+        return
+    limit_scatter = ctx.threshold(r.code, "mean_scatter")
+    limit_flip = ctx.threshold(r.code, "flip_rate")
+    worst = sb.get("worst_layer")
+    scatter = sb.get("max_mean_scatter", 0.0)
+    flip = sb.get("flip_rate")
+    reasons = []
+    if scatter >= limit_scatter:
+        reasons.append(f"batch means scatter by {scatter:.2g} std in {worst}")
+    if flip is not None and flip >= limit_flip:
+        reasons.append(f"{flip:.1%} of predictions change with BN in train mode")
+    if reasons:
+        yield r.finding(
+            None,
+            f"small-batch risk at batch size {sb['batch_size']}: " + "; ".join(reasons)
+            + " — consider GroupNorm/LayerNorm, SyncBatchNorm or frozen BN",
+            batch_size=sb["batch_size"],
+            max_mean_scatter=scatter,
+            flip_rate=flip,
+            worst_layer=worst,
+        )
+
+
+@rule(
+    code="BN301",
+    name="train-eval-mismatch",
+    severity="warning",
+    phase="drift",
+    summary="Train/eval mismatch: outputs with BN in train mode vs eval mode diverge on this data.",
+    what="""Runs a subsample (--mismatch-samples) twice: BN with its running statistics (eval) and
+    BN with the statistics of each --batch-size batch (train), everything else in eval mode and
+    the stored statistics untouched. Compares the outputs: top-1 agreement for class outputs and
+    the relative output error ||train - eval|| / ||eval||. Warning or error by threshold; the
+    report lists the layers whose batch statistics differ most from their running statistics.""",
+    why="""A model left in train mode (or exported with batch statistics) behaves differently in
+    production than in evaluation; a large gap also means the running statistics do not
+    describe this data, so eval-mode accuracy on it is suspect.""",
+    example="""Top-1 agreement 81%: one prediction in five changes when BN uses batch statistics.""",
+    fix="""Make sure inference runs in eval mode; if eval-mode outputs are the wrong ones
+    (statistics stale for this data), recalibrate with `bncheck recalibrate`.""",
+    thresholds={"warning_disagreement": 0.02, "error_disagreement": 0.1, "warning_rel_err": 0.1, "error_rel_err": 0.5},
+    threshold_docs={
+        "warning_disagreement": "1 - top-1 agreement for a warning",
+        "error_disagreement": "1 - top-1 agreement for an error",
+        "warning_rel_err": "relative output error for a warning (outputs without classes)",
+        "error_rel_err": "relative output error for an error (outputs without classes)",
+    },
+)
+def check_train_eval(r, ctx: RuleContext):
+    mm = ctx.extras.get("mismatch")
+    if not mm:
+        return
+    if "top1_agreement" in mm:
+        value = 1.0 - mm["top1_agreement"]
+        sev = _graded(value, ctx.threshold(r.code, "warning_disagreement"), ctx.threshold(r.code, "error_disagreement"))
+        what = f"top-1 agreement {mm['top1_agreement']:.1%} between train-mode and eval-mode BN"
+    else:
+        value = mm["relative_error"]
+        sev = _graded(value, ctx.threshold(r.code, "warning_rel_err"), ctx.threshold(r.code, "error_rel_err"))
+        what = f"relative output error {value:.3g} between train-mode and eval-mode BN"
+    if sev:
+        top = ", ".join(mm.get("top_layers", [])[:3])
+        yield r.finding(
+            None,
+            f"{what} at batch size {mm['batch_size']}" + (f"; most different: {top}" if top else ""),
+            sev,
+            **{k: v for k, v in mm.items() if k != "per_layer"},
+        )
