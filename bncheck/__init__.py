@@ -12,6 +12,7 @@ from bncheck.audit import audit
 from bncheck.config import Settings, load_settings
 from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Severity
+from bncheck.fold import fold
 from bncheck.layers import BNLayer
 from bncheck.report import Report
 from bncheck.sources import load_model
@@ -25,6 +26,7 @@ __all__ = [
     "Severity",
     "__version__",
     "audit",
+    "fold",
     "load_model",
     "load_settings",
 ]

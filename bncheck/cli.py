@@ -24,6 +24,24 @@ from bncheck.cli_common import (
     emit,
     handle_errors,
 )
+from bncheck.cli_data import (
+    ArraysOpt,
+    ChannelOrderOpt,
+    ColumnsOpt,
+    CropOpt,
+    GrayscaleOpt,
+    LabelsOpt,
+    LayoutOpt,
+    LimitOpt,
+    MeanOpt,
+    NanOpt,
+    PreprocessOpt,
+    ScaleOpt,
+    SizeOpt,
+    StdOpt,
+    StrictOpt,
+    WorkersOpt,
+)
 
 app = typer.Typer(
     name="bncheck",
@@ -88,6 +106,77 @@ def audit(
 
 @app.command()
 @handle_errors
+def fold(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")],
+    out: Annotated[
+        Path,
+        typer.Option("-o", "--out", help="Where to write the folded model (.onnx, .pt2, .ts, .safetensors; .pt/.pth = same kind as MODEL)."),
+    ],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Output kind: onnx|export|torchscript|state-dict (default: from OUT's extension).")
+    ] = None,
+    affine: Annotated[
+        bool, typer.Option("--affine", help="Turn BN layers that cannot be folded into a per-channel multiply-add.")
+    ] = False,
+    verify: Annotated[
+        Path | None, typer.Option("--verify", help="DATA to verify the folded model on (default: random inputs).")
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="Input shape for random verification inputs, e.g. 1,3,224,224 (';' between inputs)."),
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Verification samples (default: 8 random, or the first 256 of DATA).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for DATA.")] = 32,
+    atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-4; 1e-2 for float16).")] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", help="Relative tolerance, against max|output| (default 1e-4; 1e-2 for float16).")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
+    ] = False,
+    timing: Annotated[bool, typer.Option("--timing/--no-timing", help="Measure the inference speedup.")] = True,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    fmt: FormatOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the report to FILE instead of stdout.")] = None,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    ignore: IgnoreOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and
+    verify that OUT computes the same function (exit 1 when it does not)."""
+    from bncheck.config import load_settings
+    from bncheck.fold import fold as run_fold
+
+    settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore)
+    fmt = choose_format(fmt, output, settings.options.get("format"))
+    report = run_fold(
+        model,
+        out,
+        to=to,
+        affine=affine,
+        verify=verify,
+        input_shape=input_shape,
+        samples=samples,
+        batch_size=batch_size,
+        atol=atol,
+        rtol=rtol,
+        force=force,
+        timing=timing,
+        settings=settings,
+        arch=arch,
+        trust_pickle=trust_pickle,
+    )
+    emit(report, fmt, output, quiet)
+
+
+@app.command()
+@handle_errors
 def rules(
     code: Annotated[str | None, typer.Argument(help="A rule code (e.g. BN003) to explain.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|markdown|json")] = "table",
@@ -100,6 +189,82 @@ def rules(
         typer.echo(get_rule(code).documentation())
         return
     typer.echo(render_rule_list(fmt))
+
+
+@app.command()
+@handle_errors
+def drift(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")],
+    data: Annotated[str, typer.Argument(help="DATA: a file or folder of images, .npy/.npz/.pt arrays or .csv/.parquet rows.")],
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Inference batch size (default 32).")] = None,
+    train_batch_size: Annotated[
+        int | None, typer.Option("--train-batch-size", help="Per-device training batch size for the small-batch analysis (default 16).")
+    ] = None,
+    mismatch_samples: Annotated[
+        int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
+    ] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="Only these BN layers (comma-separated names).")] = None,
+    save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
+    size: SizeOpt = None,
+    crop: CropOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channel_order: ChannelOrderOpt = None,
+    grayscale: GrayscaleOpt = None,
+    layout: LayoutOpt = None,
+    columns: ColumnsOpt = None,
+    preprocess: PreprocessOpt = None,
+    labels: LabelsOpt = None,
+    limit: LimitOpt = None,
+    strict: StrictOpt = False,
+    nan: NanOpt = None,
+    workers: WorkersOpt = None,
+    arrays: ArraysOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    ignore: IgnoreOpt = None,
+    threshold: ThresholdOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run DATA through MODEL and compare what every BN layer sees with its stored statistics."""
+    import sys
+
+    from bncheck.cli_data import data_options
+    from bncheck.config import load_settings
+    from bncheck.drift import DriftOptions
+    from bncheck.drift import drift as run_drift
+
+    settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold, train_batch_size=train_batch_size)
+    fmt = choose_format(fmt, output, settings.options.get("format"))
+    opts = settings.options
+    data_opts = data_options(
+        opts,
+        size=size, crop=crop, scale=scale, mean=mean, std=std, channel_order=channel_order, grayscale=grayscale,
+        layout=layout, columns=columns, preprocess=preprocess, labels=labels, limit=limit, strict=strict, nan=nan,
+        workers=workers, arrays=arrays, batch_size=batch_size,
+    )
+    options = DriftOptions(
+        batch_size=data_opts.batch_size,
+        limit=data_opts.limit,
+        train_batch_size=settings.train_batch_size or 16,
+        mismatch_samples=mismatch_samples if mismatch_samples is not None else int(opts.get("mismatch_samples", 256)),
+        save_stats=save_stats,
+        layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
+        data_options=data_opts,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    if options.mismatch_samples < 0:
+        from bncheck.errors import UsageError
+
+        raise UsageError("--mismatch-samples must be 0 or more.")
+    report = run_drift(model, data, settings=settings, options=options, arch=arch, trust_pickle=trust_pickle)
+    emit(report, fmt, output, quiet)
 
 
 def main() -> None:

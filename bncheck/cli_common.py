@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +17,7 @@ import typer
 from bncheck.errors import BncheckError, OutputError
 from bncheck.formats import FORMATS, get_renderer
 from bncheck.report import Report
+from bncheck.sources.writers import write_atomically
 
 
 class State:
@@ -98,35 +98,6 @@ def handle_errors(func):
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""
     write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_atomically(path: Path, writer) -> None:
-    """Call ``writer(tmp_path)`` then move the temporary file onto ``path``."""
-    path = Path(path)
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {path}: folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BncheckError:
-        _unlink(tmp)
-        raise
-    except OSError as exc:
-        _unlink(tmp)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def choose_format(fmt: str | None, output: Path | None, settings_format: str | None = None) -> str:

@@ -46,7 +46,12 @@ def find_config(start: Path | None = None) -> Path | None:
         if pyproject.is_file():
             try:
                 data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                # it may hold the [tool.bncheck] gate settings: never run silently without them
+                raise UsageError(
+                    f"config file {pyproject} is not valid TOML ({exc}); fix it or pass --config."
+                ) from exc
+            except OSError:
                 data = {}
             if "bncheck" in data.get("tool", {}):
                 return pyproject

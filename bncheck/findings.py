@@ -34,12 +34,22 @@ class Finding:
     layer: str | None
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    #: with ``--baseline``: "new", "worse" or "existing" (existing findings do not fail the gate)
+    baseline: str | None = None
+
+    @property
+    def gating(self) -> bool:
+        """Whether this finding can fail the gate (every finding, except one a baseline already had)."""
+        return self.baseline != "existing"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rule": self.rule,
             "severity": self.severity.value,
             "layer": self.layer,
             "message": self.message,
             "details": self.details,
         }
+        if self.baseline is not None:
+            out["baseline"] = self.baseline
+        return out

@@ -33,14 +33,15 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not any(reaches(f.severity, self.fail_on) for f in self.findings)
+        return not self.failing()
 
     @property
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
     def failing(self) -> list[Finding]:
-        return [f for f in self.findings if reaches(f.severity, self.fail_on)]
+        """Findings that fail the gate: at or above ``fail_on`` and, with a baseline, new or worse."""
+        return [f for f in self.findings if reaches(f.severity, self.fail_on) and f.gating]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,74 @@ class Report:
             frame["findings"] = frame["name"].map(counts)
             frame["worst_severity"] = frame["name"].map(worst)
         return frame
+
+    # -- reports for people and pipelines (render, save, reload, compare) ----------------
+
+    def findings_frame(self):
+        """One row per finding (rule, severity, layer, message, baseline state), as pandas."""
+        import pandas as pd
+
+        columns = ["rule", "severity", "layer", "message", "baseline", "gating"]
+        rows = [
+            {**{k: v for k, v in f.to_dict().items() if k != "details"}, "baseline": f.baseline,
+             "gating": reaches(f.severity, self.fail_on) and f.gating}
+            for f in self.findings
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def render(self, format: str = "table", **options: Any) -> str:
+        """The report as text in ``format``: table, json, markdown, junit, html or sarif."""
+        from bncheck.formats import get_renderer
+
+        return get_renderer(format)(self, **options)
+
+    def save(self, path, format: str | None = None, **options: Any) -> None:
+        """Write the report to ``path`` atomically, in ``format`` or the one its extension
+        names (.json, .md, .xml, .html, .sarif)."""
+        from pathlib import Path
+
+        from bncheck.formats import format_for_path
+        from bncheck.sources.writers import write_atomically
+
+        path = Path(path)
+        text = self.render(format or format_for_path(path), **options)
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def with_baseline(self, baseline, *, tolerance: float | None = None) -> Report:
+        """Compare the findings with ``baseline`` (a JSON report path, a saved-statistics file
+        from ``drift --save-stats``, or a Report): each finding becomes new, worse or existing,
+        and the gate (``passed``, the exit code) only counts new and worse ones. Returns self."""
+        from bncheck.baseline import apply_baseline
+
+        apply_baseline(self, baseline, tolerance=tolerance)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """A report from the parsed JSON of a saved report (see :mod:`bncheck.report_io`)."""
+        from bncheck.report_io import report_from_dict
+
+        return report_from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> Report:
+        """A report from a JSON file written by ``--format json`` or :meth:`save`."""
+        from bncheck.report_io import load_report
+
+        return load_report(path)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"<Report {self.command} {self.model.path!r}: {s['layers']} layer(s), {s['errors']} error(s), "
+            f"{s['warnings']} warning(s), {s['infos']} info(s), {'passed' if s['passed'] else 'FAILED'}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """Notebook display: summary, layers and findings (no charts)."""
+        from bncheck.formats.html import render_fragment
+
+        return render_fragment(self)
 
 
 def _flatten(item: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,25 @@ FORMATS = {
     "json": "bncheck.formats.json",
     "markdown": "bncheck.formats.markdown",
     "junit": "bncheck.formats.junit",
+    "html": "bncheck.formats.html",
+    "sarif": "bncheck.formats.sarif",
 }
+
+#: The format a report file's extension names (``--output report.html`` needs no ``--format``).
+EXTENSIONS = {".json": "json", ".md": "markdown", ".xml": "junit", ".html": "html", ".htm": "html", ".sarif": "sarif"}
+
+
+def format_for_path(path) -> str:
+    """The format named by ``path``'s extension; UsageError when it names none."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise UsageError(
+            f"cannot tell the report format from {Path(path).name!r}; pass a format or use one of: "
+            f"{', '.join(EXTENSIONS)}."
+        )
+    return EXTENSIONS[suffix]
 
 
 def get_renderer(name: str) -> Callable[..., str]:

@@ -25,7 +25,7 @@ def render(report: Report, **_: object) -> str:
         )
         case.set("file", report.model.path)
         found = by_layer.get(key, [])
-        failing = [f for f in found if reaches(f.severity, report.fail_on)]
+        failing = [f for f in found if reaches(f.severity, report.fail_on) and f.gating]
         if failing:
             failures += 1
             el = ET.SubElement(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bncheck.formats import fold_section
 from bncheck.formats.common import fmt_num, foldable_text, verdict
 from bncheck.report import Report
 
@@ -28,6 +29,8 @@ def render(report: Report, **_: object) -> str:
     data = report.extras.get("data")
     if data:
         lines += [f"**Data** `{data.get('path')}` — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
+    if report.command == "fold":
+        lines += ["### Fold", ""] + [f"- {line}" for line in fold_section.summary_lines(report)] + [""]
     if report.findings:
         lines += ["### Findings", "", "| | rule | layer | message |", "|---|---|---|---|"]
         for f in report.findings:
@@ -46,7 +49,7 @@ def render(report: Report, **_: object) -> str:
         for layer in report.layers:
             row = (
                 f"| `{_cell(layer.name)}` | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
-                f"{_cell(layer.producer or '-')} | {foldable_text(layer)} |"
+                f"{_cell(layer.producer or '-')} | {_fold_text(report, layer)} |"
             )
             if drift:
                 d = report.layer_extras.get(layer.name, {}).get("drift") or {}
@@ -56,3 +59,11 @@ def render(report: Report, **_: object) -> str:
         lines += ["", "</details>", ""]
     lines.append(f"<sub>bncheck {report.to_dict()['tool']['version']} · `{report.model.sha256[:12]}`</sub>")
     return "\n".join(lines) + "\n"
+
+
+def _fold_text(report: Report, layer) -> str:
+    fold = fold_section.layer_fold(report, layer.name)
+    if not fold:
+        return foldable_text(layer)
+    text = fold_section.fold_cell(fold)
+    return _cell(text if fold["status"] == "folded" else f"{text}: {fold.get('reason') or ''}")

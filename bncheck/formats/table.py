@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from bncheck.formats import fold_section
 from bncheck.formats.common import fmt_num, foldable_text, headline
 from bncheck.report import Report
 
@@ -67,7 +68,7 @@ def build(report: Report) -> Group:
                 fmt_num(layer.eps),
                 fmt_num(layer.momentum),
                 f"{layer.producer_kind or '?'}:{layer.producer}" if layer.producer else "?",
-                foldable_text(layer),
+                fold_section.fold_cell(fold) if (fold := fold_section.layer_fold(report, layer.name)) else foldable_text(layer),
             ]
             if drift:
                 d = report.layer_extras.get(layer.name, {}).get("drift") or {}
@@ -78,6 +79,16 @@ def build(report: Report) -> Group:
             row.append(Text(str(counts.get(layer.name, 0)) if layer.name in counts else "", style=STYLE.get(sev, "")))
             table.add_row(*row)
         parts.append(table)
+    if report.command == "fold":
+        parts += [Text(line) for line in fold_section.summary_lines(report)]
+        kept = fold_section.kept_rows(report)
+        if kept:
+            table = Table(title="Not folded", title_justify="left")
+            for col in ("layer", "status", "reason"):
+                table.add_column(col)
+            for row in kept:
+                table.add_row(*row)
+            parts.append(table)
     if report.findings:
         table = Table(title="Findings", title_justify="left")
         table.add_column("severity")

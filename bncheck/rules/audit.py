@@ -9,6 +9,10 @@ import numpy as np
 from bncheck.rules.registry import RuleContext, rule
 
 
+def _never_materialised(layer) -> bool:
+    return any("lazy layer never materialised" in n for n in layer.notes)
+
+
 def _channels(mask: np.ndarray, limit: int = 10) -> list[int]:
     return [int(i) for i in np.flatnonzero(mask)[:limit]]
 
@@ -96,7 +100,7 @@ def check_negative_variance(r, ctx: RuleContext):
 )
 def check_uncalibrated(r, ctx: RuleContext):
     for layer in ctx.layers:
-        if any("lazy layer never materialised" in n for n in layer.notes):
+        if _never_materialised(layer):
             yield r.finding(layer.name, "lazy BN layer was never run: it has no statistics at all")
             continue
         if not layer.has_running_stats or layer.num_features == 0:
@@ -127,8 +131,8 @@ def check_uncalibrated(r, ctx: RuleContext):
 )
 def check_no_running_stats(r, ctx: RuleContext):
     for layer in ctx.layers:
-        if layer.uses_running_stats:
-            continue
+        if layer.uses_running_stats or _never_materialised(layer):
+            continue  # a lazy layer never run has no statistics yet: BN003's business
         if layer.training and layer.has_running_stats and layer.momentum_convention == "pytorch":
             continue  # a module in train mode with stats: BN005's business
         if layer.kind == "BatchNormalization":

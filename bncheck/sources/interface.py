@@ -11,8 +11,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bncheck.errors import UsageError
 from bncheck.layers import BNLayer
+
+if TYPE_CHECKING:
+    from bncheck.sources.runner import InputSpec, ModelRunner
 
 
 @dataclass
@@ -52,6 +57,16 @@ class ModelSource(ABC):
     @abstractmethod
     def op_count(self) -> int:
         """Number of ops/modules in the model (for the "no batch-norm layers" message)."""
+
+    def input_spec(self) -> InputSpec:
+        """The model input a runner feeds: name, per-sample shape, dtype."""
+        raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
+
+    def runner(self, *, layers: list[str] | None = None) -> ModelRunner:
+        """A :class:`~bncheck.sources.runner.ModelRunner` that runs the model on numpy batches
+        and observes the input of the BN layers named in ``layers`` (default: every one); use it
+        as a context manager."""
+        raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
 
     @cached_property
     def sha256(self) -> str:

@@ -82,6 +82,10 @@ class GraphIndex:
             return None
         if node.op_type == "Constant":
             return _constant_node_value(node)
+        if node.op_type == "CastLike" and len(node.input) == 2:
+            # Only the *type* of the second input matters (dynamo exports write
+            # CastLike(constant, graph_input) for default biases).
+            return self._cast_like(node, depth)
         if node.domain not in ("", "ai.onnx") or any(
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
         ):
@@ -102,6 +106,27 @@ class GraphIndex:
         if node.op_type == "Identity":
             return inputs[0]
         return _run_single_node(node, inputs, self.opset).get(name)
+
+    def _cast_like(self, node: onnx.NodeProto, depth: int) -> np.ndarray | None:
+        value = self._evaluate(node.input[0], depth + 1)
+        if value is None:
+            return None
+        elem = self.elem_type(node.input[1])
+        if elem is None:
+            like = self._evaluate(node.input[1], depth + 1)
+            if like is None:
+                return None
+            return np.asarray(value).astype(like.dtype)
+        return np.asarray(value).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+
+    def elem_type(self, name: str) -> int | None:
+        """The ONNX element type of ``name`` where the graph declares it, else None."""
+        if name in self.initializers:
+            return int(self.initializers[name].data_type)
+        for vi in (*self.graph.input, *self.graph.value_info, *self.graph.output):
+            if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                return int(vi.type.tensor_type.elem_type)
+        return None
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

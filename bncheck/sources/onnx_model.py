@@ -15,6 +15,8 @@ from bncheck.sources.interface import ModelSource
 from bncheck.sources.onnx_graph import GraphIndex, iter_graphs, model_opset
 
 PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
+#: Ops that read only the shape of their input, not its values.
+SHAPE_ONLY_OPS = ("Shape", "Size")
 ONNX_DEFAULT_EPS = 1e-5
 ONNX_DEFAULT_MOMENTUM = 0.9
 
@@ -58,6 +60,16 @@ class OnnxSource(ModelSource):
 
     def op_count(self) -> int:
         return sum(len(g.node) for _, g in iter_graphs(self.model.graph))
+
+    def input_spec(self):
+        from bncheck.sources.onnx_runner import onnx_input_spec
+
+        return onnx_input_spec(self.model)
+
+    def runner(self, *, layers=None):
+        from bncheck.sources.onnx_runner import OnnxRunner
+
+        return OnnxRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:
@@ -124,8 +136,8 @@ class OnnxSource(ModelSource):
             name=name,
             kind="BatchNormalization",
             num_features=int(np.asarray(ref).size) if ref is not None else 0,
-            eps=float(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
-            momentum=float(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM)),
+            eps=_float32_attr(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
+            momentum=_float32_attr(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM)),
             momentum_convention="onnx",
             affine=True,
             weight=as_float64(scale),
@@ -138,12 +150,19 @@ class OnnxSource(ModelSource):
             input_name=node.input[0],
             notes=notes,
         )
-        self._set_producer(layer, node, index, ranks)
+        self._set_producer(layer, node, index, ranks, path)
         return layer
 
-    def _set_producer(self, layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks: dict[str, int]) -> None:
+    def _set_producer(
+        self, layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks: dict[str, int], path: str = ""
+    ) -> None:
         x = bn.input[0]
         prod = index.producer.get(x)
+        if prod is None and path and x not in index.graph_inputs:
+            layer.producer, layer.producer_kind = x, "other"
+            layer.foldable = False
+            layer.fold_reason = "input comes from the enclosing graph (BN inside a subgraph)"
+            return
         if prod is None:
             layer.producer, layer.producer_kind = x, "input"
             layer.foldable, layer.fold_reason = False, "normalises a graph input directly (no producer op)"
@@ -194,7 +213,15 @@ class OnnxSource(ModelSource):
         weight = prod.input[1]
         if not index.is_constant(weight):
             return [f"the weight {weight} is not a constant"]
-        users = [n for n in index.consumers[weight] if n is not prod]
+        # Shape/Size read only the weight's shape, which folding keeps (dynamo exports compute
+        # a conv's default bias from Shape(weight)).
+        users = [n for n in index.consumers[weight] if n is not prod and n.op_type not in SHAPE_ONLY_OPS]
         if users:
             return [f"the weight {weight} is shared with {users[0].name or users[0].op_type}"]
         return []
+
+
+def _float32_attr(value: float) -> float:
+    """An ONNX float attribute (stored as float32) as the shortest decimal that round-trips,
+    so that epsilon=1e-5 reads 1e-05 and not 9.999999747378752e-06."""
+    return float(str(np.float32(value)))

@@ -88,7 +88,13 @@ def fx_producers(root, bn_names: set[str]) -> tuple[dict[str, Producer], list[Fu
     import torch.nn.functional as F
     from torch import fx
 
-    graph = fx.symbolic_trace(root).graph
+    class _Tracer(fx.Tracer):
+        # BN-like modules stay single call_module nodes (a frozen BN's arithmetic would
+        # otherwise be traced through and its call lost).
+        def is_leaf_module(self, m, qualname):
+            return qualname in bn_names or super().is_leaf_module(m, qualname)
+
+    graph = _Tracer().trace(root)
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     modules = dict(root.named_modules())
     found: dict[str, Producer] = {}

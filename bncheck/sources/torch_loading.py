@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import pickle
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,23 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
     if added:
         sys.path.insert(0, str(Path.cwd()))
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 74" on a damaged file: noise on top of our message
+            warnings.simplefilter("ignore")
+            # mmap: tensors are read on first use (copy-on-write), so a large checkpoint costs
+            # little more than its BN tensors; only the zip format supports it
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
-        if not trust_pickle:
+        if not trust_pickle and "global" in str(exc).lower():  # weights_only refused a class
             raise ModelLoadError(
                 f"{path} contains pickled Python objects (e.g. a whole nn.Module), and unpickling "
                 "runs code from the file; if you trust it pass --trust-pickle, or better save a "
                 "state dict and pass --arch."
             ) from exc
-        raise ModelLoadError(f"{path} cannot be unpickled ({exc}); the file may be damaged.") from exc
+        raise ModelLoadError(
+            f"{path} cannot be unpickled ({_unpickler_detail(exc)}); it is probably truncated or "
+            "corrupt: save or download it again."
+        ) from exc
     except (AttributeError, ModuleNotFoundError, ImportError) as exc:
         raise ModelLoadError(
             f"{path} is a pickled module whose classes cannot be imported here ({exc}); make the "
@@ -268,6 +277,21 @@ def _is_uninitialized(tensor) -> bool:
     from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
     return isinstance(tensor, (UninitializedParameter, UninitializedBuffer))
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The useful part of torch's long weights_only message ("Unsupported operand 229")."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        if rest and rest[0].strip():
+            return rest[0].strip().rstrip(".")
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, UsageError
 from bncheck.layers import BNLayer, as_float64
 from bncheck.sources import torch_graph
 from bncheck.sources.detect import ModelFormat
@@ -33,6 +33,11 @@ BN_CLASS_NAMES = {
     "LazyBatchNorm2d",
     "LazyBatchNorm3d",
 }
+#: Why a bare state dict cannot be run.
+NEEDS_ARCH = (
+    "a state dict holds weights but no architecture, so it cannot be run; pass --arch "
+    "package.module:factory (or path/to/file.py:factory) naming a function that builds the model."
+)
 #: PyTorch's defaults, assumed when a state dict does not say.
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
@@ -92,6 +97,11 @@ def _kind_name(module) -> str:
     return getattr(module, "original_name", None) or type(module).__name__
 
 
+#: Ops a frozen BN may apply to running_var before adding eps (torchvision reshapes first).
+_SCRIPT_VIEW_OPS = ("aten::reshape", "aten::view", "aten::unsqueeze", "aten::flatten")
+_EXPORT_VIEW_OPS = ("aten.reshape.default", "aten.view.default", "aten.unsqueeze.default")
+
+
 def _script_bn_constants(module) -> dict[str, Any]:
     """eps / momentum / training as constants of a TorchScript BN's ``aten::batch_norm`` call
     (traced modules keep no attributes)."""
@@ -99,6 +109,7 @@ def _script_bn_constants(module) -> dict[str, Any]:
         graph = module.graph
     except (AttributeError, RuntimeError):
         return {}
+    running_var: set[str] = set()  # running_var and reshaped views of it
     for node in graph.nodes():
         if node.kind() == "aten::batch_norm":
             values = [inp.toIValue() for inp in node.inputs()]
@@ -106,6 +117,17 @@ def _script_bn_constants(module) -> dict[str, Any]:
             if len(values) >= 8:
                 out["training"], out["momentum"], out["eps"] = values[5], values[6], values[7]
             return out
+        if node.kind() == "prim::GetAttr" and node.s("name") == "running_var":
+            running_var.add(node.output().debugName())
+        elif node.kind() in _SCRIPT_VIEW_OPS and node.inputsAt(0).debugName() in running_var:
+            running_var.add(node.output().debugName())
+        elif node.kind() == "aten::add" and node.inputsAt(0).debugName() in running_var:
+            # a frozen BN computes running_var + eps itself (e.g. torchvision's FrozenBatchNorm2d)
+            eps = node.inputsAt(1).toIValue() if node.inputsAt(1).node().kind() == "prim::Constant" else None
+            if hasattr(eps, "numel") and eps.numel() == 1:
+                eps = eps.item()
+            if isinstance(eps, float):
+                return {"eps": eps}
     return {}
 
 
@@ -203,6 +225,18 @@ class TorchModuleSource(ModelSource):
     def op_count(self) -> int:
         return sum(1 for _, m in self.module.named_modules() if not list(m.children()))
 
+    def input_spec(self):
+        from bncheck.sources import torch_runner
+
+        if self.format == "torchscript":
+            return torch_runner.script_input_spec(self.module)
+        return torch_runner.module_input_spec(self.module)
+
+    def runner(self, *, layers=None):
+        from bncheck.sources.torch_runner import TorchRunner
+
+        return TorchRunner(self, layers=layers)
+
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:
             self._layers = self._inventory()
@@ -281,6 +315,12 @@ class StateDictSource(ModelSource):
     def op_count(self) -> int:
         return len({k.rsplit(".", 1)[0] for k in self.state if "." in k})
 
+    def input_spec(self):
+        raise UsageError(NEEDS_ARCH)
+
+    def runner(self, *, layers=None):
+        raise UsageError(NEEDS_ARCH)
+
     def bn_layers(self) -> list[BNLayer]:
         prefixes = sorted(
             {k[: -len(".running_mean")] for k in self.state if k.endswith(".running_mean")},
@@ -331,6 +371,16 @@ class ExportSource(ModelSource):
     def op_count(self) -> int:
         return sum(1 for n in self.program.graph.nodes if n.op == "call_function")
 
+    def input_spec(self):
+        from bncheck.sources.torch_runner import export_input_spec
+
+        return export_input_spec(self.program)
+
+    def runner(self, *, layers=None):
+        from bncheck.sources.torch_runner import TorchRunner
+
+        return TorchRunner(self, layers=layers)
+
     def _tensor(self, node) -> Any:
         if getattr(node, "op", None) != "placeholder":
             return None
@@ -353,7 +403,8 @@ class ExportSource(ModelSource):
     def bn_layers(self) -> list[BNLayer]:
         graph = self.program.graph
         layers = []
-        for node in graph.nodes:
+        positions: dict[str, int] = {}
+        for position, node in enumerate(graph.nodes):
             if node.op != "call_function" or str(node.target) not in torch_graph.EXPORT_BN_OPS:
                 continue
             iw, ib, im, iv, it, imom, ieps = torch_graph.EXPORT_BN_OPS[str(node.target)]
@@ -391,7 +442,85 @@ class ExportSource(ModelSource):
                 layer.num_batches_tracked = int(nbt.item())
             apply_producer(layer, self._producer(args[0], node), "")
             layers.append(layer)
+            positions[name] = position
+        frozen = self._frozen_layers({f"{layer.name}.running_mean" for layer in layers})
+        for layer, position in frozen:
+            layers.append(layer)
+            positions[layer.name] = position
+        layers.sort(key=lambda layer: positions[layer.name])
         return layers
+
+    def _frozen_layers(self, seen: set[str]) -> list[tuple[BNLayer, int]]:
+        """BN-like modules whose arithmetic torch.export decomposed (e.g. a frozen BN computing
+        ``x * w / sqrt(var + eps) + ...`` itself): found by their running_mean/running_var
+        buffers, their ops by the ``nn_module_stack`` metadata; with the graph position of
+        their first op."""
+        sig = self.program.graph_signature
+        state = self.program.state_dict
+        placeholder_of = {fqn: name for name, fqn in sig.inputs_to_buffers.items()}
+        lifted = set(sig.inputs_to_parameters) | set(sig.inputs_to_buffers)
+        nodes = list(self.program.graph.nodes)
+        out = []
+        for key in state:
+            if not key.endswith(".running_mean") or key in seen:
+                continue
+            prefix = key[: -len(".running_mean")]
+            if f"{prefix}.running_var" not in state:
+                continue
+            inside = [
+                (i, n)
+                for i, n in enumerate(nodes)
+                if n.op == "call_function"
+                and any(path == prefix for path, _ in (n.meta.get("nn_module_stack") or {}).values())
+            ]
+            if not inside:
+                continue
+            stack = list(inside[0][1].meta["nn_module_stack"].values())
+            kind = next(t for path, t in stack if path == prefix)
+            kind = kind.rsplit(".", 1)[-1] if isinstance(kind, str) else getattr(kind, "__name__", "FrozenBatchNorm")
+            if "InstanceNorm" in kind or any("instance_norm" in str(n.target) for _, n in inside):
+                continue  # InstanceNorm(track_running_stats=True) carries the same buffers
+            members = {n for _, n in inside}
+            var_names = {placeholder_of.get(f"{prefix}.running_var")}
+            eps = None
+            for _, n in inside:
+                first = getattr(n.args[0], "name", None) if n.args else None
+                if str(n.target) in _EXPORT_VIEW_OPS and first in var_names:
+                    var_names.add(n.name)
+                elif str(n.target) == "aten.add.Tensor" and first in var_names and isinstance(n.args[1], float):
+                    eps = n.args[1]
+                    break
+            mean, var = state[key], state[f"{prefix}.running_var"]
+            weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+            layer = BNLayer(
+                name=prefix,
+                kind=kind,
+                num_features=int(mean.numel()),
+                eps=eps,
+                momentum=None,
+                momentum_convention="unknown",
+                affine=weight is not None,
+                weight=as_float64(weight),
+                bias=as_float64(bias),
+                running_mean=as_float64(mean),
+                running_var=as_float64(var),
+                training=None,
+                uses_running_stats=True,
+                assumed=[] if eps is not None else ["eps"],
+                notes=["frozen BN (always uses its stored statistics)"],
+            )
+            inputs = [
+                a
+                for _, n in inside
+                for a in n.all_input_nodes
+                if a not in members and not (a.op == "placeholder" and a.name in lifted)
+            ]
+            if len(set(inputs)) == 1:
+                apply_producer(layer, self._producer(inputs[0], inside[0][1]), "")
+            else:
+                apply_producer(layer, None, "the decomposed frozen BN has no single input")
+            out.append((layer, inside[0][0]))
+        return out
 
     def _producer(self, inp, bn_node) -> torch_graph.Producer:
         if inp.op == "placeholder":
@@ -404,7 +533,9 @@ class ExportSource(ModelSource):
             kind = "convtranspose"
         weight = inp.args[1]
         fqn = self._fqn(weight) if getattr(weight, "op", None) == "placeholder" else None
-        name = fqn.rsplit(".", 1)[0] if fqn else inp.name
+        stack = inp.meta.get("nn_module_stack") or {}
+        # the calling module, not the weight's FQN: a shared weight is lifted under one name only
+        name = (list(stack.values())[-1][0] if stack else "") or (fqn.rsplit(".", 1)[0] if fqn else inp.name)
         blockers = []
         if len(inp.users) > 1:
             blockers.append(f"{name} output is also used elsewhere")

@@ -1,0 +1,511 @@
+"""``bncheck drift``: run DATA through the model, measure what every BN layer really receives,
+compare it with the stored running statistics; small-batch risk and train/eval mismatch on a
+bounded subsample."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncheck.analysis import drift as metrics
+from bncheck.analysis.moments import Moments, merge_all
+from bncheck.audit import run_rules
+from bncheck.config import Settings
+from bncheck.errors import BncheckError, DataError
+from bncheck.model import as_source
+from bncheck.report import Report
+from bncheck.rules.registry import RuleContext
+from bncheck.sources.interface import ModelSource
+
+
+@dataclass
+class DriftOptions:
+    batch_size: int = 32
+    limit: int | None = None
+    train_batch_size: int = 16
+    mismatch_samples: int = 256
+    #: samples used to try candidate input corrections when BN103 fires
+    diagnosis_samples: int = 64
+    save_stats: Path | None = None
+    layers: list[str] | None = None
+    data_options: Any = None
+    progress: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: carry the per-channel arrays in the report (``extras["channels"]``; see report_figures)
+    channels: bool = False
+
+
+@dataclass
+class Measurement:
+    """What one pass over the data produced."""
+
+    moments: dict[str, Moments]
+    samples: int
+    subsample: np.ndarray | None
+    sub_outputs: np.ndarray | None
+    labels: np.ndarray | None = None
+    outputs_for_accuracy: list[np.ndarray] = field(default_factory=list)
+
+
+def measure(
+    runner,
+    batches,
+    *,
+    keep: int,
+    on_batch: Callable[[int], None] | None = None,
+    keep_predictions: bool = False,
+) -> Measurement:
+    """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
+    keep the first ``keep`` samples and their eval outputs for the train-mode analyses."""
+    parts: dict[str, list[Moments]] = {}
+    kept_x: list[np.ndarray] = []
+    kept_y: list[np.ndarray] = []
+    kept_n = 0
+    samples = 0
+    labels: list[np.ndarray] = []
+    preds: list[np.ndarray] = []
+    for batch in batches:
+        x = batch.x
+        outputs, moments = runner.moments(x)
+        for name, m in moments.items():
+            parts.setdefault(name, []).append(m)
+        if kept_n < keep:
+            take = min(keep - kept_n, len(x))
+            kept_x.append(np.array(x[:take], copy=True))
+            kept_y.append(np.array(outputs[:take], copy=True))
+            kept_n += take
+        if keep_predictions:
+            preds.append(np.asarray(outputs).reshape(len(x), -1).argmax(axis=1))
+            if getattr(batch, "y", None) is not None:
+                labels.append(np.asarray(batch.y))
+        samples += len(x)
+        if on_batch is not None:
+            on_batch(len(x))
+    merged = {name: merge_all(ms) for name, ms in parts.items()}
+    return Measurement(
+        moments=merged,
+        samples=samples,
+        subsample=np.concatenate(kept_x) if kept_x else None,
+        sub_outputs=np.concatenate(kept_y) if kept_y else None,
+        labels=np.concatenate(labels) if labels else None,
+        outputs_for_accuracy=preds,
+    )
+
+
+# ---------------------------------------------------------------------------- analyses
+
+
+def compute_drift(source_layers, moments: dict[str, Moments], samples: int) -> dict[str, metrics.LayerDrift]:
+    out = {}
+    for layer in source_layers:
+        m = moments.get(layer.name)
+        if m is None or not layer.has_running_stats or layer.eps is None or m.count == 0:
+            continue
+        out[layer.name] = metrics.layer_drift(
+            m.mean,
+            m.var,
+            layer.running_mean,
+            layer.running_var,
+            layer.eps,
+            samples=samples,
+            elements=int(m.count),
+        )
+    return out
+
+
+def first_drifting_layer(order: list[str], drift: dict[str, metrics.LayerDrift], thresholds: dict) -> str | None:
+    z_warn = thresholds.get("BN101", {}).get("warning", 0.25)
+    r_warn = thresholds.get("BN102", {}).get("warning", 0.25)
+    for name in order:
+        d = drift.get(name)
+        if d and (d.mean_shift.mean >= z_warn or d.var_log_ratio.mean >= r_warn):
+            return name
+    return None
+
+
+#: candidate corrections for BN103: (description, function of a preprocessed batch)
+def _candidates(x: np.ndarray) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    imagenet_mean = np.array([0.485, 0.456, 0.406], np.float32)
+    imagenet_std = np.array([0.229, 0.224, 0.225], np.float32)
+    out: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
+        ("dividing the input by 255 (data in 0-255, model expects 0-1)", lambda a: a / 255.0),
+        ("multiplying the input by 255 (data in 0-1, model expects 0-255)", lambda a: a * 255.0),
+        ("inverting the input (x -> 1 - x)", lambda a: 1.0 - a),
+    ]
+    if x.ndim == 4 and x.shape[1] == 3:
+        shape = (1, 3, 1, 1)
+        out += [
+            ("swapping the channel order (RGB <-> BGR)", lambda a: np.ascontiguousarray(a[:, ::-1])),
+            (
+                "applying ImageNet mean/std normalisation",
+                lambda a: (a - imagenet_mean.reshape(shape)) / imagenet_std.reshape(shape),
+            ),
+            (
+                "removing a mean/std normalisation (model expects plain 0-1)",
+                lambda a: a * imagenet_std.reshape(shape) + imagenet_mean.reshape(shape),
+            ),
+        ]
+    return out
+
+
+def diagnose_input(runner, layers, sub: np.ndarray, first: list[str], batch_size: int) -> dict:
+    """Re-measure the first BN layers under candidate input corrections; the one that removes
+    most drift names the likely preprocessing mismatch."""
+    by_name = {layer.name: layer for layer in layers}
+
+    def score(x: np.ndarray) -> float:
+        parts: dict[str, list[Moments]] = {}
+        for start in range(0, len(x), batch_size):
+            _, moments = runner.moments(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+            for name in first:
+                if name in moments:
+                    parts.setdefault(name, []).append(moments[name])
+        values = []
+        for name in first:
+            if name not in parts:
+                continue
+            m = merge_all(parts[name])
+            layer = by_name[name]
+            d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
+            values.append(d.score)
+        return float(np.mean(values)) if values else float("nan")
+
+    baseline = score(sub)
+    tried = []
+    for description, transform in _candidates(sub):
+        try:
+            value = score(transform(sub).astype(np.float32))
+        except BncheckError:
+            continue
+        tried.append({"description": description, "score": value})
+    tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
+    out: dict[str, Any] = {"baseline": baseline, "candidates": tried, "samples": int(len(sub))}
+    if tried and math.isfinite(tried[0]["score"]) and tried[0]["score"] < 0.5 * baseline:
+        out["best"] = tried[0]
+    return out
+
+
+def _layer_divergence(moment_batches: dict[str, list[Moments]], layers) -> dict[str, float]:
+    """Mean squared-Hellinger score between each batch's statistics and the running statistics."""
+    by_name = {layer.name: layer for layer in layers}
+    out = {}
+    for name, ms in moment_batches.items():
+        layer = by_name.get(name)
+        if layer is None or not layer.has_running_stats:
+            continue
+        scores = []
+        for m in ms:
+            z = metrics.mean_shift(m.mean, layer.running_mean, layer.running_var, layer.eps)
+            r = metrics.var_log_ratio(m.var, layer.running_var, layer.eps)
+            scores.append(float(np.mean(metrics.hellinger_sq(z, r))))
+        out[name] = float(np.mean(scores)) if scores else float("nan")
+    return out
+
+
+def small_batch_risk(runner, layers, sub: np.ndarray, eval_out: np.ndarray, batch_size: int) -> dict:
+    """BN201: scatter of size-B batch statistics and prediction flips, one train-mode pass."""
+    per_layer: dict[str, list[Moments]] = {}
+    outs = []
+    usable = (len(sub) // batch_size) * batch_size
+    if usable == 0 or batch_size < 1:
+        return {}
+    for start in range(0, usable, batch_size):
+        out, moments = runner.train_moments(sub[start : start + batch_size])
+        outs.append(out)
+        for name, m in moments.items():
+            per_layer.setdefault(name, []).append(m)
+    result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
+    worst, worst_value = None, -1.0
+    for name, ms in per_layer.items():
+        pooled = merge_all(ms)
+        eps = next((layer.eps for layer in layers if layer.name == name), 1e-5) or 1e-5
+        sc = metrics.batch_scatter(
+            np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps
+        )
+        result["layers"][name] = sc
+        if sc["mean_scatter"] > worst_value:
+            worst, worst_value = name, sc["mean_scatter"]
+    result["worst_layer"] = worst
+    result["max_mean_scatter"] = worst_value
+    agreement = metrics.output_agreement(eval_out[:usable], np.concatenate(outs))
+    if "top1_agreement" in agreement:
+        result["flip_rate"] = 1.0 - agreement["top1_agreement"]
+    result["relative_error"] = agreement["relative_error"]
+    return result
+
+
+def train_eval_mismatch(runner, layers, sub: np.ndarray, eval_out: np.ndarray, batch_size: int) -> dict:
+    """BN301: outputs with batch statistics (train-mode BN) vs running statistics."""
+    outs = []
+    per_layer: dict[str, list[Moments]] = {}
+    for start in range(0, len(sub), batch_size):
+        chunk = sub[start : start + batch_size]
+        if len(chunk) < 2:
+            break  # a single-sample batch has no batch statistics
+        out, moments = runner.train_moments(chunk)
+        outs.append(out)
+        for name, m in moments.items():
+            per_layer.setdefault(name, []).append(m)
+    if not outs:
+        return {}
+    train_out = np.concatenate(outs)
+    result = metrics.output_agreement(eval_out[: len(train_out)], train_out)
+    divergence = _layer_divergence(per_layer, layers)
+    ranked = sorted(divergence, key=lambda n: -divergence[n] if math.isfinite(divergence[n]) else math.inf)
+    result.update({"batch_size": int(batch_size), "top_layers": ranked[:5], "per_layer": divergence})
+    return result
+
+
+# ---------------------------------------------------------------------------- saving stats
+
+
+def stats_arrays(layers, moments: dict[str, Moments]) -> dict[str, np.ndarray]:
+    """Per-layer arrays for ``--save-stats``: data mean/var/count and the running statistics."""
+    arrays: dict[str, np.ndarray] = {}
+    for layer in layers:
+        m = moments.get(layer.name)
+        if m is None:
+            continue
+        arrays[f"{layer.name}/data_count"] = np.asarray(m.count, dtype=np.int64)
+        arrays[f"{layer.name}/data_mean"] = m.mean
+        arrays[f"{layer.name}/data_var"] = m.var
+        arrays[f"{layer.name}/data_m2"] = m.m2
+        if layer.has_running_stats:
+            arrays[f"{layer.name}/running_mean"] = layer.running_mean
+            arrays[f"{layer.name}/running_var"] = layer.running_var
+    return arrays
+
+
+def save_stats(path: Path, layers, moments: dict[str, Moments], meta: dict) -> None:
+    """Write the per-channel arrays as .npz (keys ``layer/field``) or parquet (one row per
+    layer and channel), atomically."""
+    import json
+
+    from bncheck.cli_common import write_atomically
+
+    arrays = stats_arrays(layers, moments)
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        def writer(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, __meta__=np.asarray(json.dumps(meta)), **arrays)
+    elif suffix == ".parquet":
+        import pandas as pd
+
+        rows = []
+        for layer in layers:
+            m = moments.get(layer.name)
+            if m is None:
+                continue
+            for c in range(len(m.mean)):
+                rows.append(
+                    {
+                        "layer": layer.name,
+                        "channel": c,
+                        "data_count": int(m.count),
+                        "data_mean": float(m.mean[c]),
+                        "data_var": float(m.var[c]),
+                        "data_m2": float(m.m2[c]),
+                        "running_mean": float(layer.running_mean[c]) if layer.has_running_stats else np.nan,
+                        "running_var": float(layer.running_var[c]) if layer.has_running_stats else np.nan,
+                    }
+                )
+        frame = pd.DataFrame(rows)
+        frame.attrs["bncheck"] = meta
+
+        def writer(tmp: str) -> None:
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError as exc:
+                raise BncheckError("writing parquet needs pyarrow; install `bncheck[parquet]` or use .npz.") from exc
+    else:
+        raise BncheckError(f"--save-stats {path}: use a .npz or .parquet file name.")
+    write_atomically(Path(path), writer)
+
+
+# ---------------------------------------------------------------------------- report figures
+# (issue 6, reports: what the HTML report, --plot and the terminal bars need)
+
+
+def report_figures(
+    report: Report, layers, moments: dict[str, Moments], drift_by_layer: dict[str, metrics.LayerDrift], thresholds: dict, *, channels: bool
+) -> None:
+    """Record in ``report`` what its charts need beyond the contract's summaries.
+
+    Always: the thresholds in force for the drift-phase rules, ``extras["drift"]["thresholds"]``
+    ({code: {name: value}}, a few numbers), so a saved report draws the lines it was judged by.
+    With ``channels`` (``--channels``, or ``--format html``): ``extras["channels"]`` =
+    {layer: {running_mean, running_var, mean, var, z, r}}, one list entry per channel (6
+    significant digits; NaN/Inf become null in JSON) for the per-channel scatter plots."""
+    from bncheck.rules.registry import REGISTRY
+
+    codes = sorted(code for code, r in REGISTRY.items() if r.phase == "drift" and code in thresholds)
+    report.extras["drift"]["thresholds"] = {code: {k: float(v) for k, v in thresholds[code].items()} for code in codes}
+    if not channels:
+        return
+
+    def rounded(values) -> list:
+        return [float(f"{v:.6g}") for v in np.asarray(values, np.float64).tolist()]
+
+    by_name = {layer.name: layer for layer in layers}
+    report.extras["channels"] = {
+        name: {
+            "running_mean": rounded(by_name[name].running_mean),
+            "running_var": rounded(by_name[name].running_var),
+            "mean": rounded(moments[name].mean),
+            "var": rounded(moments[name].var),
+            "z": rounded(d.z),
+            "r": rounded(d.r),
+        }
+        for name, d in drift_by_layer.items()
+    }
+
+
+# ---------------------------------------------------------------------------- API
+
+
+def _progress(enabled: bool, total: int | None):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class _Rate(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} samples/s" if speed else "", style="dim")
+
+    return Progress(
+        TextColumn("[bold]drift[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def drift(
+    model: Any,
+    data: str | Path,
+    *,
+    settings: Settings | None = None,
+    options: DriftOptions | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> Report:
+    """Measure the BN input statistics of ``model`` on ``data`` and compare them with the stored
+    running statistics (rules BN101-BN104, BN201, BN301)."""
+    import bncheck.rules  # noqa: F401
+    from bncheck.sources.data import DataOptions, open_data
+
+    settings = settings or Settings()
+    options = options or DriftOptions()
+    if options.batch_size < 1:
+        raise BncheckError("--batch-size must be at least 1.")
+    source: ModelSource = as_source(model, arch=arch, trust_pickle=trust_pickle)
+    layers = source.bn_layers()
+    if options.layers:
+        unknown = sorted(set(options.layers) - {layer.name for layer in layers})
+        if unknown:
+            raise BncheckError(f"--layers names unknown BN layer(s): {', '.join(unknown[:5])}; `bncheck audit` lists them.")
+        layers = [layer for layer in layers if layer.name in set(options.layers)]
+    report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
+    if not layers:
+        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")
+        return report
+    data_options = options.data_options or DataOptions()
+    if options.limit is not None:
+        data_options.limit = options.limit
+    spec = source.input_spec()
+    dataset = open_data(data, data_options, expected_shape=spec.shape if spec else None)
+    with source.runner(layers=[layer.name for layer in layers]) as runner:
+        if runner.unhookable:
+            bad = ", ".join(f"{k} ({v})" for k, v in list(runner.unhookable.items())[:5])
+            report.notes.append(f"{len(runner.unhookable)} BN layer(s) cannot be observed: {bad}")
+        keep = max(options.mismatch_samples, options.diagnosis_samples)
+        total = dataset.num_samples
+        with _progress(options.progress, total) as bar:
+            task = bar.add_task("drift", total=total) if bar is not None else None
+            advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+            try:
+                result = measure(runner, dataset.batches(options.batch_size), keep=keep, on_batch=advance, keep_predictions=True)
+            except MemoryError as exc:
+                raise DataError("ran out of memory; lower --batch-size.") from exc
+        if result.samples == 0:
+            raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
+        order = [layer.name for layer in layers]
+        drift_by_layer = compute_drift(layers, result.moments, result.samples)
+        thresholds = settings.threshold_table()
+        extras: dict[str, Any] = {"drift": drift_by_layer, "samples": result.samples}
+        first_names = [n for n in order if n in drift_by_layer][: int(thresholds.get("BN103", {}).get("first_layers", 1))]
+        if first_names and result.subsample is not None:
+            first_score = max(drift_by_layer[n].score for n in first_names)
+            if first_score >= thresholds.get("BN103", {}).get("score", 0.3):
+                sub = result.subsample[: options.diagnosis_samples]
+                extras["input_diagnosis"] = diagnose_input(runner, layers, sub, first_names, options.batch_size)
+        if options.mismatch_samples > 0 and result.subsample is not None:
+            sub = result.subsample[: options.mismatch_samples]
+            ref = result.sub_outputs[: options.mismatch_samples]
+            extras["small_batch"] = small_batch_risk(runner, layers, sub, ref, options.train_batch_size) or None
+            extras["mismatch"] = train_eval_mismatch(runner, layers, sub, ref, options.batch_size) or None
+    ctx = RuleContext(
+        layers=layers,
+        thresholds=thresholds,
+        model_format=source.format,
+        train_batch_size=options.train_batch_size,
+        extras=extras,
+    )
+    report.findings = run_rules("drift", ctx, settings)
+    for name, d in drift_by_layer.items():
+        report.layer_extras[name] = {"drift": d.to_dict()}
+    ranking = sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score)
+    report.extras["data"] = {
+        "path": str(data),
+        "samples": int(result.samples),
+        "batch_size": int(options.batch_size),
+        **{k: v for k, v in dataset.describe().items() if k not in ("path", "samples")},
+    }
+    accuracy = _accuracy(result)
+    report.extras["drift"] = {
+        "first_drifting_layer": first_drifting_layer(order, drift_by_layer, thresholds),
+        "ranking": ranking,
+        "input_diagnosis": extras.get("input_diagnosis"),
+        "small_batch": extras.get("small_batch"),
+        "train_eval": {k: v for k, v in (extras.get("mismatch") or {}).items()} or None,
+        "accuracy": accuracy,
+        "unobserved_layers": dict(runner.unhookable),
+    }
+    if options.save_stats is not None:
+        save_stats(
+            options.save_stats,
+            layers,
+            result.moments,
+            {"model_sha256": source.sha256, "data": str(data), "samples": result.samples, "preprocessing": dataset.describe()},
+        )
+        report.extras["drift"]["saved_stats"] = str(options.save_stats)
+    report_figures(report, layers, result.moments, drift_by_layer, thresholds, channels=options.channels)
+    report.measurement = result  # for recalibrate and tests; not serialised
+    return report
+
+
+def _accuracy(result: Measurement) -> float | None:
+    if result.labels is None or not result.outputs_for_accuracy:
+        return None
+    preds = np.concatenate(result.outputs_for_accuracy)
+    if len(preds) != len(result.labels):
+        return None
+    return float(np.mean(preds == result.labels))

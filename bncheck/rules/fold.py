@@ -1,0 +1,41 @@
+"""Fold rules: what ``bncheck fold`` checks about its own result."""
+
+from __future__ import annotations
+
+from bncheck.rules.registry import RuleContext, rule
+
+
+@rule(
+    code="BN401",
+    name="fold-verification-failed",
+    severity="error",
+    phase="fold",
+    summary="The folded model's outputs differ from the original's beyond --atol/--rtol.",
+    what="""After folding, `bncheck fold` runs the original and the folded model on the same
+    inputs (--verify DATA, or random inputs of the model's input shape) and compares every
+    output: max |original - folded| must stay within atol + rtol * max |original| per output.
+    This rule reports an output that does not.""",
+    why="""A folded model that does not compute the original function silently changes every
+    prediction in production. Folding itself only re-rounds float32 weights (errors around
+    1e-6 of the output scale), so a larger difference means a broken pattern (a BN whose
+    producer output is also used elsewhere, a channel axis that is not the producer's output
+    axis, a custom BN forward) or extreme BN scales (BN008) that float32 weights cannot hold.""",
+    example="""max_abs_err 0.8, max_rel_err 0.12 with rtol 1e-4: the folded model is wrong.""",
+    fix="""Look at the layers reported as folded and at BN008 (extreme scales) in
+    `bncheck audit`; verify on real data (--verify DATA); loosen --atol/--rtol only for
+    low-precision models (float16 defaults to 1e-2). OUT is not written unless --force.""",
+)
+def check_fold_verification(r, ctx: RuleContext):
+    verification = ctx.extras.get("verification")
+    if not verification or verification.get("passed", True):
+        return
+    tol = ctx.extras.get("tolerance", {})
+    mismatch = ctx.extras.get("mismatch")
+    if mismatch:
+        message = f"the folded model does not match the original: {mismatch}"
+    else:
+        message = (
+            f"folded model differs from the original: max abs error {verification.get('max_abs_err')}, "
+            f"max relative error {verification.get('max_rel_err')} (atol {tol.get('atol')}, rtol {tol.get('rtol')})"
+        )
+    yield r.finding(None, message, **verification, **tol)

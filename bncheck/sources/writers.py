@@ -1,0 +1,247 @@
+"""Where models go: choosing the output kind, guarding paths, writing files atomically.
+
+Shared by ``fold`` and ``recalibrate``. The contract's rule: ``--to onnx|export|torchscript|
+state-dict`` or OUT's extension (``.onnx``, ``.pt2``, ``.ts``, ``.safetensors``) picks the kind;
+``.pt``/``.pth`` mean "the same kind as the input" (a state dict stays a state dict,
+TorchScript stays TorchScript, a pickled module stays a pickled module). MODEL is never
+overwritten, OUT only with ``force``, and every file appears complete or not at all.
+
+Only :func:`write_onnx` and the path helpers work without torch; the other writers import it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from bncheck.errors import BncheckError, OutputError, UsageError
+
+#: ``--to`` values and what they write.
+OUTPUT_KINDS = {
+    "onnx": "ONNX (.onnx)",
+    "export": "torch.export program (.pt2)",
+    "torchscript": "TorchScript archive (.ts)",
+    "state-dict": "state dict (.safetensors, .pt, .pth)",
+}
+#: Extensions that name one kind.
+EXTENSION_KINDS = {".onnx": "onnx", ".pt2": "export", ".ts": "torchscript", ".safetensors": "state-dict"}
+#: Extensions that mean "the same kind as the input".
+SAME_KIND_EXTENSIONS = (".pt", ".pth")
+#: Input format (``ModelSource.format``) -> the kind a ``.pt``/``.pth`` OUT means.
+SAME_KIND = {
+    "state_dict": "state-dict",
+    "torchscript": "torchscript",
+    "export": "export",
+    "pickle": "pickle",
+}
+#: ONNX protobufs cannot exceed 2 GiB; bigger models keep their tensors in a side file.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+# ------------------------------------------------------------------------------ atomic writes
+
+
+def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
+    """Call ``writer(tmp_path)`` then move the temporary file onto ``path``.
+
+    The temporary file lives in the destination folder (so the final rename is atomic) and
+    is removed on any failure: readers never see half a file.
+    """
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist.")
+    # The temporary name keeps the extension: some writers (torch.export.save) check it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BncheckError:
+        _unlink(tmp)
+        raise
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------ choosing OUT
+
+
+def output_kind(out: Path, to: str | None, input_format: str) -> str:
+    """The kind of model to write to ``out``: onnx, export, torchscript, state-dict or pickle.
+
+    Raises :class:`UsageError` when ``--to`` and the extension disagree, when neither names a
+    kind, or when ``.pt``/``.pth`` has no "same kind" for this input.
+    """
+    suffix = Path(out).suffix.lower()
+    if to is not None:
+        to = to.strip().lower().replace("_", "-")
+        if to == "statedict":
+            to = "state-dict"
+        if to not in OUTPUT_KINDS:
+            raise UsageError(f"--to {to!r} is not an output kind; choose one of: {', '.join(OUTPUT_KINDS)}.")
+        ext_kind = EXTENSION_KINDS.get(suffix)
+        if ext_kind is not None and ext_kind != to:
+            raise UsageError(
+                f"--to {to} contradicts OUT's extension {suffix} (which means {ext_kind}); "
+                f"change one of them."
+            )
+        if suffix in SAME_KIND_EXTENSIONS and to == "onnx":
+            raise UsageError(f"--to onnx with OUT {out}: name an ONNX file .onnx.")
+        return to
+    if suffix in EXTENSION_KINDS:
+        return EXTENSION_KINDS[suffix]
+    if suffix in SAME_KIND_EXTENSIONS:
+        if input_format == "onnx":
+            raise UsageError(
+                f"OUT {out} ends in {suffix}, which means the input's kind, but the input is ONNX: "
+                "name the output .onnx."
+            )
+        kind = SAME_KIND.get(input_format)
+        if kind is None:
+            raise UsageError(
+                f"OUT {out} ends in {suffix}, which means the same kind as the input, but an "
+                f"in-memory {input_format} has no file kind; pass --to "
+                f"{'|'.join(OUTPUT_KINDS)} or use .onnx/.pt2/.ts/.safetensors."
+            )
+        return kind
+    shown = suffix or "(none)"
+    raise UsageError(
+        f"cannot tell the output format from OUT's extension {shown}; use .onnx, .pt2, .ts, "
+        f".safetensors (.pt/.pth: same kind as the input) or pass --to {'|'.join(OUTPUT_KINDS)}."
+    )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (after resolving links, or the same inode)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(
+    out: Path,
+    *,
+    protected: Iterable[Path] = (),
+    force: bool = False,
+    companions: Iterable[Path] = (),
+) -> None:
+    """Refuse to write ``out`` (or its ``companions``, e.g. ONNX external data) over a
+    ``protected`` input file, or over an existing file without ``force``."""
+    out = Path(out)
+    targets = [out, *companions]
+    for target in targets:
+        for guard in protected:
+            if guard is not None and same_file(target, Path(guard)):
+                raise OutputError(
+                    f"refusing to overwrite the input model {guard} with {target}; choose another OUT path."
+                )
+    if out.exists() and out.is_dir():
+        raise OutputError(f"OUT {out} is a directory; name the file to write.")
+    if not force:
+        for target in targets:
+            if target.exists():
+                raise OutputError(f"{target} already exists; pass --force to overwrite it.")
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {out}: folder {folder} does not exist.")
+
+
+# ------------------------------------------------------------------------------ writers
+
+
+def onnx_data_path(out: Path) -> Path:
+    """The external-data file written next to an ONNX OUT (``OUT.data``)."""
+    out = Path(out)
+    return out.with_name(out.name + ".data")
+
+
+def write_onnx(model, out: Path, *, external_data: bool = False) -> list[Path]:
+    """Write an ``onnx.ModelProto``; with ``external_data`` (or above 2 GiB) the tensors go to
+    ``OUT.data`` next to it. Returns the files written. ``model`` is not modified."""
+    import onnx
+
+    out = Path(out)
+    if not external_data and model.ByteSize() < PROTOBUF_LIMIT:
+        write_atomically(out, lambda tmp: onnx.save_model(model, tmp))
+        return [out]
+    data = onnx_data_path(out)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    folder = out.resolve().parent
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=folder))
+    try:
+        onnx.save_model(
+            copy,
+            str(tmpdir / out.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        if (tmpdir / data.name).exists():
+            os.replace(tmpdir / data.name, data)
+        os.replace(tmpdir / out.name, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}.") from exc
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return [out, data] if data.exists() else [out]
+
+
+def write_torchscript(module, out: Path) -> list[Path]:
+    import torch
+
+    write_atomically(Path(out), lambda tmp: torch.jit.save(module, tmp))
+    return [Path(out)]
+
+
+def write_export(program, out: Path) -> list[Path]:
+    import torch
+
+    write_atomically(Path(out), lambda tmp: torch.export.save(program, tmp))
+    return [Path(out)]
+
+
+def write_pickle(module, out: Path) -> list[Path]:
+    """A whole pickled module (``torch.save(module)``); reading it back needs trust."""
+    import torch
+
+    write_atomically(Path(out), lambda tmp: torch.save(module, tmp))
+    return [Path(out)]
+
+
+def write_state_dict(state: dict, out: Path, metadata: dict[str, str] | None = None) -> list[Path]:
+    """A state dict: safetensors for ``.safetensors`` (with ``metadata`` in its header),
+    ``torch.save`` of the plain dict otherwise (loads with ``weights_only=True``)."""
+    import torch
+
+    out = Path(out)
+    # Own, contiguous storage per tensor: safetensors refuses shared or strided storage.
+    plain = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if out.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"format": "pt", **(metadata or {})}
+        write_atomically(out, lambda tmp: save_file(plain, tmp, metadata=meta))
+    else:
+        write_atomically(out, lambda tmp: torch.save(plain, tmp))
+    return [out]

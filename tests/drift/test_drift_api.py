@@ -1,0 +1,185 @@
+"""bncheck.drift end to end on real models and files: known injected shifts are found with the
+contract's z and r to 1e-4, identical data gives ~zero drift, both backends agree, and the
+train-mode analyses are large where they must be and small where they must not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bncheck
+from bncheck.drift import DriftOptions
+from bncheck.sources.data import DataOptions
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _bn_inputs(model: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The BN inputs of an eval-mode forward, captured with plain hooks, in float64."""
+    seen: dict[str, list[np.ndarray]] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, []).append(args[0].double().numpy()))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    return {k: np.concatenate(v) for k, v in seen.items()}
+
+
+def _population(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)
+    return flat.mean(axis=1), flat.var(axis=1)
+
+
+@pytest.fixture
+def calibrated(tmp_path):
+    """A model whose running statistics are the exact eval-mode population statistics of its
+    data, plus that data on disk as .npy."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 0.8, size=(96, 3, 6, 6)).astype(np.float32)
+    model = Net().eval()
+    for name in ("bn1", "bn2"):  # calibrate layer by layer, as inference will see it
+        acts = _bn_inputs(model, x)[name]
+        mean, var = _population(acts)
+        bn = getattr(model, name)
+        bn.running_mean.copy_(torch.from_numpy(mean))
+        bn.running_var.copy_(torch.from_numpy(var))
+    path = tmp_path / "data.npy"
+    np.save(path, x)
+    return model, x, path
+
+
+def _opts(**kw):
+    kw.setdefault("mismatch_samples", 0)
+    return DriftOptions(data_options=DataOptions(workers=0), **kw)
+
+
+def test_identical_distribution_gives_near_zero_drift(calibrated):
+    model, _, path = calibrated
+    report = bncheck.drift(model, path, options=_opts())
+    for layer in ("bn1", "bn2"):
+        d = report.layer_extras[layer]["drift"]
+        assert d["mean_shift"]["mean"] < 1e-5
+        assert d["var_log_ratio"]["mean"] < 1e-5
+        assert d["score"] < 1e-9
+    assert report.passed and not [f for f in report.findings if f.rule in ("BN101", "BN102")]
+
+
+def test_injected_shift_is_found_at_the_right_layer_with_exact_figures(calibrated):
+    model, x, path = calibrated
+    bn2 = model.bn2
+    sd = torch.sqrt(bn2.running_var + bn2.eps)
+    with torch.no_grad():
+        bn2.running_mean -= 0.7 * sd  # the data now sits +0.7 std above the stored mean
+        bn2.running_var *= 0.5  # and has twice the stored variance
+    report = bncheck.drift(model, path, options=_opts(batch_size=7))
+    acts = _bn_inputs(model, x)["bn2"]
+    mu, var = _population(acts)
+    rm, rv = bn2.running_mean.double().numpy(), bn2.running_var.double().numpy()
+    z = (mu - rm) / np.sqrt(rv + bn2.eps)
+    r = np.log((var + bn2.eps) / (rv + bn2.eps))
+    d = report.layer_extras["bn2"]["drift"]
+    assert d["mean_shift"]["mean"] == pytest.approx(np.mean(np.abs(z)), rel=1e-4)
+    assert d["mean_shift"]["max"] == pytest.approx(np.max(np.abs(z)), rel=1e-4)
+    assert d["var_log_ratio"]["mean"] == pytest.approx(np.mean(np.abs(r)), rel=1e-4)
+    assert d["samples"] == 96 and d["elements"] == 96 * 36
+    assert report.layer_extras["bn1"]["drift"]["score"] < 1e-9
+    assert report.extras["drift"]["first_drifting_layer"] == "bn2"
+    assert report.extras["drift"]["ranking"][0] == "bn2"
+    rules = {(f.rule, f.layer, f.severity.value) for f in report.findings}
+    assert ("BN101", "bn2", "error") in rules and ("BN102", "bn2", "warning") in rules
+    assert report.exit_code == 1
+
+
+def test_results_do_not_depend_on_batch_size(calibrated):
+    model, _, path = calibrated
+    with torch.no_grad():
+        model.bn1.running_mean += 0.3
+    a = bncheck.drift(model, path, options=_opts(batch_size=1))
+    b = bncheck.drift(model, path, options=_opts(batch_size=96))
+    for layer in ("bn1", "bn2"):
+        da, db = a.layer_extras[layer]["drift"], b.layer_extras[layer]["drift"]
+        assert da["mean_shift"]["mean"] == pytest.approx(db["mean_shift"]["mean"], rel=1e-6)
+        assert da["var_log_ratio"]["mean"] == pytest.approx(db["var_log_ratio"]["mean"], rel=1e-6, abs=1e-9)
+
+
+def test_torch_and_onnx_backends_agree(calibrated, tmp_path):
+    model, x, path = calibrated
+    with torch.no_grad():
+        model.bn1.running_var *= 2.0
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        model, (torch.from_numpy(x[:2]),), str(onnx_path), dynamo=False, do_constant_folding=False,
+        training=torch.onnx.TrainingMode.EVAL, input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )
+    t = bncheck.drift(model, path, options=_opts())
+    o = bncheck.drift(onnx_path, path, options=_opts())
+    t_layers = [layer.name for layer in t.layers]
+    o_layers = [layer.name for layer in o.layers]
+    for tn, on in zip(t_layers, o_layers, strict=True):
+        td, od = t.layer_extras[tn]["drift"], o.layer_extras[on]["drift"]
+        for key in ("mean_shift", "var_log_ratio"):
+            assert od[key]["mean"] == pytest.approx(td[key]["mean"], rel=1e-4, abs=1e-6)
+        assert od["samples"] == td["samples"]
+
+
+def test_train_eval_and_small_batch_large_when_stats_are_stale(calibrated):
+    model, _, path = calibrated
+    with torch.no_grad():
+        model.bn1.running_mean += 2.0
+    report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))
+    te = report.extras["drift"]["train_eval"]
+    sb = report.extras["drift"]["small_batch"]
+    assert te["batch_size"] == 32 and te["top_layers"][0] == "bn1"
+    assert te["top1_agreement"] < 0.9
+    assert sb["batch_size"] == 2 and sb["max_mean_scatter"] > 0.25
+    codes = {f.rule for f in report.findings}
+    assert {"BN301", "BN201"} <= codes
+
+
+def test_train_eval_small_when_stats_match(calibrated):
+    model, _, path = calibrated
+    report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=32))
+    te = report.extras["drift"]["train_eval"]
+    assert te["relative_error"] < 0.2
+    assert "BN301" not in {f.rule for f in report.findings}
+    # the stored statistics were not touched by the train-mode passes
+    again = bncheck.drift(model, path, options=_opts())
+    assert again.layer_extras["bn1"]["drift"]["score"] < 1e-9
+
+
+def test_save_stats_npz_and_parquet(calibrated, tmp_path):
+    model, x, path = calibrated
+    npz = tmp_path / "stats.npz"
+    bncheck.drift(model, path, options=_opts(save_stats=npz))
+    with np.load(npz) as saved:
+        mu, var = _population(_bn_inputs(model, x)["bn1"])
+        np.testing.assert_allclose(saved["bn1/data_mean"], mu, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(saved["bn1/data_var"], var, rtol=1e-5)
+        assert int(saved["bn1/data_count"]) == 96 * 36
+        np.testing.assert_array_equal(saved["bn2/running_var"], model.bn2.running_var.double().numpy())
+    pq = tmp_path / "stats.parquet"
+    bncheck.drift(model, path, options=_opts(save_stats=pq))
+    import pandas as pd
+
+    frame = pd.read_parquet(pq)
+    assert set(frame["layer"]) == {"bn1", "bn2"} and len(frame) == 16
