@@ -10,6 +10,7 @@ The Python API returns the same report objects the CLI renders::
 from bncheck._version import __version__
 from bncheck.audit import audit
 from bncheck.config import Settings, load_settings
+from bncheck.drift import DriftOptions, drift
 from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Severity
 from bncheck.fold import fold
@@ -26,6 +27,8 @@ __all__ = [
     "Severity",
     "__version__",
     "audit",
+    "drift",
+    "DriftOptions",
     "fold",
     "load_model",
     "load_settings",

@@ -52,6 +52,42 @@ class Measurement:
     outputs_for_accuracy: list[np.ndarray] = field(default_factory=list)
 
 
+class Reservoir:
+    """A uniform random sample of at most ``size`` items of a stream (Vitter's algorithm R),
+    with the eval-mode outputs of each kept sample: the bounded subsample of the train-mode
+    analyses. Memory is ``size`` samples whatever the length of the stream; a fixed seed makes
+    runs reproducible."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = int(size)
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+        self._x: np.ndarray | None = None
+        self._out: np.ndarray | None = None
+
+    def offer(self, x: np.ndarray, outputs: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        outputs = np.asarray(outputs)
+        if self._x is None:
+            self._x = np.empty((self.size, *x.shape[1:]), dtype=x.dtype)
+            self._out = np.empty((self.size, *outputs.shape[1:]), dtype=outputs.dtype)
+        for i in range(len(x)):
+            slot = self.seen if self.seen < self.size else int(self._rng.integers(0, self.seen + 1))
+            if slot < self.size:
+                self._x[slot] = x[i]
+                self._out[slot] = outputs[i]
+            self.seen += 1
+
+    def sample(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The kept samples and their outputs, in a random order."""
+        if self._x is None:
+            return None, None
+        n = min(self.seen, self.size)
+        order = self._rng.permutation(n)
+        return self._x[:n][order], self._out[:n][order]
+
+
 def measure(
     runner,
     batches,
@@ -59,13 +95,13 @@ def measure(
     keep: int,
     on_batch: Callable[[int], None] | None = None,
     keep_predictions: bool = False,
+    seed: int = 0,
 ) -> Measurement:
     """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
-    keep the first ``keep`` samples and their eval outputs for the train-mode analyses."""
+    keep a uniform random subsample of ``keep`` samples and their eval outputs for the
+    train-mode analyses (a folder sorted by class must not give single-class batches)."""
     parts: dict[str, list[Moments]] = {}
-    kept_x: list[np.ndarray] = []
-    kept_y: list[np.ndarray] = []
-    kept_n = 0
+    reservoir = Reservoir(keep, seed)
     samples = 0
     labels: list[np.ndarray] = []
     preds: list[np.ndarray] = []
@@ -74,11 +110,7 @@ def measure(
         outputs, moments = runner.moments(x)
         for name, m in moments.items():
             parts.setdefault(name, []).append(m)
-        if kept_n < keep:
-            take = min(keep - kept_n, len(x))
-            kept_x.append(np.array(x[:take], copy=True))
-            kept_y.append(np.array(outputs[:take], copy=True))
-            kept_n += take
+        reservoir.offer(x, outputs)
         if keep_predictions:
             preds.append(np.asarray(outputs).reshape(len(x), -1).argmax(axis=1))
             if getattr(batch, "y", None) is not None:
@@ -87,11 +119,12 @@ def measure(
         if on_batch is not None:
             on_batch(len(x))
     merged = {name: merge_all(ms) for name, ms in parts.items()}
+    sub, sub_out = reservoir.sample()
     return Measurement(
         moments=merged,
         samples=samples,
-        subsample=np.concatenate(kept_x) if kept_x else None,
-        sub_outputs=np.concatenate(kept_y) if kept_y else None,
+        subsample=sub,
+        sub_outputs=sub_out,
         labels=np.concatenate(labels) if labels else None,
         outputs_for_accuracy=preds,
     )
@@ -126,6 +159,18 @@ def first_drifting_layer(order: list[str], drift: dict[str, metrics.LayerDrift],
         if d and (d.mean_shift.mean >= z_warn or d.var_log_ratio.mean >= r_warn):
             return name
     return None
+
+
+def input_drift_is_strong(first: list[str], drift: dict[str, metrics.LayerDrift], thresholds: dict) -> bool:
+    """Whether the BN layers nearest the input drift enough to try candidate corrections: a
+    score at BN103's threshold, or mean |z| / mean |r| at BN101/BN102's error thresholds."""
+    score = thresholds.get("BN103", {}).get("score", 0.3)
+    z_err = thresholds.get("BN101", {}).get("error", 0.5)
+    r_err = thresholds.get("BN102", {}).get("error", 0.5)
+    return any(
+        drift[n].score >= score or drift[n].mean_shift.mean >= z_err or drift[n].var_log_ratio.mean >= r_err
+        for n in first
+    )
 
 
 #: candidate corrections for BN103: (description, function of a preprocessed batch)
@@ -375,7 +420,13 @@ def _progress(enabled: bool, total: int | None):
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     class _Rate(TextColumn):
         def __init__(self):
@@ -452,11 +503,9 @@ def drift(
         thresholds = settings.threshold_table()
         extras: dict[str, Any] = {"drift": drift_by_layer, "samples": result.samples}
         first_names = [n for n in order if n in drift_by_layer][: int(thresholds.get("BN103", {}).get("first_layers", 1))]
-        if first_names and result.subsample is not None:
-            first_score = max(drift_by_layer[n].score for n in first_names)
-            if first_score >= thresholds.get("BN103", {}).get("score", 0.3):
-                sub = result.subsample[: options.diagnosis_samples]
-                extras["input_diagnosis"] = diagnose_input(runner, layers, sub, first_names, options.batch_size)
+        if first_names and result.subsample is not None and input_drift_is_strong(first_names, drift_by_layer, thresholds):
+            sub = result.subsample[: options.diagnosis_samples]
+            extras["input_diagnosis"] = diagnose_input(runner, layers, sub, first_names, options.batch_size)
         if options.mismatch_samples > 0 and result.subsample is not None:
             sub = result.subsample[: options.mismatch_samples]
             ref = result.sub_outputs[: options.mismatch_samples]
@@ -498,7 +547,6 @@ def drift(
         )
         report.extras["drift"]["saved_stats"] = str(options.save_stats)
     report_figures(report, layers, result.moments, drift_by_layer, thresholds, channels=options.channels)
-    report.measurement = result  # for recalibrate and tests; not serialised
     return report
 
 

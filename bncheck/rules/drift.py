@@ -101,11 +101,12 @@ def check_variance_ratio(r, ctx: RuleContext):
     severity="warning",
     phase="drift",
     summary="Drift already strong at the BN layer(s) nearest the input: preprocessing mismatch suspected.",
-    what="""Looks at the first `first_layers` BN layers in network order. When their drift score
-    reaches `score` (or mean |z| / mean |r| reach BN101/BN102's error thresholds), the problem is
-    in the input itself. bncheck then re-measures those layers on a small subsample with
-    candidate corrections (x255, /255, RGB<->BGR, inverted, ImageNet mean/std on or off) and names
-    the one that removes most of the drift.""",
+    what="""Looks at the first `first_layers` BN layers in network order. When they drift strongly
+    (BN101/BN102 error level, or a drift score at `score`), bncheck re-measures them on a small
+    subsample with candidate corrections of the input (x255, /255, RGB<->BGR, inverted, ImageNet
+    mean/std on or off). It reports a preprocessing mismatch when one correction removes at
+    least half of the drift (and names it), or when the score alone reaches `score` (a drift
+    far beyond a change of lighting or population).""",
     why="""Drift that starts at the very first layer is rarely a change of the world; it is
     almost always a change of plumbing: pixels in 0-255 instead of 0-1, BGR instead of RGB,
     normalisation applied twice or not at all, a different resize. Recalibrating would hide a
@@ -123,17 +124,12 @@ def check_input_mismatch(r, ctx: RuleContext):
         return
     first = int(ctx.threshold(r.code, "first_layers"))
     limit = ctx.threshold(r.code, "score")
-    z_err = ctx.thresholds.get("BN101", {}).get("error", 0.5)
-    r_err = ctx.thresholds.get("BN102", {}).get("error", 0.5)
     nearest = [layer.name for layer in ctx.layers if layer.name in drift][:first]
-    strong = [
-        n for n in nearest
-        if drift[n].score >= limit or drift[n].mean_shift.mean >= z_err or drift[n].var_log_ratio.mean >= r_err
-    ]
-    if not strong:
-        return
     diagnosis = ctx.extras.get("input_diagnosis") or {}
     best = diagnosis.get("best")
+    strong = [n for n in nearest if drift[n].score >= limit or best]
+    if not strong:
+        return
     if best:
         msg = (
             f"drift starts at the input (score {drift[strong[0]].score:.3g}): preprocessing mismatch suspected — "

@@ -61,8 +61,10 @@ def test_csv_rows_through_the_mlp():
     bad = run("drift", SAMPLES / "cancer_mlp.onnx", CANCER / "shifted.csv", "-f", "json", "--mismatch-samples", "0")
     assert ok.exit_code == 0, ok.output
     assert bad.exit_code == 1
-    first = report_of(bad)["layers"][0]
-    assert first["name"] == "/input_norm/BatchNormalization" and first["drift"]["score"] > 0.05
+    body = report_of(bad)
+    first = body["layers"][0]
+    assert first["name"] == "/input_norm/BatchNormalization" and first["drift"]["mean_shift"]["max"] > 1.0
+    assert ("BN101", "/input_norm/BatchNormalization") in {(f["rule"], f["layer"]) for f in body["findings"]}
 
 
 def test_train_mode_analyses_run_on_a_bounded_subsample():
