@@ -15,6 +15,7 @@ from bncheck.errors import BncheckError
 from bncheck.findings import Finding, Severity
 from bncheck.fold import fold
 from bncheck.layers import BNLayer
+from bncheck.recalibrate import RecalibrateOptions, recalibrate
 from bncheck.report import Report
 from bncheck.sources import load_model
 
@@ -32,4 +33,6 @@ __all__ = [
     "fold",
     "load_model",
     "load_settings",
+    "recalibrate",
+    "RecalibrateOptions",
 ]

@@ -266,6 +266,77 @@ def drift(
     report = run_drift(model, data, settings=settings, options=options, arch=arch, trust_pickle=trust_pickle)
     emit(report, fmt, output, quiet)
 
+@app.command()
+@handle_errors
+def recalibrate(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")],
+    data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")],
+    method: Annotated[str, typer.Option("--method", help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
+    variance: Annotated[str, typer.Option("--variance", help="exact: population (default) or unbiased running_var.")] = "population",
+    momentum: Annotated[float | None, typer.Option("--momentum", help="ema: momentum (PyTorch convention; default: each layer's own).")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when no layer's statistics move by more than this (|z|, |r|).")] = 1e-3,
+    layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Output kind: onnx|export|torchscript|state-dict (default: from OUT's extension).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run drift of OUT on DATA afterwards (before/after figures).")] = True,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size (default 32).")] = None,
+    size: SizeOpt = None,
+    crop: CropOpt = None,
+    scale: ScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channel_order: ChannelOrderOpt = None,
+    grayscale: GrayscaleOpt = None,
+    layout: LayoutOpt = None,
+    columns: ColumnsOpt = None,
+    preprocess: PreprocessOpt = None,
+    labels: LabelsOpt = None,
+    limit: LimitOpt = None,
+    strict: StrictOpt = False,
+    nan: NanOpt = None,
+    workers: WorkersOpt = None,
+    arrays: ArraysOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    fmt: FormatOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the report to FILE instead of stdout.")] = None,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    ignore: IgnoreOpt = None,
+    threshold: ThresholdOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the
+    report compares drift (and accuracy, with labels) before and after."""
+    from bncheck.cli_data import data_options
+    from bncheck.config import load_settings
+    from bncheck.recalibrate import RecalibrateOptions
+    from bncheck.recalibrate import recalibrate as run_recalibrate
+
+    settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold)
+    fmt = choose_format(fmt, output, settings.options.get("format"))
+    data_opts = data_options(
+        settings.options,
+        size=size, crop=crop, scale=scale, mean=mean, std=std, channel_order=channel_order, grayscale=grayscale,
+        layout=layout, columns=columns, preprocess=preprocess, labels=labels, limit=limit, strict=strict, nan=nan,
+        workers=workers, arrays=arrays, batch_size=batch_size,
+    )
+    options = RecalibrateOptions(
+        method=method,
+        variance=variance,
+        momentum=momentum,
+        tolerance=tolerance,
+        batch_size=data_opts.batch_size,
+        limit=data_opts.limit,
+        layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
+        data_options=data_opts,
+        verify=verify,
+    )
+    report = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, arch=arch, trust_pickle=trust_pickle)
+    emit(report, fmt, output, quiet)
+
 
 def main() -> None:
     app()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bncheck.formats import fold_section
+from bncheck.formats import fold_section, recalibrate_section
 from bncheck.formats.common import fmt_num, foldable_text, verdict
 from bncheck.report import Report
 
@@ -29,6 +29,10 @@ def render(report: Report, **_: object) -> str:
     data = report.extras.get("data")
     if data:
         lines += [f"**Data** `{data.get('path')}` — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
+    if report.command == "recalibrate":
+        lines += ["### Recalibration", ""] + [f"- {line}" for line in recalibrate_section.summary_lines(report)] + [""]
+        lines += ["| layer | mean \\|z\\| before | after | mean \\|r\\| before | after |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| `{_cell(r[0])}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in recalibrate_section.layer_rows(report)] + [""]
     if report.command == "fold":
         lines += ["### Fold", ""] + [f"- {line}" for line in fold_section.summary_lines(report)] + [""]
     if report.findings:

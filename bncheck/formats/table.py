@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bncheck.formats import fold_section
+from bncheck.formats import fold_section, recalibrate_section
 from bncheck.formats.common import fmt_num, foldable_text, headline
 from bncheck.report import Report
 
@@ -77,6 +77,14 @@ def build(report: Report) -> Group:
             else:
                 row.append(_stats(layer))
             row.append(Text(str(counts.get(layer.name, 0)) if layer.name in counts else "", style=STYLE.get(sev, "")))
+            table.add_row(*row)
+        parts.append(table)
+    if report.command == "recalibrate":
+        parts += [Text(line) for line in recalibrate_section.summary_lines(report)]
+        table = Table(title="Drift before -> after", title_justify="left")
+        for col in ("layer", "mean|z| before", "after", "mean|r| before", "after"):
+            table.add_column(col, justify="left" if col == "layer" else "right")
+        for row in recalibrate_section.layer_rows(report):
             table.add_row(*row)
         parts.append(table)
     if report.command == "fold":
