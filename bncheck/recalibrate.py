@@ -8,10 +8,10 @@ Methods (``--method``):
   would be exact but slow; instead one train-mode pass gives every layer a first estimate (the
   population statistics of its input when the layers before it normalise with batch
   statistics), then eval-mode passes over the data re-measure all layers at once with the
-  latest estimates until no layer's statistics move by more than ``tolerance`` (in the drift
-  metrics z and r of the contract). A pass fixes at least one more layer of the dependency
-  chain exactly, so it ends after at most depth-many passes; in practice the estimates
-  converge geometrically and two or three passes reach 1e-3. The number of passes is reported.
+  latest estimates until no layer moves by more than ``tolerance`` (the largest mean |z| or
+  mean |r| between two estimates, the contract's drift metrics). A pass settles at least the
+  next layer of every dependency chain and parallel branches settle together, so it needs at
+  most as many passes as the deepest BN chain, usually fewer. The number of passes is reported.
 * ``cumulative`` — the same as :func:`torch.optim.swa_utils.update_bn`: one train-mode pass
   with momentum None, so the running mean is the average of the batch means and the running
   variance the average of the *unbiased* batch variances, every batch weighted equally.
@@ -151,7 +151,9 @@ def _pytorch_momentum(layer, override: float | None) -> float:
 
 
 def _movement(old: Statistics, new: Statistics, layers) -> float:
-    """Largest |z| or |r| between two estimates: how far the newest one moved."""
+    """How far the newest estimate moved, in the drift metrics of the contract: the largest
+    over layers of mean |z| and mean |r| between two estimates (the drift the model with the
+    old estimate shows on the data)."""
     worst = 0.0
     for n, (mean, var) in new.items():
         if n not in old:
@@ -159,16 +161,27 @@ def _movement(old: Statistics, new: Statistics, layers) -> float:
         eps = layers[n].eps or 1e-5
         z = metrics.mean_shift(mean, old[n][0], old[n][1], eps)
         r = metrics.var_log_ratio(var, old[n][1], eps)
-        worst = max(worst, float(np.max(np.abs(z), initial=0.0)), float(np.max(np.abs(r), initial=0.0)))
+        worst = max(worst, float(np.mean(np.abs(z))), float(np.mean(np.abs(r))))
     return worst
 
 
 def estimate_exact(
     source: ModelSource, dataset, names: list[str], options: RecalibrateOptions
 ) -> tuple[Statistics, list[dict[str, Any]]]:
-    """Eval-mode fixed point, started from one train-mode population pass (when every layer is
-    recalibrated) or from the stored statistics (``--layers``). Returns the statistics and one
-    record per pass (kind, movement)."""
+    """The eval-mode fixed point: every layer's statistics are those of its input in eval mode
+    with all the layers before it recalibrated.
+
+    One train-mode pass gives every layer a starting estimate (its input's population
+    statistics when the layers before it normalise with batch statistics, which differ from
+    the final ones only by batch noise). Then each eval-mode pass re-measures *all* layers at
+    once with the latest estimates, until no layer moves by more than ``tolerance``. A pass
+    settles at least the next layer of every dependency chain, and parallel branches settle
+    together, so it needs at most as many passes as the deepest BN chain and usually fewer —
+    against one full pass per layer for the naive method. With ``--layers`` the iteration
+    starts from the stored statistics of the chosen layers.
+
+    Returns the statistics and one record per pass (mode, movement).
+    """
     layers = {layer.name: layer for layer in source.bn_layers()}
     history: list[dict[str, Any]] = []
     all_layers = [layer.name for layer in source.bn_layers() if layer.has_running_stats]
@@ -182,7 +195,6 @@ def estimate_exact(
         history.append({"pass": 1, "mode": "train", "movement": None})
     else:
         stats = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
-    current = source
     while len(history) < options.max_passes:
         current = with_statistics(source, stats)
         with current.runner(layers=names) as runner:
