@@ -10,12 +10,15 @@ import typer
 from bncheck._version import __version__
 from bncheck.cli_common import (
     ArchOpt,
+    BaselineOpt,
     ConfigOpt,
     FailOnOpt,
     FormatOpt,
     IgnoreOpt,
     OutputOpt,
+    PlotOpt,
     QuietOpt,
+    RecordingGroup,
     SelectOpt,
     State,
     ThresholdOpt,
@@ -42,8 +45,12 @@ from bncheck.cli_data import (
     StrictOpt,
     WorkersOpt,
 )
+from bncheck.cli_engines import EngineOpt, RayAddressOpt, ShardOpt, StatsOpt, StorageOpt
+from bncheck.cli_engines import register as register_engine_commands
+from bncheck.cli_reports import register as register_report_commands
 
 app = typer.Typer(
+    cls=RecordingGroup,
     name="bncheck",
     help="Diagnostics for the batch-normalization layers of trained networks.",
     no_args_is_help=True,
@@ -86,6 +93,7 @@ def audit(
     threshold: ThresholdOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Static checks of every batch-norm layer of MODEL (no data needed)."""
     from bncheck.audit import audit as run_audit
@@ -99,9 +107,9 @@ def audit(
         thresholds=threshold,
         train_batch_size=train_batch_size,
     )
-    fmt = choose_format(fmt, output, settings.options.get("format"))
+    fmt = choose_format(fmt, output, settings.options.get("format"), command="audit", baseline=baseline)
     report = run_audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle)
-    emit(report, fmt, output, quiet)
+    emit(report, fmt, output, quiet, baseline=baseline)
 
 
 @app.command()
@@ -147,6 +155,7 @@ def fold(
     ignore: IgnoreOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and
     verify that OUT computes the same function (exit 1 when it does not)."""
@@ -154,7 +163,7 @@ def fold(
     from bncheck.fold import fold as run_fold
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore)
-    fmt = choose_format(fmt, output, settings.options.get("format"))
+    fmt = choose_format(fmt, output, settings.options.get("format"), command="fold", baseline=baseline)
     report = run_fold(
         model,
         out,
@@ -172,7 +181,7 @@ def fold(
         arch=arch,
         trust_pickle=trust_pickle,
     )
-    emit(report, fmt, output, quiet)
+    emit(report, fmt, output, quiet, baseline=baseline)
 
 
 @app.command()
@@ -195,7 +204,10 @@ def rules(
 @handle_errors
 def drift(
     model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")],
-    data: Annotated[str, typer.Argument(help="DATA: a file or folder of images, .npy/.npz/.pt arrays or .csv/.parquet rows.")],
+    data: Annotated[
+        str | None,
+        typer.Argument(help="DATA: a file or folder (or an s3://, gs://... URL) of images, .npy/.npz/.pt arrays or .csv/.parquet rows; not with --stats."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Inference batch size (default 32).")] = None,
     train_batch_size: Annotated[
         int | None, typer.Option("--train-batch-size", help="Per-device training batch size for the small-batch analysis (default 16).")
@@ -231,6 +243,16 @@ def drift(
     threshold: ThresholdOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
+    baseline: BaselineOpt = None,
+    plot: PlotOpt = None,
+    channels: Annotated[
+        bool, typer.Option("--channels", help="Keep the per-channel statistics in the report (always with --format html).")
+    ] = False,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard: ShardOpt = None,
+    storage_option: StorageOpt = None,
+    stats: StatsOpt = None,
 ) -> None:
     """Run DATA through MODEL and compare what every BN layer sees with its stored statistics."""
     import sys
@@ -241,7 +263,7 @@ def drift(
     from bncheck.drift import drift as run_drift
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold, train_batch_size=train_batch_size)
-    fmt = choose_format(fmt, output, settings.options.get("format"))
+    fmt = choose_format(fmt, output, settings.options.get("format"), command="drift", baseline=baseline, plot=plot)
     opts = settings.options
     data_opts = data_options(
         opts,
@@ -258,19 +280,29 @@ def drift(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         data_options=data_opts,
         progress=not quiet and sys.stderr.isatty(),
+        channels=channels or fmt == "html",
     )
+    from bncheck.cli_engines import engine_options
+    from bncheck.engines.plan import parse_shard
+    from bncheck.sources.data.remote import parse_storage_options
+
+    options.engine = engine_options(engine, ray_address, workers, data_opts)
+    options.shard = parse_shard(shard)
+    options.storage_options = parse_storage_options(storage_option)
+    options.stats = stats
     if options.mismatch_samples < 0:
         from bncheck.errors import UsageError
 
         raise UsageError("--mismatch-samples must be 0 or more.")
     report = run_drift(model, data, settings=settings, options=options, arch=arch, trust_pickle=trust_pickle)
-    emit(report, fmt, output, quiet)
+    emit(report, fmt, output, quiet, baseline=baseline, plot=plot)
+
 
 @app.command()
 @handle_errors
 def recalibrate(
     model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")],
-    data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift).")],
+    data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift: a folder, a file or an s3://... URL).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")],
     method: Annotated[str, typer.Option("--method", help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
     variance: Annotated[str, typer.Option("--variance", help="exact: population (default) or unbiased running_var.")] = "population",
@@ -307,6 +339,10 @@ def recalibrate(
     threshold: ThresholdOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    storage_option: StorageOpt = None,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the
     report compares drift (and accuracy, with labels) before and after."""
@@ -316,7 +352,7 @@ def recalibrate(
     from bncheck.recalibrate import recalibrate as run_recalibrate
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold)
-    fmt = choose_format(fmt, output, settings.options.get("format"))
+    fmt = choose_format(fmt, output, settings.options.get("format"), command="recalibrate", baseline=baseline)
     data_opts = data_options(
         settings.options,
         size=size, crop=crop, scale=scale, mean=mean, std=std, channel_order=channel_order, grayscale=grayscale,
@@ -334,8 +370,17 @@ def recalibrate(
         data_options=data_opts,
         verify=verify,
     )
+    from bncheck.cli_engines import engine_options
+    from bncheck.sources.data.remote import parse_storage_options
+
+    options.engine = engine_options(engine, ray_address, workers, data_opts)
+    options.storage_options = parse_storage_options(storage_option)
     report = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, arch=arch, trust_pickle=trust_pickle)
-    emit(report, fmt, output, quiet)
+    emit(report, fmt, output, quiet, baseline=baseline)
+
+
+register_report_commands(app)  # report, diff, schema (bncheck/cli_reports.py)
+register_engine_commands(app)  # merge (bncheck/cli_engines.py)
 
 
 def main() -> None:

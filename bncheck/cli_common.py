@@ -22,6 +22,17 @@ from bncheck.sources.writers import write_atomically
 
 class State:
     debug = False
+    #: the arguments of this invocation (after ``bncheck``), recorded by RecordingGroup
+    argv: list[str] | None = None
+
+
+class RecordingGroup(typer.core.TyperGroup):
+    """The app's command group; it records the raw arguments so that reports can state the
+    exact command that made them (``run.command_line``)."""
+
+    def parse_args(self, ctx, args):
+        State.argv = list(args)
+        return super().parse_args(ctx, args)
 
 
 FormatOpt = Annotated[
@@ -53,6 +64,16 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or no
 ArchOpt = Annotated[
     str | None,
     typer.Option("--arch", help="Architecture for a state dict: package.module:factory or path/file.py:factory."),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="A previous JSON report (or drift --save-stats file): only findings that are new or worse than in it fail the gate.",
+    ),
+]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
 ]
 TrustPickleOpt = Annotated[
     bool,
@@ -100,18 +121,78 @@ def atomic_write_text(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def choose_format(fmt: str | None, output: Path | None, settings_format: str | None = None) -> str:
+def choose_format(
+    fmt: str | None,
+    output: Path | None,
+    settings_format: str | None = None,
+    *,
+    command: str | None = None,
+    baseline: Path | None = None,
+    plot: Path | None = None,
+) -> str:
+    """The report format (option, config, OUTPUT's extension, else table). Also checks, before
+    any work is done, what the outputs will need: matplotlib for html and ``--plot``, a usable
+    ``--baseline`` for ``command``."""
+    from bncheck.formats import EXTENSIONS
+
     fmt = fmt or settings_format
     if fmt is None and output is not None:
-        fmt = {".json": "json", ".md": "markdown", ".xml": "junit"}.get(output.suffix.lower())
+        fmt = EXTENSIONS.get(output.suffix.lower())
     fmt = fmt or "table"
     if fmt not in FORMATS:
         raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    if plot is not None:
+        from bncheck.formats.plot import plot_format
+
+        plot_format(plot)
+        if output is not None and plot.resolve() == output.resolve():
+            raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
+    if fmt == "html" or plot is not None:
+        from bncheck.formats.plot import require_matplotlib
+
+        require_matplotlib()
+    if baseline is not None and command is not None:
+        from bncheck.baseline import check_baseline_file
+
+        check_baseline_file(baseline, command)
     return fmt
 
 
-def emit(report: Report, fmt: str, output: Path | None, quiet: bool = False) -> None:
-    """Render ``report`` and write it to ``output`` or stdout; exit with the report's code."""
+def run_info() -> dict:
+    """How this report was made: the command line, the working folder, the versions."""
+    import platform
+    import shlex
+
+    from bncheck.formats.common import package_versions
+
+    argv = list(State.argv) if State.argv is not None else list(sys.argv[1:])
+    return {
+        "command_line": shlex.join(["bncheck", *argv]),
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "versions": package_versions(),
+        "platform": platform.platform(),
+    }
+
+
+def emit(
+    report: Report,
+    fmt: str,
+    output: Path | None,
+    quiet: bool = False,
+    *,
+    baseline: Path | None = None,
+    plot: Path | None = None,
+    options: dict | None = None,
+) -> None:
+    """Render ``report`` and write it to ``output`` or stdout (and the drift chart to
+    ``plot``); with ``baseline``, only new and worse findings fail the gate; ``options`` go to
+    the renderer (html's ``layer``). Exits with the report's code."""
+    if baseline is not None:
+        from bncheck.baseline import apply_baseline
+
+        apply_baseline(report, baseline)
+    report.extras.setdefault("run", run_info())
     renderer = get_renderer(fmt)
     color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if fmt == "table" and quiet:
@@ -119,12 +200,21 @@ def emit(report: Report, fmt: str, output: Path | None, quiet: bool = False) -> 
 
         text = headline(report) + "\n"
     else:
-        text = renderer(report, color=color)
+        text = renderer(report, color=color, **(options or {}))
+    chart = None
+    if plot is not None:
+        from bncheck.formats.plot import plot_bytes
+
+        chart = plot_bytes(report, plot)
     if output is not None:
         atomic_write_text(output, text)
         if not quiet:
             err(f"report written to {output}")
-    else:
+    if chart is not None:
+        write_atomically(plot, lambda tmp: Path(tmp).write_bytes(chart))
+        if not quiet:
+            err(f"drift chart written to {plot}")
+    if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)

@@ -24,7 +24,7 @@ LabelsOpt = Annotated[str | None, typer.Option("--labels", help="Labels CSV (one
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most N samples.", rich_help_panel="Data")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on an unreadable file instead of skipping it.", rich_help_panel="Data")]
 NanOpt = Annotated[str | None, typer.Option("--nan", help="Samples with NaN/Inf: exclude (default, counted), fail or keep.", rich_help_panel="Data")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Background decoding threads (default 2).", rich_help_panel="Data")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Background decoding threads (default 2); with --engine ray, Ray actors (default: one per CPU).", rich_help_panel="Data")]
 ArraysOpt = Annotated[str | None, typer.Option("--arrays", help="How .npy/.npz/.pt arrays are read: auto, batch or sample.", rich_help_panel="Data")]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from bncheck.analysis import drift as metrics
 from bncheck.analysis.moments import Moments, merge_all
 from bncheck.audit import run_rules
 from bncheck.config import Settings
-from bncheck.errors import BncheckError, DataError
+from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.model import as_source
 from bncheck.report import Report
 from bncheck.rules.registry import RuleContext
@@ -38,6 +39,14 @@ class DriftOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     #: carry the per-channel arrays in the report (``extras["channels"]``; see report_figures)
     channels: bool = False
+    #: where the data pass runs: a ``bncheck.engines`` engine (None: this process)
+    engine: Any = None
+    #: ``(K, N)``, K 0-based: only the K-th of N deterministic shares of DATA's files (--shard)
+    shard: tuple[int, int] | None = None
+    #: report on statistics measured elsewhere (``bncheck merge``) instead of reading DATA
+    stats: Path | None = None
+    #: fsspec options for URL DATA (``s3://...``), e.g. ``{"endpoint_url": ...}``
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +59,10 @@ class Measurement:
     sub_outputs: np.ndarray | None
     labels: np.ndarray | None = None
     outputs_for_accuracy: list[np.ndarray] = field(default_factory=list)
+    #: running top-1 counts from :func:`measure` (memory flat in the data size): correctly
+    #: predicted and labelled samples; ``correct`` is None when some sample had no label
+    correct: int | None = None
+    labelled: int = 0
 
 
 class Reservoir:
@@ -88,6 +101,11 @@ class Reservoir:
         return self._x[:n][order], self._out[:n][order]
 
 
+#: per-layer moments of this many batches are merged into one (bounded memory, and
+#: :func:`merge_all`'s order independence within each group)
+_MERGE_EVERY = 64
+
+
 def measure(
     runner,
     batches,
@@ -99,22 +117,30 @@ def measure(
 ) -> Measurement:
     """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
     keep a uniform random subsample of ``keep`` samples and their eval outputs for the
-    train-mode analyses (a folder sorted by class must not give single-class batches)."""
+    train-mode analyses (a folder sorted by class must not give single-class batches).
+    Memory does not grow with the data: per-layer moments are merged every
+    ``_MERGE_EVERY`` batches and predictions are only counted."""
     parts: dict[str, list[Moments]] = {}
     reservoir = Reservoir(keep, seed)
     samples = 0
-    labels: list[np.ndarray] = []
-    preds: list[np.ndarray] = []
+    correct, labelled, unlabelled = 0, 0, False
     for batch in batches:
         x = batch.x
         outputs, moments = runner.moments(x)
         for name, m in moments.items():
-            parts.setdefault(name, []).append(m)
+            ms = parts.setdefault(name, [])
+            ms.append(m)
+            if len(ms) >= _MERGE_EVERY:
+                ms[:] = [merge_all(ms)]
         reservoir.offer(x, outputs)
         if keep_predictions:
-            preds.append(np.asarray(outputs).reshape(len(x), -1).argmax(axis=1))
-            if getattr(batch, "y", None) is not None:
-                labels.append(np.asarray(batch.y))
+            y = getattr(batch, "y", None)
+            if y is None:
+                unlabelled = True
+            else:
+                pred = np.asarray(outputs).reshape(len(x), -1).argmax(axis=1)
+                correct += int(np.count_nonzero(pred == np.asarray(y)))
+                labelled += len(x)
         samples += len(x)
         if on_batch is not None:
             on_batch(len(x))
@@ -125,8 +151,8 @@ def measure(
         samples=samples,
         subsample=sub,
         sub_outputs=sub_out,
-        labels=np.concatenate(labels) if labels else None,
-        outputs_for_accuracy=preds,
+        correct=correct if keep_predictions and labelled and not unlabelled else None,
+        labelled=labelled,
     )
 
 
@@ -451,7 +477,7 @@ def _progress(enabled: bool, total: int | None):
 
 def drift(
     model: Any,
-    data: str | Path,
+    data: str | Path | None,
     *,
     settings: Settings | None = None,
     options: DriftOptions | None = None,
@@ -461,12 +487,16 @@ def drift(
     """Measure the BN input statistics of ``model`` on ``data`` and compare them with the stored
     running statistics (rules BN101-BN104, BN201, BN301)."""
     import bncheck.rules  # noqa: F401
-    from bncheck.sources.data import DataOptions, open_data
+    from bncheck.sources.data import DataOptions
 
     settings = settings or Settings()
     options = options or DriftOptions()
     if options.batch_size < 1:
         raise BncheckError("--batch-size must be at least 1.")
+    if (data is None) == (options.stats is None):
+        raise UsageError("give DATA, or --stats FILE with statistics measured before, not both." if data is not None else "drift needs DATA (or --stats FILE).")
+    if options.stats is not None and options.save_stats is not None:
+        raise UsageError("--save-stats with --stats would copy the statistics file; use bncheck merge to combine files.")
     source: ModelSource = as_source(model, arch=arch, trust_pickle=trust_pickle)
     layers = source.bn_layers()
     if options.layers:
@@ -481,21 +511,37 @@ def drift(
     data_options = options.data_options or DataOptions()
     if options.limit is not None:
         data_options.limit = options.limit
-    spec = source.input_spec()
-    dataset = open_data(data, data_options, expected_shape=spec.shape if spec else None)
-    with source.runner(layers=[layer.name for layer in layers]) as runner:
-        if runner.unhookable:
-            bad = ", ".join(f"{k} ({v})" for k, v in list(runner.unhookable.items())[:5])
-            report.notes.append(f"{len(runner.unhookable)} BN layer(s) cannot be observed: {bad}")
-        keep = max(options.mismatch_samples, options.diagnosis_samples)
-        total = dataset.num_samples
-        with _progress(options.progress, total) as bar:
-            task = bar.add_task("drift", total=total) if bar is not None else None
-            advance = (lambda n: bar.advance(task, n)) if bar is not None else None
-            try:
-                result = measure(runner, dataset.batches(options.batch_size), keep=keep, on_batch=advance, keep_predictions=True)
-            except MemoryError as exc:
-                raise DataError("ran out of memory; lower --batch-size.") from exc
+    names = [layer.name for layer in layers]
+    provenance: dict[str, Any] = {}
+    runner = None
+    with ExitStack() as stack:
+        if options.stats is not None:  # measured elsewhere (shards + bncheck merge): no data pass
+            from bncheck.engines.shards import load_measurement
+
+            result, data_info, notes = load_measurement(options.stats, source, layers)
+            report.notes.extend(notes)
+        else:
+            from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
+
+            where = DataSpec(str(data), options.shard, dict(options.storage_options), options.batch_size)
+            model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
+            session = stack.enter_context((options.engine or make_engine("local")).session(source, where, data_options, layers=names, model=model_spec))
+            runner = stack.enter_context(source.runner(layers=names))
+            if runner.unhookable:
+                bad = ", ".join(f"{k} ({v})" for k, v in list(runner.unhookable.items())[:5])
+                report.notes.append(f"{len(runner.unhookable)} BN layer(s) cannot be observed: {bad}")
+            keep = max(options.mismatch_samples, options.diagnosis_samples)
+            total = session.num_samples
+            with _progress(options.progress, total) as bar:
+                task = bar.add_task("drift", total=total) if bar is not None else None
+                advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+                try:
+                    request = PassRequest(names, options.batch_size, keep=keep, keep_predictions=True)
+                    result = session.measure(request, on_batch=advance, runner=runner)
+                except MemoryError as exc:
+                    raise DataError("ran out of memory; lower --batch-size.") from exc
+            data_info = session.describe()
+            provenance = session.provenance() if options.save_stats is not None else {}
         if result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
         order = [layer.name for layer in layers]
@@ -523,10 +569,10 @@ def drift(
         report.layer_extras[name] = {"drift": d.to_dict()}
     ranking = sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score)
     report.extras["data"] = {
-        "path": str(data),
+        "path": str(data) if data is not None else data_info.get("path"),
         "samples": int(result.samples),
         "batch_size": int(options.batch_size),
-        **{k: v for k, v in dataset.describe().items() if k not in ("path", "samples")},
+        **{k: v for k, v in data_info.items() if k not in ("path", "samples")},
     }
     accuracy = _accuracy(result)
     report.extras["drift"] = {
@@ -536,21 +582,24 @@ def drift(
         "small_batch": extras.get("small_batch"),
         "train_eval": {k: v for k, v in (extras.get("mismatch") or {}).items()} or None,
         "accuracy": accuracy,
-        "unobserved_layers": dict(runner.unhookable),
+        "unobserved_layers": dict(runner.unhookable) if runner is not None else {},
     }
     if options.save_stats is not None:
-        save_stats(
-            options.save_stats,
-            layers,
-            result.moments,
-            {"model_sha256": source.sha256, "data": str(data), "samples": result.samples, "preprocessing": dataset.describe()},
-        )
+        from bncheck.engines.shards import part_metadata
+
+        meta = part_metadata(
+            source=source, layers=layers, data=str(data), samples=result.samples, batch_size=options.batch_size,
+            describe=data_info, provenance=provenance,
+        )  # fmt: skip
+        save_stats(options.save_stats, layers, result.moments, meta)
         report.extras["drift"]["saved_stats"] = str(options.save_stats)
     report_figures(report, layers, result.moments, drift_by_layer, thresholds, channels=options.channels)
     return report
 
 
 def _accuracy(result: Measurement) -> float | None:
+    if result.correct is not None:
+        return float(result.correct / result.labelled) if result.labelled else None
     if result.labels is None or not result.outputs_for_accuracy:
         return None
     preds = np.concatenate(result.outputs_for_accuracy)

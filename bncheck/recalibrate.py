@@ -30,17 +30,18 @@ with few samples. ``cumulative`` and ``ema`` use unbiased per-batch variances, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bncheck.analysis import drift as metrics
-from bncheck.analysis.moments import Moments, merge_all
+from bncheck.analysis.moments import Moments
 from bncheck.config import Settings
-from bncheck.drift import DriftOptions, measure
+from bncheck.drift import DriftOptions
 from bncheck.drift import drift as run_drift
+from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
 from bncheck.model import as_source
 from bncheck.report import Report
@@ -66,6 +67,11 @@ class RecalibrateOptions:
     #: run drift of OUT on DATA after writing (before/after figures)
     verify: bool = True
     progress: bool = False
+    #: where the passes run: a ``bncheck.engines`` engine (None: this process). Ray runs the
+    #: exact method's passes and the drift before/after; cumulative and ema run in order here
+    engine: Any = None
+    #: fsspec options for URL DATA (``s3://...``)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -166,7 +172,7 @@ def _movement(old: Statistics, new: Statistics, layers) -> float:
 
 
 def estimate_exact(
-    source: ModelSource, dataset, names: list[str], options: RecalibrateOptions
+    source: ModelSource, session, names: list[str], options: RecalibrateOptions
 ) -> tuple[Statistics, list[dict[str, Any]]]:
     """The eval-mode fixed point: every layer's statistics are those of its input in eval mode
     with all the layers before it recalibrated.
@@ -186,19 +192,13 @@ def estimate_exact(
     history: list[dict[str, Any]] = []
     all_layers = [layer.name for layer in source.bn_layers() if layer.has_running_stats]
     if set(names) >= set(all_layers) and options.batch_size >= 2:
-        parts: dict[str, list[Moments]] = {n: [] for n in names}
-        with source.runner(layers=names) as runner:
-            for moments in _train_batches(runner, dataset, options.batch_size):
-                for n in names:
-                    parts[n].append(moments[n])
-        stats = {n: _population(merge_all(ms, layers[n].num_features), options.variance) for n, ms in parts.items() if ms}
+        merged = session.measure(PassRequest(names, options.batch_size, mode="train")).moments  # one pass, any engine
+        stats = {n: _population(m, options.variance) for n, m in merged.items() if n in names and m.count}
         history.append({"pass": 1, "mode": "train", "movement": None})
     else:
         stats = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
     while len(history) < options.max_passes:
-        current = with_statistics(source, stats)
-        with current.runner(layers=names) as runner:
-            result = measure(runner, dataset.batches(options.batch_size), keep=0)
+        result = session.measure(PassRequest(names, options.batch_size, statistics=stats))  # the model with `stats`
         new = {n: _population(result.moments[n], options.variance) for n in names if result.moments[n].count}
         moved = _movement(stats, new, layers)
         history.append({"pass": len(history) + 1, "mode": "eval", "movement": moved})
@@ -265,7 +265,7 @@ def recalibrate(
     ``out``; the report holds per-layer before/after drift figures and accuracies."""
     import bncheck.rules  # noqa: F401
     from bncheck.sources import writers
-    from bncheck.sources.data import DataOptions, open_data
+    from bncheck.sources.data import DataOptions
 
     settings = settings or Settings()
     options = options or RecalibrateOptions()
@@ -287,21 +287,28 @@ def recalibrate(
     data_options = options.data_options or DataOptions()
     if options.limit is not None:
         data_options.limit = options.limit
-    spec = source.input_spec()
-    dataset = open_data(data, data_options, expected_shape=spec.shape if spec else None)
+    engine = options.engine or make_engine("local")
+    if options.method != "exact" and engine.name != "local":
+        raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
+    where = DataSpec(str(data), None, dict(options.storage_options), options.batch_size)
+    model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
 
-    drift_options = DriftOptions(batch_size=options.batch_size, mismatch_samples=0, data_options=data_options)
-    before = run_drift(source, data, settings=settings, options=drift_options)
+    drift_options = DriftOptions(
+        batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine, storage_options=dict(options.storage_options)
+    )
+    before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle)
     passes: list[dict[str, Any]]
-    if options.method == "exact":
-        stats, passes = estimate_exact(source, dataset, names, options)
-        batches = None
-    elif options.method == "cumulative":
-        stats, batches = estimate_cumulative(source, dataset, names, options.batch_size)
-        passes = [{"pass": 1, "mode": "train", "movement": None}]
-    else:
-        stats, batches = estimate_ema(source, dataset, names, options.batch_size, options.momentum)
-        passes = [{"pass": 1, "mode": "train", "movement": None}]
+    # a session's batches() is a pass over DATA like Dataset.batches(), for the in-order methods
+    with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
+        if options.method == "exact":
+            stats, passes = estimate_exact(source, session, names, options)
+            batches = None
+        elif options.method == "cumulative":
+            stats, batches = estimate_cumulative(source, session, names, options.batch_size)
+            passes = [{"pass": 1, "mode": "train", "movement": None}]
+        else:
+            stats, batches = estimate_ema(source, session, names, options.batch_size, options.momentum)
+            passes = [{"pass": 1, "mode": "train", "movement": None}]
     if batches is None:
         batches = -(-before.extras["data"]["samples"] // options.batch_size)
     updated = with_statistics(source, stats, num_batches=batches if options.method != "ema" else None)
@@ -313,7 +320,7 @@ def recalibrate(
         from bncheck.sources import load_model
 
         reloaded = load_model(out, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
-        after = run_drift(reloaded, data, settings=settings, options=drift_options)
+        after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
         report.findings = after.findings
     for layer in layers:
         entry: dict[str, Any] = {"recalibrated": layer.name in stats}

@@ -132,6 +132,13 @@ class Report:
         text = self.render(format or format_for_path(path), **options)
         write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
+    def plot(self, layer: str | None = None):
+        """A matplotlib Figure: the per-layer drift chart, or with ``layer`` the per-channel
+        scatter plots of that layer (drift reports; needs ``bncheck[report]``)."""
+        from bncheck.formats import plot
+
+        return plot.drift_figure(self) if layer is None else plot.channel_figure(self, layer)
+
     def with_baseline(self, baseline, *, tolerance: float | None = None) -> Report:
         """Compare the findings with ``baseline`` (a JSON report path, a saved-statistics file
         from ``drift --save-stats``, or a Report): each finding becomes new, worse or existing,

@@ -22,7 +22,9 @@ def verdict(report: Report) -> str:
     s = report.summary()
     if report.fail_on == "never":
         return "PASSED (gate disabled: --fail-on never)"
-    return ("PASSED" if s["passed"] else "FAILED") + f" (fail-on {report.fail_on})"
+    base = report.extras.get("baseline")
+    against = f"; baseline: {base['new']} new, {base['worse']} worse, {base['existing']} existing" if base else ""
+    return ("PASSED" if s["passed"] else "FAILED") + f" (fail-on {report.fail_on}{against})"
 
 
 def headline(report: Report) -> str:
@@ -38,3 +40,18 @@ def foldable_text(layer) -> str:
     if layer.foldable is None:
         return "?"
     return "yes" if layer.foldable else "no"
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and the packages a result depends on (read from package metadata:
+    nothing is imported, so the ONNX path never loads torch)."""
+    import platform
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("bncheck", "numpy", "onnx", "onnxruntime", "torch", "matplotlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -36,10 +36,13 @@ def render(report: Report, **_: object) -> str:
     if report.command == "fold":
         lines += ["### Fold", ""] + [f"- {line}" for line in fold_section.summary_lines(report)] + [""]
     if report.findings:
-        lines += ["### Findings", "", "| | rule | layer | message |", "|---|---|---|---|"]
+        states = any(f.baseline for f in report.findings)
+        lines += ["### Findings", "", "| | rule | layer | message |" + (" baseline |" if states else ""),
+                  "|---|---|---|---|" + ("---|" if states else "")]  # fmt: skip
         for f in report.findings:
             lines.append(
                 f"| {ICONS[f.severity.value]} {f.severity.value} | `{f.rule}` | {_cell(f.layer or '(model)')} | {_cell(f.message)} |"
+                + (f" {f.baseline or ''} |" if states else "")
             )
         lines.append("")
     if report.layers:

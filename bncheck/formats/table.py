@@ -53,8 +53,14 @@ def build(report: Report) -> Group:
         table.add_column("producer")
         table.add_column("fold")
         if drift:
+            from bncheck.formats.bars import bar, drift_level
+            from bncheck.formats.plot import thresholds
+
+            limits = thresholds(report)
+            warn_level = min(limits["BN101"]["warning"] / limits["BN101"]["error"], limits["BN102"]["warning"] / limits["BN102"]["error"])
             for col in ("mean|z|", "max|z|", "mean|r|", "score"):
                 table.add_column(col, justify="right")
+            table.add_column("drift (│ error)")
         else:
             table.add_column("running stats")
         table.add_column("findings", justify="right")
@@ -74,11 +80,18 @@ def build(report: Report) -> Group:
                 d = report.layer_extras.get(layer.name, {}).get("drift") or {}
                 ms, vr = d.get("mean_shift") or {}, d.get("var_log_ratio") or {}
                 row += [fmt_num(ms.get("mean")), fmt_num(ms.get("max")), fmt_num(vr.get("mean")), fmt_num(d.get("score"))]
+                row.append(bar(drift_level(report, layer.name, limits), warn_level))
             else:
                 row.append(_stats(layer))
             row.append(Text(str(counts.get(layer.name, 0)) if layer.name in counts else "", style=STYLE.get(sev, "")))
             table.add_row(*row)
         parts.append(table)
+        if drift:
+            from bncheck.formats.bars import drift_shape
+
+            shape = drift_shape(report)
+            if shape is not None:
+                parts.append(shape)
     if report.command == "recalibrate":
         parts += [Text(line) for line in recalibrate_section.summary_lines(report)]
         table = Table(title="Drift before -> after", title_justify="left")
@@ -103,12 +116,16 @@ def build(report: Report) -> Group:
         table.add_column("rule")
         table.add_column("layer")
         table.add_column("message")
+        states = any(f.baseline for f in report.findings)
+        if states:
+            table.add_column("baseline")
         for f in report.findings:
             table.add_row(
                 Text(f.severity.value, style=STYLE[f.severity.value]),
                 f.rule,
                 f.layer or "(model)",
                 f.message,
+                *([Text(f.baseline or "", style="bold" if f.baseline in ("new", "worse") else "dim")] if states else []),
             )
         parts.append(table)
         parts.append(Text("`bncheck rules CODE` explains a rule.", style="dim"))

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from bncheck.errors import ModelLoadError
 from bncheck.layers import BNLayer, as_float64
 from bncheck.sources.interface import ModelSource
-from bncheck.sources.onnx_graph import GraphIndex, iter_graphs, model_opset
+from bncheck.sources.onnx_graph import GraphIndex, iter_graphs, model_opset, value_types
 
 PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
 #: Ops that read only the shape of their input, not its values.
@@ -53,6 +53,7 @@ class OnnxSource(ModelSource):
         self.model = model
         self.opset = model_opset(model)
         self._layers: list[BNLayer] | None = None
+        self._types: dict[str, tuple[int, int | None]] | None = None
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
@@ -86,16 +87,15 @@ class OnnxSource(ModelSource):
     def _has_producers(self) -> bool:
         return any(n.op_type in PRODUCER_KINDS for _, g in iter_graphs(self.model.graph) for n in g.node)
 
+    def value_types(self) -> dict[str, tuple[int, int | None]]:
+        """name -> (ONNX element type, rank or None) of the main graph's values, from shape
+        inference (run once per source; the inventory and the runner share it)."""
+        if self._types is None:
+            self._types = value_types(self.model)
+        return self._types
+
     def _ranks(self) -> dict[str, int]:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.model)
-        except Exception:
-            return {}
-        ranks = {}
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-        return ranks
+        return {name: rank for name, (_, rank) in self.value_types().items() if rank is not None}
 
     def _inventory(self) -> list[BNLayer]:
         layers: list[BNLayer] = []

@@ -1,0 +1,143 @@
+"""The one interface every engine implements: a *session* over one model and one DATA, and
+*passes* over the data inside it.
+
+A pass runs every batch of DATA through the model and returns what
+:func:`bncheck.drift.measure` returns (a :class:`~bncheck.drift.Measurement`): per-layer
+:class:`~bncheck.analysis.moments.Moments` merged with Chan's update in float64, the number of
+samples, and, when asked, a uniform random subsample of ``keep`` samples with their eval-mode
+outputs (the input of the train-mode analyses BN201/BN301) and the predictions and labels of
+every sample. Where the batches ran (this process, Ray actors) is the engine's business; the
+result is the same up to the rounding of the merge order (rtol 1e-9 on the statistics).
+
+A session loads the model in its workers once and keeps them for every pass: ``drift`` makes
+one pass, ``recalibrate --method exact`` one per refinement step (with other running
+statistics each time, ``PassRequest.statistics``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bncheck.drift import Measurement
+    from bncheck.sources.interface import ModelSource
+    from bncheck.sources.runner import ModelRunner
+
+PASS_MODES = ("eval", "train")
+
+
+@dataclass
+class PassRequest:
+    """One pass over DATA.
+
+    ``mode``: ``eval`` observes the BN inputs with the stored running statistics in use
+    (``ModelRunner.moments``); ``train`` makes every BN layer normalise with the statistics of
+    its batch (``ModelRunner.train_moments``; batches of one sample are skipped).
+    ``keep``: size of the uniform random subsample (eval only; 0 keeps none).
+    ``statistics``: run the model with these running statistics instead of the stored ones
+    (``{layer: (mean, var)}``, see :func:`bncheck.sources.statistics.with_statistics`).
+    """
+
+    layers: list[str]
+    batch_size: int = 32
+    mode: str = "eval"
+    keep: int = 0
+    keep_predictions: bool = False
+    statistics: dict[str, tuple[Any, Any]] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in PASS_MODES:
+            raise ValueError(f"mode must be one of {PASS_MODES}, not {self.mode!r}")
+        if self.mode == "train" and self.keep:
+            raise ValueError("a train-mode pass keeps no subsample")
+
+
+@dataclass
+class DataSpec:
+    """Where DATA is and how a session reads it (beyond :class:`DataOptions`)."""
+
+    data: str
+    #: ``(K, N)``: only the K-th of N deterministic shares of the files (0-based K)
+    shard: tuple[int, int] | None = None
+    #: options of the fsspec file system for URL DATA (endpoint_url, anon, profile...)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    #: the batch size of the passes: shard boundaries of one-sample files fall on its multiples
+    batch_size: int = 1
+
+
+@dataclass
+class ModelSpec:
+    """How a worker loads the model itself: the file and the options it was loaded with."""
+
+    path: Path
+    arch: str | None = None
+    trust_pickle: bool = False
+
+
+class Session(ABC):
+    """One model and one DATA, ready for passes; a context manager."""
+
+    #: samples a pass delivers at most, where known before reading (None for URL DATA of
+    #: multi-sample files)
+    num_samples: int | None = None
+
+    @abstractmethod
+    def measure(
+        self,
+        request: PassRequest,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+        runner: ModelRunner | None = None,
+    ) -> Measurement:
+        """Run one pass. ``on_batch(n)`` is called as samples are done (progress); ``runner``
+        is an already open runner of the session's model that an in-process engine may use
+        (ignored when ``request.statistics`` is given or by engines that run elsewhere)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """``Dataset.describe()`` for DATA as the last pass read it (files, samples,
+        preprocessing, skipped files...)."""
+
+    @abstractmethod
+    def provenance(self) -> dict[str, Any]:
+        """What identifies the files behind the statistics: ``{"files", "listing_sha256",
+        "shards", "of"}`` (see :mod:`bncheck.engines.shards`)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release workers and temporary files; idempotent."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Engine(ABC):
+    """Makes sessions. ``name`` is what ``--engine`` takes."""
+
+    name: str = ""
+
+    @abstractmethod
+    def session(
+        self,
+        source: ModelSource,
+        data: DataSpec,
+        options: Any,
+        *,
+        layers: list[str],
+        model: ModelSpec | None = None,
+    ) -> Session:
+        """A session over ``data`` read with ``options`` (:class:`DataOptions`), observing the
+        BN ``layers`` of ``source``. ``model`` tells out-of-process workers how to load the
+        model (engines that run in this process use ``source`` itself)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the engine started for its sessions (a Ray runtime); idempotent."""
