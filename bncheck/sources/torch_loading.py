@@ -6,8 +6,6 @@ passes ``--trust-pickle``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import pickle
 import sys
 import warnings
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.errors import ModelLoadError
+from bncheck.importing import resolve_callable
 
 #: Keys under which training scripts commonly nest the weights of a checkpoint.
 CHECKPOINT_KEYS = (
@@ -177,25 +176,10 @@ def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
 def build_from_arch(spec: str):
     """Call the factory named by ``package.module:factory`` or ``path/file.py:factory``."""
     torch = import_torch()
-    if ":" not in spec:
-        raise ModelLoadError(
-            f"--arch {spec!r} must look like package.module:factory or path/to/file.py:factory."
-        )
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise ModelLoadError(
-            f"--arch {spec!r} must look like package.module:factory or path/to/file.py:factory."
-        )
-    module = _import_target(target, spec)
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelLoadError(f"--arch {spec!r}: {target} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModelLoadError(f"--arch {spec!r}: {attr} is not callable.")
+    factory = resolve_callable(spec, option="--arch", noun="factory", error=ModelLoadError)
+    attr = spec.rpartition(":")[2]
     try:
-        model = obj()
+        model = factory()
     except Exception as exc:
         raise ModelLoadError(
             f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {_first_line(exc)}."
@@ -205,40 +189,6 @@ def build_from_arch(spec: str):
             f"--arch {spec!r}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module."
         )
     return model
-
-
-def _import_target(target: str, spec: str):
-    path = Path(target)
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        if not path.is_file():
-            raise ModelLoadError(f"--arch {spec!r}: file {target} does not exist.")
-        name = f"bncheck_arch_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ModelLoadError(f"--arch {spec!r}: {target} cannot be imported as Python.")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise ModelLoadError(
-                f"--arch {spec!r}: importing {target} failed with {type(exc).__name__}: "
-                f"{_first_line(exc)}."
-            ) from exc
-        finally:
-            sys.path.pop(0)
-        return module
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        return importlib.import_module(target)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"--arch {spec!r}: cannot import module {target} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); check the name and PYTHONPATH."
-        ) from exc
 
 
 def load_state_dict_into(model, state: dict[str, Any], spec: str) -> None:

@@ -11,9 +11,6 @@ message. ``fn`` runs in the decoding threads, so it must be thread-safe (or use
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.errors import DataError, UsageError
+from bncheck.importing import resolve_callable
 from bncheck.sources.data.loader import Task
 from bncheck.sources.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.sources.data.spec import DataOptions
@@ -28,53 +26,7 @@ from bncheck.sources.data.spec import DataOptions
 
 def load_preprocess(spec: str) -> Callable[[Path], Any]:
     """The callable named by ``package.module:fn`` or ``path/to/file.py:fn``."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise UsageError(f"--preprocess {spec!r} must look like package.module:fn or path/to/file.py:fn.")
-    module = _import(target, spec)
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"--preprocess {spec!r}: {target} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UsageError(f"--preprocess {spec!r}: {attr} is not callable.")
-    return obj
-
-
-def _import(target: str, spec: str):
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target)
-        if not path.is_file():
-            raise UsageError(f"--preprocess {spec!r}: file {target} does not exist.")
-        name = f"bncheck_preprocess_{abs(hash(str(path.resolve())))}"
-        if name in sys.modules:
-            return sys.modules[name]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UsageError(f"--preprocess {spec!r}: {target} cannot be imported as Python.")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise UsageError(
-                f"--preprocess {spec!r}: importing {target} failed with {type(exc).__name__}: {_first_line(exc)}."
-            ) from exc
-        finally:
-            sys.path.pop(0)
-        return module
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        return importlib.import_module(target)
-    except Exception as exc:
-        raise UsageError(
-            f"--preprocess {spec!r}: cannot import module {target} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); check the name and PYTHONPATH."
-        ) from exc
+    return resolve_callable(spec, option="--preprocess", noun="fn", error=UsageError)
 
 
 def run_preprocess(fn: Callable[[Path], Any], spec: str, path: Path) -> np.ndarray | None:

@@ -1,0 +1,72 @@
+"""Resolving user code named on the command line: ``package.module:name`` or
+``path/to/file.py:name`` (``--arch``, ``--preprocess``)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bncheck.errors import BncheckError
+
+
+def resolve_callable(spec: str, *, option: str, noun: str, error: type[BncheckError]) -> Callable[..., Any]:
+    """The callable named by ``spec``; ``error`` (with the option named) when it cannot be had."""
+    target, _, attr = spec.rpartition(":")
+    if ":" not in spec or not target or not attr:
+        raise error(f"{option} {spec!r} must look like package.module:{noun} or path/to/file.py:{noun}.")
+    module = import_target(target, spec, option=option, error=error)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{option} {spec!r}: {target} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise error(f"{option} {spec!r}: {attr} is not callable.")
+    return obj
+
+
+def import_target(target: str, spec: str, *, option: str, error: type[BncheckError]):
+    """Import a module by dotted name (the working directory first on the path, as ``python -m``
+    does) or a Python file by path (its folder on the path while it runs, for sibling imports)."""
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise error(f"{option} {spec!r}: file {target} does not exist.")
+        name = f"bncheck_user_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise error(f"{option} {spec!r}: {target} cannot be imported as Python.")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise error(
+                f"{option} {spec!r}: importing {target} failed with {type(exc).__name__}: {first_line(exc)}."
+            ) from exc
+        finally:
+            sys.path.pop(0)
+        return module
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(target)
+    except Exception as exc:
+        raise error(
+            f"{option} {spec!r}: cannot import module {target} ({type(exc).__name__}: "
+            f"{first_line(exc)}); check the name and PYTHONPATH."
+        ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without a trailing period."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
