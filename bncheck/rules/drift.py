@@ -43,19 +43,27 @@ def _graded(value: float, warn: float, error: float) -> Severity | None:
     threshold_docs={"warning": "mean |z| for a warning", "error": "mean |z| for an error"},
 )
 def check_mean_shift(r, ctx: RuleContext):
+    yield from _graded_findings(
+        r, ctx, lambda d: (d.mean_shift, d.z_se), lambda s: f"mean shift: mean |z| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel})"
+    )
+
+
+def _graded_findings(r, ctx: RuleContext, figure, describe):
+    """One finding per layer whose ``figure(drift) -> (Summary, standard error)`` mean reaches the
+    rule's warning or error threshold; ``describe(summary)`` words it."""
     warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
     for name, d in ctx.extras.get("drift", {}).items():
-        ms = d.mean_shift
-        sev = _graded(ms.mean, warn, error)
+        summary, se = figure(d)
+        sev = _graded(summary.mean, warn, error)
         if sev:
             yield r.finding(
                 name,
-                f"mean shift: mean |z| {ms.mean:.3g} (max {ms.max:.3g} at channel {ms.channel}) ≥ {warn if sev is Severity.WARNING else error:g}",
+                f"{describe(summary)} ≥ {warn if sev is Severity.WARNING else error:g}",
                 sev,
-                mean=ms.mean,
-                max=ms.max,
-                channel=ms.channel,
-                standard_error=d.z_se,
+                mean=summary.mean,
+                max=summary.max,
+                channel=summary.channel,
+                standard_error=se,
             )
 
 
@@ -78,21 +86,13 @@ def check_mean_shift(r, ctx: RuleContext):
     threshold_docs={"warning": "mean |r| for a warning", "error": "mean |r| for an error"},
 )
 def check_variance_ratio(r, ctx: RuleContext):
-    warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
-    for name, d in ctx.extras.get("drift", {}).items():
-        vr = d.var_log_ratio
-        sev = _graded(vr.mean, warn, error)
-        if sev:
-            yield r.finding(
-                name,
-                f"variance ratio: mean |r| {vr.mean:.3g} (max {vr.max:.3g} at channel {vr.channel}, "
-                f"i.e. x{math.exp(vr.max):.3g} or x{math.exp(-vr.max):.3g}) ≥ {warn if sev is Severity.WARNING else error:g}",
-                sev,
-                mean=vr.mean,
-                max=vr.max,
-                channel=vr.channel,
-                standard_error=d.r_se,
-            )
+    yield from _graded_findings(
+        r,
+        ctx,
+        lambda d: (d.var_log_ratio, d.r_se),
+        lambda s: f"variance ratio: mean |r| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel}, "
+        f"i.e. x{math.exp(s.max):.3g} or x{math.exp(-s.max):.3g})",
+    )
 
 
 @rule(
