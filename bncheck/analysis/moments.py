@@ -195,6 +195,8 @@ def merge_all(items: Iterable[Moments], channels: int | None = None) -> Moments:
         if channels is None:
             raise ValueError("merge_all of nothing needs channels=")
         return Moments.empty(channels)
+    if len(items) == 1:  # moments are immutable: nothing to merge
+        return items[0]
     sizes = {m.channels for m in items}
     if len(sizes) > 1:
         raise ValueError(f"cannot merge moments of different channel counts {sorted(sizes)}")

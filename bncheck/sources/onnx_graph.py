@@ -184,6 +184,25 @@ def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
     against 0.01 s without them). Integer initializers, which ops like Reshape read as shapes,
     are kept. When inference fails (it does on some valid models), only the types the graph
     itself declares are known."""
+    out: dict[str, tuple[int, int | None]] = {}
+    for name, (elem, dims) in _inferred(model).items():
+        out[name] = (elem, None if dims is None else len(dims))
+    return out
+
+
+def static_dims(
+    model: onnx.ModelProto, input_name: str, input_dims: tuple[int, ...]
+) -> dict[str, tuple[int | None, ...] | None]:
+    """name -> dims (None where unknown) of the main graph's values when the input
+    ``input_name`` has the concrete shape ``input_dims``, by the same light shape inference
+    as :func:`value_types` (with data propagation, so Shape -> Reshape chains resolve)."""
+    dims = {input_name: tuple(int(d) for d in input_dims)}
+    return {name: shape for name, (_, shape) in _inferred(model, dims).items()}
+
+
+def _inferred(
+    model: onnx.ModelProto, input_dims: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, tuple[int | None, ...] | None]]:
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -191,6 +210,15 @@ def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
     graph.name = source.name
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, name).extend(getattr(source, name))
+    for vi in graph.input:
+        fixed = (input_dims or {}).get(vi.name)
+        if fixed is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in fixed:
+                shape.dim.add().dim_value = d
+    if input_dims:  # stale intermediate shapes would contradict the new input shape
+        del graph.value_info[:]
     declared = {vi.name for vi in graph.input}
     kept: list[onnx.TensorProto] = []
     moved: list[onnx.ValueInfoProto] = []
@@ -207,18 +235,24 @@ def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
     graph.initializer.extend(kept)
     graph.input.extend(moved)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light)
-    except Exception:  # shape inference fails on some valid models; ranks stay unknown
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=bool(input_dims))
+    except Exception:  # shape inference fails on some valid models; shapes stay unknown
         inferred = light
     moved_names = {vi.name for vi in moved}  # not graph inputs of the model itself
-    out: dict[str, tuple[int, int | None]] = {}
+    out: dict[str, tuple[int, tuple[int | None, ...] | None]] = {}
     g = inferred.graph
     inputs = [vi for vi in g.input if vi.name not in moved_names]
     for vi in (*g.value_info, *inputs, *g.output):
         if not vi.type.HasField("tensor_type"):
             continue
         tt = vi.type.tensor_type
-        out[vi.name] = (tt.elem_type, len(tt.shape.dim) if tt.HasField("shape") else None)
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tt.shape.dim
+            )
+        out[vi.name] = (tt.elem_type, shape)
     return out
 
 

@@ -4,25 +4,47 @@ node inside onnxruntime (no torch import on this path).
 The runner works on copies of the graph:
 
 * the *moments* graph adds, for every BN input ``X``, reduction nodes whose results become extra
-  graph outputs. For inputs of known rank >= 3 (``N, C, spatial...``)::
+  graph outputs. For float32 inputs of known rank >= 3 (``N, C, spatial...``) whose running mean
+  is a constant, the form is one pass over a *shifted* input::
+
+      D    = X + (-s)                     # onnxruntime folds this Add into the producing Conv's bias
+      Y    = BatchNormalization(D, mean = running_mean - s)   # the model's node, same output
+      m_nc = GlobalAveragePool(D)         # per-sample means of D, (N, C, 1, ...)
+      q_nc = GlobalAveragePool(D * D)     # per-sample mean squares of D
+
+  and, in float64, ``mean = s + mean_n m_nc``, ``m2 = n / C * (mean_n q_nc - (mean_n m_nc)**2)``.
+  The shift ``s`` starts at the running mean and every batch is checked: the float32 rounding
+  error of the one-pass form is that of a centred sum times ``A = E[D**2] / var``, so when a
+  channel has ``A`` above 2 (its data mean is more than one standard deviation from ``s``) the
+  graph is rebuilt with ``s`` = the measured data mean and the batch is run again; after a few
+  such re-centrings the runner switches for good to the two-pass form below. All the added
+  ops run in onnxruntime's blocked NCHWc layout next to the convolutions, and no elementwise
+  ``Sub`` pass is needed: on a ResNet-18 this costs about half of what the two-pass form costs.
+  Channels whose spread is below ~16 float32 ulps of their magnitude (constant channels) are
+  left out of the check: no float32 computation resolves their variance better.
+  Every other BN input (rank 2 or unknown, half precision, a running mean computed at run time)
+  uses the *two-pass* form::
 
       m_nc = GlobalAveragePool(X)                  # per-sample means, (N, C, 1, ...)
       m    = ReduceMean(m_nc, axes=[0])            # channel mean of the batch, (1, C, 1, ...)
       q_nc = GlobalAveragePool((X - m) * (X - m))  # mean squared deviation per sample
-      n    = Size(X)
 
-  and ``m2_c = n / (N C) * sum_n q_nc`` in float64. Every element is centred at the batch's
+  with ``m2_c = n / (N C) * sum_n q_nc`` in float64: every element is centred at the batch's
   channel mean before squaring, so the variance is exact to float32 rounding whatever the
-  mean/std ratio (the error of ``m`` enters squared only: ``sum (x - m')**2 = m2 + n (m - m')**2``).
-  Only (N, C) values leave the runtime. GlobalAveragePool and Mul run in onnxruntime's blocked
-  NCHWc layout next to the convolutions; among the exact forms measured on a ResNet-18 this is
-  the cheapest (ReduceMean + Sub + ReduceSumSquare over (N, H, W), a float64 cast, and a
-  training-mode BatchNormalization used as a statistics op are all slower; per-sample centring
-  loses precision in the float32 per-sample means when mean/std is large). Inputs of rank 2 or
-  unknown rank are reshaped to (N, C, L) and reduced over (N, L) with ReduceMean the same way.
-  float16/bfloat16 inputs are cast to float32 first.
-* the *train* graph replaces every BatchNormalization by batch-statistics normalisation written
-  with standard ops (no training-mode kernel needed)::
+  mean/std ratio (the error of ``m`` enters squared only). Inputs of rank 2 or unknown rank are
+  reshaped to (N, C, L) and reduced over (N, L) with ReduceMean the same way. float16/bfloat16
+  inputs are cast to float32 first. Only (N, C) values leave the runtime.
+
+  The element count ``n`` of each BN input comes from shape inference on the batch's input
+  shape (once per shape). Only where inference cannot tell it does the graph get a
+  ``Size(X)`` output: any op outside the NCHWc set that reads a blocked tensor (Size and Shape
+  included) makes onnxruntime copy it back to NCHW, which costs about 1% of the forward pass
+  per layer on a ResNet-18.
+* the *train* graph makes every BatchNormalization normalise with the statistics of the batch.
+  From opset 14 a float32 node becomes the same node with ``training_mode=1, momentum=0``,
+  whose extra outputs are then exactly the batch mean and population variance (onnxruntime's
+  kernel, about 15% faster than the composition below); older opsets and other types get
+  batch-statistics normalisation written with standard ops::
 
       X3 = Reshape(X, [0, 0, -1]);  mean = ReduceMean(X3, axes=[0, 2])
       D = X3 - mean;  var = ReduceMean(D * D, axes=[0, 2])
@@ -46,6 +68,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.analysis.moments import Moments
 from bncheck.errors import ModelLoadError, UsageError
+from bncheck.sources.onnx_graph import static_dims
 from bncheck.sources.runner import InputSpec, ModelRunner, dedupe, select_layers
 
 #: protobuf cannot serialise more than this; larger models go through a temporary file
@@ -55,6 +78,14 @@ _SUBGRAPH_REASON = (
     "inside a control-flow subgraph (If/Loop/Scan body), whose values cannot be graph outputs"
 )
 _SPATIAL_REASON = "spatial=0 (per-activation statistics), not per-channel"
+#: the one-pass moments may carry up to this many times the float32 error of a centred sum;
+#: beyond it (a channel's data mean more than one std away from the shift) the shift moves
+_SHIFT_TOLERANCE = 2.0
+#: re-centrings of the one-pass graph before the runner settles on the two-pass form for good
+_MAX_RECENTRES = 4
+#: a channel whose std is below this fraction of its magnitude (about 16 float32 ulps) is
+#: constant as far as float32 can tell, and is left out of the re-centring check
+_CONSTANT_SPREAD = 2.0**-20
 
 
 def onnx_input_spec(model: onnx.ModelProto) -> InputSpec:
@@ -132,10 +163,46 @@ class OnnxRunner(ModelRunner):
             [la.name for la in all_layers if la.name in wanted and la.name not in self.unhookable]
         )
         self._types = source.value_types()
+        self._init_types = {i.name: i.data_type for i in self._model.graph.initializer}
         self._names = _NameMaker(self._model)
+        by_name = {layer.name: layer for layer in all_layers}
+        #: layer -> float32 shift of its one-pass moments, or None for the two-pass form
+        self._shifts: dict[str, np.ndarray | None] = {
+            name: self._first_shift(by_name[name]) for name in self.layers
+        }
+        self._recentres = 0
+        self._running_means = {
+            la.name: np.asarray(la.running_mean, np.float64).reshape(-1)
+            for la in all_layers
+            if la.running_mean is not None
+        }
+        #: layers whose running statistics are finite (the native training-mode node needs them)
+        self._finite_stats = {
+            layer.name
+            for layer in all_layers
+            if all(
+                v is not None and np.all(np.isfinite(v))
+                for v in (layer.running_mean, layer.running_var)
+            )
+        }
         self._stats_outputs: dict[str, tuple[str, ...]] = {}
+        #: layers whose moments graph has a Size output (their count is not inferable)
+        self._sized: set[str] = set()
+        #: input sample shape -> layer -> elements of the BN input per sample (None: unknown)
+        self._per_sample: dict[tuple[int, ...], dict[str, int | None]] = {}
         self._train_outputs: dict[str, tuple[str, str, str]] = {}
         self._sessions: dict[str, object] = {}
+
+    @property
+    def recentres(self) -> int:
+        """How often the one-pass moments have moved their shift so far (see the module
+        docstring); past :data:`_MAX_RECENTRES` every layer uses the two-pass form."""
+        return self._recentres
+
+    @property
+    def one_pass_layers(self) -> list[str]:
+        """Observed layers whose moments use the one-pass (shifted) form now."""
+        return [name for name in self.layers if self._shifts[name] is not None]
 
     # ------------------------------------------------------------------ sessions
 
@@ -191,14 +258,66 @@ class OnnxRunner(ModelRunner):
         return np.asarray(self._run(kind, [self._output], x)[0])
 
     def _moments(self, x: np.ndarray):
-        session_names = self._moments_names()
-        values = self._run("moments", session_names, x)
-        out = np.asarray(values[0])
-        result: dict[str, Moments] = {}
-        for k, name in enumerate(self.layers):
-            mean, msd, size = values[1 + 3 * k : 4 + 3 * k]
-            result[name] = _moments_from_outputs(mean, msd, int(np.asarray(size)))
-        return out, result
+        counts = self._element_counts(x)
+        unknown = {name for name in self.layers if counts[name] is None} - self._sized
+        if unknown:  # a Size output for them (rare: shapes inference cannot follow)
+            self._sized |= unknown
+            self._sessions.pop("moments", None)
+        while True:
+            session_names = self._moments_names()
+            values = self._run("moments", session_names, x)
+            out = np.asarray(values[0])
+            result: dict[str, Moments] = {}
+            moved: dict[str, np.ndarray] = {}
+            position = 1
+            for name in self.layers:
+                width = len(self._stats_outputs[name])
+                first, second, *size = values[position : position + width]
+                position += width
+                elements = int(np.asarray(size[0])) if size else int(counts[name])
+                shift = self._shifts[name]
+                if shift is None:
+                    result[name] = _moments_from_outputs(first, second, elements)
+                    continue
+                result[name], off_centre = _shifted_moments(first, second, elements, shift)
+                if off_centre:
+                    moved[name] = result[name].mean
+            if not moved:
+                return out, result
+            self._recentre(moved)
+
+    def _element_counts(self, x: np.ndarray) -> dict[str, int | None]:
+        """Layer -> number of elements of its BN input for batch ``x``, from shape inference
+        with ``x``'s shape (cached per sample shape); None where inference cannot tell."""
+        key = tuple(int(d) for d in x.shape[1:])
+        if key not in self._per_sample:
+            dims = static_dims(self._model, self.input_spec.name, tuple(x.shape))
+            per_sample: dict[str, int | None] = {}
+            for name in self.layers:
+                shape = dims.get(self._model.graph.node[self._nodes[name]].input[0])
+                known = (
+                    shape is not None
+                    and len(shape) >= 2
+                    and None not in shape
+                    and shape[0] == x.shape[0]
+                    and shape[1] == self.channels[name]
+                )
+                per_sample[name] = int(np.prod(shape[1:])) if known else None
+            self._per_sample[key] = per_sample
+        n = int(x.shape[0])
+        return {k: (None if v is None else n * v) for k, v in self._per_sample[key].items()}
+
+    def _recentre(self, means: dict[str, np.ndarray]) -> None:
+        """Move the shifts of ``means``' layers to those data means (the batch is then run
+        again), or, after :data:`_MAX_RECENTRES` moves, use the two-pass form everywhere."""
+        self._recentres += 1
+        if self._recentres > _MAX_RECENTRES:
+            self._shifts = dict.fromkeys(self._shifts)
+        else:
+            for name, mean in means.items():
+                old = self._shifts[name]
+                self._shifts[name] = np.where(np.isfinite(mean), mean, old).astype(np.float32)
+        self._sessions.pop("moments", None)
 
     def _train_moments(self, x: np.ndarray):
         self._session("train")
@@ -225,51 +344,110 @@ class OnnxRunner(ModelRunner):
 
     # ------------------------------------------------------------------ graph rewrites
 
+    def _first_shift(self, layer) -> np.ndarray | None:
+        """The running mean as the first shift of ``layer``'s one-pass moments, or None when the
+        layer needs the two-pass form (not float32, rank < 3 or unknown, no constant running
+        mean of float32 type)."""
+        node = self._model.graph.node[self._nodes[layer.name]]
+        elem, rank = self._types.get(node.input[0], (TensorProto.UNDEFINED, None))
+        if elem != TensorProto.FLOAT or rank is None or rank < 3 or len(node.input) < 5:
+            return None
+        mean_type = self._init_types.get(node.input[3]) or self._types.get(node.input[3], (0,))[0]
+        running = layer.running_mean
+        if mean_type != TensorProto.FLOAT or running is None:
+            return None
+        shift = np.asarray(running, np.float32).reshape(-1)
+        if shift.size != self.channels[layer.name]:
+            return None
+        return np.where(np.isfinite(shift), shift, np.float32(0))
+
     def _moments_model(self) -> onnx.ModelProto:
         model = copy.deepcopy(self._model)
         graph = model.graph
-        new_nodes, new_outputs, new_inits = [], [], []
-        for name in self.layers:
-            node = graph.node[self._nodes[name]]
-            x = node.input[0]
-            elem, rank = self._types.get(x, (TensorProto.UNDEFINED, None))
+        by_index = {self._nodes[name]: name for name in self.layers}
+        nodes, new_outputs, new_inits = [], [], []
+        for index, node in enumerate(graph.node):
+            name = by_index.get(index)
+            if name is None:
+                nodes.append(node)
+                continue
             prefix = self._names.prefix(name)
-            nodes, xf, out_type = _as_float(x, elem, prefix)
-            mean, sq = prefix + "mean_c", prefix + "msd_nc"
-            if rank is not None and rank >= 3:
-                # per-sample means (cheap, NCHWc), their mean over the batch, then every element
-                # centred at that channel mean; squares averaged per sample and channel
-                nodes.append(helper.make_node("GlobalAveragePool", [xf], [prefix + "mean_nc"]))
-                nodes += self._reduce_mean(prefix + "mean_nc", mean, (0,), new_inits)
-                centred, sq_op = xf, "GlobalAveragePool"
+            shift = self._shifts[name]
+            if shift is None:
+                stats, outputs = self._two_pass_nodes(node, name, prefix, new_inits)
             else:
-                centred = prefix + "x3"
-                new_inits.append(
-                    numpy_helper.from_array(np.array([0, 0, -1], np.int64), prefix + "shape3")
-                )
-                nodes.append(helper.make_node("Reshape", [xf, prefix + "shape3"], [centred]))
-                nodes += self._reduce_mean(centred, mean, (0, 2), new_inits)
-                sq_op = None
-            nodes += [
-                helper.make_node("Sub", [centred, mean], [prefix + "dev"]),
-                helper.make_node("Mul", [prefix + "dev", prefix + "dev"], [prefix + "dev2"]),
-            ]
-            if sq_op:
-                nodes.append(helper.make_node(sq_op, [prefix + "dev2"], [sq]))
-            else:
-                nodes += self._reduce_mean(prefix + "dev2", sq, (0, 2), new_inits)
-            nodes.append(helper.make_node("Size", [xf], [prefix + "size"]))
-            new_nodes += nodes
-            self._stats_outputs[name] = (mean, sq, prefix + "size")
-            new_outputs += [
-                helper.make_tensor_value_info(mean, out_type, None),
-                helper.make_tensor_value_info(sq, out_type, None),
-                helper.make_tensor_value_info(prefix + "size", TensorProto.INT64, None),
-            ]
-        graph.node.extend(new_nodes)
+                shifted, stats, outputs = self._one_pass_nodes(node, name, shift, prefix, new_inits)
+                nodes.extend(shifted)  # the Add and the BN node on the shifted input
+            if shift is None:
+                nodes.append(node)
+            # right after the layer, so that onnxruntime runs them while its input is in cache
+            nodes += stats
+            self._stats_outputs[name] = tuple(out for out, _ in outputs)
+            new_outputs += [helper.make_tensor_value_info(out, t, None) for out, t in outputs]
+        del graph.node[:]
+        graph.node.extend(nodes)
         graph.initializer.extend(new_inits)
         graph.output.extend(new_outputs)
         return model
+
+    def _one_pass_nodes(
+        self, node: onnx.NodeProto, name: str, shift: np.ndarray, prefix: str, inits: list
+    ):
+        """``D = X - s`` (an Add onnxruntime folds into a producing Conv), the BN node reading D
+        with its mean moved by ``s``, and the per-sample means of D and D*D."""
+        x = node.input[0]
+        rank = self._types[x][1]
+        neg = (-shift).reshape((-1,) + (1,) * (rank - 2))
+        inits.append(numpy_helper.from_array(neg, prefix + "neg_shift"))
+        moved = self._running_means[name] - shift.astype(np.float64)
+        inits.append(numpy_helper.from_array(moved.astype(np.float32), prefix + "mean_shifted"))
+        d = prefix + "d"
+        bn = copy.deepcopy(node)
+        bn.input[0], bn.input[3] = d, prefix + "mean_shifted"
+        shifted = [helper.make_node("Add", [x, prefix + "neg_shift"], [d]), bn]
+        stats = [
+            helper.make_node("GlobalAveragePool", [d], [prefix + "mean_nc"]),
+            helper.make_node("Mul", [d, d], [prefix + "d2"]),
+            helper.make_node("GlobalAveragePool", [prefix + "d2"], [prefix + "msq_nc"]),
+        ]
+        outputs = [(prefix + "mean_nc", TensorProto.FLOAT), (prefix + "msq_nc", TensorProto.FLOAT)]
+        if name in self._sized:
+            stats.append(helper.make_node("Size", [d], [prefix + "size"]))
+            outputs.append((prefix + "size", TensorProto.INT64))
+        return shifted, stats, outputs
+
+    def _two_pass_nodes(self, node: onnx.NodeProto, name: str, prefix: str, inits: list):
+        """Per-sample means, their batch mean, and the per-sample mean squared deviations from
+        it (see the module docstring)."""
+        x = node.input[0]
+        elem, rank = self._types.get(x, (TensorProto.UNDEFINED, None))
+        nodes, xf, out_type = _as_float(x, elem, prefix)
+        mean, sq = prefix + "mean_c", prefix + "msd_nc"
+        if rank is not None and rank >= 3:
+            # per-sample means (cheap, NCHWc), their mean over the batch, then every element
+            # centred at that channel mean; squares averaged per sample and channel
+            nodes.append(helper.make_node("GlobalAveragePool", [xf], [prefix + "mean_nc"]))
+            nodes += self._reduce_mean(prefix + "mean_nc", mean, (0,), inits)
+            centred, sq_op = xf, "GlobalAveragePool"
+        else:
+            centred = prefix + "x3"
+            inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), prefix + "shape3"))
+            nodes.append(helper.make_node("Reshape", [xf, prefix + "shape3"], [centred]))
+            nodes += self._reduce_mean(centred, mean, (0, 2), inits)
+            sq_op = None
+        nodes += [
+            helper.make_node("Sub", [centred, mean], [prefix + "dev"]),
+            helper.make_node("Mul", [prefix + "dev", prefix + "dev"], [prefix + "dev2"]),
+        ]
+        if sq_op:
+            nodes.append(helper.make_node(sq_op, [prefix + "dev2"], [sq]))
+        else:
+            nodes += self._reduce_mean(prefix + "dev2", sq, (0, 2), inits)
+        outputs = [(mean, out_type), (sq, out_type)]
+        if name in self._sized:
+            nodes.append(helper.make_node("Size", [xf], [prefix + "size"]))
+            outputs.append((prefix + "size", TensorProto.INT64))
+        return nodes, outputs
 
     def _train_model(self) -> onnx.ModelProto:
         model = copy.deepcopy(self._model)
@@ -289,10 +467,13 @@ class OnnxRunner(ModelRunner):
                 continue
             prefix = self._names.prefix(name + "/train")
             elem = self._types.get(node.input[0], (TensorProto.UNDEFINED, None))[0]
-            nodes, mean, var, size = self._batch_norm_nodes(node, elem, prefix, new_inits)
             extra_used = any(
                 o and (consumers.get(o) or o in graph_outputs) for o in node.output[1:]
             )
+            if not extra_used and self._native_training(node, name, elem):
+                nodes, mean, var, size = _training_mode_nodes(node, prefix)
+            else:
+                nodes, mean, var, size = self._batch_norm_nodes(node, elem, prefix, new_inits)
             if extra_used:  # keep the original node for its other outputs; Y comes from the rewrite
                 kept = copy.deepcopy(node)
                 kept.output[0] = prefix + "unused_y"
@@ -310,6 +491,17 @@ class OnnxRunner(ModelRunner):
         graph.initializer.extend(new_inits)
         graph.output.extend(new_outputs)
         return model
+
+    def _native_training(self, node: onnx.NodeProto, name: str, elem: int) -> bool:
+        """Whether onnxruntime's own training-mode kernel can stand in for ``node``: opset 14+
+        (the ``training_mode`` attribute), float32 input and statistics, and finite running
+        statistics (``momentum=0`` multiplies them by 0)."""
+        if self._opset < 14 or elem != TensorProto.FLOAT or name not in self._finite_stats:
+            return False
+        stats_types = {
+            self._init_types.get(n) or self._types.get(n, (0,))[0] for n in node.input[3:5]
+        }
+        return stats_types == {TensorProto.FLOAT}
 
     def _batch_norm_nodes(self, node: onnx.NodeProto, elem: int, prefix: str, inits: list):
         """Nodes computing Y of ``node`` with batch statistics; returns (nodes, mean, var, size)."""
@@ -370,6 +562,44 @@ def _moments_from_outputs(mean, msd, size: int) -> Moments:
     per_group = size // (groups * mean.size)
     return Moments.from_batch(
         size // mean.size, mean, per_group * msd.reshape(groups, -1).sum(axis=0)
+    )
+
+
+def _training_mode_nodes(node: onnx.NodeProto, prefix: str):
+    """``node`` in training mode with ``momentum=0``: its running-statistics outputs are then the
+    batch mean and population variance it normalises with. Returns (nodes, mean, var, size)."""
+    bn = copy.deepcopy(node)
+    for attribute in [a for a in bn.attribute if a.name in ("training_mode", "momentum")]:
+        bn.attribute.remove(attribute)
+    bn.attribute.extend(
+        [helper.make_attribute("training_mode", 1), helper.make_attribute("momentum", 0.0)]
+    )
+    del bn.output[1:]
+    mean, var, size = prefix + "mean", prefix + "var", prefix + "size"
+    bn.output.extend([mean, var])
+    return [bn, helper.make_node("Size", [node.input[0]], [size])], mean, var, size
+
+
+def _shifted_moments(mean_nc, msq_nc, size: int, shift: np.ndarray) -> tuple[Moments, bool]:
+    """Moments of ``X`` from the one-pass outputs over ``D = X - shift``: per-sample means and
+    mean squares of D ``(N, C, 1...)`` and ``size`` = the number of elements of X. Also says
+    whether some channel is off-centre: ``E[D**2] > tolerance * var`` (the float32 error of
+    ``E[D**2] - E[D]**2`` is ``E[D**2] / var`` times that of a centred sum), where channels
+    constant to float32 precision count as centred and values that are not finite are
+    ignored."""
+    channels = shift.size
+    groups = mean_nc.shape[0] if mean_nc.ndim else 0
+    if size == 0 or groups == 0:
+        return Moments.empty(channels), False
+    m = mean_nc.reshape(groups, channels).mean(axis=0, dtype=np.float64)
+    q = msq_nc.reshape(groups, channels).mean(axis=0, dtype=np.float64)
+    var = np.maximum(q - m * m, 0.0)
+    count = size // channels
+    mean = shift + m  # float64: the float32 shift promotes exactly
+    floor = np.square(_CONSTANT_SPREAD * np.maximum(np.abs(mean), np.abs(shift)))
+    off = q > _SHIFT_TOLERANCE * np.maximum(var, floor)  # False where q is NaN
+    return Moments(count, mean, var * count), bool(off.any()) and bool(
+        np.isfinite(q[off]).any()
     )
 
 

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from bncheck.cli import app
 
+from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
+
 pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +31,15 @@ def run(*args):
 
 
 def differences(a, b, path="") -> list[str]:
-    """Where two JSON reports differ (floats to rtol 1e-9)."""
+    """Where two JSON reports differ (floats to rtol 1e-5: statistics and outputs of the two
+    routes agree to float32 rounding, see statistics_match.py, and the figures derived from
+    them a little less closely)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{path}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (u, v) in enumerate(zip(a, b)) for d in differences(u, v, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
-        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else [f"{path}: {a} != {b}"]
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7) else [f"{path}: {a} != {b}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
@@ -60,10 +64,7 @@ def both(tmp_path: Path, *args) -> tuple[dict, dict]:
     assert on_ray.exit_code == local.exit_code, on_ray.output
     a, b = json.loads(local.stdout), json.loads(on_ray.stdout)
     assert b["data"]["engine"] == {"name": "ray", "workers": 2}
-    want, got = arrays(tmp_path / "local.npz"), arrays(tmp_path / "ray.npz")
-    assert set(want) == set(got)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=0, err_msg=key)
+    assert_statistics_match(arrays(tmp_path / "ray.npz"), arrays(tmp_path / "local.npz"))
     return a, b
 
 
@@ -91,9 +92,7 @@ def test_ray_shards_merge_like_local_shards(ray_local, tmp_path):
     assert run("merge", *parts, "-o", tmp_path / "merged.npz").exit_code == 0
     whole = tmp_path / "whole.npz"
     assert run("drift", ONNX, REFERENCE, "--save-stats", whole, "--mismatch-samples", "0", "-f", "json").exit_code == 0
-    want, got = arrays(whole), arrays(tmp_path / "merged.npz")
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, err_msg=key)
+    assert_statistics_match(arrays(tmp_path / "merged.npz"), arrays(whole))
 
 
 def test_ray_reads_s3_like_the_local_folder(ray_local, s3_data, tmp_path):
@@ -108,9 +107,7 @@ def test_ray_reads_s3_like_the_local_folder(ray_local, s3_data, tmp_path):
     a["data"].pop("path")
     assert b["data"].pop("path") == "s3://bncheck-data/images"
     assert differences(a, b) == []
-    want, got = arrays(tmp_path / "local.npz"), arrays(tmp_path / "ray.npz")
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, err_msg=key)
+    assert_statistics_match(arrays(tmp_path / "ray.npz"), arrays(tmp_path / "local.npz"))
 
 
 def test_errors_in_ray_workers_exit_2_with_the_local_message(ray_local, tmp_path):
