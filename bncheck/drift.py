@@ -106,6 +106,16 @@ class Reservoir:
 _MERGE_EVERY = 64
 
 
+def add_bounded(parts: dict[str, list[Moments]], moments: dict[str, Moments]) -> None:
+    """Append one batch's per-layer moments to ``parts``, merging a layer's list into one entry
+    every ``_MERGE_EVERY`` batches so that memory does not grow with the data."""
+    for name, m in moments.items():
+        ms = parts.setdefault(name, [])
+        ms.append(m)
+        if len(ms) >= _MERGE_EVERY:
+            ms[:] = [merge_all(ms)]
+
+
 def measure(
     runner,
     batches,
@@ -127,11 +137,7 @@ def measure(
     for batch in batches:
         x = batch.x
         outputs, moments = runner.moments(x)
-        for name, m in moments.items():
-            ms = parts.setdefault(name, [])
-            ms.append(m)
-            if len(ms) >= _MERGE_EVERY:
-                ms[:] = [merge_all(ms)]
+        add_bounded(parts, moments)
         reservoir.offer(x, outputs)
         if keep_predictions:
             y = getattr(batch, "y", None)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.analysis.moments import Moments, merge_all
-from bncheck.drift import Measurement, measure
+from bncheck.drift import Measurement, add_bounded, measure
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
 from bncheck.engines.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
 from bncheck.errors import BncheckError, DataError
@@ -220,15 +220,15 @@ def _datasets(plan: DataPlan, blocks: list[Block]) -> Iterator[tuple[Any, dict[s
 
 def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], None] | None = None) -> Measurement:
     """Per-layer moments of a pass in which every BN layer normalises with its batch's
-    statistics (batches of one sample, which have none, are skipped), merged over batches."""
+    statistics (batches of one sample, which have none, are skipped), merged over batches
+    (every ``_MERGE_EVERY`` batches, as in :func:`measure`: memory does not grow with the data)."""
     parts: dict[str, list[Moments]] = {name: [] for name in layers}
     samples = 0
     for batch in batches:
         if len(batch.x) < 2:
             continue
         _, moments = runner.train_moments(batch.x)
-        for name, m in moments.items():
-            parts.setdefault(name, []).append(m)
+        add_bounded(parts, moments)
         samples += len(batch.x)
         if on_batch is not None:
             on_batch(len(batch.x))

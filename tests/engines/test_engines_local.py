@@ -188,3 +188,38 @@ assert not bad, bad
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_train_pass_memory_stays_bounded_and_merges_exactly(monkeypatch):
+    """A long train pass holds at most ``_MERGE_EVERY`` per-batch moments per layer and gives
+    the float64 moments of everything it saw."""
+    from types import SimpleNamespace
+
+    import importlib
+
+    from bncheck.analysis.moments import Moments
+    from bncheck.engines.local import train_pass
+
+    drift_module = importlib.import_module("bncheck.drift")  # the package exports drift()
+    monkeypatch.setattr(drift_module, "_MERGE_EVERY", 4)
+    rng = np.random.default_rng(7)
+    chunks = [rng.normal(k % 5, 1 + k % 3, (8, 3)) for k in range(23)]
+    longest = []
+
+    class Runner:
+        def train_moments(self, x):
+            return None, {"bn": Moments.of_array(x, channel_axis=1)}
+
+    real_add = drift_module.add_bounded
+
+    def spy(parts, moments):
+        real_add(parts, moments)
+        longest.append(max(len(v) for v in parts.values()))
+
+    monkeypatch.setattr("bncheck.engines.local.add_bounded", spy)
+    batches = [SimpleNamespace(x=c) for c in chunks] + [SimpleNamespace(x=chunks[0][:1])]
+    result = train_pass(Runner(), batches, ["bn"])
+    assert max(longest) <= 4 and result.samples == 23 * 8
+    want = Moments.of_array(np.concatenate(chunks), channel_axis=1)
+    np.testing.assert_allclose(result.moments["bn"].mean, want.mean, rtol=1e-12)
+    np.testing.assert_allclose(result.moments["bn"].m2, want.m2, rtol=1e-12)
