@@ -176,3 +176,25 @@ def test_bad_model_writes_no_report(tmp_path, cli, assert_usage_error):
     out = tmp_path / "report.json"
     assert_usage_error(cli("audit", tmp_path / "missing.onnx", "-o", out), "does not exist")
     assert not out.exists()
+
+
+def test_output_file_permissions_follow_the_umask_or_the_replaced_file(tmp_path, flawed, cli):
+    """A report is readable like any file the user writes (0666 less the umask), not 0600 as
+    the temporary file it starts as; replacing a report keeps that file's permissions."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "report.json"
+        assert cli("audit", flawed, "-o", out).exit_code == 1
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        out.chmod(0o640)
+        assert cli("audit", flawed, "-o", out).exit_code == 1
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640
+        os.umask(0o077)
+        fresh = tmp_path / "private.json"
+        assert cli("audit", flawed, "-o", fresh).exit_code == 1
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,7 +49,9 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
     """Call ``writer(tmp_path)`` then move the temporary file onto ``path``.
 
     The temporary file lives in the destination folder (so the final rename is atomic) and
-    is removed on any failure: readers never see half a file.
+    is removed on any failure: readers never see half a file. The result gets the permissions
+    of the file it replaces, or those of a newly created file (0666 less the umask), not the
+    0600 of a temporary file.
     """
     path = Path(path)
     folder = path.resolve().parent
@@ -59,6 +62,7 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BncheckError:
         _unlink(tmp)
@@ -69,6 +73,17 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _final_mode(path: Path) -> int:
+    """The permission bits ``path`` should end with: kept when it exists, else 0666 less the
+    process umask (what ``open(path, "w")`` would have given)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def _unlink(path: str | Path) -> None:
