@@ -22,16 +22,26 @@ from bncheck.sources.onnx_model import OnnxSource
 
 
 def conv_bn_model(
-    channels: int = 4, *, running_mean: float = 0.0, opset: int = 17, tile_by_data: bool = False
+    channels: int = 4,
+    *,
+    running_mean: float = 0.0,
+    opset: int = 17,
+    tile_by_data: bool = False,
+    tail: str = "relu",
+    gamma_signs: tuple[float, ...] | None = None,
 ) -> onnx.ModelProto:
     """input (N, 3, 6, 6) -> Conv 3x3 (no padding, with bias) -> [Tile along W by a factor read from
-    the data] -> BatchNormalization -> Relu. The conv output is a graph output too, so the test
-    can read exactly what the BN layer receives."""
+    the data] -> BatchNormalization -> ``tail`` ("relu", "relu_pool": Relu -> MaxPool 3x3 stride 2
+    pad 1 as in a ResNet stem, "pool": MaxPool alone). The conv output is a graph output too, so
+    the test can read exactly what the BN layer receives. ``gamma_signs`` multiplies the BN
+    scales (negative scales reverse the order MaxPool sees)."""
     rng = np.random.default_rng(channels)
     inits = [
         numpy_helper.from_array(rng.normal(0, 0.5, (channels, 3, 3, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), "cb"),
-        numpy_helper.from_array((rng.random(channels) + 0.5).astype(np.float32), "s"),
+        numpy_helper.from_array(
+            ((rng.random(channels) + 0.5) * np.asarray(gamma_signs or 1.0)).astype(np.float32), "s"
+        ),
         numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), "b"),
         numpy_helper.from_array(np.full(channels, running_mean, np.float32), "m"),
         numpy_helper.from_array((rng.random(channels) + 0.5).astype(np.float32), "v"),
@@ -54,16 +64,20 @@ def conv_bn_model(
             helper.make_node("Tile", ["conv", "repeats"], ["tiled"]),
         ]
         bn_input = "tiled"
-    nodes += [
-        helper.make_node("BatchNormalization", [bn_input, "s", "b", "m", "v"], ["y"], name="bn"),
-        helper.make_node("Relu", ["y"], ["out"]),
-    ]
+    nodes.append(helper.make_node("BatchNormalization", [bn_input, "s", "b", "m", "v"], ["y"], name="bn"))
+    pool = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    if tail == "relu":
+        nodes.append(helper.make_node("Relu", ["y"], ["out"]))
+    elif tail == "relu_pool":
+        nodes += [helper.make_node("Relu", ["y"], ["r"]), helper.make_node("MaxPool", ["r"], ["out"], **pool)]
+    else:
+        nodes.append(helper.make_node("MaxPool", ["y"], ["out"], **pool))
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
         [
-            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", channels, 4, None]),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", channels, None, None]),
             helper.make_tensor_value_info(bn_input, TensorProto.FLOAT, ["N", channels, 4, None]),
         ],
         initializer=inits,
@@ -190,3 +204,45 @@ def test_train_graph_uses_the_training_mode_kernel_from_opset_14(opset):
     scale, bias = inits["s"].reshape(1, -1, 1, 1), inits["b"].reshape(1, -1, 1, 1)
     want = np.maximum((x64 - mean) / np.sqrt(var + 1e-5) * scale + bias, 0)
     np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def plain_output(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["out"], {"x": x})[0]
+
+
+@pytest.mark.parametrize("tail", ["relu_pool", "pool"])
+@pytest.mark.parametrize("signs", [None, (1.0, -1.0, 1.0, -1.0)])
+def test_bn_before_a_max_pool_runs_on_the_pooled_tensor_with_the_same_outputs(tail, signs):
+    """Stem pattern BN -> [Relu ->] MaxPool: the moments graph pools the shifted input first
+    (negative BN scales flipped by a sign), and the model's outputs and the statistics are
+    what the plain model computes and the layer receives."""
+    model = conv_bn_model(tail=tail, gamma_signs=signs, running_mean=0.2)
+    rng = np.random.default_rng(6)
+    with OnnxSource(model, path=None).runner() as runner:
+        assert list(runner._pool_first) == ["bn"]
+        ops = [node.op_type for node in runner._moments_model().graph.node]
+        for _ in range(2):
+            x = rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32)
+            out, moments = runner.moments(x)
+            np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-6, atol=1e-6)
+            assert_exact_moments(moments["bn"], bn_input(model, x))
+        far = (50.0 + rng.normal(0, 1, (8, 3, 6, 6))).astype(np.float32)  # moves the shift
+        out, moments = runner.moments(far)
+        assert runner.recentres == 1
+        np.testing.assert_allclose(out, plain_output(model, far), rtol=1e-6, atol=1e-5)
+        assert_exact_moments(moments["bn"], bn_input(model, far))
+    # the pool reads the shifted input; BN (and Relu) follow it
+    assert ops.index("MaxPool") < ops.index("BatchNormalization")
+    assert ("Mul" in ops[: ops.index("MaxPool")]) == (signs is not None)
+
+
+def test_a_relu_with_other_readers_keeps_the_plain_order():
+    model = conv_bn_model(tail="relu_pool")
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    with OnnxSource(model, path=None).runner() as runner:
+        assert runner._pool_first == {}
+        x = np.random.default_rng(8).normal(0, 1, (4, 3, 6, 6)).astype(np.float32)
+        out, moments = runner.moments(x)
+    np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-6, atol=1e-6)
+    assert_exact_moments(moments["bn"], bn_input(model, x))

@@ -22,6 +22,10 @@ The runner works on copies of the graph:
   ``Sub`` pass is needed: on a ResNet-18 this costs about half of what the two-pass form costs.
   Channels whose spread is below ~16 float32 ulps of their magnitude (constant channels) are
   left out of the check: no float32 computation resolves their variance better.
+  A layer followed only by [Relu ->] MaxPool (a CNN stem) gets its MaxPool on ``D`` *before*
+  the BN and Relu, which then work on a tensor ``kernel`` times smaller: for a positive BN
+  scale ``a``, ``maxpool(relu(a x + b)) = relu(a maxpool(x) + b)`` exactly, and ``D`` is
+  multiplied by -1 in the channels whose scale is negative (a Mul folded into the Conv too).
   Every other BN input (rank 2 or unknown, half precision, a running mean computed at run time)
   uses the *two-pass* form::
 
@@ -60,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +119,18 @@ def onnx_input_spec(model: onnx.ModelProto) -> InputSpec:
         dtype=dtype,
         batch=dims[0] if dims else None,
     )
+
+
+@dataclass(frozen=True)
+class _PoolFirst:
+    """A layer whose one-pass graph max-pools the shifted input before the BN (and Relu)."""
+
+    #: indices of the nodes the rewrite replaces: (Relu, MaxPool) or (MaxPool,)
+    replaced: tuple[int, ...]
+    #: +1 / -1 per channel: the sign of the BN scale factor, applied to D
+    signs: np.ndarray
+    #: the BN scale times ``signs`` (float32), for the BN on the pooled tensor
+    signed_scale: np.ndarray
 
 
 class OnnxRunner(ModelRunner):
@@ -176,6 +193,8 @@ class OnnxRunner(ModelRunner):
             for la in all_layers
             if la.running_mean is not None
         }
+        #: layers followed by [Relu ->] MaxPool alone, whose one-pass graph pools first
+        self._pool_first = self._find_pool_first(by_name)
         #: layers whose running statistics are finite (the native training-mode node needs them)
         self._finite_stats = {
             layer.name
@@ -279,7 +298,9 @@ class OnnxRunner(ModelRunner):
                 if shift is None:
                     result[name] = _moments_from_outputs(first, second, elements)
                     continue
-                result[name], off_centre = _shifted_moments(first, second, elements, shift)
+                pool = self._pool_first.get(name)
+                signs = pool.signs if pool is not None else None
+                result[name], off_centre = _shifted_moments(first, second, elements, shift, signs)
                 if off_centre:
                     moved[name] = result[name].mean
             if not moved:
@@ -365,8 +386,16 @@ class OnnxRunner(ModelRunner):
         model = copy.deepcopy(self._model)
         graph = model.graph
         by_index = {self._nodes[name]: name for name in self.layers}
+        pooled = {
+            name: pool
+            for name, pool in self._pool_first.items()
+            if name in by_index.values() and self._shifts[name] is not None
+        }
+        replaced = {index for pool in pooled.values() for index in pool.replaced}
         nodes, new_outputs, new_inits = [], [], []
         for index, node in enumerate(graph.node):
+            if index in replaced:  # the Relu/MaxPool after a pooled-first layer: rewritten there
+                continue
             name = by_index.get(index)
             if name is None:
                 nodes.append(node)
@@ -376,8 +405,12 @@ class OnnxRunner(ModelRunner):
             if shift is None:
                 stats, outputs = self._two_pass_nodes(node, name, prefix, new_inits)
             else:
-                shifted, stats, outputs = self._one_pass_nodes(node, name, shift, prefix, new_inits)
-                nodes.extend(shifted)  # the Add and the BN node on the shifted input
+                pool = pooled.get(name)
+                after = None if pool is None else [graph.node[i] for i in pool.replaced]
+                shifted, stats, outputs = self._one_pass_nodes(
+                    node, name, shift, prefix, new_inits, pool, after
+                )
+                nodes.extend(shifted)  # the Add, [MaxPool,] the BN node [and Relu]
             if shift is None:
                 nodes.append(node)
             # right after the layer, so that onnxruntime runs them while its input is in cache
@@ -391,20 +424,58 @@ class OnnxRunner(ModelRunner):
         return model
 
     def _one_pass_nodes(
-        self, node: onnx.NodeProto, name: str, shift: np.ndarray, prefix: str, inits: list
+        self,
+        node: onnx.NodeProto,
+        name: str,
+        shift: np.ndarray,
+        prefix: str,
+        inits: list,
+        pool: _PoolFirst | None = None,
+        after: list[onnx.NodeProto] | None = None,
     ):
         """``D = X - s`` (an Add onnxruntime folds into a producing Conv), the BN node reading D
-        with its mean moved by ``s``, and the per-sample means of D and D*D."""
+        with its mean moved by ``s``, and the per-sample means of D and D*D.
+
+        With ``pool`` (the layer is followed by [Relu ->] MaxPool alone; ``after`` are those
+        nodes, in order), D is ``sign * (X - s)`` per channel and the MaxPool runs on D, before
+        the BN and Relu: for a channel whose BN scale ``a = gamma / sqrt(var + eps)`` is
+        positive, ``maxpool(relu(a x + b)) = relu(a maxpool(x) + b)`` exactly (the same float
+        operations on the same selected element), and a negative scale is made positive by
+        the sign. The BN then works on a tensor ``kernel`` times smaller."""
         x = node.input[0]
         rank = self._types[x][1]
-        neg = (-shift).reshape((-1,) + (1,) * (rank - 2))
-        inits.append(numpy_helper.from_array(neg, prefix + "neg_shift"))
-        moved = self._running_means[name] - shift.astype(np.float64)
+        channel_shape = (-1,) + (1,) * (rank - 2)
+        inits.append(numpy_helper.from_array((-shift).reshape(channel_shape), prefix + "neg_shift"))
+        signs = pool.signs if pool is not None else np.ones_like(shift)
+        moved = signs * (self._running_means[name] - shift.astype(np.float64))
         inits.append(numpy_helper.from_array(moved.astype(np.float32), prefix + "mean_shifted"))
         d = prefix + "d"
         bn = copy.deepcopy(node)
-        bn.input[0], bn.input[3] = d, prefix + "mean_shifted"
-        shifted = [helper.make_node("Add", [x, prefix + "neg_shift"], [d]), bn]
+        bn.input[3] = prefix + "mean_shifted"
+        flipped = bool(np.any(signs < 0))
+        centred = prefix + "centred" if flipped else d
+        shifted = [helper.make_node("Add", [x, prefix + "neg_shift"], [centred])]
+        if flipped:  # folded into the Conv's weights and bias by onnxruntime, like the Add
+            inits.append(numpy_helper.from_array(signs.reshape(channel_shape), prefix + "signs"))
+            shifted.append(helper.make_node("Mul", [centred, prefix + "signs"], [d]))
+            inits.append(numpy_helper.from_array(pool.signed_scale, prefix + "scale_signed"))
+            bn.input[1] = prefix + "scale_signed"
+        if pool is None:
+            bn.input[0] = d
+            shifted.append(bn)
+        else:
+            *relu, maxpool = after
+            pooled = copy.deepcopy(maxpool)
+            pooled.input[0], pooled.output[0] = d, prefix + "pooled"
+            bn.input[0] = prefix + "pooled"
+            shifted += [pooled, bn]
+            if relu:
+                bn.output[0] = prefix + "pooled_y"
+                activation = copy.deepcopy(relu[0])
+                activation.input[0], activation.output[0] = prefix + "pooled_y", maxpool.output[0]
+                shifted.append(activation)
+            else:
+                bn.output[0] = maxpool.output[0]
         stats = [
             helper.make_node("GlobalAveragePool", [d], [prefix + "mean_nc"]),
             helper.make_node("Mul", [d, d], [prefix + "d2"]),
@@ -415,6 +486,52 @@ class OnnxRunner(ModelRunner):
             stats.append(helper.make_node("Size", [d], [prefix + "size"]))
             outputs.append((prefix + "size", TensorProto.INT64))
         return shifted, stats, outputs
+
+    def _find_pool_first(self, layers: dict) -> dict[str, _PoolFirst]:
+        """Layers on the one-pass form whose BN output feeds only a Relu that feeds only a
+        MaxPool (or feeds only a MaxPool), none of them a graph output, with a float32
+        constant scale and finite scale factors: see :meth:`_one_pass_nodes`."""
+        graph = self._model.graph
+        users: dict[str, list[int]] = {}
+        for index, n in enumerate(graph.node):
+            for value in n.input:
+                users.setdefault(value, []).append(index)
+        graph_outputs = {o.name for o in graph.output}
+
+        def sole_user(value: str, op: str) -> int | None:
+            found = users.get(value, [])
+            if len(found) != 1 or value in graph_outputs:
+                return None
+            user = graph.node[found[0]]
+            return found[0] if user.op_type == op and user.domain in ("", "ai.onnx") else None
+
+        result: dict[str, _PoolFirst] = {}
+        for name in self.layers:
+            layer = layers[name]
+            node = graph.node[self._nodes[name]]
+            if self._shifts.get(name) is None or any(o for o in node.output[1:]):
+                continue
+            relu = sole_user(node.output[0], "Relu")
+            pool = sole_user(
+                graph.node[relu].output[0] if relu is not None else node.output[0], "MaxPool"
+            )
+            if pool is None or len([o for o in graph.node[pool].output if o]) != 1:
+                continue
+            scale_type = (
+                self._init_types.get(node.input[1]) or self._types.get(node.input[1], (0,))[0]
+            )
+            if scale_type != TensorProto.FLOAT or layer.running_var is None or layer.weight is None:
+                continue
+            gamma = np.asarray(layer.weight, np.float64).reshape(-1)
+            factor = gamma / np.sqrt(
+                np.asarray(layer.running_var, np.float64).reshape(-1) + (layer.eps or 0.0)
+            )
+            if gamma.size != self.channels[name] or not np.all(np.isfinite(factor)):
+                continue
+            signs = np.where(factor < 0, -1.0, 1.0).astype(np.float32)
+            replaced = (relu, pool) if relu is not None else (pool,)
+            result[name] = _PoolFirst(replaced, signs, (gamma * signs).astype(np.float32))
+        return result
 
     def _two_pass_nodes(self, node: onnx.NodeProto, name: str, prefix: str, inits: list):
         """Per-sample means, their batch mean, and the per-sample mean squared deviations from
@@ -580,8 +697,11 @@ def _training_mode_nodes(node: onnx.NodeProto, prefix: str):
     return [bn, helper.make_node("Size", [node.input[0]], [size])], mean, var, size
 
 
-def _shifted_moments(mean_nc, msq_nc, size: int, shift: np.ndarray) -> tuple[Moments, bool]:
-    """Moments of ``X`` from the one-pass outputs over ``D = X - shift``: per-sample means and
+def _shifted_moments(
+    mean_nc, msq_nc, size: int, shift: np.ndarray, signs: np.ndarray | None = None
+) -> tuple[Moments, bool]:
+    """Moments of ``X`` from the one-pass outputs over ``D = signs * (X - shift)`` (signs +1 or
+    -1 per channel, default +1): per-sample means and
     mean squares of D ``(N, C, 1...)`` and ``size`` = the number of elements of X. Also says
     whether some channel is off-centre: ``E[D**2] > tolerance * var`` (the float32 error of
     ``E[D**2] - E[D]**2`` is ``E[D**2] / var`` times that of a centred sum), where channels
@@ -595,12 +715,10 @@ def _shifted_moments(mean_nc, msq_nc, size: int, shift: np.ndarray) -> tuple[Mom
     q = msq_nc.reshape(groups, channels).mean(axis=0, dtype=np.float64)
     var = np.maximum(q - m * m, 0.0)
     count = size // channels
-    mean = shift + m  # float64: the float32 shift promotes exactly
+    mean = shift + (m if signs is None else signs * m)  # float64: float32 values promote exactly
     floor = np.square(_CONSTANT_SPREAD * np.maximum(np.abs(mean), np.abs(shift)))
     off = q > _SHIFT_TOLERANCE * np.maximum(var, floor)  # False where q is NaN
-    return Moments(count, mean, var * count), bool(off.any()) and bool(
-        np.isfinite(q[off]).any()
-    )
+    return Moments(count, mean, var * count), bool(off.any()) and bool(np.isfinite(q[off]).any())
 
 
 def _tensor_data_bytes(model: onnx.ModelProto) -> int | None:
@@ -617,7 +735,9 @@ def _tensor_data_bytes(model: onnx.ModelProto) -> int | None:
             itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         except (KeyError, TypeError, ValueError):
             return None
-        return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
+        return (
+            int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
+        )
 
     tensors: list[onnx.TensorProto] = []
 
