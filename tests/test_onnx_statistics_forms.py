@@ -246,3 +246,18 @@ def test_a_relu_with_other_readers_keeps_the_plain_order():
         out, moments = runner.moments(x)
     np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-6, atol=1e-6)
     assert_exact_moments(moments["bn"], bn_input(model, x))
+
+
+def test_a_training_mode_bn_before_a_max_pool_is_not_pooled_first():
+    """A node exported with training_mode=1 normalises with the statistics of what it reads:
+    pooling first would change them, so the plain order stays (and the outputs agree)."""
+    model = conv_bn_model(tail="relu_pool", opset=15)
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.attribute.append(helper.make_attribute("training_mode", 1))
+    bn.output.extend(["running_mean_out", "running_var_out"])  # required in training mode
+    x = np.random.default_rng(9).normal(0, 1, (8, 3, 6, 6)).astype(np.float32)
+    with OnnxSource(model, path=None).runner() as runner:
+        assert runner._pool_first == {}
+        out, moments = runner.moments(x)
+    np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-5, atol=1e-5)
+    assert_exact_moments(moments["bn"], bn_input(model, x))

@@ -489,8 +489,8 @@ class OnnxRunner(ModelRunner):
 
     def _find_pool_first(self, layers: dict) -> dict[str, _PoolFirst]:
         """Layers on the one-pass form whose BN output feeds only a Relu that feeds only a
-        MaxPool (or feeds only a MaxPool), none of them a graph output, with a float32
-        constant scale and finite scale factors: see :meth:`_one_pass_nodes`."""
+        MaxPool (or feeds only a MaxPool), none of them a graph output, in inference mode, with
+        a float32 constant scale and finite scale factors: see :meth:`_one_pass_nodes`."""
         graph = self._model.graph
         users: dict[str, list[int]] = {}
         for index, n in enumerate(graph.node):
@@ -509,8 +509,9 @@ class OnnxRunner(ModelRunner):
         for name in self.layers:
             layer = layers[name]
             node = graph.node[self._nodes[name]]
-            if self._shifts.get(name) is None or any(o for o in node.output[1:]):
-                continue
+            training = any(a.name == "training_mode" and a.i for a in node.attribute)
+            if self._shifts.get(name) is None or training or any(o for o in node.output[1:]):
+                continue  # a training-mode node normalises with the batch it sees: not poolable
             relu = sole_user(node.output[0], "Relu")
             pool = sole_user(
                 graph.node[relu].output[0] if relu is not None else node.output[0], "MaxPool"
