@@ -193,9 +193,8 @@ assert not bad, bad
 def test_train_pass_memory_stays_bounded_and_merges_exactly(monkeypatch):
     """A long train pass holds at most ``_MERGE_EVERY`` per-batch moments per layer and gives
     the float64 moments of everything it saw."""
-    from types import SimpleNamespace
-
     import importlib
+    from types import SimpleNamespace
 
     from bncheck.analysis.moments import Moments
     from bncheck.engines.local import train_pass

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
 from bncheck.cli import app
-
-from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 
 pytest.importorskip("ray")
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
 from bncheck.cli import app
-
-from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
 from bncheck.cli import app
 from bncheck.engines.plan import parse_shard, shard_range
 from bncheck.errors import UsageError
-
-from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
