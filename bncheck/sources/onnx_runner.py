@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,25 @@ class _PoolFirst:
     signs: np.ndarray
     #: the BN scale times ``signs`` (float32), for the BN on the pooled tensor
     signed_scale: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """Where the one-pass layers' moments sit in the packed output, and their shifts."""
+
+    output: str = ""
+    #: layer -> its channels' slice of the packed means (and of the packed squares after them)
+    layers: dict[str, slice] = field(default_factory=dict)
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    signs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def statistics(self, packed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-channel mean and population variance of X and the off-centre flags, for every
+        packed channel, from the ``(N, 2 * channels)`` packed output."""
+        total = self.shift.size
+        m = packed[:, :total].mean(axis=0, dtype=np.float64)
+        q = packed[:, total:].mean(axis=0, dtype=np.float64)
+        return _one_pass_statistics(m, q, self.shift, self.signs)
 
 
 class OnnxRunner(ModelRunner):
@@ -205,6 +224,8 @@ class OnnxRunner(ModelRunner):
             )
         }
         self._stats_outputs: dict[str, tuple[str, ...]] = {}
+        #: one-pass layers whose per-sample moments travel in the one packed output
+        self._packing = _Packing()
         #: layers whose moments graph has a Size output (their count is not inferable)
         self._sized: set[str] = set()
         #: input sample shape -> layer -> elements of the BN input per sample (None: unknown)
@@ -289,7 +310,18 @@ class OnnxRunner(ModelRunner):
             result: dict[str, Moments] = {}
             moved: dict[str, np.ndarray] = {}
             position = 1
+            packing = self._packing
+            if packing.layers:  # every packed layer at once: one output, vectorised float64
+                mean, var, off = packing.statistics(values[1])
+                position = 2
+                for name, part in packing.layers.items():
+                    count = int(counts[name]) // (part.stop - part.start)
+                    result[name] = Moments(count, mean[part], var[part] * count)
+                    if off[part].any():
+                        moved[name] = result[name].mean
             for name in self.layers:
+                if name in packing.layers:
+                    continue
                 width = len(self._stats_outputs[name])
                 first, second, *size = values[position : position + width]
                 position += width
@@ -359,8 +391,11 @@ class OnnxRunner(ModelRunner):
     def _moments_names(self) -> list[str]:
         self._session("moments")
         names = [self._output]
+        if self._packing.layers:
+            names.append(self._packing.output)
         for name in self.layers:
-            names.extend(self._stats_outputs[name])
+            if name not in self._packing.layers:
+                names.extend(self._stats_outputs[name])
         return names
 
     # ------------------------------------------------------------------ graph rewrites
@@ -416,12 +451,51 @@ class OnnxRunner(ModelRunner):
             # right after the layer, so that onnxruntime runs them while its input is in cache
             nodes += stats
             self._stats_outputs[name] = tuple(out for out, _ in outputs)
-            new_outputs += [helper.make_tensor_value_info(out, t, None) for out, t in outputs]
+            if shift is None or name in self._sized:
+                new_outputs += [helper.make_tensor_value_info(out, t, None) for out, t in outputs]
+        packed = [n for n in self.layers if self._shifts[n] is not None and n not in self._sized]
+        nodes += self._pack(packed, new_inits)
+        if packed:
+            new_outputs.insert(
+                0, helper.make_tensor_value_info(self._packing.output, TensorProto.FLOAT, None)
+            )
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(new_inits)
         graph.output.extend(new_outputs)
         return model
+
+    def _pack(self, names: list[str], inits: list) -> list[onnx.NodeProto]:
+        """Nodes concatenating the per-sample means of every one-pass layer in ``names``, then
+        their mean squares, into one ``(N, 2 * channels)`` output (one fetch and one vectorised
+        float64 step per batch instead of two per layer); sets :attr:`_packing`."""
+        self._packing = _Packing()
+        if not names:
+            return []
+        prefix = self._names.prefix("packed")
+        inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), prefix + "flat"))
+        nodes, means, squares, layers, offset = [], [], [], {}, 0
+        for name in names:
+            first, second = self._stats_outputs[name][:2]
+            for value, into in ((first, means), (second, squares)):
+                nodes.append(
+                    helper.make_node("Reshape", [value, prefix + "flat"], [value + "/flat"])
+                )
+                into.append(value + "/flat")
+            layers[name] = slice(offset, offset + self.channels[name])
+            offset += self.channels[name]
+        nodes.append(helper.make_node("Concat", means + squares, [prefix + "all"], axis=1))
+        signs = [
+            self._pool_first[n].signs if n in self._pool_first else np.ones(self.channels[n])
+            for n in names
+        ]
+        self._packing = _Packing(
+            output=prefix + "all",
+            layers=layers,
+            shift=np.concatenate([self._shifts[n] for n in names]).astype(np.float64),
+            signs=np.concatenate(signs).astype(np.float64),
+        )
+        return nodes
 
     def _one_pass_nodes(
         self,
@@ -698,28 +772,38 @@ def _training_mode_nodes(node: onnx.NodeProto, prefix: str):
     return [bn, helper.make_node("Size", [node.input[0]], [size])], mean, var, size
 
 
+def _one_pass_statistics(
+    m: np.ndarray, q: np.ndarray, shift: np.ndarray, signs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and population variance of ``X`` per channel from the batch means ``m`` of
+    ``D = signs * (X - shift)`` and ``q`` of ``D**2`` (float64), and whether each channel is
+    off-centre: ``E[D**2] > tolerance * var`` (the float32 error of ``E[D**2] - E[D]**2`` is
+    ``E[D**2] / var`` times that of a centred sum), where channels constant to float32 precision
+    count as centred and values that are not finite never are off-centre."""
+    var = np.maximum(q - m * m, 0.0)
+    mean = shift + (m if signs is None else signs * m)  # float64: float32 values promote exactly
+    floor = np.square(_CONSTANT_SPREAD * np.maximum(np.abs(mean), np.abs(shift)))
+    with np.errstate(invalid="ignore"):
+        off = np.isfinite(q) & (q > _SHIFT_TOLERANCE * np.maximum(var, floor))
+    return mean, var, off
+
+
 def _shifted_moments(
     mean_nc, msq_nc, size: int, shift: np.ndarray, signs: np.ndarray | None = None
 ) -> tuple[Moments, bool]:
-    """Moments of ``X`` from the one-pass outputs over ``D = signs * (X - shift)`` (signs +1 or
-    -1 per channel, default +1): per-sample means and
-    mean squares of D ``(N, C, 1...)`` and ``size`` = the number of elements of X. Also says
-    whether some channel is off-centre: ``E[D**2] > tolerance * var`` (the float32 error of
-    ``E[D**2] - E[D]**2`` is ``E[D**2] / var`` times that of a centred sum), where channels
-    constant to float32 precision count as centred and values that are not finite are
-    ignored."""
+    """Moments of ``X`` from one layer's one-pass outputs: per-sample means and mean squares of
+    ``D = signs * (X - shift)`` ``(N, C, 1...)`` and ``size`` = the number of elements of X;
+    and whether some channel is off-centre (see :func:`_one_pass_statistics`)."""
     channels = shift.size
     groups = mean_nc.shape[0] if mean_nc.ndim else 0
     if size == 0 or groups == 0:
         return Moments.empty(channels), False
     m = mean_nc.reshape(groups, channels).mean(axis=0, dtype=np.float64)
     q = msq_nc.reshape(groups, channels).mean(axis=0, dtype=np.float64)
-    var = np.maximum(q - m * m, 0.0)
+    shift64 = shift.astype(np.float64)
+    mean, var, off = _one_pass_statistics(m, q, shift64, signs)
     count = size // channels
-    mean = shift + (m if signs is None else signs * m)  # float64: float32 values promote exactly
-    floor = np.square(_CONSTANT_SPREAD * np.maximum(np.abs(mean), np.abs(shift)))
-    off = q > _SHIFT_TOLERANCE * np.maximum(var, floor)  # False where q is NaN
-    return Moments(count, mean, var * count), bool(off.any()) and bool(np.isfinite(q[off]).any())
+    return Moments(count, mean, var * count), bool(off.any())
 
 
 def _tensor_data_bytes(model: onnx.ModelProto) -> int | None:
