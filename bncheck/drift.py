@@ -284,19 +284,47 @@ def _layer_divergence(moment_batches: dict[str, list[Moments]], layers) -> dict[
     return out
 
 
-def small_batch_risk(runner, layers, sub: np.ndarray, eval_out: np.ndarray, batch_size: int) -> dict:
-    """BN201: scatter of size-B batch statistics and prediction flips, one train-mode pass."""
-    per_layer: dict[str, list[Moments]] = {}
-    outs = []
-    usable = (len(sub) // batch_size) * batch_size
-    if usable == 0 or batch_size < 1:
+@dataclass
+class TrainBatches:
+    """One train-mode pass over a subsample: the outputs and per-layer moments of each batch."""
+
+    batch_size: int
+    sizes: list[int]
+    outputs: list[np.ndarray]
+    moments: list[dict[str, Moments]]
+
+
+def train_batches(runner, sub: np.ndarray, batch_size: int, *, full_only: bool = False) -> TrainBatches:
+    """Run ``sub`` through the model with BN in train mode, in batches of ``batch_size`` (a
+    trailing batch of one sample, which has no batch statistics, is left out, and with
+    ``full_only`` any trailing batch smaller than ``batch_size``). BN201 and BN301 share one
+    such pass when their batch sizes are equal."""
+    result = TrainBatches(int(batch_size), [], [], [])
+    if batch_size < 1:
+        return result
+    for start in range(0, len(sub), batch_size):
+        chunk = sub[start : start + batch_size]
+        if len(chunk) < 2 or (full_only and len(chunk) < batch_size):
+            break
+        out, moments = runner.train_moments(chunk)
+        result.sizes.append(len(chunk))
+        result.outputs.append(out)
+        result.moments.append(moments)
+    return result
+
+
+def small_batch_risk(layers, batches: TrainBatches, eval_out: np.ndarray) -> dict:
+    """BN201: scatter of size-B batch statistics and prediction flips, from the full batches
+    of a train-mode pass at B."""
+    full = [k for k, size in enumerate(batches.sizes) if size == batches.batch_size]
+    if not full:
         return {}
-    for start in range(0, usable, batch_size):
-        out, moments = runner.train_moments(sub[start : start + batch_size])
-        outs.append(out)
-        for name, m in moments.items():
+    usable = len(full) * batches.batch_size
+    per_layer: dict[str, list[Moments]] = {}
+    for k in full:
+        for name, m in batches.moments[k].items():
             per_layer.setdefault(name, []).append(m)
-    result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
+    result: dict[str, Any] = {"batch_size": batches.batch_size, "samples": int(usable), "layers": {}}
     worst, worst_value = None, -1.0
     for name, ms in per_layer.items():
         pooled = merge_all(ms)
@@ -309,32 +337,28 @@ def small_batch_risk(runner, layers, sub: np.ndarray, eval_out: np.ndarray, batc
             worst, worst_value = name, sc["mean_scatter"]
     result["worst_layer"] = worst
     result["max_mean_scatter"] = worst_value
-    agreement = metrics.output_agreement(eval_out[:usable], np.concatenate(outs))
+    train_out = np.concatenate([batches.outputs[k] for k in full])
+    agreement = metrics.output_agreement(eval_out[:usable], train_out)
     if "top1_agreement" in agreement:
         result["flip_rate"] = 1.0 - agreement["top1_agreement"]
     result["relative_error"] = agreement["relative_error"]
     return result
 
 
-def train_eval_mismatch(runner, layers, sub: np.ndarray, eval_out: np.ndarray, batch_size: int) -> dict:
-    """BN301: outputs with batch statistics (train-mode BN) vs running statistics."""
-    outs = []
+def train_eval_mismatch(layers, batches: TrainBatches, eval_out: np.ndarray) -> dict:
+    """BN301: outputs with batch statistics (train-mode BN, every batch of the pass) vs running
+    statistics."""
+    if not batches.outputs:
+        return {}
+    train_out = np.concatenate(batches.outputs)
+    result = metrics.output_agreement(eval_out[: len(train_out)], train_out)
     per_layer: dict[str, list[Moments]] = {}
-    for start in range(0, len(sub), batch_size):
-        chunk = sub[start : start + batch_size]
-        if len(chunk) < 2:
-            break  # a single-sample batch has no batch statistics
-        out, moments = runner.train_moments(chunk)
-        outs.append(out)
+    for moments in batches.moments:
         for name, m in moments.items():
             per_layer.setdefault(name, []).append(m)
-    if not outs:
-        return {}
-    train_out = np.concatenate(outs)
-    result = metrics.output_agreement(eval_out[: len(train_out)], train_out)
     divergence = _layer_divergence(per_layer, layers)
     ranked = sorted(divergence, key=lambda n: -divergence[n] if math.isfinite(divergence[n]) else math.inf)
-    result.update({"batch_size": int(batch_size), "top_layers": ranked[:5], "per_layer": divergence})
+    result.update({"batch_size": batches.batch_size, "top_layers": ranked[:5], "per_layer": divergence})
     return result
 
 
@@ -561,8 +585,11 @@ def drift(
         if options.mismatch_samples > 0 and result.subsample is not None:
             sub = result.subsample[: options.mismatch_samples]
             ref = result.sub_outputs[: options.mismatch_samples]
-            extras["small_batch"] = small_batch_risk(runner, layers, sub, ref, options.train_batch_size) or None
-            extras["mismatch"] = train_eval_mismatch(runner, layers, sub, ref, options.batch_size) or None
+            same = options.batch_size == options.train_batch_size  # one pass serves both
+            small = train_batches(runner, sub, options.train_batch_size, full_only=not same)
+            full = small if same else train_batches(runner, sub, options.batch_size)
+            extras["small_batch"] = small_batch_risk(layers, small, ref) or None
+            extras["mismatch"] = train_eval_mismatch(layers, full, ref) or None
     ctx = RuleContext(
         layers=layers,
         thresholds=thresholds,

@@ -177,6 +177,33 @@ def test_train_eval_small_when_stats_match(calibrated):
     assert again.layer_extras["bn1"]["drift"]["score"] < 1e-9
 
 
+def test_equal_batch_sizes_share_one_train_pass(calibrated, monkeypatch):
+    """BN201 at --train-batch-size and BN301 at --batch-size run one train-mode pass when the
+    two sizes are equal (and two otherwise), with the same figures either way."""
+    from bncheck.sources.torch_runner import TorchRunner
+
+    model, _, path = calibrated
+    with torch.no_grad():
+        model.bn1.running_mean += 1.0
+    calls: list[int] = []
+    original = TorchRunner.train_moments
+
+    def counted(self, x):
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(TorchRunner, "train_moments", counted)
+    shared = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=16, train_batch_size=16))
+    assert calls == [16] * 6
+    calls.clear()
+    apart = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=32, train_batch_size=16))
+    assert calls == [16] * 6 + [32] * 3
+    sb, te = shared.extras["drift"]["small_batch"], shared.extras["drift"]["train_eval"]
+    assert sb["batch_size"] == te["batch_size"] == 16 and sb["samples"] == 96
+    assert sb["flip_rate"] == pytest.approx(1.0 - te["top1_agreement"])
+    assert sb == apart.extras["drift"]["small_batch"]  # the same subsample and batches
+
+
 def test_save_stats_npz_and_parquet(calibrated, tmp_path):
     model, x, path = calibrated
     npz = tmp_path / "stats.npz"
