@@ -639,3 +639,18 @@ def test_fixed_batch_models_run_in_chunks(digits_x, digits_eager):
         with pytest.raises(DataError, match="--train-batch-size 4"):
             runner.train_moments(digits_x[:8])
         assert runner.train_moments(digits_x[:4])[0].shape == (4, 10)
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 1e3])
+def test_torch_channel_moments_exact_at_any_offset_and_zero_for_a_constant_channel(offset):
+    from bncheck.sources.torch_runner import channel_moments
+
+    rng = np.random.default_rng(11)
+    x = (offset + rng.standard_normal((16, 5, 12, 12))).astype(np.float32)
+    x[:, 4] = 2.5
+    _, mean, var = reference_moments(x.astype(np.float64))
+    count, m, m2 = channel_moments(torch.from_numpy(x))
+    got = Moments.from_batch(count, m.double().numpy(), m2.double().numpy())
+    np.testing.assert_allclose(got.var[:4], var[:4], rtol=1e-6)
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-6, atol=1e-6)
+    assert got.var[4] == 0.0 and got.mean[4] == 2.5

@@ -14,7 +14,7 @@ reduction over a contiguous last axis (see :func:`channel_moments`)::
 
     t = x.flatten(2)                         # (N, C, L) view
     m = t.mean(2).mean(0)                    # channel mean of the batch
-    m2 = ((t - m) ** 2).sum(2).sum(0)        # centred sum of squares (float64 over N)
+    m2 = (norm(t - m, dim=2) ** 2).sum(0)   # centred sum of squares (float64 over N)
 
 Centring every element at the batch's channel mean keeps the variance exact to float32
 rounding at any mean/std ratio (the rounding of ``m`` enters squared only); only (C,) vectors
@@ -79,7 +79,9 @@ def channel_moments(x) -> tuple[int, Any, Any]:
     x = x.contiguous()
     t = x.reshape(x.shape[0], x.shape[1], -1)
     mean = t.mean(2).mean(0)
-    m2 = (t - mean[:, None]).square_().sum(2).sum(0, dtype=torch.float64)
+    # the norm of the centred values: one read of them and no second write (torch accumulates
+    # float32 reductions in double on CPU, and rounds each per-sample norm once)
+    m2 = torch.linalg.vector_norm(t - mean[:, None], dim=2).double().square().sum(0)
     return x.numel() // x.shape[1], mean, m2
 
 
