@@ -101,25 +101,30 @@ def _train_batches(runner, dataset, batch_size: int):
         yield moments
 
 
-def estimate_cumulative(source: ModelSource, dataset, names: list[str], batch_size: int) -> tuple[Statistics, int]:
-    """``update_bn``: equal-weight averages of batch means and unbiased batch variances."""
-    sums: dict[str, list[np.ndarray]] = {n: [] for n in names}
+def _usable_train_moments(source: ModelSource, dataset, names: list[str], batch_size: int):
+    """Per train-mode batch, the moments of each layer of ``names`` that saw at least 2 elements
+    per channel (the ones a batch variance exists for). Raises when no batch had 2 samples."""
     batches = 0
     with source.runner(layers=names) as runner:
         for moments in _train_batches(runner, dataset, batch_size):
             batches += 1
-            for n in names:
-                m = moments[n]
-                if m.count < 2:
-                    continue
-                if not sums[n]:
-                    sums[n] = [np.zeros_like(m.mean), np.zeros_like(m.mean), np.zeros(1)]
-                sums[n][0] += m.mean
-                sums[n][1] += m.unbiased_var
-                sums[n][2] += 1
+            yield {n: moments[n] for n in names if moments[n].count >= 2}
     if batches == 0:
         raise BncheckError("no batch of at least 2 samples: use more data or a larger --batch-size.")
-    return {n: (s[0] / s[2][0], s[1] / s[2][0]) for n, s in sums.items() if s}, batches
+
+
+def estimate_cumulative(source: ModelSource, dataset, names: list[str], batch_size: int) -> tuple[Statistics, int]:
+    """``update_bn``: equal-weight averages of batch means and unbiased batch variances."""
+    sums: dict[str, list] = {}
+    batches = 0
+    for usable in _usable_train_moments(source, dataset, names, batch_size):
+        batches += 1
+        for n, m in usable.items():
+            total = sums.setdefault(n, [np.zeros_like(m.mean), np.zeros_like(m.mean), 0])
+            total[0] += m.mean
+            total[1] += m.unbiased_var
+            total[2] += 1
+    return {n: (s[0] / s[2], s[1] / s[2]) for n, s in sums.items()}, batches
 
 
 def estimate_ema(
@@ -130,18 +135,11 @@ def estimate_ema(
     state = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
     rates = {n: _pytorch_momentum(layers[n], momentum) for n in names}
     batches = 0
-    with source.runner(layers=names) as runner:
-        for moments in _train_batches(runner, dataset, batch_size):
-            batches += 1
-            for n in names:
-                m = moments[n]
-                if m.count < 2:
-                    continue
-                rate = rates[n]
-                mean, var = state[n]
-                state[n] = ((1 - rate) * mean + rate * m.mean, (1 - rate) * var + rate * m.unbiased_var)
-    if batches == 0:
-        raise BncheckError("no batch of at least 2 samples: use more data or a larger --batch-size.")
+    for usable in _usable_train_moments(source, dataset, names, batch_size):
+        batches += 1
+        for n, m in usable.items():
+            mean, var = state[n]
+            state[n] = ((1 - rates[n]) * mean + rates[n] * m.mean, (1 - rates[n]) * var + rates[n] * m.unbiased_var)
     return state, batches
 
 

@@ -43,6 +43,7 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.layers import BNLayer
 from bncheck.sources.runner import InputSpec, ModelRunner, dedupe, select_layers
 from bncheck.sources.torch_loading import import_torch
+from bncheck.sources.torch_model import BN_CLASS_NAMES
 
 #: aten overload packets that normalise with batch-norm semantics
 BN_OP_NAMES = (
@@ -56,15 +57,6 @@ BN_OP_NAMES = (
     "cudnn_batch_norm",
     "miopen_batch_norm",
 )
-STANDARD_BN_CLASSES = {
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "SyncBatchNorm",
-    "LazyBatchNorm1d",
-    "LazyBatchNorm2d",
-    "LazyBatchNorm3d",
-}
 FROZEN_REASON = "frozen BN module: keeps normalising with its stored statistics in train mode"
 
 
@@ -195,7 +187,7 @@ class TorchRunner(ModelRunner):
                 self.unhookable[layer.name] = "module not found in the TorchScript archive"
                 continue
             kind = getattr(bn, "original_name", "")
-            if kind not in STANDARD_BN_CLASSES:
+            if kind not in BN_CLASS_NAMES:
                 self.frozen[layer.name] = FROZEN_REASON
             if not _script_calls_batch_norm(bn):
                 self.unhookable[layer.name] = (
