@@ -48,9 +48,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from resnet18 import resnet18  # noqa: E402
 
-from bncheck.sources.onnx_model import OnnxSource  # noqa: E402
-from bncheck.sources.torch_model import TorchModuleSource  # noqa: E402
-from bncheck.sources.torch_runner import channel_moments  # noqa: E402
+from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
+from bncheck.backends.torch.runner import channel_moments  # noqa: E402
+from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
 
 REQUIRED_RATIO = 0.9
 
@@ -314,7 +314,7 @@ ONNX_ALTERNATIVES = (
 def _onnx_var_errors() -> dict[str, float]:
     """Worst relative variance error of each ONNX strategy (and bncheck's) on a BN whose input
     has mean/std = 1e3."""
-    from bncheck.sources.onnx_runner import OnnxRunner
+    from bncheck.backends.onnx.runner import OnnxRunner
 
     rng = np.random.default_rng(0)
     c = 8

@@ -65,8 +65,8 @@ def build_model(folder: Path, images: Path) -> Path:
 
 
 def open_session(engine, source, data: Path):
+    from bncheck.data import DataOptions
     from bncheck.engines import DataSpec, ModelSpec
-    from bncheck.sources.data import DataOptions
 
     layers = [layer.name for layer in source.bn_layers()]
     options = DataOptions(workers=1) if engine.name == "ray" else DataOptions()
@@ -80,8 +80,8 @@ def bench_engines(work: Path, images: int, repeats: int, ray_workers: list[int])
     ray 2, local, ...) so that load from other processes hits each alike."""
     import ray
 
+    from bncheck.backends import load_model
     from bncheck.engines import PassRequest, make_engine
-    from bncheck.sources import load_model
 
     data = make_image_folder(work / "images", images, SIZE)
     model = build_model(work, data)
@@ -126,17 +126,17 @@ def bench_engines(work: Path, images: int, repeats: int, ray_workers: list[int])
 
 
 def bench_merge(work: Path, parts: int) -> dict:
-    from bncheck.analysis.moments import merge_all
-    from bncheck.engines.plan import make_plan
-    from bncheck.engines.shards import (
+    from bncheck.backends import load_model
+    from bncheck.data import DataOptions
+    from bncheck.data.plan import make_plan
+    from bncheck.numerics.moments import merge_all
+    from bncheck.report.stats_file import (
         StatsFile,
         merge_files,
         part_metadata,
         read_stats,
         write_stats,
     )
-    from bncheck.sources import load_model
-    from bncheck.sources.data import DataOptions
 
     data = make_image_folder(work / "merge-images", parts, SIZE)
     source = load_model(work / "resnet18.onnx")

@@ -2,7 +2,7 @@
 
 1. **ResNet-18, torch eager on CPU** (``bench/resnet18.py``, BN statistics set to
    trained-looking values): the original module, bncheck's folded model
-   (``bncheck.fold``'s graph mode, the ``GraphModule`` written to ``.pt2``/``.ts``/``.onnx``)
+   (``bncheck.commands.fold``'s graph mode, the ``GraphModule`` written to ``.pt2``/``.ts``/``.onnx``)
    and ``torch.fx.experimental.optimization.fuse`` (for comparison) are timed *interleaved*
    (one call of each per round, the order rotating), batch 1 at 224x224, under
    ``torch.inference_mode``; figures are medians, speedups are ratios of medians (other
@@ -12,7 +12,7 @@
 2. **ResNet-50 ONNX** (``bench/audit_resnet50.py``'s definition, exported with the legacy
    exporter, ``do_constant_folding=False`` and ``TrainingMode.PRESERVE`` so that all 53 BN
    nodes remain): time of the rewrite (load, fold every BN, onnx.checker, write), target
-   < 5 s, and of the whole ``bncheck.fold`` call including verification with onnxruntime
+   < 5 s, and of the whole ``bncheck.commands.fold`` call including verification with onnxruntime
    on 1 random input; then the number of BN nodes left in Conv/ConvTranspose/Gemm + BN
    patterns (target 0).
 
@@ -86,9 +86,9 @@ def _bn_share(model, x) -> float:
 def bench_resnet18(rounds: int, batch: int) -> dict:
     from torch.fx.experimental.optimization import fuse
 
-    from bncheck.fold import fold
-    from bncheck.sources import torch_fold
-    from bncheck.sources.torch_model import TorchModuleSource
+    from bncheck.backends.torch import fold as torch_fold
+    from bncheck.backends.torch.source import TorchModuleSource
+    from bncheck.commands.fold import fold
 
     torch.manual_seed(0)
     model = _trained_looking(_load("resnet18").resnet18())
@@ -145,10 +145,10 @@ def bench_resnet18(rounds: int, batch: int) -> dict:
 def bench_resnet50_onnx() -> dict:
     import onnx
 
-    from bncheck.fold import fold
-    from bncheck.sources.onnx_fold import fold_onnx
-    from bncheck.sources.onnx_model import OnnxSource
-    from bncheck.sources.writers import write_onnx
+    from bncheck.backends.onnx.fold import fold_onnx
+    from bncheck.backends.onnx.source import OnnxSource
+    from bncheck.backends.output import write_onnx
+    from bncheck.commands.fold import fold
 
     resnet = _load("audit_resnet50")
     model = resnet.trained_looking(resnet.resnet50())

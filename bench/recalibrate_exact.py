@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE))
 from resnet18 import resnet18  # noqa: E402
 
 import bncheck  # noqa: E402
-from bncheck.recalibrate import RecalibrateOptions  # noqa: E402
-from bncheck.sources.data import DataOptions  # noqa: E402
+from bncheck.commands.recalibrate import RecalibrateOptions  # noqa: E402
+from bncheck.data import DataOptions  # noqa: E402
 
 ARCH = """
 import sys

@@ -3,27 +3,27 @@
 The Python API returns the same report objects the CLI renders::
 
     import bncheck
-    report = bncheck.audit("model.onnx")
+    report = bncheck.commands.audit("model.onnx")
     report.passed, report.to_frame(), report.to_json()
     report.save("report.html")                    # any format, by extension
     report.with_baseline("release.json").passed   # the gate against an earlier run
-    bncheck.diff("release.json", "candidate.json").to_frame()
+    bncheck.report.diff("release.json", "candidate.json").to_frame()
     bncheck.load_report("run.json").render("sarif")
 """
 
 from bncheck._version import __version__
-from bncheck.audit import audit
+from bncheck.backends import load_model
+from bncheck.commands.audit import audit
+from bncheck.commands.drift import DriftOptions, drift
+from bncheck.commands.fold import fold, load_folded_state_dict
+from bncheck.commands.recalibrate import RecalibrateOptions, recalibrate
 from bncheck.config import Settings, load_settings
-from bncheck.diff import ReportDiff, diff
-from bncheck.drift import DriftOptions, drift
 from bncheck.errors import BncheckError
-from bncheck.findings import Finding, Severity
-from bncheck.fold import fold
-from bncheck.layers import BNLayer
-from bncheck.recalibrate import RecalibrateOptions, recalibrate
-from bncheck.report import Report
-from bncheck.report_io import load_report
-from bncheck.sources import load_model
+from bncheck.layer import BNLayer
+from bncheck.report.diff import ReportDiff, diff
+from bncheck.report.finding import Finding, Severity
+from bncheck.report.io import load_report
+from bncheck.report.report import Report
 
 __all__ = [
     "BNLayer",
@@ -39,6 +39,7 @@ __all__ = [
     "drift",
     "DriftOptions",
     "fold",
+    "load_folded_state_dict",
     "load_model",
     "load_report",
     "load_settings",

@@ -307,7 +307,7 @@ class CliResult:
 def _invoke(*args: str | Path) -> CliResult:
     from typer.testing import CliRunner
 
-    from bncheck.cli import app
+    from bncheck.cli.app import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bncheck.schema import consistency_problems, load_schema
+from bncheck.report.schema import consistency_problems, load_schema
 
 REPORT_SCHEMA: dict[str, Any] = load_schema()
 

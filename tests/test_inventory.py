@@ -16,9 +16,9 @@ onnx = pytest.importorskip("onnx")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bncheck.sources import load_model  # noqa: E402
-from bncheck.sources.onnx_model import OnnxSource  # noqa: E402
-from bncheck.sources.torch_model import TorchModuleSource  # noqa: E402
+from bncheck.backends import load_model  # noqa: E402
+from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
+from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bncheck  # noqa: E402
+from bncheck.backends import ModelFormat, load_model, sniff_format  # noqa: E402
 from bncheck.errors import ModelLoadError  # noqa: E402
-from bncheck.sources import ModelFormat, load_model, sniff_format  # noqa: E402
 
 BN_NAMES = ["bn1", "bn2", "bn3"]
 #: save format -> the ``format`` the report gives it

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bncheck.sources import onnx_runner
-from bncheck.sources.onnx_model import OnnxSource
+from bncheck.backends.onnx import runner as onnx_runner
+from bncheck.backends.onnx.source import OnnxSource
 
 
 def conv_bn_model(

@@ -18,11 +18,11 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from bncheck.analysis.moments import Moments  # noqa: E402
+from bncheck.backends.detect import load_model  # noqa: E402
+from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
+from bncheck.backends.torch.source import ExportSource, TorchModuleSource  # noqa: E402
 from bncheck.errors import DataError, UsageError  # noqa: E402
-from bncheck.sources.detect import load_model  # noqa: E402
-from bncheck.sources.onnx_model import OnnxSource  # noqa: E402
-from bncheck.sources.torch_model import ExportSource, TorchModuleSource  # noqa: E402
+from bncheck.numerics.moments import Moments  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 ARCH = f"{SAMPLES / 'architectures.py'}:digits_cnn"
@@ -643,7 +643,7 @@ def test_fixed_batch_models_run_in_chunks(digits_x, digits_eager):
 
 @pytest.mark.parametrize("offset", [0.0, 3.0, 1e3])
 def test_torch_channel_moments_exact_at_any_offset_and_zero_for_a_constant_channel(offset):
-    from bncheck.sources.torch_runner import channel_moments
+    from bncheck.backends.torch.runner import channel_moments
 
     rng = np.random.default_rng(11)
     x = (offset + rng.standard_normal((16, 5, 12, 12))).astype(np.float32)

@@ -1,5 +1,5 @@
 """Work that runs where the data is read: a :class:`BlockWorker` loads the model once and
-runs passes over blocks of a :class:`~bncheck.engines.plan.DataPlan`, returning per-block
+runs passes over blocks of a :class:`~bncheck.data.plan.DataPlan`, returning per-block
 moments and the few things the driver needs to reproduce a one-process run exactly.
 
 Nothing here knows about Ray: :mod:`bncheck.engines.ray_engine` wraps a BlockWorker in an
@@ -9,7 +9,7 @@ for it.
 
 The driver merges the per-block results in block order (:func:`merge_blocks`), whatever the
 order in which they finished, so two runs give the same bits; and it replays the
-subsample of :class:`bncheck.drift.Reservoir` over the blocks in order
+subsample of :class:`bncheck.commands.drift.Reservoir` over the blocks in order
 (:class:`ReplayReservoir`), fetching a block's samples only when one of them is taken.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.analysis.moments import Moments, merge_all
-from bncheck.drift import Reservoir
+from bncheck.commands.drift import Reservoir
+from bncheck.data.plan import Block, DataPlan, issue_dict, rename_text
 from bncheck.engines.interface import ModelSpec, PassRequest
-from bncheck.engines.plan import Block, DataPlan, issue_dict, rename_text
 from bncheck.errors import BncheckError, DataError, ModelLoadError
+from bncheck.numerics.moments import Moments, merge_all
 
 # ---------------------------------------------------------------------------- the model
 
@@ -85,7 +85,7 @@ def _onnx_external_files(path: Path) -> list[str]:
 
 def unpack_model(package: ModelPackage, folder: Path):
     """Write the package into ``folder`` and load the model from there."""
-    from bncheck.sources import load_model
+    from bncheck.backends import load_model
 
     for name, content in package.files.items():
         target = Path(folder) / name
@@ -142,11 +142,11 @@ class BlockWorker:
             self._close_runner()
             source = self.source
             if request.statistics is not None:
-                from bncheck.sources.statistics import with_statistics
+                from bncheck.backends.statistics import with_statistics
 
                 source = with_statistics(self.source, request.statistics)
             if self.threads and source.family == "onnx":
-                from bncheck.sources.onnx_runner import OnnxRunner
+                from bncheck.backends.onnx.runner import OnnxRunner
 
                 self._runner = OnnxRunner(source, layers=request.layers, intra_op_threads=int(self.threads))
             else:
@@ -243,7 +243,7 @@ def _statistics_key(statistics) -> str | None:
 
 
 class ReplayReservoir(Reservoir):
-    """:class:`bncheck.drift.Reservoir` fed in two steps, for samples that live elsewhere.
+    """:class:`bncheck.commands.drift.Reservoir` fed in two steps, for samples that live elsewhere.
 
     :meth:`plan` decides, exactly as ``offer`` would for the next ``n`` samples of the stream
     and drawing the same random numbers, which of them enter which slot; :meth:`fill` stores

@@ -2,8 +2,8 @@
 *passes* over the data inside it.
 
 A pass runs every batch of DATA through the model and returns what
-:func:`bncheck.drift.measure` returns (a :class:`~bncheck.drift.Measurement`): per-layer
-:class:`~bncheck.analysis.moments.Moments` merged with Chan's update in float64, the number of
+:func:`bncheck.commands.drift.measure` returns (a :class:`~bncheck.commands.drift.Measurement`): per-layer
+:class:`~bncheck.numerics.moments.Moments` merged with Chan's update in float64, the number of
 samples, and, when asked, a uniform random subsample of ``keep`` samples with their eval-mode
 outputs (the input of the train-mode analyses BN201/BN301) and the predictions and labels of
 every sample. Where the batches ran (this process, Ray actors) is the engine's business; the
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bncheck.drift import Measurement
-    from bncheck.sources.interface import ModelSource
-    from bncheck.sources.runner import ModelRunner
+    from bncheck.backends.interface import ModelSource
+    from bncheck.backends.runner import ModelRunner
+    from bncheck.commands.drift import Measurement
 
 PASS_MODES = ("eval", "train")
 
@@ -39,7 +39,7 @@ class PassRequest:
     its batch (``ModelRunner.train_moments``; batches of one sample are skipped).
     ``keep``: size of the uniform random subsample (eval only; 0 keeps none).
     ``statistics``: run the model with these running statistics instead of the stored ones
-    (``{layer: (mean, var)}``, see :func:`bncheck.sources.statistics.with_statistics`).
+    (``{layer: (mean, var)}``, see :func:`bncheck.backends.statistics.with_statistics`).
     """
 
     layers: list[str]
@@ -106,7 +106,7 @@ class Session(ABC):
     @abstractmethod
     def provenance(self) -> dict[str, Any]:
         """What identifies the files behind the statistics: ``{"files", "listing_sha256",
-        "shards", "of"}`` (see :mod:`bncheck.engines.shards`)."""
+        "shards", "of"}`` (see :mod:`bncheck.report.stats_file`)."""
 
     @abstractmethod
     def close(self) -> None:

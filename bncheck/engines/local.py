@@ -2,8 +2,8 @@
 through the model in this process, one after the other.
 
 For a local folder without ``--shard`` this is exactly what ``bncheck drift`` always did:
-:func:`bncheck.sources.data.open_data`, ``Dataset.batches`` and :func:`bncheck.drift.measure`.
-For a URL DATA or a shard the files come from a :class:`~bncheck.engines.plan.DataPlan`: the
+:func:`bncheck.data.open_data`, ``Dataset.batches`` and :func:`bncheck.commands.drift.measure`.
+For a URL DATA or a shard the files come from a :class:`~bncheck.data.plan.DataPlan`: the
 blocks are read one after the other (a URL's next block is copied while the current one
 runs) and re-cut into batches of exactly ``batch_size``, so the batches, the statistics and
 the subsample are those a run over a local copy of the same files gives.
@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.analysis.moments import Moments, merge_all
-from bncheck.drift import Measurement, add_bounded, measure
+from bncheck.commands.drift import Measurement, add_bounded, measure
+from bncheck.data import open_data
+from bncheck.data.loader import Batch
+from bncheck.data.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
+from bncheck.data.remote import is_remote
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
-from bncheck.engines.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
 from bncheck.errors import BncheckError, DataError
-from bncheck.sources.data import open_data
-from bncheck.sources.data.loader import Batch
-from bncheck.sources.data.remote import is_remote
+from bncheck.numerics.moments import Moments, merge_all
 
 
 class LocalEngine(Engine):
@@ -64,7 +64,7 @@ class LocalSession(Session):
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         with ExitStack() as stack:
             if request.statistics is not None:
-                from bncheck.sources.statistics import with_statistics
+                from bncheck.backends.statistics import with_statistics
 
                 runner = stack.enter_context(with_statistics(self.source, request.statistics).runner(layers=request.layers))
             elif runner is None:
@@ -94,7 +94,7 @@ class LocalSession(Session):
         if self._provenance is None:  # computed on demand: it stats every file
             import os
 
-            from bncheck.sources.data.remote import listing_digest
+            from bncheck.data.remote import listing_digest
 
             root = self.dataset.path
             files = self.dataset.files

@@ -36,8 +36,8 @@ import numpy as np
 import ray
 from ray.util.actor_pool import ActorPool
 
-from bncheck.analysis.moments import Moments
-from bncheck.drift import Measurement
+from bncheck.commands.drift import Measurement
+from bncheck.data.plan import Block, DataPlan, IssueTotals, make_plan
 from bncheck.engines.blocks import (
     BlockResult,
     BlockWorker,
@@ -47,8 +47,8 @@ from bncheck.engines.blocks import (
     pack_model,
 )
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
-from bncheck.engines.plan import Block, DataPlan, IssueTotals, make_plan
 from bncheck.errors import BncheckError, DataError, UsageError
+from bncheck.numerics.moments import Moments
 
 log = logging.getLogger("bncheck.data")
 

@@ -1,4 +1,4 @@
-"""Report formats. Each module renders a :class:`~bncheck.report.Report` to text; add a format
+"""Report formats. Each module renders a :class:`~bncheck.report.report.Report` to text; add a format
 by writing one module with a ``render(report, **options) -> str`` function and listing it here."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import math
 
 from rich.text import Text
 
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 SPARKS = "▁▂▃▄▅▆▇█"

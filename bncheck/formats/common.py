@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 
 def fmt_num(value, digits: int = 3) -> str:

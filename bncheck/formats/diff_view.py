@@ -12,7 +12,7 @@ from rich.text import Text
 from bncheck.formats.common import fmt_num
 
 if TYPE_CHECKING:
-    from bncheck.diff import ReportDiff
+    from bncheck.report.diff import ReportDiff
 
 STATE_STYLE = {"new": "bold red", "worse": "red", "better": "green", "unchanged": "dim", "resolved": "green"}
 STATE_ICON = {"new": "🆕", "worse": "🔺", "better": "🔻", "unchanged": "·", "resolved": "✅"}

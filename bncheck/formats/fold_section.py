@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bncheck.formats.common import fmt_num
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 
 def layer_fold(report: Report, name: str) -> dict[str, Any] | None:

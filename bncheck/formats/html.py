@@ -14,10 +14,10 @@ import math
 import sys
 from typing import Any
 
-from bncheck.findings import Severity, reaches
 from bncheck.formats import fold_section
 from bncheck.formats.common import fmt_num, foldable_text, package_versions, verdict
-from bncheck.report import Report
+from bncheck.report.finding import Severity, reaches
+from bncheck.report.report import Report
 
 SEVERITY_CLASS = {"error": "sev-error", "warning": "sev-warning", "info": "sev-info"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from bncheck.findings import reaches
-from bncheck.report import Report
+from bncheck.report.finding import reaches
+from bncheck.report.report import Report
 
 
 def render(report: Report, **_: object) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bncheck.formats import fold_section, recalibrate_section
 from bncheck.formats.common import fmt_num, foldable_text, verdict
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 ICONS = {"error": "🔴", "warning": "🟠", "info": "🔵"}
 

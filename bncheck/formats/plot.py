@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.errors import UsageError
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 Z_COLOR = "#1f77b4"  # mean |z|: blue
 R_COLOR = "#ff7f0e"  # mean |r|: orange

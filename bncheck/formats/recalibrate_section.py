@@ -4,7 +4,7 @@ per-layer drift before -> after."""
 from __future__ import annotations
 
 from bncheck.formats.common import fmt_num
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 
 def summary_lines(report: Report) -> list[str]:

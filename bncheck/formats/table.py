@@ -11,7 +11,7 @@ from rich.text import Text
 
 from bncheck.formats import fold_section, recalibrate_section
 from bncheck.formats.common import fmt_num, foldable_text, headline
-from bncheck.report import Report
+from bncheck.report.report import Report
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bncheck.errors import UsageError
-from bncheck.findings import Finding, Severity
-from bncheck.layers import BNLayer
+from bncheck.layer import BNLayer
+from bncheck.report.finding import Finding, Severity
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bncheck.analysis import drift as m
+from bncheck.numerics import drift as m
 
 
 def _gauss(x, mu, var):

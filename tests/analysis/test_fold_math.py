@@ -1,4 +1,4 @@
-"""bncheck.analysis.fold_math against real references: torch modules, torch.nn.utils.fusion
+"""bncheck.numerics.fold_math against real references: torch modules, torch.nn.utils.fusion
 and onnxruntime. The folded weights are loaded into a fresh module / ONNX node and its output
 compared with the unfolded network's output.
 
@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import (  # noqa: E402
     fuse_linear_bn_eval,
 )
 
-from bncheck.analysis.fold_math import (  # noqa: E402
+from bncheck.numerics.fold_math import (  # noqa: E402
     bn_scale_shift,
     channel_broadcast_shape,
     fold_bn_before_conv,

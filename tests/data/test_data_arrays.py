@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bncheck.data import DataOptions, open_data
 from bncheck.errors import DataError
-from bncheck.sources.data import DataOptions, open_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bncheck.data import DataOptions, open_data
+from bncheck.data.discover import discover, scan
 from bncheck.errors import DataError
-from bncheck.sources.data import DataOptions, open_data
-from bncheck.sources.data.discover import discover, scan
 
 
 def touch_image(path: Path, value: int = 0) -> Path:

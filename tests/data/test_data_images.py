@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bncheck.data import DataOptions, ImageOptions, open_data
 from bncheck.errors import DataError, UsageError
-from bncheck.sources.data import DataOptions, ImageOptions, open_data
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "sample_models" / "data" / "digits"

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from bncheck.config import load_settings
+from bncheck.data import DataOptions, ImageOptions, build_options, open_data
 from bncheck.errors import DataError, UsageError
-from bncheck.sources.data import DataOptions, ImageOptions, build_options, open_data
 
 
 def test_string_values_are_parsed():

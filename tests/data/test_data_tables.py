@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bncheck.data import DataOptions, open_data
+from bncheck.data import tables as tables_module
 from bncheck.errors import DataError
-from bncheck.sources.data import DataOptions, open_data
-from bncheck.sources.data import tables as tables_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCER = ROOT / "sample_models" / "data" / "cancer"

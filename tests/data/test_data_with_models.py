@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bncheck.sources.data import DataOptions, open_data
+from bncheck.data import DataOptions, open_data
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import bncheck
-from bncheck.drift import DriftOptions
-from bncheck.sources.data import DataOptions
+from bncheck.commands.drift import DriftOptions
+from bncheck.data import DataOptions
 
 
 class Net(nn.Module):
@@ -180,7 +180,7 @@ def test_train_eval_small_when_stats_match(calibrated):
 def test_equal_batch_sizes_share_one_train_pass(calibrated, monkeypatch):
     """BN201 at --train-batch-size and BN301 at --batch-size run one train-mode pass when the
     two sizes are equal (and two otherwise), with the same figures either way."""
-    from bncheck.sources.torch_runner import TorchRunner
+    from bncheck.backends.torch.runner import TorchRunner
 
     model, _, path = calibrated
     with torch.no_grad():

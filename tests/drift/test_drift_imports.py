@@ -47,7 +47,7 @@ def test_onnx_drift_over_images_imports_no_torch():
     report = json.loads(proc.stdout)
     assert report["data"]["samples"] == 540 and report["drift"]["small_batch"] is not None
     # the parse saw the imports that this path really needs
-    assert {"bncheck.drift", "onnxruntime", "onnx", "PIL.Image"} <= modules
+    assert {"bncheck.commands.drift", "onnxruntime", "onnx", "PIL.Image"} <= modules
     assert not top_level(modules) & set(HEAVY), sorted(
         m for m in modules if m.split(".")[0] in HEAVY
     )
@@ -73,5 +73,5 @@ def test_torch_drift_does_import_torch():
 def test_version_imports_no_model_runtime():
     proc, modules = imported_modules("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("bncheck ")
-    assert "bncheck.cli" in modules
+    assert "bncheck.cli.app" in modules
     assert not top_level(modules) & {*HEAVY, "onnx", "onnxruntime", "PIL"}

@@ -4,7 +4,7 @@ remote files) must agree.
 Counts and the model's running statistics are copied, so they are equal. The data moments
 are merged exactly (float64, Chan), but each batch's reductions run in float32 inside the
 runtime, centred at a shift that the runner settles on from the batches it has seen first
-(see ``bncheck.sources.onnx_runner``): a shard whose first batch differs rounds differently,
+(see ``bncheck.backends.onnx.runner``): a shard whose first batch differs rounds differently,
 by about 1e-7 of the values. 2e-6 of the largest value leaves room for that and still catches
 any lost, repeated or misweighted batch (one sample of 540 moves a mean by ~1e-3).
 """

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bncheck.drift import Reservoir, measure
+from bncheck.backends import load_model
+from bncheck.commands.drift import Reservoir, measure
+from bncheck.data import DataOptions, open_data
+from bncheck.data.plan import make_plan
 from bncheck.engines import DataSpec, PassRequest, make_engine
 from bncheck.engines.blocks import (
     BlockWorker,
@@ -21,10 +24,7 @@ from bncheck.engines.blocks import (
     pack_model,
 )
 from bncheck.engines.interface import ModelSpec
-from bncheck.engines.plan import make_plan
 from bncheck.errors import UsageError
-from bncheck.sources import load_model
-from bncheck.sources.data import DataOptions, open_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -111,7 +111,7 @@ def test_train_pass_merges_batch_statistics_and_skips_single_samples():
     the reference) are what a train pass merges; a trailing batch of one sample is skipped."""
     import torch
 
-    from bncheck.analysis.moments import Moments
+    from bncheck.numerics.moments import Moments
 
     source = load_model(SAMPLES / "digits_cnn.pt", arch=ARCH)
     layers = names(source)
@@ -177,9 +177,9 @@ def test_the_core_imports_neither_ray_nor_s3fs(tmp_path):
     code = f"""
 import sys
 from typer.testing import CliRunner
-from bncheck.cli import app
-import bncheck, bncheck.engines, bncheck.engines.local, bncheck.engines.shards, bncheck.engines.plan
-import bncheck.sources.data.remote
+from bncheck.cli.app import app
+import bncheck, bncheck.engines, bncheck.engines.local, bncheck.report.stats_file, bncheck.data.plan
+import bncheck.data.remote
 r = CliRunner().invoke(app, ["drift", {str(ONNX)!r}, {str(REFERENCE)!r}, "--shard", "1/2", "--save-stats", {str(tmp_path / 'p.npz')!r}, "-f", "json"])
 assert r.exit_code in (0, 1), r.output
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "s3fs", "fsspec", "boto3", "botocore"))
@@ -196,10 +196,10 @@ def test_train_pass_memory_stays_bounded_and_merges_exactly(monkeypatch):
     import importlib
     from types import SimpleNamespace
 
-    from bncheck.analysis.moments import Moments
     from bncheck.engines.local import train_pass
+    from bncheck.numerics.moments import Moments
 
-    drift_module = importlib.import_module("bncheck.drift")  # the package exports drift()
+    drift_module = importlib.import_module("bncheck.commands.drift")  # the package exports drift()
     monkeypatch.setattr(drift_module, "_MERGE_EVERY", 4)
     rng = np.random.default_rng(7)
     chunks = [rng.normal(k % 5, 1 + k % 3, (8, 3)) for k in range(23)]

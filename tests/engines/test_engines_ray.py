@@ -12,7 +12,7 @@ import pytest
 from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
-from bncheck.cli import app
+from bncheck.cli.app import app
 
 pytest.importorskip("ray")
 

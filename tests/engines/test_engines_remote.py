@@ -14,7 +14,7 @@ import pytest
 from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
-from bncheck.cli import app
+from bncheck.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"

@@ -13,8 +13,8 @@ import pytest
 from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
 from typer.testing import CliRunner
 
-from bncheck.cli import app
-from bncheck.engines.plan import parse_shard, shard_range
+from bncheck.cli.app import app
+from bncheck.data.plan import parse_shard, shard_range
 from bncheck.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bncheck.fold import fold
+from bncheck.commands.fold import fold
 
 RNG = np.random.default_rng(0)
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
@@ -406,7 +406,7 @@ def test_onnx_path_does_not_import_torch(tmp_path, onnx_bn):
     model, _ = onnx_bn(3)
     src = _save(model, tmp_path / "m.onnx")
     code = (
-        "import sys; from bncheck.fold import fold; "
+        "import sys; from bncheck import fold; "
         f"r = fold({str(src)!r}, {str(tmp_path / 'f.onnx')!r}, timing=False); "
         "assert r.extras['fold']['layers_folded'] == 1; "
         "print('torch' in sys.modules)"

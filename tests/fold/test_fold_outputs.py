@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from bncheck.fold import fold, load_folded_state_dict  # noqa: E402
+from bncheck.commands.fold import fold, load_folded_state_dict  # noqa: E402
 
 SHAPE = "4,1,8,8"
 

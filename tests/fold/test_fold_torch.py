@@ -12,14 +12,14 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval  # noqa: E402
 
-from bncheck.fold import fold  # noqa: E402
-from bncheck.sources.torch_fold import ChannelAffine  # noqa: E402
+from bncheck.backends.torch.fold import ChannelAffine  # noqa: E402
+from bncheck.commands.fold import fold  # noqa: E402
 
 
 def _fold(model, shape, **kw):
     """Fold with the API (nothing written) and return (report, folded module)."""
-    from bncheck.sources import torch_fold
-    from bncheck.sources.torch_model import TorchModuleSource
+    from bncheck.backends.torch import fold as torch_fold
+    from bncheck.backends.torch.source import TorchModuleSource
 
     report = fold(model, input_shape=shape, timing=False, **kw)
     source = TorchModuleSource(model, path=None, format="module")

@@ -1,11 +1,11 @@
-"""The error figures and the pass criterion of fold verification (bncheck.analysis.fold_verify)."""
+"""The error figures and the pass criterion of fold verification (bncheck.numerics.verify)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bncheck.analysis.fold_verify import ErrorAccumulator, default_tolerances, interleaved_timing
+from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
 
 
 def test_errors_accumulate_over_batches_per_output():

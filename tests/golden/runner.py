@@ -7,7 +7,7 @@ import os
 from cases import ROOT
 from typer.testing import CliRunner
 
-from bncheck.cli import app
+from bncheck.cli.app import app
 
 
 def run_case(argv: list[str], tmp: str) -> tuple[int, str]:

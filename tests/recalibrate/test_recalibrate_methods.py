@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import bncheck
-from bncheck.recalibrate import RecalibrateOptions
-from bncheck.sources.data import DataOptions
+from bncheck.commands.recalibrate import RecalibrateOptions
+from bncheck.data import DataOptions
 
 ARCH_SOURCE = '''
 import torch
@@ -63,7 +63,7 @@ def setup(tmp_path):
     arch = tmp_path / "recal_arch.py"
     arch.write_text(ARCH_SOURCE)
     spec = f"{arch}:net"
-    from bncheck.sources.torch_loading import build_from_arch
+    from bncheck.backends.torch.loading import build_from_arch
 
     model = build_from_arch(spec)
     state = tmp_path / "model.pt"
@@ -81,7 +81,7 @@ def _opts(**kw):
 
 
 def _load(path, spec):
-    from bncheck.sources.torch_loading import build_from_arch
+    from bncheck.backends.torch.loading import build_from_arch
 
     model = build_from_arch(spec)
     model.load_state_dict(torch.load(path, weights_only=True))

@@ -27,7 +27,7 @@ class Run:
 def invoke(*args):
     from typer.testing import CliRunner
 
-    from bncheck.cli import app
+    from bncheck.cli.app import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):

@@ -8,10 +8,10 @@ import json
 import pytest
 from reports_support import DIGITS, SAMPLES, invoke
 
-from bncheck.baseline import DEFAULT_TOLERANCE, apply_baseline, compare, match
-from bncheck.diff import diff
-from bncheck.findings import Finding, Severity
-from bncheck.report_io import load_report
+from bncheck.report.baseline import DEFAULT_TOLERANCE, apply_baseline, compare, match
+from bncheck.report.diff import diff
+from bncheck.report.finding import Finding, Severity
+from bncheck.report.io import load_report
 
 
 def F(rule, layer, severity="warning", **details):

@@ -152,7 +152,7 @@ def test_missing_matplotlib_is_a_clear_exit_2(tmp_path, monkeypatch):
 
 
 def test_notebook_fragment_is_scoped(sample_runs):
-    from bncheck.report_io import load_report
+    from bncheck.report.io import load_report
 
     fragment = load_report(sample_runs["drift_shifted"].path)._repr_html_()
     assert fragment.startswith('<div class="bncheck"><style>') and "<img" not in fragment
@@ -164,7 +164,7 @@ def test_notebook_fragment_is_scoped(sample_runs):
 def test_charts_read_only_serialised_figures():
     """A saved report draws the same charts as the live run (the same SVG bytes)."""
     import bncheck
-    from bncheck.report import Report
+    from bncheck.report.report import Report
 
     live = bncheck.drift(MODEL, DIGITS / "shifted", options=bncheck.DriftOptions(channels=True))
     saved = Report.from_dict(json.loads(live.to_json()))

@@ -1,6 +1,6 @@
 """The Python API returns the reports the CLI renders, and they carry what a notebook needs:
 ``.passed``, ``.to_json()``, ``.to_frame()``, ``.findings_frame()``, ``.render()``, ``.save()``,
-``.plot()``, ``.with_baseline()``; ``bncheck.load_report`` and ``bncheck.diff``. Also the
+``.plot()``, ``.with_baseline()``; ``bncheck.load_report`` and ``bncheck.report.diff``. Also the
 terminal's per-layer drift bars and sparkline."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bncheck.formats.bars import bar, drift_level, sparkline
 
 @pytest.fixture(scope="module")
 def live():
-    """``bncheck.drift`` on the sample digits model and the shifted folder."""
+    """``bncheck.commands.drift`` on the sample digits model and the shifted folder."""
     return bncheck.drift(SAMPLES / "digits_cnn.onnx", DIGITS / "shifted", options=bncheck.DriftOptions(channels=True))
 
 

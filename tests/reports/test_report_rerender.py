@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from reports_support import invoke
 
-from bncheck.report import Report
-from bncheck.report_io import load_report, report_from_dict
+from bncheck.report.io import load_report, report_from_dict
+from bncheck.report.report import Report
 
 NAMES = ["audit_onnx", "audit_broken", "drift_shifted", "drift_csv", "fold_onnx", "recalibrate_onnx"]
 FORMATS = ["table", "json", "markdown", "junit", "sarif", "html"]

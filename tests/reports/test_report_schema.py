@@ -18,13 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/contract_s
 from contract_schema import REPORT_SCHEMA, validate_report  # noqa: E402
 from reports_support import invoke  # noqa: E402
 
-from bncheck.schema import consistency_problems, load_schema, problems, schema_text  # noqa: E402
+from bncheck.report.schema import consistency_problems, load_schema, problems, schema_text  # noqa: E402
 
 
 def test_bncheck_schema_prints_the_published_file():
     result = invoke("schema")
     assert result.exit_code == 0
-    published = Path(__file__).resolve().parents[2] / "bncheck" / "report_schema.json"
+    published = Path(__file__).resolve().parents[2] / "bncheck" / "report" / "report_schema.json"
     assert result.stdout == published.read_text(encoding="utf-8")
     schema = json.loads(result.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)

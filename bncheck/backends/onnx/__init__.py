@@ -1,0 +1,1 @@
+"""The ONNX backend: models read with onnx, run with onnxruntime."""

@@ -1,0 +1,227 @@
+"""ONNX backend: every ``BatchNormalization`` node with its parameters, across opsets 1..latest,
+whether they come from initializers or from constant subgraphs (as converters write them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from bncheck.backends.interface import ModelSource
+from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
+from bncheck.errors import ModelLoadError
+from bncheck.layer import BNLayer, as_float64
+
+PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
+#: Ops that read only the shape of their input, not its values.
+SHAPE_ONLY_OPS = ("Shape", "Size")
+ONNX_DEFAULT_EPS = 1e-5
+ONNX_DEFAULT_MOMENTUM = 0.9
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a valid ONNX model ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            "it is probably truncated or corrupt: export or download it again."
+        ) from exc
+    except Exception as exc:  # external-data errors come in several kinds
+        raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {exc}).") from exc
+    if not model.graph.node and not model.graph.input:
+        raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
+    return model
+
+
+class OnnxSource(ModelSource):
+    family = "onnx"
+    format = "onnx"
+
+    def __init__(self, model: onnx.ModelProto, *, path: Path | None):
+        super().__init__(path)
+        if model.functions:
+            try:
+                from onnx import inliner
+
+                model = inliner.inline_local_functions(model)
+                self.notes.append("local functions inlined to reach BN nodes inside them")
+            except Exception:  # pragma: no cover - very old onnx
+                pass
+        self.model = model
+        self.opset = model_opset(model)
+        self._layers: list[BNLayer] | None = None
+        self._types: dict[str, tuple[int, int | None]] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> OnnxSource:
+        return cls(read_onnx(path), path=path)
+
+    def op_count(self) -> int:
+        return sum(len(g.node) for _, g in iter_graphs(self.model.graph))
+
+    def input_spec(self):
+        from bncheck.backends.onnx.runner import onnx_input_spec
+
+        return onnx_input_spec(self.model)
+
+    def runner(self, *, layers=None):
+        from bncheck.backends.onnx.runner import OnnxRunner
+
+        return OnnxRunner(self, layers=layers)
+
+    def bn_layers(self) -> list[BNLayer]:
+        if self._layers is None:
+            self._layers = self._inventory()
+            if not self._layers and self._has_producers():
+                self.notes.append(
+                    "no BatchNormalization nodes: torch.onnx.export folds BN into the conv/gemm "
+                    "weights by default (do_constant_folding=True in eval mode); audit the PyTorch "
+                    "checkpoint instead, or export with do_constant_folding=False and "
+                    "training=torch.onnx.TrainingMode.PRESERVE"
+                )
+        return self._layers
+
+    def _has_producers(self) -> bool:
+        return any(n.op_type in PRODUCER_KINDS for _, g in iter_graphs(self.model.graph) for n in g.node)
+
+    def value_types(self) -> dict[str, tuple[int, int | None]]:
+        """name -> (ONNX element type, rank or None) of the main graph's values, from shape
+        inference (run once per source; the inventory and the runner share it)."""
+        if self._types is None:
+            self._types = value_types(self.model)
+        return self._types
+
+    def _ranks(self) -> dict[str, int]:
+        return {name: rank for name, (_, rank) in self.value_types().items() if rank is not None}
+
+    def _inventory(self) -> list[BNLayer]:
+        layers: list[BNLayer] = []
+        ranks: dict[str, int] | None = None
+        main_inits = {i.name: i for i in self.model.graph.initializer}
+        for path, graph in iter_graphs(self.model.graph):
+            if not any(n.op_type == "BatchNormalization" for n in graph.node):
+                continue
+            if ranks is None:
+                ranks = self._ranks()
+            index = GraphIndex(graph, self.opset, outer=main_inits if path else None)
+            for node in graph.node:
+                if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
+                    layers.append(self._layer(node, index, path, ranks))
+        return layers
+
+    def _layer(self, node: onnx.NodeProto, index: GraphIndex, path: str, ranks: dict[str, int]) -> BNLayer:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        name = path + (node.name or node.output[0])
+        values = [index.constant(n) if n else None for n in list(node.input[1:5]) + [""] * 4][:4]
+        scale, bias, mean, var = values
+        notes = []
+        sources = {index.constant_source(n) for n in node.input[1:5] if n}
+        if sources - {"initializer"}:
+            notes.append("parameters from " + ", ".join(sorted(sources - {"initializer"})))
+        missing = [label for label, v in zip(("scale", "B", "input_mean", "input_var"), values) if v is None]
+        if missing:
+            notes.append("non-constant inputs: " + ", ".join(missing))
+        ref = next((v for v in (mean, scale) if v is not None), None)
+        training = False
+        if self.opset >= 14:
+            training = bool(attrs.get("training_mode", 0))
+        elif self.opset < 7 and not attrs.get("is_test", 0):
+            training = True
+        if attrs.get("spatial", 1) == 0:
+            notes.append("spatial=0 (per-activation statistics)")
+        layer = BNLayer(
+            name=name,
+            kind="BatchNormalization",
+            num_features=int(np.asarray(ref).size) if ref is not None else 0,
+            eps=_float32_attr(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
+            momentum=_float32_attr(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM)),
+            momentum_convention="onnx",
+            affine=True,
+            weight=as_float64(scale),
+            bias=as_float64(bias),
+            running_mean=as_float64(mean),
+            running_var=as_float64(var),
+            num_batches_tracked=None,
+            training=training,
+            uses_running_stats=not training and mean is not None and var is not None,
+            input_name=node.input[0],
+            notes=notes,
+        )
+        self._set_producer(layer, node, index, ranks, path)
+        return layer
+
+    def _set_producer(
+        self, layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks: dict[str, int], path: str = ""
+    ) -> None:
+        x = bn.input[0]
+        prod = index.producer.get(x)
+        if prod is None and path and x not in index.graph_inputs:
+            layer.producer, layer.producer_kind = x, "other"
+            layer.foldable = False
+            layer.fold_reason = "input comes from the enclosing graph (BN inside a subgraph)"
+            return
+        if prod is None:
+            layer.producer, layer.producer_kind = x, "input"
+            layer.foldable, layer.fold_reason = False, "normalises a graph input directly (no producer op)"
+            return
+        kind = PRODUCER_KINDS.get(prod.op_type)
+        label = prod.name or prod.output[0]
+        blockers: list[str] = []
+        if prod.op_type == "Add":
+            matmul = self._matmul_under_add(prod, index)
+            if matmul is not None:
+                kind, label = "matmul", f"{matmul.name or matmul.output[0]}+{label}"
+                blockers += self._weight_blockers(matmul, index)
+                if len(index.consumers[matmul.output[0]]) > 1:
+                    blockers.append("the MatMul output is also used elsewhere")
+                if ranks.get(x) not in (2,):
+                    blockers.append("MatMul+Add output is not 2-D (channel axis is not the last)")
+        elif kind is not None:
+            blockers += self._weight_blockers(prod, index)
+            if kind == "matmul" and ranks.get(x) != 2:
+                blockers.append("MatMul output is not 2-D (channel axis is not the last)")
+            if kind == "gemm" and len(prod.input) > 2 and prod.input[2] and not index.is_constant(prod.input[2]):
+                blockers.append("Gemm bias C is not a constant")
+        layer.producer, layer.producer_kind = label, kind or "other"
+        if kind is None:
+            layer.foldable, layer.fold_reason = False, f"fed by {prod.op_type} {label}, not by a conv/gemm"
+            return
+        consumers = index.consumers[x]
+        if len(consumers) > 1 or x in index.graph_outputs:
+            blockers.append(f"{label} output is also used elsewhere")
+        if not layer.uses_running_stats:
+            blockers.append("no running statistics to fold")
+        layer.foldable = not blockers
+        layer.fold_reason = "; ".join(blockers) if blockers else f"into {prod.op_type} {label}"
+
+    @staticmethod
+    def _matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
+        for i, inp in enumerate(add.input[:2]):
+            other = add.input[1 - i]
+            node = index.producer.get(inp)
+            if node is not None and node.op_type == "MatMul" and index.is_constant(other):
+                return node
+        return None
+
+    @staticmethod
+    def _weight_blockers(prod: onnx.NodeProto, index: GraphIndex) -> list[str]:
+        if len(prod.input) < 2:
+            return ["the producer has no weight input"]
+        weight = prod.input[1]
+        if not index.is_constant(weight):
+            return [f"the weight {weight} is not a constant"]
+        # Shape/Size read only the weight's shape, which folding keeps (dynamo exports compute
+        # a conv's default bias from Shape(weight)).
+        users = [n for n in index.consumers[weight] if n is not prod and n.op_type not in SHAPE_ONLY_OPS]
+        if users:
+            return [f"the weight {weight} is shared with {users[0].name or users[0].op_type}"]
+        return []
+
+
+def _float32_attr(value: float) -> float:
+    """An ONNX float attribute (stored as float32) as the shortest decimal that round-trips,
+    so that epsilon=1e-5 reads 1e-05 and not 9.999999747378752e-06."""
+    return float(str(np.float32(value)))

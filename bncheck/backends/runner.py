@@ -1,0 +1,228 @@
+"""Running a model on data and observing what its batch-norm layers see.
+
+One backend-neutral interface, :class:`ModelRunner`, implemented by
+``torch_runner.TorchRunner`` and ``onnx_runner.OnnxRunner``. Statistics are computed inside the
+runtime (torch ops, onnxruntime nodes); only per-channel (or per-sample-and-channel) vectors
+leave it, never whole activations.
+
+Conventions shared by every backend:
+
+* ``x`` is a numpy batch ``(N, *sample_shape)``; it is cast to the model's input dtype.
+* the channel axis of a BN input is axis 1; a layer's moments are taken over every other axis
+  (all samples and spatial positions), see :mod:`bncheck.numerics.moments`.
+* "eval" passes use the stored running statistics; "train" passes make every BN layer
+  normalise with the statistics of the batch, as train mode does, while everything else
+  (dropout...) stays in eval mode and the stored running statistics are never modified.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from bncheck.errors import DataError, UsageError
+from bncheck.numerics.moments import Moments, merge_all
+
+BN_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input the runner feeds.
+
+    ``shape`` is per sample (without the batch dimension); ``None`` entries are dynamic or
+    unknown, and ``shape`` itself is ``None`` when not even the rank is known (a plain
+    ``nn.Module``). ``batch`` is the batch size the model is fixed to, ``None`` when dynamic.
+    """
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str
+    batch: int | None = None
+
+    def describe(self) -> str:
+        if self.shape is None:
+            return f"{self.name!r} ({self.dtype}, shape unknown)"
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name!r} ({self.dtype}, per-sample shape ({dims}{',' if len(self.shape) == 1 else ''}))"
+
+    def mismatch(self, sample_shape: tuple[int, ...]) -> str | None:
+        """Why samples of ``sample_shape`` cannot be this input, or None when they may be."""
+        if self.shape is None:
+            return None
+        sample_shape = tuple(int(d) for d in sample_shape)
+        if len(sample_shape) != len(self.shape):
+            return (
+                f"the data samples have shape {sample_shape} ({len(sample_shape)} dimensions) but "
+                f"the model input {self.describe()} has {len(self.shape)}"
+            )
+        for i, (want, got) in enumerate(zip(self.shape, sample_shape)):
+            if want is not None and want != got:
+                return (
+                    f"the data samples have shape {sample_shape} but the model input "
+                    f"{self.describe()} needs {want} at dimension {i + 1}"
+                )
+        return None
+
+    def check(self, sample_shape: tuple[int, ...]) -> None:
+        """Raise a :class:`DataError` when samples of ``sample_shape`` cannot be fed."""
+        problem = self.mismatch(sample_shape)
+        if problem:
+            raise DataError(
+                f"{problem}; check the data and its preprocessing options (size, channels)."
+            )
+
+
+class ModelRunner(ABC):
+    """Runs a model on numpy batches; a context manager (``close()`` releases the runtime and
+    restores anything it changed on the model).
+
+    Attributes:
+        layers: names of the BN layers whose input is observed, in network order (the names of
+            ``ModelSource.bn_layers()``).
+        unhookable: BN layers whose input cannot be observed -> the reason.
+        frozen: BN layers that keep normalising with their stored statistics in "train" passes
+            (frozen BN modules do that in train mode too) -> the reason.
+        channels: number of channels of every layer in ``layers``.
+        input_spec: the input the model expects.
+    """
+
+    layers: list[str]
+    unhookable: dict[str, str]
+    frozen: dict[str, str]
+    channels: dict[str, int]
+    input_spec: InputSpec
+
+    # ------------------------------------------------------------------ public API
+
+    def moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
+        """Eval-mode outputs (the model's first output) and, for every layer in ``layers``, the
+        per-channel moments of the BN layer's *input* over this batch (count 0 when the layer
+        was not reached)."""
+        x = self._prepare(x)
+        outs, stats = [], []
+        for chunk in self._chunks(x):
+            out, moments = self._moments(chunk)
+            outs.append(out)
+            stats.append(moments)
+        return _concat(outs), self._merged(stats)
+
+    def forward(self, x: np.ndarray, *, bn: str = "eval") -> np.ndarray:
+        """The model's first output, with BN in "eval" mode (stored statistics) or "train" mode
+        (statistics of this batch; nothing stored is modified)."""
+        if bn not in BN_MODES:
+            raise UsageError(f"bn must be one of {', '.join(BN_MODES)}, not {bn!r}.")
+        x = self._prepare(x)
+        if bn == "train":
+            self._check_train_batch(x)
+            return self._forward(x, "train")
+        return _concat([self._forward(chunk, "eval") for chunk in self._chunks(x)])
+
+    def train_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
+        """Outputs and per-layer input moments of one pass in which every BN layer normalises
+        with the statistics of this batch (so the moments of a layer are exactly the batch
+        statistics it normalises with)."""
+        x = self._prepare(x)
+        self._check_train_batch(x)
+        out, moments = self._train_moments(x)
+        return out, self._merged([moments])
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the runtime and restore what the runner changed on the model; idempotent."""
+
+    def __enter__(self) -> ModelRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ for subclasses
+
+    @abstractmethod
+    def _moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
+        """One chunk (already cast, batch size acceptable to the model)."""
+
+    @abstractmethod
+    def _forward(self, x: np.ndarray, bn: str) -> np.ndarray: ...
+
+    @abstractmethod
+    def _train_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]: ...
+
+    def _run_failed(self, exc: BaseException, x: np.ndarray) -> DataError:
+        """The error to raise when the runtime rejects a batch (shape or type mismatch)."""
+        text = str(exc).strip().splitlines()
+        first = next((line for line in text if line.strip()), type(exc).__name__)[:300]
+        return DataError(
+            f"the model cannot run on a batch of shape {tuple(x.shape)} ({first}); it expects input "
+            f"{self.input_spec.describe()}: check the data and its preprocessing options."
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _prepare(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise DataError(f"cannot run the model on an empty batch (shape {tuple(x.shape)}).")
+        self.input_spec.check(x.shape[1:])
+        dtype = np.dtype(self.input_spec.dtype)
+        if x.dtype != dtype:
+            x = x.astype(dtype)
+        return np.ascontiguousarray(x)
+
+    def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
+        fixed = self.input_spec.batch
+        if fixed is None or x.shape[0] == fixed:
+            return [x]
+        if x.shape[0] % fixed:
+            raise DataError(
+                f"the model is exported with a fixed batch size of {fixed} and cannot take a batch "
+                f"of {x.shape[0]}; pass --batch-size {fixed} (or a multiple of it)."
+            )
+        return [x[i : i + fixed] for i in range(0, x.shape[0], fixed)]
+
+    def _check_train_batch(self, x: np.ndarray) -> None:
+        fixed = self.input_spec.batch
+        if fixed is not None and x.shape[0] != fixed:
+            raise DataError(
+                f"the model is exported with a fixed batch size of {fixed}, so train-mode passes "
+                f"need --train-batch-size {fixed} (got a batch of {x.shape[0]})."
+            )
+        if x.shape[0] < 2:
+            raise DataError(
+                "train-mode batch statistics need at least 2 samples per batch; use a "
+                "--train-batch-size of at least 2."
+            )
+
+    def _merged(self, per_chunk: list[dict[str, Moments]]) -> dict[str, Moments]:
+        out: dict[str, Moments] = {}
+        for name in self.layers:
+            parts = [stats[name] for stats in per_chunk if name in stats]
+            out[name] = merge_all(parts) if parts else Moments.empty(self.channels[name])
+        return out
+
+
+def _concat(outputs: list[np.ndarray]) -> np.ndarray:
+    if len(outputs) == 1:
+        return outputs[0]
+    return np.concatenate(outputs, axis=0)
+
+
+def select_layers(all_names: list[str], wanted: list[str] | None) -> set[str]:
+    """The layer names to observe: ``wanted`` (all when None), checked against the model."""
+    if wanted is None:
+        return set(all_names)
+    unknown = [name for name in wanted if name not in set(all_names)]
+    if unknown:
+        raise UsageError(
+            f"the model has no BN layer named {', '.join(repr(n) for n in unknown[:5])}; "
+            "`bncheck audit` lists the layer names."
+        )
+    return set(wanted)
+
+
+def dedupe(names: list[str]) -> list[str]:
+    """``names`` without repeats, first occurrence kept (a BN module called twice is one layer)."""
+    return list(dict.fromkeys(names))

@@ -1,0 +1,1 @@
+"""The PyTorch backend: state dicts, TorchScript, torch.export programs, modules."""

@@ -1,0 +1,220 @@
+"""What every command's CLI shares: common options, error handling, writing the report.
+
+The CLI only parses and renders; the work happens in the Python API.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bncheck.backends.output import write_atomically
+from bncheck.errors import BncheckError, OutputError
+from bncheck.formats import FORMATS, get_renderer
+from bncheck.report.report import Report
+
+
+class State:
+    debug = False
+    #: the arguments of this invocation (after ``bncheck``), recorded by RecordingGroup
+    argv: list[str] | None = None
+
+
+class RecordingGroup(typer.core.TyperGroup):
+    """The app's command group; it records the raw arguments so that reports can state the
+    exact command that made them (``run.command_line``)."""
+
+    def parse_args(self, ctx, args):
+        State.argv = list(args)
+        return super().parse_args(ctx, args)
+
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help=f"Report format: {'|'.join(FORMATS)} (default: table)."),
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
+]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option("--fail-on", help="Lowest severity that fails the run (exit 1): error|warning|info|never. Default: error."),
+]
+SelectOpt = Annotated[
+    list[str] | None, typer.Option("--select", help="Only these rules (codes or prefixes, comma-separated).")
+]
+IgnoreOpt = Annotated[
+    list[str] | None, typer.Option("--ignore", help="Skip these rules (codes or prefixes, comma-separated).")
+]
+ThresholdOpt = Annotated[
+    list[str] | None,
+    typer.Option("--threshold", "-t", help="Override a rule threshold: CODE.NAME=VALUE (repeatable)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: [tool.bncheck] in the nearest pyproject.toml, then bncheck.toml)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; a one-line table.")]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="Architecture for a state dict: package.module:factory or path/file.py:factory."),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="A previous JSON report (or drift --save-stats file): only findings that are new or worse than in it fail the gate.",
+    ),
+]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow unpickling whole modules (runs code from the file: only for files you trust)."),
+]
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handle_errors(func):
+    """Turn BncheckError into one line on stderr and exit 2; unexpected errors too (with the
+    traceback only under --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BncheckError as exc:
+            if State.debug:
+                traceback.print_exc()
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err("error: interrupted.")
+            raise typer.Exit(2) from None
+        except Exception as exc:  # a bug, or an input we failed to anticipate
+            if State.debug:
+                traceback.print_exc()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            err(
+                f"error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; "
+                "re-run with --debug for the traceback and please report it."
+            )
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def choose_format(
+    fmt: str | None,
+    output: Path | None,
+    settings_format: str | None = None,
+    *,
+    command: str | None = None,
+    baseline: Path | None = None,
+    plot: Path | None = None,
+) -> str:
+    """The report format (option, config, OUTPUT's extension, else table). Also checks, before
+    any work is done, what the outputs will need: matplotlib for html and ``--plot``, a usable
+    ``--baseline`` for ``command``."""
+    from bncheck.formats import EXTENSIONS
+
+    fmt = fmt or settings_format
+    if fmt is None and output is not None:
+        fmt = EXTENSIONS.get(output.suffix.lower())
+    fmt = fmt or "table"
+    if fmt not in FORMATS:
+        raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    if plot is not None:
+        from bncheck.formats.plot import plot_format
+
+        plot_format(plot)
+        if output is not None and plot.resolve() == output.resolve():
+            raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
+    if fmt == "html" or plot is not None:
+        from bncheck.formats.plot import require_matplotlib
+
+        require_matplotlib()
+    if baseline is not None and command is not None:
+        from bncheck.report.baseline import check_baseline_file
+
+        check_baseline_file(baseline, command)
+    return fmt
+
+
+def run_info() -> dict:
+    """How this report was made: the command line, the working folder, the versions."""
+    import platform
+    import shlex
+
+    from bncheck.formats.common import package_versions
+
+    argv = list(State.argv) if State.argv is not None else list(sys.argv[1:])
+    return {
+        "command_line": shlex.join(["bncheck", *argv]),
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "versions": package_versions(),
+        "platform": platform.platform(),
+    }
+
+
+def emit(
+    report: Report,
+    fmt: str,
+    output: Path | None,
+    quiet: bool = False,
+    *,
+    baseline: Path | None = None,
+    plot: Path | None = None,
+    options: dict | None = None,
+) -> None:
+    """Render ``report`` and write it to ``output`` or stdout (and the drift chart to
+    ``plot``); with ``baseline``, only new and worse findings fail the gate; ``options`` go to
+    the renderer (html's ``layer``). Exits with the report's code."""
+    if baseline is not None:
+        from bncheck.report.baseline import apply_baseline
+
+        apply_baseline(report, baseline)
+    report.extras.setdefault("run", run_info())
+    renderer = get_renderer(fmt)
+    color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if fmt == "table" and quiet:
+        from bncheck.formats.common import headline
+
+        text = headline(report) + "\n"
+    else:
+        text = renderer(report, color=color, **(options or {}))
+    chart = None
+    if plot is not None:
+        from bncheck.formats.plot import plot_bytes
+
+        chart = plot_bytes(report, plot)
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"report written to {output}")
+    if chart is not None:
+        write_atomically(plot, lambda tmp: Path(tmp).write_bytes(chart))
+        if not quiet:
+            err(f"drift chart written to {plot}")
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    raise typer.Exit(report.exit_code)

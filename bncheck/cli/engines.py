@@ -1,0 +1,93 @@
+"""Command-line pieces for scaling out: the options that choose where ``drift`` and
+``recalibrate`` run (``--engine``, ``--ray-address``, ``--shard``, ``--storage-option``,
+``--stats``) and the ``bncheck merge`` command (``register(app)`` adds it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bncheck.cli.common import handle_errors
+
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
+        "pip install 'bncheck\\[ray]'). With ray, --workers is the number of actors.",
+        rich_help_panel="Scaling out",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="An existing Ray cluster (auto, ray://head:10001); default: a local Ray for this run.", rich_help_panel="Scaling out"),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Read only share K of N of DATA's files (K/N, K from 1, e.g. $SLURM_ARRAY_TASK_ID/8); write the partial "
+        "statistics with --save-stats part.npz and combine them with bncheck merge.",
+        rich_help_panel="Scaling out",
+    ),
+]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        help="KEY=VALUE for the fsspec file system of a URL DATA (s3://, gs://...), e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
+        rich_help_panel="Data",
+    ),
+]
+StatsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--stats",
+        help="Report on statistics written by bncheck merge (or --save-stats) instead of reading DATA; "
+        "BN201/BN301 need DATA and are skipped.",
+        rich_help_panel="Scaling out",
+    ),
+]
+
+
+def engine_options(engine: str | None, ray_address: str | None, workers: int | None, data_opts: Any) -> Any:
+    """The engine ``--engine`` names. With ray, ``--workers`` counts actors and each actor
+    decodes with one background thread (``data_opts.workers`` is set to 1)."""
+    from bncheck.engines import make_engine
+
+    choice = (engine or "local").strip().lower()
+    if choice == "ray":
+        data_opts.workers = 1
+        return make_engine("ray", workers=workers, address=ray_address)
+    return make_engine(choice, address=ray_address)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bncheck merge`` to ``app``."""
+
+    @app.command()
+    @handle_errors
+    def merge(
+        parts: Annotated[list[Path], typer.Argument(help="Statistics parts written by drift --shard K/N --save-stats PART.npz.", metavar="PART...")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the merged statistics (.npz).")],
+        partial: Annotated[
+            bool, typer.Option("--partial", help="Allow parts that leave files of DATA uncovered (merge a subset now, the rest later).")
+        ] = False,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    ) -> None:
+        """Merge partial BN statistics (one file per shard) exactly into one file for
+        'bncheck drift MODEL --stats OUT'. Refuses parts of another model, other
+        preprocessing or another listing of DATA, and overlapping parts."""
+        from bncheck.report.stats_file import merge_files
+
+        merged = merge_files(parts, out, partial=partial, force=force)
+        if not quiet:
+            meta = merged.meta
+            covered = sum(b - a for a, b in meta["ranges"])
+            typer.echo(
+                f"merged {len(parts)} part(s): {meta['samples']} samples from {covered} of {meta['listing_files']} files, "
+                f"{len(merged.moments)} BN layer(s) -> {out}"
+            )

@@ -1,0 +1,1 @@
+"""Orchestration of each command: audit, drift, fold, recalibrate."""

@@ -1,0 +1,216 @@
+"""The report every command produces and every format renders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bncheck._version import __version__
+from bncheck.backends.interface import ModelInfo
+from bncheck.layer import BNLayer
+from bncheck.report.finding import Finding, Severity, reaches
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    command: str
+    model: ModelInfo
+    layers: list[BNLayer]
+    findings: list[Finding]
+    fail_on: str = "error"
+    #: per-layer additions keyed by layer name (drift figures, fold outcome...)
+    layer_extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: top-level additions (data, verification, settings...)
+    extras: dict[str, Any] = field(default_factory=dict)
+    #: human notes shown under the summary (e.g. "no batch-norm layers found")
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for f in self.findings if f.severity is severity)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing()
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def failing(self) -> list[Finding]:
+        """Findings that fail the gate: at or above ``fail_on`` and, with a baseline, new or worse."""
+        return [f for f in self.findings if reaches(f.severity, self.fail_on) and f.gating]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "layers": len(self.layers),
+            "errors": self.count(Severity.ERROR),
+            "warnings": self.count(Severity.WARNING),
+            "infos": self.count(Severity.INFO),
+            "fail_on": self.fail_on,
+            "passed": self.passed,
+        }
+
+    def layer_dicts(self) -> list[dict[str, Any]]:
+        out = []
+        for layer in self.layers:
+            item = layer.to_dict()
+            item.update(self.layer_extras.get(layer.name, {}))
+            out.append(item)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "bncheck", "version": __version__},
+            "command": self.command,
+            "model": self.model.to_dict(),
+            "layers": self.layer_dicts(),
+            "findings": [f.to_dict() for f in self.findings],
+            "summary": self.summary(),
+        }
+        for key, value in self.extras.items():
+            out[key] = value
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(finite(self.to_dict()), indent=indent, allow_nan=False, default=_json_default)
+
+    def to_frame(self):
+        """One row per layer (contract fields plus drift/fold figures, flattened), as pandas."""
+        import pandas as pd
+
+        rows = []
+        for item in self.layer_dicts():
+            rows.append(_flatten(item))
+        frame = pd.DataFrame(rows)
+        counts = {layer.name: 0 for layer in self.layers}
+        worst: dict[str, str] = {}
+        for f in self.findings:
+            if f.layer in counts:
+                counts[f.layer] += 1
+                if f.layer not in worst or f.severity.rank > Severity(worst[f.layer]).rank:
+                    worst[f.layer] = f.severity.value
+        if not frame.empty:
+            frame["findings"] = frame["name"].map(counts)
+            frame["worst_severity"] = frame["name"].map(worst)
+        return frame
+
+    # -- reports for people and pipelines (render, save, reload, compare) ----------------
+
+    def findings_frame(self):
+        """One row per finding (rule, severity, layer, message, baseline state), as pandas."""
+        import pandas as pd
+
+        columns = ["rule", "severity", "layer", "message", "baseline", "gating"]
+        rows = [
+            {**{k: v for k, v in f.to_dict().items() if k != "details"}, "baseline": f.baseline,
+             "gating": reaches(f.severity, self.fail_on) and f.gating}
+            for f in self.findings
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def render(self, format: str = "table", **options: Any) -> str:
+        """The report as text in ``format``: table, json, markdown, junit, html or sarif."""
+        from bncheck.formats import get_renderer
+
+        return get_renderer(format)(self, **options)
+
+    def save(self, path, format: str | None = None, **options: Any) -> None:
+        """Write the report to ``path`` atomically, in ``format`` or the one its extension
+        names (.json, .md, .xml, .html, .sarif)."""
+        from pathlib import Path
+
+        from bncheck.backends.output import write_atomically
+        from bncheck.formats import format_for_path
+
+        path = Path(path)
+        text = self.render(format or format_for_path(path), **options)
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def plot(self, layer: str | None = None):
+        """A matplotlib Figure: the per-layer drift chart, or with ``layer`` the per-channel
+        scatter plots of that layer (drift reports; needs ``bncheck[report]``)."""
+        from bncheck.formats import plot
+
+        return plot.drift_figure(self) if layer is None else plot.channel_figure(self, layer)
+
+    def with_baseline(self, baseline, *, tolerance: float | None = None) -> Report:
+        """Compare the findings with ``baseline`` (a JSON report path, a saved-statistics file
+        from ``drift --save-stats``, or a Report): each finding becomes new, worse or existing,
+        and the gate (``passed``, the exit code) only counts new and worse ones. Returns self."""
+        from bncheck.report.baseline import apply_baseline
+
+        apply_baseline(self, baseline, tolerance=tolerance)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """A report from the parsed JSON of a saved report (see :mod:`bncheck.report.io`)."""
+        from bncheck.report.io import report_from_dict
+
+        return report_from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> Report:
+        """A report from a JSON file written by ``--format json`` or :meth:`save`."""
+        from bncheck.report.io import load_report
+
+        return load_report(path)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"<Report {self.command} {self.model.path!r}: {s['layers']} layer(s), {s['errors']} error(s), "
+            f"{s['warnings']} warning(s), {s['infos']} info(s), {'passed' if s['passed'] else 'FAILED'}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """Notebook display: summary, layers and findings (no charts)."""
+        from bncheck.formats.html import render_fragment
+
+        return render_fragment(self)
+
+
+def _flatten(item: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in item.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, list):
+            out[name] = ", ".join(map(str, value))
+        else:
+            out[name] = value
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def finite(value: Any) -> Any:
+    """A copy with NaN/Inf floats replaced by None (JSON has no NaN)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

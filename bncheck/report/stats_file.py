@@ -1,0 +1,333 @@
+"""Statistics measured in pieces: ``drift --shard K/N --save-stats part.npz`` in N separate
+jobs (a Slurm array, Kubernetes jobs, Spark tasks), ``bncheck merge part*.npz -o stats.npz``,
+then ``bncheck drift MODEL --stats stats.npz`` for the report.
+
+A part is the ``--save-stats`` ``.npz`` file: per layer ``LAYER/data_count``,
+``LAYER/data_mean``, ``LAYER/data_m2`` (Chan's moments, float64), ``LAYER/data_var`` and the
+model's ``LAYER/running_mean``/``running_var``, plus ``__meta__`` (JSON) saying where the
+numbers come from:
+
+* ``model_sha256``, ``layers`` (names and channels), ``bncheck_version``;
+* ``signature``: how samples were made (kind, per-sample shape, model input, the reader's
+  preprocessing, the NaN policy) — parts made differently are not parts of one measurement;
+* ``listing_sha256`` / ``listing_files``: the digest of every file name and size of DATA,
+  and ``ranges``: the file indices ``[start, stop)`` the part covers (``shards``/``of`` say
+  which shard that was).
+
+:func:`merge_parts` refuses parts whose model, layers, version, signature or listing differ
+(a :class:`DataError` naming the difference and the two files), or whose ranges overlap; it
+refuses a merge that leaves files uncovered unless ``partial`` (then the result can be merged
+again). The merge reads every part's metadata first, checks it, sorts the parts by their first
+file and folds them in that order with Chan's pairwise update
+(:func:`bncheck.numerics.moments.merge`), one part in memory at a time: any order of the same
+parts gives the same bits. (A tree of partial merges equals the flat merge to float64
+rounding, not to the bit.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncheck._version import __version__
+from bncheck.errors import DataError, OutputError, UsageError
+from bncheck.numerics.moments import Moments, merge
+
+STATS_FORMAT = "bncheck-stats"
+FORMAT_VERSION = 1
+#: reader preprocessing entries that describe one part's files rather than how samples are
+#: made, or that are derived from other entries (so a difference is named by its option)
+_VOLATILE = ("arrays_in_files", "read_as", "dropped_columns", "pipeline", "size_meaning")
+#: the entries of ``Dataset.describe()`` that say how samples are made
+_SIGNATURE_KEYS = ("kind", "sample_shape", "model_input", "preprocessing", "nonfinite_policy")
+#: the counts of ``Dataset.describe()`` that add up over parts
+_SUMMED = ("files", "samples", "samples_available", "skipped_files", "nonfinite_samples")
+
+
+def signature(describe: dict[str, Any]) -> dict[str, Any]:
+    """How the samples were made: the part of ``Dataset.describe()`` every part must share."""
+    out = {key: describe.get(key) for key in _SIGNATURE_KEYS}
+    if isinstance(out["preprocessing"], dict):
+        out["preprocessing"] = {k: v for k, v in out["preprocessing"].items() if k not in _VOLATILE}
+    return json.loads(json.dumps(out))  # tuples -> lists, as read back
+
+
+def part_metadata(
+    *, source, layers, data: str, samples: int, batch_size: int, describe: dict[str, Any], provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``__meta__`` of a statistics file (see the module docstring)."""
+    return {
+        "format": STATS_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bncheck_version": __version__,
+        "model_sha256": source.sha256,
+        "layers": [{"name": layer.name, "channels": int(layer.num_features)} for layer in layers],
+        "data": str(data),
+        "samples": int(samples),
+        "batch_size": int(batch_size),
+        "limit": describe.get("limit"),
+        "preprocessing": describe,
+        "signature": signature(describe),
+        **provenance,
+    }
+
+
+@dataclass
+class StatsFile:
+    """A statistics file, read."""
+
+    path: Path
+    meta: dict[str, Any]
+    moments: dict[str, Moments]
+    #: layer -> (running_mean, running_var) of the model, where saved
+    running: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in self.meta.get("ranges", [])]
+
+
+def read_stats(path: str | Path, *, arrays: bool = True) -> StatsFile:
+    """Read a ``--save-stats`` / ``bncheck merge`` ``.npz`` file; DataError when it is not one.
+    ``arrays=False`` reads the metadata only (the moments stay on disk, ``moments`` is empty)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise UsageError(f"{path}: statistics parts are .npz files (write them with --save-stats part.npz).")
+    if not path.is_file():
+        raise DataError(f"statistics file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:  # members are read on access only
+            content = {key: archive[key] for key in archive.files if arrays or key == "__meta__"}
+    except Exception as exc:  # noqa: BLE001 - zipfile, numpy and OS errors of a foreign file
+        raise DataError(f"{path} is not a readable .npz statistics file ({type(exc).__name__}); pass a file written by drift --save-stats.") from exc
+    try:
+        meta = json.loads(str(content.pop("__meta__")))
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{path} has no bncheck metadata; pass a file written by drift --save-stats.") from exc
+    if meta.get("format") != STATS_FORMAT or "listing_sha256" not in meta:
+        raise DataError(f"{path} lacks the metadata of mergeable statistics (written by an older bncheck?); run drift --save-stats again.")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise DataError(f"{path} was written by a newer bncheck (statistics format {meta['format_version']}); upgrade bncheck.")
+    moments, running = {}, {}
+    for entry in meta["layers"] if arrays else []:
+        name = entry["name"]
+        try:
+            moments[name] = Moments(int(content[f"{name}/data_count"]), content[f"{name}/data_mean"], content[f"{name}/data_m2"])
+        except KeyError as exc:
+            raise DataError(f"{path} lacks the statistics of layer {name} ({exc.args[0]}); the file is damaged.") from exc
+        if f"{name}/running_mean" in content:
+            running[name] = (content[f"{name}/running_mean"], content[f"{name}/running_var"])
+    return StatsFile(path, meta, moments, running)
+
+
+def write_stats(path: str | Path, stats: StatsFile, *, force: bool = False) -> None:
+    """Write ``stats`` as ``.npz`` atomically, in the layout of ``drift --save-stats``."""
+    from bncheck.backends.output import write_atomically
+
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise UsageError(f"-o {path}: merged statistics are written as .npz.")
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists; pass --force to overwrite it.")
+    arrays: dict[str, np.ndarray] = {}
+    for name, m in stats.moments.items():
+        arrays[f"{name}/data_count"] = np.asarray(m.count, dtype=np.int64)
+        arrays[f"{name}/data_mean"] = m.mean
+        arrays[f"{name}/data_var"] = m.var
+        arrays[f"{name}/data_m2"] = m.m2
+        if name in stats.running:
+            arrays[f"{name}/running_mean"], arrays[f"{name}/running_var"] = stats.running[name]
+    meta = np.asarray(json.dumps(stats.meta, sort_keys=True))
+
+    def writer(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, __meta__=meta, **arrays)
+
+    write_atomically(path, writer)
+
+
+# ---------------------------------------------------------------------------- merging
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    """The dotted path of the first entry where two JSON values differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where or "value")
+
+
+def _lookup(value: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _check_same(first: StatsFile, other: StatsFile) -> None:
+    a, b = first.meta, other.meta
+    if a.get("model_sha256") != b.get("model_sha256"):
+        raise DataError(
+            f"{other.path} was measured on a different model (sha256 {str(b.get('model_sha256'))[:12]}...) than "
+            f"{first.path} ({str(a.get('model_sha256'))[:12]}...); merge parts of one model only."
+        )
+    if a.get("layers") != b.get("layers"):
+        names_a = [f"{e['name']} ({e['channels']})" for e in a.get("layers", [])]
+        names_b = [f"{e['name']} ({e['channels']})" for e in b.get("layers", [])]
+        raise DataError(
+            f"{other.path} holds layers {', '.join(names_b[:4])}{'...' if len(names_b) > 4 else ''} but {first.path} holds "
+            f"{', '.join(names_a[:4])}{'...' if len(names_a) > 4 else ''}; run every shard with the same --layers."
+        )
+    if a.get("bncheck_version") != b.get("bncheck_version"):
+        raise DataError(
+            f"{other.path} was written by bncheck {b.get('bncheck_version')} but {first.path} by "
+            f"{a.get('bncheck_version')}; run every shard with one version."
+        )
+    where = _first_difference(a.get("signature"), b.get("signature"))
+    if where is not None:
+        raise DataError(
+            f"{other.path} was made with different preprocessing: {where} is {json.dumps(_lookup(b.get('signature'), where))} "
+            f"there but {json.dumps(_lookup(a.get('signature'), where))} in {first.path}; run every shard with the same options."
+        )
+    if (a.get("listing_sha256"), a.get("listing_files")) != (b.get("listing_sha256"), b.get("listing_files")):
+        raise DataError(
+            f"{other.path} was made from a different listing of DATA ({b.get('listing_files')} files, digest "
+            f"{str(b.get('listing_sha256'))[:12]}...) than {first.path} ({a.get('listing_files')} files, "
+            f"{str(a.get('listing_sha256'))[:12]}...): files changed between the shard runs; run every shard on the same files."
+        )
+
+
+def _coverage(parts: list[StatsFile]) -> list[tuple[int, int]]:
+    """Union of the parts' file ranges (sorted, adjacent ranges joined); DataError on overlap."""
+    spans = sorted(((start, stop, part) for part in parts for start, stop in part.ranges), key=lambda span: span[:2])
+    out: list[tuple[int, int]] = []
+    last_part = None
+    for start, stop, part in spans:
+        if out and start < out[-1][1]:
+            raise DataError(
+                f"{part.path} and {last_part.path} both cover files {start}-{min(stop, out[-1][1]) - 1} of DATA "
+                "(the same shard twice?); pass each shard once."
+            )
+        if out and start == out[-1][1]:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+        last_part = part
+    return out
+
+
+def _gaps(covered: list[tuple[int, int]], total: int) -> list[tuple[int, int]]:
+    gaps, at = [], 0
+    for start, stop in covered:
+        if start > at:
+            gaps.append((at, start))
+        at = stop
+    if at < total:
+        gaps.append((at, total))
+    return gaps
+
+
+def merge_parts(parts: list[StatsFile], *, partial: bool = False) -> StatsFile:
+    """One statistics file from parts of one measurement (see the module docstring)."""
+    if not parts:
+        raise UsageError("bncheck merge needs at least one part.")
+    for part in parts:
+        if part.meta.get("limit") is not None:
+            raise DataError(f"{part.path} was made with --limit {part.meta['limit']} (it covers only the first samples); parts cannot use --limit.")
+    for other in parts[1:]:
+        _check_same(parts[0], other)
+    covered = _coverage(parts)
+    total = int(parts[0].meta.get("listing_files", 0))
+    gaps = _gaps(covered, total)
+    if gaps and not partial:
+        named = ", ".join(f"{a}-{b - 1}" for a, b in gaps[:5])
+        raise DataError(
+            f"the parts leave {sum(b - a for a, b in gaps)} of {total} files of DATA uncovered (file(s) {named}); "
+            "pass every part, or --partial to merge a subset (it can be merged again later)."
+        )
+    ordered = sorted(parts, key=lambda p: min(p.ranges, default=(0, 0)))
+    names = [entry["name"] for entry in ordered[0].meta["layers"]]
+    moments: dict[str, Moments] = {}
+    running: dict = {}
+    for part in ordered:  # one part in memory at a time; Chan's pairwise update in file order
+        loaded = part if part.moments else read_stats(part.path)
+        for name in names:
+            moments[name] = merge(moments[name], loaded.moments[name]) if name in moments else loaded.moments[name]
+        running = running or loaded.running
+    meta = dict(ordered[0].meta)
+    meta["samples"] = int(sum(int(p.meta.get("samples", 0)) for p in ordered))
+    meta["files"] = int(sum(int(p.meta.get("files", 0)) for p in ordered))
+    meta["ranges"] = [list(r) for r in covered]
+    meta["shards"] = sorted({int(k) for p in ordered for k in p.meta.get("shards", [])})
+    meta["of"] = ordered[0].meta.get("of")
+    meta["parts"] = int(sum(int(p.meta.get("parts", 1)) for p in ordered))
+    meta["preprocessing"] = _merged_describe([p.meta.get("preprocessing") or {} for p in ordered], meta)
+    return StatsFile(Path("merged"), meta, moments, running)
+
+
+def _merged_describe(describes: list[dict], meta: dict) -> dict:
+    out = dict(describes[0])
+    for key in _SUMMED:
+        values = [d.get(key) for d in describes]
+        out[key] = int(sum(values)) if all(isinstance(v, int) for v in values) else None
+    for key in ("skipped_examples", "nonfinite_examples"):
+        out[key] = [e for d in describes for e in d.get(key) or []][:5]
+    out.pop("shard", None)
+    out["files_in_data"] = meta.get("listing_files")
+    return out
+
+
+def merge_files(paths: list[str | Path], out: str | Path, *, partial: bool = False, force: bool = False) -> StatsFile:
+    """``bncheck merge``: read, check and merge the parts and write ``out``."""
+    out = Path(out)
+    resolved = {Path(p).resolve() for p in paths}
+    if out.resolve() in resolved:
+        raise OutputError(f"-o {out} is one of the parts; write the merged statistics to a new file.")
+    parts = [read_stats(p, arrays=False) for p in paths]  # check everything before reading the moments
+    merged = merge_parts(parts, partial=partial)
+    merged.path = out
+    write_stats(out, merged, force=force)
+    return merged
+
+
+# ---------------------------------------------------------------------------- using merged statistics
+
+
+def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, Any], list[str]]:
+    """``drift --stats``: the :class:`~bncheck.commands.drift.Measurement` a data pass would have given
+    (moments and samples; no subsample), the data description, and notes for the report."""
+    from bncheck.commands.drift import Measurement
+
+    stats = read_stats(path)
+    meta = stats.meta
+    recorded = meta.get("model_sha256") or ""
+    if recorded and source.sha256 and recorded != source.sha256:
+        raise DataError(
+            f"{path} was measured on another model (sha256 {recorded[:12]}...) than MODEL ({source.sha256[:12]}...); "
+            "pass the model the statistics were measured on."
+        )
+    moments = {}
+    for layer in layers:
+        m = stats.moments.get(layer.name)
+        if m is not None and m.channels == layer.num_features:
+            moments[layer.name] = m
+    if not moments:
+        raise DataError(f"{path} has statistics for none of the model's BN layers (by name and width); pass statistics of this model.")
+    notes = ["statistics read from " + str(path) + ": BN201/BN301 (train-mode passes) and the BN103 input diagnosis need DATA and were skipped"]
+    missing = [layer.name for layer in layers if layer.name not in moments]
+    if missing:
+        notes.append(f"{path} has no statistics for {len(missing)} BN layer(s): {', '.join(missing[:5])}")
+    total = int(meta.get("listing_files") or 0)
+    gaps = _gaps([tuple(r) for r in meta.get("ranges", [])], total)
+    if gaps:
+        notes.append(f"the statistics cover {total - sum(b - a for a, b in gaps)} of the {total} files of DATA (a partial merge)")
+    describe = dict(meta.get("preprocessing") or {})
+    describe.update({"path": meta.get("data"), "stats": str(path), "parts": int(meta.get("parts", 1)), "shards": meta.get("shards"), "of": meta.get("of")})
+    samples = int(meta.get("samples", 0))
+    return Measurement(moments=moments, samples=samples, subsample=None, sub_outputs=None), describe, notes
