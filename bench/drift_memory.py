@@ -16,7 +16,7 @@ each (variant, size) once, the two sizes back to back in alternating order; figu
 medians over ``--rounds`` (default 3). Requirement: peak RSS at 10,000 samples < 1.10 x the
 peak at 1,000, for every variant.
 
-Also, in process: the peak Python heap of ``bncheck.commands.drift.measure`` over 100 vs 1,000 batches
+Also, in process: the peak Python heap of ``bncheck.engines.measure.measure`` over 100 vs 1,000 batches
 with ResNet-18-sized per-layer moments (:func:`measure_state`), the per-batch state that a
 small CNN's RSS cannot show.
 
@@ -141,7 +141,7 @@ RESNET18_BN_CHANNELS = [64] * 5 + [128] * 5 + [256] * 5 + [512] * 5
 
 
 def measure_state(batch_counts: tuple[int, ...] = (100, 1000)) -> dict:
-    """Peak Python heap (tracemalloc) of ``bncheck.commands.drift.measure`` itself over 100 vs 1,000
+    """Peak Python heap (tracemalloc) of ``bncheck.engines.measure.measure`` itself over 100 vs 1,000
     batches of 32 from a stand-in runner that returns the outputs (1,000 classes, labelled)
     and per-layer moments of a ResNet-18's 20 BN layers: what a pass keeps per batch, without
     the model. The small CNN above has too few channels for this to show in its RSS; with a
@@ -152,7 +152,7 @@ def measure_state(batch_counts: tuple[int, ...] = (100, 1000)) -> dict:
 
     from bncheck.numerics.moments import Moments
 
-    drift = importlib.import_module("bncheck.commands.drift")
+    drift = importlib.import_module("bncheck.engines.measure")
     rng = np.random.default_rng(0)
     outputs = np.zeros((32, 1000), np.float32)
     labels = np.zeros(32, np.int64)

@@ -147,7 +147,7 @@ def bench_resnet50_onnx() -> dict:
 
     from bncheck.backends.onnx.fold import fold_onnx
     from bncheck.backends.onnx.source import OnnxSource
-    from bncheck.backends.output import write_onnx
+    from bncheck.backends.onnx.write import write_onnx
     from bncheck.commands.fold import fold
 
     resnet = _load("audit_resnet50")

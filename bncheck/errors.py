@@ -26,3 +26,13 @@ class UsageError(BncheckError):
 
 class OutputError(BncheckError):
     """An output file cannot or must not be written."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (without a closing period, at most
+    ``limit`` characters), or its class name when the message is empty: the part of a
+    library's error that goes into one of bncheck's sentences."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip().rstrip(".")[:limit]
+    return type(exc).__name__

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from bncheck.backends.detect import load_model  # noqa: E402
+from bncheck.backends import load_model  # noqa: E402
 from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
 from bncheck.backends.torch.source import ExportSource, TorchModuleSource  # noqa: E402
 from bncheck.errors import DataError, UsageError  # noqa: E402

@@ -1,4 +1,4 @@
-"""Recognise a model file by its content and hand it to the right backend.
+"""Recognise a model file by its content (the backend registry then hands it to its family).
 
 Sniffing never imports torch, so ONNX-only users need not install it.
 """
@@ -11,7 +11,6 @@ import struct
 import zipfile
 from pathlib import Path
 
-from bncheck.backends.interface import ModelSource
 from bncheck.errors import ModelLoadError
 
 
@@ -96,30 +95,3 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
 def _looks_like_onnx(head: bytes) -> bool:
     # ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
     return head[:1] == b"\x08"
-
-
-def load_model(
-    path: str | Path,
-    *,
-    arch: str | None = None,
-    trust_pickle: bool = False,
-) -> ModelSource:
-    """Load any supported model file into a :class:`ModelSource`.
-
-    ``arch`` (``package.module:factory`` or ``file.py:factory``) builds the architecture
-    for a state dict; ``trust_pickle`` allows unpickling whole modules (runs code).
-    """
-    path = Path(path)
-    fmt = sniff_format(path)
-    if fmt is ModelFormat.ONNX:
-        if arch:
-            raise ModelLoadError(
-                "--arch is only for PyTorch state dicts; an ONNX model carries its own graph."
-            )
-        from bncheck.backends.onnx.source import OnnxSource
-
-        return OnnxSource.load(path)
-
-    from bncheck.backends.torch.source import load_torch_model
-
-    return load_torch_model(path, fmt, arch=arch, trust_pickle=trust_pickle)

@@ -1,23 +1,91 @@
-"""The one interface every model backend implements.
+"""The one interface between the commands and the model families.
 
-Later stages (rules, drift, fold, recalibrate) only talk to :class:`ModelSource`;
-they never ask whether the model came from torch or ONNX.
+A command gets a :class:`ModelSource` (what was loaded) and its :class:`Backend` (what the
+family can do with it: run, fold, convert, write, rewrite statistics) and never asks whether
+the model came from torch or ONNX. ``backends.onnx.backend`` and ``backends.torch.backend``
+implement it; :func:`bncheck.backends.load.backend_for` hands out the right one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bncheck.errors import UsageError
+import numpy as np
+
+from bncheck.errors import DataError, UsageError
 from bncheck.layer import BNLayer
 
 if TYPE_CHECKING:
-    from bncheck.backends.runner import InputSpec, ModelRunner
+    from bncheck.backends.runner import ModelRunner
+
+#: layer name -> (running_mean, running_var) as float64 arrays
+Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
+#: a batch for a model with several inputs: one array per input, in input order
+Batch = tuple[np.ndarray, ...]
+#: runs a model on a batch and returns every output as numpy
+Executable = Callable[[Batch], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input the runner feeds.
+
+    ``shape`` is per sample (without the batch dimension); ``None`` entries are dynamic or
+    unknown, and ``shape`` itself is ``None`` when not even the rank is known (a plain
+    ``nn.Module``). ``batch`` is the batch size the model is fixed to, ``None`` when dynamic.
+    """
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str
+    batch: int | None = None
+    #: False for an input without a batch axis (a scalar flag beside the data, say)
+    batched: bool = True
+
+    def full_shape(self) -> tuple[int | None, ...] | None:
+        """``(batch, *shape)``, the batch ``None`` where it is dynamic."""
+        if self.shape is None:
+            return None
+        return (self.batch, *self.shape) if self.batched else self.shape
+
+    def describe(self) -> str:
+        if self.shape is None:
+            return f"{self.name!r} ({self.dtype}, shape unknown)"
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name!r} ({self.dtype}, per-sample shape ({dims}{',' if len(self.shape) == 1 else ''}))"
+
+    def mismatch(self, sample_shape: tuple[int, ...]) -> str | None:
+        """Why samples of ``sample_shape`` cannot be this input, or None when they may be."""
+        if self.shape is None:
+            return None
+        sample_shape = tuple(int(d) for d in sample_shape)
+        if len(sample_shape) != len(self.shape):
+            return (
+                f"the data samples have shape {sample_shape} ({len(sample_shape)} dimensions) but "
+                f"the model input {self.describe()} has {len(self.shape)}"
+            )
+        for i, (want, got) in enumerate(zip(self.shape, sample_shape)):
+            if want is not None and want != got:
+                return (
+                    f"the data samples have shape {sample_shape} but the model input "
+                    f"{self.describe()} needs {want} at dimension {i + 1}"
+                )
+        return None
+
+    def check(self, sample_shape: tuple[int, ...]) -> None:
+        """Raise a :class:`DataError` when samples of ``sample_shape`` cannot be fed."""
+        problem = self.mismatch(sample_shape)
+        if problem:
+            raise DataError(
+                f"{problem}; check the data and its preprocessing options (size, channels)."
+            )
+
 
 
 @dataclass
@@ -43,7 +111,7 @@ class ModelSource(ABC):
 
     #: short format name used in reports: onnx, torchscript, export, state_dict, pickle, module
     format: str = ""
-    #: backend family: "torch" or "onnx"
+    #: backend family: "torch" or "onnx" (for reports; commands ask the backend, not this)
     family: str = ""
 
     def __init__(self, path: Path | None):
@@ -84,9 +152,132 @@ class ModelSource(ABC):
         )
 
 
+def check_shapes(name: str, mean: np.ndarray, var: np.ndarray, channels: int) -> None:
+    """UsageError when the statistics for ``name`` do not have ``channels`` entries."""
+    if mean.shape != (channels,) or var.shape != (channels,):
+        raise UsageError(f"statistics for {name} have {mean.shape[0]} channels; the layer has {channels}.")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: ``folded``: merged into the producer's weights; ``kept``: still a BN (reason says why);
+#: ``affine``: not foldable, replaced by a per-channel multiply-add (``--affine``).
+FOLD_STATUSES = ("folded", "kept", "affine")
+
+
+@dataclass
+class FoldOutcome:
+    """What happened to one BN layer."""
+
+    status: str
+    #: the op/module it was folded into (``folded`` only)
+    into: str | None = None
+    #: why (for ``kept``/``affine``: why it could not be folded)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "into": self.into, "reason": self.reason}
+
+
+@dataclass
+class FoldedModel:
+    """A backend's result: the folded model object and the per-layer outcomes."""
+
+    #: onnx.ModelProto, nn.Module (GraphModule or patched copy), ScriptModule or ExportedProgram
+    model: Any
+    outcomes: dict[str, FoldOutcome]
+    notes: list[str] = field(default_factory=list)
+    #: backend facts the writer or the report needs (e.g. the state-dict layout)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == status)
+
+
+class Backend(ABC):
+    """What a model family does for the commands. One instance per family, stateless."""
+
+    #: "onnx" or "torch"
+    family: str = ""
+
+    @abstractmethod
+    def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
+        """The model in the file at ``path``, whose format :func:`~bncheck.backends.detect.sniff_format` found."""
+
+    @abstractmethod
+    def adopt(self, model: Any) -> ModelSource | None:
+        """A source for an in-memory model object of this family, or None if it is not one."""
+
+    def runner(self, source: ModelSource, *, layers: list[str] | None = None, threads: int | None = None) -> ModelRunner:
+        """The runner that observes ``layers`` of ``source`` (see :class:`ModelRunner`);
+        ``threads``: the threads the runtime may use (None: its default)."""
+        return source.runner(layers=layers)
+
+    @abstractmethod
+    def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
+        """Every input the model declares, or None where the format does not say."""
+
+    @abstractmethod
+    def float_dtype(self, source: ModelSource) -> np.dtype:
+        """The floating dtype inputs are given in when the model declares none."""
+
+    @abstractmethod
+    def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
+        """The kind of model file ``fold``/``recalibrate`` write for OUT and ``--to``
+        (UsageError when this family cannot write it)."""
+
+    @abstractmethod
+    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
+        """Fold the BN layers of ``source`` for an output of ``kind``."""
+
+    @abstractmethod
+    def convert(self, source: ModelSource, folded: FoldedModel, kind: str, example: Batch) -> tuple[Any, list[str]]:
+        """The object that is written for ``kind`` (and verified), and notes on how it was made."""
+
+    @abstractmethod
+    def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
+        """Runs ``model`` (a source, or an object of output ``kind``) on a batch; ``optimize``:
+        with the runtime's own graph optimisations (for timing), else exactly as written."""
+
+    @abstractmethod
+    def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch) -> tuple[Callable[[], Any], Callable[[], Any], str]:
+        """(original, folded, runtime description): zero-argument calls on ``batch`` to time."""
+
+    @abstractmethod
+    def fold_notes(self, source: ModelSource) -> list[str]:
+        """What a fold report should say about this source beyond the per-layer outcomes."""
+
+    @abstractmethod
+    def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
+        """Write a folded model; returns the files written."""
+
+    @abstractmethod
+    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
+        """Write ``source`` (e.g. one carrying recalibrated statistics) as ``kind``."""
+
+    @abstractmethod
+    def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
+        """A copy of ``source`` whose BN layers named in ``stats`` carry those running
+        statistics (cast to each tensor's dtype); ``num_batches`` sets ``num_batches_tracked``."""
+
+    @abstractmethod
+    def counts(self, model: Any) -> tuple[int | None, int | None]:
+        """(stored parameters, graph nodes) of a source's model or a folded model."""
+
+    @abstractmethod
+    def protected_paths(self, source: ModelSource) -> list[Path]:
+        """Files that make up the model on disk (never to be written over)."""
+
+    def companions(self, source: ModelSource, out: Path) -> list[Path]:
+        """Files written next to OUT for this source (e.g. ONNX external data)."""
+        return []
+
+    def file_size(self, source: ModelSource) -> int | None:
+        """Bytes the model takes on disk, its companion files included."""
+        return sum(p.stat().st_size for p in self.protected_paths(source) if p.is_file()) or None

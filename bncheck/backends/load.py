@@ -1,32 +1,71 @@
-"""Turning whatever the user passes (a path, an nn.Module, an onnx.ModelProto) into a ModelSource."""
+"""The backend registry: which family a file or an in-memory model belongs to, and the
+:class:`~bncheck.backends.interface.Backend` that serves it.
+
+The families are imported only when chosen, so that an ONNX run never imports torch (an
+optional dependency): these are the only function-level imports of bncheck's own modules
+in the package, by design.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from bncheck.backends.detect import load_model
-from bncheck.backends.interface import ModelSource
+from bncheck.backends.detect import ModelFormat, sniff_format
+from bncheck.backends.interface import Backend, ModelSource
 from bncheck.errors import UsageError
+
+FAMILIES = ("onnx", "torch")
+
+
+def backend(family: str) -> Backend:
+    """The backend of ``family`` (``onnx`` or ``torch``)."""
+    if family == "onnx":
+        from bncheck.backends.onnx.backend import BACKEND as onnx_backend
+
+        return onnx_backend
+    if family == "torch":
+        from bncheck.backends.torch.loading import import_torch
+
+        import_torch()  # a clear "install torch" message instead of an ImportError
+        from bncheck.backends.torch.backend import BACKEND as torch_backend
+
+        return torch_backend
+    raise UsageError(f"no backend for model family {family!r}; bncheck knows: {', '.join(FAMILIES)}.")
+
+
+def backend_for(source: ModelSource) -> Backend:
+    """The backend that serves ``source``."""
+    return backend(source.family)
+
+
+def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> ModelSource:
+    """Load any supported model file into a :class:`ModelSource`.
+
+    ``arch`` (``package.module:factory`` or ``file.py:factory``) builds the architecture
+    for a state dict; ``trust_pickle`` allows unpickling whole modules (runs code).
+    """
+    path = Path(path)
+    fmt = sniff_format(path)
+    family = "onnx" if fmt is ModelFormat.ONNX else "torch"
+    return backend(family).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
 
 
 def as_source(model: Any, *, arch: str | None = None, trust_pickle: bool = False) -> ModelSource:
+    """A source for a path, a loaded source, an nn.Module / ScriptModule / ExportedProgram or
+    an onnx.ModelProto."""
     if isinstance(model, ModelSource):
         return model
     if isinstance(model, (str, Path)):
         return load_model(model, arch=arch, trust_pickle=trust_pickle)
     module_name = type(model).__module__
-    if module_name.startswith("onnx"):
-        from bncheck.backends.onnx.source import OnnxSource
-
-        return OnnxSource(model, path=None)
-    if module_name.startswith("torch") or hasattr(model, "named_modules"):
-        from bncheck.backends.torch.source import ExportSource, TorchModuleSource
-
-        if hasattr(model, "graph_signature"):
-            return ExportSource(model, path=None)
-        fmt = "torchscript" if hasattr(model, "_c") else "module"
-        return TorchModuleSource(model, path=None, format=fmt)
+    families = ["onnx"] if module_name.startswith("onnx") else ["torch"] if module_name.startswith("torch") else []
+    if not families and hasattr(model, "named_modules"):
+        families = ["torch"]
+    for family in families:
+        source = backend(family).adopt(model)
+        if source is not None:
+            return source
     raise UsageError(
         f"cannot use a {type(model).__name__} as a model; pass a path, an nn.Module, an "
         "ExportedProgram or an onnx.ModelProto."

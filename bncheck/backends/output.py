@@ -6,13 +6,13 @@ state-dict`` or OUT's extension (``.onnx``, ``.pt2``, ``.ts``, ``.safetensors``)
 TorchScript stays TorchScript, a pickled module stays a pickled module). MODEL is never
 overwritten, OUT only with ``force``, and every file appears complete or not at all.
 
-Only :func:`write_onnx` and the path helpers work without torch; the other writers import it.
+The writers themselves belong to the backends (``backends/onnx/write.py``,
+``backends/torch/write.py``); this module holds what they share.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
@@ -38,11 +38,6 @@ SAME_KIND = {
     "export": "export",
     "pickle": "pickle",
 }
-#: ONNX protobufs cannot exceed 2 GiB; bigger models keep their tensors in a side file.
-PROTOBUF_LIMIT = 2**31 - 1
-
-
-# ------------------------------------------------------------------------------ atomic writes
 
 
 def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
@@ -91,9 +86,6 @@ def _unlink(path: str | Path) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-# ------------------------------------------------------------------------------ choosing OUT
 
 
 def output_kind(out: Path, to: str | None, input_format: str) -> str:
@@ -180,83 +172,15 @@ def check_output_path(
         raise OutputError(f"cannot write {out}: folder {folder} does not exist.")
 
 
-# ------------------------------------------------------------------------------ writers
+#: ``fold`` without OUT: the kind a model of each input format is folded into.
+DEFAULT_KINDS = {"onnx": "onnx", "torchscript": "torchscript", "export": "export"}
 
 
-def onnx_data_path(out: Path) -> Path:
-    """The external-data file written next to an ONNX OUT (``OUT.data``)."""
-    out = Path(out)
-    return out.with_name(out.name + ".data")
-
-
-def write_onnx(model, out: Path, *, external_data: bool = False) -> list[Path]:
-    """Write an ``onnx.ModelProto``; with ``external_data`` (or above 2 GiB) the tensors go to
-    ``OUT.data`` next to it. Returns the files written. ``model`` is not modified."""
-    import onnx
-
-    out = Path(out)
-    if not external_data and model.ByteSize() < PROTOBUF_LIMIT:
-        write_atomically(out, lambda tmp: onnx.save_model(model, tmp))
-        return [out]
-    data = onnx_data_path(out)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    folder = out.resolve().parent
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=folder))
-    try:
-        onnx.save_model(
-            copy,
-            str(tmpdir / out.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data.name,
-            size_threshold=1024,
-        )
-        if (tmpdir / data.name).exists():
-            os.replace(tmpdir / data.name, data)
-        os.replace(tmpdir / out.name, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}.") from exc
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return [out, data] if data.exists() else [out]
-
-
-def write_torchscript(module, out: Path) -> list[Path]:
-    import torch
-
-    write_atomically(Path(out), lambda tmp: torch.jit.save(module, tmp))
-    return [Path(out)]
-
-
-def write_export(program, out: Path) -> list[Path]:
-    import torch
-
-    write_atomically(Path(out), lambda tmp: torch.export.save(program, tmp))
-    return [Path(out)]
-
-
-def write_pickle(module, out: Path) -> list[Path]:
-    """A whole pickled module (``torch.save(module)``); reading it back needs trust."""
-    import torch
-
-    write_atomically(Path(out), lambda tmp: torch.save(module, tmp))
-    return [Path(out)]
-
-
-def write_state_dict(state: dict, out: Path, metadata: dict[str, str] | None = None) -> list[Path]:
-    """A state dict: safetensors for ``.safetensors`` (with ``metadata`` in its header),
-    ``torch.save`` of the plain dict otherwise (loads with ``weights_only=True``)."""
-    import torch
-
-    out = Path(out)
-    # Own, contiguous storage per tensor: safetensors refuses shared or strided storage.
-    plain = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if out.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
-
-        meta = {"format": "pt", **(metadata or {})}
-        write_atomically(out, lambda tmp: save_file(plain, tmp, metadata=meta))
-    else:
-        write_atomically(out, lambda tmp: torch.save(plain, tmp))
-    return [out]
+def choose_output_kind(out: Path | None, to: str | None, input_format: str) -> str:
+    """:func:`output_kind` for OUT and ``--to``; without OUT, ``--to`` or the input's own
+    kind (a module stays a module)."""
+    if out is not None:
+        return output_kind(out, to, input_format)
+    if to is not None:
+        return output_kind(Path("x"), to, input_format)
+    return DEFAULT_KINDS.get(input_format, "module")

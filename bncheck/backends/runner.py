@@ -18,61 +18,14 @@ Conventions shared by every backend:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 
+from bncheck.backends.interface import InputSpec
 from bncheck.errors import DataError, UsageError
 from bncheck.numerics.moments import Moments, merge_all
 
 BN_MODES = ("eval", "train")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The model input the runner feeds.
-
-    ``shape`` is per sample (without the batch dimension); ``None`` entries are dynamic or
-    unknown, and ``shape`` itself is ``None`` when not even the rank is known (a plain
-    ``nn.Module``). ``batch`` is the batch size the model is fixed to, ``None`` when dynamic.
-    """
-
-    name: str
-    shape: tuple[int | None, ...] | None
-    dtype: str
-    batch: int | None = None
-
-    def describe(self) -> str:
-        if self.shape is None:
-            return f"{self.name!r} ({self.dtype}, shape unknown)"
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name!r} ({self.dtype}, per-sample shape ({dims}{',' if len(self.shape) == 1 else ''}))"
-
-    def mismatch(self, sample_shape: tuple[int, ...]) -> str | None:
-        """Why samples of ``sample_shape`` cannot be this input, or None when they may be."""
-        if self.shape is None:
-            return None
-        sample_shape = tuple(int(d) for d in sample_shape)
-        if len(sample_shape) != len(self.shape):
-            return (
-                f"the data samples have shape {sample_shape} ({len(sample_shape)} dimensions) but "
-                f"the model input {self.describe()} has {len(self.shape)}"
-            )
-        for i, (want, got) in enumerate(zip(self.shape, sample_shape)):
-            if want is not None and want != got:
-                return (
-                    f"the data samples have shape {sample_shape} but the model input "
-                    f"{self.describe()} needs {want} at dimension {i + 1}"
-                )
-        return None
-
-    def check(self, sample_shape: tuple[int, ...]) -> None:
-        """Raise a :class:`DataError` when samples of ``sample_shape`` cannot be fed."""
-        problem = self.mismatch(sample_shape)
-        if problem:
-            raise DataError(
-                f"{problem}; check the data and its preprocessing options (size, channels)."
-            )
 
 
 class ModelRunner(ABC):

@@ -17,6 +17,7 @@ from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source
 from bncheck.commands.audit import run_rules
 from bncheck.config import Settings
+from bncheck.engines.measure import Measurement
 from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
@@ -47,119 +48,6 @@ class DriftOptions:
     stats: Path | None = None
     #: fsspec options for URL DATA (``s3://...``), e.g. ``{"endpoint_url": ...}``
     storage_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Measurement:
-    """What one pass over the data produced."""
-
-    moments: dict[str, Moments]
-    samples: int
-    subsample: np.ndarray | None
-    sub_outputs: np.ndarray | None
-    labels: np.ndarray | None = None
-    outputs_for_accuracy: list[np.ndarray] = field(default_factory=list)
-    #: running top-1 counts from :func:`measure` (memory flat in the data size): correctly
-    #: predicted and labelled samples; ``correct`` is None when some sample had no label
-    correct: int | None = None
-    labelled: int = 0
-
-
-class Reservoir:
-    """A uniform random sample of at most ``size`` items of a stream (Vitter's algorithm R),
-    with the eval-mode outputs of each kept sample: the bounded subsample of the train-mode
-    analyses. Memory is ``size`` samples whatever the length of the stream; a fixed seed makes
-    runs reproducible."""
-
-    def __init__(self, size: int, seed: int = 0):
-        self.size = int(size)
-        self.seen = 0
-        self._rng = np.random.default_rng(seed)
-        self._x: np.ndarray | None = None
-        self._out: np.ndarray | None = None
-
-    def offer(self, x: np.ndarray, outputs: np.ndarray) -> None:
-        if self.size <= 0:
-            return
-        outputs = np.asarray(outputs)
-        if self._x is None:
-            self._x = np.empty((self.size, *x.shape[1:]), dtype=x.dtype)
-            self._out = np.empty((self.size, *outputs.shape[1:]), dtype=outputs.dtype)
-        for i in range(len(x)):
-            slot = self.seen if self.seen < self.size else int(self._rng.integers(0, self.seen + 1))
-            if slot < self.size:
-                self._x[slot] = x[i]
-                self._out[slot] = outputs[i]
-            self.seen += 1
-
-    def sample(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The kept samples and their outputs, in a random order."""
-        if self._x is None:
-            return None, None
-        n = min(self.seen, self.size)
-        order = self._rng.permutation(n)
-        return self._x[:n][order], self._out[:n][order]
-
-
-#: per-layer moments of this many batches are merged into one (bounded memory, and
-#: :func:`merge_all`'s order independence within each group)
-_MERGE_EVERY = 64
-
-
-def add_bounded(parts: dict[str, list[Moments]], moments: dict[str, Moments]) -> None:
-    """Append one batch's per-layer moments to ``parts``, merging a layer's list into one entry
-    every ``_MERGE_EVERY`` batches so that memory does not grow with the data."""
-    for name, m in moments.items():
-        ms = parts.setdefault(name, [])
-        ms.append(m)
-        if len(ms) >= _MERGE_EVERY:
-            ms[:] = [merge_all(ms)]
-
-
-def measure(
-    runner,
-    batches,
-    *,
-    keep: int,
-    on_batch: Callable[[int], None] | None = None,
-    keep_predictions: bool = False,
-    seed: int = 0,
-) -> Measurement:
-    """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
-    keep a uniform random subsample of ``keep`` samples and their eval outputs for the
-    train-mode analyses (a folder sorted by class must not give single-class batches).
-    Memory does not grow with the data: per-layer moments are merged every
-    ``_MERGE_EVERY`` batches and predictions are only counted."""
-    parts: dict[str, list[Moments]] = {}
-    reservoir = Reservoir(keep, seed)
-    samples = 0
-    correct, labelled, unlabelled = 0, 0, False
-    for batch in batches:
-        x = batch.x
-        outputs, moments = runner.moments(x)
-        add_bounded(parts, moments)
-        reservoir.offer(x, outputs)
-        if keep_predictions:
-            y = getattr(batch, "y", None)
-            if y is None:
-                unlabelled = True
-            else:
-                pred = np.asarray(outputs).reshape(len(x), -1).argmax(axis=1)
-                correct += int(np.count_nonzero(pred == np.asarray(y)))
-                labelled += len(x)
-        samples += len(x)
-        if on_batch is not None:
-            on_batch(len(x))
-    merged = {name: merge_all(ms) for name, ms in parts.items()}
-    sub, sub_out = reservoir.sample()
-    return Measurement(
-        moments=merged,
-        samples=samples,
-        subsample=sub,
-        sub_outputs=sub_out,
-        correct=correct if keep_predictions and labelled and not unlabelled else None,
-        labelled=labelled,
-    )
 
 
 # ---------------------------------------------------------------------------- analyses

@@ -30,22 +30,19 @@ Decisions a user should know:
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bncheck.backends import output as writers
-from bncheck.backends.folded import FoldedModel, FoldOutcome
-from bncheck.backends.interface import ModelSource
-from bncheck.backends.load import as_source
+from bncheck.backends import output
+from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, InputSpec, ModelSource
+from bncheck.backends.load import as_source, backend_for
 from bncheck.commands.audit import run_rules
 from bncheck.config import Settings
-from bncheck.errors import BncheckError, DataError, OutputError, UsageError
+from bncheck.data import build_options, open_data
+from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
 from bncheck.report.finding import Finding
 from bncheck.report.report import Report
@@ -61,15 +58,6 @@ DEFAULT_DATA_SAMPLES = 256
 
 class FoldRefused(BncheckError):
     """The model's BN statistics are defective; folding would bake the defect in."""
-
-
-@dataclass
-class InputSpec:
-    """One model input: name, shape (None: dynamic axis) and numpy dtype."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
 
 
 def fold(
@@ -107,32 +95,31 @@ def fold(
 
     settings = settings or Settings()
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
-    if source.format == "state_dict" and not hasattr(source, "module"):
-        raise UsageError(
-            "folding a state dict needs its architecture: pass --arch package.module:factory "
-            "(or path/to/file.py:factory)."
-        )
+    backend = backend_for(source)
     out = Path(out) if out is not None else None
-    kind = _output_kind(source, out, to)
+    kind = backend.output_kind(source, out, to)
     if out is not None:
-        _guard_paths(source, out, kind, force)
+        output.check_output_path(
+            out, protected=backend.protected_paths(source), force=force, companions=backend.companions(source, out)
+        )
     layers = source.bn_layers()
     defects = _defects(source, settings)
     if defects and not force:
         raise FoldRefused(_refusal_message(defects))
 
-    specs = _input_specs(source, input_shape)
-    batches, inputs_from, data_info = _verification_batches(source, specs, verify, samples, batch_size, seed, settings)
+    specs = _input_specs(backend, source, input_shape)
+    batches, inputs_from, data_info = _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings)
 
-    folded = _fold_backend(source, kind, affine=affine, example=batches[0])
+    folded = backend.fold(source, kind, affine=affine, example=batches[0])
     outcomes = folded.outcomes
     changed = folded.count("folded") + folded.count("affine") > 0
-    artifact, artifact_notes = _convert(source, folded, kind, batches[0]) if changed or (out is not None and force) else (None, [])
+    converted = changed or (out is not None and force)
+    artifact, artifact_notes = backend.convert(source, folded, kind, batches[0]) if converted else (None, [])
 
-    reference = _runner(source)
+    reference = backend.executable(source)
     # Verify what will be written (the converted artifact); an unchanged model is compared
     # with itself only when nothing is converted or written.
-    candidate = _artifact_runner(source, folded, kind, artifact) if artifact is not None else reference
+    candidate = backend.executable(artifact, kind) if artifact is not None else reference
     acc = ErrorAccumulator()
     count = 0
     out_dtype = None
@@ -155,19 +142,17 @@ def fold(
 
     timing_info = None
     if timing and changed:
-        timing_info = _timing(source, folded, batches[0])
+        timing_info = _timing(backend, source, folded, batches[0])
 
     written: list[Path] = []
-    notes: list[str] = [*folded.notes, *artifact_notes]
-    if source.family == "torch" and any(layer.training for layer in layers):
-        notes.append("the model was saved in training mode; it was folded and verified in eval mode (inference)")
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source)]
     if out is not None:
         if not changed and not force:
             notes.append(f"nothing to fold: {out} was not written (it would be the input model again; --force writes it anyway)")
         elif not passed and not force:
             notes.append(f"verification failed: {out} was not written (--force writes it anyway)")
         else:
-            written = _write(source, folded, kind, artifact, out)
+            written = backend.write_folded(source, folded, artifact, kind, out)
     elif not changed:
         notes.append("nothing to fold")
 
@@ -182,7 +167,7 @@ def fold(
     if data_info is not None:
         report.extras["data"] = {"samples": int(count), "batch_size": int(batch_size), **data_info}
     report.extras["fold"] = _fold_figures(
-        source, folded, kind, out, written, timing_info, atol, rtol, affine
+        backend, source, folded, kind, out, written, timing_info, atol, rtol, affine
     )
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
@@ -190,43 +175,6 @@ def fold(
         report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
     report.notes.extend(notes)
     return report
-
-
-# ------------------------------------------------------------------------------ output kind
-
-
-def _output_kind(source: ModelSource, out: Path | None, to: str | None) -> str:
-    if out is None:
-        if to is not None:
-            kind = writers.output_kind(Path("x"), to, source.format)
-        else:
-            kind = {"onnx": "onnx", "torchscript": "torchscript", "export": "export"}.get(source.format, "module")
-    else:
-        kind = writers.output_kind(out, to, source.format)
-    if source.family == "onnx" and kind != "onnx":
-        raise UsageError(
-            f"an ONNX model can only be folded into ONNX (OUT .onnx or --to onnx), not {kind}: "
-            "bncheck does not convert ONNX to PyTorch formats."
-        )
-    if source.format == "torchscript" and kind != "torchscript":
-        raise UsageError(
-            f"a TorchScript model can only be folded into TorchScript (OUT .ts/.pt or --to torchscript), not {kind}: "
-            "torch.jit.freeze does the folding and leaves no module structure to convert; fold the "
-            "state dict with --arch to get other formats."
-        )
-    return kind
-
-
-def _guard_paths(source: ModelSource, out: Path, kind: str, force: bool) -> None:
-    protected: list[Path] = [Path(source.path)] if source.path is not None else []
-    companions: list[Path] = []
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import external_data_files, uses_external_data
-
-        protected += external_data_files(source.path)
-        if uses_external_data(source.path):  # OUT keeps its tensors in OUT.data, too
-            companions.append(writers.onnx_data_path(out))
-    writers.check_output_path(out, protected=protected, force=force, companions=companions)
 
 
 # ------------------------------------------------------------------------------ refusal
@@ -284,59 +232,34 @@ def parse_input_shape(text: str | list | tuple | None) -> list[tuple[int, ...]] 
     return shapes
 
 
-def _input_specs(source: ModelSource, input_shape) -> list[InputSpec] | None:
+def _input_specs(backend: Backend, source: ModelSource, input_shape) -> list[InputSpec] | None:
     shapes = parse_input_shape(input_shape)
-    declared = _declared_inputs(source)
+    declared = backend.input_specs(source)
     if shapes is None:
         return declared
     if declared is not None:
         if len(shapes) != len(declared):
             raise UsageError(f"--input-shape gives {len(shapes)} input(s) but the model has {len(declared)}.")
-        for shape, spec in zip(shapes, declared):
-            if len(shape) != len(spec.shape) or any(d is not None and d != s for s, d in zip(shape, spec.shape)):
+        for shape, spec in zip(shapes, declared, strict=True):
+            full = spec.full_shape() or ()
+            if len(shape) != len(full) or any(d is not None and d != s for s, d in zip(shape, full, strict=True)):
                 raise UsageError(
                     f"--input-shape {','.join(map(str, shape))} does not fit input {spec.name} of shape "
-                    f"{_shape_text(spec.shape)}."
+                    f"{_shape_text(full)}."
                 )
-        return [InputSpec(spec.name, shape, spec.dtype) for shape, spec in zip(shapes, declared)]
-    dtype = _torch_float_dtype(source)
-    return [InputSpec(f"input{i}", shape, dtype) for i, shape in enumerate(shapes)]
+        return [_concrete(spec.name, shape, spec.dtype) for shape, spec in zip(shapes, declared, strict=True)]
+    dtype = backend.float_dtype(source).name
+    return [_concrete(f"input{i}", shape, dtype) for i, shape in enumerate(shapes)]
 
 
-def _declared_inputs(source: ModelSource) -> list[InputSpec] | None:
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import input_specs
-
-        return [InputSpec(*spec) for spec in input_specs(source.model)]
-    if source.format == "export":
-        from bncheck.backends.torch.fold import example_inputs
-
-        example = example_inputs(source.program)
-        if example is None:
-            return None
-        args, kwargs = example
-        if kwargs or not all(hasattr(a, "shape") for a in args):
-            return None
-        return [
-            InputSpec(f"input{i}", tuple(int(d) for d in a.shape), np.dtype(str(a.dtype).replace("torch.", "")))
-            for i, a in enumerate(args)
-        ]
-    return None
+def _concrete(name: str, shape: tuple[int, ...], dtype: str) -> InputSpec:
+    return InputSpec(name, tuple(shape[1:]), dtype, batch=shape[0] if shape else None, batched=bool(shape))
 
 
-def _torch_float_dtype(source: ModelSource) -> np.dtype:
-    module = getattr(source, "module", None)
-    if module is not None:
-        for t in (*module.parameters(), *module.buffers()):
-            if t.is_floating_point():
-                return np.dtype(str(t.dtype).replace("torch.", ""))
-    return np.dtype("float32")
-
-
-def _verification_batches(source, specs, verify, samples, batch_size, seed, settings):
+def _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings):
     """The verification inputs: a list of batches, each a tuple of arrays (one per input)."""
     if verify is not None:
-        return _data_batches(source, specs, verify, samples, batch_size, settings)
+        return _data_batches(backend, source, specs, verify, samples, batch_size, settings)
     if specs is None:
         raise UsageError(
             "bncheck needs inputs to verify the folded model: pass --input-shape N,C,H,W (the "
@@ -348,12 +271,12 @@ def _verification_batches(source, specs, verify, samples, batch_size, seed, sett
     rng = np.random.default_rng(seed)
     resolved = []
     for spec in specs:
-        dims = list(spec.shape)
+        dims = list(spec.full_shape() or ())
         if dims and dims[0] is None:
             dims[0] = total
         if any(d is None for d in dims):
             raise UsageError(
-                f"input {spec.name} has dynamic dimensions {_shape_text(spec.shape)}; pass --input-shape "
+                f"input {spec.name} has dynamic dimensions {_shape_text(spec.full_shape() or ())}; pass --input-shape "
                 "with concrete sizes (e.g. 8,3,224,224)."
             )
         resolved.append((spec, tuple(int(d) for d in dims)))
@@ -363,7 +286,7 @@ def _verification_batches(source, specs, verify, samples, batch_size, seed, sett
     for _ in range(n_batches):
         batch = []
         for spec, shape in resolved:
-            if np.issubdtype(spec.dtype, np.floating):
+            if np.issubdtype(np.dtype(spec.dtype), np.floating):
                 batch.append(rng.standard_normal(shape).astype(spec.dtype))
             else:
                 batch.append(np.zeros(shape, dtype=spec.dtype))
@@ -371,17 +294,15 @@ def _verification_batches(source, specs, verify, samples, batch_size, seed, sett
     return batches, "random", None
 
 
-def _data_batches(source, specs, verify, samples, batch_size, settings):
-    from bncheck.data import build_options, open_data
-
+def _data_batches(backend, source, specs, verify, samples, batch_size, settings):
     if specs is not None and len(specs) != 1:
         raise UsageError("--verify DATA works for single-input models; this one has several inputs: use --input-shape.")
     spec = specs[0] if specs else None
     options = build_options(settings.options, {"limit": int(samples or DEFAULT_DATA_SAMPLES)})
-    dataset = open_data(verify, options, expected_shape=spec.shape[1:] if spec else None)
-    fixed = spec.shape[0] if spec is not None and spec.shape and spec.shape[0] is not None else None
+    dataset = open_data(verify, options, expected_shape=spec.shape if spec else None)
+    fixed = spec.batch if spec is not None else None
     size = fixed or int(batch_size)
-    dtype = spec.dtype if spec is not None else _torch_float_dtype(source)
+    dtype = np.dtype(spec.dtype) if spec is not None else backend.float_dtype(source)
     batches = []
     for batch in dataset.batches(size):
         if fixed is not None and len(batch.x) != fixed:
@@ -402,81 +323,8 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-# ------------------------------------------------------------------------------ backends
-
-
-def _fold_backend(source: ModelSource, kind: str, *, affine: bool, example: tuple) -> FoldedModel:
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import fold_onnx
-
-        return fold_onnx(source, affine=affine)
-    from bncheck.backends.torch import fold as torch_fold
-
-    layers = source.bn_layers()
-    if source.format == "torchscript":
-        result = torch_fold.fold_torchscript(source.module, layers)
-        if affine:
-            result.notes.append("--affine is not available for TorchScript inputs (torch.jit.freeze folds what it can)")
-        return result
-    if source.format == "export":
-        return torch_fold.fold_export(source.program, layers, affine=affine, example=torch_fold.as_tensors(example))
-    return torch_fold.fold_module(
-        source.module, layers, affine=affine, swap_only=kind in ("state-dict", "pickle"), example=torch_fold.as_tensors(example)
-    )
-
-
-def _convert(source: ModelSource, folded: FoldedModel, kind: str, example: tuple) -> tuple[Any, list[str]]:
-    """The object that will be written for ``kind`` (and verified)."""
-    if source.family == "onnx" or kind in ("module", "state-dict", "pickle"):
-        return folded.model, []
-    from bncheck.backends.torch import fold as torch_fold
-
-    try:
-        return torch_fold.convert(folded.model, kind, torch_fold.as_tensors(example))
-    except BncheckError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise OutputError(
-            f"the folded model cannot be converted to {writers.OUTPUT_KINDS.get(kind, kind)} ({type(exc).__name__}: {first}); "
-            "choose another output kind with --to."
-        ) from exc
-
-
-def _runner(source: ModelSource) -> Callable[[tuple], list[np.ndarray]]:
-    """Runs the original model on a batch (tuple of arrays) and returns numpy outputs."""
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import ort_runner
-
-        return ort_runner(source.model, optimize=False)
-    from bncheck.backends.torch import fold as torch_fold
-
-    return torch_fold.runner(torch_fold.original_callable(source))
-
-
-def _artifact_runner(source: ModelSource, folded: FoldedModel, kind: str, artifact) -> Callable[[tuple], list[np.ndarray]]:
-    if kind == "onnx":
-        from bncheck.backends.onnx.fold import ort_runner
-
-        return ort_runner(artifact if artifact is not None else folded.model, optimize=False)
-    from bncheck.backends.torch import fold as torch_fold
-
-    target = artifact if artifact is not None else folded.model
-    return torch_fold.runner(torch_fold.callable_of(target))
-
-
-def _timing(source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import ort_runner
-
-        original, new = ort_runner(source.model, optimize=True), ort_runner(folded.model, optimize=True)
-        runtime = "onnxruntime (default graph optimisations, which fuse Conv+BN themselves)"
-        a, b = (lambda: original(batch)), (lambda: new(batch))
-    else:
-        from bncheck.backends.torch import fold as torch_fold
-
-        a, b = torch_fold.timed_pair(source, folded.model, batch)
-        runtime = "torch (TorchScript)" if source.format == "torchscript" else "torch eager"
+def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
+    a, b, runtime = backend.timing_pair(source, folded, batch)
     t = interleaved_timing(a, b)
     return {
         "runtime": runtime,
@@ -488,37 +336,14 @@ def _timing(source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str,
     }
 
 
-def _write(source: ModelSource, folded: FoldedModel, kind: str, artifact, out: Path) -> list[Path]:
-    if kind == "onnx":
-        from bncheck.backends.onnx.fold import uses_external_data
-
-        external = source.family == "onnx" and uses_external_data(source.path)
-        return writers.write_onnx(artifact, out, external_data=external)
-    if kind == "export":
-        return writers.write_export(artifact, out)
-    if kind == "torchscript":
-        return writers.write_torchscript(artifact, out)
-    if kind == "pickle":
-        return writers.write_pickle(artifact, out)
-    if kind == "state-dict":
-        layout = {
-            name: o.status for name, o in folded.outcomes.items() if o.status in ("folded", "affine")
-        }
-        meta = {"bncheck.fold": json.dumps({"folded": sorted(k for k, v in layout.items() if v == "folded"),
-                                            "affine": sorted(k for k, v in layout.items() if v == "affine")})}
-        state = dict(artifact.state_dict) if hasattr(artifact, "graph_signature") else artifact.state_dict()
-        return writers.write_state_dict(state, out, metadata=meta)
-    raise UsageError(f"cannot write output kind {kind}.")
-
-
 # ------------------------------------------------------------------------------ figures
 
 
-def _fold_figures(source, folded, kind, out, written, timing_info, atol, rtol, affine):
-    before_params, before_nodes = _counts(source.family, _model_object(source))
+def _fold_figures(backend, source, folded, kind, out, written, timing_info, atol, rtol, affine):
+    before_params, before_nodes = backend.counts(source)
     # Same representation before and after (the folded model before any format conversion).
-    after_params, after_nodes = _counts(source.family, folded.model)
-    size_before = _file_size(source)
+    after_params, after_nodes = backend.counts(folded.model)
+    size_before = backend.file_size(source)
     size_after = sum(p.stat().st_size for p in written) if written else None
     figures: dict[str, Any] = {
         "output": {
@@ -531,7 +356,7 @@ def _fold_figures(source, folded, kind, out, written, timing_info, atol, rtol, a
         "layers_kept": folded.count("kept"),
         "layers_affine": folded.count("affine"),
         "affine": bool(affine),
-        "mode": folded.extras.get("mode", "onnx" if source.family == "onnx" else None),
+        "mode": folded.extras.get("mode"),
         "parameters": {"before": before_params, "after": after_params},
         "nodes": {"before": before_nodes, "after": after_nodes},
         "file_size": {"before": size_before, "after": size_after},
@@ -541,37 +366,6 @@ def _fold_figures(source, folded, kind, out, written, timing_info, atol, rtol, a
         "relative_error": "max|original - folded| / max|original|, per output, max over outputs",
     }
     return figures
-
-
-def _model_object(source: ModelSource):
-    if source.family == "onnx":
-        return source.model
-    if source.format == "export":
-        return source.program
-    return source.module
-
-
-def _counts(family: str, obj) -> tuple[int | None, int | None]:
-    if obj is None:
-        return None, None
-    if family == "onnx" or type(obj).__name__ == "ModelProto":
-        from bncheck.backends.onnx.fold import node_count, parameter_count
-
-        return parameter_count(obj), node_count(obj)
-    from bncheck.backends.torch import fold as torch_fold
-
-    return torch_fold.parameter_count(obj), torch_fold.node_count(obj)
-
-
-def _file_size(source: ModelSource) -> int | None:
-    if source.path is None or not Path(source.path).is_file():
-        return None
-    size = Path(source.path).stat().st_size
-    if source.family == "onnx":
-        from bncheck.backends.onnx.fold import external_data_files
-
-        size += sum(p.stat().st_size for p in external_data_files(source.path) if p.is_file())
-    return size
 
 
 def _output_dtype(outputs: list[np.ndarray]) -> str:
@@ -585,46 +379,12 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-# ------------------------------------------------------------------------------ state dicts
-
-
 def load_folded_state_dict(model, path: str | Path):
     """Load a state dict written by ``bncheck fold ... -o X.safetensors`` into ``model`` (the
-    original architecture, modified in place and returned): BN modules whose keys are absent
-    become ``nn.Identity``, those with ``scale``/``shift`` keys become the per-channel affine
-    map, and producers gain the bias the file holds for them; then a strict load."""
-    import torch
-    from torch import nn
+    original architecture, modified in place and returned); see
+    :func:`bncheck.backends.torch.folded_state.load_folded_state_dict`."""
+    from bncheck.backends.torch.folded_state import (
+        load_folded_state_dict as load,  # torch is optional
+    )
 
-    from bncheck.backends.torch.fold import ChannelAffine
-    from bncheck.backends.torch.loading import load_safetensors, torch_load, unwrap_checkpoint
-    from bncheck.backends.torch.source import is_bn_module
-
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        state = unwrap_checkpoint(load_safetensors(path), path)
-    else:
-        state = unwrap_checkpoint(torch_load(path, trust_pickle=False), path)
-    modules = dict(model.named_modules())
-    for name, module in list(modules.items()):
-        if not name or not is_bn_module(module):
-            continue
-        own = [k for k in state if k.startswith(name + ".")]
-        if f"{name}.scale" in state and f"{name}.shift" in state:
-            shift = state[f"{name}.shift"]
-            _replace(model, name, ChannelAffine.empty(int(shift.numel()), dtype=shift.dtype))
-        elif not own:
-            _replace(model, name, nn.Identity())
-    for key, value in state.items():
-        prefix, _, attr = key.rpartition(".")
-        module = model.get_submodule(prefix) if prefix else model
-        if attr == "bias" and getattr(module, "bias", "absent") is None:
-            module.bias = nn.Parameter(torch.zeros_like(value))
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def _replace(root, path: str, module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, name, module)
+    return load(model, path)

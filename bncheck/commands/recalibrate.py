@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.backends.interface import ModelSource
-from bncheck.backends.load import as_source
-from bncheck.backends.statistics import Statistics, with_statistics
+from bncheck.backends import output
+from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.backends.load import as_source, backend_for, load_model
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.config import Settings
+from bncheck.data import DataOptions
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics import drift as metrics
@@ -206,44 +207,6 @@ def estimate_exact(
     return stats, history
 
 
-# ---------------------------------------------------------------------------- writing
-
-
-def write_model(source: ModelSource, out: Path, kind: str) -> list[Path]:
-    """Write ``source`` (already carrying the new statistics) as ``kind``."""
-    from bncheck.backends import output as writers
-
-    if source.family == "onnx":
-        if kind != "onnx":
-            raise UsageError(f"an ONNX model can only be written as ONNX, not {kind}; name OUT .onnx.")
-        return writers.write_onnx(source.model, out)
-    from bncheck.backends.torch.source import ExportSource
-
-    if isinstance(source, ExportSource):
-        if kind != "export":
-            raise UsageError(f"a torch.export program is written back as .pt2, not {kind}.")
-        return writers.write_export(source.program, out)
-    module = source.module
-    if kind == "state-dict":
-        if source.format == "torchscript":
-            raise UsageError("a TorchScript model is written back as TorchScript (.ts or .pt), not as a state dict.")
-        return writers.write_state_dict(module.state_dict(), out, {"bncheck": "recalibrated"})
-    if kind == "torchscript":
-        if source.format != "torchscript":
-            import torch
-
-            try:
-                module = torch.jit.script(module)
-            except Exception as exc:
-                raise UsageError(f"the model cannot be scripted for a .ts output ({type(exc).__name__}); write a state dict instead.") from exc
-        return writers.write_torchscript(module, out)
-    if kind == "pickle":
-        return writers.write_pickle(module, out)
-    if kind == "export":
-        raise UsageError("recalibrate writes PyTorch models back in the same family: use .pt/.pth or .safetensors for a state dict.")
-    raise UsageError(f"cannot write a {source.format} model as {kind}.")
-
-
 # ---------------------------------------------------------------------------- API
 
 
@@ -261,16 +224,13 @@ def recalibrate(
 ) -> Report:
     """Re-estimate the running statistics of ``model`` on ``data`` and write the result to
     ``out``; the report holds per-layer before/after drift figures and accuracies."""
-    import bncheck.rules  # noqa: F401
-    from bncheck.backends import output as writers
-    from bncheck.data import DataOptions
-
     settings = settings or Settings()
     options = options or RecalibrateOptions()
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
+    backend = backend_for(source)
     out = Path(out)
-    kind = writers.output_kind(out, to, source.format)
-    writers.check_output_path(out, protected=[source.path] if source.path else [], force=force)
+    kind = backend.output_kind(source, out, to)
+    output.check_output_path(out, protected=backend.protected_paths(source), force=force)
     layers = [layer for layer in source.bn_layers()]
     if not layers:
         raise BncheckError(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to recalibrate.")
@@ -309,14 +269,12 @@ def recalibrate(
             passes = [{"pass": 1, "mode": "train", "movement": None}]
     if batches is None:
         batches = -(-before.extras["data"]["samples"] // options.batch_size)
-    updated = with_statistics(source, stats, num_batches=batches if options.method != "ema" else None)
-    written = write_model(updated, out, kind)
+    updated = backend.with_statistics(source, stats, num_batches=batches if options.method != "ema" else None)
+    written = backend.write_model(updated, kind, out)
 
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     after = None
     if options.verify:
-        from bncheck.backends import load_model
-
         reloaded = load_model(out, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
         report.findings = after.findings

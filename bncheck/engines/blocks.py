@@ -9,7 +9,7 @@ for it.
 
 The driver merges the per-block results in block order (:func:`merge_blocks`), whatever the
 order in which they finished, so two runs give the same bits; and it replays the
-subsample of :class:`bncheck.commands.drift.Reservoir` over the blocks in order
+subsample of :class:`bncheck.numerics.reservoir.Reservoir` over the blocks in order
 (:class:`ReplayReservoir`), fetching a block's samples only when one of them is taken.
 """
 
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.commands.drift import Reservoir
+from bncheck.backends.load import backend_for, load_model
 from bncheck.data.plan import Block, DataPlan, issue_dict, rename_text
 from bncheck.engines.interface import ModelSpec, PassRequest
 from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.reservoir import Reservoir
 
 # ---------------------------------------------------------------------------- the model
 
@@ -85,8 +86,6 @@ def _onnx_external_files(path: Path) -> list[str]:
 
 def unpack_model(package: ModelPackage, folder: Path):
     """Write the package into ``folder`` and load the model from there."""
-    from bncheck.backends import load_model
-
     for name, content in package.files.items():
         target = Path(folder) / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,10 +127,6 @@ class BlockWorker:
         self.source = unpack_model(package, Path(self._folder.name))
         self.plan = plan
         self.threads = threads
-        if threads and self.source.family == "torch":
-            import torch
-
-            torch.set_num_threads(int(threads))
         self._key: Any = None
         self._runner = None
 
@@ -142,15 +137,8 @@ class BlockWorker:
             self._close_runner()
             source = self.source
             if request.statistics is not None:
-                from bncheck.backends.statistics import with_statistics
-
-                source = with_statistics(self.source, request.statistics)
-            if self.threads and source.family == "onnx":
-                from bncheck.backends.onnx.runner import OnnxRunner
-
-                self._runner = OnnxRunner(source, layers=request.layers, intra_op_threads=int(self.threads))
-            else:
-                self._runner = source.runner(layers=request.layers)
+                source = backend_for(self.source).with_statistics(self.source, request.statistics)
+            self._runner = backend_for(source).runner(source, layers=request.layers, threads=self.threads)
             self._key = key
         return self._runner
 
@@ -243,7 +231,7 @@ def _statistics_key(statistics) -> str | None:
 
 
 class ReplayReservoir(Reservoir):
-    """:class:`bncheck.commands.drift.Reservoir` fed in two steps, for samples that live elsewhere.
+    """:class:`bncheck.numerics.reservoir.Reservoir` fed in two steps, for samples that live elsewhere.
 
     :meth:`plan` decides, exactly as ``offer`` would for the next ``n`` samples of the stream
     and drawing the same random numbers, which of them enter which slot; :meth:`fill` stores

@@ -2,7 +2,7 @@
 *passes* over the data inside it.
 
 A pass runs every batch of DATA through the model and returns what
-:func:`bncheck.commands.drift.measure` returns (a :class:`~bncheck.commands.drift.Measurement`): per-layer
+:func:`bncheck.engines.measure.measure` returns (a :class:`~bncheck.engines.measure.Measurement`): per-layer
 :class:`~bncheck.numerics.moments.Moments` merged with Chan's update in float64, the number of
 samples, and, when asked, a uniform random subsample of ``keep`` samples with their eval-mode
 outputs (the input of the train-mode analyses BN201/BN301) and the predictions and labels of
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bncheck.backends.interface import ModelSource
     from bncheck.backends.runner import ModelRunner
-    from bncheck.commands.drift import Measurement
+    from bncheck.engines.measure import Measurement
 
 PASS_MODES = ("eval", "train")
 
@@ -39,7 +39,7 @@ class PassRequest:
     its batch (``ModelRunner.train_moments``; batches of one sample are skipped).
     ``keep``: size of the uniform random subsample (eval only; 0 keeps none).
     ``statistics``: run the model with these running statistics instead of the stored ones
-    (``{layer: (mean, var)}``, see :func:`bncheck.backends.statistics.with_statistics`).
+    (``{layer: (mean, var)}``, see :meth:`bncheck.backends.interface.Backend.with_statistics`).
     """
 
     layers: list[str]

@@ -2,7 +2,7 @@
 through the model in this process, one after the other.
 
 For a local folder without ``--shard`` this is exactly what ``bncheck drift`` always did:
-:func:`bncheck.data.open_data`, ``Dataset.batches`` and :func:`bncheck.commands.drift.measure`.
+:func:`bncheck.data.open_data`, ``Dataset.batches`` and :func:`bncheck.engines.measure.measure`.
 For a URL DATA or a shard the files come from a :class:`~bncheck.data.plan.DataPlan`: the
 blocks are read one after the other (a URL's next block is copied while the current one
 runs) and re-cut into batches of exactly ``batch_size``, so the batches, the statistics and
@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.commands.drift import Measurement, add_bounded, measure
+from bncheck.backends.load import backend_for
 from bncheck.data import open_data
 from bncheck.data.loader import Batch
 from bncheck.data.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
 from bncheck.data.remote import is_remote
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
+from bncheck.engines.measure import Measurement, measure, train_pass
 from bncheck.errors import BncheckError, DataError
-from bncheck.numerics.moments import Moments, merge_all
 
 
 class LocalEngine(Engine):
@@ -64,9 +64,7 @@ class LocalSession(Session):
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         with ExitStack() as stack:
             if request.statistics is not None:
-                from bncheck.backends.statistics import with_statistics
-
-                runner = stack.enter_context(with_statistics(self.source, request.statistics).runner(layers=request.layers))
+                runner = stack.enter_context(backend_for(self.source).with_statistics(self.source, request.statistics).runner(layers=request.layers))
             elif runner is None:
                 runner = stack.enter_context(self.source.runner(layers=request.layers))
             batches = self.batches(request.batch_size)
@@ -216,21 +214,3 @@ def _datasets(plan: DataPlan, blocks: list[Block]) -> Iterator[tuple[Any, dict[s
                 context, _ = pending.result()
                 context.__exit__(None, None, None)
         pool.shutdown(wait=True)
-
-
-def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], None] | None = None) -> Measurement:
-    """Per-layer moments of a pass in which every BN layer normalises with its batch's
-    statistics (batches of one sample, which have none, are skipped), merged over batches
-    (every ``_MERGE_EVERY`` batches, as in :func:`measure`: memory does not grow with the data)."""
-    parts: dict[str, list[Moments]] = {name: [] for name in layers}
-    samples = 0
-    for batch in batches:
-        if len(batch.x) < 2:
-            continue
-        _, moments = runner.train_moments(batch.x)
-        add_bounded(parts, moments)
-        samples += len(batch.x)
-        if on_batch is not None:
-            on_batch(len(batch.x))
-    merged = {name: merge_all(ms) for name, ms in parts.items() if ms}
-    return Measurement(moments=merged, samples=samples, subsample=None, sub_outputs=None)

@@ -36,7 +36,6 @@ import numpy as np
 import ray
 from ray.util.actor_pool import ActorPool
 
-from bncheck.commands.drift import Measurement
 from bncheck.data.plan import Block, DataPlan, IssueTotals, make_plan
 from bncheck.engines.blocks import (
     BlockResult,
@@ -47,6 +46,7 @@ from bncheck.engines.blocks import (
     pack_model,
 )
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
+from bncheck.engines.measure import Measurement
 from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics.moments import Moments
 

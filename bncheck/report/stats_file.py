@@ -300,7 +300,7 @@ def merge_files(paths: list[str | Path], out: str | Path, *, partial: bool = Fal
 
 
 def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, Any], list[str]]:
-    """``drift --stats``: the :class:`~bncheck.commands.drift.Measurement` a data pass would have given
+    """``drift --stats``: the :class:`~bncheck.engines.measure.Measurement` a data pass would have given
     (moments and samples; no subsample), the data description, and notes for the report."""
     from bncheck.commands.drift import Measurement
 

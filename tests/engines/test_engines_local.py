@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from bncheck.backends import load_model
-from bncheck.commands.drift import Reservoir, measure
 from bncheck.data import DataOptions, open_data
 from bncheck.data.plan import make_plan
 from bncheck.engines import DataSpec, PassRequest, make_engine
@@ -24,7 +23,9 @@ from bncheck.engines.blocks import (
     pack_model,
 )
 from bncheck.engines.interface import ModelSpec
+from bncheck.engines.measure import measure
 from bncheck.errors import UsageError
+from bncheck.numerics.reservoir import Reservoir
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -196,10 +197,10 @@ def test_train_pass_memory_stays_bounded_and_merges_exactly(monkeypatch):
     import importlib
     from types import SimpleNamespace
 
-    from bncheck.engines.local import train_pass
+    from bncheck.engines.measure import train_pass
     from bncheck.numerics.moments import Moments
 
-    drift_module = importlib.import_module("bncheck.commands.drift")  # the package exports drift()
+    drift_module = importlib.import_module("bncheck.engines.measure")
     monkeypatch.setattr(drift_module, "_MERGE_EVERY", 4)
     rng = np.random.default_rng(7)
     chunks = [rng.normal(k % 5, 1 + k % 3, (8, 3)) for k in range(23)]
@@ -215,7 +216,7 @@ def test_train_pass_memory_stays_bounded_and_merges_exactly(monkeypatch):
         real_add(parts, moments)
         longest.append(max(len(v) for v in parts.values()))
 
-    monkeypatch.setattr("bncheck.engines.local.add_bounded", spy)
+    monkeypatch.setattr(drift_module, "add_bounded", spy)
     batches = [SimpleNamespace(x=c) for c in chunks] + [SimpleNamespace(x=chunks[0][:1])]
     result = train_pass(Runner(), batches, ["bn"])
     assert max(longest) <= 4 and result.samples == 23 * 8

@@ -81,7 +81,7 @@ def test_existing_out_needs_force(cli, digits, tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["-o", "x.pt2"], "can only be folded into ONNX"),
+        (["-o", "x.pt2"], "can only be written as ONNX"),
         (["-o", "x.onnx", "--to", "export"], "contradicts"),
         (["-o", "x.bin"], "cannot tell the output format"),
         (["-o", "x.pt"], "name the output .onnx"),

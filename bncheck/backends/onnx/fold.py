@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bncheck.backends.folded import FoldedModel, FoldOutcome
+from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs
 from bncheck.backends.onnx.source import SHAPE_ONLY_OPS, OnnxSource
 from bncheck.errors import BncheckError

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from bncheck.backends.folded import FoldedModel, FoldOutcome
+from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.torch import graph as torch_graph
 from bncheck.layer import BNLayer
 from bncheck.numerics import fold_math

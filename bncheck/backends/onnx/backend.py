@@ -1,0 +1,109 @@
+"""The ONNX family behind the :class:`~bncheck.backends.interface.Backend` protocol: read with
+onnx, run with onnxruntime, folded by graph rewrites, written back as ONNX only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from bncheck.backends import output
+from bncheck.backends.interface import (
+    Backend,
+    Batch,
+    Executable,
+    FoldedModel,
+    InputSpec,
+    ModelSource,
+    Statistics,
+)
+from bncheck.backends.onnx import fold as onnx_fold
+from bncheck.backends.onnx import statistics, write
+from bncheck.backends.onnx.runner import OnnxRunner
+from bncheck.backends.onnx.source import OnnxSource
+from bncheck.backends.runner import ModelRunner
+from bncheck.errors import ModelLoadError, UsageError
+
+
+class OnnxBackend(Backend):
+    family = "onnx"
+
+    def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
+        if arch:
+            raise ModelLoadError("--arch is only for PyTorch state dicts; an ONNX model carries its own graph.")
+        return OnnxSource.load(path)
+
+    def adopt(self, model: Any) -> ModelSource | None:
+        return OnnxSource(model, path=None) if isinstance(model, onnx.ModelProto) else None
+
+    def runner(self, source: ModelSource, *, layers: list[str] | None = None, threads: int | None = None) -> ModelRunner:
+        return OnnxRunner(source, layers=layers, intra_op_threads=int(threads) if threads else None)
+
+    def input_specs(self, source: ModelSource) -> list[InputSpec]:
+        return [
+            InputSpec(name, tuple(shape[1:]), np.dtype(dtype).name, batch=shape[0] if shape else None, batched=bool(shape))
+            for name, shape, dtype in onnx_fold.input_specs(_proto(source))
+        ]
+
+    def float_dtype(self, source: ModelSource) -> np.dtype:
+        return np.dtype("float32")
+
+    def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
+        kind = output.choose_output_kind(out, to, source.format)
+        if kind != "onnx":
+            raise UsageError(
+                f"an ONNX model can only be written as ONNX (OUT .onnx or --to onnx), not {kind}: "
+                "bncheck does not convert ONNX to PyTorch formats."
+            )
+        return kind
+
+    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
+        folded = onnx_fold.fold_onnx(source, affine=affine)
+        folded.extras.setdefault("mode", "onnx")
+        return folded
+
+    def convert(self, source: ModelSource, folded: FoldedModel, kind: str, example: Batch) -> tuple[Any, list[str]]:
+        return folded.model, []
+
+    def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
+        return onnx_fold.ort_runner(_proto(model), optimize=optimize)
+
+    def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch):
+        original = onnx_fold.ort_runner(_proto(source), optimize=True)
+        new = onnx_fold.ort_runner(folded.model, optimize=True)
+        runtime = "onnxruntime (default graph optimisations, which fuse Conv+BN themselves)"
+        return (lambda: original(batch)), (lambda: new(batch)), runtime
+
+    def fold_notes(self, source: ModelSource) -> list[str]:
+        return []
+
+    def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
+        return write.write_onnx(artifact, out, external_data=onnx_fold.uses_external_data(source.path))
+
+    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
+        self.output_kind(source, out, kind)
+        return write.write_onnx(_proto(source), out)
+
+    def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
+        return statistics.with_statistics(source, stats)
+
+    def counts(self, model: Any) -> tuple[int | None, int | None]:
+        proto = _proto(model)
+        return onnx_fold.parameter_count(proto), onnx_fold.node_count(proto)
+
+    def protected_paths(self, source: ModelSource) -> list[Path]:
+        if source.path is None:
+            return []
+        return [Path(source.path), *onnx_fold.external_data_files(source.path)]
+
+    def companions(self, source: ModelSource, out: Path) -> list[Path]:
+        return [write.onnx_data_path(out)] if onnx_fold.uses_external_data(source.path) else []
+
+
+def _proto(model: Any) -> onnx.ModelProto:
+    return model.model if isinstance(model, OnnxSource) else model
+
+
+BACKEND = OnnxBackend()

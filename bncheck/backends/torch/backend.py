@@ -1,0 +1,193 @@
+"""The PyTorch family behind the :class:`~bncheck.backends.interface.Backend` protocol:
+modules (from ``--arch``, pickles), TorchScript archives and torch.export programs; folded on
+their graphs, converted to torch.export / TorchScript / ONNX, written in any of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bncheck.backends import output
+from bncheck.backends.detect import ModelFormat
+from bncheck.backends.interface import (
+    Backend,
+    Batch,
+    Executable,
+    FoldedModel,
+    InputSpec,
+    ModelSource,
+    Statistics,
+)
+from bncheck.backends.onnx import fold as onnx_fold
+from bncheck.backends.onnx.write import write_onnx
+from bncheck.backends.runner import ModelRunner
+from bncheck.backends.torch import fold as torch_fold
+from bncheck.backends.torch import statistics, write
+from bncheck.backends.torch.source import (
+    NEEDS_ARCH,
+    ExportSource,
+    StateDictSource,
+    TorchModuleSource,
+    load_torch_model,
+)
+from bncheck.errors import BncheckError, OutputError, UsageError, first_line
+
+
+class TorchBackend(Backend):
+    family = "torch"
+
+    def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
+        return load_torch_model(path, ModelFormat(fmt), arch=arch, trust_pickle=trust_pickle)
+
+    def adopt(self, model: Any) -> ModelSource | None:
+        if not (type(model).__module__.startswith("torch") or hasattr(model, "named_modules")):
+            return None
+        if hasattr(model, "graph_signature"):
+            return ExportSource(model, path=None)
+        return TorchModuleSource(model, path=None, format="torchscript" if hasattr(model, "_c") else "module")
+
+    def runner(self, source: ModelSource, *, layers: list[str] | None = None, threads: int | None = None) -> ModelRunner:
+        if threads:
+            torch.set_num_threads(int(threads))
+        return source.runner(layers=layers)
+
+    def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
+        if not isinstance(source, ExportSource):
+            return None
+        example = torch_fold.example_inputs(source.program)
+        if example is None:
+            return None
+        args, kwargs = example
+        if kwargs or not all(hasattr(a, "shape") for a in args):
+            return None
+        return [
+            InputSpec(f"input{i}", tuple(int(d) for d in a.shape[1:]), str(a.dtype).replace("torch.", ""),
+                      batch=int(a.shape[0]) if a.dim() else None, batched=a.dim() > 0)
+            for i, a in enumerate(args)
+        ]
+
+    def float_dtype(self, source: ModelSource) -> np.dtype:
+        module = getattr(source, "module", None)
+        if module is not None:
+            for t in (*module.parameters(), *module.buffers()):
+                if t.is_floating_point():
+                    return np.dtype(str(t.dtype).replace("torch.", ""))
+        return np.dtype("float32")
+
+    def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
+        if isinstance(source, StateDictSource):
+            raise UsageError(NEEDS_ARCH)
+        kind = output.choose_output_kind(out, to, source.format)
+        if source.format == "torchscript" and kind != "torchscript":
+            raise UsageError(
+                f"a TorchScript model can only be written as TorchScript (OUT .ts/.pt or --to torchscript), not {kind}: "
+                "it leaves no module structure to convert; use the state dict with --arch to get other formats."
+            )
+        return kind
+
+    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
+        layers = source.bn_layers()
+        tensors = torch_fold.as_tensors(example)
+        if source.format == "torchscript":
+            result = torch_fold.fold_torchscript(source.module, layers)
+            if affine:
+                result.notes.append("--affine is not available for TorchScript inputs (torch.jit.freeze folds what it can)")
+            return result
+        if isinstance(source, ExportSource):
+            return torch_fold.fold_export(source.program, layers, affine=affine, example=tensors)
+        return torch_fold.fold_module(
+            source.module, layers, affine=affine, swap_only=kind in ("state-dict", "pickle"), example=tensors
+        )
+
+    def convert(self, source: ModelSource, folded: FoldedModel, kind: str, example: Batch) -> tuple[Any, list[str]]:
+        if kind in ("module", "state-dict", "pickle"):
+            return folded.model, []
+        try:
+            return torch_fold.convert(folded.model, kind, torch_fold.as_tensors(example))
+        except BncheckError:
+            raise
+        except Exception as exc:
+            raise OutputError(
+                f"the folded model cannot be converted to {output.OUTPUT_KINDS.get(kind, kind)} "
+                f"({type(exc).__name__}: {first_line(exc, 200)}); choose another output kind with --to."
+            ) from exc
+
+    def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
+        if kind == "onnx":
+            return onnx_fold.ort_runner(model, optimize=optimize)
+        if isinstance(model, ModelSource):
+            return torch_fold.runner(torch_fold.original_callable(model))
+        return torch_fold.runner(torch_fold.callable_of(model))
+
+    def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch):
+        a, b = torch_fold.timed_pair(source, folded.model, batch)
+        return a, b, "torch (TorchScript)" if source.format == "torchscript" else "torch eager"
+
+    def fold_notes(self, source: ModelSource) -> list[str]:
+        if any(layer.training for layer in source.bn_layers()):
+            return ["the model was saved in training mode; it was folded and verified in eval mode (inference)"]
+        return []
+
+    def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
+        if kind == "onnx":
+            return write_onnx(artifact, out)
+        if kind == "export":
+            return write.write_export(artifact, out)
+        if kind == "torchscript":
+            return write.write_torchscript(artifact, out)
+        if kind == "pickle":
+            return write.write_pickle(artifact, out)
+        if kind == "state-dict":
+            layout = {name: o.status for name, o in folded.outcomes.items() if o.status in ("folded", "affine")}
+            meta = {"bncheck.fold": json.dumps({"folded": sorted(k for k, v in layout.items() if v == "folded"),
+                                                "affine": sorted(k for k, v in layout.items() if v == "affine")})}
+            state = dict(artifact.state_dict) if hasattr(artifact, "graph_signature") else artifact.state_dict()
+            return write.write_state_dict(state, out, metadata=meta)
+        raise UsageError(f"cannot write output kind {kind}.")
+
+    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
+        if isinstance(source, ExportSource):
+            if kind != "export":
+                raise UsageError(f"a torch.export program is written back as .pt2, not {kind}.")
+            return write.write_export(source.program, out)
+        if not isinstance(source, TorchModuleSource):
+            raise UsageError(NEEDS_ARCH)
+        module = source.module
+        if kind == "state-dict":
+            if source.format == "torchscript":
+                raise UsageError("a TorchScript model is written back as TorchScript (.ts or .pt), not as a state dict.")
+            return write.write_state_dict(module.state_dict(), out, {"bncheck": "recalibrated"})
+        if kind == "torchscript":
+            if source.format != "torchscript":
+                try:
+                    module = torch.jit.script(module)
+                except Exception as exc:
+                    raise UsageError(f"the model cannot be scripted for a .ts output ({type(exc).__name__}); write a state dict instead.") from exc
+            return write.write_torchscript(module, out)
+        if kind == "pickle":
+            return write.write_pickle(module, out)
+        if kind == "export":
+            raise UsageError("recalibrate writes PyTorch models back in the same family: use .pt/.pth or .safetensors for a state dict.")
+        raise UsageError(f"cannot write a {source.format} model as {kind}.")
+
+    def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
+        return statistics.with_statistics(source, stats, num_batches)
+
+    def counts(self, model: Any) -> tuple[int | None, int | None]:
+        if isinstance(model, ExportSource):
+            model = model.program
+        elif isinstance(model, TorchModuleSource):
+            model = model.module
+        if model is None:
+            return None, None
+        return torch_fold.parameter_count(model), torch_fold.node_count(model)
+
+    def protected_paths(self, source: ModelSource) -> list[Path]:
+        return [Path(source.path)] if source.path is not None else []
+
+
+BACKEND = TorchBackend()

@@ -1,0 +1,53 @@
+"""Copies of a PyTorch model with other running statistics (what ``recalibrate`` writes and
+its refinement passes run)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from bncheck.backends.interface import ModelSource, Statistics, check_shapes
+from bncheck.backends.torch.source import ExportSource, TorchModuleSource
+from bncheck.errors import UsageError
+
+
+def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | None = None) -> ModelSource:
+    """A copy of ``source`` whose BN layers named in ``stats`` carry those running statistics."""
+    if isinstance(source, ExportSource):
+        program = copy.deepcopy(source.program)
+        state = program.state_dict
+        for name, (mean, var) in stats.items():
+            for key, values in ((f"{name}.running_mean", mean), (f"{name}.running_var", var)):
+                if key not in state:
+                    raise UsageError(f"BN layer {name} keeps no {key} buffer in the torch.export program.")
+                target = state[key]
+                target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
+            counter = state.get(f"{name}.num_batches_tracked")
+            if counter is not None and num_batches is not None:
+                counter.fill_(int(num_batches))
+        return ExportSource(program, path=source.path)
+    if not isinstance(source, TorchModuleSource):
+        raise UsageError(
+            "a bare state dict cannot be recalibrated without its architecture; pass --arch package.module:factory."
+        )
+    module = copy.deepcopy(source.module)
+    modules = dict(module.named_modules())
+    layers = {layer.name: layer for layer in source.bn_layers()}
+    for name, (mean, var) in stats.items():
+        owner = modules.get("" if name == "<root>" else name)
+        buffers = dict(owner.named_buffers(recurse=False)) if owner is not None else {}
+        if "running_mean" not in buffers or "running_var" not in buffers:
+            raise UsageError(f"BN layer {name} has no running_mean/running_var buffers to rewrite.")
+        check_shapes(name, np.asarray(mean), np.asarray(var), layers[name].num_features)
+        with torch.no_grad():
+            for key, values in (("running_mean", mean), ("running_var", var)):
+                target = buffers[key]
+                target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
+            counter = buffers.get("num_batches_tracked")
+            if counter is not None and num_batches is not None:
+                counter.fill_(int(num_batches))
+    clone = TorchModuleSource(module, path=source.path, format=source.format)
+    clone.arch = getattr(source, "arch", None)
+    return clone
