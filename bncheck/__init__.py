@@ -21,9 +21,9 @@ from bncheck.config import Settings, load_settings
 from bncheck.errors import BncheckError
 from bncheck.layer import BNLayer
 from bncheck.report.diff import ReportDiff, diff
-from bncheck.report.finding import Finding, Severity
 from bncheck.report.io import load_report
 from bncheck.report.report import Report
+from bncheck.rules.finding import Finding, Severity
 
 __all__ = [
     "BNLayer",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.errors import UsageError
-from bncheck.report.finding import FAIL_ON
+from bncheck.rules.finding import FAIL_ON
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -33,7 +33,7 @@ FailOnOverride = Annotated[
 
 def _check_fail_on(value: str | None) -> None:
     from bncheck.errors import UsageError
-    from bncheck.report.finding import FAIL_ON
+    from bncheck.rules.finding import FAIL_ON
 
     if value is not None and value not in FAIL_ON:
         raise UsageError(f"--fail-on {value!r} must be one of: error, warning, info, never.")

@@ -6,8 +6,8 @@ from typing import Any
 
 from bncheck.backends.load import as_source
 from bncheck.config import Settings
-from bncheck.report.finding import Finding
 from bncheck.report.report import Report
+from bncheck.rules.finding import Finding
 from bncheck.rules.registry import RuleContext, select_rules
 
 

@@ -21,6 +21,7 @@ from bncheck.engines.measure import Measurement
 from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.rules.registry import RuleContext
 
@@ -250,73 +251,6 @@ def train_eval_mismatch(layers, batches: TrainBatches, eval_out: np.ndarray) -> 
     return result
 
 
-# ---------------------------------------------------------------------------- saving stats
-
-
-def stats_arrays(layers, moments: dict[str, Moments]) -> dict[str, np.ndarray]:
-    """Per-layer arrays for ``--save-stats``: data mean/var/count and the running statistics."""
-    arrays: dict[str, np.ndarray] = {}
-    for layer in layers:
-        m = moments.get(layer.name)
-        if m is None:
-            continue
-        arrays[f"{layer.name}/data_count"] = np.asarray(m.count, dtype=np.int64)
-        arrays[f"{layer.name}/data_mean"] = m.mean
-        arrays[f"{layer.name}/data_var"] = m.var
-        arrays[f"{layer.name}/data_m2"] = m.m2
-        if layer.has_running_stats:
-            arrays[f"{layer.name}/running_mean"] = layer.running_mean
-            arrays[f"{layer.name}/running_var"] = layer.running_var
-    return arrays
-
-
-def save_stats(path: Path, layers, moments: dict[str, Moments], meta: dict) -> None:
-    """Write the per-channel arrays as .npz (keys ``layer/field``) or parquet (one row per
-    layer and channel), atomically."""
-    import json
-
-    from bncheck.cli.common import write_atomically
-
-    arrays = stats_arrays(layers, moments)
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npz":
-        def writer(tmp: str) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, __meta__=np.asarray(json.dumps(meta)), **arrays)
-    elif suffix == ".parquet":
-        import pandas as pd
-
-        rows = []
-        for layer in layers:
-            m = moments.get(layer.name)
-            if m is None:
-                continue
-            for c in range(len(m.mean)):
-                rows.append(
-                    {
-                        "layer": layer.name,
-                        "channel": c,
-                        "data_count": int(m.count),
-                        "data_mean": float(m.mean[c]),
-                        "data_var": float(m.var[c]),
-                        "data_m2": float(m.m2[c]),
-                        "running_mean": float(layer.running_mean[c]) if layer.has_running_stats else np.nan,
-                        "running_var": float(layer.running_var[c]) if layer.has_running_stats else np.nan,
-                    }
-                )
-        frame = pd.DataFrame(rows)
-        frame.attrs["bncheck"] = meta
-
-        def writer(tmp: str) -> None:
-            try:
-                frame.to_parquet(tmp, index=False)
-            except ImportError as exc:
-                raise BncheckError("writing parquet needs pyarrow; install `bncheck[parquet]` or use .npz.") from exc
-    else:
-        raise BncheckError(f"--save-stats {path}: use a .npz or .parquet file name.")
-    write_atomically(Path(path), writer)
-
-
 # ---------------------------------------------------------------------------- report figures
 # (issue 6, reports: what the HTML report, --plot and the terminal bars need)
 
@@ -434,9 +368,7 @@ def drift(
     runner = None
     with ExitStack() as stack:
         if options.stats is not None:  # measured elsewhere (shards + bncheck merge): no data pass
-            from bncheck.report.stats_file import load_measurement
-
-            result, data_info, notes = load_measurement(options.stats, source, layers)
+            result, data_info, notes = stats_file.load_measurement(options.stats, source, layers)
             report.notes.extend(notes)
         else:
             from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
@@ -506,13 +438,11 @@ def drift(
         "unobserved_layers": dict(runner.unhookable) if runner is not None else {},
     }
     if options.save_stats is not None:
-        from bncheck.report.stats_file import part_metadata
-
-        meta = part_metadata(
+        meta = stats_file.part_metadata(
             source=source, layers=layers, data=str(data), samples=result.samples, batch_size=options.batch_size,
             describe=data_info, provenance=provenance,
         )  # fmt: skip
-        save_stats(options.save_stats, layers, result.moments, meta)
+        stats_file.write_stats(options.save_stats, stats_file.measured(layers, result.moments, meta), force=True)
         report.extras["drift"]["saved_stats"] = str(options.save_stats)
     report_figures(report, layers, result.moments, drift_by_layer, thresholds, channels=options.channels)
     return report

@@ -44,8 +44,8 @@ from bncheck.config import Settings
 from bncheck.data import build_options, open_data
 from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
-from bncheck.report.finding import Finding
 from bncheck.report.report import Report
+from bncheck.rules.finding import Finding
 from bncheck.rules.registry import RuleContext
 
 #: Audit rules whose findings make folding refuse (it would bake the defect into weights).

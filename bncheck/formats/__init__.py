@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Callable
 
 from bncheck.errors import UsageError
+from bncheck.report import rendering
 
 FORMATS = {
     "table": "bncheck.formats.table",
@@ -38,3 +39,29 @@ def get_renderer(name: str) -> Callable[..., str]:
     if name not in FORMATS:
         raise UsageError(f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}.")
     return importlib.import_module(FORMATS[name]).render
+
+
+def _resolve(kind: str, name: str):
+    """The views :mod:`bncheck.report.rendering` asks for (see there)."""
+    if kind == "report":
+        return get_renderer(name)
+    if kind == "extension":
+        return format_for_path(name)
+    module, attribute = _VIEWS.get((kind, name), (None, None))
+    if module is None:
+        if kind == "diff":
+            raise UsageError(f"bncheck diff renders table, json or markdown, not {name!r}.")
+        raise UsageError(f"no {kind} view named {name!r}.")
+    return getattr(importlib.import_module(module), attribute)
+
+
+#: (kind, name) -> (module, attribute) of the other views
+_VIEWS = {
+    ("diff", "table"): ("bncheck.formats.diff_view", "render_table"),
+    ("diff", "markdown"): ("bncheck.formats.diff_view", "render_markdown"),
+    ("figure", "drift"): ("bncheck.formats.plot", "drift_figure"),
+    ("figure", "channels"): ("bncheck.formats.plot", "channel_figure"),
+    ("fragment", "html"): ("bncheck.formats.html", "render_fragment"),
+}
+
+rendering.install(_resolve)

@@ -16,8 +16,8 @@ from typing import Any
 
 from bncheck.formats import fold_section
 from bncheck.formats.common import fmt_num, foldable_text, package_versions, verdict
-from bncheck.report.finding import Severity, reaches
 from bncheck.report.report import Report
+from bncheck.rules.finding import Severity, reaches
 
 SEVERITY_CLASS = {"error": "sev-error", "warning": "sev-warning", "info": "sev-info"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from bncheck.report.finding import reaches
 from bncheck.report.report import Report
+from bncheck.rules.finding import reaches
 
 
 def render(report: Report, **_: object) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from bncheck._version import __version__
-from bncheck.report.finding import Finding
 from bncheck.report.report import Report, finite
+from bncheck.rules.finding import Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}

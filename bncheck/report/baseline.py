@@ -19,16 +19,16 @@ that are gone are listed as resolved.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bncheck.errors import UsageError
-from bncheck.report.finding import Finding
+from bncheck.errors import DataError, UsageError
 from bncheck.report.report import Report
+from bncheck.report.stats_file import read_stats
+from bncheck.rules.finding import Finding
 
 #: Relative growth of a finding's figure that counts as worse.
 DEFAULT_TOLERANCE = 0.10
@@ -216,46 +216,21 @@ def _check_command(command: str, report: Report, what: str) -> None:
 
 def _read_stats(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """{layer: {data_mean, data_var, running_mean, running_var}} and the metadata of a file
-    written by ``drift --save-stats``."""
-    import numpy as np
-
+    written by ``drift --save-stats`` (the one reader of :mod:`bncheck.report.stats_file`)."""
     if not path.exists():
         raise UsageError(f"baseline file {path} does not exist.")
-    layers: dict[str, dict[str, Any]] = {}
-    meta: dict[str, Any] = {}
     try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                for key in archive.files:
-                    if key == "__meta__":
-                        meta = json.loads(str(archive[key]))
-                        continue
-                    layer, _, field = key.rpartition("/")
-                    if layer:
-                        layers.setdefault(layer, {})[field] = np.asarray(archive[key], np.float64)
-        else:
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-            meta = dict(frame.attrs.get("bncheck", {}))
-            missing = {"layer", "channel", "data_mean", "data_var", "running_mean", "running_var"} - set(frame.columns)
-            if missing:
-                raise UsageError(f"baseline {path} lacks the columns {', '.join(sorted(missing))}; pass a file written by drift --save-stats.")
-            for name, group in frame.sort_values(["layer", "channel"]).groupby("layer", sort=False):
-                layers[str(name)] = {k: group[k].to_numpy(np.float64) for k in ("data_mean", "data_var", "running_mean", "running_var")}
-    except UsageError:
-        raise
-    except ImportError as exc:
-        raise UsageError(f"reading {path} needs pyarrow; install `bncheck[parquet]`.") from exc
-    except Exception as exc:  # a corrupt or foreign file
-        raise UsageError(f"baseline {path} cannot be read as saved statistics ({type(exc).__name__}); pass a file written by drift --save-stats.") from exc
+        stats = read_stats(path, mergeable=False)
+    except DataError as exc:
+        raise UsageError(f"baseline {exc}") from exc
     usable = {
-        name: fields for name, fields in layers.items()
-        if {"data_mean", "data_var", "running_mean", "running_var"} <= set(fields)
-    }  # fmt: skip
+        name: {"data_mean": m.mean, "data_var": m.var, "running_mean": stats.running[name][0], "running_var": stats.running[name][1]}
+        for name, m in stats.moments.items()
+        if name in stats.running
+    }
     if not usable:
         raise UsageError(f"baseline {path} holds no per-layer statistics; pass a file written by drift --save-stats.")
-    return usable, meta
+    return usable, stats.meta
 
 
 def _stats_baseline(path: Path, report: Report) -> Baseline:

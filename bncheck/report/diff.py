@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bncheck.errors import UsageError
+from bncheck.report import rendering
 from bncheck.report.baseline import DEFAULT_TOLERANCE, FIGURES, compare, match
-from bncheck.report.finding import Finding, reaches
 from bncheck.report.report import Report, finite
+from bncheck.rules.finding import Finding, reaches
 
 STATES = ("new", "worse", "better", "unchanged", "resolved")
 
@@ -78,7 +79,7 @@ class ReportDiff:
         return sum(1 for c in self.findings if c.state == state)
 
     def failing(self) -> list[FindingChange]:
-        from bncheck.report.finding import Severity
+        from bncheck.rules.finding import Severity
 
         return [
             c for c in self.findings
@@ -144,15 +145,10 @@ class ReportDiff:
         return pd.DataFrame([c.to_dict() for c in self.findings], columns=columns)
 
     def render(self, format: str = "table", *, color: bool = False) -> str:
-        from bncheck.formats import diff_view
-
         if format == "json":
             return self.to_json() + "\n"
-        if format == "markdown":
-            return diff_view.render_markdown(self)
-        if format == "table":
-            return diff_view.render_table(self, color=color)
-        raise UsageError(f"bncheck diff renders table, json or markdown, not {format!r}.")
+        options = {"color": color} if format == "table" else {}
+        return rendering.view("diff", format)(self, **options)
 
 
 def _counts(report: Report) -> str:
@@ -232,7 +228,7 @@ def diff(a, b, *, fail_on: str | None = None, tolerance: float = DEFAULT_TOLERAN
     a = a if isinstance(a, Report) else load_report(a)
     b = b if isinstance(b, Report) else load_report(b)
     if fail_on is not None:
-        from bncheck.report.finding import FAIL_ON
+        from bncheck.rules.finding import FAIL_ON
 
         if fail_on not in FAIL_ON:
             raise UsageError(f"fail-on {fail_on!r} must be one of: error, warning, info, never.")

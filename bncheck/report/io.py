@@ -15,8 +15,8 @@ from typing import Any
 from bncheck.backends.interface import ModelInfo
 from bncheck.errors import UsageError
 from bncheck.layer import BNLayer
-from bncheck.report.finding import Finding, Severity
 from bncheck.report.report import Report
+from bncheck.rules.finding import Finding, Severity
 
 #: Top-level keys that Report builds itself; every other key is an extra and kept as it is.
 CORE_KEYS = ("schema_version", "tool", "command", "model", "layers", "findings", "summary", "notes")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bncheck._version import __version__
 from bncheck.backends.interface import ModelInfo
+from bncheck.backends.output import write_atomically
 from bncheck.layer import BNLayer
-from bncheck.report.finding import Finding, Severity, reaches
+from bncheck.report import rendering
+from bncheck.rules.finding import Finding, Severity, reaches
 
 SCHEMA_VERSION = 1
 
@@ -116,28 +119,21 @@ class Report:
 
     def render(self, format: str = "table", **options: Any) -> str:
         """The report as text in ``format``: table, json, markdown, junit, html or sarif."""
-        from bncheck.formats import get_renderer
-
-        return get_renderer(format)(self, **options)
+        return rendering.view("report", format)(self, **options)
 
     def save(self, path, format: str | None = None, **options: Any) -> None:
         """Write the report to ``path`` atomically, in ``format`` or the one its extension
         names (.json, .md, .xml, .html, .sarif)."""
-        from pathlib import Path
-
-        from bncheck.backends.output import write_atomically
-        from bncheck.formats import format_for_path
-
         path = Path(path)
-        text = self.render(format or format_for_path(path), **options)
+        text = self.render(format or rendering.view("extension", str(path)), **options)
         write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def plot(self, layer: str | None = None):
         """A matplotlib Figure: the per-layer drift chart, or with ``layer`` the per-channel
         scatter plots of that layer (drift reports; needs ``bncheck[report]``)."""
-        from bncheck.formats import plot
-
-        return plot.drift_figure(self) if layer is None else plot.channel_figure(self, layer)
+        if layer is None:
+            return rendering.view("figure", "drift")(self)
+        return rendering.view("figure", "channels")(self, layer)
 
     def with_baseline(self, baseline, *, tolerance: float | None = None) -> Report:
         """Compare the findings with ``baseline`` (a JSON report path, a saved-statistics file
@@ -171,9 +167,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         """Notebook display: summary, layers and findings (no charts)."""
-        from bncheck.formats.html import render_fragment
-
-        return render_fragment(self)
+        return rendering.view("fragment", "html")(self)
 
 
 def _flatten(item: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from bncheck._version import __version__
+from bncheck.backends.output import write_atomically
 from bncheck.errors import DataError, OutputError, UsageError
 from bncheck.numerics.moments import Moments, merge
 
@@ -46,6 +47,9 @@ _VOLATILE = ("arrays_in_files", "read_as", "dropped_columns", "pipeline", "size_
 _SIGNATURE_KEYS = ("kind", "sample_shape", "model_input", "preprocessing", "nonfinite_policy")
 #: the counts of ``Dataset.describe()`` that add up over parts
 _SUMMED = ("files", "samples", "samples_available", "skipped_files", "nonfinite_samples")
+SUFFIXES = (".npz", ".parquet")
+#: the per-channel columns of a parquet statistics file
+PARQUET_FIELDS = ("data_count", "data_mean", "data_var", "data_m2", "running_mean", "running_var")
 
 
 def signature(describe: dict[str, Any]) -> dict[str, Any]:
@@ -78,9 +82,10 @@ def part_metadata(
 
 @dataclass
 class StatsFile:
-    """A statistics file, read."""
+    """A statistics file: the per-layer moments of the data, the model's running statistics
+    where saved, and the metadata (see the module docstring)."""
 
-    path: Path
+    path: Path | None
     meta: dict[str, Any]
     moments: dict[str, Moments]
     #: layer -> (running_mean, running_var) of the model, where saved
@@ -91,48 +96,127 @@ class StatsFile:
         return [(int(a), int(b)) for a, b in self.meta.get("ranges", [])]
 
 
-def read_stats(path: str | Path, *, arrays: bool = True) -> StatsFile:
-    """Read a ``--save-stats`` / ``bncheck merge`` ``.npz`` file; DataError when it is not one.
-    ``arrays=False`` reads the metadata only (the moments stay on disk, ``moments`` is empty)."""
+def measured(layers, moments: dict[str, Moments], meta: dict[str, Any]) -> StatsFile:
+    """The statistics file of one measurement: the moments of ``layers`` (network order) and
+    their running statistics."""
+    names = [layer.name for layer in layers if layer.name in moments]
+    running = {
+        layer.name: (layer.running_mean, layer.running_var)
+        for layer in layers
+        if layer.name in moments and layer.has_running_stats
+    }
+    return StatsFile(None, meta, {n: moments[n] for n in names}, running)
+
+
+def _suffix(path: Path, what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{what} {path}: statistics files are .npz or .parquet.")
+    return suffix
+
+
+def read_stats(path: str | Path, *, arrays: bool = True, mergeable: bool = True) -> StatsFile:
+    """Read a ``drift --save-stats`` / ``bncheck merge`` file (``.npz`` or ``.parquet``);
+    DataError when it is not one. ``arrays=False`` reads the metadata only (``moments`` stays
+    empty); ``mergeable`` also requires the metadata that merging parts needs."""
     path = Path(path)
-    if path.suffix.lower() != ".npz":
-        raise UsageError(f"{path}: statistics parts are .npz files (write them with --save-stats part.npz).")
+    suffix = _suffix(path, "statistics file")
     if not path.is_file():
         raise DataError(f"statistics file {path} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as archive:  # members are read on access only
-            content = {key: archive[key] for key in archive.files if arrays or key == "__meta__"}
-    except Exception as exc:  # noqa: BLE001 - zipfile, numpy and OS errors of a foreign file
-        raise DataError(f"{path} is not a readable .npz statistics file ({type(exc).__name__}); pass a file written by drift --save-stats.") from exc
-    try:
-        meta = json.loads(str(content.pop("__meta__")))
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"{path} has no bncheck metadata; pass a file written by drift --save-stats.") from exc
+        meta, columns = _read_npz(path, arrays) if suffix == ".npz" else _read_parquet(path, arrays)
+    except (DataError, UsageError):
+        raise
+    except ImportError as exc:
+        raise UsageError(f"reading {path} needs pyarrow; install `bncheck[parquet]`.") from exc
+    except Exception as exc:  # noqa: BLE001 - zipfile, numpy, arrow and OS errors of a foreign file
+        raise DataError(
+            f"{path} cannot be read as saved statistics ({type(exc).__name__}); pass a file written by drift --save-stats."
+        ) from exc
+    if mergeable:
+        _check_meta(path, meta)
+    moments, running = {}, {}
+    for name in _layer_names(meta, columns) if arrays else []:
+        fields = columns.get(name, {})
+        try:
+            moments[name] = Moments(int(fields["data_count"]), fields["data_mean"], fields["data_m2"])
+        except KeyError as exc:
+            raise DataError(f"{path} lacks the statistics of layer {name} ({exc.args[0]}); the file is damaged.") from exc
+        if "running_mean" in fields and "running_var" in fields:
+            running[name] = (fields["running_mean"], fields["running_var"])
+    if arrays and not moments:
+        raise DataError(f"{path} holds no per-layer statistics; pass a file written by drift --save-stats.")
+    return StatsFile(path, meta, moments, running)
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
     if meta.get("format") != STATS_FORMAT or "listing_sha256" not in meta:
         raise DataError(f"{path} lacks the metadata of mergeable statistics (written by an older bncheck?); run drift --save-stats again.")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise DataError(f"{path} was written by a newer bncheck (statistics format {meta['format_version']}); upgrade bncheck.")
-    moments, running = {}, {}
-    for entry in meta["layers"] if arrays else []:
-        name = entry["name"]
-        try:
-            moments[name] = Moments(int(content[f"{name}/data_count"]), content[f"{name}/data_mean"], content[f"{name}/data_m2"])
-        except KeyError as exc:
-            raise DataError(f"{path} lacks the statistics of layer {name} ({exc.args[0]}); the file is damaged.") from exc
-        if f"{name}/running_mean" in content:
-            running[name] = (content[f"{name}/running_mean"], content[f"{name}/running_var"])
-    return StatsFile(path, meta, moments, running)
+
+
+def _layer_names(meta: dict[str, Any], columns: dict[str, dict[str, Any]]) -> list[str]:
+    listed = [entry["name"] for entry in meta.get("layers", []) if isinstance(entry, dict) and "name" in entry]
+    return listed or list(columns)
+
+
+def _read_npz(path: Path, arrays: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    with np.load(path, allow_pickle=False) as archive:  # members are read on access only
+        content = {key: archive[key] for key in archive.files if arrays or key == "__meta__"}
+    try:
+        meta = json.loads(str(content.pop("__meta__")))
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{path} has no bncheck metadata; pass a file written by drift --save-stats.") from exc
+    columns: dict[str, dict[str, Any]] = {}
+    for key, value in content.items():
+        layer, _, name = key.rpartition("/")
+        if layer:
+            columns.setdefault(layer, {})[name] = value
+    return meta, columns
+
+
+def _read_parquet(path: Path, arrays: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    meta = dict(frame.attrs.get("bncheck", {}))
+    missing = {"layer", "channel", *PARQUET_FIELDS} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path} lacks the columns {', '.join(sorted(missing))}; pass a file written by drift --save-stats.")
+    columns: dict[str, dict[str, Any]] = {}
+    if arrays:
+        for name, group in frame.sort_values(["layer", "channel"], kind="stable").groupby("layer", sort=False):
+            fields = {k: group[k].to_numpy(np.float64) for k in PARQUET_FIELDS if k != "data_count"}
+            fields["data_count"] = int(group["data_count"].iloc[0])
+            if np.isnan(fields["running_mean"]).all():
+                del fields["running_mean"], fields["running_var"]
+            columns[str(name)] = fields
+    return meta, columns
 
 
 def write_stats(path: str | Path, stats: StatsFile, *, force: bool = False) -> None:
-    """Write ``stats`` as ``.npz`` atomically, in the layout of ``drift --save-stats``."""
-    from bncheck.backends.output import write_atomically
-
+    """Write ``stats`` atomically as ``.npz`` (keys ``layer/field`` and ``__meta__``) or
+    ``.parquet`` (one row per layer and channel, the metadata in the frame's attributes)."""
     path = Path(path)
-    if path.suffix.lower() != ".npz":
-        raise UsageError(f"-o {path}: merged statistics are written as .npz.")
+    suffix = _suffix(path, "statistics file")
     if path.exists() and not force:
         raise OutputError(f"{path} exists; pass --force to overwrite it.")
+    if suffix == ".npz":
+        write_atomically(path, lambda tmp: _write_npz(tmp, stats))
+    else:
+        frame = _frame(stats)
+
+        def writer(tmp: str) -> None:
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError as exc:
+                raise UsageError("writing parquet needs pyarrow; install `bncheck[parquet]` or use .npz.") from exc
+
+        write_atomically(path, writer)
+
+
+def _write_npz(tmp: str, stats: StatsFile) -> None:
     arrays: dict[str, np.ndarray] = {}
     for name, m in stats.moments.items():
         arrays[f"{name}/data_count"] = np.asarray(m.count, dtype=np.int64)
@@ -141,13 +225,30 @@ def write_stats(path: str | Path, stats: StatsFile, *, force: bool = False) -> N
         arrays[f"{name}/data_m2"] = m.m2
         if name in stats.running:
             arrays[f"{name}/running_mean"], arrays[f"{name}/running_var"] = stats.running[name]
-    meta = np.asarray(json.dumps(stats.meta, sort_keys=True))
+    with open(tmp, "wb") as handle:
+        np.savez(handle, __meta__=np.asarray(json.dumps(stats.meta, sort_keys=True)), **arrays)
 
-    def writer(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, __meta__=meta, **arrays)
 
-    write_atomically(path, writer)
+def _frame(stats: StatsFile):
+    import pandas as pd
+
+    rows = []
+    for name, m in stats.moments.items():
+        mean, var = stats.running.get(name, (None, None))
+        for c in range(len(m.mean)):
+            rows.append({
+                "layer": name,
+                "channel": c,
+                "data_count": int(m.count),
+                "data_mean": float(m.mean[c]),
+                "data_var": float(m.var[c]),
+                "data_m2": float(m.m2[c]),
+                "running_mean": float(mean[c]) if mean is not None else np.nan,
+                "running_var": float(var[c]) if var is not None else np.nan,
+            })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.attrs["bncheck"] = stats.meta
+    return frame
 
 
 # ---------------------------------------------------------------------------- merging
@@ -286,6 +387,8 @@ def _merged_describe(describes: list[dict], meta: dict) -> dict:
 def merge_files(paths: list[str | Path], out: str | Path, *, partial: bool = False, force: bool = False) -> StatsFile:
     """``bncheck merge``: read, check and merge the parts and write ``out``."""
     out = Path(out)
+    if out.suffix.lower() != ".npz":
+        raise UsageError(f"-o {out}: merged statistics are written as .npz.")
     resolved = {Path(p).resolve() for p in paths}
     if out.resolve() in resolved:
         raise OutputError(f"-o {out} is one of the parts; write the merged statistics to a new file.")
@@ -302,7 +405,7 @@ def merge_files(paths: list[str | Path], out: str | Path, *, partial: bool = Fal
 def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, Any], list[str]]:
     """``drift --stats``: the :class:`~bncheck.engines.measure.Measurement` a data pass would have given
     (moments and samples; no subsample), the data description, and notes for the report."""
-    from bncheck.commands.drift import Measurement
+    from bncheck.engines.measure import Measurement
 
     stats = read_stats(path)
     meta = stats.meta

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from bncheck.report.finding import Severity
+from bncheck.rules.finding import Severity
 from bncheck.rules.registry import RuleContext, rule
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from bncheck.errors import UsageError
 from bncheck.layer import BNLayer
-from bncheck.report.finding import Finding, Severity
+from bncheck.rules.finding import Finding, Severity
 
 
 @dataclass

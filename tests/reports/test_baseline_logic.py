@@ -10,7 +10,7 @@ from reports_support import DIGITS, SAMPLES, invoke
 
 from bncheck.report.baseline import DEFAULT_TOLERANCE, apply_baseline, compare, match
 from bncheck.report.diff import diff
-from bncheck.report.finding import Finding, Severity
+from bncheck.rules.finding import Finding, Severity
 from bncheck.report.io import load_report
 
 

@@ -14,7 +14,7 @@ from reports_support import SAMPLES, invoke
 jsonschema = pytest.importorskip("jsonschema")
 
 from bncheck.formats.sarif import artifact_location, to_sarif  # noqa: E402
-from bncheck.report.finding import Finding, Severity  # noqa: E402
+from bncheck.rules.finding import Finding, Severity  # noqa: E402
 from bncheck.report.io import load_report  # noqa: E402
 
 NAMES = ["audit_onnx", "audit_broken", "drift_shifted", "drift_csv", "fold_onnx", "recalibrate_onnx"]
