@@ -20,6 +20,9 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+#: fixtures shared by test folders (tests/support/*_fixtures.py), one place for all
+pytest_plugins = ["support.fold_fixtures", "support.engine_fixtures", "support.report_fixtures"]
+
 #: An architecture module written to disk, so that ``--arch file.py:factory`` and
 #: ``--arch module:factory`` have something real to import and whole-module pickles have an
 #: importable class. ``tiny_cnn()`` takes (N, 1, 8, 8) input.

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("jsonschema")
 
-from contract_schema import validate_report  # noqa: E402
+from support.contract_schema import validate_report  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

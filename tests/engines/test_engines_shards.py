@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from statistics_match import assert_statistics_match  # tests/engines/statistics_match.py
+from support.statistics_match import assert_statistics_match
 from typer.testing import CliRunner
 
 from bncheck.cli.app import app

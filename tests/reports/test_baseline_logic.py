@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from reports_support import DIGITS, SAMPLES, invoke
+from support.reports_support import DIGITS, SAMPLES, invoke
 
 from bncheck.report.baseline import DEFAULT_TOLERANCE, apply_baseline, compare, match
 from bncheck.report.diff import diff

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from reports_support import ROOT
+from support.reports_support import ROOT
 
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("matplotlib")

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from reports_support import DIGITS, SAMPLES, invoke
+from support.reports_support import DIGITS, SAMPLES, invoke
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")

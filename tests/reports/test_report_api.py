@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from reports_support import DIGITS, SAMPLES, invoke
+from support.reports_support import DIGITS, SAMPLES, invoke
 
 import bncheck
 from bncheck.formats.bars import bar, drift_level, sparkline

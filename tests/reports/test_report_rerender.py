@@ -8,7 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from reports_support import invoke
+from support.reports_support import invoke
 
 from bncheck.report.io import load_report, report_from_dict
 from bncheck.report.report import Report

@@ -15,8 +15,8 @@ jsonschema = pytest.importorskip("jsonschema")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/contract_schema.py
 
-from contract_schema import REPORT_SCHEMA, validate_report  # noqa: E402
-from reports_support import invoke  # noqa: E402
+from support.contract_schema import REPORT_SCHEMA, validate_report  # noqa: E402
+from support.reports_support import invoke  # noqa: E402
 
 from bncheck.report.schema import consistency_problems, load_schema, problems, schema_text  # noqa: E402
 

@@ -9,7 +9,7 @@ import json
 from importlib import resources
 
 import pytest
-from reports_support import SAMPLES, invoke
+from support.reports_support import SAMPLES, invoke
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -4,7 +4,7 @@ bundled sample models, made once per test session (per xdist worker) through the
 from __future__ import annotations
 
 import pytest
-from reports_support import Run, make_runs
+from support.reports_support import Run, make_runs
 
 
 @pytest.fixture(scope="session")
