@@ -16,6 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_import_linter_contracts_are_kept():
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     if not Path(lint).exists():
-        pytest.fail("lint-imports is not installed: pip install -e '.[test]' (import-linter)")
+        pytest.fail("lint-imports is not installed: pip install -r requirements/test.txt (import-linter)")
     result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
