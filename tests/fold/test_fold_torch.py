@@ -312,3 +312,14 @@ def test_speedup_is_measured():
     assert timing["runtime"] == "torch eager" and timing["rounds"] >= 3
     assert timing["original_ms"] > 0 and timing["folded_ms"] > 0
     assert report.extras["fold"]["speedup"] == pytest.approx(timing["original_ms"] / timing["folded_ms"], rel=1e-2)
+
+
+def test_exported_convtranspose1d_folds_like_the_inventory_says(randomize_bn):
+    """torch.export writes ConvTranspose1d as aten.conv_transpose1d.default (2d/3d: .input);
+    the inventory called it foldable, and fold must fold it too."""
+    model = randomize_bn(nn.Sequential(nn.ConvTranspose1d(3, 4, 3), nn.BatchNorm1d(4)), seed=3)
+    x = torch.randn(2, 3, 5)
+    program = torch.export.export(model, (x,))
+    report = fold(program, timing=False)
+    assert _status(report) == {"1": "folded"}
+    assert report.layer_extras["1"]["fold"]["into"] == "0"

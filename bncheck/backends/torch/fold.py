@@ -123,7 +123,7 @@ def _producer_signature(target) -> tuple[str, int, int | None] | None:
     for dims in ("1d", "2d", "3d"):
         if name in (f"aten.conv{dims}.default", f"aten.conv{dims}.padding"):
             return "conv", 6, None
-        if name == f"aten.conv_transpose{dims}.input":
+        if name in (f"aten.conv_transpose{dims}.input", f"aten.conv_transpose{dims}.default"):
             return "convtranspose", 6, None
     if name == "aten.linear.default":
         return "linear", -1, None
