@@ -20,7 +20,8 @@ from torch.nn import functional as F  # noqa: E402
 
 from bncheck.backends import load_model  # noqa: E402
 from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
-from bncheck.backends.torch.source import ExportSource, TorchModuleSource  # noqa: E402
+from bncheck.backends.torch.export_source import ExportSource  # noqa: E402
+from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
 from bncheck.errors import DataError, UsageError  # noqa: E402
 from bncheck.numerics.moments import Moments  # noqa: E402
 

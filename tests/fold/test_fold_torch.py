@@ -12,19 +12,19 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval  # noqa: E402
 
-from bncheck.backends.torch.fold import ChannelAffine  # noqa: E402
+from bncheck.backends.torch.channel_affine import ChannelAffine  # noqa: E402
 from bncheck.commands.fold import fold  # noqa: E402
 
 
 def _fold(model, shape, **kw):
     """Fold with the API (nothing written) and return (report, folded module)."""
-    from bncheck.backends.torch import fold as torch_fold
+    from bncheck.backends.torch.fold_module import fold_module
     from bncheck.backends.torch.source import TorchModuleSource
 
     report = fold(model, input_shape=shape, timing=False, **kw)
     source = TorchModuleSource(model, path=None, format="module")
     example = (torch.randn(*shape),)
-    folded = torch_fold.fold_module(model, source.bn_layers(), affine=kw.get("affine", False), example=example)
+    folded = fold_module(model, source.bn_layers(), affine=kw.get("affine", False), example=example)
     assert {k: v.status for k, v in folded.outcomes.items()} == {k: e["fold"]["status"] for k, e in report.layer_extras.items()}
     return report, folded.model
 
