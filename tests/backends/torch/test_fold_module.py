@@ -1,4 +1,4 @@
-"""bncheck fold on PyTorch modules: checked against the unfolded model and, where it applies,
+"""Folding PyTorch modules (fold_module and the fold API on nn.Modules and programs): checked against the unfolded model and, where it applies,
 against torch.nn.utils.fusion."""
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ def _no_bn(module) -> bool:
     from torch.nn.modules.batchnorm import _BatchNorm
 
     return not any(isinstance(m, _BatchNorm) for m in module.modules())
-
-
-# ------------------------------------------------------------------------------ conv family
 
 
 def test_grouped_and_depthwise_conv_match_torch_fusion(randomize_bn):
@@ -162,9 +159,6 @@ def test_affine_false_bn(randomize_bn):
     _same(model, folded, torch.randn(2, 2, 5, 5))
 
 
-# ------------------------------------------------------------------------------ linear
-
-
 def test_bn1d_after_linear_on_nc_matches_torch_fusion(randomize_bn):
     model = randomize_bn(nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, eps=1e-3), nn.ReLU(), nn.Linear(4, 2)))
     report, folded = _fold(model, (5, 6))
@@ -183,9 +177,6 @@ def test_bn1d_after_linear_on_ncl_is_kept(randomize_bn):
     _same(model, folded, torch.randn(3, 4, 4))
     report = fold(model, input_shape="2,4,4", affine=True, timing=False)
     assert _status(report) == {"1": "affine"} and report.extras["verification"]["passed"]
-
-
-# ------------------------------------------------------------------------------ BN variants
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
