@@ -5,7 +5,7 @@ Flow: load MODEL -> choose the output kind (``--to`` or OUT's extension; ``.pt``
 the input's kind) and guard the paths -> refuse defective statistics (BN001, BN002, BN004)
 unless ``force`` -> verification inputs (``verify`` DATA, or random inputs of the model's
 input shape) -> fold with the backend (:mod:`~bncheck.backends.onnx.fold`,
-:mod:`~bncheck.backends.torch.fold`) -> convert to the output kind -> run original and folded
+:mod:`~bncheck.backends.torch.fold_module`) -> convert to the output kind -> run original and folded
 on the same inputs (errors as defined in :mod:`bncheck.numerics.verify`) -> time both ->
 write OUT atomically -> one :class:`~bncheck.report.report.Report`.
 

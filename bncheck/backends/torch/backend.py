@@ -25,11 +25,15 @@ from bncheck.backends.interface import (
 from bncheck.backends.onnx import fold as onnx_fold
 from bncheck.backends.onnx.write import write_onnx
 from bncheck.backends.runner import ModelRunner
-from bncheck.backends.torch import fold as torch_fold
-from bncheck.backends.torch import statistics, write
+from bncheck.backends.torch import execute, statistics, write
+from bncheck.backends.torch.convert import convert
+from bncheck.backends.torch.counts import node_count, parameter_count
+from bncheck.backends.torch.export_source import ExportSource
+from bncheck.backends.torch.fold_export import example_inputs, fold_export
+from bncheck.backends.torch.fold_module import fold_module
+from bncheck.backends.torch.fold_script import fold_torchscript
 from bncheck.backends.torch.source import (
     NEEDS_ARCH,
-    ExportSource,
     StateDictSource,
     TorchModuleSource,
     load_torch_model,
@@ -58,7 +62,7 @@ class TorchBackend(Backend):
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         if not isinstance(source, ExportSource):
             return None
-        example = torch_fold.example_inputs(source.program)
+        example = example_inputs(source.program)
         if example is None:
             return None
         args, kwargs = example
@@ -91,15 +95,15 @@ class TorchBackend(Backend):
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
         layers = source.bn_layers()
-        tensors = torch_fold.as_tensors(example)
+        tensors = execute.as_tensors(example)
         if source.format == "torchscript":
-            result = torch_fold.fold_torchscript(source.module, layers)
+            result = fold_torchscript(source.module, layers)
             if affine:
                 result.notes.append("--affine is not available for TorchScript inputs (torch.jit.freeze folds what it can)")
             return result
         if isinstance(source, ExportSource):
-            return torch_fold.fold_export(source.program, layers, affine=affine, example=tensors)
-        return torch_fold.fold_module(
+            return fold_export(source.program, layers, affine=affine, example=tensors)
+        return fold_module(
             source.module, layers, affine=affine, swap_only=kind in ("state-dict", "pickle"), example=tensors
         )
 
@@ -107,7 +111,7 @@ class TorchBackend(Backend):
         if kind in ("module", "state-dict", "pickle"):
             return folded.model, []
         try:
-            return torch_fold.convert(folded.model, kind, torch_fold.as_tensors(example))
+            return convert(folded.model, kind, execute.as_tensors(example))
         except BncheckError:
             raise
         except Exception as exc:
@@ -120,11 +124,11 @@ class TorchBackend(Backend):
         if kind == "onnx":
             return onnx_fold.ort_runner(model, optimize=optimize)
         if isinstance(model, ModelSource):
-            return torch_fold.runner(torch_fold.original_callable(model))
-        return torch_fold.runner(torch_fold.callable_of(model))
+            return execute.runner(execute.original_callable(model))
+        return execute.runner(execute.callable_of(model))
 
     def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch):
-        a, b = torch_fold.timed_pair(source, folded.model, batch)
+        a, b = execute.timed_pair(source, folded.model, batch)
         return a, b, "torch (TorchScript)" if source.format == "torchscript" else "torch eager"
 
     def fold_notes(self, source: ModelSource) -> list[str]:
@@ -184,7 +188,7 @@ class TorchBackend(Backend):
             model = model.module
         if model is None:
             return None, None
-        return torch_fold.parameter_count(model), torch_fold.node_count(model)
+        return parameter_count(model), node_count(model)
 
     def protected_paths(self, source: ModelSource) -> list[Path]:
         return [Path(source.path)] if source.path is not None else []

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bncheck.backends.torch.fold import ChannelAffine
+from bncheck.backends.torch.channel_affine import ChannelAffine
+from bncheck.backends.torch.inventory import is_bn_module
 from bncheck.backends.torch.loading import load_safetensors, torch_load, unwrap_checkpoint
-from bncheck.backends.torch.source import is_bn_module
 
 
 def load_folded_state_dict(model, path: str | Path):

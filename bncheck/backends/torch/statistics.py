@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from bncheck.backends.interface import ModelSource, Statistics, check_shapes
-from bncheck.backends.torch.source import ExportSource, TorchModuleSource
+from bncheck.backends.torch.export_source import ExportSource
+from bncheck.backends.torch.source import TorchModuleSource
 from bncheck.errors import UsageError
 
 

@@ -1,4 +1,4 @@
-"""bncheck fold on PyTorch modules: checked against the unfolded model and, where it applies,
+"""Folding PyTorch modules (fold_module and the fold API on nn.Modules and programs): checked against the unfolded model and, where it applies,
 against torch.nn.utils.fusion."""
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval  # noqa: E402
 
-from bncheck.backends.torch.fold import ChannelAffine  # noqa: E402
+from bncheck.backends.torch.channel_affine import ChannelAffine  # noqa: E402
 from bncheck.commands.fold import fold  # noqa: E402
 
 
 def _fold(model, shape, **kw):
     """Fold with the API (nothing written) and return (report, folded module)."""
-    from bncheck.backends.torch import fold as torch_fold
+    from bncheck.backends.torch.fold_module import fold_module
     from bncheck.backends.torch.source import TorchModuleSource
 
     report = fold(model, input_shape=shape, timing=False, **kw)
     source = TorchModuleSource(model, path=None, format="module")
     example = (torch.randn(*shape),)
-    folded = torch_fold.fold_module(model, source.bn_layers(), affine=kw.get("affine", False), example=example)
+    folded = fold_module(model, source.bn_layers(), affine=kw.get("affine", False), example=example)
     assert {k: v.status for k, v in folded.outcomes.items()} == {k: e["fold"]["status"] for k, e in report.layer_extras.items()}
     return report, folded.model
 
@@ -45,9 +45,6 @@ def _no_bn(module) -> bool:
     from torch.nn.modules.batchnorm import _BatchNorm
 
     return not any(isinstance(m, _BatchNorm) for m in module.modules())
-
-
-# ------------------------------------------------------------------------------ conv family
 
 
 def test_grouped_and_depthwise_conv_match_torch_fusion(randomize_bn):
@@ -162,9 +159,6 @@ def test_affine_false_bn(randomize_bn):
     _same(model, folded, torch.randn(2, 2, 5, 5))
 
 
-# ------------------------------------------------------------------------------ linear
-
-
 def test_bn1d_after_linear_on_nc_matches_torch_fusion(randomize_bn):
     model = randomize_bn(nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, eps=1e-3), nn.ReLU(), nn.Linear(4, 2)))
     report, folded = _fold(model, (5, 6))
@@ -183,9 +177,6 @@ def test_bn1d_after_linear_on_ncl_is_kept(randomize_bn):
     _same(model, folded, torch.randn(3, 4, 4))
     report = fold(model, input_shape="2,4,4", affine=True, timing=False)
     assert _status(report) == {"1": "affine"} and report.extras["verification"]["passed"]
-
-
-# ------------------------------------------------------------------------------ BN variants
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -312,3 +303,14 @@ def test_speedup_is_measured():
     assert timing["runtime"] == "torch eager" and timing["rounds"] >= 3
     assert timing["original_ms"] > 0 and timing["folded_ms"] > 0
     assert report.extras["fold"]["speedup"] == pytest.approx(timing["original_ms"] / timing["folded_ms"], rel=1e-2)
+
+
+def test_exported_convtranspose1d_folds_like_the_inventory_says(randomize_bn):
+    """torch.export writes ConvTranspose1d as aten.conv_transpose1d.default (2d/3d: .input);
+    the inventory called it foldable, and fold must fold it too."""
+    model = randomize_bn(nn.Sequential(nn.ConvTranspose1d(3, 4, 3), nn.BatchNorm1d(4)), seed=3)
+    x = torch.randn(2, 3, 5)
+    program = torch.export.export(model, (x,))
+    report = fold(program, timing=False)
+    assert _status(report) == {"1": "folded"}
+    assert report.layer_extras["1"]["fold"]["into"] == "0"

@@ -1,0 +1,194 @@
+"""Reading PyTorch files: TorchScript constants, checkpoint layouts, safetensors, state dicts
+with and without --arch, --trust-pickle, and damaged or mismatched torch files (exit 2, one line)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bncheck.backends import load_model  # noqa: E402
+from bncheck.errors import ModelLoadError  # noqa: E402
+
+BN_NAMES = ["bn1", "bn2", "bn3"]
+
+
+@pytest.fixture
+def example():
+    return torch.rand(2, 1, 8, 8)
+
+
+def _torch_stats(model):
+    return [
+        (m.running_mean.double().numpy(), m.running_var.double().numpy(), m.weight.double().detach().numpy())
+        for m in (model.bn1, model.bn2, model.bn3)
+    ]
+
+
+def test_traced_torchscript_reads_eps_and_momentum_from_the_graph(tmp_path, save_model, calibrate, example):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, bias=False),
+        torch.nn.BatchNorm2d(3, eps=1e-3, momentum=0.05),
+        torch.nn.ReLU(),
+    )
+    calibrate(model, (4, 1, 8, 8))
+    path = save_model(model, tmp_path, "trace", example)
+    loaded = torch.jit.load(str(path))
+    assert not hasattr(getattr(loaded, "1"), "eps")  # tracing dropped the attribute: only the graph has it
+    (layer,) = load_model(path).bn_layers()
+    assert layer.eps == pytest.approx(1e-3)
+    assert layer.momentum == pytest.approx(0.05)
+    assert layer.assumed == []
+    assert (layer.producer, layer.producer_kind, layer.foldable) == ("0", "conv", True)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 7},
+        lambda sd: {"model": {f"_orig_mod.{k}": v for k, v in sd.items()}, "optimizer": {"lr": 0.1}},
+        lambda sd: {"checkpoint_version": 2, "model": {"state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}}},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+    ],
+    ids=["state_dict+ddp", "model+compile", "nested+both", "bare+ddp"],
+)
+def test_checkpoint_layouts_unwrap_to_the_same_layers(tmp_path, tiny_cnn, layout):
+    path = tmp_path / "checkpoint.pth"
+    torch.save(layout(tiny_cnn.state_dict()), path)
+    layers = load_model(path).bn_layers()
+    assert [layer.name for layer in layers] == BN_NAMES
+    assert [layer.num_batches_tracked for layer in layers] == [4, 4, 4]
+    np.testing.assert_allclose(layers[1].running_var, tiny_cnn.bn2.running_var.double().numpy())
+
+
+def test_safetensors_with_wrapper_prefixes(tmp_path, tiny_cnn):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({f"module._orig_mod.{k}": v.contiguous() for k, v in tiny_cnn.state_dict().items()}, str(path))
+    assert [layer.name for layer in load_model(path).bn_layers()] == BN_NAMES
+
+
+def test_state_dict_without_arch_has_unknown_producers_and_assumed_eps(tmp_path, tiny_cnn, save_model):
+    source = load_model(save_model(tiny_cnn, tmp_path, "state_dict"))
+    for layer in source.bn_layers():
+        assert layer.foldable is None and layer.producer is None
+        assert "eps" in layer.assumed
+    assert any("--arch" in note for note in source.notes)
+
+
+@pytest.mark.parametrize("by", ["module", "file"])
+@pytest.mark.parametrize("fmt", ["state_dict", "safetensors", "checkpoint"])
+def test_arch_rebuilds_the_graph(tmp_path, tiny_cnn, save_model, arch_module, by, fmt):
+    path = save_model(tiny_cnn, tmp_path, fmt)
+    source = load_model(path, arch=arch_module.spec("tiny_cnn", by=by))
+    assert source.format == "state_dict"
+    layers = source.bn_layers()
+    assert [(layer.name, layer.producer, layer.producer_kind, layer.foldable) for layer in layers] == [
+        ("bn1", "conv1", "conv", True),
+        ("bn2", "conv2", "conv", True),
+        ("bn3", "fc1", "linear", True),
+    ]
+    assert layers[0].assumed == []  # eps comes from the rebuilt module now
+    np.testing.assert_array_equal(layers[2].running_mean, tiny_cnn.bn3.running_mean.double().numpy())
+
+
+def test_pickled_module_needs_trust_pickle(tmp_path, tiny_cnn, save_model, cli, assert_usage_error):
+    path = save_model(tiny_cnn, tmp_path, "pickle")
+    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+        load_model(path)
+    assert_usage_error(cli("audit", path), "--trust-pickle")
+    result = cli("audit", path, "--trust-pickle", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert '"format": "pickle"' in result.stdout
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
+def test_truncated_torch_zip(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, keep):
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    assert_usage_error(cli("audit", path), str(path))
+
+
+def test_damaged_member_inside_an_intact_zip(tmp_path, tiny_cnn, save_model, cli, assert_usage_error):
+    source = save_model(tiny_cnn, tmp_path, "state_dict")
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(damaged, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            payload = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                payload = payload[: len(payload) // 2]
+            zout.writestr(item, payload)
+    assert_usage_error(cli("audit", damaged), str(damaged))
+
+
+def test_zip_that_is_not_pytorch(tmp_path, cli, assert_usage_error):
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    assert_usage_error(cli("audit", path), "not a PyTorch one")
+
+
+def test_torch_file_without_weights(tmp_path, cli, assert_usage_error):
+    path = tmp_path / "meta.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    assert_usage_error(cli("audit", path), "without model weights")
+
+
+@pytest.mark.parametrize(
+    "factory, needle",
+    [
+        ("NOT_CALLABLE", "not callable"),
+        ("not_a_module", "not a torch.nn.Module"),
+        ("raises", "factory exploded"),
+        ("no_such_factory", "has no attribute"),
+    ],
+)
+@pytest.mark.parametrize("by", ["module", "file"])
+def test_bad_arch_factory(tmp_path, tiny_cnn, save_model, arch_module, cli, assert_usage_error, factory, needle, by):
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    assert_usage_error(cli("audit", path, "--arch", arch_module.spec(factory, by=by)), "--arch", needle)
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("no_such_package_xyz.models:build", "cannot import module no_such_package_xyz.models"),
+        ("missing_dir/arch.py:build", "does not exist"),
+        ("just_a_name", "must look like"),
+    ],
+)
+def test_arch_that_cannot_be_imported(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, spec, needle):
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    assert_usage_error(cli("audit", path, "--arch", spec), needle)
+
+
+def test_arch_file_that_fails_to_import(tmp_path, tiny_cnn, save_model, cli, assert_usage_error):
+    broken = tmp_path / "broken_arch.py"
+    broken.write_text("import torch\nraise ImportError('needs timm')\n")
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    assert_usage_error(cli("audit", path, "--arch", f"{broken}:build"), "importing", "needs timm")
+
+
+def test_state_dict_keys_do_not_match_arch(tmp_path, tiny_cnn, save_model, arch_module, cli, assert_usage_error):
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    line = assert_usage_error(cli("audit", path, "--arch", arch_module.spec("other_net")), "does not match")
+    assert "missing" in line and "0.weight" in line  # names keys the architecture wants
+    assert "unexpected" in line and "conv1.weight" in line  # and keys the file has
+
+
+def test_state_dict_shape_mismatch(tmp_path, tiny_cnn, save_model, arch_module, cli, assert_usage_error):
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    assert_usage_error(
+        cli("audit", path, "--arch", arch_module.spec("wider_cnn")), "conv1.weight", "(4, 1, 3, 3)", "(4, 1, 5, 5)"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["script", "export", "onnx"])
+def test_arch_refused_for_formats_that_carry_their_graph(tmp_path, tiny_cnn, save_model, arch_module, example, cli, assert_usage_error, fmt):
+    path = save_model(tiny_cnn, tmp_path, fmt, example)
+    assert_usage_error(cli("audit", path, "--arch", arch_module.spec()), "--arch")
