@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bncheck.backends.onnx import runner as onnx_runner
+from bncheck.backends.onnx.one_pass import MAX_RECENTRES
 from bncheck.backends.onnx.source import OnnxSource
 
 
@@ -113,7 +113,7 @@ def test_near_running_stats_the_first_shift_holds_and_no_size_op_is_added():
             _, moments = runner.moments(x)
             assert_exact_moments(moments["bn"], bn_input(model, x))
         assert runner.recentres == 0 and runner.one_pass_layers == ["bn"]
-        ops = [node.op_type for node in runner._moments_model().graph.node]
+        ops = [node.op_type for node in runner.moments_graph().graph.node]
     assert "Size" not in ops and "Shape" not in ops and "Sub" not in ops
     assert ops.count("GlobalAveragePool") == 2 and "Add" in ops
 
@@ -138,13 +138,13 @@ def test_a_mean_that_keeps_moving_ends_on_the_two_pass_form():
     rng = np.random.default_rng(2)
     seen = []
     with OnnxSource(model, path=None).runner() as runner:
-        for k in range(onnx_runner._MAX_RECENTRES + 3):
+        for k in range(MAX_RECENTRES + 3):
             x = (100.0 * k + rng.normal(0, 1, (8, 3, 6, 6))).astype(np.float32)
             _, moments = runner.moments(x)
             assert_exact_moments(moments["bn"], bn_input(model, x))
             seen.append(runner.recentres)
         assert runner.one_pass_layers == []
-    assert seen[-1] == onnx_runner._MAX_RECENTRES + 1
+    assert seen[-1] == MAX_RECENTRES + 1
     assert seen[-1] == seen[-2]  # no rebuilds once on the two-pass form
 
 
@@ -182,7 +182,7 @@ def test_a_shape_inference_cannot_follow_gets_a_size_output_and_the_right_count(
             x64 = bn_input(model, x)
             assert x64.shape[-1] == (8 if sign > 0 else 4)
             assert_exact_moments(moments["bn"], x64)
-        ops = [node.op_type for node in runner._moments_model().graph.node]
+        ops = [node.op_type for node in runner.moments_graph().graph.node]
     assert ops.count("Size") == 1
 
 
@@ -192,7 +192,7 @@ def test_train_graph_uses_the_training_mode_kernel_from_opset_14(opset):
     x = np.random.default_rng(5).normal(0, 1, (8, 3, 6, 6)).astype(np.float32)
     with OnnxSource(model, path=None).runner() as runner:
         out, moments = runner.train_moments(x)
-        train_graph = runner._train_model()
+        train_graph = runner.train_graph()
     bn_nodes = [n for n in train_graph.graph.node if n.op_type == "BatchNormalization"]
     training = [n for n in bn_nodes if any(a.name == "training_mode" and a.i == 1 for a in n.attribute)]
     assert len(training) == (1 if opset >= 14 else 0)
@@ -220,8 +220,8 @@ def test_bn_before_a_max_pool_runs_on_the_pooled_tensor_with_the_same_outputs(ta
     model = conv_bn_model(tail=tail, gamma_signs=signs, running_mean=0.2)
     rng = np.random.default_rng(6)
     with OnnxSource(model, path=None).runner() as runner:
-        assert list(runner._pool_first) == ["bn"]
-        ops = [node.op_type for node in runner._moments_model().graph.node]
+        assert runner.pool_first_layers == ["bn"]
+        ops = [node.op_type for node in runner.moments_graph().graph.node]
         for _ in range(2):
             x = rng.normal(0, 1, (8, 3, 6, 6)).astype(np.float32)
             out, moments = runner.moments(x)
@@ -241,7 +241,7 @@ def test_a_relu_with_other_readers_keeps_the_plain_order():
     model = conv_bn_model(tail="relu_pool")
     model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
     with OnnxSource(model, path=None).runner() as runner:
-        assert runner._pool_first == {}
+        assert runner.pool_first_layers == []
         x = np.random.default_rng(8).normal(0, 1, (4, 3, 6, 6)).astype(np.float32)
         out, moments = runner.moments(x)
     np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-6, atol=1e-6)
@@ -257,7 +257,7 @@ def test_a_training_mode_bn_before_a_max_pool_is_not_pooled_first():
     bn.output.extend(["running_mean_out", "running_var_out"])  # required in training mode
     x = np.random.default_rng(9).normal(0, 1, (8, 3, 6, 6)).astype(np.float32)
     with OnnxSource(model, path=None).runner() as runner:
-        assert runner._pool_first == {}
+        assert runner.pool_first_layers == []
         out, moments = runner.moments(x)
     np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-5, atol=1e-5)
     assert_exact_moments(moments["bn"], bn_input(model, x))

@@ -19,7 +19,6 @@ numpy broadcasting).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -143,7 +142,7 @@ class _GraphFolder:
         if attrs.get("spatial", 1) == 0:
             problems.append("spatial=0 (per-activation statistics) is not a per-channel affine map")
         labels = ("scale", "B", "input_mean", "input_var")
-        for label, name in zip(labels, list(bn.input[1:5]) + [""] * 4):
+        for label, name in zip(labels, (list(bn.input[1:5]) + [""] * 4)[:4], strict=True):
             if not name or self.index.constant(name) is None:
                 problems.append(f"its {label} input is not a constant")
         for out in bn.output[1:]:
@@ -441,96 +440,3 @@ def _used_in_subgraphs(graph: onnx.GraphProto, name: str) -> bool:
         if path and any(name in node.input for node in g.node):
             return True
     return False
-
-
-# ------------------------------------------------------------------------------ figures
-
-
-def parameter_count(model: onnx.ModelProto) -> int:
-    """Elements stored in the model: initializers and Constant-node tensors, every graph."""
-    total = 0
-    for _, graph in iter_graphs(model.graph):
-        total += sum(int(np.prod(i.dims)) if i.dims else 1 for i in graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
-                for a in node.attribute:
-                    if a.name == "value":
-                        total += int(np.prod(a.t.dims)) if a.t.dims else 1
-                    elif a.name in ("value_floats", "value_ints"):
-                        total += len(a.floats) + len(a.ints)
-    return total
-
-
-def node_count(model: onnx.ModelProto) -> int:
-    return sum(len(g.node) for _, g in iter_graphs(model.graph))
-
-
-def uses_external_data(path: Path | None) -> bool:
-    """Whether the ONNX file at ``path`` keeps tensors in external files."""
-    if path is None:
-        return False
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    for _, graph in iter_graphs(model.graph):
-        for init in graph.initializer:
-            if init.data_location == onnx.TensorProto.EXTERNAL:
-                return True
-    return False
-
-
-def external_data_files(path: Path | None) -> list[Path]:
-    """The external-data files an ONNX file at ``path`` refers to (to protect them)."""
-    if path is None:
-        return []
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return []
-    files: set[Path] = set()
-    for _, graph in iter_graphs(model.graph):
-        for init in graph.initializer:
-            if init.data_location == onnx.TensorProto.EXTERNAL:
-                for entry in init.external_data:
-                    if entry.key == "location":
-                        files.add(Path(path).parent / entry.value)
-    return sorted(files)
-
-
-# ------------------------------------------------------------------------------ running
-
-
-def input_specs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | None, ...], np.dtype]]:
-    """(name, shape with None for dynamic axes, numpy dtype) of each real graph input."""
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
-        specs.append((vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
-    return specs
-
-
-def ort_runner(model: onnx.ModelProto, *, optimize: bool):
-    """``batch (tuple of arrays, graph-input order) -> list of outputs`` with onnxruntime on
-    CPU; ``optimize=False`` runs the graph exactly as written (no fusion)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BncheckError(f"onnxruntime cannot run the model ({first}); bncheck verifies with onnxruntime on CPU.") from exc
-    names = [i.name for i in session.get_inputs()]
-
-    def run(batch: tuple) -> list[np.ndarray]:
-        return session.run(None, dict(zip(names, batch)))
-
-    return run

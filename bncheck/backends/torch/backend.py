@@ -22,7 +22,7 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import fold as onnx_fold
+from bncheck.backends.onnx.session import executable as ort_executable
 from bncheck.backends.onnx.write import write_onnx
 from bncheck.backends.runner import ModelRunner
 from bncheck.backends.torch import fold as torch_fold
@@ -118,7 +118,7 @@ class TorchBackend(Backend):
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
         if kind == "onnx":
-            return onnx_fold.ort_runner(model, optimize=optimize)
+            return ort_executable(model, optimize=optimize)
         if isinstance(model, ModelSource):
             return torch_fold.runner(torch_fold.original_callable(model))
         return torch_fold.runner(torch_fold.callable_of(model))
