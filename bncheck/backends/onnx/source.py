@@ -169,7 +169,7 @@ class OnnxSource(ModelSource):
         label = prod.name or prod.output[0]
         blockers: list[str] = []
         if prod.op_type == "Add":
-            matmul = self._matmul_under_add(prod, index)
+            matmul = self.matmul_under_add(prod, index)
             if matmul is not None:
                 kind, label = "matmul", f"{matmul.name or matmul.output[0]}+{label}"
                 blockers += self._weight_blockers(matmul, index)
@@ -196,7 +196,7 @@ class OnnxSource(ModelSource):
         layer.fold_reason = "; ".join(blockers) if blockers else f"into {prod.op_type} {label}"
 
     @staticmethod
-    def _matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
+    def matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
         for i, inp in enumerate(add.input[:2]):
             other = add.input[1 - i]
             node = index.producer.get(inp)
