@@ -40,10 +40,7 @@ def fold_conv(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite) -
     new_w, new_b = fold_math.fold_bn_into_conv(
         weight, bias, s, t, transposed=prod.op_type == "ConvTranspose", groups=int(attribute(prod, "group", 1))
     )
-    wname = prod.input[1]
-    edits.set_param(prod, 1, new_w, rewrite)
-    edits.set_param(prod, 2, new_b, rewrite, bias_of=wname)
-    prod.output[0] = y
+    _replace_weight_and_bias(edits, prod, new_w, new_b, y, rewrite)
     return label
 
 
@@ -59,10 +56,7 @@ def fold_gemm(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite) -
         set_attribute(prod, "beta", 1.0)
     else:
         new_w, new_c = fold_math.fold_bn_into_linear(weight, c, s, t, trans_b=trans_b, alpha=alpha, beta=beta)
-    wname = prod.input[1]
-    edits.set_param(prod, 1, new_w, rewrite)
-    edits.set_param(prod, 2, new_c, rewrite, bias_of=wname)
-    prod.output[0] = y
+    _replace_weight_and_bias(edits, prod, new_w, new_c, y, rewrite)
     return label
 
 
@@ -95,6 +89,14 @@ def fold_matmul(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite)
     bias = edits.add_initializer(new_b, bias_name(wname, label))
     rewrite.replacement.append(helper.make_node("Add", [x, bias], [y], name=edits.unique(f"{label}/bn_fold_add")))
     return label
+
+
+def _replace_weight_and_bias(edits: GraphEdits, prod, weight, bias, y: str, rewrite: Rewrite) -> None:
+    """Inputs 1 and 2 of ``prod`` become ``weight`` and ``bias``; ``prod`` writes ``y``."""
+    wname = prod.input[1]
+    edits.set_param(prod, 1, weight, rewrite)
+    edits.set_param(prod, 2, bias, rewrite, bias_of=wname)
+    prod.output[0] = y
 
 
 def _label(node: onnx.NodeProto) -> str:
