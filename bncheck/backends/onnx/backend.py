@@ -19,9 +19,13 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import fold as onnx_fold
 from bncheck.backends.onnx import statistics, write
+from bncheck.backends.onnx.counts import node_count, parameter_count
+from bncheck.backends.onnx.external_data import external_data_files, uses_external_data
+from bncheck.backends.onnx.fold import fold_onnx
+from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.runner import OnnxRunner
+from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.backends.runner import ModelRunner
 from bncheck.errors import ModelLoadError, UsageError
@@ -42,10 +46,7 @@ class OnnxBackend(Backend):
         return OnnxRunner(source, layers=layers, intra_op_threads=int(threads) if threads else None)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
-        return [
-            InputSpec(name, tuple(shape[1:]), np.dtype(dtype).name, batch=shape[0] if shape else None, batched=bool(shape))
-            for name, shape, dtype in onnx_fold.input_specs(_proto(source))
-        ]
+        return input_specs(_proto(source))
 
     def float_dtype(self, source: ModelSource) -> np.dtype:
         return np.dtype("float32")
@@ -60,7 +61,7 @@ class OnnxBackend(Backend):
         return kind
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
-        folded = onnx_fold.fold_onnx(source, affine=affine)
+        folded = fold_onnx(source, affine=affine)
         folded.extras.setdefault("mode", "onnx")
         return folded
 
@@ -68,11 +69,11 @@ class OnnxBackend(Backend):
         return folded.model, []
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
-        return onnx_fold.ort_runner(_proto(model), optimize=optimize)
+        return executable(_proto(model), optimize=optimize)
 
     def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch):
-        original = onnx_fold.ort_runner(_proto(source), optimize=True)
-        new = onnx_fold.ort_runner(folded.model, optimize=True)
+        original = executable(_proto(source), optimize=True)
+        new = executable(folded.model, optimize=True)
         runtime = "onnxruntime (default graph optimisations, which fuse Conv+BN themselves)"
         return (lambda: original(batch)), (lambda: new(batch)), runtime
 
@@ -80,7 +81,7 @@ class OnnxBackend(Backend):
         return []
 
     def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
-        return write.write_onnx(artifact, out, external_data=onnx_fold.uses_external_data(source.path))
+        return write.write_onnx(artifact, out, external_data=uses_external_data(source.path))
 
     def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
         self.output_kind(source, out, kind)
@@ -91,15 +92,15 @@ class OnnxBackend(Backend):
 
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         proto = _proto(model)
-        return onnx_fold.parameter_count(proto), onnx_fold.node_count(proto)
+        return parameter_count(proto), node_count(proto)
 
     def protected_paths(self, source: ModelSource) -> list[Path]:
         if source.path is None:
             return []
-        return [Path(source.path), *onnx_fold.external_data_files(source.path)]
+        return [Path(source.path), *external_data_files(source.path)]
 
     def companions(self, source: ModelSource, out: Path) -> list[Path]:
-        return [write.onnx_data_path(out)] if onnx_fold.uses_external_data(source.path) else []
+        return [write.onnx_data_path(out)] if uses_external_data(source.path) else []
 
 
 def _proto(model: Any) -> onnx.ModelProto:

@@ -158,14 +158,14 @@ def _run_single_node(node: onnx.NodeProto, inputs: list, opset: int) -> dict[str
         "const",
         [],
         [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
-        initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs) if v is not None],
+        initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs, strict=True) if v is not None],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     try:
         results = ReferenceEvaluator(model).run(None, {})
     except Exception:
         return {}
-    return {o: np.asarray(r) for o, r in zip([o for o in node.output if o], results)}
+    return {o: np.asarray(r) for o, r in zip([o for o in node.output if o], results, strict=True)}
 
 
 #: initializers with more elements than this (and not int32/int64, the types of shape

@@ -11,6 +11,8 @@ from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
+from bncheck.backends.onnx.inputs import input_spec
+from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.errors import ModelLoadError
 from bncheck.layer import BNLayer, as_float64
 
@@ -63,13 +65,9 @@ class OnnxSource(ModelSource):
         return sum(len(g.node) for _, g in iter_graphs(self.model.graph))
 
     def input_spec(self):
-        from bncheck.backends.onnx.runner import onnx_input_spec
-
-        return onnx_input_spec(self.model)
+        return input_spec(self.model)
 
     def runner(self, *, layers=None):
-        from bncheck.backends.onnx.runner import OnnxRunner
-
         return OnnxRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
@@ -121,7 +119,7 @@ class OnnxSource(ModelSource):
         sources = {index.constant_source(n) for n in node.input[1:5] if n}
         if sources - {"initializer"}:
             notes.append("parameters from " + ", ".join(sorted(sources - {"initializer"})))
-        missing = [label for label, v in zip(("scale", "B", "input_mean", "input_var"), values) if v is None]
+        missing = [label for label, v in zip(("scale", "B", "input_mean", "input_var"), values, strict=True) if v is None]
         if missing:
             notes.append("non-constant inputs: " + ", ".join(missing))
         ref = next((v for v in (mean, scale) if v is not None), None)
@@ -171,7 +169,7 @@ class OnnxSource(ModelSource):
         label = prod.name or prod.output[0]
         blockers: list[str] = []
         if prod.op_type == "Add":
-            matmul = self._matmul_under_add(prod, index)
+            matmul = self.matmul_under_add(prod, index)
             if matmul is not None:
                 kind, label = "matmul", f"{matmul.name or matmul.output[0]}+{label}"
                 blockers += self._weight_blockers(matmul, index)
@@ -198,7 +196,7 @@ class OnnxSource(ModelSource):
         layer.fold_reason = "; ".join(blockers) if blockers else f"into {prod.op_type} {label}"
 
     @staticmethod
-    def _matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
+    def matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
         for i, inp in enumerate(add.input[:2]):
             other = add.input[1 - i]
             node = index.producer.get(inp)

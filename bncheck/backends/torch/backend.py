@@ -22,7 +22,7 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import fold as onnx_fold
+from bncheck.backends.onnx.session import executable as ort_executable
 from bncheck.backends.onnx.write import write_onnx
 from bncheck.backends.runner import ModelRunner
 from bncheck.backends.torch import execute, statistics, write
@@ -122,7 +122,7 @@ class TorchBackend(Backend):
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
         if kind == "onnx":
-            return onnx_fold.ort_runner(model, optimize=optimize)
+            return ort_executable(model, optimize=optimize)
         if isinstance(model, ModelSource):
             return execute.runner(execute.original_callable(model))
         return execute.runner(execute.callable_of(model))

@@ -11,10 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from bncheck.backends.onnx import external_data
 from bncheck.commands.fold import fold
 
 RNG = np.random.default_rng(0)
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_models"
 
 
 def _check(original, out, ort_run, *inputs, rtol=1e-5):
@@ -22,7 +23,7 @@ def _check(original, out, ort_run, *inputs, rtol=1e-5):
     ref = ort_run(original, *inputs)
     got = ort_run(out, *inputs)
     assert len(ref) == len(got)
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         scale = max(float(np.abs(a).max()), 1e-12)
         assert float(np.abs(a - b).max()) <= rtol * scale, (float(np.abs(a - b).max()), scale)
 
@@ -424,3 +425,22 @@ def test_verify_on_data(tmp_path, ort_run):
     assert v["max_rel_err"] < 1e-5
     x = np.load(SAMPLES / "data" / "digits" / "reference.npz")["x"][:50]
     _check(src, tmp_path / "f.onnx", ort_run, x)
+
+
+@pytest.mark.parametrize("over_limit", [False, True])
+def test_a_model_with_external_data_folds_and_verifies(tmp_path, onnx_bn, ort_run, monkeypatch, over_limit):
+    """A model saved with ``save_as_external_data=True`` folds, verifies on onnxruntime and is
+    written with its data external; ``over_limit`` lowers protobuf's 2 GiB limit so that every
+    session (original, folded) goes through the factory's external-data path, as a model of
+    more than 2 GiB does."""
+    model, _ = onnx_bn(4)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="ext.weights", size_threshold=0)
+    assert onnx.load(str(src), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+    if over_limit:
+        monkeypatch.setattr(external_data, "PROTO_LIMIT", 64)
+    report = fold(src, tmp_path / "f.onnx", timing=False)
+    assert report.extras["fold"]["layers_folded"] == 1
+    verification = report.extras["verification"]
+    assert verification["passed"] and verification["samples"] > 0
+    _check(src, tmp_path / "f.onnx", ort_run, RNG.standard_normal((1, 2, 4, 4)).astype(np.float32))

@@ -1,0 +1,66 @@
+"""The one way bncheck opens an onnxruntime session: CPU execution provider, quiet logs, and
+models of 2 GiB or more (which protobuf cannot serialise into one message) saved with their
+tensors as external data into a temporary folder that onnxruntime loads from."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bncheck.backends.interface import Executable
+from bncheck.backends.onnx.external_data import fits_in_one_message
+from bncheck.errors import BncheckError, ModelLoadError, first_line
+
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+class SessionError(ModelLoadError):
+    """onnxruntime refuses the model; ``detail`` is the first line of its message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"onnxruntime cannot load the model ({detail}).")
+        self.detail = detail
+
+
+def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` for ``model``: every graph optimisation with
+    ``optimize`` (none without: the graph runs exactly as written), ``threads`` intra-op
+    threads (default: onnxruntime's own)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        if fits_in_one_message(model):
+            return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
+        with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin")
+            return ort.InferenceSession(str(path), options, providers=PROVIDERS)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SessionError(first_line(exc)) from exc
+
+
+def executable(model: onnx.ModelProto, *, optimize: bool) -> Executable:
+    """``batch (tuple of arrays, graph-input order) -> list of outputs`` with onnxruntime on
+    CPU; ``optimize=False`` runs the graph exactly as written (no fusion)."""
+    try:
+        session = open_session(model, optimize=optimize)
+    except SessionError as exc:
+        raise BncheckError(
+            f"onnxruntime cannot run the model ({exc.detail}); bncheck verifies with onnxruntime on CPU."
+        ) from exc
+    names = [i.name for i in session.get_inputs()]
+
+    def run(batch: tuple) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, batch, strict=True)))
+
+    return run
