@@ -90,6 +90,10 @@ def _graded_findings(r, ctx: RuleContext, figure, describe):
     fine-tune on the new data.""",
     thresholds={"warning": 0.25, "error": 0.5},
     threshold_docs={"warning": "mean |r| for a warning", "error": "mean |r| for an error"},
+    references=(
+        "Li et al., Revisiting Batch Normalization for Practical Domain Adaptation (AdaBN), 2016, arXiv:1603.04779",
+        "Schneider et al., Improving robustness against common corruptions by covariate shift adaptation, NeurIPS 2020, arXiv:2006.16971",
+    ),
 )
 def check_variance_ratio(r, ctx: RuleContext):
     yield from _graded_findings(
@@ -201,6 +205,11 @@ def check_few_samples(r, ctx: RuleContext):
     freeze BN (FrozenBatchNorm2d) when fine-tuning with small batches.""",
     thresholds={"mean_scatter": 0.25, "flip_rate": 0.05},
     threshold_docs={"mean_scatter": "batch-mean scatter in channel stds", "flip_rate": "fraction of predictions that change"},
+    references=(
+        "Wu & He, Group Normalization, ECCV 2018, arXiv:1803.08494",
+        "Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017, arXiv:1702.03275",
+        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
+    ),
 )
 def check_small_batch(r, ctx: RuleContext):
     sb = ctx.drift.small_batch if ctx.drift is not None else None
@@ -252,6 +261,10 @@ def check_small_batch(r, ctx: RuleContext):
         "warning_rel_err": "relative output error for a warning (outputs without classes)",
         "error_rel_err": "relative output error for an error (outputs without classes)",
     },
+    references=(
+        "Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift, ICML 2015, arXiv:1502.03167",
+        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
+    ),
 )
 def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
