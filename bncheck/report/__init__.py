@@ -2,7 +2,13 @@
 JSON form, baselines and diffs, and the saved-statistics file format."""
 
 from bncheck.report.report import Report
-from bncheck.report.results import CommandResult, DriftResult, FoldResult, LayerRecalibration, RecalibrationResult
+from bncheck.report.results import (
+    CommandResult,
+    DriftResult,
+    FoldResult,
+    LayerRecalibration,
+    RecalibrationResult,
+)
 from bncheck.rules.finding import Finding, Severity
 
 __all__ = [
