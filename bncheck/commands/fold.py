@@ -372,6 +372,6 @@ def load_folded_state_dict(model, path: str | Path):
     """Load a state dict written by ``bncheck fold ... -o X.safetensors`` into ``model`` (the
     original architecture, modified in place and returned); see
     :func:`bncheck.backends.torch.folded_state.load_folded_state_dict`."""
-    from bncheck.backends.torch.folded_state import load_folded_state_dict as load  # optional: torch
+    from bncheck.backends.torch import folded_state  # optional: torch
 
-    return load(model, path)
+    return folded_state.load_folded_state_dict(model, path)
