@@ -238,16 +238,25 @@ def channel_figure(report: Report, layer: str):
     return fig
 
 
+def _layer_bars(report: Report, per_layer: dict[str, Any]):
+    """(names in network order of the layers in ``per_layer``, a figure and its axes sized
+    for one bar group per layer); (names, None, None) when there are none."""
+    names = [layer.name for layer in report.layers if layer.name in per_layer]
+    if not names:
+        return names, None, None
+    fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
+    ax = fig.add_subplot()
+    _style(ax)
+    return names, fig, ax
+
+
 def small_batch_figure(report: Report):
     """BN201: how far per-batch statistics at the training batch size scatter, per layer."""
     sb = _drift(report).small_batch or {}
     per_layer = sb.get("layers") or {}
-    names = [layer.name for layer in report.layers if layer.name in per_layer]
-    if not names:
+    names, fig, ax = _layer_bars(report, per_layer)
+    if fig is None:
         return None
-    fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
-    ax = fig.add_subplot()
-    _style(ax)
     xs = range(len(names))
     width = 0.38
     ms = [_num(per_layer[n].get("mean_scatter")) for n in names]
@@ -273,12 +282,9 @@ def train_eval_figure(report: Report):
     """BN301: per layer, how far batch statistics (train mode) are from the running ones."""
     te = _drift(report).train_eval or {}
     per_layer = te.get("per_layer") or {}
-    names = [layer.name for layer in report.layers if layer.name in per_layer]
-    if not names:
+    names, fig, ax = _layer_bars(report, per_layer)
+    if fig is None:
         return None
-    fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
-    ax = fig.add_subplot()
-    _style(ax)
     values = [_num(per_layer[n]) for n in names]
     worst = max(range(len(values)), key=lambda i: values[i])
     bars = ax.bar(range(len(names)), values, 0.6, color=["#9467bd" if i != worst else ERROR_COLOR for i in range(len(names))])

@@ -18,6 +18,7 @@ from typing import Any
 from bncheck.errors import UsageError
 from bncheck.report import rendering
 from bncheck.report.baseline import DEFAULT_TOLERANCE, FIGURES, compare, match
+from bncheck.report.gate import Gate
 from bncheck.report.report import Report, finite
 from bncheck.report.results import DriftResult, FoldResult
 from bncheck.rules.context import Verification
@@ -68,7 +69,7 @@ class LayerChange:
 
 
 @dataclass
-class ReportDiff:
+class ReportDiff(Gate):
     a: Report
     b: Report
     a_name: str
@@ -85,14 +86,6 @@ class ReportDiff:
             c for c in self.findings
             if c.state in ("new", "worse") and c.severity_b and reaches(Severity(c.severity_b), self.fail_on)
         ]  # fmt: skip
-
-    @property
-    def passed(self) -> bool:
-        return not self.failing()
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     def facts(self) -> list[tuple[str, str, str]]:
         """(what, in A, in B) for the run-level facts that differ or matter."""

@@ -13,6 +13,7 @@ from bncheck.backends.output import write_atomically
 from bncheck.layer import BNLayer
 from bncheck.report import parse, rendering
 from bncheck.report.baseline import apply_baseline
+from bncheck.report.gate import Gate
 from bncheck.report.parse import check_report
 from bncheck.report.results import RESULT_KEYS, CommandResult, result_from_dict
 from bncheck.rules.finding import Finding, Severity, reaches
@@ -24,7 +25,7 @@ CORE_KEYS = ("schema_version", "tool", "command", "model", "layers", "findings",
 
 
 @dataclass
-class Report:
+class Report(Gate):
     command: str
     model: ModelInfo
     layers: list[BNLayer]
@@ -48,14 +49,6 @@ class Report:
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity is severity)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failing()
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     def failing(self) -> list[Finding]:
         """Findings that fail the gate: at or above ``fail_on`` and, with a baseline, new or worse."""
