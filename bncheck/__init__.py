@@ -23,6 +23,7 @@ from bncheck.layer import BNLayer
 from bncheck.report.diff import ReportDiff, diff
 from bncheck.report.io import load_report
 from bncheck.report.report import Report
+from bncheck.report.results import DriftResult, FoldResult, RecalibrationResult
 from bncheck.rules.finding import Finding, Severity
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "diff",
     "drift",
     "DriftOptions",
+    "DriftResult",
+    "FoldResult",
+    "RecalibrationResult",
     "fold",
     "load_folded_state_dict",
     "load_model",

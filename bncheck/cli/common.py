@@ -192,7 +192,8 @@ def emit(
         from bncheck.report.baseline import apply_baseline
 
         apply_baseline(report, baseline)
-    report.extras.setdefault("run", run_info())
+    if report.run is None:
+        report.run = run_info()
     renderer = get_renderer(fmt)
     color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if fmt == "table" and quiet:

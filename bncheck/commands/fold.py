@@ -39,14 +39,14 @@ import numpy as np
 from bncheck.backends import output
 from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, InputSpec, ModelSource
 from bncheck.backends.load import as_source, backend_for
-from bncheck.commands.audit import run_rules
 from bncheck.config import Settings
 from bncheck.data import build_options, open_data
 from bncheck.errors import BncheckError, DataError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
 from bncheck.report.report import Report
+from bncheck.report.results import FoldResult
+from bncheck.rules import FoldEvidence, RuleContext, Verification, run_codes, run_rules
 from bncheck.rules.finding import Finding
-from bncheck.rules.registry import RuleContext
 
 #: Audit rules whose findings make folding refuse (it would bake the defect into weights).
 REFUSING_RULES = ("BN001", "BN002", "BN004")
@@ -91,8 +91,6 @@ def fold(
     ``force``: overwrite ``out``, fold despite BN001/BN002/BN004 findings, and write ``out``
     even when nothing was folded or verification failed.
     """
-    import bncheck.rules  # noqa: F401  (registers the rules)
-
     settings = settings or Settings()
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     backend = backend_for(source)
@@ -109,16 +107,41 @@ def fold(
 
     specs = _input_specs(backend, source, input_shape)
     batches, inputs_from, data_info = _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings)
-
     folded = backend.fold(source, kind, affine=affine, example=batches[0])
-    outcomes = folded.outcomes
     changed = folded.count("folded") + folded.count("affine") > 0
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, batches[0]) if converted else (None, [])
+    evidence = _verify(backend, source, artifact, kind, batches, inputs_from, atol, rtol)
+    timing_info = _timing(backend, source, folded, batches[0]) if timing and changed else None
 
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source)]
+    written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
+    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
+    findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
+    report = Report(command="fold", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
+    count = evidence.verification.samples
+    report.result = FoldResult(
+        verification=evidence.verification,
+        figures=_fold_figures(backend, source, folded, kind, out, written, timing_info, evidence.atol, evidence.rtol, affine),
+        outcomes={layer.name: _outcome(folded, layer).to_dict() for layer in layers},
+        data={"samples": int(count), "batch_size": int(batch_size), **data_info} if data_info is not None else None,
+    )
+    if not layers:
+        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
+    elif not changed:
+        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
+    report.notes.extend(notes)
+    return report
+
+
+def _outcome(folded: FoldedModel, layer) -> FoldOutcome:
+    return folded.outcomes.get(layer.name) or FoldOutcome("kept", None, layer.fold_reason or "not found in the model graph")
+
+
+def _verify(backend: Backend, source: ModelSource, artifact, kind: str, batches, inputs_from: str, atol, rtol) -> FoldEvidence:
+    """Run the original and what will be written (the converted artifact; an unchanged model
+    is compared with itself only when nothing is converted or written) on every batch."""
     reference = backend.executable(source)
-    # Verify what will be written (the converted artifact); an unchanged model is compared
-    # with itself only when nothing is converted or written.
     candidate = backend.executable(artifact, kind) if artifact is not None else reference
     acc = ErrorAccumulator()
     count = 0
@@ -131,64 +154,36 @@ def fold(
     d_atol, d_rtol = default_tolerances(out_dtype)
     atol = d_atol if atol is None else float(atol)
     rtol = d_rtol if rtol is None else float(rtol)
-    passed = acc.passed(atol, rtol)
-    verification = {
-        "inputs": inputs_from,
-        "samples": int(count),
-        "max_abs_err": _finite_or_none(acc.max_abs()),
-        "max_rel_err": _finite_or_none(acc.max_rel()),
-        "passed": bool(passed),
-    }
-
-    timing_info = None
-    if timing and changed:
-        timing_info = _timing(backend, source, folded, batches[0])
-
-    written: list[Path] = []
-    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source)]
-    if out is not None:
-        if not changed and not force:
-            notes.append(f"nothing to fold: {out} was not written (it would be the input model again; --force writes it anyway)")
-        elif not passed and not force:
-            notes.append(f"verification failed: {out} was not written (--force writes it anyway)")
-        else:
-            written = backend.write_folded(source, folded, artifact, kind, out)
-    elif not changed:
-        notes.append("nothing to fold")
-
-    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format,
-                      extras={"verification": verification, "tolerance": {"atol": atol, "rtol": rtol}, "mismatch": acc.mismatch})
-    findings: list[Finding] = list(defects) + run_rules("fold", ctx, settings)
-    report = Report(command="fold", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
-    for layer in layers:
-        outcome = outcomes.get(layer.name) or FoldOutcome("kept", None, layer.fold_reason or "not found in the model graph")
-        report.layer_extras[layer.name] = {"fold": outcome.to_dict()}
-    report.extras["verification"] = verification
-    if data_info is not None:
-        report.extras["data"] = {"samples": int(count), "batch_size": int(batch_size), **data_info}
-    report.extras["fold"] = _fold_figures(
-        backend, source, folded, kind, out, written, timing_info, atol, rtol, affine
+    verification = Verification(
+        inputs=inputs_from,
+        samples=int(count),
+        max_abs_err=_finite_or_none(acc.max_abs()),
+        max_rel_err=_finite_or_none(acc.max_rel()),
+        passed=bool(acc.passed(atol, rtol)),
     )
-    if not layers:
-        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
-    elif folded.count("folded") == 0 and folded.count("affine") == 0:
-        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
-    report.notes.extend(notes)
-    return report
+    return FoldEvidence(verification=verification, atol=atol, rtol=rtol, output_mismatch=acc.mismatch)
 
 
-# ------------------------------------------------------------------------------ refusal
+def _write(backend: Backend, source, folded, artifact, kind, out: Path | None, *, changed: bool, passed: bool, force: bool, notes: list[str]) -> list[Path]:
+    """Write OUT unless there is nothing to fold or verification failed (``force`` writes
+    anyway); the files written, and why not in ``notes``."""
+    if out is None:
+        if not changed:
+            notes.append("nothing to fold")
+        return []
+    if not changed and not force:
+        notes.append(f"nothing to fold: {out} was not written (it would be the input model again; --force writes it anyway)")
+        return []
+    if not passed and not force:
+        notes.append(f"verification failed: {out} was not written (--force writes it anyway)")
+        return []
+    return backend.write_folded(source, folded, artifact, kind, out)
 
 
 def _defects(source: ModelSource, settings: Settings) -> list[Finding]:
     """BN001/BN002/BN004 findings (those the user has not ignored)."""
-    from bncheck.rules.registry import select_rules
-
     ctx = RuleContext(layers=source.bn_layers(), thresholds=settings.threshold_table(), model_format=source.format)
-    findings: list[Finding] = []
-    for r in select_rules("audit", REFUSING_RULES, settings.ignore):
-        findings.extend(r.run(ctx))
-    return findings
+    return run_codes("audit", REFUSING_RULES, ctx, ignore=settings.ignore)
 
 
 def _refusal_message(defects: list[Finding]) -> str:
@@ -206,9 +201,6 @@ def _refusal_message(defects: list[Finding]) -> str:
         f"refusing to fold: {first.rule} on layer {first.layer}: {first.message}{more}; {why}. "
         f"Fix: {fix}, or pass --force to fold the other layers and keep these."
     )
-
-
-# ------------------------------------------------------------------------------ inputs
 
 
 def parse_input_shape(text: str | list | tuple | None) -> list[tuple[int, ...]] | None:
@@ -336,9 +328,6 @@ def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: t
     }
 
 
-# ------------------------------------------------------------------------------ figures
-
-
 def _fold_figures(backend, source, folded, kind, out, written, timing_info, atol, rtol, affine):
     before_params, before_nodes = backend.counts(source)
     # Same representation before and after (the folded model before any format conversion).
@@ -383,8 +372,6 @@ def load_folded_state_dict(model, path: str | Path):
     """Load a state dict written by ``bncheck fold ... -o X.safetensors`` into ``model`` (the
     original architecture, modified in place and returned); see
     :func:`bncheck.backends.torch.folded_state.load_folded_state_dict`."""
-    from bncheck.backends.torch.folded_state import (
-        load_folded_state_dict as load,  # torch is optional
-    )
+    from bncheck.backends.torch import folded_state  # optional: torch
 
-    return load(model, path)
+    return folded_state.load_folded_state_dict(model, path)

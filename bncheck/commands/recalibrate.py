@@ -48,6 +48,7 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments
 from bncheck.report.report import Report
+from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
 
 METHODS = ("exact", "cumulative", "ema")
 VARIANCES = ("population", "unbiased")
@@ -83,9 +84,6 @@ class RecalibrateOptions:
             raise UsageError("--momentum must be in (0, 1] (PyTorch convention).")
         if self.batch_size < 2 and self.method != "exact":
             raise UsageError("train-mode methods need --batch-size 2 or more (batch statistics of one sample are undefined).")
-
-
-# ---------------------------------------------------------------------------- estimators
 
 
 def _population(m: Moments, variance: str) -> tuple[np.ndarray, np.ndarray]:
@@ -207,9 +205,6 @@ def estimate_exact(
     return stats, history
 
 
-# ---------------------------------------------------------------------------- API
-
-
 def recalibrate(
     model: Any,
     data: str | Path,
@@ -231,17 +226,8 @@ def recalibrate(
     out = Path(out)
     kind = backend.output_kind(source, out, to)
     output.check_output_path(out, protected=backend.protected_paths(source), force=force)
-    layers = [layer for layer in source.bn_layers()]
-    if not layers:
-        raise BncheckError(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to recalibrate.")
-    names = [layer.name for layer in layers if layer.has_running_stats]
-    if options.layers:
-        unknown = sorted(set(options.layers) - {layer.name for layer in layers})
-        if unknown:
-            raise UsageError(f"--layers names unknown BN layer(s): {', '.join(unknown[:5])}; `bncheck audit` lists them.")
-        names = [n for n in names if n in set(options.layers)]
-    if not names:
-        raise BncheckError("no BN layer with running statistics to recalibrate (see `bncheck audit`, rule BN004).")
+    layers = list(source.bn_layers())
+    names = _chosen_names(source, layers, options.layers)
     data_options = options.data_options or DataOptions()
     if options.limit is not None:
         data_options.limit = options.limit
@@ -250,47 +236,60 @@ def recalibrate(
         raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
     where = DataSpec(str(data), None, dict(options.storage_options), options.batch_size)
     model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
-
     drift_options = DriftOptions(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine, storage_options=dict(options.storage_options)
     )
     before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle)
-    passes: list[dict[str, Any]]
     # a session's batches() is a pass over DATA like Dataset.batches(), for the in-order methods
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
-        if options.method == "exact":
-            stats, passes = estimate_exact(source, session, names, options)
-            batches = None
-        elif options.method == "cumulative":
-            stats, batches = estimate_cumulative(source, session, names, options.batch_size)
-            passes = [{"pass": 1, "mode": "train", "movement": None}]
-        else:
-            stats, batches = estimate_ema(source, session, names, options.batch_size, options.momentum)
-            passes = [{"pass": 1, "mode": "train", "movement": None}]
+        stats, batches, passes = estimate(source, session, names, options)
     if batches is None:
-        batches = -(-before.extras["data"]["samples"] // options.batch_size)
+        batches = -(-before.data["samples"] // options.batch_size)
     updated = backend.with_statistics(source, stats, num_batches=batches if options.method != "ema" else None)
     written = backend.write_model(updated, kind, out)
 
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     after = None
     if options.verify:
-        reloaded = load_model(out, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
-        after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle or kind == "pickle")
+        trusted = trust_pickle or kind == "pickle"
+        reloaded = load_model(out, arch=arch, trust_pickle=trusted)
+        after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
         report.findings = after.findings
-    for layer in layers:
-        entry: dict[str, Any] = {"recalibrated": layer.name in stats}
-        b = before.layer_extras.get(layer.name, {}).get("drift")
-        if b:
-            entry["before"] = b
-        if after is not None:
-            a = _matching(after, layer, layers)
-            if a:
-                entry["after"] = a
-                entry["drift"] = a
-        report.layer_extras[layer.name] = entry
-    report.extras["data"] = before.extras["data"]
-    report.extras["recalibration"] = {
+    summary = _summary(options, stats, passes, out, kind, written, before, after)
+    report.result = RecalibrationResult(data=before.data, summary=summary, layers=_layer_entries(layers, stats, before, after))
+    return report
+
+
+def _chosen_names(source: ModelSource, layers, chosen: list[str] | None) -> list[str]:
+    """The layers to recalibrate: those with running statistics, of ``chosen`` (--layers)."""
+    if not layers:
+        raise BncheckError(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to recalibrate.")
+    names = [layer.name for layer in layers if layer.has_running_stats]
+    if chosen:
+        unknown = sorted(set(chosen) - {layer.name for layer in layers})
+        if unknown:
+            raise UsageError(f"--layers names unknown BN layer(s): {', '.join(unknown[:5])}; `bncheck audit` lists them.")
+        names = [n for n in names if n in set(chosen)]
+    if not names:
+        raise BncheckError("no BN layer with running statistics to recalibrate (see `bncheck audit`, rule BN004).")
+    return names
+
+
+def estimate(source: ModelSource, session, names: list[str], options: RecalibrateOptions) -> tuple[Statistics, int | None, list[dict[str, Any]]]:
+    """The new statistics by ``options.method``, the number of batches they rest on (None:
+    unknown, the exact method) and one record per pass."""
+    if options.method == "exact":
+        stats, passes = estimate_exact(source, session, names, options)
+        return stats, None, passes
+    if options.method == "cumulative":
+        stats, batches = estimate_cumulative(source, session, names, options.batch_size)
+    else:
+        stats, batches = estimate_ema(source, session, names, options.batch_size, options.momentum)
+    return stats, batches, [{"pass": 1, "mode": "train", "movement": None}]
+
+
+def _summary(options: RecalibrateOptions, stats: Statistics, passes, out: Path, kind: str, written, before: Report, after: Report | None) -> dict[str, Any]:
+    return {
         "method": options.method,
         "variance": options.variance if options.method == "exact" else "unbiased (per batch)",
         "layers": len(stats),
@@ -300,18 +299,30 @@ def recalibrate(
         "tolerance": options.tolerance if options.method == "exact" else None,
         "output": {"path": str(out), "kind": kind, "files": [str(p) for p in written]},
         "accuracy": {
-            "before": before.extras["drift"].get("accuracy"),
-            "after": after.extras["drift"].get("accuracy") if after is not None else None,
+            "before": _accuracy(before),
+            "after": _accuracy(after) if after is not None else None,
         },
     }
-    return report
 
 
-def _matching(after: Report, layer, layers) -> dict | None:
-    """The after-drift figures of ``layer`` (same name; models written back keep their names)."""
-    extra = after.layer_extras.get(layer.name)
-    if extra is None:
-        index = layers.index(layer)
-        if index < len(after.layers):
-            extra = after.layer_extras.get(after.layers[index].name)
-    return (extra or {}).get("drift")
+def _accuracy(report: Report) -> float | None:
+    return report.result.accuracy if isinstance(report.result, DriftResult) else None
+
+
+def _layer_entries(layers, stats: Statistics, before: Report, after: Report | None) -> dict[str, LayerRecalibration]:
+    entries = {}
+    for index, layer in enumerate(layers):
+        entry = LayerRecalibration(recalibrated=layer.name in stats, before=before.layer_drift(layer.name) or None)
+        if after is not None:
+            entry.after = _matching(after, layer.name, index) or None
+        entries[layer.name] = entry
+    return entries
+
+
+def _matching(after: Report, name: str, index: int) -> dict | None:
+    """The after-drift figures of layer ``name`` (same name; models written back keep their
+    names), else of the layer at the same position."""
+    figures = after.layer_drift(name)
+    if figures is None and index < len(after.layers):
+        figures = after.layer_drift(after.layers[index].name)
+    return figures

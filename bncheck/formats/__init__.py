@@ -1,12 +1,18 @@
 """Report formats. Each module renders a :class:`~bncheck.report.report.Report` to text; add a format
-by writing one module with a ``render(report, **options) -> str`` function and listing it here."""
+by writing one module with a ``render(report, **options) -> str`` function and listing it here.
+
+The human-readable formats place the section of the report's result type
+(:mod:`bncheck.formats.section`); the section modules are imported once, here, and register
+themselves (add a command's section by writing one module and importing it here)."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 from bncheck.errors import UsageError
+from bncheck.formats import drift_section, fold_section, recalibrate_section  # noqa: F401  (registration)
 from bncheck.report import rendering
 
 FORMATS = {
@@ -24,8 +30,6 @@ EXTENSIONS = {".json": "json", ".md": "markdown", ".xml": "junit", ".html": "htm
 
 def format_for_path(path) -> str:
     """The format named by ``path``'s extension; UsageError when it names none."""
-    from pathlib import Path
-
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
         raise UsageError(

@@ -18,7 +18,7 @@ BAR_WIDTH = 12
 def drift_level(report: Report, name: str, table: dict[str, dict[str, float]]) -> float | None:
     """How far a layer is towards its error thresholds: max(mean |z| / BN101.error,
     mean |r| / BN102.error); 1.0 is the error threshold, None when not measured."""
-    d = report.layer_extras.get(name, {}).get("drift")
+    d = report.layer_drift(name)
     if not d:
         return None
     ratios = []
@@ -79,7 +79,7 @@ def drift_shape(report: Report) -> Text | None:
     """``drift shape: ▁▂▃█  (score by layer, network order; max 0.12 at bn3)``."""
     scores: list[float | None] = []
     for layer in report.layers:
-        d = report.layer_extras.get(layer.name, {}).get("drift")
+        d = report.layer_drift(layer.name)
         score = d.get("score") if d else None
         scores.append(score if isinstance(score, (int, float)) and math.isfinite(score) else None)
     finite = [(s, i) for i, s in enumerate(scores) if s is not None]

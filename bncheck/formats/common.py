@@ -22,7 +22,7 @@ def verdict(report: Report) -> str:
     s = report.summary()
     if report.fail_on == "never":
         return "PASSED (gate disabled: --fail-on never)"
-    base = report.extras.get("baseline")
+    base = report.baseline
     against = f"; baseline: {base['new']} new, {base['worse']} worse, {base['existing']} existing" if base else ""
     return ("PASSED" if s["passed"] else "FAILED") + f" (fail-on {report.fail_on}{against})"
 
@@ -34,6 +34,11 @@ def headline(report: Report) -> str:
         f"bncheck {report.command} {model.path} ({model.format}): {s['layers']} BN layer(s), "
         f"{s['errors']} error(s), {s['warnings']} warning(s), {s['infos']} info(s) — {verdict(report)}"
     )
+
+
+def md_cell(text) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def foldable_text(layer) -> str:

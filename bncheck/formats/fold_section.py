@@ -1,17 +1,20 @@
-"""The ``bncheck fold`` part of the human-readable formats: per-layer outcome cells and the
-summary lines (verification record, counts, sizes, speedup). Plain text; table.py and
-markdown.py place it."""
+"""The ``bncheck fold`` section of the human-readable formats (a :class:`FoldResult`):
+per-layer outcome cells, the summary lines (verification record, counts, sizes, speedup) and
+the layers that were not folded."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
 from bncheck.formats.common import fmt_num
-from bncheck.report.report import Report
-
-
-def layer_fold(report: Report, name: str) -> dict[str, Any] | None:
-    return report.layer_extras.get(name, {}).get("fold")
+from bncheck.formats.html_parts import esc
+from bncheck.formats.section import Section
+from bncheck.layer import BNLayer
+from bncheck.report.results import FoldResult
 
 
 def fold_cell(fold: dict[str, Any]) -> str:
@@ -19,16 +22,6 @@ def fold_cell(fold: dict[str, Any]) -> str:
     if fold["status"] == "folded":
         return f"folded → {fold.get('into') or '?'}"
     return fold["status"]
-
-
-def kept_rows(report: Report) -> list[tuple[str, str, str]]:
-    """(layer, status, reason) of every layer that was not folded."""
-    rows = []
-    for layer in report.layers:
-        fold = layer_fold(report, layer.name)
-        if fold and fold["status"] != "folded":
-            rows.append((layer.name, fold["status"], fold.get("reason") or ""))
-    return rows
 
 
 def _size(value) -> str:
@@ -42,16 +35,13 @@ def _size(value) -> str:
     return f"{value:.1f} GB"
 
 
-def summary_lines(report: Report) -> list[str]:
+def summary_lines(result: FoldResult) -> list[str]:
     """Verification, counts, sizes and speed, one fact per line."""
-    v = report.extras.get("verification")
-    f = report.extras.get("fold")
-    if not v or not f:
-        return []
+    v, f = result.verification, result.figures
     tol = f.get("tolerance") or {}
     lines = [
-        f"verification: {'passed' if v['passed'] else 'FAILED'} on {v['samples']} {v['inputs']} sample(s): "
-        f"max abs error {fmt_num(v['max_abs_err'])}, max relative error {fmt_num(v['max_rel_err'])} "
+        f"verification: {'passed' if v.passed else 'FAILED'} on {v.samples} {v.inputs} sample(s): "
+        f"max abs error {fmt_num(v.max_abs_err)}, max relative error {fmt_num(v.max_rel_err)} "
         f"(atol {fmt_num(tol.get('atol'))}, rtol {fmt_num(tol.get('rtol'))})",
         f"layers: {f['layers_folded']} folded, {f['layers_kept']} kept"
         + (f", {f['layers_affine']} affine" if f.get("layers_affine") else ""),
@@ -73,3 +63,57 @@ def summary_lines(report: Report) -> list[str]:
         state = "written" if output.get("written") else "not written"
         lines.append(f"output: {output['path']} ({output.get('kind')}, {state})")
     return lines
+
+
+class FoldSection(Section):
+    result_type = FoldResult
+    fold_column = "fold"
+    result: FoldResult
+
+    def summary_lines(self) -> list[str]:
+        return summary_lines(self.result)
+
+    def fold_cell(self, layer: BNLayer, *, reason: bool = False) -> str | None:
+        fold = self.result.outcomes.get(layer.name)
+        if not fold:
+            return None
+        text = fold_cell(fold)
+        return f"{text}: {fold.get('reason') or ''}" if reason and fold["status"] != "folded" else text
+
+    def kept_rows(self) -> list[tuple[str, str, str]]:
+        """(layer, status, reason) of every layer that was not folded."""
+        rows = []
+        for layer in self.report.layers:
+            fold = self.result.outcomes.get(layer.name)
+            if fold and fold["status"] != "folded":
+                rows.append((layer.name, fold["status"], fold.get("reason") or ""))
+        return rows
+
+    def table_parts(self) -> list[RenderableType]:
+        parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
+        kept = self.kept_rows()
+        if kept:
+            table = Table(title="Not folded", title_justify="left")
+            for col in ("layer", "status", "reason"):
+                table.add_column(col)
+            for row in kept:
+                table.add_row(*row)
+            parts.append(table)
+        return parts
+
+    def markdown_lines(self) -> list[str]:
+        return ["### Fold", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
+
+    def html_top(self) -> str:
+        lines = self.summary_lines()
+        parts = ["<h2 id=\"fold\">Fold</h2>"]
+        if lines:
+            parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>")
+        kept = self.kept_rows()
+        if kept:
+            parts.append(
+                "<h3>Not folded</h3><table><tr><th>layer</th><th>status</th><th>reason</th></tr>"
+                + "".join(f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in kept)
+                + "</table>"
+            )
+        return "\n".join(parts)

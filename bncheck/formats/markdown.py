@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from bncheck.formats import fold_section, recalibrate_section
-from bncheck.formats.common import fmt_num, foldable_text, verdict
+from bncheck.formats.common import fmt_num, foldable_text, md_cell, verdict
+from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
 
 ICONS = {"error": "🔴", "warning": "🟠", "info": "🔵"}
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def render(report: Report, **_: object) -> str:
     s = report.summary()
+    section = section_for(report)
     lines = [
         f"## bncheck {report.command}: {'✅' if s['passed'] else '❌'} {verdict(report)}",
         "",
@@ -26,51 +23,48 @@ def render(report: Report, **_: object) -> str:
         lines.append(f"> {note}")
     if report.notes or report.model.notes:
         lines.append("")
-    data = report.extras.get("data")
+    data = report.data
     if data:
         lines += [f"**Data** `{data.get('path')}` — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
-    if report.command == "recalibrate":
-        lines += ["### Recalibration", ""] + [f"- {line}" for line in recalibrate_section.summary_lines(report)] + [""]
-        lines += ["| layer | mean \\|z\\| before | after | mean \\|r\\| before | after |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| `{_cell(r[0])}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in recalibrate_section.layer_rows(report)] + [""]
-    if report.command == "fold":
-        lines += ["### Fold", ""] + [f"- {line}" for line in fold_section.summary_lines(report)] + [""]
-    if report.findings:
-        states = any(f.baseline for f in report.findings)
-        lines += ["### Findings", "", "| | rule | layer | message |" + (" baseline |" if states else ""),
-                  "|---|---|---|---|" + ("---|" if states else "")]  # fmt: skip
-        for f in report.findings:
-            lines.append(
-                f"| {ICONS[f.severity.value]} {f.severity.value} | `{f.rule}` | {_cell(f.layer or '(model)')} | {_cell(f.message)} |"
-                + (f" {f.baseline or ''} |" if states else "")
-            )
-        lines.append("")
+    lines += section.markdown_lines()
+    lines += _findings(report)
     if report.layers:
-        drift = any("drift" in report.layer_extras.get(layer.name, {}) for layer in report.layers)
-        head = "| layer | kind | C | eps | producer | foldable |"
-        sep = "|---|---|---:|---:|---|---|"
-        if drift:
-            head += " mean \\|z\\| | max \\|z\\| | mean \\|r\\| | score |"
-            sep += "---:|---:|---:|---:|"
-        lines += ["<details><summary>Layers</summary>", "", head, sep]
-        for layer in report.layers:
-            row = (
-                f"| `{_cell(layer.name)}` | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
-                f"{_cell(layer.producer or '-')} | {_fold_text(report, layer)} |"
-            )
-            if drift:
-                d = report.layer_extras.get(layer.name, {}).get("drift") or {}
-                ms, vr = d.get("mean_shift") or {}, d.get("var_log_ratio") or {}
-                row += f" {fmt_num(ms.get('mean'))} | {fmt_num(ms.get('max'))} | {fmt_num(vr.get('mean'))} | {fmt_num(d.get('score'))} |"
-            lines.append(row)
-        lines += ["", "</details>", ""]
+        lines += _layers(report, section)
     lines.append(f"<sub>bncheck {report.to_dict()['tool']['version']} · `{report.model.sha256[:12]}`</sub>")
     return "\n".join(lines) + "\n"
 
 
-def _fold_text(report: Report, layer) -> str:
-    fold = fold_section.layer_fold(report, layer.name)
-    if not fold:
-        return foldable_text(layer)
-    text = fold_section.fold_cell(fold)
-    return _cell(text if fold["status"] == "folded" else f"{text}: {fold.get('reason') or ''}")
+def _findings(report: Report) -> list[str]:
+    if not report.findings:
+        return []
+    states = any(f.baseline for f in report.findings)
+    lines = ["### Findings", "", "| | rule | layer | message |" + (" baseline |" if states else ""),
+             "|---|---|---|---|" + ("---|" if states else "")]  # fmt: skip
+    for f in report.findings:
+        lines.append(
+            f"| {ICONS[f.severity.value]} {f.severity.value} | `{f.rule}` | {md_cell(f.layer or '(model)')} | {md_cell(f.message)} |"
+            + (f" {f.baseline or ''} |" if states else "")
+        )
+    return [*lines, ""]
+
+
+def _layers(report: Report, section: Section) -> list[str]:
+    drift = any(report.layer_drift(layer.name) is not None for layer in report.layers)
+    head = "| layer | kind | C | eps | producer | foldable |"
+    sep = "|---|---|---:|---:|---|---|"
+    if drift:
+        head += " mean \\|z\\| | max \\|z\\| | mean \\|r\\| | score |"
+        sep += "---:|---:|---:|---:|"
+    lines = ["<details><summary>Layers</summary>", "", head, sep]
+    for layer in report.layers:
+        fold = section.fold_cell(layer, reason=True)
+        row = (
+            f"| `{md_cell(layer.name)}` | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
+            f"{md_cell(layer.producer or '-')} | {md_cell(fold) if fold else foldable_text(layer)} |"
+        )
+        if drift:
+            d = report.layer_drift(layer.name) or {}
+            ms, vr = d.get("mean_shift") or {}, d.get("var_log_ratio") or {}
+            row += f" {fmt_num(ms.get('mean'))} | {fmt_num(ms.get('max'))} | {fmt_num(vr.get('mean'))} | {fmt_num(d.get('score'))} |"
+        lines.append(row)
+    return [*lines, "", "</details>", ""]

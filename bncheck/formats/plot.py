@@ -17,6 +17,8 @@ from typing import Any
 
 from bncheck.errors import UsageError
 from bncheck.report.report import Report
+from bncheck.report.results import DriftResult
+from bncheck.rules import default_thresholds
 
 Z_COLOR = "#1f77b4"  # mean |z|: blue
 R_COLOR = "#ff7f0e"  # mean |r|: orange
@@ -40,14 +42,11 @@ def require_matplotlib() -> None:
         ) from exc
 
 
-# ---------------------------------------------------------------------------- report figures
-
-
 def drift_rows(report: Report) -> list[dict[str, Any]]:
     """Per layer in network order: name, mean |z|, mean |r|, score (None where not measured)."""
     rows = []
     for layer in report.layers:
-        d = report.layer_extras.get(layer.name, {}).get("drift")
+        d = report.layer_drift(layer.name)
         if not d:
             rows.append({"name": layer.name, "z": None, "r": None, "score": None})
             continue
@@ -62,16 +61,20 @@ def drift_rows(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
+def _drift(report: Report) -> DriftResult:
+    """The report's drift result (an empty one for a report of another command)."""
+    if isinstance(report.result, DriftResult):
+        return report.result
+    return DriftResult(data=None, layers={}, first_drifting_layer=None)
+
+
 def has_drift(report: Report) -> bool:
     return any(row["z"] is not None or row["r"] is not None for row in drift_rows(report))
 
 
 def thresholds(report: Report) -> dict[str, dict[str, float]]:
     """The thresholds the report was judged by (recorded by drift), else the registry's."""
-    import bncheck.rules  # noqa: F401  (registers the rules)
-    from bncheck.rules.registry import default_thresholds
-
-    recorded = (report.extras.get("drift") or {}).get("thresholds") or {}
+    recorded = _drift(report).thresholds or {}
     out = {code: dict(values) for code, values in DEFAULT_THRESHOLDS.items()}
     out.update(default_thresholds())
     for code, values in recorded.items():
@@ -90,7 +93,7 @@ def short_names(names: list[str], limit: int = 26) -> list[str]:
         while all(len(p) > common + 1 for p in parts) and len({p[-1 - common] for p in parts}) == 1:
             common += 1
     out = []
-    for name, p in zip(names, parts):
+    for name, p in zip(names, parts, strict=True):
         text = "/".join(p[: len(p) - common]) if common else name
         text = text.strip("/") or name
         if len(text) > limit:
@@ -159,7 +162,7 @@ def drift_figure(report: Report):
     marker = 7 if n <= 40 else 4
     ax.plot(xs, z, color=Z_COLOR, marker="o", markersize=marker, linewidth=2.2, label="mean |z| (mean shift)")
     ax.plot(xs, r, color=R_COLOR, marker="s", markersize=marker, linewidth=2.2, label="mean |r| (variance log-ratio)")
-    first = (report.extras.get("drift") or {}).get("first_drifting_layer")
+    first = _drift(report).first_drifting_layer
     if first in names:
         i = names.index(first)
         ax.axvline(i, color=FIRST_COLOR, linestyle=":", linewidth=1.6)
@@ -183,7 +186,7 @@ def drift_figure(report: Report):
 
 
 def channel_data(report: Report, layer: str) -> dict[str, list] | None:
-    return (report.extras.get("channels") or {}).get(layer)
+    return (_drift(report).channels or {}).get(layer)
 
 
 def channel_figure(report: Report, layer: str):
@@ -206,14 +209,14 @@ def channel_figure(report: Report, layer: str):
         _style(ax)
         ax.grid(True, axis="x", color=GRID_COLOR, linewidth=0.8)
         points = [
-            (x, y, abs(s)) for x, y, s in zip(xs, ys, score)
+            (x, y, abs(s)) for x, y, s in zip(xs, ys, score, strict=True)
             if x is not None and y is not None and s is not None and math.isfinite(x) and math.isfinite(y)
             and (not log or (x > 0 and y > 0))
         ]  # fmt: skip
         if not points:
             ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
             continue
-        px, py, ps = zip(*points)
+        px, py, ps = zip(*points, strict=True)
         lo, hi = min(min(px), min(py)), max(max(px), max(py))
         if log:
             ax.set_xscale("log")
@@ -235,16 +238,25 @@ def channel_figure(report: Report, layer: str):
     return fig
 
 
-def small_batch_figure(report: Report):
-    """BN201: how far per-batch statistics at the training batch size scatter, per layer."""
-    sb = (report.extras.get("drift") or {}).get("small_batch") or {}
-    per_layer = sb.get("layers") or {}
+def _layer_bars(report: Report, per_layer: dict[str, Any]):
+    """(names in network order of the layers in ``per_layer``, a figure and its axes sized
+    for one bar group per layer); (names, None, None) when there are none."""
     names = [layer.name for layer in report.layers if layer.name in per_layer]
     if not names:
-        return None
+        return names, None, None
     fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
     ax = fig.add_subplot()
     _style(ax)
+    return names, fig, ax
+
+
+def small_batch_figure(report: Report):
+    """BN201: how far per-batch statistics at the training batch size scatter, per layer."""
+    sb = _drift(report).small_batch or {}
+    per_layer = sb.get("layers") or {}
+    names, fig, ax = _layer_bars(report, per_layer)
+    if fig is None:
+        return None
     xs = range(len(names))
     width = 0.38
     ms = [_num(per_layer[n].get("mean_scatter")) for n in names]
@@ -268,14 +280,11 @@ def small_batch_figure(report: Report):
 
 def train_eval_figure(report: Report):
     """BN301: per layer, how far batch statistics (train mode) are from the running ones."""
-    te = (report.extras.get("drift") or {}).get("train_eval") or {}
+    te = _drift(report).train_eval or {}
     per_layer = te.get("per_layer") or {}
-    names = [layer.name for layer in report.layers if layer.name in per_layer]
-    if not names:
+    names, fig, ax = _layer_bars(report, per_layer)
+    if fig is None:
         return None
-    fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
-    ax = fig.add_subplot()
-    _style(ax)
     values = [_num(per_layer[n]) for n in names]
     worst = max(range(len(values)), key=lambda i: values[i])
     bars = ax.bar(range(len(names)), values, 0.6, color=["#9467bd" if i != worst else ERROR_COLOR for i in range(len(names))])
@@ -297,9 +306,6 @@ def train_eval_figure(report: Report):
 
 def _num(value) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
-
-
-# ---------------------------------------------------------------------------- output
 
 
 def figure_bytes(fig, fmt: str) -> bytes:
@@ -325,6 +331,8 @@ def plot_bytes(report: Report, path: Path) -> bytes:
     """The drift chart of ``report`` in the format ``path`` names (.png or .svg)."""
     fmt = plot_format(path)
     require_matplotlib()
-    if report.command != "drift":
-        raise UsageError(f"--plot draws the drift chart; this is a `{report.command}` report (use it with drift reports).")
+    if not isinstance(report.result, DriftResult):
+        raise UsageError(
+            f"--plot draws the drift chart; this `{report.command}` report has no drift figures (use it with drift reports)."
+        )
     return figure_bytes(drift_figure(report), fmt)

@@ -1,44 +1,112 @@
-"""The recalibration part of the human-readable reports: method, passes, accuracy and the
-per-layer drift before -> after."""
+"""The ``bncheck recalibrate`` section of the human-readable reports (a
+:class:`RecalibrationResult`): method, passes, accuracy and the per-layer drift before -> after."""
 
 from __future__ import annotations
 
-from bncheck.formats.common import fmt_num
-from bncheck.report.report import Report
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from bncheck.formats.common import fmt_num, md_cell
+from bncheck.formats.html_parts import esc, facts
+from bncheck.formats.section import Section
+from bncheck.report.results import RecalibrationResult
 
 
-def summary_lines(report: Report) -> list[str]:
-    rc = report.extras.get("recalibration") or {}
-    if not rc:
-        return []
-    passes = rc.get("passes") or []
-    modes = ", ".join(p["mode"] for p in passes)
-    acc = rc.get("accuracy") or {}
-    lines = [
-        f"method: {rc.get('method')} (running_var: {rc.get('variance')}); {rc.get('layers')} layer(s) recalibrated",
-        f"passes over the data: {rc.get('estimation_passes')} to estimate ({modes}), {rc.get('total_passes')} in all with the before/after drift runs",
-    ]
-    if acc.get("before") is not None:
-        after = acc.get("after")
-        lines.append(f"accuracy on DATA: {acc['before']:.1%} -> {after:.1%}" if after is not None else f"accuracy before: {acc['before']:.1%}")
-    out = rc.get("output") or {}
-    lines.append(f"output: {out.get('path')} ({out.get('kind')})")
-    return lines
+def _mean(figures, key: str):
+    return ((figures or {}).get(key) or {}).get("mean")
 
 
-def layer_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
-    """(layer, mean|z| before, after, mean|r| before, after) per layer."""
-    rows = []
-    for layer in report.layers:
-        extra = report.layer_extras.get(layer.name, {})
-        b, a = extra.get("before") or {}, extra.get("after") or {}
-        rows.append(
-            (
-                layer.name,
-                fmt_num((b.get("mean_shift") or {}).get("mean")),
-                fmt_num((a.get("mean_shift") or {}).get("mean")),
-                fmt_num((b.get("var_log_ratio") or {}).get("mean")),
-                fmt_num((a.get("var_log_ratio") or {}).get("mean")),
+class RecalibrationSection(Section):
+    result_type = RecalibrationResult
+    result: RecalibrationResult
+
+    def summary_lines(self) -> list[str]:
+        rc = self.result.summary
+        if not rc:
+            return []
+        passes = rc.get("passes") or []
+        modes = ", ".join(p["mode"] for p in passes)
+        acc = rc.get("accuracy") or {}
+        lines = [
+            f"method: {rc.get('method')} (running_var: {rc.get('variance')}); {rc.get('layers')} layer(s) recalibrated",
+            f"passes over the data: {rc.get('estimation_passes')} to estimate ({modes}), {rc.get('total_passes')} in all with the before/after drift runs",
+        ]
+        if acc.get("before") is not None:
+            after = acc.get("after")
+            lines.append(f"accuracy on DATA: {acc['before']:.1%} -> {after:.1%}" if after is not None else f"accuracy before: {acc['before']:.1%}")
+        out = rc.get("output") or {}
+        lines.append(f"output: {out.get('path')} ({out.get('kind')})")
+        return lines
+
+    def layer_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(layer, mean|z| before, after, mean|r| before, after) per layer."""
+        rows = []
+        for layer in self.report.layers:
+            entry = self.result.layers.get(layer.name)
+            b, a = (entry.before, entry.after) if entry is not None else (None, None)
+            rows.append(
+                (
+                    layer.name,
+                    fmt_num(_mean(b, "mean_shift")),
+                    fmt_num(_mean(a, "mean_shift")),
+                    fmt_num(_mean(b, "var_log_ratio")),
+                    fmt_num(_mean(a, "var_log_ratio")),
+                )
             )
+        return rows
+
+    def table_parts(self) -> list[RenderableType]:
+        parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
+        table = Table(title="Drift before -> after", title_justify="left")
+        for col in ("layer", "mean|z| before", "after", "mean|r| before", "after"):
+            table.add_column(col, justify="left" if col == "layer" else "right")
+        for row in self.layer_rows():
+            table.add_row(*row)
+        parts.append(table)
+        return parts
+
+    def markdown_lines(self) -> list[str]:
+        lines = ["### Recalibration", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
+        lines += ["| layer | mean \\|z\\| before | after | mean \\|r\\| before | after |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| `{md_cell(r[0])}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in self.layer_rows()] + [""]
+        return lines
+
+    def html_top(self) -> str:
+        rec = self.result.summary
+        if not rec:
+            return ""
+        acc = rec.get("accuracy") or {}
+        out = rec.get("output") or {}
+        items = [
+            ("method", f"{rec.get('method')} ({rec.get('variance')} variance)"),
+            ("layers recalibrated", rec.get("layers")),
+            ("passes", len(rec.get("passes") or [])),
+            ("written", f"{out.get('path')} ({out.get('kind')})" if out.get("path") else None),
+        ]
+        if acc.get("before") is not None or acc.get("after") is not None:
+            before = f"{acc['before']:.1%}" if isinstance(acc.get("before"), (int, float)) else "-"
+            after = f"{acc['after']:.1%}" if isinstance(acc.get("after"), (int, float)) else "-"
+            items.append(("accuracy on DATA", f"{before} → {after}"))
+        return f"<h2 id=\"recalibration\">Recalibration</h2>{facts(items)}{self._html_table()}"
+
+    def _html_table(self) -> str:
+        rows = []
+        for layer in self.report.layers:
+            entry = self.result.layers.get(layer.name)
+            b, a = (entry.before, entry.after) if entry is not None else (None, None)
+            if not b and not a:
+                continue
+            cells = [f"{fmt_num(_mean(b, key))} → {fmt_num(_mean(a, key))}" for key in ("mean_shift", "var_log_ratio")]
+            cells.append(f"{fmt_num((b or {}).get('score'))} → {fmt_num((a or {}).get('score'))}")
+            rows.append(
+                f"<tr><td class=\"name\"><code>{esc(layer.name)}</code></td>"
+                + "".join(f"<td class=\"num\">{c}</td>" for c in cells) + "</tr>"
+            )
+        if not rows:
+            return ""
+        return (
+            "<table><tr><th>layer</th><th class=\"num\">mean |z| before → after</th>"
+            "<th class=\"num\">mean |r| before → after</th><th class=\"num\">score before → after</th></tr>"
+            + "".join(rows) + "</table>"
         )
-    return rows

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from bncheck._version import __version__
 from bncheck.report.report import Report, finite
+from bncheck.rules import REGISTRY
 from bncheck.rules.finding import Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -100,13 +101,10 @@ def _result(report: Report, finding: Finding, index: dict[str, int], artifact: d
 
 def to_sarif(report: Report) -> dict[str, Any]:
     """The report as a SARIF 2.1.0 log (a dict ready for ``json.dumps``)."""
-    import bncheck.rules  # noqa: F401  (registers the rules)
-    from bncheck.rules.registry import REGISTRY
-
     rules = [REGISTRY[code] for code in sorted(REGISTRY)]
     index = {rule.code: i for i, rule in enumerate(rules)}
     artifact = artifact_location(report.model.path)
-    run_info = report.extras.get("run") or {}
+    run_info = report.run or {}
     invocation: dict[str, Any] = {"executionSuccessful": True, "exitCode": report.exit_code}
     if run_info.get("command_line"):
         invocation["commandLine"] = run_info["command_line"]

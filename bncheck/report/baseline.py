@@ -23,12 +23,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bncheck.errors import DataError, UsageError
-from bncheck.report.report import Report
+from bncheck.numerics.drift import layer_drift
+from bncheck.report import parse
+from bncheck.report.results import DriftResult
 from bncheck.report.stats_file import read_stats
+from bncheck.rules import default_thresholds, get_rule
+from bncheck.rules.context import DriftEvidence, RuleContext
 from bncheck.rules.finding import Finding
+
+if TYPE_CHECKING:  # the report module builds on this one
+    from bncheck.report.report import Report
 
 #: Relative growth of a finding's figure that counts as worse.
 DEFAULT_TOLERANCE = 0.10
@@ -126,7 +133,7 @@ def match(old: list[Finding], new: list[Finding]) -> tuple[list[tuple[Finding | 
 
 def apply_baseline(report: Report, baseline: str | Path | Report | Baseline, *, tolerance: float | None = None) -> Baseline:
     """Mark every finding of ``report`` new / worse / existing against ``baseline`` and record
-    the comparison in ``report.extras["baseline"]``; the gate then counts new and worse only."""
+    the comparison in ``report.baseline``; the gate then counts new and worse only."""
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
     if tolerance < 0:
         raise UsageError("the baseline tolerance must be 0 or more.")
@@ -144,7 +151,7 @@ def apply_baseline(report: Report, baseline: str | Path | Report | Baseline, *, 
         counts[state] += 1
         if state != "existing":
             changes.append({"rule": new.rule, "layer": new.layer, "state": state, "reason": reason})
-    report.extras["baseline"] = {
+    report.baseline = {
         "path": base.path,
         "kind": base.kind,
         "model_sha256": base.model_sha256,
@@ -165,7 +172,7 @@ def apply_baseline(report: Report, baseline: str | Path | Report | Baseline, *, 
 
 def load_baseline(source: str | Path | Report, report: Report) -> Baseline:
     """A baseline for ``report`` from a Report, a JSON report file, or saved statistics."""
-    if isinstance(source, Report):
+    if not isinstance(source, (str, Path)):  # a Report
         _check_command(source.command, report, "the baseline report")
         return Baseline(path="<report>", kind="report", findings=list(source.findings), command=source.command,
                         model_sha256=source.model.sha256)  # fmt: skip
@@ -173,15 +180,17 @@ def load_baseline(source: str | Path | Report, report: Report) -> Baseline:
     suffix = path.suffix.lower()
     if suffix in (".npz", ".parquet"):
         return _stats_baseline(path, report)
-    from bncheck.report.io import read_json, report_from_dict
-
     if suffix != ".json" and not path.exists():
         raise UsageError(f"baseline file {path} does not exist.")
-    data = read_json(path, what="baseline")
-    base = report_from_dict(data, source=f"baseline {path}")
-    _check_command(base.command, report, f"baseline {path}")
-    return Baseline(path=str(path), kind="report", findings=list(base.findings), command=base.command,
-                    model_sha256=base.model.sha256)  # fmt: skip
+    data = _baseline_report(path)
+    _check_command(data["command"], report, f"baseline {path}")
+    return Baseline(path=str(path), kind="report", findings=parse.findings_of(data["findings"]), command=data["command"],
+                    model_sha256=data["model"]["sha256"])  # fmt: skip
+
+
+def _baseline_report(path: Path) -> dict[str, Any]:
+    """The parsed, checked JSON report at ``path``."""
+    return parse.check_report(parse.read_json(path, what="baseline"), f"baseline {path}")
 
 
 def check_baseline_file(path: str | Path, command: str) -> None:
@@ -196,12 +205,10 @@ def check_baseline_file(path: str | Path, command: str) -> None:
             )
         _read_stats(path)
         return
-    from bncheck.report.io import read_json, report_from_dict
-
-    base = report_from_dict(read_json(path, what="baseline"), source=f"baseline {path}")
-    if base.command != command:
+    found = _baseline_report(path)["command"]
+    if found != command:
         raise UsageError(
-            f"baseline {path} is a `bncheck {base.command}` report but this is `bncheck {command}`; "
+            f"baseline {path} is a `bncheck {found}` report but this is `bncheck {command}`; "
             f"pass a baseline made by `bncheck {command} --format json`."
         )
 
@@ -235,10 +242,6 @@ def _read_stats(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
 
 def _stats_baseline(path: Path, report: Report) -> Baseline:
     """BN101/BN102/BN104 evaluated on saved statistics with the report's thresholds."""
-    import bncheck.rules  # noqa: F401  (registers the rules)
-    from bncheck.numerics.drift import layer_drift
-    from bncheck.rules.registry import RuleContext, default_thresholds, get_rule
-
     if report.command != "drift":
         raise UsageError(
             f"saved statistics ({path.name}) can only be a baseline for `bncheck drift`; for `{report.command}` "
@@ -247,7 +250,8 @@ def _stats_baseline(path: Path, report: Report) -> Baseline:
     stats, meta = _read_stats(path)
     samples = meta.get("samples")
     thresholds = default_thresholds()
-    for code, values in ((report.extras.get("drift") or {}).get("thresholds") or {}).items():
+    recorded = report.result.thresholds if isinstance(report.result, DriftResult) else None
+    for code, values in (recorded or {}).items():
         thresholds.setdefault(code, {}).update(values)
     drift = {}
     layers = [layer for layer in report.layers if layer.name in stats]
@@ -262,7 +266,8 @@ def _stats_baseline(path: Path, report: Report) -> Baseline:
     if not drift:
         raise UsageError(f"baseline {path} has statistics for none of this model's BN layers (by name and width).")
     covered = ["BN101", "BN102"] + (["BN104"] if isinstance(samples, int) else [])
-    ctx = RuleContext(layers=layers, thresholds=thresholds, extras={"drift": drift, "samples": samples or 0})
+    evidence = DriftEvidence(layers=drift, samples=samples or 0)
+    ctx = RuleContext(layers=layers, thresholds=thresholds, drift=evidence)
     findings = [f for code in covered for f in get_rule(code).run(ctx)]
     return Baseline(path=str(path), kind="stats", findings=findings, command="drift",
                     model_sha256=str(meta.get("model_sha256", "")), covered_rules=covered)  # fmt: skip

@@ -18,8 +18,11 @@ from typing import Any
 from bncheck.errors import UsageError
 from bncheck.report import rendering
 from bncheck.report.baseline import DEFAULT_TOLERANCE, FIGURES, compare, match
+from bncheck.report.gate import Gate
 from bncheck.report.report import Report, finite
-from bncheck.rules.finding import Finding, reaches
+from bncheck.report.results import DriftResult, FoldResult
+from bncheck.rules.context import Verification
+from bncheck.rules.finding import FAIL_ON, Finding, Severity, reaches
 
 STATES = ("new", "worse", "better", "unchanged", "resolved")
 
@@ -66,7 +69,7 @@ class LayerChange:
 
 
 @dataclass
-class ReportDiff:
+class ReportDiff(Gate):
     a: Report
     b: Report
     a_name: str
@@ -79,20 +82,10 @@ class ReportDiff:
         return sum(1 for c in self.findings if c.state == state)
 
     def failing(self) -> list[FindingChange]:
-        from bncheck.rules.finding import Severity
-
         return [
             c for c in self.findings
             if c.state in ("new", "worse") and c.severity_b and reaches(Severity(c.severity_b), self.fail_on)
         ]  # fmt: skip
-
-    @property
-    def passed(self) -> bool:
-        return not self.failing()
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     def facts(self) -> list[tuple[str, str, str]]:
         """(what, in A, in B) for the run-level facts that differ or matter."""
@@ -103,20 +96,17 @@ class ReportDiff:
             ("verdict", "passed" if a.passed else "FAILED", "passed" if b.passed else "FAILED"),
             ("errors / warnings / infos", _counts(a), _counts(b)),
         ]
-        da, db = a.extras.get("data") or {}, b.extras.get("data") or {}
+        da, db = a.data or {}, b.data or {}
         if da or db:
             rows.append(("data", f"{da.get('path', '-')} ({da.get('samples', '-')} samples)", f"{db.get('path', '-')} ({db.get('samples', '-')} samples)"))
-        acc_a = (a.extras.get("drift") or {}).get("accuracy")
-        acc_b = (b.extras.get("drift") or {}).get("accuracy")
-        if acc_a is not None or acc_b is not None:
-            rows.append(("accuracy", _pct(acc_a), _pct(acc_b)))
-        first_a = (a.extras.get("drift") or {}).get("first_drifting_layer")
-        first_b = (b.extras.get("drift") or {}).get("first_drifting_layer")
-        if first_a or first_b:
-            rows.append(("first drifting layer", first_a or "-", first_b or "-"))
-        va, vb = a.extras.get("verification"), b.extras.get("verification")
+        ra, rb = _drift_run(a), _drift_run(b)
+        if ra.accuracy is not None or rb.accuracy is not None:
+            rows.append(("accuracy", _pct(ra.accuracy), _pct(rb.accuracy)))
+        if ra.first_drifting_layer or rb.first_drifting_layer:
+            rows.append(("first drifting layer", ra.first_drifting_layer or "-", rb.first_drifting_layer or "-"))
+        va, vb = _verification(a), _verification(b)
         if va or vb:
-            rows.append(("verification max rel err", _num((va or {}).get("max_rel_err")), _num((vb or {}).get("max_rel_err"))))
+            rows.append(("verification max rel err", _num(va.max_rel_err if va else None), _num(vb.max_rel_err if vb else None)))
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,8 +154,19 @@ def _num(value) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) else "-"
 
 
+def _drift_run(report: Report) -> DriftResult:
+    """The drift result of ``report`` (an empty one for other commands)."""
+    if isinstance(report.result, DriftResult):
+        return report.result
+    return DriftResult(data=None, layers={}, first_drifting_layer=None)
+
+
+def _verification(report: Report) -> Verification | None:
+    return report.result.verification if isinstance(report.result, FoldResult) else None
+
+
 def _drift_figures(report: Report, name: str) -> dict[str, float | None] | None:
-    d = report.layer_extras.get(name, {}).get("drift")
+    d = report.layer_drift(name)
     if not d:
         return None
     return {"mean_z": d["mean_shift"]["mean"], "mean_r": d["var_log_ratio"]["mean"], "score": d.get("score")}
@@ -221,15 +222,11 @@ def diff_reports(
 
 def diff(a, b, *, fail_on: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> ReportDiff:
     """Python API: ``a`` and ``b`` are Reports or paths of JSON reports."""
-    from bncheck.report.io import load_report
-
     a_name = str(a) if not isinstance(a, Report) else "A"
     b_name = str(b) if not isinstance(b, Report) else "B"
-    a = a if isinstance(a, Report) else load_report(a)
-    b = b if isinstance(b, Report) else load_report(b)
+    a = a if isinstance(a, Report) else Report.load(a)
+    b = b if isinstance(b, Report) else Report.load(b)
     if fail_on is not None:
-        from bncheck.rules.finding import FAIL_ON
-
         if fail_on not in FAIL_ON:
             raise UsageError(f"fail-on {fail_on!r} must be one of: error, warning, info, never.")
     return diff_reports(a, b, a_name=a_name, b_name=b_name, fail_on=fail_on, tolerance=tolerance)

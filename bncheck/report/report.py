@@ -11,36 +11,44 @@ from bncheck._version import __version__
 from bncheck.backends.interface import ModelInfo
 from bncheck.backends.output import write_atomically
 from bncheck.layer import BNLayer
-from bncheck.report import rendering
+from bncheck.report import parse, rendering
+from bncheck.report.baseline import apply_baseline
+from bncheck.report.gate import Gate
+from bncheck.report.parse import check_report
+from bncheck.report.results import RESULT_KEYS, CommandResult, result_from_dict
 from bncheck.rules.finding import Finding, Severity, reaches
 
 SCHEMA_VERSION = 1
+#: Top-level keys that Report builds itself (every other key belongs to a result, the
+#: baseline, the run record, or is kept as it is).
+CORE_KEYS = ("schema_version", "tool", "command", "model", "layers", "findings", "summary", "notes")
 
 
 @dataclass
-class Report:
+class Report(Gate):
     command: str
     model: ModelInfo
     layers: list[BNLayer]
     findings: list[Finding]
     fail_on: str = "error"
-    #: per-layer additions keyed by layer name (drift figures, fold outcome...)
-    layer_extras: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: top-level additions (data, verification, settings...)
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: what the command measured (None for audit, or a run that stopped early)
+    result: CommandResult | None = None
+    #: the comparison with a baseline (see :func:`bncheck.report.baseline.apply_baseline`)
+    baseline: dict[str, Any] | None = None
+    #: how the report was made: command line, versions, platform (the CLI records it)
+    run: dict[str, Any] | None = None
     #: human notes shown under the summary (e.g. "no batch-norm layers found")
     notes: list[str] = field(default_factory=list)
+    #: top-level keys of a saved report this version does not know, kept so a re-save keeps them
+    other: dict[str, Any] = field(default_factory=dict)
+    #: per layer name, the keys of a saved report's layer entry beyond BNLayer's fields and the
+    #: result's (figures derived from arrays a saved report does not carry, e.g. has_running_stats)
+    layer_other: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where a loaded report came from and which bncheck wrote it (not serialised)
+    origin: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity is severity)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failing()
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     def failing(self) -> list[Finding]:
         """Findings that fail the gate: at or above ``fail_on`` and, with a baseline, new or worse."""
@@ -56,11 +64,36 @@ class Report:
             "passed": self.passed,
         }
 
+    @property
+    def data(self) -> dict[str, Any] | None:
+        """The DATA the command read (path, samples, batch size...), or None."""
+        return self.result.data if self.result is not None else None
+
+    def layer_drift(self, name: str) -> dict[str, Any] | None:
+        """The drift figures shown for layer ``name`` (drift; recalibrate: after), or None."""
+        return self.result.layer_drift(name) if self.result is not None else None
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The top-level additions as the JSON report holds them (data, drift, fold, baseline,
+        run...): a read-only view built from the typed fields."""
+        return {k: v for k, v in self.to_dict().items() if k not in CORE_KEYS}
+
+    @property
+    def layer_extras(self) -> dict[str, dict[str, Any]]:
+        """Per layer name, what the result adds to its JSON entry (a read-only view)."""
+        if self.result is None:
+            return {}
+        fields = {layer.name: self.result.layer_fields(layer.name) for layer in self.layers}
+        return {name: value for name, value in fields.items() if value}
+
     def layer_dicts(self) -> list[dict[str, Any]]:
         out = []
         for layer in self.layers:
             item = layer.to_dict()
-            item.update(self.layer_extras.get(layer.name, {}))
+            item.update(self.layer_other.get(layer.name, {}))
+            if self.result is not None:
+                item.update(self.result.layer_fields(layer.name))
             out.append(item)
         return out
 
@@ -74,8 +107,13 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "summary": self.summary(),
         }
-        for key, value in self.extras.items():
-            out[key] = value
+        if self.result is not None:
+            out.update(self.result.to_dict())
+        if self.baseline is not None:
+            out["baseline"] = self.baseline
+        if self.run is not None:
+            out["run"] = self.run
+        out.update(self.other)
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -139,24 +177,41 @@ class Report:
         """Compare the findings with ``baseline`` (a JSON report path, a saved-statistics file
         from ``drift --save-stats``, or a Report): each finding becomes new, worse or existing,
         and the gate (``passed``, the exit code) only counts new and worse ones. Returns self."""
-        from bncheck.report.baseline import apply_baseline
-
         apply_baseline(self, baseline, tolerance=tolerance)
         return self
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Report:
-        """A report from the parsed JSON of a saved report (see :mod:`bncheck.report.io`)."""
-        from bncheck.report.io import report_from_dict
-
-        return report_from_dict(data)
+    def from_dict(cls, data: dict[str, Any], *, source: str = "the report") -> Report:
+        """A report from the parsed JSON of a saved report; :class:`UsageError` naming
+        ``source`` and the first problem when ``data`` is not a valid bncheck report."""
+        check_report(data, source)
+        layers, layer_rest = parse.layers_of(data["layers"])
+        known = {*CORE_KEYS, *RESULT_KEYS, "baseline", "run"}
+        result = result_from_dict(data, layer_rest)
+        owned = {name: set(result.layer_fields(name)) if result is not None else set() for name in layer_rest}
+        return cls(
+            command=data["command"],
+            model=parse.model_info(data["model"]),
+            layers=layers,
+            findings=parse.findings_of(data["findings"]),
+            fail_on=data["summary"]["fail_on"],
+            result=result,
+            baseline=data.get("baseline"),
+            run=data.get("run"),
+            notes=list(data.get("notes", [])),
+            other={key: value for key, value in data.items() if key not in known},
+            layer_other={
+                name: {k: v for k, v in rest.items() if k not in owned[name]}
+                for name, rest in layer_rest.items()
+                if set(rest) - owned[name]
+            },
+            origin={"source": source, "tool_version": data["tool"].get("version")},
+        )
 
     @classmethod
     def load(cls, path) -> Report:
         """A report from a JSON file written by ``--format json`` or :meth:`save`."""
-        from bncheck.report.io import load_report
-
-        return load_report(path)
+        return cls.from_dict(parse.read_json(path), source=str(path))
 
     def __repr__(self) -> str:
         s = self.summary()

@@ -85,6 +85,22 @@ def _path(parts) -> str:
     return text
 
 
+def _item_problems(report: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """The layers and findings arrays: each an object with its required keys."""
+    out: list[str] = []
+    for name, item_schema in (("layers", schema["$defs"]["layer"]), ("findings", schema["$defs"]["finding"])):
+        items = report[name]
+        if not isinstance(items, list):
+            out.append(f"$.{name}: not an array")
+            continue
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                out.append(f"$.{name}[{i}]: not an object")
+                continue
+            out += [f"$.{name}[{i}]: missing {key!r}" for key in item_schema["required"] if key not in item]
+    return out
+
+
 def _structural_problems(report: Any) -> list[str]:
     """The required fields and their types, checked by hand (no jsonschema installed)."""
     schema = _schema()
@@ -108,16 +124,7 @@ def _structural_problems(report: Any) -> list[str]:
             out.append(f"$.{name}: not an object")
             continue
         out += [f"$.{name}: missing {key!r}" for key in sub["required"] if key not in value]
-    for name, item_schema in (("layers", schema["$defs"]["layer"]), ("findings", schema["$defs"]["finding"])):
-        items = report[name]
-        if not isinstance(items, list):
-            out.append(f"$.{name}: not an array")
-            continue
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                out.append(f"$.{name}[{i}]: not an object")
-                continue
-            out += [f"$.{name}[{i}]: missing {key!r}" for key in item_schema["required"] if key not in item]
+    out += _item_problems(report, schema)
     if not out:
         severities = set(_RANK)
         for i, f in enumerate(report["findings"]):

@@ -35,6 +35,7 @@ import numpy as np
 
 from bncheck._version import __version__
 from bncheck.backends.output import write_atomically
+from bncheck.engines.measure import Measurement
 from bncheck.errors import DataError, OutputError, UsageError
 from bncheck.numerics.moments import Moments, merge
 
@@ -405,8 +406,6 @@ def merge_files(paths: list[str | Path], out: str | Path, *, partial: bool = Fal
 def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, Any], list[str]]:
     """``drift --stats``: the :class:`~bncheck.engines.measure.Measurement` a data pass would have given
     (moments and samples; no subsample), the data description, and notes for the report."""
-    from bncheck.engines.measure import Measurement
-
     stats = read_stats(path)
     meta = stats.meta
     recorded = meta.get("model_sha256") or ""

@@ -1,8 +1,23 @@
-"""The rule registry. Importing this package registers every built-in rule."""
+"""The rule registry. Importing this package registers every built-in rule: each phase's
+module (audit, drift, fold) is imported once, here, and its ``@rule`` functions register
+themselves."""
 
-from bncheck.rules.registry import REGISTRY, Rule, RuleContext, get_rule, rule, select_rules
+from bncheck.rules import audit, drift, fold  # noqa: F401  (registration)
+from bncheck.rules.context import DriftEvidence, FoldEvidence, RuleContext, Verification
+from bncheck.rules.registry import REGISTRY, Rule, default_thresholds, get_rule, rule, select_rules
+from bncheck.rules.run import run_codes, run_rules
 
-# Registration happens on import; keep these imports.
-from bncheck.rules import audit, drift, fold  # noqa: E402,F401  isort: skip
-
-__all__ = ["REGISTRY", "Rule", "RuleContext", "get_rule", "rule", "select_rules"]
+__all__ = [
+    "REGISTRY",
+    "DriftEvidence",
+    "FoldEvidence",
+    "Rule",
+    "RuleContext",
+    "Verification",
+    "default_thresholds",
+    "get_rule",
+    "rule",
+    "run_codes",
+    "run_rules",
+    "select_rules",
+]

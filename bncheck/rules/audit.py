@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from bncheck.rules.registry import RuleContext, rule
+from bncheck.rules.context import RuleContext
+from bncheck.rules.registry import rule
 
 
 def _never_materialised(layer) -> bool:

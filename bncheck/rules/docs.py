@@ -10,8 +10,6 @@ from bncheck.rules.registry import REGISTRY
 
 
 def rule_rows() -> list[dict]:
-    import bncheck.rules  # noqa: F401
-
     rows = []
     for code in sorted(REGISTRY):
         r = REGISTRY[code]

@@ -1,16 +1,18 @@
 """Rules with data: BN101-BN104 (drift), BN201 (small-batch risk), BN301 (train/eval mismatch).
 
-They read the figures that ``bncheck drift`` measured, from ``RuleContext.extras``:
-``drift`` ({layer: LayerDrift}), ``samples`` (int), ``input_diagnosis`` (dict or None),
-``small_batch`` (dict or None) and ``mismatch`` (dict or None).
+They read what ``bncheck drift`` measured, ``RuleContext.drift`` (a
+:class:`~bncheck.rules.context.DriftEvidence`: per-layer drift, samples, the input diagnosis,
+the small-batch and the train/eval figures); without it they find nothing.
 """
 
 from __future__ import annotations
 
 import math
 
+from bncheck.numerics.drift import LayerDrift
+from bncheck.rules.context import RuleContext
 from bncheck.rules.finding import Severity
-from bncheck.rules.registry import RuleContext, rule
+from bncheck.rules.registry import rule
 
 
 def _graded(value: float, warn: float, error: float) -> Severity | None:
@@ -48,11 +50,15 @@ def check_mean_shift(r, ctx: RuleContext):
     )
 
 
+def _layers(ctx: RuleContext) -> dict[str, LayerDrift]:
+    return ctx.drift.layers if ctx.drift is not None else {}
+
+
 def _graded_findings(r, ctx: RuleContext, figure, describe):
     """One finding per layer whose ``figure(drift) -> (Summary, standard error)`` mean reaches the
     rule's warning or error threshold; ``describe(summary)`` words it."""
     warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
-    for name, d in ctx.extras.get("drift", {}).items():
+    for name, d in _layers(ctx).items():
         summary, se = figure(d)
         sev = _graded(summary.mean, warn, error)
         if sev:
@@ -84,6 +90,10 @@ def _graded_findings(r, ctx: RuleContext, figure, describe):
     fine-tune on the new data.""",
     thresholds={"warning": 0.25, "error": 0.5},
     threshold_docs={"warning": "mean |r| for a warning", "error": "mean |r| for an error"},
+    references=(
+        "Li et al., Revisiting Batch Normalization for Practical Domain Adaptation (AdaBN), 2016, arXiv:1603.04779",
+        "Schneider et al., Improving robustness against common corruptions by covariate shift adaptation, NeurIPS 2020, arXiv:2006.16971",
+    ),
 )
 def check_variance_ratio(r, ctx: RuleContext):
     yield from _graded_findings(
@@ -119,13 +129,13 @@ def check_variance_ratio(r, ctx: RuleContext):
     threshold_docs={"first_layers": "how many BN layers count as nearest the input", "score": "drift score that triggers the diagnosis"},
 )
 def check_input_mismatch(r, ctx: RuleContext):
-    drift = ctx.extras.get("drift", {})
+    drift = _layers(ctx)
     if not drift:
         return
     first = int(ctx.threshold(r.code, "first_layers"))
     limit = ctx.threshold(r.code, "score")
     nearest = [layer.name for layer in ctx.layers if layer.name in drift][:first]
-    diagnosis = ctx.extras.get("input_diagnosis") or {}
+    diagnosis = ctx.drift.input_diagnosis or {}
     best = diagnosis.get("best")
     strong = [n for n in nearest if drift[n].score >= limit or best]
     if not strong:
@@ -161,15 +171,15 @@ def check_input_mismatch(r, ctx: RuleContext):
     threshold_docs={"min_samples": "fewest samples for a reliable run", "max_se": "largest acceptable standard error"},
 )
 def check_few_samples(r, ctx: RuleContext):
-    samples = ctx.extras.get("samples")
-    if samples is None:
+    if ctx.drift is None:
         return
+    samples = ctx.drift.samples
     minimum = ctx.threshold(r.code, "min_samples")
     max_se = ctx.threshold(r.code, "max_se")
     if samples < minimum:
         yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples)
         return
-    for name, d in ctx.extras.get("drift", {}).items():
+    for name, d in ctx.drift.layers.items():
         worst = max(d.z_se, d.r_se)
         if math.isfinite(worst) and worst > max_se:
             yield r.finding(name, f"standard error {worst:.2g} of the drift figures exceeds {max_se:g}", z_se=d.z_se, r_se=d.r_se)
@@ -195,9 +205,14 @@ def check_few_samples(r, ctx: RuleContext):
     freeze BN (FrozenBatchNorm2d) when fine-tuning with small batches.""",
     thresholds={"mean_scatter": 0.25, "flip_rate": 0.05},
     threshold_docs={"mean_scatter": "batch-mean scatter in channel stds", "flip_rate": "fraction of predictions that change"},
+    references=(
+        "Wu & He, Group Normalization, ECCV 2018, arXiv:1803.08494",
+        "Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017, arXiv:1702.03275",
+        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
+    ),
 )
 def check_small_batch(r, ctx: RuleContext):
-    sb = ctx.extras.get("small_batch")
+    sb = ctx.drift.small_batch if ctx.drift is not None else None
     if not sb:
         return
     limit_scatter = ctx.threshold(r.code, "mean_scatter")
@@ -246,9 +261,13 @@ def check_small_batch(r, ctx: RuleContext):
         "warning_rel_err": "relative output error for a warning (outputs without classes)",
         "error_rel_err": "relative output error for an error (outputs without classes)",
     },
+    references=(
+        "Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift, ICML 2015, arXiv:1502.03167",
+        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
+    ),
 )
 def check_train_eval(r, ctx: RuleContext):
-    mm = ctx.extras.get("mismatch")
+    mm = ctx.drift.train_eval if ctx.drift is not None else None
     if not mm:
         return
     if "top1_agreement" in mm:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bncheck.rules.registry import RuleContext, rule
+from bncheck.rules.context import RuleContext
+from bncheck.rules.registry import rule
 
 
 @rule(
@@ -26,16 +27,15 @@ from bncheck.rules.registry import RuleContext, rule
     low-precision models (float16 defaults to 1e-2). OUT is not written unless --force.""",
 )
 def check_fold_verification(r, ctx: RuleContext):
-    verification = ctx.extras.get("verification")
-    if not verification or verification.get("passed", True):
+    evidence = ctx.fold
+    if evidence is None or evidence.verification.passed:
         return
-    tol = ctx.extras.get("tolerance", {})
-    mismatch = ctx.extras.get("mismatch")
-    if mismatch:
-        message = f"the folded model does not match the original: {mismatch}"
+    verification = evidence.verification.to_dict()
+    if evidence.output_mismatch:
+        message = f"the folded model does not match the original: {evidence.output_mismatch}"
     else:
         message = (
-            f"folded model differs from the original: max abs error {verification.get('max_abs_err')}, "
-            f"max relative error {verification.get('max_rel_err')} (atol {tol.get('atol')}, rtol {tol.get('rtol')})"
+            f"folded model differs from the original: max abs error {verification['max_abs_err']}, "
+            f"max relative error {verification['max_rel_err']} (atol {evidence.atol}, rtol {evidence.rtol})"
         )
-    yield r.finding(None, message, **verification, **tol)
+    yield r.finding(None, message, **verification, atol=evidence.atol, rtol=evidence.rtol)

@@ -11,24 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bncheck.errors import UsageError
-from bncheck.layer import BNLayer
+from bncheck.rules.context import RuleContext
 from bncheck.rules.finding import Finding, Severity
-
-
-@dataclass
-class RuleContext:
-    """What a rule may look at: the layers, the options, and (for drift) measurements."""
-
-    layers: list[BNLayer]
-    thresholds: dict[str, dict[str, float]]
-    model_format: str = ""
-    train_batch_size: int | None = None
-    #: per-command extras (drift results, small-batch figures...), keyed by name
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def threshold(self, code: str, name: str) -> float:
-        return float(self.thresholds[code][name])
 
 
 @dataclass(frozen=True)
@@ -45,6 +32,8 @@ class Rule:
     check: Callable[[Rule, RuleContext], Iterable[Finding]]
     thresholds: dict[str, float] = field(default_factory=dict)
     threshold_docs: dict[str, str] = field(default_factory=dict)
+    #: papers, issue threads or documentation the rule rests on
+    references: tuple[str, ...] = ()
 
     def run(self, ctx: RuleContext) -> Iterator[Finding]:
         yield from self.check(self, ctx)
@@ -82,6 +71,8 @@ class Rule:
             for key, value in self.thresholds.items():
                 doc = self.threshold_docs.get(key, "")
                 parts.append(f"    {self.code}.{key} = {value:g}    {doc}")
+        if self.references:
+            parts += ["", "References"] + [f"    {ref}" for ref in self.references]
         return "\n".join(parts)
 
 
@@ -101,6 +92,7 @@ def rule(
     phase: str,
     thresholds: dict[str, float] | None = None,
     threshold_docs: dict[str, str] | None = None,
+    references: tuple[str, ...] | list[str] = (),
 ):
     """Register the decorated ``check(rule, ctx)`` function as a rule."""
 
@@ -120,6 +112,7 @@ def rule(
             check=func,
             thresholds=dict(thresholds or {}),
             threshold_docs=dict(threshold_docs or {}),
+            references=tuple(references),
         )
         return func
 
@@ -175,8 +168,6 @@ def _indent(text: str) -> str:
 
 def _plain(value: Any) -> Any:
     """JSON-friendly copies of numpy scalars/arrays in finding details."""
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -126,7 +126,7 @@ def test_exact_leaves_no_drift_in_eval_mode(setup):
     model, spec, state, x, data, tmp = setup
     out = tmp / "exact.pt"
     report = bncheck.recalibrate(state, data, out, arch=spec, options=_opts(method="exact"))
-    rc = report.extras["recalibration"]
+    rc = report.result.summary
     assert rc["estimation_passes"] >= 2 and rc["passes"][0]["mode"] == "train"
     # an independent check with plain hooks on the written model, in float64
     ours = _load(out, spec).eval()
@@ -146,7 +146,7 @@ def test_exact_leaves_no_drift_in_eval_mode(setup):
         r = torch.log((var + bn.eps) / (bn.running_var.double() + bn.eps))
         assert z.abs().mean() < 0.01 and r.abs().mean() < 0.01, name
     for layer in report.layers:
-        after = report.layer_extras[layer.name]["after"]
+        after = report.result.layers[layer.name].after
         assert after["mean_shift"]["mean"] < 0.01
         assert after["var_log_ratio"]["mean"] < 0.01
 

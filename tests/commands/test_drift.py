@@ -77,7 +77,7 @@ def test_identical_distribution_gives_near_zero_drift(calibrated):
     model, _, path = calibrated
     report = bncheck.drift(model, path, options=_opts())
     for layer in ("bn1", "bn2"):
-        d = report.layer_extras[layer]["drift"]
+        d = report.result.layers[layer]
         assert d["mean_shift"]["mean"] < 1e-5
         assert d["var_log_ratio"]["mean"] < 1e-5
         assert d["score"] < 1e-9
@@ -97,14 +97,14 @@ def test_injected_shift_is_found_at_the_right_layer_with_exact_figures(calibrate
     rm, rv = bn2.running_mean.double().numpy(), bn2.running_var.double().numpy()
     z = (mu - rm) / np.sqrt(rv + bn2.eps)
     r = np.log((var + bn2.eps) / (rv + bn2.eps))
-    d = report.layer_extras["bn2"]["drift"]
+    d = report.result.layers["bn2"]
     assert d["mean_shift"]["mean"] == pytest.approx(np.mean(np.abs(z)), rel=1e-4)
     assert d["mean_shift"]["max"] == pytest.approx(np.max(np.abs(z)), rel=1e-4)
     assert d["var_log_ratio"]["mean"] == pytest.approx(np.mean(np.abs(r)), rel=1e-4)
     assert d["samples"] == 96 and d["elements"] == 96 * 36
-    assert report.layer_extras["bn1"]["drift"]["score"] < 1e-9
-    assert report.extras["drift"]["first_drifting_layer"] == "bn2"
-    assert report.extras["drift"]["ranking"][0] == "bn2"
+    assert report.result.layers["bn1"]["score"] < 1e-9
+    assert report.result.first_drifting_layer == "bn2"
+    assert report.result.ranking[0] == "bn2"
     rules = {(f.rule, f.layer, f.severity.value) for f in report.findings}
     assert ("BN101", "bn2", "error") in rules and ("BN102", "bn2", "error") in rules
     assert not {r for r in rules if r[1] == "bn1"}
@@ -118,7 +118,7 @@ def test_results_do_not_depend_on_batch_size(calibrated):
     a = bncheck.drift(model, path, options=_opts(batch_size=1))
     b = bncheck.drift(model, path, options=_opts(batch_size=96))
     for layer in ("bn1", "bn2"):
-        da, db = a.layer_extras[layer]["drift"], b.layer_extras[layer]["drift"]
+        da, db = a.result.layers[layer], b.result.layers[layer]
         assert da["mean_shift"]["mean"] == pytest.approx(db["mean_shift"]["mean"], rel=1e-6)
         assert da["var_log_ratio"]["mean"] == pytest.approx(db["var_log_ratio"]["mean"], rel=1e-6, abs=1e-6)
 
@@ -137,7 +137,7 @@ def test_torch_and_onnx_backends_agree(calibrated, tmp_path):
     t_layers = [layer.name for layer in t.layers]
     o_layers = [layer.name for layer in o.layers]
     for tn, on in zip(t_layers, o_layers, strict=True):
-        td, od = t.layer_extras[tn]["drift"], o.layer_extras[on]["drift"]
+        td, od = t.result.layers[tn], o.result.layers[on]
         for key in ("mean_shift", "var_log_ratio"):
             assert od[key]["mean"] == pytest.approx(td[key]["mean"], rel=1e-4, abs=1e-6)
         assert od["samples"] == td["samples"]
@@ -148,8 +148,8 @@ def test_train_eval_and_small_batch_large_when_stats_are_stale(calibrated):
     with torch.no_grad():
         model.bn1.running_mean += 2.0
     report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))
-    te = report.extras["drift"]["train_eval"]
-    sb = report.extras["drift"]["small_batch"]
+    te = report.result.train_eval
+    sb = report.result.small_batch
     assert te["batch_size"] == 32 and te["top_layers"][0] == "bn1"
     assert te["top1_agreement"] < 0.9
     assert sb["batch_size"] == 2 and sb["flip_rate"] > 0.1
@@ -161,20 +161,20 @@ def test_small_batch_scatter_shrinks_with_the_batch_size(calibrated):
     model, _, path = calibrated
     small = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))
     large = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=32))
-    s2 = small.extras["drift"]["small_batch"]["max_mean_scatter"]
-    s32 = large.extras["drift"]["small_batch"]["max_mean_scatter"]
+    s2 = small.result.small_batch["max_mean_scatter"]
+    s32 = large.result.small_batch["max_mean_scatter"]
     assert s2 > 2.5 * s32  # sampling error of a batch mean falls like 1/sqrt(B): 4x here
 
 
 def test_train_eval_small_when_stats_match(calibrated):
     model, _, path = calibrated
     report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=32))
-    te = report.extras["drift"]["train_eval"]
+    te = report.result.train_eval
     assert te["relative_error"] < 0.2
     assert "BN301" not in {f.rule for f in report.findings}
     # the stored statistics were not touched by the train-mode passes
     again = bncheck.drift(model, path, options=_opts())
-    assert again.layer_extras["bn1"]["drift"]["score"] < 1e-9
+    assert again.result.layers["bn1"]["score"] < 1e-9
 
 
 def test_equal_batch_sizes_share_one_train_pass(calibrated, monkeypatch):
@@ -198,10 +198,10 @@ def test_equal_batch_sizes_share_one_train_pass(calibrated, monkeypatch):
     calls.clear()
     apart = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=32, train_batch_size=16))
     assert calls == [16] * 6 + [32] * 3
-    sb, te = shared.extras["drift"]["small_batch"], shared.extras["drift"]["train_eval"]
+    sb, te = shared.result.small_batch, shared.result.train_eval
     assert sb["batch_size"] == te["batch_size"] == 16 and sb["samples"] == 96
     assert sb["flip_rate"] == pytest.approx(1.0 - te["top1_agreement"])
-    assert sb == apart.extras["drift"]["small_batch"]  # the same subsample and batches
+    assert sb == apart.result.small_batch  # the same subsample and batches
 
 
 def test_save_stats_npz_and_parquet(calibrated, tmp_path):

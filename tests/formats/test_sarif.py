@@ -14,8 +14,8 @@ from support.reports_support import SAMPLES, invoke
 jsonschema = pytest.importorskip("jsonschema")
 
 from bncheck.formats.sarif import artifact_location, to_sarif  # noqa: E402
-from bncheck.rules.finding import Finding, Severity  # noqa: E402
 from bncheck.report.io import load_report  # noqa: E402
+from bncheck.rules.finding import Finding, Severity  # noqa: E402
 
 NAMES = ["audit_onnx", "audit_broken", "drift_shifted", "drift_csv", "fold_onnx", "recalibrate_onnx"]
 
@@ -76,7 +76,7 @@ def test_rules_results_and_locations(sample_runs):
     results = sarif_run["results"]
     assert [r["ruleId"] for r in results] == [f["rule"] for f in run.data["findings"]]
     levels = {"error": "error", "warning": "warning", "info": "note"}
-    for result, finding in zip(results, run.data["findings"]):
+    for result, finding in zip(results, run.data["findings"], strict=True):
         assert driver["rules"][result["ruleIndex"]]["id"] == result["ruleId"]
         assert result["level"] == levels[finding["severity"]]
         assert finding["message"] in result["message"]["text"]

@@ -10,8 +10,8 @@ from support.reports_support import DIGITS, SAMPLES, invoke
 
 from bncheck.report.baseline import DEFAULT_TOLERANCE, apply_baseline, compare, match
 from bncheck.report.diff import diff
-from bncheck.rules.finding import Finding, Severity
 from bncheck.report.io import load_report
+from bncheck.rules.finding import Finding, Severity
 
 
 def F(rule, layer, severity="warning", **details):
@@ -77,7 +77,7 @@ def test_gate_counts_only_new_and_worse(sample_runs):
     states = {(f.rule, f.layer): f.baseline for f in shifted.findings}
     assert all(state == "new" for (rule, _), state in states.items() if rule in ("BN101", "BN102"))
     assert not shifted.passed
-    summary = shifted.extras["baseline"]
+    summary = shifted.baseline
     assert summary["new"] + summary["worse"] + summary["existing"] == len(shifted.findings)
     assert summary["same_model"] is True and summary["kind"] == "report"
     # against itself every finding exists already: the gate passes, the findings stay listed
@@ -86,7 +86,7 @@ def test_gate_counts_only_new_and_worse(sample_runs):
     assert same.summary()["errors"] == sample_runs["drift_shifted"].data["summary"]["errors"]
     # reversed: the shifted run as baseline, the reference run resolves its drift findings
     ref = load_report(sample_runs["drift_reference"].path).with_baseline(sample_runs["drift_shifted"].path)
-    assert {r["rule"] for r in ref.extras["baseline"]["resolved"]} >= {"BN101", "BN102"}
+    assert {r["rule"] for r in ref.baseline["resolved"]} >= {"BN101", "BN102"}
 
 
 def test_worse_on_a_real_report(sample_runs, tmp_path):
@@ -99,7 +99,7 @@ def test_worse_on_a_real_report(sample_runs, tmp_path):
     report = load_report(sample_runs["drift_shifted"].path).with_baseline(path)
     worse = [f for f in report.findings if f.baseline == "worse"]
     assert worse and {f.rule for f in worse} == {"BN102"}
-    assert all(c["reason"].startswith("mean_abs_r ") for c in report.extras["baseline"]["changes"] if c["state"] == "worse")
+    assert all(c["reason"].startswith("mean_abs_r ") for c in report.baseline["changes"] if c["state"] == "worse")
     assert not report.passed  # BN102 errors got worse
 
 
@@ -133,7 +133,7 @@ def test_stats_baseline_from_save_stats(sample_runs, tmp_path):
         result = invoke("drift", SAMPLES / "digits_cnn.onnx", DIGITS / "shifted", "--save-stats", stats, "--quiet", "--fail-on", "never")
         assert result.exit_code == 0 and stats.exists()
         report = load_report(sample_runs["drift_shifted"].path).with_baseline(stats)
-        base = report.extras["baseline"]
+        base = report.baseline
         assert base["kind"] == "stats" and base["covered_rules"] == ["BN101", "BN102", "BN104"]
         by_rule = {}
         for f in report.findings:

@@ -36,8 +36,8 @@ def test_state_dict_to_safetensors_loads_into_the_architecture(tmp_path, tiny_cn
     src = save_model(tiny_cnn, tmp_path, "state_dict")
     out = tmp_path / "folded.safetensors"
     report = fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False)
-    assert report.extras["fold"]["layers_folded"] == 3
-    assert report.extras["fold"]["output"]["written"]
+    assert report.result.figures["layers_folded"] == 3
+    assert report.result.figures["output"]["written"]
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -58,7 +58,7 @@ def test_pt_output_of_a_state_dict_is_a_plain_state_dict(tmp_path, tiny_cnn, arc
     src = save_model(tiny_cnn, tmp_path, "state_dict")
     out = tmp_path / "folded.pt"
     report = fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False, affine=True)
-    assert report.extras["fold"]["output"]["kind"] == "state-dict"
+    assert report.result.figures["output"]["kind"] == "state-dict"
     state = torch.load(out, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     rebuilt = load_folded_state_dict(arch_module.module.tiny_cnn(), out).eval()
@@ -71,7 +71,7 @@ def test_state_dict_to_export_keeps_a_dynamic_batch(tmp_path, tiny_cnn, arch_mod
     src = save_model(tiny_cnn, tmp_path, "safetensors")
     out = tmp_path / "folded.pt2"
     report = fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False)
-    assert report.extras["verification"]["passed"]
+    assert report.result.verification.passed
     program = torch.export.load(str(out))
     ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert not any("batch_norm" in op for op in ops)
@@ -98,8 +98,8 @@ def test_state_dict_to_torchscript_and_onnx(tmp_path, tiny_cnn, arch_module, sav
 def test_export_program_input(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "export", example=torch.randn(4, 1, 8, 8))
     report = fold(src, tmp_path / "f.pt2", timing=False)
-    assert report.extras["fold"]["layers_folded"] == 3
-    assert report.extras["verification"]["inputs"] == "random"
+    assert report.result.figures["layers_folded"] == 3
+    assert report.result.verification.inputs == "random"
     program = torch.export.load(str(tmp_path / "f.pt2"))
     assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)
     x = torch.randn(4, 1, 8, 8)
@@ -116,8 +116,8 @@ def test_export_program_input(tmp_path, tiny_cnn, save_model):
 def test_torchscript_input_is_frozen(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "script")
     report = fold(src, tmp_path / "f.ts", input_shape=SHAPE, timing=False)
-    assert report.extras["fold"]["mode"] == "freeze"
-    assert report.extras["fold"]["layers_folded"] == 3
+    assert report.result.figures["mode"] == "freeze"
+    assert report.result.figures["layers_folded"] == 3
     frozen = torch.jit.load(str(tmp_path / "f.ts"))
     assert not frozen.graph.findAllNodes("aten::batch_norm")
     x = torch.randn(4, 1, 8, 8)
@@ -130,7 +130,7 @@ def test_torchscript_input_reports_the_bn_freeze_keeps(tmp_path, randomize_bn):
     src = tmp_path / "m.ts"
     torch.jit.save(torch.jit.script(model), str(src))
     report = fold(src, tmp_path / "f.ts", input_shape="2,2,5,5", timing=False)
-    status = {k: e["fold"]["status"] for k, e in report.layer_extras.items()}
+    status = {k: o["status"] for k, o in report.result.outcomes.items()}
     assert status == {"2": "kept", "4": "folded"}
     assert len(torch.jit.load(str(tmp_path / "f.ts")).graph.findAllNodes("aten::batch_norm")) == 1
 
@@ -138,7 +138,7 @@ def test_torchscript_input_reports_the_bn_freeze_keeps(tmp_path, randomize_bn):
 def test_pickled_module_stays_pickled(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "pickle")
     report = fold(src, tmp_path / "f.pt", input_shape=SHAPE, trust_pickle=True, timing=False)
-    assert report.extras["fold"]["output"]["kind"] == "pickle"
+    assert report.result.figures["output"]["kind"] == "pickle"
     module = torch.load(tmp_path / "f.pt", weights_only=False)
     assert isinstance(module.bn1, nn.Identity) and type(module).__name__ == "TinyCNN"
     x = torch.randn(2, 1, 8, 8)
@@ -183,10 +183,10 @@ def test_frozen_bn_in_export_and_torchscript_is_reported_kept(tmp_path):
     torch.jit.save(torch.jit.script(model), str(tmp_path / "m.ts"))
     exported = fold(tmp_path / "m.pt2", tmp_path / "f.pt2", timing=False)
     scripted = fold(tmp_path / "m.ts", tmp_path / "f.ts", input_shape="2,3,6,6", timing=False)
-    assert exported.layer_extras["1"]["fold"]["status"] == "kept"
-    assert "elementwise ops" in exported.layer_extras["1"]["fold"]["reason"]
-    assert scripted.layer_extras["1"]["fold"]["status"] == "kept"
-    assert "aten::batch_norm" in scripted.layer_extras["1"]["fold"]["reason"]
-    assert exported.extras["verification"]["passed"] and scripted.extras["verification"]["passed"]
+    assert exported.result.outcomes["1"]["status"] == "kept"
+    assert "elementwise ops" in exported.result.outcomes["1"]["reason"]
+    assert scripted.result.outcomes["1"]["status"] == "kept"
+    assert "aten::batch_norm" in scripted.result.outcomes["1"]["reason"]
+    assert exported.result.verification.passed and scripted.result.verification.passed
     # the eager module is traced with the frozen BN as one call, which folds:
-    assert fold(model, input_shape="2,3,6,6", timing=False).layer_extras["1"]["fold"]["status"] == "folded"
+    assert fold(model, input_shape="2,3,6,6", timing=False).result.outcomes["1"]["status"] == "folded"

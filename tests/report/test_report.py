@@ -107,7 +107,7 @@ def test_sparkline():
 def test_drift_levels_use_the_recorded_thresholds(sample_runs):
     report = bncheck.load_report(sample_runs["drift_shifted"].path)
     layer = report.layers[-1].name
-    d = report.layer_extras[layer]["drift"]
+    d = report.layer_drift(layer)
     table = {"BN101": {"error": 0.5}, "BN102": {"error": 0.5}}
     assert drift_level(report, layer, table) == pytest.approx(max(d["mean_shift"]["mean"], d["var_log_ratio"]["mean"]) / 0.5)
     assert drift_level(report, layer, {"BN101": {"error": 2.0}, "BN102": {"error": 2.0}}) == pytest.approx(
