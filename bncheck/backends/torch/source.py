@@ -49,11 +49,11 @@ def load_torch_model(
     if fmt is ModelFormat.TORCHSCRIPT:
         if arch:
             raise ModelLoadError("--arch is only for state dicts; a TorchScript archive carries its own code.")
-        return TorchModuleSource(load_torchscript(path), path=path, format="torchscript")
+        return TorchModuleSource(load_torchscript(path, trust_pickle=trust_pickle), path=path, format="torchscript")
     if fmt is ModelFormat.EXPORT:
         if arch:
             raise ModelLoadError("--arch is only for state dicts; a torch.export archive carries its own graph.")
-        return ExportSource(load_exported_program(path), path=path)
+        return ExportSource(load_exported_program(path, trust_pickle=trust_pickle), path=path)
     if fmt is ModelFormat.SAFETENSORS:
         state = unwrap_checkpoint(load_safetensors(path), path)
     else:
