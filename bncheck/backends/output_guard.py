@@ -49,7 +49,7 @@ def model_files(model: Path | str | None) -> list[Path]:
     files = [path]
     try:
         if path.is_file() and sniff_format(path) is ModelFormat.ONNX:
-            from bncheck.backends.onnx.fold import external_data_files  # optional: onnx (not on --version)
+            from bncheck.backends.onnx.fold import external_data_files  # optional: onnx
 
             files.extend(external_data_files(path))
     except BncheckError:

@@ -49,6 +49,7 @@ from bncheck.cli.data_options import (
 from bncheck.cli.engines import EngineOpt, RayAddressOpt, ShardOpt, StatsOpt, StorageOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs, labels_file, report_path
+from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.reports import register as register_report_commands
 
 app = typer.Typer(
@@ -76,6 +77,7 @@ def main_callback(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
 ) -> None:
     State.debug = debug
+    quiet_libraries(debug)  # numpy/PIL/torch warnings and logged tracebacks only under --debug
     interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
 
 

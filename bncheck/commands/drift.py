@@ -23,6 +23,7 @@ from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.report import stats_file
 from bncheck.report.report import Report
+from bncheck.report.stats_checks import check_measured
 from bncheck.rules.registry import RuleContext
 
 
@@ -395,6 +396,7 @@ def drift(
         if result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
         order = [layer.name for layer in layers]
+        check_measured(result.moments)
         drift_by_layer = compute_drift(layers, result.moments, result.samples)
         thresholds = settings.threshold_table()
         extras: dict[str, Any] = {"drift": drift_by_layer, "samples": result.samples}

@@ -18,7 +18,7 @@ from typing import Any
 from bncheck.backends.torch.pt2_inspect import check_export_archive
 from bncheck.backends.torch.script_inspect import check_torchscript_archive
 from bncheck.errors import ModelLoadError
-from bncheck.importing import resolve_callable
+from bncheck.importing import failure, resolve_callable
 
 #: Keys under which training scripts commonly nest the weights of a checkpoint.
 CHECKPOINT_KEYS = (
@@ -206,10 +206,9 @@ def build_from_arch(spec: str):
     attr = spec.rpartition(":")[2]
     try:
         model = factory()
-    except Exception as exc:
-        raise ModelLoadError(
-            f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {_first_line(exc)}."
-        ) from exc
+    except (Exception, SystemExit) as exc:  # sys.exit() in a factory must not pass the gate
+        calling = "" if isinstance(exc, SystemExit) else "calling "
+        raise ModelLoadError(f"--arch {spec!r}: {calling}{attr}() {failure(exc)}.") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
             f"--arch {spec!r}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module."

@@ -21,6 +21,7 @@ from bncheck.backends.torch.loading import (
     torch_load,
     unwrap_checkpoint,
 )
+from bncheck.backends.torch.state_checks import check_bn_entries
 from bncheck.errors import ModelLoadError, UsageError
 from bncheck.layer import BNLayer, as_float64
 
@@ -322,6 +323,7 @@ class StateDictSource(ModelSource):
         raise UsageError(NEEDS_ARCH)
 
     def bn_layers(self) -> list[BNLayer]:
+        check_bn_entries(self.state, self.path)
         prefixes = sorted(
             {k[: -len(".running_mean")] for k in self.state if k.endswith(".running_mean")},
             key=lambda p: list(self.state).index(p + ".running_mean"),
