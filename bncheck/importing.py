@@ -47,11 +47,9 @@ def import_target(target: str, spec: str, *, option: str, error: type[BncheckErr
         try:
             sys.modules[name] = module
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a module that calls sys.exit() must not end the run
             sys.modules.pop(name, None)
-            raise error(
-                f"{option} {spec!r}: importing {target} failed with {type(exc).__name__}: {first_line(exc)}."
-            ) from exc
+            raise error(f"{option} {spec!r}: importing {target} {failure(exc)}.") from exc
         finally:
             sys.path.pop(0)
         return module
@@ -59,11 +57,19 @@ def import_target(target: str, spec: str, *, option: str, error: type[BncheckErr
         sys.path.insert(0, "")
     try:
         return importlib.import_module(target)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise error(
             f"{option} {spec!r}: cannot import module {target} ({type(exc).__name__}: "
             f"{first_line(exc)}); check the name and PYTHONPATH."
         ) from exc
+
+
+def failure(exc: BaseException) -> str:
+    """How a user callable (or its module) failed: "called sys.exit(0)" or "failed with
+    ValueError: ...", for a sentence that names the callable."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"failed with {type(exc).__name__}: {first_line(exc)}"
 
 
 def first_line(exc: BaseException) -> str:

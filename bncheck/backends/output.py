@@ -18,6 +18,13 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from bncheck.backends.output_guard import (
+    fsync_file,
+    fsync_folder,
+    is_special_file,
+    is_stdout,
+    write_in_place,
+)
 from bncheck.errors import BncheckError, OutputError, UsageError
 
 #: ``--to`` values and what they write.
@@ -48,6 +55,9 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
     of the file it replaces, or those of a newly created file (0666 less the umask), not the
     0600 of a temporary file.
     """
+    if is_stdout(path) or is_special_file(Path(path)):
+        write_in_place(path, writer)  # /dev/null, a FIFO, stdout: written into, never replaced
+        return
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
@@ -58,7 +68,9 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
     try:
         writer(tmp)
         os.chmod(tmp, _final_mode(path))
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_folder(folder)
     except BncheckError:
         _unlink(tmp)
         raise

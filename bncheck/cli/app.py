@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bncheck._version import __version__
+from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.common import (
     ArchOpt,
     BaselineOpt,
@@ -47,6 +48,8 @@ from bncheck.cli.data_options import (
 )
 from bncheck.cli.engines import EngineOpt, RayAddressOpt, ShardOpt, StatsOpt, StorageOpt
 from bncheck.cli.engines import register as register_engine_commands
+from bncheck.cli.guard import guard_outputs, labels_file, report_path
+from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.reports import register as register_report_commands
 
 app = typer.Typer(
@@ -74,6 +77,8 @@ def main_callback(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
 ) -> None:
     State.debug = debug
+    quiet_libraries(debug)  # numpy/PIL/torch warnings and logged tracebacks only under --debug
+    interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
 
 
 @app.command()
@@ -107,7 +112,9 @@ def audit(
         thresholds=threshold,
         train_batch_size=train_batch_size,
     )
-    fmt = choose_format(fmt, output, settings.options.get("format"), command="audit", baseline=baseline)
+    fmt = choose_format(fmt, report_path(output), settings.options.get("format"), command="audit", baseline=baseline)
+    guard_outputs({"--output": output}, models=[model], inputs={"baseline": [baseline]}, settings=settings)
+    output = report_path(output)
     report = run_audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle)
     emit(report, fmt, output, quiet, baseline=baseline)
 
@@ -163,7 +170,9 @@ def fold(
     from bncheck.config import load_settings
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore)
-    fmt = choose_format(fmt, output, settings.options.get("format"), command="fold", baseline=baseline)
+    fmt = choose_format(fmt, report_path(output), settings.options.get("format"), command="fold", baseline=baseline)
+    guard_outputs({"-o/--out": out, "--output": output}, models=[model], inputs={"DATA": [verify], "baseline": [baseline]}, settings=settings)
+    output = report_path(output)
     report = run_fold(
         model,
         out,
@@ -263,7 +272,14 @@ def drift(
     from bncheck.config import load_settings
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold, train_batch_size=train_batch_size)
-    fmt = choose_format(fmt, output, settings.options.get("format"), command="drift", baseline=baseline, plot=plot)
+    fmt = choose_format(fmt, report_path(output), settings.options.get("format"), command="drift", baseline=baseline, plot=plot)
+    guard_outputs(
+        {"--output": output, "--save-stats": save_stats, "--plot": plot},
+        models=[model],
+        inputs={"DATA": [data], "statistics": [stats], "baseline": [baseline], "labels": [labels_file(labels)]},
+        settings=settings,
+    )
+    output = report_path(output)
     opts = settings.options
     data_opts = data_options(
         opts,
@@ -352,7 +368,14 @@ def recalibrate(
     from bncheck.config import load_settings
 
     settings = load_settings(config, fail_on=fail_on, select=select, ignore=ignore, thresholds=threshold)
-    fmt = choose_format(fmt, output, settings.options.get("format"), command="recalibrate", baseline=baseline)
+    fmt = choose_format(fmt, report_path(output), settings.options.get("format"), command="recalibrate", baseline=baseline)
+    guard_outputs(
+        {"-o/--out": out, "--output": output},
+        models=[model],
+        inputs={"DATA": [data], "baseline": [baseline], "labels": [labels_file(labels)]},
+        settings=settings,
+    )
+    output = report_path(output)
     data_opts = data_options(
         settings.options,
         size=size, crop=crop, scale=scale, mean=mean, std=std, channel_order=channel_order, grayscale=grayscale,

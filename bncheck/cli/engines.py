@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from bncheck.cli.common import handle_errors
+from bncheck.cli.guard import guard_outputs
 
 EngineOpt = Annotated[
     str | None,
@@ -83,6 +84,7 @@ def register(app: typer.Typer) -> None:
         preprocessing or another listing of DATA, and overlapping parts."""
         from bncheck.report.stats_file import merge_files
 
+        guard_outputs({"-o/--out": out}, inputs={"part": parts})
         merged = merge_files(parts, out, partial=partial, force=force)
         if not quiet:
             meta = merged.meta

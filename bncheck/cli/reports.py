@@ -23,6 +23,7 @@ from bncheck.cli.common import (
     err,
     handle_errors,
 )
+from bncheck.cli.guard import guard_outputs, report_path
 
 RunArg = Annotated[Path, typer.Argument(help="A JSON report written by --format json.", metavar="RUN.json")]
 FailOnOverride = Annotated[
@@ -66,7 +67,9 @@ def report(
     saved = load_report(run)
     if fail_on is not None:
         saved.fail_on = fail_on
-    fmt = choose_format(fmt, output, command=saved.command, baseline=baseline, plot=plot)
+    fmt = choose_format(fmt, report_path(output), command=saved.command, baseline=baseline, plot=plot)
+    guard_outputs({"--output": output, "--plot": plot}, inputs={"report": [run], "baseline": [baseline]})
+    output = report_path(output)
     if layer is not None and fmt != "html":
         raise UsageError("--layer picks the layer of the html report's scatter plots; use it with --format html.")
     try:
@@ -99,6 +102,8 @@ def diff(
     from bncheck.report.diff import diff as run_diff
 
     _check_fail_on(fail_on)
+    guard_outputs({"--output": output}, inputs={"report": [a, b]})
+    output = report_path(output)
     if fmt is None and output is not None:
         fmt = {".json": "json", ".md": "markdown"}.get(output.suffix.lower())
     fmt = fmt or "table"
@@ -129,6 +134,7 @@ def schema(
     from bncheck.report.schema import schema_text
 
     text = schema_text()
+    output = report_path(output)
     if output is not None:
         atomic_write_text(output, text)
     else:

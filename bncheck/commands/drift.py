@@ -29,6 +29,7 @@ from bncheck.numerics import drift as metrics
 from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
+from bncheck.report.stats_checks import check_measured
 from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules
 
 
@@ -158,6 +159,7 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
 def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict) -> DriftEvidence:
     """The per-layer drift and, on the kept subsample, the analyses the drift rules judge."""
     result, runner = run.result, run.runner
+    check_measured(result.moments)
     drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]

@@ -48,6 +48,7 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments
 from bncheck.report.report import Report
+from bncheck.report.stats_checks import check_measured
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
 
 METHODS = ("exact", "cumulative", "ema")
@@ -190,12 +191,14 @@ def estimate_exact(
     all_layers = [layer.name for layer in source.bn_layers() if layer.has_running_stats]
     if set(names) >= set(all_layers) and options.batch_size >= 2:
         merged = session.measure(PassRequest(names, options.batch_size, mode="train")).moments  # one pass, any engine
+        check_measured(merged)
         stats = {n: _population(m, options.variance) for n, m in merged.items() if n in names and m.count}
         history.append({"pass": 1, "mode": "train", "movement": None})
     else:
         stats = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
     while len(history) < options.max_passes:
         result = session.measure(PassRequest(names, options.batch_size, statistics=stats))  # the model with `stats`
+        check_measured(result.moments)
         new = {n: _population(result.moments[n], options.variance) for n in names if result.moments[n].count}
         moved = _movement(stats, new, layers)
         history.append({"pass": len(history) + 1, "mode": "eval", "movement": moved})

@@ -21,7 +21,7 @@ from bncheck.data.loader import Task
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError, UsageError
-from bncheck.importing import resolve_callable
+from bncheck.importing import failure, resolve_callable
 
 
 def load_preprocess(spec: str) -> Callable[[Path], Any]:
@@ -33,6 +33,8 @@ def run_preprocess(fn: Callable[[Path], Any], spec: str, path: Path) -> np.ndarr
     """``fn(path)`` as a float32 sample, or None when fn skips the file."""
     try:
         result = fn(path)
+    except SystemExit as exc:  # sys.exit() in fn must not end the run with its code
+        raise DataError(f"--preprocess {spec} {failure(exc)} on {path}; return a sample or None instead.") from exc
     except Exception as exc:
         raise DataError(
             f"--preprocess {spec} failed on {path} with {type(exc).__name__}: {_first_line(exc)}."

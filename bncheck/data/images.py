@@ -7,6 +7,7 @@ decoded image and is a pure function of the pixels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +175,16 @@ def open_image(path: str | Path):
     from PIL import Image
 
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():  # a decompression bomb is refused, not decoded with a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        pixels = "".join(ch for ch in str(exc).split(" pixels")[0] if ch.isdigit())
+        raise DataError(
+            f"{path} is an image of {int(pixels or 0):,} pixels, more than the {Image.MAX_IMAGE_PIXELS:,} "
+            "bncheck decodes (a decompression bomb?); resize it or remove it from DATA."
+        ) from exc
     except PermissionError as exc:
         raise DataError(f"cannot read {path}: permission denied; check its permissions.") from exc
     except FileNotFoundError as exc:

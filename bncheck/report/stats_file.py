@@ -38,6 +38,7 @@ from bncheck.backends.output import write_atomically
 from bncheck.engines.measure import Measurement
 from bncheck.errors import DataError, OutputError, UsageError
 from bncheck.numerics.moments import Moments, merge
+from bncheck.report.stats_checks import check_same_width, moments_from_fields
 
 STATS_FORMAT = "bncheck-stats"
 FORMAT_VERSION = 1
@@ -139,10 +140,7 @@ def read_stats(path: str | Path, *, arrays: bool = True, mergeable: bool = True)
     moments, running = {}, {}
     for name in _layer_names(meta, columns) if arrays else []:
         fields = columns.get(name, {})
-        try:
-            moments[name] = Moments(int(fields["data_count"]), fields["data_mean"], fields["data_m2"])
-        except KeyError as exc:
-            raise DataError(f"{path} lacks the statistics of layer {name} ({exc.args[0]}); the file is damaged.") from exc
+        moments[name] = moments_from_fields(path, name, fields)
         if "running_mean" in fields and "running_var" in fields:
             running[name] = (fields["running_mean"], fields["running_var"])
     if arrays and not moments:
@@ -360,6 +358,8 @@ def merge_parts(parts: list[StatsFile], *, partial: bool = False) -> StatsFile:
     for part in ordered:  # one part in memory at a time; Chan's pairwise update in file order
         loaded = part if part.moments else read_stats(part.path)
         for name in names:
+            if name in moments:
+                check_same_width(part.path, name, moments[name], loaded.moments[name])
             moments[name] = merge(moments[name], loaded.moments[name]) if name in moments else loaded.moments[name]
         running = running or loaded.running
     meta = dict(ordered[0].meta)
@@ -417,7 +417,12 @@ def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, A
     moments = {}
     for layer in layers:
         m = stats.moments.get(layer.name)
-        if m is not None and m.channels == layer.num_features:
+        if m is not None and layer.num_features and m.channels != layer.num_features:
+            raise DataError(
+                f"{path} gives layer {layer.name} {m.channels} channels but the model's has {layer.num_features}; "
+                "pass statistics measured on this model."
+            )
+        if m is not None:
             moments[layer.name] = m
     if not moments:
         raise DataError(f"{path} has statistics for none of the model's BN layers (by name and width); pass statistics of this model.")

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from bncheck.backends.onnx import limits
+
 #: Ops that only move or convert constants; a chain of them over constants is a constant.
 MAX_CONSTANT_DEPTH = 32
 
@@ -76,6 +78,7 @@ class GraphIndex:
         if not name:
             return None
         if name in self.initializers:
+            limits.check_tensor(self.initializers[name])
             return numpy_helper.to_array(self.initializers[name])
         node = self.producer.get(name)
         if node is None or depth > MAX_CONSTANT_DEPTH:
@@ -105,6 +108,7 @@ class GraphIndex:
             inputs.append(value)
         if node.op_type == "Identity":
             return inputs[0]
+        limits.check_constant_node(node, inputs)
         return _run_single_node(node, inputs, self.opset).get(name)
 
     def _cast_like(self, node: onnx.NodeProto, depth: int) -> np.ndarray | None:
@@ -132,6 +136,7 @@ class GraphIndex:
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     for attr in node.attribute:
         if attr.name == "value":
+            limits.check_tensor(attr.t, f" of Constant node {node.name!r}")
             return numpy_helper.to_array(attr.t)
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)

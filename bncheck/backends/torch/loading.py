@@ -6,6 +6,8 @@ passes ``--trust-pickle``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 import sys
 import warnings
@@ -13,8 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bncheck.backends.torch.pt2_inspect import check_export_archive
+from bncheck.backends.torch.script_inspect import check_torchscript_archive
 from bncheck.errors import ModelLoadError, first_line
-from bncheck.importing import resolve_callable
+from bncheck.importing import failure, resolve_callable
 
 #: Keys under which training scripts commonly nest the weights of a checkpoint.
 CHECKPOINT_KEYS = (
@@ -100,8 +104,10 @@ def load_safetensors(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def load_torchscript(path: Path):
+def load_torchscript(path: Path, *, trust_pickle: bool = False):
     torch = import_torch()
+    if not trust_pickle:
+        check_torchscript_archive(path)
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
@@ -111,15 +117,35 @@ def load_torchscript(path: Path):
         ) from exc
 
 
-def load_exported_program(path: Path):
+def load_exported_program(path: Path, *, trust_pickle: bool = False):
     torch = import_torch()
+    if not trust_pickle:
+        check_export_archive(path)
     try:
-        return torch.export.load(str(path))
+        with quiet_torch_logs():
+            return torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
             f"{path} cannot be loaded as a torch.export program ({first_line(exc)}); it may be "
             "damaged or saved by a newer PyTorch."
         ) from exc
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """Keep torch's own warnings and logged tracebacks off stderr (the error says it in one
+    sentence); ``--debug`` output is unaffected because it prints the exception itself."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def is_tensor_mapping(obj: Any) -> bool:
@@ -180,10 +206,9 @@ def build_from_arch(spec: str):
     attr = spec.rpartition(":")[2]
     try:
         model = factory()
-    except Exception as exc:
-        raise ModelLoadError(
-            f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {first_line(exc)}."
-        ) from exc
+    except (Exception, SystemExit) as exc:  # sys.exit() in a factory must not pass the gate
+        calling = "" if isinstance(exc, SystemExit) else "calling "
+        raise ModelLoadError(f"--arch {spec!r}: {calling}{attr}() {failure(exc)}.") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
             f"--arch {spec!r}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module."

@@ -29,6 +29,7 @@ from bncheck.backends.torch.loading import (
     unwrap_checkpoint,
 )
 from bncheck.backends.torch.runner import TorchRunner
+from bncheck.backends.torch.state_checks import check_bn_entries
 from bncheck.errors import ModelLoadError, UsageError, first_line
 from bncheck.layer import BNLayer, as_float64
 
@@ -48,11 +49,11 @@ def load_torch_model(
     if fmt is ModelFormat.TORCHSCRIPT:
         if arch:
             raise ModelLoadError("--arch is only for state dicts; a TorchScript archive carries its own code.")
-        return TorchModuleSource(load_torchscript(path), path=path, format="torchscript")
+        return TorchModuleSource(load_torchscript(path, trust_pickle=trust_pickle), path=path, format="torchscript")
     if fmt is ModelFormat.EXPORT:
         if arch:
             raise ModelLoadError("--arch is only for state dicts; a torch.export archive carries its own graph.")
-        return ExportSource(load_exported_program(path), path=path)
+        return ExportSource(load_exported_program(path, trust_pickle=trust_pickle), path=path)
     if fmt is ModelFormat.SAFETENSORS:
         state = unwrap_checkpoint(load_safetensors(path), path)
     else:
@@ -152,6 +153,7 @@ class StateDictSource(ModelSource):
         raise UsageError(NEEDS_ARCH)
 
     def bn_layers(self) -> list[BNLayer]:
+        check_bn_entries(self.state, self.path)
         prefixes = sorted(
             {k[: -len(".running_mean")] for k in self.state if k.endswith(".running_mean")},
             key=lambda p: list(self.state).index(p + ".running_mean"),

@@ -1,0 +1,99 @@
+"""Item 1: a model file never runs code without --trust-pickle.
+
+Each case is a real sample model edited the way an attacker would (tests/security/crafted.py);
+its payload writes a marker file. bncheck must refuse it (exit 2, one sentence naming
+--trust-pickle) and the marker must never appear, for every command that loads a model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bncheck.backends.torch.pt2_inspect import unsafe_expression
+from security import crafted
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "sample_models" / "data" / "digits" / "reference.npz"
+
+
+def bncheck(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bncheck", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize("attack", sorted(crafted.PT2_ATTACKS))
+def test_crafted_pt2_is_refused_before_any_payload_runs(tmp_path, attack):
+    marker = tmp_path / "marker"
+    model = crafted.PT2_ATTACKS[attack](tmp_path / "evil.pt2", marker)
+    result = bncheck("audit", str(model), "-f", "json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not marker.exists()
+    assert "--trust-pickle" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["fold", "recalibrate", "drift"])
+def test_fold_recalibrate_and_drift_refuse_a_pickled_weight(tmp_path, command):
+    marker = tmp_path / "marker"
+    model = crafted.pt2_pickled_weight(tmp_path / "evil.pt2", marker)
+    args = {
+        "fold": ["fold", str(model), "-o", str(tmp_path / "out.pt2")],
+        "recalibrate": ["recalibrate", str(model), str(DATA), "-o", str(tmp_path / "out.pt2")],
+        "drift": ["drift", str(model), str(DATA)],
+    }[command]
+    result = bncheck(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "out.pt2").exists()
+
+
+def test_torchscript_that_writes_files_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    model = crafted.torchscript_from_file(tmp_path / "evil.ts", marker)
+    result = bncheck("drift", str(model), str(DATA), "--mismatch-samples", "0", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not marker.exists()
+    assert "aten::from_file" in result.stderr and "--trust-pickle" in result.stderr
+
+
+def test_trust_pickle_is_what_lets_a_payload_run(tmp_path):
+    """The check is the only thing in the way: with the flag, torch runs the payload (so the
+    crafted file is a real attack, and the refusals above are not an accident of damage)."""
+    marker = tmp_path / "marker"
+    model = crafted.pt2_opaque_constant(tmp_path / "evil.pt2", marker)
+    bncheck("audit", str(model), "--trust-pickle", cwd=tmp_path)
+    assert marker.exists()
+
+
+def test_genuine_archives_still_load(tmp_path):
+    for name in ("digits_cnn.pt2", "digits_cnn.ts"):
+        result = bncheck("audit", str(crafted.SAMPLES / name), "-q", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("expression", "safe"),
+    [
+        ("Symbol('s77', positive=True, integer=True)", True),
+        ("FloorDiv(s0, 2) + Max(s1, 3)*4", True),
+        ("__import__('os').system('id')", False),
+        ("eval(chr(95))", False),
+        ("open", False),
+        ("s0.__class__", False),
+        ("Symbol('a b')", False),
+    ],
+)
+def test_symbolic_size_grammar(expression, safe):
+    assert (unsafe_expression(expression) is None) is safe
