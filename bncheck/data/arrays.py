@@ -65,9 +65,6 @@ class Chunk:
     load: Callable[[], np.ndarray]
 
 
-# ----------------------------------------------------------------------------- inspecting
-
-
 def inspect_file(path: Path, mode: str, expected: ExpectedShape | None) -> list[ArrayPart]:
     """The arrays of one file with their shapes, as batches or single samples."""
     suffix = path.suffix.lower()
@@ -263,9 +260,6 @@ def _attach_labels(path: Path, parts: list[ArrayPart], label_arrays: dict[str, n
     for part in parts:
         part.labels = labels[offset : offset + part.count]
         offset += part.count
-
-
-# ----------------------------------------------------------------------------- reading
 
 
 def chunk_rows(sample_shape: Shape, batch_size: int) -> int:

@@ -187,8 +187,6 @@ class DataPlan:
             "of": self.shard[1] if self.shard else 1,
         }
 
-    # ------------------------------------------------------------------ blocks
-
     def blocks(self, *, workers: int, batch_size: int, target_bytes: int = BLOCK_BYTES) -> list[Block]:
         """Contiguous runs of files: about ``target_bytes`` of decoded samples each, and four
         per worker where there are enough files. Blocks of one-sample files hold a multiple of
@@ -218,8 +216,6 @@ class DataPlan:
 
     def whole(self) -> Block:
         return Block(0, 0, len(self.files))
-
-    # ------------------------------------------------------------------ reading a block
 
     @contextmanager
     def staged(self, block: Block) -> Iterator[tuple[list[str], dict[str, str]]]:
@@ -317,9 +313,6 @@ def _all_unusable(kind: str, files: list[str], options: DataOptions) -> list[tup
             return None
         reasons.append((path, "skipped by --preprocess"))
     return reasons
-
-
-# ---------------------------------------------------------------------------- making a plan
 
 
 def make_plan(

@@ -120,7 +120,7 @@ class RemoteListing:
 
 def listing_digest(names: list[str], sizes: list[int]) -> str:
     digest = hashlib.sha256()
-    for name, size in zip(names, sizes):
+    for name, size in zip(names, sizes, strict=True):
         digest.update(f"{name}\t{int(size)}\n".encode())
     return digest.hexdigest()
 

@@ -18,7 +18,7 @@ import numpy as np
 from bncheck.data.loader import Task
 from bncheck.data.shapes import ExpectedShape, Shape, fits, shape_text
 from bncheck.data.spec import DataOptions
-from bncheck.errors import DataError
+from bncheck.errors import DataError, first_line
 
 #: rows read to decide which columns are numeric
 SNIFF_ROWS = 1000
@@ -64,7 +64,7 @@ def _is_parquet(path: Path) -> bool:
 def _read_error(path: Path, exc: BaseException) -> DataError:
     if isinstance(exc, PermissionError):
         return DataError(f"cannot read {path}: permission denied; check its permissions.")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     kind = "Parquet" if _is_parquet(path) else "CSV"
     return DataError(f"cannot read {path} as {kind} ({first}); check the file.")
 

@@ -30,8 +30,6 @@ from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.reservoir import Reservoir
 
-# ---------------------------------------------------------------------------- the model
-
 
 @dataclass
 class ModelPackage:
@@ -94,9 +92,6 @@ def unpack_model(package: ModelPackage, folder: Path):
     if arch and arch.startswith("bncheck_arch_"):
         arch = str(Path(folder) / arch)
     return load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
-
-
-# ---------------------------------------------------------------------------- one block
 
 
 @dataclass
@@ -225,9 +220,6 @@ def _statistics_key(statistics) -> str | None:
         digest.update(np.ascontiguousarray(mean, np.float64).tobytes())
         digest.update(np.ascontiguousarray(var, np.float64).tobytes())
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------- the driver side
 
 
 class ReplayReservoir(Reservoir):

@@ -59,8 +59,6 @@ class LocalSession(Session):
             )
             self.num_samples = self.plan.num_samples
 
-    # ------------------------------------------------------------------ passes
-
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         with ExitStack() as stack:
             if request.statistics is not None:
@@ -109,8 +107,6 @@ class LocalSession(Session):
 
     def close(self) -> None:
         """Nothing to release: every pass closes its runner, threads and block copies."""
-
-    # ------------------------------------------------------------------ plan-based stream
 
     def _stream(self, batch_size: int) -> Iterator[Batch]:
         """The plan's blocks, in order, re-cut into batches of ``batch_size`` (the last one

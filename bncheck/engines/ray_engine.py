@@ -155,8 +155,6 @@ class RaySession(Session):
             self.close()
             raise
 
-    # ------------------------------------------------------------------ passes
-
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         plan = self.plan
         blocks = plan.blocks(workers=len(self.actors), batch_size=request.batch_size)
@@ -238,9 +236,6 @@ class RaySession(Session):
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - an actor that is already gone
                 pass
-
-
-# ---------------------------------------------------------------------------- helpers
 
 
 def _connect(address: str | None, workers: int | None) -> bool:

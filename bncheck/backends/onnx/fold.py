@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs
 from bncheck.backends.onnx.source import SHAPE_ONLY_OPS, OnnxSource
-from bncheck.errors import BncheckError
+from bncheck.errors import BncheckError, first_line
 from bncheck.numerics import fold_math
 
 
@@ -67,7 +67,7 @@ def check_model(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
             onnx.checker.check_model(original)
         except onnx.checker.ValidationError:
             return  # the input model already fails the checker; onnxruntime is the judge then
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise FoldCheckError(
             f"the folded ONNX model fails onnx.checker ({first}) although the input passes; "
             "nothing was written: this is a bncheck defect, please report it with --debug output."
@@ -526,7 +526,7 @@ def ort_runner(model: onnx.ModelProto, *, optimize: bool):
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, limit=200)
         raise BncheckError(f"onnxruntime cannot run the model ({first}); bncheck verifies with onnxruntime on CPU.") from exc
     names = [i.name for i in session.get_inputs()]
 

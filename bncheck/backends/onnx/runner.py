@@ -73,7 +73,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.graph import static_dims
 from bncheck.backends.runner import InputSpec, ModelRunner, dedupe, select_layers
-from bncheck.errors import ModelLoadError, UsageError
+from bncheck.errors import ModelLoadError, UsageError, first_line
 from bncheck.numerics.moments import Moments
 
 #: protobuf cannot serialise more than this; larger models go through a temporary file
@@ -276,9 +276,7 @@ class OnnxRunner(ModelRunner):
                 )
                 return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = (
-                str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            )
+            first = first_line(exc)
             raise ModelLoadError(f"onnxruntime cannot load the model ({first}).") from exc
 
     def close(self) -> None:

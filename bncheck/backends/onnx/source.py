@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, first_line
 from bncheck.layer import BNLayer, as_float64
 
 PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
@@ -26,7 +26,7 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
-            f"{path} is not a valid ONNX model ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            f"{path} is not a valid ONNX model ({first_line(exc)}); "
             "it is probably truncated or corrupt: export or download it again."
         ) from exc
     except Exception as exc:  # external-data errors come in several kinds

@@ -45,6 +45,7 @@ from torch import fx, nn
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.torch import graph as torch_graph
+from bncheck.errors import first_line
 from bncheck.layer import BNLayer
 from bncheck.numerics import fold_math
 
@@ -545,7 +546,7 @@ def fold_module(
     try:
         gm = _trace(work, layers)
     except Exception as exc:  # untraceable Python in forward()
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, limit=160)
         result = _fold_sequential(work, layers, affine=affine, example=example)
         result.notes.append(f"torch.fx could not trace the model ({first}); folded exact nn.Sequential patterns only")
         return result

@@ -21,7 +21,7 @@ from bncheck.backends.torch.loading import (
     torch_load,
     unwrap_checkpoint,
 )
-from bncheck.errors import ModelLoadError, UsageError
+from bncheck.errors import ModelLoadError, UsageError, first_line
 from bncheck.layer import BNLayer, as_float64
 
 BN_CLASS_NAMES = {
@@ -264,7 +264,7 @@ class TorchModuleSource(ModelSource):
             producers, functional = torch_graph.fx_producers(self.module, names)
             return producers, functional, None
         except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
-            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, limit=120)
             self.notes.append(
                 f"torch.fx could not trace the model ({first}); producers come from exact "
                 "nn.Sequential patterns only"
