@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bncheck.errors import BncheckError
+from bncheck.errors import BncheckError, first_line
 
 
 def resolve_callable(spec: str, *, option: str, noun: str, error: type[BncheckError]) -> Callable[..., Any]:
@@ -64,9 +64,3 @@ def import_target(target: str, spec: str, *, option: str, error: type[BncheckErr
             f"{option} {spec!r}: cannot import module {target} ({type(exc).__name__}: "
             f"{first_line(exc)}); check the name and PYTHONPATH."
         ) from exc
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without a trailing period."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__

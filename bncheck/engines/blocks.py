@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.load import backend_for, load_model
-from bncheck.data.plan import Block, DataPlan, issue_dict, rename_text
+from bncheck.data.issue_totals import issue_dict, rename_text
+from bncheck.data.plan import Block, DataPlan
 from bncheck.engines.interface import ModelSpec, PassRequest
 from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
@@ -109,7 +110,7 @@ class BlockResult:
     #: ``(x, outputs)`` of every sample for the subsample (``keep`` > 0); an engine may put
     #: it in its object store and return a reference instead
     kept: Any
-    #: skipped files and non-finite samples (see ``plan.issue_dict``)
+    #: skipped files and non-finite samples (see ``issue_totals.issue_dict``)
     issues: dict
 
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from bncheck.backends.load import backend_for
 from bncheck.data import open_data
+from bncheck.data.issue_totals import IssueTotals, issue_dict, rename_text
 from bncheck.data.loader import Batch
-from bncheck.data.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
+from bncheck.data.plan import Block, DataPlan
+from bncheck.data.planning import make_plan
 from bncheck.data.remote import is_remote
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
 from bncheck.engines.measure import Measurement, measure, train_pass

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, first_line
 from bncheck.importing import resolve_callable
 
 #: Keys under which training scripts commonly nest the weights of a checkpoint.
@@ -76,7 +76,7 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"{path} cannot be read as a PyTorch file ({_first_line(exc)}); it is probably "
+            f"{path} cannot be read as a PyTorch file ({first_line(exc)}); it is probably "
             "truncated or corrupt: save or download it again."
         ) from exc
     finally:
@@ -96,7 +96,7 @@ def load_safetensors(path: Path) -> dict[str, Any]:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise ModelLoadError(
-            f"{path} is not a valid safetensors file ({_first_line(exc)}); it is probably truncated."
+            f"{path} is not a valid safetensors file ({first_line(exc)}); it is probably truncated."
         ) from exc
 
 
@@ -106,7 +106,7 @@ def load_torchscript(path: Path):
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(
-            f"{path} cannot be loaded as TorchScript ({_first_line(exc)}); it may be damaged or "
+            f"{path} cannot be loaded as TorchScript ({first_line(exc)}); it may be damaged or "
             "saved by a newer PyTorch."
         ) from exc
 
@@ -117,7 +117,7 @@ def load_exported_program(path: Path):
         return torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
-            f"{path} cannot be loaded as a torch.export program ({_first_line(exc)}); it may be "
+            f"{path} cannot be loaded as a torch.export program ({first_line(exc)}); it may be "
             "damaged or saved by a newer PyTorch."
         ) from exc
 
@@ -182,7 +182,7 @@ def build_from_arch(spec: str):
         model = factory()
     except Exception as exc:
         raise ModelLoadError(
-            f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {_first_line(exc)}."
+            f"--arch {spec!r}: calling {attr}() failed with {type(exc).__name__}: {first_line(exc)}."
         ) from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
@@ -219,7 +219,7 @@ def load_state_dict_into(model, state: dict[str, Any], spec: str) -> None:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"the state dict cannot be loaded into --arch {spec}: {_first_line(exc)}."
+            f"the state dict cannot be loaded into --arch {spec}: {first_line(exc)}."
         ) from exc
 
 
@@ -241,9 +241,4 @@ def _unpickler_detail(exc: BaseException) -> str:
         rest = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
         if rest and rest[0].strip():
             return rest[0].strip().rstrip(".")
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].rstrip(".") if text else type(exc).__name__
+    return first_line(exc)
