@@ -119,6 +119,7 @@ class RemoteListing:
 
 
 def listing_digest(names: list[str], sizes: list[int]) -> str:
+    """sha256 of ``name<TAB>size`` lines, in listing order."""
     digest = hashlib.sha256()
     for name, size in zip(names, sizes, strict=True):
         digest.update(f"{name}\t{int(size)}\n".encode())
@@ -128,6 +129,21 @@ def listing_digest(names: list[str], sizes: list[int]) -> str:
 def _sort_key(relative: str) -> tuple[str, ...]:
     """Part by part, as the recursive sorted scan of a local folder reads them."""
     return tuple(relative.split("/"))
+
+
+def _visible_files(found: Mapping[str, Any], root: str) -> list[tuple[str, str, int]]:
+    """(relative name, path, size) of every file below ``root`` in a ``fs.find`` listing,
+    hidden names left out."""
+    entries = []
+    prefix = root.rstrip("/") + "/"
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.startswith(prefix):
+            continue
+        relative = path[len(prefix):]
+        if not relative or any(part.startswith(".") for part in relative.split("/")):
+            continue
+        entries.append((relative, path, int(info.get("size") or 0)))
+    return entries
 
 
 def list_remote(url: str, *, every_file: bool = False, storage_options: Mapping[str, Any] | None = None) -> RemoteListing:
@@ -153,15 +169,7 @@ def list_remote(url: str, *, every_file: bool = False, storage_options: Mapping[
         raise DataError(f"cannot list DATA {url}: permission denied; check the credentials.") from exc
     except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, gcsfs... raise their own kinds
         raise DataError(f"cannot list DATA {url} ({type(exc).__name__}: {first_line(exc)}); check the URL, the credentials and --storage-option.") from exc
-    entries = []
-    prefix = root.rstrip("/") + "/"
-    for path, info in found.items():
-        if info.get("type", "file") != "file" or not path.startswith(prefix):
-            continue
-        relative = path[len(prefix):]
-        if not relative or any(part.startswith(".") for part in relative.split("/")):
-            continue
-        entries.append((relative, path, int(info.get("size") or 0)))
+    entries = _visible_files(found, root)
     if not entries:
         raise DataError(f"DATA {url} does not exist or holds no files (hidden names are ignored); check the URL.")
     entries.sort(key=lambda e: _sort_key(e[0]))

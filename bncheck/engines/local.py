@@ -11,6 +11,7 @@ the subsample are those a run over a local copy of the same files gives.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
@@ -24,7 +25,7 @@ from bncheck.data.issue_totals import IssueTotals, issue_dict, rename_text
 from bncheck.data.loader import Batch
 from bncheck.data.plan import Block, DataPlan
 from bncheck.data.planning import make_plan
-from bncheck.data.remote import is_remote
+from bncheck.data.remote import is_remote, listing_digest
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
 from bncheck.engines.measure import Measurement, measure, train_pass
 from bncheck.errors import BncheckError, DataError
@@ -90,10 +91,6 @@ class LocalSession(Session):
         if self.plan is not None:
             return self.plan.provenance()
         if self._provenance is None:  # computed on demand: it stats every file
-            import os
-
-            from bncheck.data.remote import listing_digest
-
             root = self.dataset.path
             files = self.dataset.files
             names = [os.path.relpath(f, root).replace(os.sep, "/") if root.is_dir() else root.name for f in files]
