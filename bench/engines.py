@@ -128,7 +128,7 @@ def bench_engines(work: Path, images: int, repeats: int, ray_workers: list[int])
 def bench_merge(work: Path, parts: int) -> dict:
     from bncheck.backends import load_model
     from bncheck.data import DataOptions
-    from bncheck.data.plan import make_plan
+    from bncheck.data.planning import make_plan
     from bncheck.numerics.moments import merge_all
     from bncheck.report.stats_file import (
         StatsFile,

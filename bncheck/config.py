@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bncheck.rules  # noqa: F401  (registers the rules thresholds are checked against)
 from bncheck.errors import UsageError
 from bncheck.rules.finding import FAIL_ON
+from bncheck.rules.registry import REGISTRY, default_thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,8 +32,6 @@ class Settings:
 
     def threshold_table(self) -> dict[str, dict[str, float]]:
         """Registry defaults overlaid with the configured thresholds."""
-        from bncheck.rules.registry import default_thresholds
-
         table = default_thresholds()
         for code, values in self.thresholds.items():
             table.setdefault(code, {}).update(values)
@@ -92,8 +92,6 @@ def parse_threshold(spec: str) -> tuple[str, str, float]:
 
 
 def _validate_threshold(code: str, name: str) -> None:
-    from bncheck.rules.registry import REGISTRY
-
     rule = REGISTRY.get(code)
     if rule is None:
         raise UsageError(f"threshold for unknown rule {code}; `bncheck rules` lists them.")
@@ -112,32 +110,10 @@ def load_settings(
     train_batch_size: int | None = None,
 ) -> Settings:
     """Settings from the config file (``config`` or discovered), then command-line overrides."""
-    import bncheck.rules  # noqa: F401  (registers the rules thresholds are checked against)
-
     path = config if config is not None else find_config()
-    table = _read_table(path) if path is not None else {}
     settings = Settings(config_path=path)
-    for raw_key, value in table.items():
-        key = _key(raw_key)
-        if key == "fail_on":
-            settings.fail_on = str(value)
-        elif key in ("select", "ignore"):
-            values = [value] if isinstance(value, str) else list(value)
-            setattr(settings, key, [str(v).upper() for v in values])
-        elif key == "thresholds":
-            if not isinstance(value, dict):
-                raise UsageError(f"{path}: thresholds must be a table.")
-            for code_or_dotted, inner in value.items():
-                if isinstance(inner, dict):
-                    for name, number in inner.items():
-                        _set_threshold(settings, str(code_or_dotted).upper(), _key(name), number, path)
-                else:
-                    code, name, number = parse_threshold(f"{code_or_dotted}={inner}")
-                    _set_threshold(settings, code, name, number, path)
-        elif key == "train_batch_size":
-            settings.train_batch_size = int(value)
-        else:
-            settings.options[key] = value
+    if path is not None:
+        _apply_table(settings, _read_table(path), path)
     if fail_on is not None:
         settings.fail_on = fail_on
     if select:
@@ -154,6 +130,36 @@ def load_settings(
     if settings.train_batch_size is not None and settings.train_batch_size < 1:
         raise UsageError("--train-batch-size must be at least 1.")
     return settings
+
+
+def _apply_table(settings: Settings, table: dict[str, Any], path: Path) -> None:
+    """The config file's ``[tool.bncheck]`` table into ``settings``."""
+    for raw_key, value in table.items():
+        key = _key(raw_key)
+        if key == "fail_on":
+            settings.fail_on = str(value)
+        elif key in ("select", "ignore"):
+            values = [value] if isinstance(value, str) else list(value)
+            setattr(settings, key, [str(v).upper() for v in values])
+        elif key == "thresholds":
+            _apply_thresholds(settings, value, path)
+        elif key == "train_batch_size":
+            settings.train_batch_size = int(value)
+        else:
+            settings.options[key] = value
+
+
+def _apply_thresholds(settings: Settings, value: Any, path: Path) -> None:
+    """``thresholds = {BN101 = {error = 2.0}}`` or ``{"BN101.error" = 2.0}``."""
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: thresholds must be a table.")
+    for code_or_dotted, inner in value.items():
+        if isinstance(inner, dict):
+            for name, number in inner.items():
+                _set_threshold(settings, str(code_or_dotted).upper(), _key(name), number, path)
+        else:
+            code, name, number = parse_threshold(f"{code_or_dotted}={inner}")
+            _set_threshold(settings, code, name, number, path)
 
 
 def _set_threshold(settings: Settings, code: str, name: str, number: Any, path: Path | None) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bncheck.errors import BncheckError
+from bncheck.errors import BncheckError, first_line
 
 
 def resolve_callable(spec: str, *, option: str, noun: str, error: type[BncheckError]) -> Callable[..., Any]:
@@ -70,9 +70,3 @@ def failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
     return f"failed with {type(exc).__name__}: {first_line(exc)}"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without a trailing period."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__

@@ -34,6 +34,17 @@ def backend(family: str) -> Backend:
     raise UsageError(f"no backend for model family {family!r}; bncheck knows: {', '.join(FAMILIES)}.")
 
 
+def files_on_disk(path: Path) -> list[Path]:
+    """The files a model at ``path`` is made of, before loading it: the file itself and, for
+    ONNX, the external-data files it names (so that no output is ever written over them)."""
+    files = [path]
+    if path.is_file() and sniff_format(path) is ModelFormat.ONNX:
+        from bncheck.backends.onnx.external_data import external_data_files  # optional: onnx (chosen family)
+
+        files.extend(external_data_files(path))
+    return files
+
+
 def backend_for(source: ModelSource) -> Backend:
     """The backend that serves ``source``."""
     return backend(source.family)

@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from bncheck.backends.detect import ModelFormat, sniff_format
-from bncheck.backends.onnx.external_data import external_data_files
+from bncheck.backends.load import files_on_disk
 from bncheck.errors import BncheckError, OutputError
 
 #: Output options that take a report (where ``-`` means stdout).
@@ -46,14 +45,10 @@ def model_files(model: Path | str | None) -> list[Path]:
     """A model file and the external-data files it names (ONNX), all of them inputs."""
     if model is None or "://" in str(model):
         return []
-    path = Path(model)
-    files = [path]
     try:
-        if path.is_file() and sniff_format(path) is ModelFormat.ONNX:
-            files.extend(external_data_files(path))
+        return files_on_disk(Path(model))
     except BncheckError:
-        pass  # the model's own loader will say what is wrong with it
-    return files
+        return [Path(model)]  # the model's own loader will say what is wrong with it
 
 
 def check_outputs(

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from bncheck.backends.interface import InputSpec
-from bncheck.errors import DataError, UsageError
+from bncheck.errors import DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments, merge_all
 
 BN_MODES = ("eval", "train")
@@ -106,8 +106,7 @@ class ModelRunner(ABC):
 
     def _run_failed(self, exc: BaseException, x: np.ndarray) -> DataError:
         """The error to raise when the runtime rejects a batch (shape or type mismatch)."""
-        text = str(exc).strip().splitlines()
-        first = next((line for line in text if line.strip()), type(exc).__name__)[:300]
+        first = first_line(exc)
         return DataError(
             f"the model cannot run on a batch of shape {tuple(x.shape)} ({first}); it expects input "
             f"{self.input_spec.describe()}: check the data and its preprocessing options."

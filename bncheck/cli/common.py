@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from bncheck.backends.output import write_atomically
-from bncheck.errors import BncheckError, OutputError
+from bncheck.errors import BncheckError, OutputError, first_line
 from bncheck.formats import FORMATS, get_renderer
 from bncheck.report.report import Report
 
@@ -106,7 +106,7 @@ def handle_errors(func):
         except Exception as exc:  # a bug, or an input we failed to anticipate
             if State.debug:
                 traceback.print_exc()
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            detail = first_line(exc) if str(exc).strip() else ""
             err(
                 f"error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; "
                 "re-run with --debug for the traceback and please report it."

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.engines.measure import Measurement
+from bncheck.engines.measure import Measurement, array_moments
 from bncheck.errors import BncheckError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
@@ -89,17 +89,12 @@ def diagnose_input(runner, layers, sub: np.ndarray, first: list[str], batch_size
     by_name = {layer.name: layer for layer in layers}
 
     def score(x: np.ndarray) -> float:
-        parts: dict[str, list[Moments]] = {}
-        for start in range(0, len(x), batch_size):
-            _, moments = runner.moments(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
-            for name in first:
-                if name in moments:
-                    parts.setdefault(name, []).append(moments[name])
+        merged = array_moments(runner, x, batch_size, first)
         values = []
         for name in first:
-            if name not in parts:
+            if name not in merged:
                 continue
-            m = merge_all(parts[name])
+            m = merged[name]
             layer = by_name[name]
             d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
             values.append(d.score)

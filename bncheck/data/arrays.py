@@ -13,6 +13,7 @@ Nothing is loaded whole: ``.npy`` chunks are read at their byte offset (by the w
 from __future__ import annotations
 
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from bncheck.data.loader import Task
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
-from bncheck.errors import DataError
+from bncheck.errors import DataError, first_line
 
 LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 #: a chunk read in one go holds at most this many bytes (and at least one sample)
@@ -63,9 +64,6 @@ class Chunk:
     start: int
     stop: int
     load: Callable[[], np.ndarray]
-
-
-# ----------------------------------------------------------------------------- inspecting
 
 
 def inspect_file(path: Path, mode: str, expected: ExpectedShape | None) -> list[ArrayPart]:
@@ -190,16 +188,16 @@ def _load_pt(path: Path) -> Any:
         raise DataError(f"cannot read {path}: permission denied; check its permissions.") from exc
     except RuntimeError as exc:
         if "mmap" not in str(exc):
-            raise DataError(f"{path} is not a readable tensor file ({_first_line(exc)}).") from exc
+            raise DataError(f"{path} is not a readable tensor file ({first_line(exc)}).") from exc
     except Exception as exc:  # noqa: BLE001 - unpickling errors of every kind
         raise DataError(
-            f"{path} is not a tensor file torch.load(weights_only=True) accepts ({_first_line(exc)}); "
+            f"{path} is not a tensor file torch.load(weights_only=True) accepts ({first_line(exc)}); "
             "save tensors (or a dict/list of tensors) with torch.save."
         ) from exc
     try:  # files in the legacy (non-zip) format cannot be memory-mapped
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path} is not a tensor file torch.load(weights_only=True) accepts ({_first_line(exc)}).") from exc
+        raise DataError(f"{path} is not a tensor file torch.load(weights_only=True) accepts ({first_line(exc)}).") from exc
 
 
 def _pt_tensors(path: Path, obj: Any) -> list[tuple[str | None, Any]]:
@@ -263,9 +261,6 @@ def _attach_labels(path: Path, parts: list[ArrayPart], label_arrays: dict[str, n
     for part in parts:
         part.labels = labels[offset : offset + part.count]
         offset += part.count
-
-
-# ----------------------------------------------------------------------------- reading
 
 
 def chunk_rows(sample_shape: Shape, batch_size: int) -> int:
@@ -371,15 +366,15 @@ def _pt_chunks(path: Path, parts: list[ArrayPart], rows: int) -> Iterator[Chunk]
             yield Chunk(part, start, stop, lambda v=view, p=part, n=stop - start: load(v, p, n))
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 class ArrayReader:
     """.npy/.npz/.pt files: every sample array in them, in file order."""
 
     kind = "arrays"
+    one_per_file = False
+
+    @classmethod
+    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
+        return None
 
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         self.parts = [part for path in files for part in inspect_file(Path(path), options.arrays, expected)]
@@ -397,6 +392,15 @@ class ArrayReader:
             part = chunk.part
             labels = part.labels[chunk.start : chunk.stop] if part.labels is not None else None
             yield Task(count=chunk.stop - chunk.start, source=part.name, offset=chunk.start, load=chunk.load, labels=labels)
+
+    def pinned(self, options: DataOptions) -> DataOptions:
+        return options
+
+    def file_counts(self, files: list[str], *, rows_needed: bool) -> list[int] | None:
+        per_file: Counter[str] = Counter()
+        for part in self.parts:
+            per_file[str(part.path)] += part.count
+        return [per_file[str(Path(f))] for f in files]
 
     def has_labels(self) -> bool:
         """Whether every array came with a label array in its file."""

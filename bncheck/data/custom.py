@@ -20,7 +20,7 @@ import numpy as np
 from bncheck.data.loader import Task
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
-from bncheck.errors import DataError, UsageError
+from bncheck.errors import DataError, UsageError, first_line
 from bncheck.importing import failure, resolve_callable
 
 
@@ -37,7 +37,7 @@ def run_preprocess(fn: Callable[[Path], Any], spec: str, path: Path) -> np.ndarr
         raise DataError(f"--preprocess {spec} {failure(exc)} on {path}; return a sample or None instead.") from exc
     except Exception as exc:
         raise DataError(
-            f"--preprocess {spec} failed on {path} with {type(exc).__name__}: {_first_line(exc)}."
+            f"--preprocess {spec} failed on {path} with {type(exc).__name__}: {first_line(exc)}."
         ) from exc
     if result is None:
         return None
@@ -50,20 +50,26 @@ def run_preprocess(fn: Callable[[Path], Any], spec: str, path: Path) -> np.ndarr
     except (TypeError, ValueError, RuntimeError) as exc:
         raise DataError(
             f"--preprocess {spec} returned a {type(result).__name__} for {path} that is not a numeric "
-            f"array ({_first_line(exc)}); return a numpy array."
+            f"array ({first_line(exc)}); return a numpy array."
         ) from exc
     return np.ascontiguousarray(sample)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 class CustomReader:
     """Every file of DATA through the user's ``--preprocess`` function, one sample each."""
 
     kind = "files"
+    one_per_file = True
+
+    @classmethod
+    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
+        fn = load_preprocess(options.preprocess or "")
+        reasons: list[tuple[str, str]] = []
+        for path in files:
+            if run_preprocess(fn, options.preprocess or "", Path(path)) is not None:
+                return None
+            reasons.append((path, "skipped by --preprocess"))
+        return reasons
 
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         if options.preprocess is None:
@@ -105,3 +111,9 @@ class CustomReader:
 
     def preprocessing(self) -> dict[str, Any]:
         return {"preprocess": self.spec, "values": "as returned by the function, cast to float32"}
+
+    def pinned(self, options: DataOptions) -> DataOptions:
+        return options
+
+    def file_counts(self, files: list[str], *, rows_needed: bool) -> list[int] | None:
+        return [1] * len(files)

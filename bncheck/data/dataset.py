@@ -9,55 +9,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from bncheck.data.discover import discover
 from bncheck.data.labels import Labels, folder_labels, read_label_file
 from bncheck.data.loader import Batch, DataIssues, StreamConfig, StreamStats, Task, stream
+from bncheck.data.reader import Reader
+from bncheck.data.readers import open_reader
 from bncheck.data.shapes import ExpectedShape, Shape, normalize_expected
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError
 
 log = logging.getLogger("bncheck.data")
-
-
-class Reader(Protocol):
-    """What each data kind provides (images, arrays, table, files)."""
-
-    kind: str
-    sample_shape: Shape
-
-    def count(self) -> int:
-        """Samples in DATA before skips, exclusions and the limit."""
-
-    def tasks(self, batch_size: int) -> Iterator[Task]:
-        """Decoding tasks in sample order."""
-
-    def shape_error(self, source: str, got: Shape) -> DataError:
-        """The error for a sample whose shape differs from ``sample_shape``."""
-
-    def preprocessing(self) -> dict[str, Any]:
-        """How samples are made, every default spelled out."""
-
-
-def _reader(kind: str, files: list[str], options: DataOptions, expected: ExpectedShape | None) -> Reader:
-    if kind == "images":
-        from bncheck.data.images import ImageReader
-
-        return ImageReader(files, options, expected)
-    if kind == "arrays":
-        from bncheck.data.arrays import ArrayReader
-
-        return ArrayReader(files, options, expected)
-    if kind == "table":
-        from bncheck.data.tables import TableReader
-
-        return TableReader(files, options, expected)
-    from bncheck.data.custom import CustomReader
-
-    return CustomReader(files, options, expected)
 
 
 def open_data(
@@ -75,10 +40,10 @@ def open_data(
     """
     options = options or DataOptions()
     expected = normalize_expected(expected_shape)
-    label_file = _label_file(options.labels)
-    found = discover(path, every_file=options.preprocess is not None, exclude=label_file)
-    reader = _reader(found.kind, found.files, options, expected)
-    labels = _resolve_labels(options, found.root, found.is_folder, found.kind, found.files, reader)
+    labels_path = label_file(options.labels)
+    found = discover(path, every_file=options.preprocess is not None, exclude=labels_path)
+    reader = open_reader(found.kind, found.files, options, expected)
+    labels = resolve_labels(options, found.root, found.is_folder, found.kind, found.files, reader)
     return Dataset(
         path=Path(path),
         kind=found.kind,
@@ -91,20 +56,23 @@ def open_data(
     )
 
 
-def _label_file(labels: str | Path | None) -> Path | None:
+def label_file(labels: str | Path | None) -> Path | None:
+    """The labels file ``--labels`` names, or None (``none``, ``folders`` or not given)."""
     if labels is None or str(labels).lower() in ("none", "folders"):
         return None
     return Path(labels)
 
 
-def _resolve_labels(
+def resolve_labels(
     options: DataOptions, root: Path, is_folder: bool, kind: str, files: list[str], reader: Reader
 ) -> Labels | None:
+    """The labels of DATA: ``--labels none``, class folders, a labels file, labels inside array
+    files, or (by default) class folders when DATA has them."""
     choice = options.labels
     if choice is not None and str(choice).lower() == "none":
         return None
     if choice is not None and str(choice).lower() == "folders":
-        found = folder_labels(root, files) if is_folder and kind in ("images", "files") else None
+        found = folder_labels(root, files) if is_folder and reader.one_per_file else None
         if found is None:
             raise DataError(
                 f"--labels folders needs images inside class folders (DATA/<class>/image.png), "
@@ -120,7 +88,7 @@ def _resolve_labels(
                 "give one label per sample, in sample order."
             )
         return labels
-    if kind in ("images", "files") and is_folder:
+    if reader.one_per_file and is_folder:
         return folder_labels(root, files)
     if kind == "arrays" and reader.has_labels():  # type: ignore[attr-defined]
         return Labels(source="arrays")

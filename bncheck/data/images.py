@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from bncheck.data.loader import Task, UnreadableFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, shape_text
 from bncheck.data.spec import DataOptions, ImageOptions
-from bncheck.errors import DataError, UsageError
+from bncheck.errors import DataError, UsageError, first_line
 
 #: Pillow modes that hold one channel
 _SINGLE_CHANNEL_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -190,7 +190,7 @@ def open_image(path: str | Path):
     except FileNotFoundError as exc:
         raise DataError(f"{path} disappeared while reading DATA.") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow and its plugins raise many kinds
-        raise UnreadableFile(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        raise UnreadableFile(f"{type(exc).__name__}: {first_line(exc)}") from exc
     return image
 
 
@@ -272,15 +272,22 @@ def decode_image(path: str | Path, plan: ImagePlan) -> np.ndarray:
         image.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 class ImageReader:
     """Image files, one sample each."""
 
     kind = "images"
+    one_per_file = True
+
+    @classmethod
+    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
+        reasons: list[tuple[str, str]] = []
+        for path in files:
+            try:
+                open_image(path).close()
+                return None
+            except UnreadableFile as exc:
+                reasons.append((path, str(exc)))
+        return reasons
 
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         self.files = files
@@ -342,3 +349,10 @@ class ImageReader:
 
     def preprocessing(self) -> dict[str, Any]:
         return self.plan.describe()
+
+    def pinned(self, options: DataOptions) -> DataOptions:
+        """Grayscale and layout, as the first image decided them."""
+        return replace(options, images=replace(options.images, grayscale=self.plan.grayscale, layout=self.plan.layout))
+
+    def file_counts(self, files: list[str], *, rows_needed: bool) -> list[int] | None:
+        return [1] * len(files)

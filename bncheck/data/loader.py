@@ -246,39 +246,86 @@ def _results(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _BatchBuffer:
+    """Decoded samples (and labels) waiting to be cut into batches of a fixed size."""
+
+    def __init__(self, has_labels: bool):
+        self.has_labels = has_labels
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+        self.buffered = 0
+        self.delivered = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.xs.append(x)
+        if self.has_labels:
+            self.ys.append(y)
+        self.buffered += len(x)
+
+    def take(self, n: int) -> Batch:
+        """The next ``n`` buffered samples as one batch."""
+        parts_x, parts_y, need = [], [], n
+        while need:
+            head = self.xs[0]
+            if len(head) <= need:
+                parts_x.append(self.xs.pop(0))
+                if self.has_labels:
+                    parts_y.append(self.ys.pop(0))
+                need -= len(head)
+            else:
+                parts_x.append(head[:need])
+                self.xs[0] = head[need:]
+                if self.has_labels:
+                    parts_y.append(self.ys[0][:need])
+                    self.ys[0] = self.ys[0][need:]
+                need = 0
+        x = np.concatenate(parts_x) if len(parts_x) > 1 else parts_x[0].copy()
+        y = (np.concatenate(parts_y) if len(parts_y) > 1 else parts_y[0].copy()) if self.has_labels else None
+        batch = Batch(x=np.ascontiguousarray(x), y=y, index=self.delivered)
+        self.buffered -= n
+        self.delivered += n
+        return batch
+
+
+def _skip(task: Task, reason: str | None, config: StreamConfig, issues: DataIssues) -> None:
+    """Count an unreadable file (or fail on it under --strict)."""
+    if config.strict:
+        raise DataError(f"cannot decode {task.source} ({reason}); remove or fix it, or drop --strict to skip unreadable files.")
+    issues.skipped_count += 1
+    if len(issues.skipped) < EXAMPLES:
+        issues.skipped.append((task.source, str(reason)))
+
+
+def _screen_nonfinite(
+    task: Task, x: np.ndarray, y: np.ndarray | None, config: StreamConfig, issues: DataIssues, stats: StreamStats
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Count samples with NaN/Inf and apply ``--nan`` (fail, exclude or keep) to them."""
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+    if finite.all():
+        return x, y
+    bad = np.flatnonzero(~finite)
+    if config.nan == "fail":
+        where = _sample_name(task, int(bad[0]))
+        raise DataError(f"{where} contains NaN or Inf; clean the data, or pass --nan exclude to leave such samples out.")
+    issues.nonfinite += len(bad)
+    for i in bad[: max(0, EXAMPLES - len(issues.nonfinite_examples))]:
+        issues.nonfinite_examples.append(_sample_name(task, int(i)))
+    if config.nan == "exclude":
+        stats.add_live(-len(bad))
+        return x[finite], (y[finite] if y is not None else None)
+    return x, y
+
+
 def _assemble(
     tasks: Iterable[Task], config: StreamConfig, issues: DataIssues, stats: StreamStats, stop: threading.Event
 ) -> Iterator[Batch]:
     """Decoded tasks -> batches of exactly ``batch_size`` (the last may be smaller)."""
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    buffered = 0
-    delivered = 0
+    buffer = _BatchBuffer(config.has_labels)
     limit = config.limit
 
     def take(n: int) -> Batch:
-        nonlocal buffered, delivered
-        parts_x, parts_y, need = [], [], n
-        while need:
-            head, head_y = xs[0], ys[0] if config.has_labels else None
-            if len(head) <= need:
-                parts_x.append(xs.pop(0))
-                if config.has_labels:
-                    parts_y.append(ys.pop(0))
-                need -= len(head)
-            else:
-                parts_x.append(head[:need])
-                xs[0] = head[need:]
-                if config.has_labels:
-                    parts_y.append(head_y[:need])
-                    ys[0] = head_y[need:]
-                need = 0
-        x = np.concatenate(parts_x) if len(parts_x) > 1 else parts_x[0].copy()
-        y = (np.concatenate(parts_y) if len(parts_y) > 1 else parts_y[0].copy()) if config.has_labels else None
-        batch = Batch(x=np.ascontiguousarray(x), y=y, index=delivered)
-        buffered -= n
-        delivered += n
-        issues.delivered = delivered
+        batch = buffer.take(n)
+        issues.delivered = buffer.delivered
         stats.batches += 1
         return batch
 
@@ -287,51 +334,27 @@ def _assemble(
     for task, x, reason in _results(tasks, config, stats, stop):
         issues.scanned = task.raw_start + task.count
         if x is None:
-            if config.strict:
-                raise DataError(
-                    f"cannot decode {task.source} ({reason}); remove or fix it, or drop --strict to skip unreadable files."
-                )
-            issues.skipped_count += 1
-            if len(issues.skipped) < EXAMPLES:
-                issues.skipped.append((task.source, str(reason)))
+            _skip(task, reason, config, issues)
             continue
         if tuple(x.shape[1:]) != config.sample_shape:
             raise config.shape_error(task.source, tuple(x.shape[1:]))
-        y = task.labels
-        finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            if config.nan == "fail":
-                where = _sample_name(task, int(bad[0]))
-                raise DataError(
-                    f"{where} contains NaN or Inf; clean the data, or pass --nan exclude to leave such samples out."
-                )
-            issues.nonfinite += len(bad)
-            for i in bad[: max(0, EXAMPLES - len(issues.nonfinite_examples))]:
-                issues.nonfinite_examples.append(_sample_name(task, int(i)))
-            if config.nan == "exclude":
-                stats.add_live(-len(bad))
-                x = x[finite]
-                y = y[finite] if y is not None else None
-        if limit is not None and delivered + buffered + len(x) > limit:
-            keep = limit - delivered - buffered
+        x, y = _screen_nonfinite(task, x, task.labels, config, issues, stats)
+        if limit is not None and buffer.delivered + buffer.buffered + len(x) > limit:
+            keep = limit - buffer.delivered - buffer.buffered
             stats.add_live(-(len(x) - keep))
             x = x[:keep]
             y = y[:keep] if y is not None else None
         if len(x) == 0:
             continue
-        xs.append(x)
-        if config.has_labels:
-            ys.append(y)
-        buffered += len(x)
-        while buffered >= config.batch_size:
+        buffer.add(x, y)
+        while buffer.buffered >= config.batch_size:
             yield take(config.batch_size)
-        if limit is not None and delivered + buffered >= limit:
+        if limit is not None and buffer.delivered + buffer.buffered >= limit:
             break
     if stop.is_set():  # the caller stopped iterating: an incomplete pass
         return
-    if buffered:
-        yield take(buffered)
+    if buffer.buffered:
+        yield take(buffer.buffered)
     issues.complete = True
 
 

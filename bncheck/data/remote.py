@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.data.discover import SUPPORTED, extension, kind_of
-from bncheck.errors import DataError, UsageError
+from bncheck.errors import DataError, UsageError, first_line
 
 #: ``scheme://`` at the start of DATA; one-letter schemes are Windows drives, not protocols
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
@@ -82,11 +82,11 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
     except ImportError as exc:
         package = _PACKAGES.get(protocol)
         fix = f"pip install {package}" if package else f"install the fsspec implementation of {protocol}://"
-        raise UsageError(f"DATA {url} cannot be read here ({_first_line(exc)}); {fix}.") from exc
+        raise UsageError(f"DATA {url} cannot be read here ({first_line(exc)}); {fix}.") from exc
     except ValueError as exc:
-        raise UsageError(f"DATA {url}: fsspec does not know the protocol {protocol}:// ({_first_line(exc)}).") from exc
+        raise UsageError(f"DATA {url}: fsspec does not know the protocol {protocol}:// ({first_line(exc)}).") from exc
     except TypeError as exc:
-        raise UsageError(f"--storage-option: {_first_line(exc)}; check the option names of the {protocol}:// file system.") from exc
+        raise UsageError(f"--storage-option: {first_line(exc)}; check the option names of the {protocol}:// file system.") from exc
     return fs, path.rstrip("/") or path
 
 
@@ -119,8 +119,9 @@ class RemoteListing:
 
 
 def listing_digest(names: list[str], sizes: list[int]) -> str:
+    """sha256 of ``name<TAB>size`` lines, in listing order."""
     digest = hashlib.sha256()
-    for name, size in zip(names, sizes):
+    for name, size in zip(names, sizes, strict=True):
         digest.update(f"{name}\t{int(size)}\n".encode())
     return digest.hexdigest()
 
@@ -128,6 +129,21 @@ def listing_digest(names: list[str], sizes: list[int]) -> str:
 def _sort_key(relative: str) -> tuple[str, ...]:
     """Part by part, as the recursive sorted scan of a local folder reads them."""
     return tuple(relative.split("/"))
+
+
+def _visible_files(found: Mapping[str, Any], root: str) -> list[tuple[str, str, int]]:
+    """(relative name, path, size) of every file below ``root`` in a ``fs.find`` listing,
+    hidden names left out."""
+    entries = []
+    prefix = root.rstrip("/") + "/"
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.startswith(prefix):
+            continue
+        relative = path[len(prefix):]
+        if not relative or any(part.startswith(".") for part in relative.split("/")):
+            continue
+        entries.append((relative, path, int(info.get("size") or 0)))
+    return entries
 
 
 def list_remote(url: str, *, every_file: bool = False, storage_options: Mapping[str, Any] | None = None) -> RemoteListing:
@@ -152,16 +168,8 @@ def list_remote(url: str, *, every_file: bool = False, storage_options: Mapping[
     except PermissionError as exc:
         raise DataError(f"cannot list DATA {url}: permission denied; check the credentials.") from exc
     except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, gcsfs... raise their own kinds
-        raise DataError(f"cannot list DATA {url} ({type(exc).__name__}: {_first_line(exc)}); check the URL, the credentials and --storage-option.") from exc
-    entries = []
-    prefix = root.rstrip("/") + "/"
-    for path, info in found.items():
-        if info.get("type", "file") != "file" or not path.startswith(prefix):
-            continue
-        relative = path[len(prefix):]
-        if not relative or any(part.startswith(".") for part in relative.split("/")):
-            continue
-        entries.append((relative, path, int(info.get("size") or 0)))
+        raise DataError(f"cannot list DATA {url} ({type(exc).__name__}: {first_line(exc)}); check the URL, the credentials and --storage-option.") from exc
+    entries = _visible_files(found, root)
     if not entries:
         raise DataError(f"DATA {url} does not exist or holds no files (hidden names are ignored); check the URL.")
     entries.sort(key=lambda e: _sort_key(e[0]))
@@ -201,17 +209,12 @@ def stage(listing: RemoteListing, indices: range | list[int], folder: Path) -> l
     try:
         listing.fs.get(remote, local)
     except FileNotFoundError as exc:
-        raise DataError(f"an object of DATA {listing.url} disappeared while reading it ({_first_line(exc)}); run again.") from exc
+        raise DataError(f"an object of DATA {listing.url} disappeared while reading it ({first_line(exc)}); run again.") from exc
     except PermissionError as exc:
-        raise DataError(f"cannot read DATA {listing.url}: permission denied ({_first_line(exc)}); check the credentials.") from exc
+        raise DataError(f"cannot read DATA {listing.url}: permission denied ({first_line(exc)}); check the credentials.") from exc
     except Exception as exc:  # noqa: BLE001 - transport errors of every file system
-        raise DataError(f"cannot download from DATA {listing.url} ({type(exc).__name__}: {_first_line(exc)}); check the connection and credentials.") from exc
+        raise DataError(f"cannot download from DATA {listing.url} ({type(exc).__name__}: {first_line(exc)}); check the connection and credentials.") from exc
     missing = [p for p in local if not os.path.isfile(p)]
     if missing:
         raise DataError(f"downloading from DATA {listing.url} left {len(missing)} file(s) missing (e.g. {missing[0]}); run again.")
     return local
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -26,7 +26,7 @@ def fits(shape: Sequence[int], expected: ExpectedShape | None) -> bool:
     """Whether a sample of ``shape`` matches ``expected`` (None axes match anything)."""
     if expected is None:
         return True
-    return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
+    return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected, strict=True))
 
 
 def shape_text(shape: Sequence[int | None] | None) -> str:

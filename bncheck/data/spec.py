@@ -157,9 +157,6 @@ def _sort_keys(values: Mapping[str, Any], image_values: dict, data_values: dict)
             data_values[key] = value
 
 
-# ----------------------------------------------------------------------------- parsing
-
-
 def parse_size(value: Any, name: str, *, allow_int: bool) -> int | tuple[int, int] | None:
     """``224`` / ``"224"`` -> 224 (shorter side); ``"224,160"`` / ``"224x160"`` / ``[224, 160]``
     -> (224, 160) as (height, width)."""

@@ -9,7 +9,7 @@ chunks of rows, never whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from bncheck.data.loader import Task
 from bncheck.data.shapes import ExpectedShape, Shape, fits, shape_text
 from bncheck.data.spec import DataOptions
-from bncheck.errors import DataError
+from bncheck.errors import DataError, first_line
 
 #: rows read to decide which columns are numeric
 SNIFF_ROWS = 1000
@@ -64,7 +64,7 @@ def _is_parquet(path: Path) -> bool:
 def _read_error(path: Path, exc: BaseException) -> DataError:
     if isinstance(exc, PermissionError):
         return DataError(f"cannot read {path}: permission denied; check its permissions.")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     kind = "Parquet" if _is_parquet(path) else "CSV"
     return DataError(f"cannot read {path} as {kind} ({first}); check the file.")
 
@@ -248,6 +248,11 @@ class TableReader:
     """.csv/.parquet files: one row a sample, the chosen numeric columns its features."""
 
     kind = "table"
+    one_per_file = False
+
+    @classmethod
+    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
+        return None
 
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         self.files = files = [Path(f) for f in files]
@@ -270,6 +275,17 @@ class TableReader:
         if self._count is None:
             self._count = sum(self.schema.rows[f] if f in self.schema.rows else count_rows(f) for f in self.files)
         return self._count
+
+    def pinned(self, options: DataOptions) -> DataOptions:
+        """The feature columns, as the first files decided them."""
+        return replace(options, columns=list(self.schema.columns))
+
+    def file_counts(self, files: list[str], *, rows_needed: bool) -> list[int] | None:
+        """Rows per file, counted (a pass over CSV rows) only when ``rows_needed``."""
+        if not rows_needed:
+            return None
+        rows = self.schema.rows
+        return [rows[Path(f)] if Path(f) in rows else count_rows(Path(f)) for f in files]
 
     def shape_error(self, source: str, got: Shape) -> DataError:
         return DataError(f"{source} gave rows of {shape_text(got)} values, expected {shape_text(self.sample_shape)}.")

@@ -9,16 +9,18 @@ merges them exactly (Chan's update, float64, in a fixed order).
   (``--workers`` actors, one CPU each); a local Ray on this machine, or the cluster at
   ``--ray-address``. Ray is an optional extra (``pip install 'bncheck[ray]'``) imported by
   that module only.
-* shards (:mod:`.shards`): ``--shard K/N`` runs one deterministic share of the files in a
-  separate process or job; ``bncheck merge`` combines the partial statistics and
-  ``bncheck drift MODEL --stats FILE`` reports on them.
+* shards (:mod:`bncheck.data.shards`): ``--shard K/N`` runs one deterministic share of the
+  files in a separate process or job; ``bncheck merge`` combines the partial statistics
+  (:mod:`bncheck.report.stats_file`) and ``bncheck drift MODEL --stats FILE`` reports on them.
 
-:mod:`.plan` turns DATA (a folder or an fsspec URL) into ordered files, shards and blocks.
+:mod:`bncheck.data.planning` turns DATA (a folder or an fsspec URL) into ordered files,
+shards and blocks; :mod:`.blocks` runs passes over blocks, :mod:`.measure` over batches.
 """
 
 from __future__ import annotations
 
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
+from bncheck.engines.local import LocalEngine
 from bncheck.errors import UsageError
 
 ENGINES = ("local", "ray")
@@ -31,12 +33,10 @@ def make_engine(name: str | None = "local", *, workers: int | None = None, addre
     if choice == "local":
         if address is not None:
             raise UsageError("--ray-address needs --engine ray.")
-        from bncheck.engines.local import LocalEngine
-
         return LocalEngine()
     if choice == "ray":
         try:
-            from bncheck.engines.ray_engine import RayEngine
+            from bncheck.engines.ray_engine import RayEngine  # optional: ray
         except ImportError as exc:
             raise UsageError(f"--engine ray needs Ray: pip install 'bncheck[ray]' ({exc}).") from exc
         return RayEngine(workers=workers, address=address)

@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.load import backend_for, load_model
-from bncheck.data.plan import Block, DataPlan, issue_dict, rename_text
+from bncheck.data.issue_totals import issue_dict, rename_text
+from bncheck.data.plan import Block, DataPlan
 from bncheck.engines.interface import ModelSpec, PassRequest
 from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.reservoir import Reservoir
-
-# ---------------------------------------------------------------------------- the model
 
 
 @dataclass
@@ -96,9 +95,6 @@ def unpack_model(package: ModelPackage, folder: Path):
     return load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
 
 
-# ---------------------------------------------------------------------------- one block
-
-
 @dataclass
 class BlockResult:
     """What a worker returns for one block (small, except ``kept``)."""
@@ -114,7 +110,7 @@ class BlockResult:
     #: ``(x, outputs)`` of every sample for the subsample (``keep`` > 0); an engine may put
     #: it in its object store and return a reference instead
     kept: Any
-    #: skipped files and non-finite samples (see ``plan.issue_dict``)
+    #: skipped files and non-finite samples (see ``issue_totals.issue_dict``)
     issues: dict
 
 
@@ -225,9 +221,6 @@ def _statistics_key(statistics) -> str | None:
         digest.update(np.ascontiguousarray(mean, np.float64).tobytes())
         digest.update(np.ascontiguousarray(var, np.float64).tobytes())
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------- the driver side
 
 
 class ReplayReservoir(Reservoir):

@@ -11,6 +11,7 @@ the subsample are those a run over a local copy of the same files gives.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
@@ -20,9 +21,11 @@ import numpy as np
 
 from bncheck.backends.load import backend_for
 from bncheck.data import open_data
+from bncheck.data.issue_totals import IssueTotals, issue_dict, rename_text
 from bncheck.data.loader import Batch
-from bncheck.data.plan import Block, DataPlan, IssueTotals, issue_dict, make_plan, rename_text
-from bncheck.data.remote import is_remote
+from bncheck.data.plan import Block, DataPlan
+from bncheck.data.planning import make_plan
+from bncheck.data.remote import is_remote, listing_digest
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
 from bncheck.engines.measure import Measurement, measure, train_pass
 from bncheck.errors import BncheckError, DataError
@@ -59,8 +62,6 @@ class LocalSession(Session):
             )
             self.num_samples = self.plan.num_samples
 
-    # ------------------------------------------------------------------ passes
-
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         with ExitStack() as stack:
             if request.statistics is not None:
@@ -90,10 +91,6 @@ class LocalSession(Session):
         if self.plan is not None:
             return self.plan.provenance()
         if self._provenance is None:  # computed on demand: it stats every file
-            import os
-
-            from bncheck.data.remote import listing_digest
-
             root = self.dataset.path
             files = self.dataset.files
             names = [os.path.relpath(f, root).replace(os.sep, "/") if root.is_dir() else root.name for f in files]
@@ -109,8 +106,6 @@ class LocalSession(Session):
 
     def close(self) -> None:
         """Nothing to release: every pass closes its runner, threads and block copies."""
-
-    # ------------------------------------------------------------------ plan-based stream
 
     def _stream(self, batch_size: int) -> Iterator[Batch]:
         """The plan's blocks, in order, re-cut into batches of ``batch_size`` (the last one

@@ -89,6 +89,16 @@ def measure(
     )
 
 
+def array_moments(runner, x: np.ndarray, batch_size: int, layers: list[str]) -> dict[str, Moments]:
+    """Per-layer moments of the samples ``x`` (in memory) in eval mode, run in batches of
+    ``batch_size`` and merged (Chan, float64); layers the runner did not observe are left out."""
+    parts: dict[str, list[Moments]] = {}
+    for start in range(0, len(x), batch_size):
+        _, moments = runner.moments(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+        add_bounded(parts, {name: moments[name] for name in layers if name in moments})
+    return {name: merge_all(ms) for name, ms in parts.items()}
+
+
 def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], None] | None = None) -> Measurement:
     """Per-layer moments of a pass in which every BN layer normalises with its batch's
     statistics (batches of one sample, which have none, are skipped), merged over batches

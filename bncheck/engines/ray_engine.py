@@ -36,7 +36,9 @@ import numpy as np
 import ray
 from ray.util.actor_pool import ActorPool
 
-from bncheck.data.plan import Block, DataPlan, IssueTotals, make_plan
+from bncheck.data.issue_totals import IssueTotals
+from bncheck.data.plan import Block, DataPlan
+from bncheck.data.planning import make_plan
 from bncheck.engines.blocks import (
     BlockResult,
     BlockWorker,
@@ -47,7 +49,7 @@ from bncheck.engines.blocks import (
 )
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
 from bncheck.engines.measure import Measurement
-from bncheck.errors import BncheckError, DataError, UsageError
+from bncheck.errors import BncheckError, DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments
 
 log = logging.getLogger("bncheck.data")
@@ -155,8 +157,6 @@ class RaySession(Session):
             self.close()
             raise
 
-    # ------------------------------------------------------------------ passes
-
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
         plan = self.plan
         blocks = plan.blocks(workers=len(self.actors), batch_size=request.batch_size)
@@ -240,9 +240,6 @@ class RaySession(Session):
                 pass
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
 def _connect(address: str | None, workers: int | None) -> bool:
     """Initialise Ray (this process has not); True once it is up."""
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -254,7 +251,7 @@ def _connect(address: str | None, workers: int | None) -> bool:
     except ConnectionError as exc:
         raise UsageError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} ({exc}); check --ray-address.") from exc
     except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError, ValueError...
-        raise UsageError(f"cannot start Ray ({type(exc).__name__}: {_first_line(exc)}); check --ray-address and the Ray installation.") from exc
+        raise UsageError(f"cannot start Ray ({type(exc).__name__}: {first_line(exc)}); check --ray-address and the Ray installation.") from exc
     return True
 
 
@@ -280,10 +277,10 @@ def _result(get: Callable[[], Any], *, fetch: bool = False) -> Any:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BncheckError):
             raise type(cause)(str(cause)) from None
-        raise BncheckError(f"a Ray worker failed: {type(cause or exc).__name__}: {_first_line(cause or exc)}.") from exc
+        raise BncheckError(f"a Ray worker failed: {type(cause or exc).__name__}: {first_line(cause or exc)}.") from exc
     except ray.exceptions.RayActorError as exc:
         raise BncheckError(
-            f"a Ray worker died ({_first_line(exc)}); it may have run out of memory: lower --batch-size or --workers."
+            f"a Ray worker died ({first_line(exc)}); it may have run out of memory: lower --batch-size or --workers."
         ) from exc
 
 
@@ -302,8 +299,3 @@ def _log_issues(totals: IssueTotals, policy: str) -> None:
     if totals.nonfinite:
         action = "excluded" if policy == "exclude" else "kept (--nan keep)"
         log.warning("%d sample(s) contain NaN or Inf and were %s: %s", totals.nonfinite, action, ", ".join(totals.nonfinite_examples))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -48,9 +48,6 @@ _F64 = np.float64
 EXACT_PADDING_MODES = ("reflect", "replicate", "circular")
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _bad_channels(mask: np.ndarray, limit: int = 5) -> str:
     idx = np.flatnonzero(mask)
     shown = ", ".join(str(int(i)) for i in idx[:limit])
@@ -133,9 +130,6 @@ def _has_padding(padding) -> bool:
     return any(int(p) != 0 for p in np.ravel(np.asarray(padding)))
 
 
-# --------------------------------------------------------------------------- BN as affine
-
-
 def bn_scale_shift(
     running_mean, running_var, eps: float, weight=None, bias=None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +179,6 @@ def channel_broadcast_shape(ndim: int, axis: int = 1) -> tuple[int, ...]:
     shape = [1] * ndim
     shape[axis % ndim] = -1
     return tuple(shape)
-
-
-# --------------------------------------------------------------------------- BN after
 
 
 def fold_bn_into_conv(
@@ -322,9 +313,6 @@ def fold_bn_into_matmul_add(weight, bias, scale, shift) -> tuple[np.ndarray, np.
             raise ValueError(f"Add operand of shape {b.shape} does not broadcast to (..., {n_out})")
         new_b = b * s + t
     return _cast(new_w, dtype, "weight"), _cast(new_b, dtype, "bias")
-
-
-# --------------------------------------------------------------------------- BN before
 
 
 def fold_bn_before_linear(

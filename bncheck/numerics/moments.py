@@ -60,8 +60,6 @@ class Moments:
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "m2", m2)
 
-    # ----------------------------------------------------------------- constructors
-
     @classmethod
     def empty(cls, channels: int) -> Moments:
         """No data yet: ``count = 0``; the neutral element of :func:`merge`."""
@@ -113,8 +111,6 @@ class Moments:
         m2 = m2s.sum(axis=0) + (weights * np.square(means - mean)).sum(axis=0)
         return cls(total, mean, m2)
 
-    # ----------------------------------------------------------------- derived values
-
     @property
     def channels(self) -> int:
         return int(self.mean.size)
@@ -141,26 +137,6 @@ class Moments:
     def merge(self, other: Moments) -> Moments:
         """See :func:`merge`."""
         return merge(self, other)
-
-    # ----------------------------------------------------------------- saving
-
-    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """``{prefix+"count": int64 scalar, prefix+"mean": (C,), prefix+"m2": (C,)}``, e.g. for
-        ``np.savez``."""
-        return {
-            f"{prefix}count": np.array(self.count, dtype=np.int64),
-            f"{prefix}mean": self.mean.copy(),
-            f"{prefix}m2": self.m2.copy(),
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays, prefix: str = "") -> Moments:
-        """Inverse of :meth:`to_arrays` (accepts a dict or an ``np.load`` result)."""
-        return cls(
-            int(np.asarray(arrays[f"{prefix}count"])),
-            arrays[f"{prefix}mean"],
-            arrays[f"{prefix}m2"],
-        )
 
 
 def merge(a: Moments, b: Moments) -> Moments:

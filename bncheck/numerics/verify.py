@@ -60,7 +60,7 @@ class ErrorAccumulator:
         if not self.abs_err:
             self.abs_err = [0.0] * len(reference)
             self.scale = [0.0] * len(reference)
-        for k, (a, b) in enumerate(zip(reference, folded)):
+        for k, (a, b) in enumerate(zip(reference, folded, strict=True)):
             a, b = np.asarray(a), np.asarray(b)
             if a.shape != b.shape:
                 self.mismatch = f"output {k} has shape {b.shape} after folding, {a.shape} before"
@@ -86,13 +86,13 @@ class ErrorAccumulator:
     def max_rel(self) -> float:
         if self.mismatch:
             return float("inf")
-        rel = [e / s if s > 0 else (0.0 if e == 0 else float("inf")) for e, s in zip(self.abs_err, self.scale)]
+        rel = [e / s if s > 0 else (0.0 if e == 0 else float("inf")) for e, s in zip(self.abs_err, self.scale, strict=True)]
         return max(rel, default=0.0)
 
     def passed(self, atol: float, rtol: float) -> bool:
         if self.mismatch:
             return False
-        return all(e <= atol + rtol * s for e, s in zip(self.abs_err, self.scale))
+        return all(e <= atol + rtol * s for e, s in zip(self.abs_err, self.scale, strict=True))
 
 
 def interleaved_timing(

@@ -162,20 +162,6 @@ def test_channel_axis_of_an_image_batch():
     np.testing.assert_allclose(m.var, x.var(axis=(0, 2, 3)), rtol=1e-12)
 
 
-def test_round_trip_through_npz(tmp_path):
-    rng = np.random.default_rng(4)
-    a = Moments.of_array(rng.normal(size=(9, 4)))
-    b = Moments.of_array(rng.normal(size=(2, 7)))
-    path = tmp_path / "stats.npz"
-    np.savez(path, **a.to_arrays("layer1/"), **b.to_arrays("layer2/"))
-    with np.load(path) as saved:
-        for original, prefix in ((a, "layer1/"), (b, "layer2/")):
-            loaded = Moments.from_arrays(saved, prefix)
-            assert loaded.count == original.count
-            np.testing.assert_array_equal(loaded.mean, original.mean)
-            np.testing.assert_array_equal(loaded.m2, original.m2)
-
-
 def test_invalid_moments_are_refused():
     with pytest.raises(ValueError, match="channels"):
         merge(Moments.empty(2), Moments.of_array(np.ones((2, 3))))

@@ -13,7 +13,7 @@ import pytest
 
 from bncheck.backends import load_model
 from bncheck.data import DataOptions, open_data
-from bncheck.data.plan import make_plan
+from bncheck.data.planning import make_plan
 from bncheck.engines import DataSpec, PassRequest, make_engine
 from bncheck.engines.blocks import (
     BlockWorker,
@@ -179,7 +179,7 @@ def test_the_core_imports_neither_ray_nor_s3fs(tmp_path):
 import sys
 from typer.testing import CliRunner
 from bncheck.cli.app import app
-import bncheck, bncheck.engines, bncheck.engines.local, bncheck.report.stats_file, bncheck.data.plan
+import bncheck, bncheck.engines, bncheck.engines.local, bncheck.report.stats_file, bncheck.data.planning
 import bncheck.data.remote
 r = CliRunner().invoke(app, ["drift", {str(ONNX)!r}, {str(REFERENCE)!r}, "--shard", "1/2", "--save-stats", {str(tmp_path / 'p.npz')!r}, "-f", "json"])
 assert r.exit_code in (0, 1), r.output

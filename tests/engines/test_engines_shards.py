@@ -14,7 +14,7 @@ from support.statistics_match import assert_statistics_match
 from typer.testing import CliRunner
 
 from bncheck.cli.app import app
-from bncheck.data.plan import parse_shard, shard_range
+from bncheck.data.shards import parse_shard, shard_range
 from bncheck.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
