@@ -156,7 +156,7 @@ def test_torch_and_onnx_backends_agree(tmp_path, calibrate, save_model, torch_fm
     assert len(onnx_layers) == len(torch_layers) == 6
     assert [_kind_independent(a) for a in torch_layers] == [_kind_independent(b) for b in onnx_layers]
     assert [layer.foldable for layer in torch_layers] == [False, True, False, True, False, True]
-    for a, b in zip(torch_layers, onnx_layers):
+    for a, b in zip(torch_layers, onnx_layers, strict=True):
         assert a.eps == pytest.approx(b.eps, rel=1e-6)
         for field in ("running_mean", "running_var", "weight", "bias"):
             np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-6, err_msg=f"{a.name}.{field}")

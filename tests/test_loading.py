@@ -50,7 +50,7 @@ def test_every_format_reads_the_stored_statistics(tmp_path, tiny_cnn, save_model
     assert [layer.num_features for layer in layers] == [4, 6, 8]
     if fmt != "onnx":
         assert [layer.name for layer in layers] == BN_NAMES
-    for layer, (mean, var, weight) in zip(layers, _torch_stats(tiny_cnn)):
+    for layer, (mean, var, weight) in zip(layers, _torch_stats(tiny_cnn), strict=True):
         np.testing.assert_allclose(layer.running_mean, mean, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(layer.running_var, var, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(layer.weight, weight, rtol=1e-6, atol=1e-7)

@@ -57,7 +57,7 @@ def test_digits_moments_match_float64_of_the_real_bn_inputs(kind, digits_x, digi
         np.testing.assert_allclose(runner.forward(digits_x), out, atol=1e-5)
     assert list(moments) == runner.layers
     rtol = 1e-4 if kind == "onnx" else 1e-6
-    for name, module_name in zip(runner.layers, ["bn1", "bn2", "bn3"]):
+    for name, module_name in zip(runner.layers, ["bn1", "bn2", "bn3"], strict=True):
         assert_moments(moments[name], reference[module_name], rtol=rtol)
 
 
@@ -97,7 +97,7 @@ def test_digits_train_mode_matches_torch_train_mode_and_changes_nothing(kind, di
     np.testing.assert_allclose(out, train_out, atol=1e-6)
     assert np.abs(train_out - eval_before).max() > 1e-3  # train mode really differs
     np.testing.assert_array_equal(eval_after, eval_before)
-    for name, module_name in zip(runner.layers, ["bn1", "bn2", "bn3"]):
+    for name, module_name in zip(runner.layers, ["bn1", "bn2", "bn3"], strict=True):
         assert_moments(moments[name], reference[module_name], rtol=1e-4 if kind == "onnx" else 1e-5)
     if kind == "onnx":
         assert source.model.SerializeToString() == proto
@@ -157,7 +157,7 @@ def test_bn1d_2d_and_3d_inputs_torch_onnx_and_float64_agree(opset, shapes_models
     np.testing.assert_allclose(out_o, reference["<output>"], atol=1e-4)
     np.testing.assert_allclose(tr_t, train_reference["<output>"], atol=1e-5)
     np.testing.assert_allclose(tr_o, train_reference["<output>"], atol=1e-4)
-    for name_t, name_o in zip(t.layers, o.layers):
+    for name_t, name_o in zip(t.layers, o.layers, strict=True):
         assert_moments(mt[name_t], reference[name_t], rtol=1e-6)
         assert_moments(mo[name_o], reference[name_t], rtol=1e-4)
         assert_moments(tmt[name_t], train_reference[name_t], rtol=1e-6)

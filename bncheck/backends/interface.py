@@ -70,7 +70,7 @@ class InputSpec:
                 f"the data samples have shape {sample_shape} ({len(sample_shape)} dimensions) but "
                 f"the model input {self.describe()} has {len(self.shape)}"
             )
-        for i, (want, got) in enumerate(zip(self.shape, sample_shape)):
+        for i, (want, got) in enumerate(zip(self.shape, sample_shape, strict=True)):
             if want is not None and want != got:
                 return (
                     f"the data samples have shape {sample_shape} but the model input "

@@ -21,14 +21,14 @@ FAMILIES = ("onnx", "torch")
 def backend(family: str) -> Backend:
     """The backend of ``family`` (``onnx`` or ``torch``)."""
     if family == "onnx":
-        from bncheck.backends.onnx.backend import BACKEND as onnx_backend
+        from bncheck.backends.onnx.backend import BACKEND as onnx_backend  # optional: onnx
 
         return onnx_backend
     if family == "torch":
-        from bncheck.backends.torch.loading import import_torch
+        from bncheck.backends.torch.loading import import_torch  # optional: torch
 
         import_torch()  # a clear "install torch" message instead of an ImportError
-        from bncheck.backends.torch.backend import BACKEND as torch_backend
+        from bncheck.backends.torch.backend import BACKEND as torch_backend  # optional: torch
 
         return torch_backend
     raise UsageError(f"no backend for model family {family!r}; bncheck knows: {', '.join(FAMILIES)}.")
@@ -39,7 +39,9 @@ def files_on_disk(path: Path) -> list[Path]:
     ONNX, the external-data files it names (so that no output is ever written over them)."""
     files = [path]
     if path.is_file() and sniff_format(path) is ModelFormat.ONNX:
-        from bncheck.backends.onnx.external_data import external_data_files  # optional: onnx (chosen family)
+        from bncheck.backends.onnx.external_data import (
+            external_data_files,  # optional: onnx (chosen family)
+        )
 
         files.extend(external_data_files(path))
     return files

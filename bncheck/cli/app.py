@@ -299,8 +299,8 @@ def drift(
         channels=channels or fmt == "html",
     )
     from bncheck.cli.engines import engine_options
-    from bncheck.data.shards import parse_shard
     from bncheck.data.remote import parse_storage_options
+    from bncheck.data.shards import parse_shard
 
     options.engine = engine_options(engine, ray_address, workers, data_opts)
     options.shard = parse_shard(shard)

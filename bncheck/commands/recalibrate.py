@@ -48,8 +48,8 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments
 from bncheck.report.report import Report
-from bncheck.report.stats_checks import check_measured
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
+from bncheck.report.stats_checks import check_measured
 
 METHODS = ("exact", "cumulative", "ema")
 VARIANCES = ("population", "unbiased")

@@ -1,4 +1,4 @@
-"""A :class:`DataPlan`: DATA, opened once, as an ordered list of files that splits into
+r"""A :class:`DataPlan`: DATA, opened once, as an ordered list of files that splits into
 shards and, inside an engine, into :class:`Block`\ s (the unit of work a worker reads and
 runs). :func:`bncheck.data.planning.make_plan` makes one."""
 

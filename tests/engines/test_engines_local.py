@@ -144,7 +144,7 @@ def test_blocks_of_images_hold_whole_batches(onnx_source):
     for workers in (1, 2, 3, 8):
         blocks = plan.blocks(workers=workers, batch_size=32)
         assert blocks[0].start == 0 and blocks[-1].stop == 540
-        assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+        assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:], strict=False))
         assert all((b.stop - b.start) % 32 == 0 for b in blocks[:-1])
         assert len(blocks) >= min(4 * workers, 540 // 32)
 

@@ -215,7 +215,7 @@ def test_drift_from_merged_stats_equals_the_data_run(tmp_path, one_run):
     assert [(f["rule"], f["severity"], f["layer"]) for f in body["findings"]] == [
         (f["rule"], f["severity"], f["layer"]) for f in report["findings"]
     ]
-    for got, want in zip(body["layers"], report["layers"]):
+    for got, want in zip(body["layers"], report["layers"], strict=True):
         for key in ("mean_shift", "var_log_ratio"):
             for stat in ("mean", "max"):
                 assert got["drift"][key][stat] == pytest.approx(want["drift"][key][stat], rel=1e-5, abs=1e-6)

@@ -24,17 +24,27 @@ ONNX = ROOT / "sample_models" / "digits_cnn.onnx"
 RSS_LIMIT_KB = 600_000
 
 
-#: runs the CLI and records the process's own peak RSS (kB) in the file named by argv[1]
+#: runs the CLI and records the process's own peak RSS (kB) in the file named by argv[1]. The
+#: figure is VmHWM from /proc/self/status, the high-water mark of this process's address space:
+#: getrusage's ru_maxrss survives execve on Linux, so a child of a 700 MB pytest worker would
+#: report the worker's peak, not its own.
 WRAPPER = """
-import resource, sys
+import sys
 from pathlib import Path
 out = Path(sys.argv.pop(1))
+
+def peak_kb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return line.split()[1]
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
 try:
     from bncheck.cli.app import main
     sys.argv[0] = "bncheck"
     main()
 finally:
-    out.write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    out.write_text(peak_kb())
 """
 
 

@@ -81,7 +81,7 @@ def _ort(model, *inputs: np.ndarray) -> list[np.ndarray]:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return session.run(None, dict(zip(names, inputs)))
+    return session.run(None, dict(zip(names, inputs, strict=True)))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ bundled sample models, made once per test session (per xdist worker) through the
 from __future__ import annotations
 
 import pytest
+
 from support.reports_support import Run, make_runs
 
 

@@ -62,7 +62,7 @@ def test_grouped_and_depthwise_conv_match_torch_fusion(randomize_bn):
     assert _no_bn(folded)
     reference = [fuse_conv_bn_eval(model[0], model[1]), fuse_conv_bn_eval(model[2], model[3])]
     mine = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
-    for ref, got in zip(reference, mine):
+    for ref, got in zip(reference, mine, strict=True):
         torch.testing.assert_close(got.weight, ref.weight, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(got.bias, ref.bias, rtol=1e-6, atol=1e-6)
     _same(model, folded, torch.randn(3, 4, 7, 7))
