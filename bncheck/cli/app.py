@@ -27,6 +27,7 @@ from bncheck.cli.common import (
     choose_format,
     emit,
     handle_errors,
+    parse_class_axis,
 )
 from bncheck.cli.data_options import (
     ArraysOpt,
@@ -224,6 +225,13 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    class_axis: Annotated[
+        str | None,
+        typer.Option(
+            "--class-axis",
+            help="Class axis of the model's output for BN201/BN301 and accuracy: auto (default: the last axis of (N,C), (N,T,C) or (T,N,C) outputs; none for dense maps), none (compare by relative error), or an axis index of the output (batch axis included).",
+        ),
+    ] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Only these BN layers (comma-separated names).")] = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
     size: SizeOpt = None,
@@ -297,6 +305,7 @@ def drift(
         data_options=data_opts,
         progress=not quiet and sys.stderr.isatty(),
         channels=channels or fmt == "html",
+        class_axis=parse_class_axis(class_axis if class_axis is not None else str(opts.get("class_axis", "auto"))),
     )
     from bncheck.cli.engines import engine_options
     from bncheck.data.remote import parse_storage_options

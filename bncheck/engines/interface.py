@@ -49,6 +49,8 @@ class PassRequest:
     keep_predictions: bool = False
     statistics: dict[str, tuple[Any, Any]] | None = None
     seed: int = 0
+    #: ``--class-axis`` for the per-sample predictions of ``keep_predictions``
+    class_axis: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in PASS_MODES:

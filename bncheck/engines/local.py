@@ -71,7 +71,8 @@ class LocalSession(Session):
             batches = self.batches(request.batch_size)
             if request.mode == "eval":
                 return measure(
-                    runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed
+                    runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
+                    class_axis=request.class_axis,
                 )
             return train_pass(runner, batches, request.layers, on_batch)
 

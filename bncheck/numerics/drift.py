@@ -150,16 +150,3 @@ def batch_scatter(batch_means: np.ndarray, batch_vars: np.ndarray, mu: np.ndarra
         "var_scatter": float(np.mean(np.sqrt(np.mean(dr**2, axis=0)))),
         "batches": int(bm.shape[0]),
     }
-
-
-def output_agreement(reference: np.ndarray, other: np.ndarray) -> dict:
-    """Top-1 agreement (for outputs with a class axis) and relative output error
-    ``||other - reference||_2 / ||reference||_2`` between two output arrays of the same shape."""
-    a = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    b = np.asarray(other, np.float64).reshape(len(other), -1)
-    norm = float(np.linalg.norm(a))
-    rel = float(np.linalg.norm(b - a) / norm) if norm > 0 else float(np.linalg.norm(b - a))
-    out = {"samples": int(a.shape[0]), "relative_error": rel}
-    if a.shape[1] > 1:
-        out["top1_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
-    return out
