@@ -71,6 +71,7 @@ def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
 def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Eval-mode outputs of ``x`` (batch-first) from a copy of ``source`` carrying ``stats``."""
     copy = backend_for(source).with_statistics(source, stats)
+    copy.device = source.device  # the copy runs where the model runs (--device)
     with copy.runner(layers=[]) as runner:
         return np.concatenate([runner.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
