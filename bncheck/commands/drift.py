@@ -186,7 +186,8 @@ def _evidence(source: ModelSource, run: DataPass, layers, options: DriftOptions,
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
     check_measured(result.moments)
-    drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples)
+    halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None else None
+    drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples, halves)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]
     first_names = order[: int(thresholds.get("BN103", {}).get("first_layers", 1))]
@@ -202,7 +203,7 @@ def _evidence(source: ModelSource, run: DataPass, layers, options: DriftOptions,
     multiple = float(thresholds.get("BN301", {}).get("noise_multiple", 2.0))
     evidence.train_eval = _guarded(
         "BN301's comparison with DATA's own statistics", notes,
-        lambda: outputs.stale_statistics(source, runner, layers, result, setting, multiple=multiple, ranking=ranking),
+        lambda: outputs.stale_statistics(source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking),
     ) or None  # fmt: skip
     if options.train_batch_size >= 2:
         evidence.small_batch = _guarded(

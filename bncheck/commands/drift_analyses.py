@@ -17,21 +17,25 @@ from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments
 
 
-def compute_drift(source_layers, moments: dict[str, Moments], samples: int) -> dict[str, metrics.LayerDrift]:
+def compute_drift(source_layers, moments: dict[str, Moments], samples: int, halves=None) -> dict[str, metrics.LayerDrift]:
+    """Per layer with running statistics, its drift figures; with ``halves`` (moments of two
+    disjoint halves of DATA, :class:`~bncheck.commands.drift_outputs.Halves`), the noise level
+    of mean |z| and mean |r| measured on them."""
     out = {}
     for layer in source_layers:
         m = moments.get(layer.name)
         if m is None or not layer.has_running_stats or layer.eps is None or m.count == 0:
             continue
-        out[layer.name] = metrics.layer_drift(
-            m.mean,
-            m.var,
-            layer.running_mean,
-            layer.running_var,
-            layer.eps,
-            samples=samples,
-            elements=int(m.count),
-        )
+        d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=samples, elements=int(m.count))
+        if halves is not None and layer.name in halves.even and layer.name in halves.odd and halves.even[layer.name].count and halves.odd[layer.name].count:
+            a, b = halves.even[layer.name], halves.odd[layer.name]
+            stats = (layer.running_mean, layer.running_var, layer.eps)
+            d.z_noise = metrics.half_noise(metrics.mean_shift(a.mean, *stats), metrics.mean_shift(b.mean, *stats), samples, halves.n_even, halves.n_odd)
+            d.r_noise = metrics.half_noise(
+                metrics.var_log_ratio(a.var, layer.running_var, layer.eps), metrics.var_log_ratio(b.var, layer.running_var, layer.eps),
+                samples, halves.n_even, halves.n_odd,
+            )  # fmt: skip
+        out[layer.name] = d
     return out
 
 

@@ -1,15 +1,16 @@
 """The output analyses of ``bncheck drift``: BN301 (what the stored statistics do to the outputs
-on this data) and BN201 (what normalising with the statistics of small batches does).
+on this data) and BN201 (what normalising with the statistics of small batches does), and the
+split halves of DATA that give BN101, BN102 and BN301 their noise floor.
 
 BN301 compares, on the kept subsample, the model normalised with its stored running statistics
 (the main pass's eval outputs, reused) with the same model normalised with DATA's own population
-statistics — the per-layer moments the main pass measured, which is what ``recalibrate`` writes
-up to a one-pass approximation: each layer's statistics are measured with the layers before it
-still normalised with their stored statistics (``recalibrate --method exact`` iterates this to
-a fixed point). Its noise floor is the same comparison between the statistics of one half of
-DATA (the even batches of the main pass) and of all of it, which differ by sampling alone as much
-as DATA's statistics differ from the true population's: two extra eval passes over the
-subsample, no train-mode pass.
+statistics, what ``recalibrate --method exact`` writes: the per-layer moments of the main pass
+(each layer measured with the layers before it on their stored statistics: a one-pass
+approximation) refined on the subsample until every layer's statistics are those it sees once
+the layers before it use DATA's statistics too (:func:`refine`; one pass where the statistics
+fit, a few where they do not). Its noise floor is the same comparison between the statistics of
+one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
+alone as much as DATA's statistics differ from its population's. No train-mode pass.
 
 BN201 runs the subsample with BN in train mode in batches of ``--train-batch-size`` (one pass).
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
 from bncheck.backends.load import backend_for
-from bncheck.engines.measure import Measurement, array_moments, output_class_axis
+from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare
@@ -53,7 +54,10 @@ def output_setting(result: Measurement, samples: int, class_axis: int | str, bat
         return None
     ref = result.sub_outputs[:samples]
     if ref.ndim < 1 or ref.size == 0:
-        raise ValueError("the model's first output has no axis that follows the batch size, so outputs cannot be compared per sample")
+        raise ValueError(
+            "the model's first output has no axis that follows the batch size, or its per-sample shape changes between batches, "
+            "so outputs cannot be compared per sample"
+        )
     labels = result.sub_labels[:samples] if result.sub_labels is not None else None
     axis = output_class_axis(ref, class_axis, result.batch_axis)
     return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size)
@@ -76,18 +80,32 @@ def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_si
         return np.concatenate([runner.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _halves(runner, layers, result: Measurement, setting: OutputSetting) -> tuple[Statistics, int, str]:
-    """The statistics of one half of DATA, how many samples they rest on, and where it came from:
-    the even batches of the main pass, or (one batch, or an engine that keeps no halves) the even
-    samples of the subsample, measured now."""
+@dataclass
+class Halves:
+    """Per-layer moments of two disjoint halves of DATA (the noise floor of BN101, BN102, BN301)."""
+
+    even: dict[str, Moments]
+    odd: dict[str, Moments]
+    n_even: int
+    n_odd: int
+    #: where they come from (for the report)
+    where: str
+
+
+def data_halves(runner, layers, result: Measurement, batch_size: int) -> Halves | None:
+    """The even and odd batches of the main pass, or, when it had a single batch and the
+    subsample is all of DATA, the even and odd samples of the subsample (measured now, one eval
+    pass over it); None otherwise (an engine that keeps no halves, on more data than it keeps)."""
     if result.halves is not None:
-        even = result.halves[0]
-        count = _samples_of(even, result)
-        return population_statistics(layers, even), count, "even batches of DATA"
-    half = setting.sub[0::2]
+        even, odd = result.halves
+        return Halves(even, odd, _samples_of(even, result), _samples_of(odd, result), "even and odd batches of DATA")
+    sub = result.subsample
+    if sub is None or len(sub) != result.samples or len(sub) < 4:
+        return None
     names = [layer.name for layer in layers]
-    measured = array_moments(runner, half, setting.batch_size, names)
-    return population_statistics(layers, measured), len(half), "even samples of the subsample"
+    even = array_moments(runner, sub[0::2], batch_size, names)
+    odd = array_moments(runner, sub[1::2], batch_size, names)
+    return Halves(even, odd, len(sub[0::2]), len(sub[1::2]), "even and odd samples of DATA")
 
 
 def _samples_of(moments: dict[str, Moments], result: Measurement) -> int:
@@ -137,34 +155,123 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 
 
 def stale_statistics(
-    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, *, multiple: float, ranking: list[str]
+    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *, multiple: float, ranking: list[str]
 ) -> dict[str, Any]:
     """BN301's figures: stored vs DATA's own population statistics, with the noise floor."""
     full = population_statistics(layers, result.moments)
     if not full:
         return {}
-    half, n_half, where = _halves(runner, layers, result, setting)
-    pop = outputs_with(source, full, setting.sub, setting.batch_size)
-    halved = outputs_with(source, half, setting.sub, setting.batch_size)
-    effect = compare(setting.reference, pop, setting.class_axis)
-    floor = compare(pop, halved, setting.class_axis)
+    if halves is None:  # no halves of DATA: half of the subsample, measured now, scaled
+        half = population_statistics(layers, array_moments(runner, setting.sub[0::2], setting.batch_size, list(full)))
+        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
+    else:
+        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
+    # the subsample is all of DATA: its moments with the stored statistics upstream are the main pass's
+    base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else None
+    refined = refine(source, runner, full, setting, base=base)
+    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
+    effect = compare(setting.reference, refined.outputs, setting.class_axis)
+    floor = compare(refined.outputs, halved, setting.class_axis)
     scale = floor_scale(result.samples, n_half)
     out = _figures(effect, floor, scale)
     per_effect, per_floor = out.pop("_per_sample")
     out.update(
-        method="population statistics, one pass",
+        method="population statistics",
         statistics_samples=int(result.samples),
+        refinement_passes=refined.passes,
+        refinement_movement=refined.movement,
         batch_axis=result.batch_axis,
         class_axis=setting.class_axis,
         significance=excess_t(per_effect, per_floor, multiple),
         noise_multiple=float(multiple),
     )
     out["noise_floor"].update(halves=where, half_samples=int(n_half), scale=scale)
-    before, after = accuracy(setting.reference, setting.labels, setting.class_axis), accuracy(pop, setting.labels, setting.class_axis)
+    before = accuracy(setting.reference, setting.labels, setting.class_axis)
+    after = accuracy(refined.outputs, setting.labels, setting.class_axis)
     if before is not None and after is not None:
         out.update(accuracy_stored=before, accuracy_population=after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
     return out
+
+
+@dataclass
+class Refined:
+    """DATA's population statistics as BN301 uses them, and the subsample's outputs with them."""
+
+    statistics: Statistics
+    outputs: np.ndarray
+    #: eval passes over the subsample that refined the one-pass statistics
+    passes: int
+    #: the last change of the statistics (channel standard deviations, or log-variance)
+    movement: float
+
+
+def refine(
+    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None, max_passes: int = 4, tolerance: float = 0.02
+) -> Refined:
+    """DATA's statistics with every layer measured as it is once the layers before it use DATA's
+    statistics too (what ``recalibrate --method exact`` converges to), from the one-pass
+    statistics of the main pass (layers before on their stored statistics) and passes over the
+    subsample: each pass measures how the subsample's moments move when the layers before use
+    the current estimate, and moves DATA's statistics by as much (mean by the difference,
+    variance by the ratio), until a pass moves them by less than ``tolerance`` (channel standard
+    deviations, or log-variance). On data the statistics fit, the first pass already does (the
+    moments hardly move). ``base``: the subsample's moments with the stored statistics (measured
+    here when not given)."""
+    names = list(full)
+    if base is None:
+        base = array_moments(runner, setting.sub, setting.batch_size, names)
+    stats, passes, move = full, 0, math.inf
+    out = None
+    while passes < max_passes:
+        out, moments = _pass_with(source, stats, setting, names)
+        passes += 1
+        new = shifted_like(full, {n: (base[n].mean, base[n].var) for n in names if n in base}, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
+        move = _movement(stats, new)
+        if move < tolerance:
+            break
+        stats = new
+    else:
+        out, _ = _pass_with(source, stats, setting, names)
+    return Refined(stats, out, passes, move)
+
+
+def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
+    """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
+    the ratio (layers missing from ``before``/``after`` are kept)."""
+    out = {}
+    for name, (mean, var) in target.items():
+        if name in before and name in after:
+            (m0, v0), (m1, v1) = before[name], after[name]
+            ratio = np.where(np.asarray(v0) > 0, np.asarray(v1, np.float64) / np.where(np.asarray(v0) > 0, v0, 1.0), 1.0)
+            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.asarray(var, np.float64) * ratio)
+        else:
+            out[name] = (mean, var)
+    return out
+
+
+def _movement(old: Statistics, new: Statistics) -> float:
+    worst = 0.0
+    for name, (mean, var) in new.items():
+        m0, v0 = old[name]
+        sd = np.sqrt(np.maximum(np.asarray(v0, np.float64), 1e-12))
+        shift = np.abs(np.asarray(mean) - m0) / sd
+        ratio = np.abs(np.log(np.maximum(np.asarray(var, np.float64), 1e-12) / np.maximum(np.asarray(v0, np.float64), 1e-12)))
+        worst = max(worst, float(np.max(shift, initial=0.0)), float(np.max(ratio, initial=0.0)))
+    return worst
+
+
+def _pass_with(source: ModelSource, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
+    """Outputs and per-layer input moments of the subsample from a copy carrying ``stats``."""
+    copy = backend_for(source).with_statistics(source, stats)
+    copy.device = source.device
+    outs, parts = [], {}
+    with copy.runner(layers=names) as run:
+        for i in range(0, len(setting.sub), setting.batch_size):
+            out, moments = run.moments(setting.sub[i : i + setting.batch_size])
+            outs.append(out)
+            add_bounded(parts, moments)
+    return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
 
 
 def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) -> dict[str, Any]:

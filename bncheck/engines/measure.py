@@ -115,10 +115,11 @@ class _Counts:
         self.unlabelled = False
 
     def add(self, outputs, y, class_axis: int | str, runner) -> None:
+        axis = output_class_axis(outputs, class_axis, getattr(runner, "batch_axis", 0))  # a bad --class-axis stops here
         if y is None:
             self.unlabelled = True
             return
-        pred = sample_predictions(outputs, output_class_axis(outputs, class_axis, getattr(runner, "batch_axis", 0)))
+        pred = sample_predictions(outputs, axis)
         if pred is None or pred.shape != np.shape(y):
             self.unlabelled = True
             return

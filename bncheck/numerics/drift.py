@@ -77,6 +77,17 @@ class LayerDrift:
     #: standard errors of mean |z| and mean |r| from sampling alone (see :func:`uncertainty`)
     z_se: float
     r_se: float
+    #: mean |z| and mean |r| that sampling noise alone gives, measured on two halves of the
+    #: data (see :func:`half_noise`); NaN where no halves were measured
+    z_noise: float = float("nan")
+    r_noise: float = float("nan")
+
+    def noise(self) -> tuple[float, float]:
+        """(mean |z|, mean |r|) expected from sampling alone: the split-half figures, else the
+        analytic ones (``sqrt(2/pi)`` times the standard errors, for normal errors)."""
+        z = self.z_noise if np.isfinite(self.z_noise) else float(np.sqrt(2 / np.pi) * self.z_se)
+        r = self.r_noise if np.isfinite(self.r_noise) else float(np.sqrt(2 / np.pi) * self.r_se)
+        return z, r
 
     @property
     def mean_shift(self) -> Summary:
@@ -98,6 +109,7 @@ class LayerDrift:
             "var_log_ratio": self.var_log_ratio.to_dict(),
             "score": self.score,
             "uncertainty": {"mean_shift_se": self.z_se, "var_log_ratio_se": self.r_se},
+            "noise": dict(zip(("mean_shift", "var_log_ratio"), self.noise(), strict=True)),
         }
 
 
@@ -150,3 +162,18 @@ def batch_scatter(batch_means: np.ndarray, batch_vars: np.ndarray, mu: np.ndarra
         "var_scatter": float(np.mean(np.sqrt(np.mean(dr**2, axis=0)))),
         "batches": int(bm.shape[0]),
     }
+
+
+def half_noise(a: np.ndarray, b: np.ndarray, n: int, n_a: int, n_b: int) -> float:
+    """Mean over channels of the |figure| sampling noise alone gives on ``n`` samples, from the
+    per-channel figures ``a`` and ``b`` (z or r) of two disjoint halves of ``n_a`` and ``n_b``
+    samples: ``a - b`` has the variance of the figure on ``n`` samples times
+    ``(1/n_a + 1/n_b) / (1/n)``, so ``|a - b|`` is scaled back by the root of that. Measured,
+    not assumed: heavy tails, correlated positions and batch effects are in it."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any() or min(n_a, n_b) < 1:
+        return float("nan")
+    factor = np.sqrt((1.0 / max(n, 1)) / (1.0 / n_a + 1.0 / n_b))
+    return float(np.mean(np.abs(a[ok] - b[ok])) * factor)
+

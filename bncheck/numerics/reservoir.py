@@ -27,7 +27,10 @@ class Reservoir:
         if self.size <= 0:
             return
         outputs = np.asarray(outputs)
-        if outputs.ndim == 0 or outputs.shape[0] != len(x):
+        if outputs.ndim == 0 or outputs.shape[0] != len(x) or (self._out is not None and outputs.shape[1:] != self._out.shape[1:]):
+            # no axis follows the batch size, or the per-sample shape changes between batches:
+            # the outputs cannot be kept per sample (the analyses that need them say so)
+            self._out = np.zeros((self.size, 0), np.float32)
             outputs = np.zeros((len(x), 0), np.float32)
         if y is None:
             self.labelled = False
