@@ -203,10 +203,10 @@ def run_once(model, x: np.ndarray, y) -> list:
     return [f for f in report.findings if f.severity.value in ("warning", "error")]
 
 
-def false_alarms(models: dict, reps: int) -> tuple[dict, dict]:
+def false_alarms(models: dict, reps: int, sizes=SIZES) -> tuple[dict, dict]:
     rates, rules = {}, {}
     for name, (model, source, labels) in models.items():
-        for n in SIZES:
+        for n in sizes:
             start = time.perf_counter()
             alarms, counter = 0, Counter()
             for _ in range(reps):
@@ -300,6 +300,8 @@ def main() -> None:
     parser.add_argument("--power-reps", type=int, default=40)
     parser.add_argument("--only", default="", help="comma-separated model names for the false-alarm table")
     parser.add_argument("--power-models", default="resnet,mlp", help="comma-separated models for the power table")
+    parser.add_argument("--sizes", default="32,256,2048", help="comma-separated n for the false-alarm table")
+    parser.add_argument("--shifts", default="0.05,0.1,0.2,0.5", help="comma-separated input shifts (sd) for the power table")
     parser.add_argument("--no-false-alarms", action="store_true", help="only the power table and the one-pass check")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -309,9 +311,11 @@ def main() -> None:
     models = {**sample_models(), **synthetic}
     if args.only:
         models = {k: v for k, v in models.items() if k in args.only.split(",")}
-    rates, rules = ({}, {}) if args.no_false_alarms else false_alarms(models, args.reps)
+    sizes = tuple(int(n) for n in args.sizes.split(","))
+    rates, rules = ({}, {}) if args.no_false_alarms else false_alarms(models, args.reps, sizes)
     names = tuple(n for n in args.power_models.split(",") if n)
-    table = power(synthetic, args.power_reps, names) if args.power_reps else {}
+    shifts = tuple(float(v) for v in args.shifts.split(","))
+    table = power(synthetic, args.power_reps, names, shifts) if args.power_reps else {}
     approx = one_pass_error(synthetic)
     if args.out is not None:
         write(args.out, args, rates, rules, table, approx, time.perf_counter() - start)
@@ -329,14 +333,14 @@ def write(path: Path, args, rates, rules, table, approx, seconds: float) -> None
         "| --- | " + " | ".join("---" for _ in SIZES) + " |",
     ]
     for name in dict.fromkeys(k[0] for k in rates):
-        cells = [f"{rates[(name, n)]:.1%} {rules[(name, n)] or ''}".strip() for n in SIZES]
+        cells = [f"{rates[(name, n)]:.1%} {rules[(name, n)] or ''}".strip() if (name, n) in rates else "not run" for n in SIZES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if table:
         lines += ["", "## Power (inputs shifted by delta input std; BN301 detection rate / any finding)", "",
                   "| model | delta | " + " | ".join(f"n = {n}" for n in SIZES) + " |", "| --- | --- | " + " | ".join("---" for _ in SIZES) + " |"]  # fmt: skip
         for name in dict.fromkeys(k[0] for k in table):
             for delta in sorted({k[1] for k in table if k[0] == name}):
-                cells = [f"{table[(name, delta, n)][0]:.0%} / {table[(name, delta, n)][1]:.0%}" for n in SIZES]
+                cells = [f"{table[(name, delta, n)][0]:.0%} / {table[(name, delta, n)][1]:.0%}" if (name, delta, n) in table else "not run" for n in SIZES]
                 lines.append(f"| {name} | {delta:g} | " + " | ".join(cells) + " |")
     lines += ["", "## One-pass approximation of DATA's statistics (1,024 samples shifted by 0.5 sd)", "",
               "Relative output error / top-1 agreement against the stored statistics, for DATA's exact statistics (the fixed point "

@@ -31,7 +31,7 @@ from bncheck.backends.load import backend_for
 from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
-from bncheck.numerics.outputs import OutputComparison, accuracy, compare
+from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 
 
 @dataclass
@@ -190,6 +190,9 @@ def stale_statistics(
     after = accuracy(refined.outputs, setting.labels, setting.class_axis)
     if before is not None and after is not None:
         out.update(accuracy_stored=before, accuracy_population=after)
+    sure_before, sure_after = confidence(setting.reference, setting.class_axis), confidence(refined.outputs, setting.class_axis)
+    if sure_before is not None and sure_after is not None:
+        out.update(confidence_stored=sure_before, confidence_population=sure_after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
     return out
 

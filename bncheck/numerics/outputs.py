@@ -152,3 +152,29 @@ def accuracy(out: np.ndarray, labels: np.ndarray | None, class_axis: int | None)
     if pred is None or labels.shape != pred.shape:
         return None
     return float(np.mean(pred == labels))
+
+
+def confidence(out: np.ndarray, class_axis: int | None) -> float | None:
+    """Mean confidence of batch-first outputs: with a class axis, the mean over positions of the
+    top class's probability (the scores themselves where they are probabilities, their
+    exponential where they are log-probabilities, else their softmax); without one, for outputs
+    in [0, 1] (a probability map), the mean of |2p - 1|; None otherwise. A label-free sign of
+    which statistics suit the data (normalisation that fits gives confident outputs: Wang et
+    al., Tent, ICLR 2021, arXiv:2006.10726)."""
+    a = np.asarray(out, np.float64)
+    if a.size == 0:
+        return None
+    if class_axis is None:
+        if a.min() >= 0.0 and a.max() <= 1.0:
+            return float(np.mean(np.abs(2.0 * a - 1.0)))
+        return None
+    scores = np.moveaxis(a, class_axis + 1, -1)
+    if scores.min() >= 0.0 and np.allclose(scores.sum(-1), 1.0, atol=1e-3):
+        probs = scores
+    elif scores.max() <= 0.0 and np.allclose(np.exp(scores).sum(-1), 1.0, atol=1e-3):
+        probs = np.exp(scores)
+    else:
+        shifted = np.exp(scores - scores.max(-1, keepdims=True))
+        probs = shifted / shifted.sum(-1, keepdims=True)
+    return float(np.mean(probs.max(-1)))
+

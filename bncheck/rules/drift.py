@@ -36,7 +36,8 @@ def _graded(value: float, warn: float, error: float) -> Severity | None:
     stored standard deviations the mean of what the layer receives on DATA has moved. Flags a
     layer whose mean |z| over channels reaches `warning` (warning) or `error` (error) AND
     `noise_multiple` times the mean |z| that sampling noise alone gives on DATA (measured on
-    two halves of DATA, its even and odd batches: the report's `noise`). False-alarm rule: on
+    two halves of DATA, its even and odd batches, and never below what normal sampling errors
+    give, sqrt(2/pi) times the standard error: the report's `noise`). False-alarm rule: on
     data from the distribution the statistics were accumulated on, mean |z| is about that noise
     level, so three times it over a layer's channels fires at most 1% of the runs on the bench
     models at n = 32, 256 and 2048 (bench/results/false_alarms.md).""",
@@ -288,7 +289,10 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     which differ by sampling alone as much as DATA's statistics differ from its population's.
     Fires (warning or error by the `*_disagreement` / `*_rel_err` thresholds) only when the
     effect also reaches `noise_multiple` times the noise floor AND exceeds that multiple by
-    `significance` standard errors over the samples. False-alarm rule: on data drawn from the
+    `significance` standard errors over the samples. It stays a warning when the stored
+    statistics suit DATA at least as well as its own: with labels, when recalibrating would not
+    raise the accuracy; without, when the outputs are more confident with the stored statistics
+    (DATA narrower than the training data: its own statistics would not generalise). False-alarm rule: on data drawn from the
     distribution the statistics were accumulated on, the effect is about the noise floor (its
     expected ratio is sqrt(1 + n/m) for statistics accumulated on m samples), so twice the floor
     at 3 standard errors fires at most 1% of the time on the bench models at n = 32, 256 and
@@ -337,8 +341,20 @@ def check_train_eval(r, ctx: RuleContext):
     if not sev or value < ctx.threshold(r.code, "noise_multiple") * noise or not significance >= ctx.threshold(r.code, "significance"):
         return
     message = f"{what} on {mm['samples']} samples"
-    if mm.get("accuracy_stored") is not None and mm.get("accuracy_population") is not None:
-        message += f"; recalibrating on this data would take accuracy from {mm['accuracy_stored']:.1%} to {mm['accuracy_population']:.1%}"
+    before, after = mm.get("accuracy_stored"), mm.get("accuracy_population")
+    if before is not None and after is not None:
+        message += f"; recalibrating on this data would take accuracy from {before:.1%} to {after:.1%}"
+        stored_fit = after <= before
+    else:
+        sure_before, sure_after = mm.get("confidence_stored"), mm.get("confidence_population")
+        stored_fit = sure_before is not None and sure_after is not None and sure_after < sure_before
+        if stored_fit:
+            message += (
+                f"; the outputs are more confident with the stored statistics ({sure_before:.1%} against {sure_after:.1%}): "
+                "DATA may be narrower than what the model was trained on, and recalibrating on it is not advised"
+            )
+    if stored_fit:  # the stored statistics suit DATA at least as well as its own: not an error
+        sev = Severity.WARNING
     top = ", ".join(mm.get("top_layers", [])[:3])
     yield r.finding(
         None,
