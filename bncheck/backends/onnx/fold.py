@@ -24,6 +24,7 @@ from onnx import helper
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.onnx.bn_params import bn_parameters, type_readers, value_readers
+from bncheck.backends.onnx.external_data import fits_in_one_message
 from bncheck.backends.onnx.fold_affine import InputTypes, affine_rewrite
 from bncheck.backends.onnx.fold_edits import (
     CannotFold,
@@ -34,6 +35,7 @@ from bncheck.backends.onnx.fold_edits import (
 )
 from bncheck.backends.onnx.fold_through import PATTERNS
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs
+from bncheck.backends.onnx.serialized import remember
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.errors import BncheckError, first_line
 from bncheck.numerics import fold_math
@@ -78,7 +80,7 @@ def _has_bn(graph: onnx.GraphProto) -> bool:
 def check_model(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """``onnx.checker`` on the result; a failure the input already had is not ours."""
     try:
-        onnx.checker.check_model(folded)
+        onnx.checker.check_model(remember(folded) if fits_in_one_message(folded) else folded)
     except onnx.checker.ValidationError as exc:
         try:
             onnx.checker.check_model(original)
