@@ -27,6 +27,7 @@ from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.source import OnnxSource
+from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
 from bncheck.errors import ModelLoadError, UsageError
 
@@ -44,6 +45,9 @@ class OnnxBackend(Backend):
 
     def runner(self, source: ModelSource, *, layers: list[str] | None = None, threads: int | None = None) -> ModelRunner:
         return OnnxRunner(source, layers=layers, intra_op_threads=int(threads) if threads else None)
+
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        return OnnxRunner(OnnxSource(truncated_model(_proto(source), layers), path=None), layers=layers, outputs=False)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
         return input_specs(_proto(source))

@@ -32,6 +32,7 @@ from bncheck.backends.torch.export_source import ExportSource
 from bncheck.backends.torch.fold_export import example_inputs, fold_export
 from bncheck.backends.torch.fold_module import fold_module
 from bncheck.backends.torch.fold_script import fold_torchscript
+from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.source import (
     NEEDS_ARCH,
     StateDictSource,
@@ -58,6 +59,9 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
         return source.runner(layers=layers)
+
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        return TorchRunner(source, layers=layers, stop_after=True)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         if not isinstance(source, ExportSource):

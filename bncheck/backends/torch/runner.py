@@ -109,9 +109,11 @@ class TorchRunner(ModelRunner):
     """A :class:`ModelRunner` for ``TorchModuleSource`` (eager or TorchScript) and
     ``ExportSource``."""
 
-    def __init__(self, source, *, layers: list[str] | None = None) -> None:
+    def __init__(self, source, *, layers: list[str] | None = None, stop_after: bool = False) -> None:
         """``layers``: names of the BN layers to observe (default: all). Train passes switch every
-        BN layer to batch statistics whatever the selection."""
+        BN layer to batch statistics whatever the selection. ``stop_after``: end each forward
+        pass as soon as every observed layer has seen its input (the network beyond them is
+        never run; the outputs are None)."""
         self._batch: list[tuple[str, int, Any, Any]] = []
         self._collect = False
         self._mode = "eval"
@@ -133,6 +135,9 @@ class TorchRunner(ModelRunner):
             [la.name for la in all_layers if la.name in self._wanted and la.name not in self.unhookable]
         )
         self._dispatch_always = obs.flavour != "eager" or bool(obs.dispatch_observed)
+        #: layers that end the pass once all have been recorded (``stop_after``), and those seen
+        self._stop_after = set(self.layers) if stop_after else None
+        self._seen: set[str] = set()
 
     def _moments(self, x: np.ndarray):
         out = self._run(x, mode="eval", collect=True)
@@ -148,6 +153,7 @@ class TorchRunner(ModelRunner):
     def _run(self, x: np.ndarray, *, mode: str, collect: bool) -> np.ndarray:
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
         self._mode, self._collect, self._batch = mode, collect, []
+        self._seen = set()
         dispatch = _BNDispatch(self) if (mode == "train" or self._dispatch_always) else contextlib.nullcontext()
         try:
             with torch.inference_mode(), dispatch:
@@ -155,6 +161,8 @@ class TorchRunner(ModelRunner):
         except BncheckError:
             raise
         except Exception as exc:  # whatever the model raises on a bad batch
+            if self._stopped():  # the truncated pass ended (TorchScript wraps the exception)
+                return None
             raise self._run_failed(exc, x) from exc
         finally:
             self._mode, self._collect = "eval", False
@@ -170,6 +178,13 @@ class TorchRunner(ModelRunner):
         if name not in self._wanted or x.dim() < 2 or x.numel() == 0:
             return
         self._batch.append((name, *channel_moments(x)))
+        if self._stop_after is not None:
+            self._seen.add(name)
+            if self._stopped():
+                raise _Truncated
+
+    def _stopped(self) -> bool:
+        return self._stop_after is not None and self._collect and self._stop_after <= self._seen
 
     def _gather(self) -> dict[str, Moments]:
         out: dict[str, Moments] = {}
@@ -223,6 +238,10 @@ def _with_batch_statistics(func, x, weight, bound: dict):
         return out
     extra = [torch.empty(0, dtype=torch.uint8, device=x.device), 0][: max(returns - 3, 0)]
     return (out, mean, invstd, *extra)
+
+
+class _Truncated(Exception):
+    """Ends a ``stop_after`` forward pass once every observed layer has seen its input."""
 
 
 class _BNDispatch:
