@@ -208,6 +208,10 @@ class Backend(ABC):
 
     #: "onnx" or "torch"
     family: str = ""
+    #: whether ``fold`` measures the speedup unless told (``--timing/--no-timing``)
+    fold_timing_default: bool = True
+    #: why it does not by default (a report note), when ``fold_timing_default`` is False
+    fold_timing_note: str = ""
 
     @abstractmethod
     def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:

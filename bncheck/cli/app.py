@@ -127,7 +127,10 @@ def fold(
         bool,
         typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
     ] = False,
-    timing: Annotated[bool, typer.Option("--timing/--no-timing", help="Measure the inference speedup.")] = True,
+    timing: Annotated[
+        bool | None,
+        typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
+    ] = None,
     *,
     model_args: ModelArgs,
     gate: GateArgs,
