@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from bncheck.numerics.moments import Moments
-from bncheck.numerics.recalibration import Z95, PrecisionTracker, blend, paired_worse, relative_change
+from bncheck.numerics.recalibration import (
+    Z95,
+    PrecisionTracker,
+    blend,
+    paired_worse,
+    relative_change,
+)
 
 
 def test_blend_is_the_convex_combination_with_weights_n_and_N():
