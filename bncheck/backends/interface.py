@@ -237,6 +237,11 @@ class Backend(ABC):
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         """Every input the model declares, or None where the format does not say."""
 
+    def concrete_inputs(self, source: ModelSource, specs: list[InputSpec]) -> tuple[list[InputSpec], str]:
+        """``specs`` with their dynamic non-batch dimensions set to sizes the model accepts, and
+        one sentence saying how they were found ("" when the backend leaves them as they are)."""
+        return specs, ""
+
     @abstractmethod
     def float_dtype(self, source: ModelSource) -> np.dtype:
         """The floating dtype inputs are given in when the model declares none."""

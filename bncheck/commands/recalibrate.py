@@ -36,6 +36,7 @@ train-mode convention (1/n apart: visible only for BatchNorm1d on (N, C) inputs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,14 @@ from bncheck.backends import output
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for, load_model
 from bncheck.commands import recalibrate_guard as guard
-from bncheck.commands.drift import DriftOptions
+from bncheck.commands.drift import DriftOptions, with_transform
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.drift_analyses import compute_drift
 from bncheck.commands.recalibrate_estimate import Estimate, estimate_exact, estimate_in_order
 from bncheck.config import Settings
 from bncheck.data import DataOptions
 from bncheck.data.holdout import HoldoutSplit
+from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
 from bncheck.report.report import Report
@@ -122,7 +124,7 @@ class RecalibrateOptions:
 
 def recalibrate(
     model: Any,
-    data: str | Path,
+    data: Any,
     out: str | Path,
     *,
     settings: Settings | None = None,
@@ -131,12 +133,15 @@ def recalibrate(
     force: bool = False,
     arch: str | None = None,
     trust_pickle: bool = False,
+    transform: Callable[[Any], Any] | None = None,
 ) -> Report:
     """Re-estimate the running statistics of ``model`` on ``data`` and write the result to
     ``out`` (unless the guard refuses it); the report holds per-layer before/after figures and
-    the guard's."""
+    the guard's. ``data`` and ``transform`` as for :func:`bncheck.drift` (in-memory DATA is read
+    several times: pass a list, array, DataLoader or Dataset, not a one-shot iterator)."""
     settings = settings or Settings()
-    options = options or RecalibrateOptions()
+    options = with_transform(options or RecalibrateOptions(), transform)
+    data = as_data(data)
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     backend = backend_for(source)
     out = Path(out)
@@ -151,7 +156,7 @@ def recalibrate(
     engine = options.engine or make_engine("local")
     if options.method != "exact" and engine.name != "local":
         raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
-    where = DataSpec(str(data), None, dict(options.storage_options), options.batch_size)
+    where = DataSpec(data, None, dict(options.storage_options), options.batch_size)
     model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
     drift_options = DriftOptions(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,

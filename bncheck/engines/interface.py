@@ -74,7 +74,9 @@ class PassRequest:
 class DataSpec:
     """Where DATA is and how a session reads it (beyond :class:`DataOptions`)."""
 
-    data: str
+    #: a path or URL, or a :class:`bncheck.data.memory.InMemoryData` (the API's Python
+    #: objects: read in this process only)
+    data: Any
     #: ``(K, N)``: only the K-th of N deterministic shares of the files (0-based K)
     shard: tuple[int, int] | None = None
     #: options of the fsspec file system for URL DATA (endpoint_url, anon, profile...)
