@@ -157,10 +157,10 @@ def recalibrate(
     if options.method != "exact" and engine.name != "local":
         raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
     where = DataSpec(data, None, dict(options.storage_options), options.batch_size)
-    model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
+    model_spec = ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None
     drift_options = DriftOptions(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,
-        storage_options=dict(options.storage_options), device=options.device,
+        storage_options=dict(options.storage_options), device=source.device,
     )  # fmt: skip
     before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle) if options.verify else None
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
