@@ -258,7 +258,7 @@ def recalibrate(
     tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when what OUT's layers see is within this of the written statistics on every channel.")] = 1e-4,
     prior: PriorOpt = 0.0,
     precision: PrecisionOpt = None,
-    holdout: HoldoutOpt = 0.1,
+    holdout: HoldoutOpt = None,
     force_write: ForceWriteOpt = False,
     device: DeviceOpt = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,

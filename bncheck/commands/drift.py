@@ -107,7 +107,7 @@ def drift(
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:
-        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None, report.notes)
+        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
         diagnose = "BN103" in {r.code for r in select_rules("drift", settings.select, settings.ignore)}

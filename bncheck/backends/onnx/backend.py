@@ -25,7 +25,7 @@ from bncheck.backends.onnx.external_data import external_data_files, uses_extern
 from bncheck.backends.onnx.fold import fold_onnx
 from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.runner import OnnxRunner
-from bncheck.backends.onnx.session import executable
+from bncheck.backends.onnx.session import cuda_problem, executable
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
@@ -108,7 +108,12 @@ class OnnxBackend(Backend):
         return write.write_onnx(_proto(source), out)
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
-        return statistics.with_statistics(source, stats)
+        clone = statistics.with_statistics(source, stats)
+        clone.device = source.device
+        return clone
+
+    def cuda_problem(self, index: int) -> str | None:
+        return cuda_problem()
 
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         proto = _proto(model)

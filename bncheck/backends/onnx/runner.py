@@ -45,6 +45,7 @@ class OnnxRunner(ModelRunner):
         model: onnx.ModelProto = source.model
         self._model = model
         self._threads = intra_op_threads
+        self._device = getattr(source, "device", "cpu")
         self.input_spec = input_spec(model)
         _check_feeds(model)
         self._output = model.graph.output[0].name
@@ -114,7 +115,7 @@ class OnnxRunner(ModelRunner):
                 model = self._train_graph.model
             else:
                 model = self._model
-            self._sessions[kind] = open_session(model, threads=self._threads)
+            self._sessions[kind] = open_session(model, threads=self._threads, device=self._device)
         return self._sessions[kind]
 
     def _run(self, kind: str, names: list[str], x: np.ndarray) -> list:

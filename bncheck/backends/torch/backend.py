@@ -183,7 +183,16 @@ class TorchBackend(Backend):
         raise UsageError(f"cannot write a {source.format} model as {kind}.")
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
-        return statistics.with_statistics(source, stats, num_batches)
+        clone = statistics.with_statistics(source, stats, num_batches)
+        clone.device = source.device
+        return clone
+
+    def cuda_problem(self, index: int) -> str | None:
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device (no GPU, or a CPU-only torch build)"
+        if index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        return None
 
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         if isinstance(model, ExportSource):

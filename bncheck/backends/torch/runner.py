@@ -121,8 +121,11 @@ class TorchRunner(ModelRunner):
         #: the layers whose input is recorded
         self._wanted = select_layers([layer.name for layer in all_layers], layers)
         self.channels = {layer.name: int(layer.num_features) for layer in all_layers}
+        device = getattr(source, "device", "cpu")
+        #: the module this runner moved to ``device`` (back to the CPU when the last runner closes)
+        self._placed = _place(source.module, device) if device != "cpu" and source.format != "export" else None
         if source.format == "export":
-            obs = observe_export(source, all_layers, self._wanted, self.observe)
+            obs = observe_export(source, all_layers, self._wanted, self.observe, device)
         elif source.format == "torchscript":
             obs = observe_script(source, all_layers)
         else:
@@ -227,6 +230,32 @@ class TorchRunner(ModelRunner):
         for module, training in self._obs.saved_modes:
             module.training = training
         self._obs.saved_modes = []
+        if self._placed is not None:
+            _release(self._placed)
+            self._placed = None
+
+
+#: id(module) -> open runners that placed it on its device
+_PLACED: dict[int, int] = {}
+
+
+def _place(module, device: str):
+    """Move ``module`` to ``device`` for a runner (once for runners open at the same time)."""
+    users = _PLACED.get(id(module), 0)
+    if users == 0:
+        module.to(device)
+    _PLACED[id(module)] = users + 1
+    return module
+
+
+def _release(module) -> None:
+    """A runner is done with ``module``: the last one moves it back to the CPU, where the
+    model is written from."""
+    users = _PLACED.pop(id(module), 1) - 1
+    if users > 0:
+        _PLACED[id(module)] = users
+    else:
+        module.to("cpu")
 
 
 def _with_batch_statistics(func, x, weight, bound: dict):
