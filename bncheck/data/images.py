@@ -17,6 +17,7 @@ import numpy as np
 
 from bncheck.data.convert import call_transform, describe_callable, float_samples, numeric_array
 from bncheck.data.loader import Task, UnreadableFile
+from bncheck.data.reader import OneSamplePerFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions, ImageOptions
 from bncheck.errors import DataError, UsageError, first_line
@@ -293,11 +294,10 @@ def decode_image(path: str | Path, plan: ImagePlan) -> np.ndarray:
         image.close()
 
 
-class ImageReader:
+class ImageReader(OneSamplePerFile):
     """Image files, one sample each."""
 
     kind = "images"
-    one_per_file = True
 
     @classmethod
     def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
@@ -356,9 +356,6 @@ class ImageReader:
             f"{shape_text(expected)} per sample; pass --size {h},{w} to resize them "
             f"(or --size N --crop {h},{w})."
         )
-
-    def count(self) -> int:
-        return len(self.files)
 
     def shape_error(self, source: str, got: Shape) -> DataError:
         if self.plan.transform is not None:
