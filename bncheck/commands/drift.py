@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.backends.interface import ModelSource
-from bncheck.backends.load import as_source
+from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
 from bncheck.commands.progress import progress
 from bncheck.config import Settings
@@ -58,6 +58,8 @@ class DriftOptions:
     stats: Path | None = None
     #: fsspec options for URL DATA (``s3://...``), e.g. ``{"endpoint_url": ...}``
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
+    device: str = "cpu"
 
 
 @dataclass
@@ -95,6 +97,8 @@ def drift(
     _check_options(data, options)
     source: ModelSource = as_source(model, arch=arch, trust_pickle=trust_pickle)
     layers = _chosen_layers(source, options.layers)
+    if options.stats is None:
+        source = backend_for(source).place(source, options.device)
     report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")

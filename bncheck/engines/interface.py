@@ -49,12 +49,25 @@ class PassRequest:
     keep_predictions: bool = False
     statistics: dict[str, tuple[Any, Any]] | None = None
     seed: int = 0
+    #: leave out the samples of this :class:`~bncheck.data.holdout.HoldoutSplit` (the first
+    #: pass keeps them for recalibrate's guard); in-process engines only
+    split: Any = None
+    #: read at most this many samples (after the split); in-process engines only
+    samples: int | None = None
+    #: a :class:`~bncheck.numerics.recalibration.PrecisionTracker` fed every batch's moments;
+    #: the pass stops once it is ``done`` (``--precision``); in-process engines only
+    until: Any = None
 
     def __post_init__(self) -> None:
         if self.mode not in PASS_MODES:
             raise ValueError(f"mode must be one of {PASS_MODES}, not {self.mode!r}")
         if self.mode == "train" and self.keep:
             raise ValueError("a train-mode pass keeps no subsample")
+
+    @property
+    def in_order(self) -> bool:
+        """Whether the pass needs the batches in order in this process (split, samples, until)."""
+        return self.split is not None or self.samples is not None or self.until is not None
 
 
 @dataclass
