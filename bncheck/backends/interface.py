@@ -238,6 +238,12 @@ class Backend(ABC):
         return "this model family runs on the CPU only"
 
     @abstractmethod
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        """A runner that computes only what the inputs of the BN ``layers`` need (the network
+        up to them: an ONNX graph cut after them, a torch forward stopped once they were
+        seen) and observes those layers; its ``moments`` return ``None`` for the outputs."""
+
+    @abstractmethod
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         """Every input the model declares, or None where the format does not say."""
 
