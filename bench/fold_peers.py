@@ -9,7 +9,7 @@ Models (all ONNX, the BatchNormalization nodes kept):
 * a torchvision-style ResNet-18 (``bench/resnet18.py``) with trained-looking BN statistics.
 
 Every tool runs as a fresh child process (interpreter start, imports, load, rewrite, save), as a
-user runs it: ``python -m bncheck fold IN -o OUT --force`` (verification and timing on, the
+user runs it: ``python -m bncheck fold IN --out OUT --force`` (verification and timing on, the
 defaults), ``onnxslim.slim``, ``onnxoptimizer.optimize`` (its default fuse-and-eliminate passes)
 and ``onnxsim.simplify``. Wall time is the median of ``--repeat`` runs. Each output is then
 checked here: BatchNormalization nodes left (in every graph), and the max relative error
@@ -210,7 +210,7 @@ def run_tool(tool: str, src: Path, out: Path, work: Path) -> tuple[float, str, d
     if tool == "bncheck":
         env["PYTHONPATH"] = str(ROOT)
         report_path = out.with_suffix(".json")
-        argv = [sys.executable, "-m", "bncheck", "fold", str(src), "-o", str(out), "--force", "--format", "json", "--output", str(report_path)]
+        argv = [sys.executable, "-m", "bncheck", "fold", str(src), "--out", str(out), "--force", "--format", "json", "-o", str(report_path)]
     else:
         env["PYTHONPATH"] = str(PEERS_DIR)
         argv = [sys.executable, "-c", PEER_CODE[tool], str(src), str(out)]

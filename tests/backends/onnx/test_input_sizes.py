@@ -98,9 +98,9 @@ def test_usual_sizes_are_tried_after_the_stride(tmp_path, randomize_bn):
 def test_no_accepted_size_is_a_usage_error_naming_the_fix(tmp_path, randomize_bn, cli, assert_usage_error):
     torch = pytest.importorskip("torch")
     path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 37)), torch.randn(1, 3, 37, 37), tmp_path / "m.onnx")
-    result = cli("fold", path, "-o", tmp_path / "f.onnx")
+    result = cli("fold", path, "--out", tmp_path / "f.onnx")
     assert_usage_error(result, "no input size", "--input-shape")
-    ok = cli("fold", path, "-o", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
+    ok = cli("fold", path, "--out", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
     assert ok.exit_code == 0, ok.stdout
     assert _dims(tmp_path / "f.onnx") == ["n", 3, "h", "w"]
 
