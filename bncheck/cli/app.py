@@ -21,6 +21,7 @@ from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.quiet import quiet_libraries
+from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.commands.audit import audit as run_audit
 from bncheck.commands.drift import DriftOptions
@@ -226,6 +227,7 @@ def drift(
         data_options=data_opts,
         progress=report.progress,
         channels=channels or fmt == "html",
+        device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         shard=parse_shard(shard),
         stats=stats,
@@ -243,11 +245,15 @@ def recalibrate(
     method: Annotated[str, typer.Option("--method", help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
     variance: Annotated[str, typer.Option("--variance", help="exact: population (default) or unbiased running_var.")] = "population",
     momentum: Annotated[float | None, typer.Option("--momentum", help="ema: momentum (PyTorch convention; default: each layer's own).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when no layer's statistics move by more than this (|z|, |r|).")] = 1e-3,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when what OUT's layers see is within this of the written statistics on every channel.")] = 1e-4,
+    prior: PriorOpt = 0.0,
+    precision: PrecisionOpt = None,
+    holdout: HoldoutOpt = 0.1,
+    force_write: ForceWriteOpt = False,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,
     to: ToOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run drift of OUT on DATA afterwards (before/after figures).")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Full drift reports of MODEL and OUT on all of DATA (two more passes) for the before/after figures.")] = False,
     *,
     data_args: DataArgs,
     model_args: ModelArgs,
@@ -277,6 +283,11 @@ def recalibrate(
         layers=_layer_names(layers),
         data_options=data_opts,
         verify=verify,
+        prior=prior,
+        precision=precision,
+        holdout=holdout,
+        force_write=force_write,
+        device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         storage_options=engine_args.storage_options(),
     )

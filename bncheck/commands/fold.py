@@ -106,6 +106,9 @@ def fold(
         raise FoldRefused(_refusal_message(defects))
 
     specs = _input_specs(backend, source, input_shape)
+    sized = ""
+    if verify is None and specs is not None:
+        specs, sized = backend.concrete_inputs(source, specs)
     batches, inputs_from, data_info = _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings)
     folded = backend.fold(source, kind, affine=affine, example=batches[0])
     changed = folded.count("folded") + folded.count("affine") > 0
@@ -114,7 +117,7 @@ def fold(
     evidence = _verify(backend, source, artifact, kind, batches, inputs_from, atol, rtol)
     timing_info = _timing(backend, source, folded, batches[0]) if timing and changed else None
 
-    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source)]
+    notes: list[str] = [*([sized] if sized else []), *folded.notes, *artifact_notes, *backend.fold_notes(source)]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
