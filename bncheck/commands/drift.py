@@ -20,7 +20,9 @@ from typing import Any
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
+from bncheck.commands import drift_diagnosis as diagnostics
 from bncheck.commands import drift_outputs as outputs
+from bncheck.commands.drift_pixels import PixelSpace
 from bncheck.commands.progress import progress
 from bncheck.config import Settings
 from bncheck.data import DataOptions
@@ -33,7 +35,7 @@ from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import check_measured
-from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules
+from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
 
 
 @dataclass
@@ -108,10 +110,11 @@ def drift(
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:
-        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None, report.notes)
+        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
-        evidence = _evidence(source, run, layers, options, thresholds, report.notes)
+        diagnose = "BN103" in {r.code for r in select_rules("drift", settings.select, settings.ignore)}
+        evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, diagnose), report.notes)
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
@@ -181,7 +184,15 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     return DataPass(result, session.describe(), provenance, runner)
 
 
-def _evidence(source: ModelSource, run: DataPass, layers, options: DriftOptions, thresholds: dict, notes: list[str]) -> DriftEvidence:
+@dataclass
+class Diagnosis:
+    """What BN103's input diagnosis needs: the model, and whether BN103 is selected at all."""
+
+    source: ModelSource
+    wanted: bool
+
+
+def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, diagnosis: Diagnosis, notes: list[str]) -> DriftEvidence:
     """The per-layer drift and, on the kept subsample, the analyses the drift rules judge. An
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
@@ -191,9 +202,14 @@ def _evidence(source: ModelSource, run: DataPass, layers, options: DriftOptions,
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]
     first_names = order[: int(thresholds.get("BN103", {}).get("first_layers", 1))]
-    if first_names and result.subsample is not None and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds):
+    if (
+        diagnosis.wanted and first_names and result.subsample is not None and options.diagnosis_samples > 0
+        and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds)
+    ):  # fmt: skip
         sub = result.subsample[: options.diagnosis_samples]
-        evidence.input_diagnosis = _guarded("BN103's input diagnosis", notes, lambda: analyses.diagnose_input(runner, layers, sub, first_names, options.batch_size))
+        evidence.input_diagnosis = _guarded(
+            "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
+        )  # fmt: skip
     if options.mismatch_samples <= 0 or result.subsample is None:
         return evidence
     setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: outputs.output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
@@ -203,7 +219,7 @@ def _evidence(source: ModelSource, run: DataPass, layers, options: DriftOptions,
     multiple = float(thresholds.get("BN301", {}).get("noise_multiple", 2.0))
     evidence.train_eval = _guarded(
         "BN301's comparison with DATA's own statistics", notes,
-        lambda: outputs.stale_statistics(source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking),
+        lambda: outputs.stale_statistics(diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking),
     ) or None  # fmt: skip
     if options.train_batch_size >= 2:
         evidence.small_batch = _guarded(
@@ -221,6 +237,15 @@ def _guarded(what: str, notes: list[str], analysis):
     except Exception as exc:  # an analysis after the measurement must never lose the measurement
         notes.append(f"{what} could not be done and was skipped ({first_line(exc)}); the per-layer figures are unaffected.")
     return None
+
+
+def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> dict:
+    """BN103's diagnosis on runners of the network up to the first BN layers only."""
+    verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
+    backend = backend_for(source)
+    with backend.first_layers_runner(source, verify[:1]) as probe, backend.first_layers_runner(source, verify) as check:
+        runners = diagnostics.Runners(probe, check, verify[0], [n for n in verify if n in check.layers], batch_size)
+        return diagnostics.diagnose_input(runners, layers, sub, PixelSpace.of(data_info, tuple(sub.shape[1:])))
 
 
 def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: dict, options: DriftOptions) -> DriftResult:
