@@ -38,11 +38,12 @@ class FoldCheckError(BncheckError):
     """The rewritten graph fails ``onnx.checker`` (a bncheck defect: nothing is written)."""
 
 
-def fold_onnx(source: OnnxSource, *, affine: bool = False) -> FoldedModel:
-    """Fold every foldable BN of ``source`` into its producer, in a copy of the model."""
+def fold_onnx(source: OnnxSource, *, affine: bool = False, keep: dict[str, str] | None = None) -> FoldedModel:
+    """Fold every foldable BN of ``source`` into its producer, in a copy of the model; the BNs
+    named in ``keep`` stay (with that reason)."""
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
-    folder = _GraphFolder(model, source, affine=affine)
+    folder = _GraphFolder(model, source, affine=affine, keep=keep or {})
     outcomes = folder.run()
     check_model(model, source.model)
     return FoldedModel(model=model, outcomes=outcomes, notes=[])
@@ -66,7 +67,8 @@ def check_model(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
 class _GraphFolder:
     """Plans a rewrite for every BN of the main graph, then applies them all."""
 
-    def __init__(self, model: onnx.ModelProto, source: OnnxSource, *, affine: bool):
+    def __init__(self, model: onnx.ModelProto, source: OnnxSource, *, affine: bool, keep: dict[str, str]):
+        self.keep = keep
         self.graph = model.graph
         self.opset = source.opset
         self.affine = affine
@@ -97,6 +99,8 @@ class _GraphFolder:
 
     def _plan(self, bn: onnx.NodeProto, layer) -> tuple[FoldOutcome, Rewrite | None]:
         problems = self._bn_problems(bn)
+        if layer is not None and layer.name in self.keep:
+            problems.append(self.keep[layer.name])
         if layer is not None and layer.foldable and not problems:
             try:
                 rewrite, into = self._fold(bn)
