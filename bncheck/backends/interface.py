@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from bncheck.backends.device import resolve
 from bncheck.errors import DataError, UsageError
 from bncheck.layer import BNLayer
 from bncheck.numerics.site_proof import SiteProof, unproved
@@ -114,6 +115,8 @@ class ModelSource(ABC):
     format: str = ""
     #: backend family: "torch" or "onnx" (for reports; commands ask the backend, not this)
     family: str = ""
+    #: where its runners run the model: "cpu" or "cuda:N" (set by :meth:`Backend.place`)
+    device: str = "cpu"
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -231,9 +234,25 @@ class Backend(ABC):
         ``threads``: the threads the runtime may use (None: its default)."""
         return source.runner(layers=layers)
 
+    def place(self, source: ModelSource, device: str | None) -> ModelSource:
+        """``source``, its runners set to run on ``device`` (``--device``: cpu, cuda, cuda:N,
+        auto; see :mod:`bncheck.backends.device`): exit 2 for a CUDA device this family's
+        runtime cannot use, a fallback to the CPU with one sentence on stderr for auto."""
+        source.device = resolve(device, lambda index: self.cuda_problem(index))
+        return source
+
+    def cuda_problem(self, index: int) -> str | None:
+        """Why this family's runtime cannot run on CUDA device ``index`` (None: it can)."""
+        return "this model family runs on the CPU only"
+
     @abstractmethod
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         """Every input the model declares, or None where the format does not say."""
+
+    def concrete_inputs(self, source: ModelSource, specs: list[InputSpec]) -> tuple[list[InputSpec], str]:
+        """``specs`` with their dynamic non-batch dimensions set to sizes the model accepts, and
+        one sentence saying how they were found ("" when the backend leaves them as they are)."""
+        return specs, ""
 
     @abstractmethod
     def float_dtype(self, source: ModelSource) -> np.dtype:

@@ -50,6 +50,13 @@ from bncheck.cli.engines import EngineOpt, RayAddressOpt, ShardOpt, StatsOpt, St
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs, labels_file, report_path
 from bncheck.cli.quiet import quiet_libraries
+from bncheck.cli.recalibrate_options import (
+    DeviceOpt,
+    ForceWriteOpt,
+    HoldoutOpt,
+    PrecisionOpt,
+    PriorOpt,
+)
 from bncheck.cli.reports import register as register_report_commands
 
 app = typer.Typer(
@@ -262,6 +269,7 @@ def drift(
     shard: ShardOpt = None,
     storage_option: StorageOpt = None,
     stats: StatsOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Run DATA through MODEL and compare what every BN layer sees with its stored statistics."""
     import sys
@@ -297,6 +305,7 @@ def drift(
         data_options=data_opts,
         progress=not quiet and sys.stderr.isatty(),
         channels=channels or fmt == "html",
+        device=device or "cpu",
     )
     from bncheck.cli.engines import engine_options
     from bncheck.data.remote import parse_storage_options
@@ -323,11 +332,16 @@ def recalibrate(
     method: Annotated[str, typer.Option("--method", help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
     variance: Annotated[str, typer.Option("--variance", help="exact: population (default) or unbiased running_var.")] = "population",
     momentum: Annotated[float | None, typer.Option("--momentum", help="ema: momentum (PyTorch convention; default: each layer's own).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when no layer's statistics move by more than this (|z|, |r|).")] = 1e-3,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when what OUT's layers see is within this of the written statistics on every channel.")] = 1e-4,
+    prior: PriorOpt = 0.0,
+    precision: PrecisionOpt = None,
+    holdout: HoldoutOpt = 0.1,
+    force_write: ForceWriteOpt = False,
+    device: DeviceOpt = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Output kind: onnx|export|torchscript|state-dict (default: from OUT's extension).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run drift of OUT on DATA afterwards (before/after figures).")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Full drift reports of MODEL and OUT on all of DATA (two more passes) for the before/after figures.")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size (default 32).")] = None,
     size: SizeOpt = None,
     crop: CropOpt = None,
@@ -392,6 +406,11 @@ def recalibrate(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         data_options=data_opts,
         verify=verify,
+        prior=prior,
+        precision=precision,
+        holdout=holdout,
+        force_write=force_write,
+        device=device or "cpu",
     )
     from bncheck.cli.engines import engine_options
     from bncheck.data.remote import parse_storage_options

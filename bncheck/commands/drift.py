@@ -11,17 +11,19 @@ in the :class:`~bncheck.report.report.Report`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bncheck.backends.interface import ModelSource
-from bncheck.backends.load import as_source
+from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
 from bncheck.commands.progress import progress
 from bncheck.config import Settings
 from bncheck.data import DataOptions
+from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.engines.measure import Measurement
 from bncheck.errors import BncheckError, DataError, UsageError
@@ -56,6 +58,8 @@ class DriftOptions:
     stats: Path | None = None
     #: fsspec options for URL DATA (``s3://...``), e.g. ``{"endpoint_url": ...}``
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
+    device: str = "cpu"
 
 
 @dataclass
@@ -72,20 +76,29 @@ class DataPass:
 
 def drift(
     model: Any,
-    data: str | Path | None,
+    data: Any,
     *,
     settings: Settings | None = None,
     options: DriftOptions | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    transform: Callable[[Any], Any] | None = None,
 ) -> Report:
     """Measure the BN input statistics of ``model`` on ``data`` and compare them with the stored
-    running statistics (rules BN101-BN104, BN201, BN301)."""
+    running statistics (rules BN101-BN104, BN201, BN301).
+
+    ``data``: a file, folder or URL; or, from Python, a numpy array or tensor, an ``(x, y)``
+    pair, a torch ``DataLoader`` or ``Dataset``, or any iterable of arrays, tensors or
+    ``(x, y)`` pairs (:mod:`bncheck.data.memory`). ``transform``: called on every PIL image of
+    an image folder (and every in-memory item), e.g. the torchvision transform of training."""
     settings = settings or Settings()
-    options = options or DriftOptions()
+    options = with_transform(options or DriftOptions(), transform)
+    data = as_data(data)
     _check_options(data, options)
     source: ModelSource = as_source(model, arch=arch, trust_pickle=trust_pickle)
     layers = _chosen_layers(source, options.layers)
+    if options.stats is None:
+        source = backend_for(source).place(source, options.device)
     report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")
@@ -106,6 +119,13 @@ def drift(
         )  # fmt: skip
         stats_file.write_stats(options.save_stats, stats_file.measured(layers, run.result.moments, meta), force=True)
     return report
+
+
+def with_transform(options, transform: Callable[[Any], Any] | None):
+    """``options`` (Drift or Recalibrate) whose data options carry ``transform``."""
+    if transform is None:
+        return options
+    return replace(options, data_options=replace(options.data_options or DataOptions(), transform=transform))
 
 
 def _check_options(data, options: DriftOptions) -> None:
@@ -137,7 +157,7 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     if options.limit is not None:
         data_options.limit = options.limit
     names = [layer.name for layer in layers]
-    where = DataSpec(str(data), options.shard, dict(options.storage_options), options.batch_size)
+    where = DataSpec(data, options.shard, dict(options.storage_options), options.batch_size)
     engine = options.engine or make_engine("local")
     session = stack.enter_context(engine.session(source, where, data_options, layers=names, model=model_spec))
     runner = stack.enter_context(source.runner(layers=names))

@@ -58,8 +58,14 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         raise UsageError("--samples must be at least 1.")
     if input_shape is not None:
         return _random_plan(specs, total, seed, "input-shape", f"--input-shape {input_shape}")
-    if specs is not None and all(d is not None for spec in specs for d in (spec.full_shape() or (None,))[1:]):
+    if specs is not None and all(_static(spec) for spec in specs):
         return _random_plan(specs, total, seed, "graph", "static input shapes declared by the model")
+    if specs is not None:
+        sized, how = backend.concrete_inputs(source, specs)
+        if all(_static(spec) for spec in sized):
+            plan = _random_plan(sized, total, seed, "inferred", how or "dynamic dimensions set to sizes the model accepts")
+            plan.notes.extend([how] if how else [])
+            return plan
     inferred = backend.infer_inputs(source, specs)
     if inferred is not None:
         found, why = inferred
@@ -69,6 +75,11 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         why = f"the model's inputs have dynamic dimensions ({dynamic}) and no size could be inferred: " + SITES_ONLY.split(": ", 1)[1]
         return InputPlan(None, VerificationInputs("none", None, why))
     return InputPlan(None, VerificationInputs("none", None, SITES_ONLY))
+
+
+def _static(spec: InputSpec) -> bool:
+    """Every per-sample dimension known (the batch may stay dynamic)."""
+    return spec.shape is not None and None not in spec.shape
 
 
 def _random_plan(specs: list[InputSpec], total: int, seed: int, origin: str, why: str) -> InputPlan:

@@ -1,55 +1,64 @@
 """``bncheck recalibrate``: re-estimate the running statistics of BN layers on DATA and write a
 copy of the model that carries them.
 
-Methods (``--method``):
+Methods (``--method``, in :mod:`bncheck.commands.recalibrate_estimate`):
 
-* ``exact`` (default) — what each layer will really see at inference. Every layer's statistics
-  are measured in eval mode with the layers before it already recalibrated. A pass per layer
-  would be exact but slow; instead one train-mode pass gives every layer a first estimate (the
-  population statistics of its input when the layers before it normalise with batch
-  statistics), then eval-mode passes over the data re-measure all layers at once with the
-  latest estimates until no layer moves by more than ``tolerance`` (the largest mean |z| or
-  mean |r| between two estimates, the contract's drift metrics). A pass settles at least the
-  next layer of every dependency chain and parallel branches settle together, so it needs at
-  most as many passes as the deepest BN chain, usually fewer. The number of passes is reported.
+* ``exact`` (default) — what each layer will really see at inference: the eval-mode fixed point
+  in which every layer's statistics are those of its input with every layer before it
+  recalibrated. One train-mode pass gives a first estimate, then eval-mode passes run the model
+  with the current estimate until what its layers see is within ``tolerance`` (1e-4) of it on
+  every channel (mean in channel standard deviations, variance relative); the estimate the last
+  pass ran with is written, so the guarantee is measured, not assumed. The passes are reported.
 * ``cumulative`` — the same as :func:`torch.optim.swa_utils.update_bn`: one train-mode pass
-  with momentum None, so the running mean is the average of the batch means and the running
-  variance the average of the *unbiased* batch variances, every batch weighted equally.
-  (Unlike ``update_bn``, dropout stays in eval mode, so the result does not depend on its
-  random masks.)
-* ``ema`` — momentum updates as training does, starting from the stored statistics:
-  ``running = (1 - m) * running + m * batch`` per batch, with each layer's own momentum
-  (PyTorch convention; ONNX momentum ``m`` is ``1 - m`` here) or ``--momentum``.
+  with momentum None (equal-weight averages of batch means and *unbiased* batch variances;
+  dropout stays in eval mode, so the result does not depend on its random masks).
+* ``ema`` — momentum updates as training does, starting from the stored statistics, with each
+  layer's own momentum (PyTorch convention) or ``--momentum``.
+
+``--prior N`` blends the result with the stored statistics, ``(N * stored + n * measured) /
+(N + n)`` with n the samples read, for the mean and the variance (Schneider et al., NeurIPS
+2020; for ``exact`` the fixed point of the blend). ``--precision TOL`` reads DATA only until
+every channel's mean and variance are known to TOL at 95% confidence (see
+:class:`~bncheck.numerics.recalibration.PrecisionTracker`). ``--holdout F`` keeps a split of
+DATA (F of it, at most ``holdout_samples``) out of the estimate, and the guard
+(:mod:`bncheck.commands.recalibrate_guard`) refuses to write a model that does worse on it
+(BN501, exit 1; ``--force-write`` writes anyway). OUT is written atomically or not at all.
+
+The report's figures reuse the estimate's passes: "before" compares the stored statistics with
+those of the first pass over DATA, "after" is the last pass of ``exact`` (the written model on
+DATA), or for the in-order methods the written model on the held-out split (a full pass of its
+own when there is none). ``--verify`` runs full drift reports of MODEL and OUT on DATA instead.
 
 Variance convention: ``exact`` writes the *population* variance of what the layer sees (the
 quantity inference divides by), ``--variance unbiased`` writes ``n/(n-1)`` times it, PyTorch's
-train-mode convention. With n the number of elements per channel the two differ by 1/n: nothing
-for a conv layer (n = samples x height x width), visible only for BatchNorm1d on (N, C) inputs
-with few samples. ``cumulative`` and ``ema`` use unbiased per-batch variances, as PyTorch does.
+train-mode convention (1/n apart: visible only for BatchNorm1d on (N, C) inputs with few samples).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bncheck.backends import output
-from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for, load_model
-from bncheck.commands.drift import DriftOptions
+from bncheck.commands import recalibrate_guard as guard
+from bncheck.commands.drift import DriftOptions, with_transform
 from bncheck.commands.drift import drift as run_drift
+from bncheck.commands.drift_analyses import compute_drift
+from bncheck.commands.recalibrate_estimate import Estimate, estimate_exact, estimate_in_order
 from bncheck.config import Settings
 from bncheck.data import DataOptions
+from bncheck.data.holdout import HoldoutSplit
+from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
-from bncheck.numerics import drift as metrics
-from bncheck.numerics.moments import Moments
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
 from bncheck.report.stats_checks import check_measured
+from bncheck.rules import DriftEvidence, RecalibrationEvidence, RuleContext, run_rules
 
 METHODS = ("exact", "cumulative", "ema")
 VARIANCES = ("population", "unbiased")
@@ -64,17 +73,30 @@ class RecalibrateOptions:
     limit: int | None = None
     layers: list[str] | None = None
     data_options: Any = None
-    #: exact: stop when no layer's statistics move by more than this (max |z| and |r|)
-    tolerance: float = 1e-3
+    #: exact: stop when no channel of any layer moves by more than this (mean in channel
+    #: standard deviations, variance relative) between what the model runs with and what it sees
+    tolerance: float = 1e-4
     max_passes: int = 50
-    #: run drift of OUT on DATA after writing (before/after figures)
-    verify: bool = True
+    #: pseudo sample size of the stored statistics (Schneider et al. 2020); 0: replace them
+    prior: float = 0.0
+    #: read DATA until every channel's mean and variance are known to this (95%), or it ends
+    precision: float | None = None
+    #: fraction of DATA held out for the guard (0: no split, no guard)
+    holdout: float = 0.1
+    #: at most this many held-out samples (kept in memory, run three times)
+    holdout_samples: int = 512
+    #: write OUT even when the guard finds the recalibrated model worse
+    force_write: bool = False
+    #: run full drift reports of MODEL and OUT on DATA (the figures of the whole of DATA)
+    verify: bool = False
     progress: bool = False
     #: where the passes run: a ``bncheck.engines`` engine (None: this process). Ray runs the
-    #: exact method's passes and the drift before/after; cumulative and ema run in order here
+    #: exact method's passes without a held-out split; cumulative and ema run in order here
     engine: Any = None
     #: fsspec options for URL DATA (``s3://...``)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -85,132 +107,21 @@ class RecalibrateOptions:
             raise UsageError("--momentum must be in (0, 1] (PyTorch convention).")
         if self.batch_size < 2 and self.method != "exact":
             raise UsageError("train-mode methods need --batch-size 2 or more (batch statistics of one sample are undefined).")
-
-
-def _population(m: Moments, variance: str) -> tuple[np.ndarray, np.ndarray]:
-    return m.mean.copy(), (m.unbiased_var if variance == "unbiased" else m.var).copy()
-
-
-def _train_batches(runner, dataset, batch_size: int):
-    """Per-batch train-mode moments, every BN layer normalising with its batch's statistics;
-    a trailing batch of one sample is skipped (it has no batch statistics)."""
-    for batch in dataset.batches(batch_size):
-        if len(batch.x) < 2:
-            continue
-        _, moments = runner.train_moments(batch.x)
-        yield moments
-
-
-def _usable_train_moments(source: ModelSource, dataset, names: list[str], batch_size: int):
-    """Per train-mode batch, the moments of each layer of ``names`` that saw at least 2 elements
-    per channel (the ones a batch variance exists for). Raises when no batch had 2 samples."""
-    batches = 0
-    with source.runner(layers=names) as runner:
-        for moments in _train_batches(runner, dataset, batch_size):
-            batches += 1
-            yield {n: moments[n] for n in names if moments[n].count >= 2}
-    if batches == 0:
-        raise BncheckError("no batch of at least 2 samples: use more data or a larger --batch-size.")
-
-
-def estimate_cumulative(source: ModelSource, dataset, names: list[str], batch_size: int) -> tuple[Statistics, int]:
-    """``update_bn``: equal-weight averages of batch means and unbiased batch variances."""
-    sums: dict[str, list] = {}
-    batches = 0
-    for usable in _usable_train_moments(source, dataset, names, batch_size):
-        batches += 1
-        for n, m in usable.items():
-            total = sums.setdefault(n, [np.zeros_like(m.mean), np.zeros_like(m.mean), 0])
-            total[0] += m.mean
-            total[1] += m.unbiased_var
-            total[2] += 1
-    return {n: (s[0] / s[2], s[1] / s[2]) for n, s in sums.items()}, batches
-
-
-def estimate_ema(
-    source: ModelSource, dataset, names: list[str], batch_size: int, momentum: float | None
-) -> tuple[Statistics, int]:
-    """Momentum updates from the stored statistics, batch by batch (unbiased batch variance)."""
-    layers = {layer.name: layer for layer in source.bn_layers()}
-    state = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
-    rates = {n: _pytorch_momentum(layers[n], momentum) for n in names}
-    batches = 0
-    for usable in _usable_train_moments(source, dataset, names, batch_size):
-        batches += 1
-        for n, m in usable.items():
-            mean, var = state[n]
-            state[n] = ((1 - rates[n]) * mean + rates[n] * m.mean, (1 - rates[n]) * var + rates[n] * m.unbiased_var)
-    return state, batches
-
-
-def _pytorch_momentum(layer, override: float | None) -> float:
-    if override is not None:
-        return float(override)
-    m = layer.momentum
-    if m is None:
-        return 0.1
-    if layer.momentum_convention == "onnx":
-        m = 1.0 - m
-    return float(m) if 0 < m <= 1 else 0.1
-
-
-def _movement(old: Statistics, new: Statistics, layers) -> float:
-    """How far the newest estimate moved, in the drift metrics of the contract: the largest
-    over layers of mean |z| and mean |r| between two estimates (the drift the model with the
-    old estimate shows on the data)."""
-    worst = 0.0
-    for n, (mean, var) in new.items():
-        if n not in old:
-            return float("inf")
-        eps = layers[n].eps or 1e-5
-        z = metrics.mean_shift(mean, old[n][0], old[n][1], eps)
-        r = metrics.var_log_ratio(var, old[n][1], eps)
-        worst = max(worst, float(np.mean(np.abs(z))), float(np.mean(np.abs(r))))
-    return worst
-
-
-def estimate_exact(
-    source: ModelSource, session, names: list[str], options: RecalibrateOptions
-) -> tuple[Statistics, list[dict[str, Any]]]:
-    """The eval-mode fixed point: every layer's statistics are those of its input in eval mode
-    with all the layers before it recalibrated.
-
-    One train-mode pass gives every layer a starting estimate (its input's population
-    statistics when the layers before it normalise with batch statistics, which differ from
-    the final ones only by batch noise). Then each eval-mode pass re-measures *all* layers at
-    once with the latest estimates, until no layer moves by more than ``tolerance``. A pass
-    settles at least the next layer of every dependency chain, and parallel branches settle
-    together, so it needs at most as many passes as the deepest BN chain and usually fewer —
-    against one full pass per layer for the naive method. With ``--layers`` the iteration
-    starts from the stored statistics of the chosen layers.
-
-    Returns the statistics and one record per pass (mode, movement).
-    """
-    layers = {layer.name: layer for layer in source.bn_layers()}
-    history: list[dict[str, Any]] = []
-    all_layers = [layer.name for layer in source.bn_layers() if layer.has_running_stats]
-    if set(names) >= set(all_layers) and options.batch_size >= 2:
-        merged = session.measure(PassRequest(names, options.batch_size, mode="train")).moments  # one pass, any engine
-        check_measured(merged)
-        stats = {n: _population(m, options.variance) for n, m in merged.items() if n in names and m.count}
-        history.append({"pass": 1, "mode": "train", "movement": None})
-    else:
-        stats = {n: (layers[n].running_mean.copy(), layers[n].running_var.copy()) for n in names}
-    while len(history) < options.max_passes:
-        result = session.measure(PassRequest(names, options.batch_size, statistics=stats))  # the model with `stats`
-        check_measured(result.moments)
-        new = {n: _population(result.moments[n], options.variance) for n in names if result.moments[n].count}
-        moved = _movement(stats, new, layers)
-        history.append({"pass": len(history) + 1, "mode": "eval", "movement": moved})
-        stats = new
-        if moved <= options.tolerance:
-            break
-    return stats, history
+        if self.prior < 0:
+            raise UsageError("--prior must be 0 or more (the pseudo sample size of the stored statistics).")
+        if self.prior and self.method == "ema":
+            raise UsageError("--prior blends with the stored statistics, which --method ema already starts from: use exact or cumulative.")
+        if self.precision is not None and not 0 < self.precision < 1:
+            raise UsageError("--precision must be in (0, 1) (channel standard deviations, e.g. 0.01).")
+        if not 0 <= self.holdout < 1:
+            raise UsageError("--holdout must be in [0, 1) (the fraction of DATA held out for the guard; 0 turns it off).")
+        if self.tolerance <= 0:
+            raise UsageError("--tolerance must be positive.")
 
 
 def recalibrate(
     model: Any,
-    data: str | Path,
+    data: Any,
     out: str | Path,
     *,
     settings: Settings | None = None,
@@ -219,11 +130,15 @@ def recalibrate(
     force: bool = False,
     arch: str | None = None,
     trust_pickle: bool = False,
+    transform: Callable[[Any], Any] | None = None,
 ) -> Report:
     """Re-estimate the running statistics of ``model`` on ``data`` and write the result to
-    ``out``; the report holds per-layer before/after drift figures and accuracies."""
+    ``out`` (unless the guard refuses it); the report holds per-layer before/after figures and
+    the guard's. ``data`` and ``transform`` as for :func:`bncheck.drift` (in-memory DATA is read
+    several times: pass a list, array, DataLoader or Dataset, not a one-shot iterator)."""
     settings = settings or Settings()
-    options = options or RecalibrateOptions()
+    options = with_transform(options or RecalibrateOptions(), transform)
+    data = as_data(data)
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     backend = backend_for(source)
     out = Path(out)
@@ -231,36 +146,88 @@ def recalibrate(
     output.check_output_path(out, protected=backend.protected_paths(source), force=force)
     layers = list(source.bn_layers())
     names = _chosen_names(source, layers, options.layers)
+    source = backend.place(source, options.device)
     data_options = options.data_options or DataOptions()
     if options.limit is not None:
         data_options.limit = options.limit
     engine = options.engine or make_engine("local")
     if options.method != "exact" and engine.name != "local":
         raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
-    where = DataSpec(str(data), None, dict(options.storage_options), options.batch_size)
+    where = DataSpec(data, None, dict(options.storage_options), options.batch_size)
     model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
     drift_options = DriftOptions(
-        batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine, storage_options=dict(options.storage_options)
-    )
-    before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle)
-    # a session's batches() is a pass over DATA like Dataset.batches(), for the in-order methods
+        batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,
+        storage_options=dict(options.storage_options), device=options.device,
+    )  # fmt: skip
+    before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle) if options.verify else None
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
-        stats, batches, passes = estimate(source, session, names, options)
-    if batches is None:
-        batches = -(-before.data["samples"] // options.batch_size)
-    updated = backend.with_statistics(source, stats, num_batches=batches if options.method != "ema" else None)
-    written = backend.write_model(updated, kind, out)
-
-    report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
+        split = _split(options, session.num_samples)
+        est = _estimate(source, session, names, options, split)
+        updated = backend.with_statistics(source, est.stats, num_batches=est.batches if options.method != "ema" else None)
+        x_held, y_held = split.samples() if split is not None else (None, None)
+        checked, held_moments = (None, None)
+        if x_held is not None:
+            checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
+        after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
+        data_info = session.describe()
+    refused = bool(checked and checked["worse"] and not options.force_write)
+    written = [] if refused else backend.write_model(updated, kind, out)
     after = None
-    if options.verify:
+    if options.verify and written:
         trusted = trust_pickle or kind == "pickle"
         reloaded = load_model(out, arch=arch, trust_pickle=trusted)
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
-        report.findings = after.findings
-    summary = _summary(options, stats, passes, out, kind, written, before, after)
-    report.result = RecalibrationResult(data=before.data, summary=summary, layers=_layer_entries(layers, stats, before, after))
+    report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
+    before_figures = compute_drift(layers, est.first, est.samples)
+    new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
+    after_figures = compute_drift(new_layers, after_moments, after_samples)
+    report.findings = _findings(new_layers, settings, after, after_figures, after_samples, checked, bool(written))
+    summary = _summary(options, est, out, kind, written, before, after, checked, split)
+    summary["figures"] = {"before": "the stored statistics against the first pass over DATA", "after": after_on}
+    record = {"path": str(data), "samples": int(est.samples), "batch_size": int(options.batch_size), **{k: v for k, v in data_info.items() if k not in ("path", "samples")}}
+    entries = _layer_entries(layers, est, before_figures, after_figures, before, after)
+    report.result = RecalibrationResult(data=before.data if before is not None else record, summary=summary, layers=entries)
     return report
+
+
+def _split(options: RecalibrateOptions, num_samples: int | None) -> HoldoutSplit | None:
+    if options.holdout <= 0:
+        return None
+    fraction = options.holdout
+    if num_samples:  # hold out at most holdout_samples: no sample is left out for nothing
+        fraction = min(fraction, options.holdout_samples / num_samples)
+    return HoldoutSplit(fraction, keep=options.holdout_samples)
+
+
+def _estimate(source: ModelSource, session, names: list[str], options: RecalibrateOptions, split) -> Estimate:
+    if options.method == "exact":
+        return estimate_exact(source, session, names, options, split)
+    return estimate_in_order(source, session, names, options, split)
+
+
+def _after(est: Estimate, held_moments, x_held, session, names: list[str], options: RecalibrateOptions):
+    """The written model's BN-input moments for the "after" figures, their sample count and
+    what they were measured on, from the cheapest source that has them."""
+    if est.last is not None:
+        return est.last.moments, est.last.samples, "the last estimation pass (the written model on DATA)"
+    if held_moments is not None:
+        return held_moments, int(len(x_held)), f"the written model on the held-out split ({len(x_held)} samples)"
+    result = session.measure(PassRequest(names, options.batch_size, statistics=est.stats))
+    check_measured(result.moments)
+    return result.moments, result.samples, "the written model on DATA (a pass of its own)"
+
+
+def _findings(layers, settings: Settings, after: Report | None, after_figures, samples: int, checked, written: bool):
+    thresholds = settings.threshold_table()
+    if after is not None:
+        findings = list(after.findings)
+    else:
+        ctx = RuleContext(layers=layers, thresholds=thresholds, drift=DriftEvidence(layers=after_figures, samples=samples))
+        findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
+    if checked is not None:
+        ctx = RuleContext(layers=layers, thresholds=thresholds, recalibration=RecalibrationEvidence(guard=checked, written=written))
+        findings += run_rules("recalibrate", ctx, select=settings.select, ignore=settings.ignore)
+    return findings
 
 
 def _chosen_names(source: ModelSource, layers, chosen: list[str] | None) -> list[str]:
@@ -278,46 +245,53 @@ def _chosen_names(source: ModelSource, layers, chosen: list[str] | None) -> list
     return names
 
 
-def estimate(source: ModelSource, session, names: list[str], options: RecalibrateOptions) -> tuple[Statistics, int | None, list[dict[str, Any]]]:
-    """The new statistics by ``options.method``, the number of batches they rest on (None:
-    unknown, the exact method) and one record per pass."""
-    if options.method == "exact":
-        stats, passes = estimate_exact(source, session, names, options)
-        return stats, None, passes
-    if options.method == "cumulative":
-        stats, batches = estimate_cumulative(source, session, names, options.batch_size)
-    else:
-        stats, batches = estimate_ema(source, session, names, options.batch_size, options.momentum)
-    return stats, batches, [{"pass": 1, "mode": "train", "movement": None}]
-
-
-def _summary(options: RecalibrateOptions, stats: Statistics, passes, out: Path, kind: str, written, before: Report, after: Report | None) -> dict[str, Any]:
-    return {
+def _summary(options: RecalibrateOptions, est: Estimate, out: Path, kind: str, written, before, after, checked, split) -> dict[str, Any]:
+    extra_passes = (1 if est.last is None and split is None else 0) + (2 if options.verify else 0)
+    accuracy = {"before": _accuracy(before), "after": _accuracy(after)} if options.verify else {
+        "before": checked.get("accuracy_before") if checked else None,
+        "after": checked.get("accuracy_after") if checked else None,
+    }  # fmt: skip
+    summary: dict[str, Any] = {
         "method": options.method,
         "variance": options.variance if options.method == "exact" else "unbiased (per batch)",
-        "layers": len(stats),
-        "estimation_passes": len(passes),
-        "passes": passes,
-        "total_passes": len(passes) + 1 + (1 if after is not None else 0),
+        "layers": len(est.stats),
+        "estimation_passes": len(est.passes),
+        "passes": est.passes,
+        "total_passes": len(est.passes) + extra_passes,
         "tolerance": options.tolerance if options.method == "exact" else None,
-        "output": {"path": str(out), "kind": kind, "files": [str(p) for p in written]},
-        "accuracy": {
-            "before": _accuracy(before),
-            "after": _accuracy(after) if after is not None else None,
-        },
+        "converged": est.converged,
+        "samples": int(est.samples),
+        "prior": options.prior,
+        "output": {"path": str(out), "kind": kind, "files": [str(p) for p in written], "written": bool(written)},
+        "accuracy": accuracy,
+        "accuracy_on": "DATA" if options.verify else ("the held-out split" if checked else None),
     }
+    if options.precision is not None:
+        reached = est.precision or {}
+        summary["precision"] = {"tolerance": options.precision, "confidence": 0.95, "samples": int(est.samples), **reached}
+    if split is not None:
+        summary["holdout"] = {"fraction": split.fraction, "samples": int(split.held), "evaluated": checked["samples"] if checked else 0}
+    if checked is not None:
+        summary["guard"] = checked
+    return summary
 
 
-def _accuracy(report: Report) -> float | None:
-    return report.result.accuracy if isinstance(report.result, DriftResult) else None
+def _accuracy(report: Report | None) -> float | None:
+    return report.result.accuracy if report is not None and isinstance(report.result, DriftResult) else None
 
 
-def _layer_entries(layers, stats: Statistics, before: Report, after: Report | None) -> dict[str, LayerRecalibration]:
+def _layer_entries(layers, est: Estimate, before_figures, after_figures, before: Report | None, after: Report | None) -> dict[str, LayerRecalibration]:
     entries = {}
     for index, layer in enumerate(layers):
-        entry = LayerRecalibration(recalibrated=layer.name in stats, before=before.layer_drift(layer.name) or None)
+        if before is not None:
+            first = before.layer_drift(layer.name) or None
+        else:
+            first = before_figures[layer.name].to_dict() if layer.name in before_figures else None
+        entry = LayerRecalibration(recalibrated=layer.name in est.stats, before=first)
         if after is not None:
             entry.after = _matching(after, layer.name, index) or None
+        elif layer.name in after_figures:
+            entry.after = after_figures[layer.name].to_dict()
         entries[layer.name] = entry
     return entries
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.data.loader import Task
+from bncheck.data.reader import ManySamplesPerFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError, first_line
@@ -366,16 +367,10 @@ def _pt_chunks(path: Path, parts: list[ArrayPart], rows: int) -> Iterator[Chunk]
             yield Chunk(part, start, stop, lambda v=view, p=part, n=stop - start: load(v, p, n))
 
 
-class ArrayReader:
+class ArrayReader(ManySamplesPerFile):
     """.npy/.npz/.pt files: every sample array in them, in file order."""
 
     kind = "arrays"
-    one_per_file = False
-
-    @classmethod
-    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
-        return None
-
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         self.parts = [part for path in files for part in inspect_file(Path(path), options.arrays, expected)]
         self.sample_shape: Shape = check_sample_shapes(self.parts, expected)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.data.loader import Task
+from bncheck.data.reader import OneSamplePerFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError, UsageError, first_line
@@ -55,11 +56,10 @@ def run_preprocess(fn: Callable[[Path], Any], spec: str, path: Path) -> np.ndarr
     return np.ascontiguousarray(sample)
 
 
-class CustomReader:
+class CustomReader(OneSamplePerFile):
     """Every file of DATA through the user's ``--preprocess`` function, one sample each."""
 
     kind = "files"
-    one_per_file = True
 
     @classmethod
     def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
@@ -91,9 +91,6 @@ class CustomReader:
                 f"model expects {shape_text(expected)} per sample (one sample, no batch axis); "
                 f"{mismatch_hint(self.sample_shape, expected)}."
             )
-
-    def count(self) -> int:
-        return len(self.files)
 
     def shape_error(self, source: str, got: Shape) -> DataError:
         return DataError(

@@ -1,4 +1,5 @@
-""":func:`open_data`: DATA (a file or folder) -> a :class:`Dataset` that streams batches.
+""":func:`open_data`: DATA (a file or folder, or an API object: :mod:`bncheck.data.memory`) -> a
+:class:`Dataset` that streams batches.
 
 Opening finds the files, picks the reader for their kind, decodes the first sample to learn
 the per-sample shape and checks it against the model's input; it reads nothing else.
@@ -16,6 +17,7 @@ import numpy as np
 from bncheck.data.discover import discover
 from bncheck.data.labels import Labels, folder_labels, read_label_file
 from bncheck.data.loader import Batch, DataIssues, StreamConfig, StreamStats, Task, stream
+from bncheck.data.memory import InMemoryData, MemoryReader, memory_labels
 from bncheck.data.reader import Reader
 from bncheck.data.readers import open_reader
 from bncheck.data.shapes import ExpectedShape, Shape, normalize_expected
@@ -26,7 +28,7 @@ log = logging.getLogger("bncheck.data")
 
 
 def open_data(
-    path: str | Path,
+    path: str | Path | InMemoryData,
     options: DataOptions | None = None,
     expected_shape: Sequence[int | str | None] | None = None,
 ) -> Dataset:
@@ -40,6 +42,10 @@ def open_data(
     """
     options = options or DataOptions()
     expected = normalize_expected(expected_shape)
+    if isinstance(path, InMemoryData):  # the API's Python objects: the memory reader
+        reader = open_reader(MemoryReader.kind, [path], options, expected)
+        labels = memory_labels(options, reader)  # type: ignore[arg-type]
+        return Dataset(path=path, kind=reader.kind, files=[], ignored={}, reader=reader, labels=labels, options=options, expected_shape=expected)
     labels_path = label_file(options.labels)
     found = discover(path, every_file=options.preprocess is not None, exclude=labels_path)
     reader = open_reader(found.kind, found.files, options, expected)
@@ -101,7 +107,7 @@ class Dataset:
     def __init__(
         self,
         *,
-        path: Path,
+        path: Path | InMemoryData,
         kind: str,
         files: list[str],
         ignored: dict[str, int],
@@ -132,16 +138,19 @@ class Dataset:
         return self.labels is not None
 
     @property
-    def total_samples(self) -> int:
-        """Samples in DATA before skips, exclusions and ``limit`` (counts CSV rows on first use)."""
+    def total_samples(self) -> int | None:
+        """Samples in DATA before skips, exclusions and ``limit`` (counts CSV rows on first use;
+        None for an iterator given to the API, unknown until read)."""
         return self.reader.count()
 
     @property
-    def num_samples(self) -> int:
+    def num_samples(self) -> int | None:
         """Samples a pass will deliver at most: ``min(total, limit)``. Unreadable files and
         excluded NaN/Inf samples can make a pass deliver fewer (see :attr:`issues`)."""
         total = self.total_samples
-        return total if self.options.limit is None else min(total, self.options.limit)
+        if total is None or self.options.limit is None:
+            return self.options.limit if total is None else total
+        return min(total, self.options.limit)
 
     @property
     def issues(self) -> DataIssues:

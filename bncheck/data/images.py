@@ -8,15 +8,17 @@ decoded image and is a pure function of the pixels.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bncheck.data.convert import call_transform, describe_callable, float_samples, numeric_array
 from bncheck.data.loader import Task, UnreadableFile
-from bncheck.data.shapes import ExpectedShape, Shape, fits, shape_text
+from bncheck.data.reader import OneSamplePerFile
+from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions, ImageOptions
 from bncheck.errors import DataError, UsageError, first_line
 
@@ -40,6 +42,9 @@ class ImagePlan:
     #: where grayscale/layout came from: ``option``, ``model``, ``images`` or ``default``
     grayscale_from: str
     layout_from: str
+    #: the API's ``transform=``: called on the PIL image (in ``L`` or ``RGB``) instead of the
+    #: resize/crop/scale/normalise/layout steps
+    transform: Callable[[Any], Any] | None = field(default=None, compare=False)
 
     @property
     def channels(self) -> int:
@@ -61,12 +66,15 @@ class ImagePlan:
             "layout": self.layout,
             "layout_from": self.layout_from,
             "pipeline": self.pipeline(),
+            "transform": describe_callable(self.transform) if self.transform is not None else None,
         }
 
     def pipeline(self) -> str:
         """One line saying what happens to every image, e.g.
         ``grayscale -> x * 0.003922 -> (C, H, W)``."""
         steps = ["grayscale" if self.grayscale else "RGB"]
+        if self.transform is not None:
+            return " -> ".join([*steps, f"transform {describe_callable(self.transform)}"])
         if self.size is not None:
             steps.append(f"resize {_size_text(self.size)} ({self.resample})")
         if self.crop is not None:
@@ -169,6 +177,17 @@ def resolve_image_plan(
     )
 
 
+def with_transform(plan: ImagePlan, options: DataOptions) -> ImagePlan:
+    """``plan`` with ``options.transform``, refused next to image options it would ignore."""
+    if options.transform is None:
+        return plan
+    images, defaults = options.images, ImageOptions()
+    ignored = [name for name in ("size", "crop", "scale", "mean", "std", "channel_order") if getattr(images, name) != getattr(defaults, name)]
+    if ignored:
+        raise UsageError(f"transform= replaces the image options, so {', '.join(ignored)} would be ignored; give the transform or the options, not both.")
+    return replace(plan, transform=options.transform)
+
+
 def open_image(path: str | Path):
     """The first frame of ``path``, fully decoded. Raises :class:`UnreadableFile` for a corrupt
     or unsupported file and :class:`DataError` when the file cannot be read at all."""
@@ -199,6 +218,9 @@ def preprocess_image(image, plan: ImagePlan, source: Path | str = "image") -> np
     from PIL import Image
 
     image = _to_mode(image, plan.grayscale)
+    if plan.transform is not None:
+        out = call_transform(plan.transform, image, str(source))
+        return float_samples(numeric_array(out, f"what transform= returned for {source}"))
     resample = getattr(Image.Resampling, plan.resample.upper())
     if plan.size is not None:
         width, height = image.size
@@ -272,11 +294,10 @@ def decode_image(path: str | Path, plan: ImagePlan) -> np.ndarray:
         image.close()
 
 
-class ImageReader:
+class ImageReader(OneSamplePerFile):
     """Image files, one sample each."""
 
     kind = "images"
-    one_per_file = True
 
     @classmethod
     def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
@@ -293,7 +314,7 @@ class ImageReader:
         self.files = files
         self.strict = options.strict
         first, mode = self._first_readable(files)
-        self.plan = resolve_image_plan(options.images, expected, mode)
+        self.plan = with_transform(resolve_image_plan(options.images, expected, mode), options)
         self.first = first
         self.sample_shape: Shape = tuple(decode_image(first, self.plan).shape)
         if expected is not None and not fits(self.sample_shape, expected):
@@ -321,6 +342,11 @@ class ImageReader:
         return (shape[1], shape[2]) if self.plan.layout == "nchw" else (shape[0], shape[1])
 
     def _model_mismatch(self, expected: ExpectedShape) -> DataError:
+        if self.plan.transform is not None:
+            return DataError(
+                f"transform= gives samples of shape {shape_text(self.sample_shape)} (e.g. for {self.first}) but the model "
+                f"expects {shape_text(expected)} per sample; {mismatch_hint(self.sample_shape, expected)}."
+            )
         got_h, got_w = self._hw(self.sample_shape)
         want_h, want_w = self._hw(expected)  # type: ignore[arg-type]
         h = want_h if want_h is not None else got_h
@@ -331,10 +357,12 @@ class ImageReader:
             f"(or --size N --crop {h},{w})."
         )
 
-    def count(self) -> int:
-        return len(self.files)
-
     def shape_error(self, source: str, got: Shape) -> DataError:
+        if self.plan.transform is not None:
+            return DataError(
+                f"transform= gives shape {shape_text(got)} for {source} but {shape_text(self.sample_shape)} for {self.first}; "
+                "it must give one shape for every image (resize or crop inside it)."
+            )
         got_h, got_w = self._hw(got)
         h, w = self._hw(self.sample_shape)
         return DataError(

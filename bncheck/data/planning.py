@@ -29,6 +29,7 @@ from bncheck.data.dataset import Dataset, label_file, open_data, resolve_labels
 from bncheck.data.discover import discover
 from bncheck.data.issue_totals import rename_text
 from bncheck.data.labels import Labels, folder_labels, read_label_file
+from bncheck.data.memory import InMemoryData
 from bncheck.data.plan import Block, DataPlan, slice_labels
 from bncheck.data.readers import open_reader, reader_class
 from bncheck.data.remote import RemoteListing, is_remote, list_remote, listing_digest
@@ -52,6 +53,8 @@ def make_plan(
 ) -> tuple[DataPlan, Dataset | None]:
     """Open DATA (a path or a URL) and describe it as files; returns the plan and, for local
     DATA, the :class:`Dataset` over all of it (None for a URL)."""
+    if isinstance(data, InMemoryData):
+        raise UsageError(f"DATA {data} is a Python object, which is read in this process only: use the local engine without --shard, or save it as .npy files.")
     if shard is not None and options.limit is not None:
         raise UsageError("--limit cannot be combined with --shard (each shard would be cut); drop one of them.")
     expected = normalize_expected(expected_shape)

@@ -43,3 +43,24 @@ class Reader(Protocol):
     def file_counts(self, files: list[str], *, rows_needed: bool) -> list[int] | None:
         """Raw samples per file of ``files`` (those this reader covers) where they are known
         without reading the data, or counted when ``rows_needed`` (a labels file needs them)."""
+
+
+class ManySamplesPerFile:
+    """Base of the readers whose files may hold any number of samples (arrays, tables): shards
+    cannot align to files, and whether a file is usable is only known once it is opened."""
+
+    one_per_file: ClassVar[bool] = False
+
+    @classmethod
+    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
+        return None
+
+
+class OneSamplePerFile:
+    """Base of the readers that make one sample of each file (images, ``--preprocess``)."""
+
+    one_per_file: ClassVar[bool] = True
+    files: list
+
+    def count(self) -> int:
+        return len(self.files)

@@ -8,16 +8,17 @@ from __future__ import annotations
 from bncheck.data.arrays import ArrayReader
 from bncheck.data.custom import CustomReader
 from bncheck.data.images import ImageReader
+from bncheck.data.memory import MemoryReader
 from bncheck.data.reader import Reader
 from bncheck.data.shapes import ExpectedShape
 from bncheck.data.spec import DataOptions
 from bncheck.data.tables import TableReader
 
-READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (ImageReader, ArrayReader, TableReader, CustomReader)}
+READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (ImageReader, ArrayReader, TableReader, CustomReader, MemoryReader)}
 
 
 def reader_class(kind: str) -> type[Reader]:
-    """The reader class of files of ``kind`` (images, arrays, table, files)."""
+    """The reader class of files of ``kind`` (images, arrays, table, files, memory)."""
     return READERS[kind]
 
 

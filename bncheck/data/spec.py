@@ -9,7 +9,7 @@ Every option has a documented default, and :meth:`ImageOptions.describe` /
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,10 @@ class DataOptions:
     #: how to read .npy/.npz/.pt arrays: ``batch`` (first axis = samples), ``sample`` (one
     #: sample per array) or ``auto`` (from the model's input rank; ``batch`` when unknown)
     arrays: str = "auto"
+    #: the API only (not a config key): a callable applied to every PIL image of an image
+    #: folder (instead of the steps of ``images``) and to every item of in-memory DATA, e.g. the
+    #: torchvision transform the model was trained with; it returns an array or tensor
+    transform: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.images, Mapping):
@@ -116,6 +120,8 @@ class DataOptions:
         self.batch_size = parse_int(self.batch_size, "batch-size", minimum=1)
         self.prefetch = parse_int(self.prefetch, "prefetch", minimum=1)
         self.arrays = _choice(self.arrays, ARRAY_MODES, "arrays")
+        if self.transform is not None and not callable(self.transform):
+            raise UsageError(f"transform= must be a callable (e.g. a torchvision transform), not a {type(self.transform).__name__}.")
 
     def with_overrides(self, **values: Any) -> DataOptions:
         """A copy with the given fields replaced (``None`` values are ignored)."""
@@ -123,7 +129,7 @@ class DataOptions:
 
 
 _IMAGE_FIELDS = {f.name for f in fields(ImageOptions)}
-_DATA_FIELDS = {f.name for f in fields(DataOptions)} - {"images"}
+_DATA_FIELDS = {f.name for f in fields(DataOptions)} - {"images", "transform"}
 
 
 def build_options(
@@ -143,7 +149,8 @@ def build_options(
             _sort_keys(source, image_values, data_values)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _sort_keys(given, image_values, data_values)
-    return DataOptions(images=ImageOptions(**image_values), **data_values)
+    transform = base.transform if isinstance(base, DataOptions) else None
+    return DataOptions(images=ImageOptions(**image_values), transform=transform, **data_values)
 
 
 def _sort_keys(values: Mapping[str, Any], image_values: dict, data_values: dict) -> None:

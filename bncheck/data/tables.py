@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.data.loader import Task
+from bncheck.data.reader import ManySamplesPerFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, shape_text
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError, first_line
@@ -244,16 +245,10 @@ def _parquet_chunks(path: Path, schema: TableSchema, rows: int) -> Iterator[Tabl
         raise _read_error(path, exc) from exc
 
 
-class TableReader:
+class TableReader(ManySamplesPerFile):
     """.csv/.parquet files: one row a sample, the chosen numeric columns its features."""
 
     kind = "table"
-    one_per_file = False
-
-    @classmethod
-    def all_unusable(cls, files: list[str], options: DataOptions) -> list[tuple[str, str]] | None:
-        return None
-
     def __init__(self, files: list[str], options: DataOptions, expected: ExpectedShape | None):
         self.files = files = [Path(f) for f in files]
         self.schema = inspect_tables(files, options.columns)

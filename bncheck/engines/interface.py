@@ -49,6 +49,14 @@ class PassRequest:
     keep_predictions: bool = False
     statistics: dict[str, tuple[Any, Any]] | None = None
     seed: int = 0
+    #: leave out the samples of this :class:`~bncheck.data.holdout.HoldoutSplit` (the first
+    #: pass keeps them for recalibrate's guard); in-process engines only
+    split: Any = None
+    #: read at most this many samples (after the split); in-process engines only
+    samples: int | None = None
+    #: a :class:`~bncheck.numerics.recalibration.PrecisionTracker` fed every batch's moments;
+    #: the pass stops once it is ``done`` (``--precision``); in-process engines only
+    until: Any = None
 
     def __post_init__(self) -> None:
         if self.mode not in PASS_MODES:
@@ -56,12 +64,19 @@ class PassRequest:
         if self.mode == "train" and self.keep:
             raise ValueError("a train-mode pass keeps no subsample")
 
+    @property
+    def in_order(self) -> bool:
+        """Whether the pass needs the batches in order in this process (split, samples, until)."""
+        return self.split is not None or self.samples is not None or self.until is not None
+
 
 @dataclass
 class DataSpec:
     """Where DATA is and how a session reads it (beyond :class:`DataOptions`)."""
 
-    data: str
+    #: a path or URL, or a :class:`bncheck.data.memory.InMemoryData` (the API's Python
+    #: objects: read in this process only)
+    data: Any
     #: ``(K, N)``: only the K-th of N deterministic shares of the files (0-based K)
     shard: tuple[int, int] | None = None
     #: options of the fsspec file system for URL DATA (endpoint_url, anon, profile...)

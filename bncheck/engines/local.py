@@ -21,6 +21,7 @@ import numpy as np
 
 from bncheck.backends.load import backend_for
 from bncheck.data import open_data
+from bncheck.data.holdout import HoldoutSplit
 from bncheck.data.issue_totals import IssueTotals, issue_dict, rename_text
 from bncheck.data.loader import Batch
 from bncheck.data.plan import Block, DataPlan
@@ -68,19 +69,22 @@ class LocalSession(Session):
                 runner = stack.enter_context(backend_for(self.source).with_statistics(self.source, request.statistics).runner(layers=request.layers))
             elif runner is None:
                 runner = stack.enter_context(self.source.runner(layers=request.layers))
-            batches = self.batches(request.batch_size)
+            batches = self.batches(request.batch_size, split=request.split, samples=request.samples)
             if request.mode == "eval":
                 return measure(
-                    runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed
-                )
-            return train_pass(runner, batches, request.layers, on_batch)
+                    runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
+                    until=request.until,
+                )  # fmt: skip
+            return train_pass(runner, batches, request.layers, on_batch, until=request.until)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, split: HoldoutSplit | None = None, samples: int | None = None) -> Iterator[Batch]:
         """One pass over DATA as batches (``Dataset.batches``), for passes that are not
-        moment merges (recalibrate's ``cumulative`` and ``ema`` methods)."""
-        if self.dataset is not None:
-            return self.dataset.batches(batch_size)
-        return self._stream(batch_size)
+        moment merges (recalibrate's ``cumulative`` and ``ema`` methods); without the samples
+        of ``split`` and at most ``samples`` of them (see :mod:`bncheck.data.holdout`)."""
+        batches = self.dataset.batches(batch_size) if self.dataset is not None else self._stream(batch_size)
+        if split is None and samples is None:
+            return batches
+        return (split or HoldoutSplit(0.0)).rest(batches, batch_size, samples)
 
     def describe(self) -> dict[str, Any]:
         if self.dataset is not None:

@@ -51,6 +51,7 @@ def measure(
     on_batch: Callable[[int], None] | None = None,
     keep_predictions: bool = False,
     seed: int = 0,
+    until=None,
 ) -> Measurement:
     """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
     keep a uniform random subsample of ``keep`` samples and their eval outputs for the
@@ -77,6 +78,10 @@ def measure(
         samples += len(x)
         if on_batch is not None:
             on_batch(len(x))
+        if until is not None:
+            until.add(moments, len(x))
+            if until.done:
+                break
     merged = {name: merge_all(ms) for name, ms in parts.items()}
     sub, sub_out = reservoir.sample()
     return Measurement(
@@ -99,10 +104,12 @@ def array_moments(runner, x: np.ndarray, batch_size: int, layers: list[str]) -> 
     return {name: merge_all(ms) for name, ms in parts.items()}
 
 
-def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], None] | None = None) -> Measurement:
+def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], None] | None = None, until=None) -> Measurement:
     """Per-layer moments of a pass in which every BN layer normalises with its batch's
     statistics (batches of one sample, which have none, are skipped), merged over batches
-    (every ``_MERGE_EVERY`` batches, as in :func:`measure`: memory does not grow with the data)."""
+    (every ``_MERGE_EVERY`` batches, as in :func:`measure`: memory does not grow with the data).
+    ``until`` (a :class:`~bncheck.numerics.recalibration.PrecisionTracker`) sees every batch and
+    stops the pass once it is done, in both functions."""
     parts: dict[str, list[Moments]] = {name: [] for name in layers}
     samples = 0
     for batch in batches:
@@ -113,5 +120,9 @@ def train_pass(runner, batches, layers: list[str], on_batch: Callable[[int], Non
         samples += len(batch.x)
         if on_batch is not None:
             on_batch(len(batch.x))
+        if until is not None:
+            until.add(moments, len(batch.x))
+            if until.done:
+                break
     merged = {name: merge_all(ms) for name, ms in parts.items() if ms}
     return Measurement(moments=merged, samples=samples, subsample=None, sub_outputs=None)

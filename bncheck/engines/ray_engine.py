@@ -158,6 +158,8 @@ class RaySession(Session):
             raise
 
     def measure(self, request: PassRequest, *, on_batch: Callable[[int], None] | None = None, runner=None) -> Measurement:
+        if request.in_order:
+            raise UsageError("a held-out split (--holdout) and --precision read DATA in order in this process: use --engine local, or --holdout 0.")
         plan = self.plan
         blocks = plan.blocks(workers=len(self.actors), batch_size=request.batch_size)
         pool = ActorPool(self.actors)

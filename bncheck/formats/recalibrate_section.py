@@ -17,6 +17,16 @@ def _mean(figures, key: str):
     return ((figures or {}).get(key) or {}).get("mean")
 
 
+def _guard_lines(guard) -> list[str]:
+    if not guard:
+        return []
+    verdict = "worse beyond noise" if guard.get("worse") else "not worse"
+    return [
+        f"check on {guard.get('samples')} held-out samples ({guard.get('basis')}): loss {fmt_num(guard.get('loss_before'))} -> "
+        f"{fmt_num(guard.get('loss_after'))}, {verdict}"
+    ]
+
+
 class RecalibrationSection(Section):
     result_type = RecalibrationResult
     result: RecalibrationResult
@@ -28,15 +38,26 @@ class RecalibrationSection(Section):
         passes = rc.get("passes") or []
         modes = ", ".join(p["mode"] for p in passes)
         acc = rc.get("accuracy") or {}
-        lines = [
-            f"method: {rc.get('method')} (running_var: {rc.get('variance')}); {rc.get('layers')} layer(s) recalibrated",
-            f"passes over the data: {rc.get('estimation_passes')} to estimate ({modes}), {rc.get('total_passes')} in all with the before/after drift runs",
-        ]
+        method = f"method: {rc.get('method')} (running_var: {rc.get('variance')}); {rc.get('layers')} layer(s) recalibrated"
+        if rc.get("prior"):
+            method += f", blended with the stored statistics (prior {rc['prior']:g})"
+        lines = [method, f"passes over the data: {rc.get('estimation_passes')} to estimate ({modes}), {rc.get('total_passes')} in all"]
+        if rc.get("converged") is False:
+            lines.append(f"exact: not converged to {rc.get('tolerance'):g} within the passes; the newest estimate was written")
+        precision = rc.get("precision")
+        if precision:
+            lines.append(
+                f"precision: {precision['samples']} samples for mean ±{fmt_num(precision.get('mean'))} sd, "
+                f"variance ±{fmt_num(precision.get('variance'))} (95%; asked {precision['tolerance']:g})"
+            )
         if acc.get("before") is not None:
             after = acc.get("after")
-            lines.append(f"accuracy on DATA: {acc['before']:.1%} -> {after:.1%}" if after is not None else f"accuracy before: {acc['before']:.1%}")
+            where = "DATA" if rc.get("accuracy_on", "DATA") == "DATA" else rc["accuracy_on"]
+            lines.append(f"accuracy on {where}: {acc['before']:.1%} -> {after:.1%}" if after is not None else f"accuracy before: {acc['before']:.1%}")
+        lines.extend(_guard_lines(rc.get("guard")))
         out = rc.get("output") or {}
-        lines.append(f"output: {out.get('path')} ({out.get('kind')})")
+        written = out.get("written", True)
+        lines.append(f"output: {out.get('path')} ({out.get('kind')})" + ("" if written else ": NOT written"))
         return lines
 
     def layer_rows(self) -> list[tuple[str, str, str, str, str]]:

@@ -63,6 +63,15 @@ class FoldEvidence:
 
 
 @dataclass
+class RecalibrationEvidence:
+    """What ``bncheck recalibrate``'s guard measured on the held-out split (BN501 reads it):
+    the figures of :func:`bncheck.commands.recalibrate_guard.check` and whether OUT was written."""
+
+    guard: dict[str, Any]
+    written: bool
+
+
+@dataclass
 class RuleContext:
     """What a rule may look at: the layers, the options, and what the command measured."""
 
@@ -72,6 +81,7 @@ class RuleContext:
     train_batch_size: int | None = None
     drift: DriftEvidence | None = None
     fold: FoldEvidence | None = None
+    recalibration: RecalibrationEvidence | None = None
 
     def threshold(self, code: str, name: str) -> float:
         return float(self.thresholds[code][name])

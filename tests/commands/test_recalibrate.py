@@ -77,6 +77,7 @@ def setup(tmp_path):
 
 def _opts(**kw):
     kw.setdefault("data_options", DataOptions(workers=0))
+    kw.setdefault("holdout", 0.0)  # every sample in the estimate, as the references read them
     return RecalibrateOptions(**kw)
 
 

@@ -33,7 +33,7 @@ def run(*args):
 )
 def test_shifted_digits_recover_accuracy_in_every_family(tmp_path, model, out, extra):
     target = tmp_path / out
-    result = run("recalibrate", SAMPLES / model, SHIFTED, "-o", target, "-f", "json", *extra)
+    result = run("recalibrate", SAMPLES / model, SHIFTED, "-o", target, "-f", "json", "--verify", *extra)
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     acc = body["recalibration"]["accuracy"]
@@ -49,7 +49,7 @@ def test_state_dict_output_loads_with_weights_only(tmp_path):
     import torch
 
     out = tmp_path / "re.pt"
-    assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "-o", out, "--arch", ARCH, "-q").exit_code == 0
+    assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "-o", out, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
     state = torch.load(out, weights_only=True)
     assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 17
 
@@ -91,7 +91,7 @@ def test_bad_options(tmp_path, args, needle):
 
 
 def test_table_and_markdown_show_before_and_after(tmp_path):
-    table = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "a.onnx")
+    table = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "a.onnx", "--verify")
     assert "85.0% -> 98.7%" in table.stdout and "before" in table.stdout
     md = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "b.onnx", "-f", "markdown")
     assert "### Recalibration" in md.stdout

@@ -19,7 +19,7 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import fold_proof, statistics, write
+from bncheck.backends.onnx import fold_proof, input_sizes, statistics, write
 from bncheck.backends.onnx.counts import node_count, parameter_count
 from bncheck.backends.onnx.external_data import external_data_files, uses_external_data
 from bncheck.backends.onnx.fold import fold_onnx
@@ -49,6 +49,13 @@ class OnnxBackend(Backend):
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
         return input_specs(_proto(source))
 
+    def concrete_inputs(self, source: ModelSource, specs: list[InputSpec]) -> tuple[list[InputSpec], str]:
+        if all(s.shape is None or None not in s.shape for s in specs):
+            return specs, ""
+        run = self.executable(source)
+        resolved = input_sizes.resolve(_proto(source), specs, input_sizes.run_error(run))
+        return resolved.specs, resolved.how
+
     def float_dtype(self, source: ModelSource) -> np.dtype:
         return np.dtype("float32")
 
@@ -75,10 +82,12 @@ class OnnxBackend(Backend):
         return folded.model, []
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
+        if isinstance(model, OnnxSource):
+            return model.executable(optimize=optimize)
         return executable(_proto(model), optimize=optimize)
 
     def timing_pair(self, source: ModelSource, folded: FoldedModel, batch: Batch):
-        original = executable(_proto(source), optimize=True)
+        original = self.executable(source, optimize=True)
         new = executable(folded.model, optimize=True)
         runtime = "onnxruntime (default graph optimisations, which fuse Conv+BN themselves)"
         return (lambda: original(batch)), (lambda: new(batch)), runtime

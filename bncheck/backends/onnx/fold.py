@@ -23,9 +23,10 @@ import onnx
 from onnx import helper
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
+from bncheck.backends.onnx.bn_params import bn_parameters, type_readers, value_readers
 from bncheck.backends.onnx.fold_affine import InputTypes, affine_rewrite
 from bncheck.backends.onnx.fold_edits import CannotFold, GraphEdits, Rewrite
-from bncheck.backends.onnx.fold_patterns import PATTERNS
+from bncheck.backends.onnx.fold_through import PATTERNS
 from bncheck.backends.onnx.graph import GraphIndex
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.errors import BncheckError, first_line
@@ -128,8 +129,8 @@ class _GraphFolder:
         if attrs.get("spatial", 1) == 0:
             problems.append("spatial=0 (per-activation statistics) is not a per-channel affine map")
         labels = ("scale", "B", "input_mean", "input_var")
-        for label, name in zip(labels, (list(bn.input[1:5]) + [""] * 4)[:4], strict=True):
-            if not name or self.index.constant(name) is None:
+        for label, value in zip(labels, bn_parameters(self.index, bn), strict=True):
+            if value is None:
                 problems.append(f"its {label} input is not a constant")
         for out in bn.output[1:]:
             if out and (self.index.consumers.get(out) or out in self.index.graph_outputs):
@@ -140,7 +141,7 @@ class _GraphFolder:
     def _scale_shift(self, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
         attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
         eps = float(attrs.get("epsilon", 1e-5))
-        scale, bias, mean, var = (self.index.constant(n) for n in bn.input[1:5])
+        scale, bias, mean, var = bn_parameters(self.index, bn)
         return fold_math.bn_scale_shift(
             np.ravel(mean), np.ravel(var), eps, weight=np.ravel(scale), bias=np.ravel(bias)
         )
@@ -150,10 +151,12 @@ class _GraphFolder:
         prod = self.index.producer.get(x)
         if prod is None:
             raise CannotFold("no producer node")
-        if len(self.index.consumers.get(x, [])) != 1 or x in self.index.graph_outputs:
+        if len(value_readers(self.index, x)) != 1 or x in self.index.graph_outputs:
             raise CannotFold(f"{x} is also used elsewhere")
         s, t = self._scale_shift(bn)
         rewrite = Rewrite(bn=bn, released=[n for n in bn.input[1:5] if n])
+        for reader in type_readers(self.index, x):
+            rewrite.retargeted += [(reader, i, y) for i, name in enumerate(reader.input) if name == x]
         fold_into = PATTERNS.get(prod.op_type)
         if fold_into is None:
             raise CannotFold(f"fed by {prod.op_type}, not by Conv/ConvTranspose/Gemm/MatMul")

@@ -26,6 +26,10 @@ class Rewrite:
     replacement: list[onnx.NodeProto] = field(default_factory=list)
     #: value names whose consumer went away (candidates for dead-code removal)
     released: list[str] = field(default_factory=list)
+    #: nodes between the producer and the BN that the fold absorbed (look-through patterns)
+    removed: list[onnx.NodeProto] = field(default_factory=list)
+    #: (node, input position, new name): type/shape-only readers moved from the BN input to its output
+    retargeted: list[tuple[onnx.NodeProto, int, str]] = field(default_factory=list)
 
 
 class GraphEdits:
@@ -99,13 +103,18 @@ class GraphEdits:
         remove what became dead."""
         nodes: list[onnx.NodeProto] = []
         released: list[str] = []
+        gone = {id(n) for r in rewrites.values() for n in r.removed}
         for node in self.graph.node:
+            if id(node) in gone:
+                continue
             rewrite = rewrites.get(id(node))
             if rewrite is None:
                 nodes.append(node)
                 continue
             nodes.extend(rewrite.replacement)
             released.extend(rewrite.released)
+            for reader, position, name in rewrite.retargeted:
+                reader.input[position] = name
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._swap_initializers()

@@ -60,9 +60,9 @@ def fold_gemm(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite) -
     return label
 
 
-@pattern("Add")
 def fold_matmul_add(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite) -> str:
-    """MatMul + constant Add (a Linear as converters write it): both constants rewritten."""
+    """MatMul + constant Add (a Linear as converters write it): both constants rewritten
+    (dispatched by the ``Add`` pattern of :mod:`bncheck.backends.onnx.fold_through`)."""
     label = _label(prod)
     index = edits.index
     matmul = OnnxSource.matmul_under_add(prod, index)

@@ -38,6 +38,9 @@ class MomentsPlan:
     pool_first: dict[str, PoolFirst]
     running_means: dict[str, np.ndarray]
     sized: set[str] = field(default_factory=set)
+    #: layer -> block size of the last axis for maps too large for one float32 average
+    #: (:mod:`.row_pool`; the runner sets it from the batch's shapes)
+    blocks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,11 @@ def _layer_nodes(graph, plan: MomentsPlan, node, name: str, prefix: str, inits: 
     shift = plan.shifts[name]
     sized = name in plan.sized
     if shift is None:
-        stats, outputs = two_pass_nodes(graph, node, prefix, inits, sized=sized)
+        stats, outputs = two_pass_nodes(graph, node, prefix, inits, sized=sized, block=plan.blocks.get(name))
         return [node, *stats], outputs
     shifted, stats, outputs = one_pass_nodes(
-        graph, node, shift, plan.running_means[name], prefix, inits, sized=sized, pool=pooled.get(name)
+        graph, node, shift, plan.running_means[name], prefix, inits, sized=sized, pool=pooled.get(name),
+        block=plan.blocks.get(name),
     )
     return [*shifted, *stats], outputs  # the Add, [MaxPool,] the BN node [and Relu], the stats
 

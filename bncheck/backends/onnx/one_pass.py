@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.bn_nodes import BnGraph
 from bncheck.backends.onnx.pool_first import PoolFirst
+from bncheck.backends.onnx.row_pool import mean_nodes
 from bncheck.numerics.moments import Moments
 
 #: the one-pass moments may carry up to this many times the float32 error of a centred sum;
@@ -51,13 +52,16 @@ def one_pass_nodes(
     *,
     sized: bool,
     pool: PoolFirst | None = None,
+    block: int | None = None,
 ):
     """``D = X - s`` (an Add onnxruntime folds into a producing Conv), the BN node reading D
     with its mean moved by ``s``, and the per-sample means of D and D*D; with ``pool``, D is
     ``sign * (X - s)`` per channel and the MaxPool runs on D before the BN [and Relu].
+    ``block``: average blocks of the last axis first (:mod:`.row_pool`, large maps).
     Returns (nodes replacing the BN [and its Relu, MaxPool], stats nodes, [(output, type)])."""
     x = node.input[0]
-    channel_shape = (-1,) + (1,) * (graph.value_type(x)[1] - 2)
+    rank = graph.value_type(x)[1]
+    channel_shape = (-1,) + (1,) * (rank - 2)
     inits.append(numpy_helper.from_array((-shift).reshape(channel_shape), prefix + "neg_shift"))
     signs = pool.signs if pool is not None else np.ones_like(shift)
     moved = signs * (running_mean - shift.astype(np.float64))
@@ -79,9 +83,9 @@ def one_pass_nodes(
     else:
         shifted += _pooled_first(graph, pool, bn, d, prefix)
     stats = [
-        helper.make_node("GlobalAveragePool", [d], [prefix + "mean_nc"]),
+        *mean_nodes(d, prefix + "mean_nc", rank, block),
         helper.make_node("Mul", [d, d], [prefix + "d2"]),
-        helper.make_node("GlobalAveragePool", [prefix + "d2"], [prefix + "msq_nc"]),
+        *mean_nodes(prefix + "d2", prefix + "msq_nc", rank, block),
     ]
     outputs = [(prefix + "mean_nc", TensorProto.FLOAT), (prefix + "msq_nc", TensorProto.FLOAT)]
     if sized:

@@ -23,6 +23,7 @@ from bncheck.backends.onnx.naming import NameMaker
 from bncheck.backends.onnx.one_pass import MAX_RECENTRES, shifted_moments
 from bncheck.backends.onnx.packing import Packing
 from bncheck.backends.onnx.pool_first import find_pool_first
+from bncheck.backends.onnx.row_pool import block_size
 from bncheck.backends.onnx.session import open_session
 from bncheck.backends.onnx.train_graph import TrainGraph, build_train_graph
 from bncheck.backends.onnx.two_pass import moments_from_outputs
@@ -65,6 +66,8 @@ class OnnxRunner(ModelRunner):
         self._recentres = 0
         #: input sample shape -> layer -> elements of the BN input per sample (None: unknown)
         self._per_sample: dict[tuple[int, ...], dict[str, int | None]] = {}
+        #: input sample shape -> layer -> block size of its large map (:mod:`.row_pool`)
+        self._blocks: dict[tuple[int, ...], dict[str, int]] = {}
         self._sessions: dict[str, object] = {}
         self._moments_graph: MomentsGraph | None = None
         self._train_graph: TrainGraph | None = None
@@ -127,6 +130,10 @@ class OnnxRunner(ModelRunner):
         if unknown:  # a Size output for them (rare: shapes inference cannot follow)
             self._plan.sized.update(unknown)
             self._sessions.pop("moments", None)
+        blocks = self._blocks[tuple(int(d) for d in x.shape[1:])]
+        if blocks != self._plan.blocks:  # large maps averaged in blocks of this shape's size
+            self._plan.blocks = dict(blocks)
+            self._sessions.pop("moments", None)
         while True:
             values = self._run("moments", self._moments_names(), x)
             result, moved = self._read_moments(values[1:], counts)
@@ -169,6 +176,7 @@ class OnnxRunner(ModelRunner):
         if key not in self._per_sample:
             dims = static_dims(self._model, self.input_spec.name, tuple(x.shape))
             per_sample: dict[str, int | None] = {}
+            blocks: dict[str, int] = {}
             for name in self.layers:
                 shape = dims.get(self._graph.node(name).input[0])
                 known = (
@@ -179,7 +187,11 @@ class OnnxRunner(ModelRunner):
                     and shape[1] == self.channels[name]
                 )
                 per_sample[name] = int(np.prod(shape[1:])) if known else None
+                block = block_size(shape) if known else None
+                if block is not None:
+                    blocks[name] = block
             self._per_sample[key] = per_sample
+            self._blocks[key] = blocks
         n = int(x.shape[0])
         return {k: (None if v is None else n * v) for k, v in self._per_sample[key].items()}
 

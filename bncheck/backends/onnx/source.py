@@ -10,9 +10,12 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
+from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.runner import OnnxRunner
+from bncheck.backends.onnx.session import executable
+from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
 from bncheck.errors import ModelLoadError
 from bncheck.layer import BNLayer, as_float64
 
@@ -56,10 +59,18 @@ class OnnxSource(ModelSource):
         self.opset = model_opset(model)
         self._layers: list[BNLayer] | None = None
         self._types: dict[str, tuple[int, int | None]] | None = None
+        self._executables: dict[bool, object] = {}
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
         return cls(read_onnx(path), path=path)
+
+    def executable(self, *, optimize: bool = False):
+        """An onnxruntime executable of this model, made once per ``optimize`` setting (the
+        input-size search, verification and timing share it)."""
+        if optimize not in self._executables:
+            self._executables[optimize] = executable(self.model, optimize=optimize)
+        return self._executables[optimize]
 
     def op_count(self) -> int:
         return sum(len(g.node) for _, g in iter_graphs(self.model.graph))
@@ -113,7 +124,7 @@ class OnnxSource(ModelSource):
     def _layer(self, node: onnx.NodeProto, index: GraphIndex, path: str, ranks: dict[str, int]) -> BNLayer:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         name = path + (node.name or node.output[0])
-        values = [index.constant(n) if n else None for n in list(node.input[1:5]) + [""] * 4][:4]
+        values = bn_parameters(index, node)
         scale, bias, mean, var = values
         notes = []
         sources = {index.constant_source(n) for n in node.input[1:5] if n}
@@ -168,7 +179,13 @@ class OnnxSource(ModelSource):
         kind = PRODUCER_KINDS.get(prod.op_type)
         label = prod.name or prod.output[0]
         blockers: list[str] = []
-        if prod.op_type == "Add":
+        chain = None
+        if prod.op_type in THROUGH_OPS and (prod.op_type != "Add" or self.matmul_under_add(prod, index) is None):
+            chain = chain_through(prod, index)
+        if chain is not None:
+            kind, label = PRODUCER_KINDS[chain.producer.op_type], chain.label()
+            blockers += self._weight_blockers(chain.producer, index)
+        elif prod.op_type == "Add":
             matmul = self.matmul_under_add(prod, index)
             if matmul is not None:
                 kind, label = "matmul", f"{matmul.name or matmul.output[0]}+{label}"
@@ -187,13 +204,13 @@ class OnnxSource(ModelSource):
         if kind is None:
             layer.foldable, layer.fold_reason = False, f"fed by {prod.op_type} {label}, not by a conv/gemm"
             return
-        consumers = index.consumers[x]
-        if len(consumers) > 1 or x in index.graph_outputs:
+        if len(value_readers(index, x)) > 1 or x in index.graph_outputs:
             blockers.append(f"{label} output is also used elsewhere")
         if not layer.uses_running_stats:
             blockers.append("no running statistics to fold")
         layer.foldable = not blockers
-        layer.fold_reason = "; ".join(blockers) if blockers else f"into {prod.op_type} {label}"
+        into = f"{chain.producer.op_type} {label}" if chain is not None else f"{prod.op_type} {label}"
+        layer.fold_reason = "; ".join(blockers) if blockers else f"into {into}"
 
     @staticmethod
     def matmul_under_add(add: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:

@@ -20,12 +20,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.bn_nodes import BnGraph
 from bncheck.backends.onnx.ops import as_float, reduce_mean
+from bncheck.backends.onnx.row_pool import mean_nodes
 from bncheck.numerics.moments import Moments
 
 
-def two_pass_nodes(graph: BnGraph, node: onnx.NodeProto, prefix: str, inits: list, *, sized: bool):
+def two_pass_nodes(graph: BnGraph, node: onnx.NodeProto, prefix: str, inits: list, *, sized: bool, block: int | None = None):
     """Per-sample means, their batch mean, and the per-sample mean squared deviations from
-    it; ``sized`` adds a ``Size(X)`` output. Returns (nodes, [(output, element type)])."""
+    it; ``sized`` adds a ``Size(X)`` output; ``block``: average blocks of the last axis first
+    (:mod:`.row_pool`, large maps). Returns (nodes, [(output, element type)])."""
     x = node.input[0]
     elem, rank = graph.value_type(x)
     nodes, xf, out_type = as_float(x, elem, prefix)
@@ -33,7 +35,7 @@ def two_pass_nodes(graph: BnGraph, node: onnx.NodeProto, prefix: str, inits: lis
     if rank is not None and rank >= 3:
         # per-sample means (cheap, NCHWc), their mean over the batch, then every element
         # centred at that channel mean; squares averaged per sample and channel
-        nodes.append(helper.make_node("GlobalAveragePool", [xf], [prefix + "mean_nc"]))
+        nodes += mean_nodes(xf, prefix + "mean_nc", rank, block)
         nodes += reduce_mean(graph.opset, prefix + "mean_nc", mean, (0,), inits)
         centred = xf
     else:
@@ -46,7 +48,7 @@ def two_pass_nodes(graph: BnGraph, node: onnx.NodeProto, prefix: str, inits: lis
         helper.make_node("Mul", [prefix + "dev", prefix + "dev"], [prefix + "dev2"]),
     ]
     if rank is not None and rank >= 3:
-        nodes.append(helper.make_node("GlobalAveragePool", [prefix + "dev2"], [sq]))
+        nodes += mean_nodes(prefix + "dev2", sq, rank, block)
     else:
         nodes += reduce_mean(graph.opset, prefix + "dev2", sq, (0, 2), inits)
     outputs = [(mean, out_type), (sq, out_type)]

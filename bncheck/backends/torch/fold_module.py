@@ -22,8 +22,8 @@ from bncheck.backends.torch.bn_like import behaves_like_bn, foldable_bn_module, 
 from bncheck.backends.torch.fold_graph import fold_graph
 from bncheck.backends.torch.fold_sites import FoldProducer, module_site
 from bncheck.backends.torch.fold_weights import affine_module, new_params
-from bncheck.backends.torch.graph import sequential_producers
-from bncheck.errors import first_line
+from bncheck.backends.torch.graph import sequential_producers, trace_with_defaults
+from bncheck.backends.torch.producers import Producer
 from bncheck.layer import BNLayer
 
 
@@ -45,7 +45,8 @@ def fold_module(
     except Exception as exc:  # untraceable Python in forward()
         result = _fold_sequential(work, layers, affine=affine, example=example, keep=keep or {})
         result.notes.append(
-            f"torch.fx could not trace the model ({first_line(exc, 160)}); folded exact nn.Sequential patterns only"
+            f"graph-mode folding needs a torch.fx trace ({type(exc).__name__}): BN modules were swapped for "
+            "nn.Identity where the dataflow shows their producer module alone feeds them"
         )
         return result
     return fold_graph(gm, work, layers, affine=affine, swap_only=swap_only, example=example, keep=keep)
@@ -72,7 +73,7 @@ def _trace(work: nn.Module, layers: list[BNLayer]) -> fx.GraphModule:
         if module is not None and not standard_bn_forward(module) and behaves_like_bn(module, layer.eps):
             leaves.add(layer.name)
     tracer = _FoldTracer(leaves)
-    graph = tracer.trace(work)
+    graph = trace_with_defaults(tracer, work)
     return fx.GraphModule(tracer.root, graph, type(work).__name__)
 
 
@@ -81,6 +82,9 @@ def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, ex
     """Module mode for untraceable models: exact ``nn.Sequential`` conv/linear -> BN pairs."""
     modules = dict(work.named_modules())
     producers = sequential_producers(work, {layer.name for layer in layers})
+    for layer in layers:  # producers the inventory found on a dataflow graph (torch.jit.trace)
+        if layer.name not in producers and layer.foldable and layer.producer in modules:
+            producers[layer.name] = Producer(name=layer.producer, kind=layer.producer_kind)
     ranks = _hook_ranks(work, {p.name for p in producers.values() if p.kind == "linear"}, example)
     outcomes: dict[str, FoldOutcome] = {}
     checks: dict[str, fold_proof.PairRun] = {}

@@ -13,6 +13,7 @@ pass with no gradient; the search stops at the first success, after :data:`MAX_T
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -88,8 +89,8 @@ def infer_module_inputs(module, dtype: torch.dtype) -> tuple[list[InputSpec], st
             if _accepts(module, shape, dtype):
                 dtype_name = str(dtype).replace("torch.", "")
                 how = (
-                    f"inferred: per-sample shape {_text(shape)} from the first layer {name} ({_kind(layer)}), "
-                    f"the {_ordinal(len(tried))} shape the model accepted of those tried"
+                    f"per-sample shape {_text(shape)} from the first layer {name} ({_kind(layer)}), "
+                    f"the first the model ran on ({_ordinal(len(tried))} tried)"
                 )
                 return [InputSpec("input", shape, dtype_name)], how
             if time.perf_counter() - start > TIME_BUDGET_S:
@@ -105,3 +106,26 @@ def _text(shape: tuple[int, ...]) -> str:
 
 def _ordinal(n: int) -> str:
     return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
+
+
+def jit_traced(module):
+    """``torch.jit.trace`` of ``module`` (eval mode) on an inferred input, for its dataflow
+    graph when torch.fx cannot trace it; None when no input is found or tracing fails."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return None
+    params = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    dtype = params[0].dtype if params else torch.float32
+    found = infer_module_inputs(module, dtype)
+    if found is None:
+        return None
+    (spec,), _ = found
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about the traced path
+            return torch.jit.trace(module, torch.randn((BATCH, *spec.shape), dtype=dtype), check_trace=False)
+    except Exception:  # untraceable by jit as well
+        return None
+    finally:
+        module.train(was_training)

@@ -106,28 +106,26 @@ def load_safetensors(path: Path) -> dict[str, Any]:
 
 def load_torchscript(path: Path, *, trust_pickle: bool = False):
     torch = import_torch()
-    if not trust_pickle:
-        check_torchscript_archive(path)
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path} cannot be loaded as TorchScript ({first_line(exc)}); it may be damaged or "
-            "saved by a newer PyTorch."
-        ) from exc
+    check = None if trust_pickle else check_torchscript_archive
+    return _load_archive(path, check, lambda: torch.jit.load(str(path), map_location="cpu"), "TorchScript")
 
 
 def load_exported_program(path: Path, *, trust_pickle: bool = False):
     torch = import_torch()
-    if not trust_pickle:
-        check_export_archive(path)
+    check = None if trust_pickle else check_export_archive
+    return _load_archive(path, check, lambda: torch.export.load(str(path)), "a torch.export program")
+
+
+def _load_archive(path: Path, check, load, what: str):
+    """Inspect the archive (unless trusted), then load it; a loader failure is one sentence."""
+    if check is not None:
+        check(path)
     try:
         with quiet_torch_logs():
-            return torch.export.load(str(path))
+            return load()
     except Exception as exc:
         raise ModelLoadError(
-            f"{path} cannot be loaded as a torch.export program ({first_line(exc)}); it may be "
-            "damaged or saved by a newer PyTorch."
+            f"{path} cannot be loaded as {what} ({first_line(exc)}); it may be damaged or saved by a newer PyTorch."
         ) from exc
 
 

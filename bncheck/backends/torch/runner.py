@@ -13,6 +13,10 @@ reduction over a contiguous last axis (see :func:`channel_moments`)::
     m = t.mean(2).mean(0)                    # channel mean of the batch
     m2 = (norm(t - m, dim=2) ** 2).sum(0)   # centred sum of squares (float64 over N)
 
+(maps of more than ``BLOCKED_ABOVE`` elements are normed in blocks of about sqrt(L) along the
+last axis, the blocks' squares summed in float64: one float32 norm over a 1024x1024 map is
+2e-5 relative off, the blocked one 3e-8)
+
 Centring every element at the batch's channel mean keeps the variance exact to float32
 rounding at any mean/std ratio (the rounding of ``m`` enters squared only); only (C,) vectors
 leave torch. Measured inside a ResNet-18 this is the cheapest exact form: ``torch.var_mean``
@@ -30,6 +34,7 @@ batch-norm op that would update running statistics in place (a module saved in t
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import numpy as np
@@ -74,10 +79,30 @@ def channel_moments(x) -> tuple[int, Any, Any]:
     x = x.contiguous()
     t = x.reshape(x.shape[0], x.shape[1], -1)
     mean = t.mean(2).mean(0)
-    # the norm of the centred values: one read of them and no second write (torch accumulates
-    # float32 reductions in double on CPU, and rounds each per-sample norm once)
-    m2 = torch.linalg.vector_norm(t - mean[:, None], dim=2).double().square().sum(0)
+    # the norm of the centred values: one read of them and no second write; its float32
+    # accumulation loses ~eps * length (2e-5 relative at 1024**2), so long maps are normed in
+    # blocks of about sqrt(length) and the blocks' squares summed in float64 (3e-8 at 1024**2)
+    centred = t - mean[:, None]
+    length = centred.shape[2]
+    if length > BLOCKED_ABOVE:
+        block = _block(length)
+        centred = centred.reshape(t.shape[0], t.shape[1], length // block, block)
+        m2 = torch.linalg.vector_norm(centred, dim=3).double().square().sum((0, 2))
+    else:
+        m2 = torch.linalg.vector_norm(centred, dim=2).double().square().sum(0)
     return x.numel() // x.shape[1], mean, m2
+
+
+#: BN inputs with more elements per sample and channel than this are normed in blocks
+BLOCKED_ABOVE = 4096
+
+
+def _block(length: int) -> int:
+    """The divisor of ``length`` nearest its square root (1 only for a prime length: then the
+    whole map is one block of ``length``)."""
+    small = [d for d in range(1, math.isqrt(length) + 1) if length % d == 0]
+    best = max(small)
+    return best if best > 1 else length
 
 
 class TorchRunner(ModelRunner):

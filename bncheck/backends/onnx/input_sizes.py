@@ -1,0 +1,254 @@
+"""Concrete sizes for the dynamic axes of an ONNX model's inputs, so that a model exported with
+``(?, 3, ?, ?)`` can be run (to verify a fold) without the user naming a shape.
+
+Exported models rarely say which sizes they accept, but their graph hints at it. The search
+tries a short list of candidates, in this order, and keeps the first that onnxruntime runs:
+
+1. sizes named in the model's metadata (``metadata_props`` keys such as ``input_shape``,
+   ``image_size``, ``height``/``width``);
+2. the model's *total stride* per spatial axis: the product of Conv/pool strides (divided by
+   ConvTranspose strides and constant Resize/Upsample scales) along the deepest path, read from
+   the graph without running anything. Feature-pyramid models (a detector that adds an
+   upsampled map to a finer one) only accept multiples of it, and a side of twice the stride
+   keeps every feature map at least 2 pixels wide, so the candidate sides are multiples of
+   the stride from ``max(32, 2 * stride)`` on;
+3. the usual image sides (224, 256, 320, 384, 512, 640), for models whose Flatten -> Gemm
+   fixes one size.
+
+Every candidate is checked by running the model once on zeros with a batch of 1. The batch
+axis is left to the caller. The folded model keeps its dynamic axes: only the verification
+inputs are concrete.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from bncheck.backends.interface import InputSpec
+from bncheck.backends.onnx.graph import GraphIndex, model_opset
+from bncheck.errors import UsageError, first_line
+
+#: the most candidates tried before giving up
+MAX_TRIES = 8
+#: the smallest side tried for a spatial axis
+MIN_SIDE = 32
+#: sides tried after the stride-derived ones
+USUAL_SIDES = (224, 256, 320, 384, 512, 640)
+#: a stride is capped here (a graph whose strides multiply past it is read as this)
+MAX_STRIDE = 256
+#: the size tried for a dynamic axis that is not spatial (features, tokens)
+NON_SPATIAL = 16
+
+_DOWN_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")
+_SIZE_KEYS = re.compile(r"shape|size|height|width|resolution|dims", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Concrete input specs and one sentence saying how their sizes were found."""
+
+    specs: list[InputSpec]
+    how: str
+
+
+def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[tuple[np.ndarray, ...]], str | None]) -> Resolved:
+    """``specs`` with every dynamic non-batch dimension made concrete; ``accepts(batch)``
+    runs the model and returns None when it ran, else onnxruntime's complaint."""
+    dynamic = [s for s in specs if s.shape is not None and any(d is None for d in s.shape)]
+    if not dynamic:
+        return Resolved(specs, "")
+    strides = total_strides(model)
+    hints = metadata_sizes(model)
+    last_error = ""
+    tried = []
+    for origin, candidate in _candidates(specs, strides, hints):
+        concrete = [_with_sizes(s, candidate.get(s.name)) for s in specs]
+        tried.append(_shapes_text(concrete))
+        error = accepts(tuple(_zeros(s) for s in concrete))
+        if error is None:
+            shown = "; ".join(f"{s.name} {_dims_text(s)}" for s in concrete if s in dynamic or s.name in candidate)
+            return Resolved(concrete, f"dynamic input axes sized from {origin}: {shown} (onnxruntime runs it)")
+        last_error = error
+        if len(tried) >= MAX_TRIES:
+            break
+    raise UsageError(
+        f"no input size bncheck tried runs the model (tried {', '.join(tried)}; onnxruntime: {last_error}); "
+        "pass --input-shape with a size it accepts (e.g. 1,3,224,224) or --verify DATA."
+    )
+
+
+def _candidates(specs, strides: list[int], hints: list[tuple[int, ...]]):
+    """(origin, {input name: per-sample dims}) to try, best first, without repeats."""
+    seen: set[tuple] = set()
+
+    def emit(origin: str, side_for: Callable[[InputSpec, int, int], int]):
+        sizes = {}
+        for spec in specs:
+            if spec.shape is None or all(d is not None for d in spec.shape):
+                continue
+            sizes[spec.name] = tuple(d if d is not None else side_for(spec, i, len(spec.shape)) for i, d in enumerate(spec.shape))
+        key = tuple(sorted(sizes.items()))
+        if key not in seen:
+            seen.add(key)
+            return [(origin, sizes)]
+        return []
+
+    out = []
+    for hint in hints:
+        out += emit("the model metadata", lambda spec, i, rank, h=hint: _from_hint(h, spec, i, rank))
+    for k in range(len(_STRIDE_SIDES)):
+        out += emit(
+            f"the graph's total stride {'x'.join(map(str, strides))}",
+            lambda spec, i, rank, k=k: _stride_side(strides, i, rank, k),
+        )
+    for side in USUAL_SIDES:
+        out += emit("the usual image sizes", lambda spec, i, rank, side=side: side if _spatial(i, rank) else NON_SPATIAL)
+    return out
+
+
+def _spatial(i: int, rank: int) -> bool:
+    """Per-sample axis ``i`` of a sample of ``rank`` axes is spatial (after the channel axis)."""
+    return rank >= 2 and i >= 1
+
+
+#: candidate ``k`` per axis: (multiple of the base side, at least twice the stride?)
+_STRIDE_SIDES = ((1, True), (1, False), (2, True), (4, True))
+
+
+def _stride_side(strides: list[int], i: int, rank: int, k: int) -> int:
+    """Candidate ``k`` for a spatial axis: a multiple of its stride of at least
+    :data:`MIN_SIDE` (and, first, of twice the stride, so the deepest map is 2 wide; models
+    whose deepest map must be 1 wide, like text recognisers, take the second)."""
+    if not _spatial(i, rank):
+        return NON_SPATIAL
+    axis = i - 1
+    stride = strides[axis] if axis < len(strides) else (strides[-1] if strides else 1)
+    times, doubled = _STRIDE_SIDES[k]
+    least = max(MIN_SIDE, 2 * stride) if doubled else MIN_SIDE
+    return stride * max(1, math.ceil(least / stride)) * times
+
+
+def _from_hint(hint: tuple[int, ...], spec: InputSpec, i: int, rank: int) -> int:
+    """The hint's value for axis ``i``: a full (N, C, H, W) or per-sample shape, (H, W), or one side."""
+    for shape in (hint[1:], hint):
+        if len(shape) == rank and shape[i] > 0:
+            return int(shape[i])
+    spatial = hint[-(rank - 1):] if rank >= 2 and len(hint) >= rank - 1 else ()
+    if _spatial(i, rank) and len(spatial) == rank - 1 and spatial[i - 1] > 0:
+        return int(spatial[i - 1])
+    if len(hint) == 1 and _spatial(i, rank):
+        return int(hint[0])
+    return NON_SPATIAL
+
+
+def metadata_sizes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
+    """Integer tuples found under size-like keys of ``metadata_props`` (small values only)."""
+    found = []
+    for prop in model.metadata_props:
+        if not _SIZE_KEYS.search(prop.key) or len(prop.value) > 200:
+            continue
+        values = tuple(int(v) for v in re.findall(r"-?\d+", prop.value))
+        if values and all(0 < v <= 8192 for v in values) and len(values) <= 5:
+            found.append(values)
+    return found
+
+
+def total_strides(model: onnx.ModelProto) -> list[int]:
+    """The largest down-sampling factor per spatial axis over the main graph's values (at least 1)."""
+    graph = model.graph
+    index = GraphIndex(graph, model_opset(model))
+    factor: dict[str, list[float]] = {}
+    best: list[float] = []
+    for node in graph.node:  # ONNX stores nodes in topological order
+        ins = [factor[i] for i in node.input if i in factor]
+        here = [max(col) for col in _columns(ins)] if ins else []
+        step = _node_step(node, index)
+        if step is None:  # the spatial axes are gone (global pooling, flatten)
+            continue
+        if step:
+            here = [h * s for h, s in zip(_pad(here, len(step)), step, strict=True)]
+        for out in node.output:
+            factor[out] = here
+        if len(here) > len(best):
+            best = _pad(best, len(here))
+        best = [max(b, h) for b, h in zip(best, _pad(here, len(best)), strict=True)]
+    return [int(min(MAX_STRIDE, max(1, round(b)))) for b in best] or [1]
+
+
+def _pad(values: list[float], n: int) -> list[float]:
+    return list(values) + [1.0] * (n - len(values))
+
+
+def _columns(rows: list[list[float]]) -> list[list[float]]:
+    n = max(len(r) for r in rows)
+    return [[(r[i] if i < len(r) else 1.0) for r in rows] for i in range(n)]
+
+
+def _node_step(node: onnx.NodeProto, index: GraphIndex) -> list[float] | None:
+    """The factor ``node`` multiplies the stride by per spatial axis ([] for none, None when it
+    removes the spatial axes)."""
+    op = node.op_type
+    if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Flatten"):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if op in _DOWN_OPS:
+        return [float(s) for s in attrs.get("strides", [])]
+    if op == "ConvTranspose":
+        return [1.0 / max(int(s), 1) for s in attrs.get("strides", [])]
+    if op in ("Resize", "Upsample"):
+        scales = _resize_scales(node, index)
+        return [1.0 / s for s in scales[2:]] if scales is not None else []
+    return []
+
+
+def _resize_scales(node: onnx.NodeProto, index: GraphIndex) -> list[float] | None:
+    position = 1 if node.op_type == "Upsample" or index.opset < 11 else 2
+    if len(node.input) <= position or not node.input[position]:
+        return None
+    try:
+        value = index.constant(node.input[position])
+    except Exception:  # a hostile constant is refused by the fold itself, not here
+        return None
+    if value is None or np.asarray(value).size < 3:
+        return None
+    scales = [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+    return scales if all(s > 0 and math.isfinite(s) for s in scales) else None
+
+
+def _with_sizes(spec: InputSpec, dims: tuple[int, ...] | None) -> InputSpec:
+    if dims is None:
+        return spec
+    return InputSpec(spec.name, tuple(int(d) for d in dims), spec.dtype, batch=spec.batch, batched=spec.batched)
+
+
+def _zeros(spec: InputSpec) -> np.ndarray:
+    full = [1 if d is None else int(d) for d in (spec.full_shape() or ())]
+    return np.zeros(full, dtype=np.dtype(spec.dtype))
+
+
+def _dims_text(spec: InputSpec) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in (spec.full_shape() or ())) + ")"
+
+
+def _shapes_text(specs: list[InputSpec]) -> str:
+    return " + ".join(_dims_text(s) for s in specs)
+
+
+def run_error(run: Callable[[tuple[np.ndarray, ...]], object]) -> Callable[[tuple[np.ndarray, ...]], str | None]:
+    """``accepts`` for :func:`resolve` from an executable: None when it runs, else its error."""
+
+    def accepts(batch: tuple[np.ndarray, ...]) -> str | None:
+        try:
+            run(batch)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            return first_line(exc)
+        return None
+
+    return accepts

@@ -1,0 +1,31 @@
+"""The options of ``bncheck recalibrate`` beyond the data and engine options, and ``--device``
+(drift and recalibrate)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model runs: cpu (default), cuda, cuda:N (exit 2 when unusable) or auto (CUDA when usable, else the CPU with a note).",
+    ),
+]
+PriorOpt = Annotated[
+    float,
+    typer.Option("--prior", help="Blend with the stored statistics: (N*stored + n*measured)/(N+n), n the samples read (Schneider et al. 2020); 0 replaces them."),
+]
+PrecisionOpt = Annotated[
+    float | None,
+    typer.Option("--precision", help="Read DATA only until every channel's mean and variance are known to TOL (channel std devs / relative, 95%)."),
+]
+HoldoutOpt = Annotated[
+    float,
+    typer.Option("--holdout", help="Fraction of DATA (at most 512 samples) held out to check the result before writing (0: no check)."),
+]
+ForceWriteOpt = Annotated[
+    bool, typer.Option("--force-write", help="Write OUT even when the check on the held-out split finds it worse (BN501).")
+]
