@@ -68,3 +68,41 @@ def test_crepe_tiny_without_flags_says_fed_by_relu(cli, tmp_path):
     reasons = {layer["fold"]["reason"] for layer in report["layers"]}
     assert reasons == {"fed by relu, not by a conv/linear"}
     assert not any("could not trace" in n for n in report["notes"] + report["model"].get("notes", []))
+
+
+TWO_INPUTS = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.b = nn.Conv2d(3, 4, 3, padding=1, groups=1), nn.BatchNorm2d(4)
+        self.t, self.bt = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.BatchNorm2d(6)
+
+    def forward(self, x, y):  # two inputs: no example input can be inferred
+        return self.bt(self.t(self.b(self.c(x + y))))
+'''
+
+
+def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp_path, randomize_bn):
+    (tmp_path / "two.py").write_text(TWO_INPUTS)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import two  # noqa: PLC0415 - the architecture file written above
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(randomize_bn(two.Net()).state_dict(), tmp_path / "two.pt")
+    arch = f"{tmp_path / 'two.py'}:Net"
+    result = cli("fold", tmp_path / "two.pt", "--arch", arch, "-o", tmp_path / "f.safetensors", "-f", "json", "--no-timing")
+    assert result.exit_code == 0, result.stderr
+    report = _report(result)
+    assert report["verification"]["inputs"] == "none" and report["verification"]["inputs_used"]["origin"] == "none"
+    assert "--input-shape" in report["verification"]["inputs_used"]["why"]
+    proofs = {layer["name"]: layer["fold"]["site_proof"] for layer in report["layers"]}
+    assert proofs["b"]["input_shape"] == [2, 3, 4, 4] and proofs["bt"]["input_shape"][:2] == [2, 4]
+    assert all(p["passed"] and p["max_rel_err"] < 1e-6 for p in proofs.values())
+    assert (tmp_path / "f.safetensors").exists()
+    needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "-o", tmp_path / "f.pt2")
+    assert needs.exit_code == 2 and "needs an example input" in needs.stderr and "--input-shape" in needs.stderr
+    assert "Traceback" not in needs.stderr
