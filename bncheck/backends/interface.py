@@ -220,6 +220,10 @@ class Backend(ABC):
 
     #: "onnx" or "torch"
     family: str = ""
+    #: whether ``fold`` measures the speedup unless told (``--timing/--no-timing``)
+    fold_timing_default: bool = True
+    #: why it does not by default (a report note), when ``fold_timing_default`` is False
+    fold_timing_note: str = ""
 
     @abstractmethod
     def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
@@ -244,6 +248,12 @@ class Backend(ABC):
     def cuda_problem(self, index: int) -> str | None:
         """Why this family's runtime cannot run on CUDA device ``index`` (None: it can)."""
         return "this model family runs on the CPU only"
+
+    @abstractmethod
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        """A runner that computes only what the inputs of the BN ``layers`` need (the network
+        up to them: an ONNX graph cut after them, a torch forward stopped once they were
+        seen) and observes those layers; its ``moments`` return ``None`` for the outputs."""
 
     @abstractmethod
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:

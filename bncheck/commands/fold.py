@@ -25,7 +25,8 @@ Decisions a user should know:
   graph-carrying outputs (``.pt2``, ``.ts``, ``.onnx``) only.
 * **Speedup**: original and folded timed alternately on the first verification batch in the
   same runtime: torch eager (TorchScript: the script module) for PyTorch inputs, onnxruntime
-  with its default graph optimisations for ONNX (which already fuse Conv+BN, so expect ~1x).
+  with its default graph optimisations for ONNX (which already fuse Conv+BN, so expect ~1x:
+  ONNX folds are timed only when asked, ``timing=True`` / ``--timing``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def fold(
     atol: float | None = None,
     rtol: float | None = None,
     force: bool = False,
-    timing: bool = True,
+    timing: bool | None = None,
     seed: int = 0,
     settings: Settings | None = None,
     arch: str | None = None,
@@ -112,9 +113,13 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
+    timing_note = backend.fold_timing_note if timing is None and not backend.fold_timing_default else ""
+    timing = backend.fold_timing_default if timing is None else timing
     timing_info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
 
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes]
+    if changed and timing_note:
+        notes.append(timing_note)
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)

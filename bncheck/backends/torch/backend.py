@@ -33,6 +33,7 @@ from bncheck.backends.torch.fold_export import example_inputs, fold_export
 from bncheck.backends.torch.fold_module import fold_module
 from bncheck.backends.torch.fold_script import fold_torchscript
 from bncheck.backends.torch.infer_inputs import infer_module_inputs
+from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.source import (
     NEEDS_ARCH,
     StateDictSource,
@@ -59,6 +60,9 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
         return source.runner(layers=layers)
+
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        return TorchRunner(source, layers=layers, stop_after=True)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         if not isinstance(source, ExportSource):
@@ -193,7 +197,16 @@ class TorchBackend(Backend):
         raise UsageError(f"cannot write a {source.format} model as {kind}.")
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
-        return statistics.with_statistics(source, stats, num_batches)
+        clone = statistics.with_statistics(source, stats, num_batches)
+        clone.device = source.device
+        return clone
+
+    def cuda_problem(self, index: int) -> str | None:
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device (no GPU, or a CPU-only torch build)"
+        if index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        return None
 
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         if isinstance(model, ExportSource):

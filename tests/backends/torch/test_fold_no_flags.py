@@ -46,7 +46,7 @@ def test_untraceable_model_folds_by_jit_trace_dataflow(cli, tmp_path, randomize_
     finally:
         sys.path.remove(str(tmp_path))
     torch.save(randomize_bn(net.Net()).state_dict(), tmp_path / "net.pt")
-    result = cli("fold", tmp_path / "net.pt", "--arch", f"{tmp_path / 'net.py'}:Net", "-o", tmp_path / "f.safetensors",
+    result = cli("fold", tmp_path / "net.pt", "--arch", f"{tmp_path / 'net.py'}:Net", "--out", tmp_path / "f.safetensors",
                  "-f", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _report(result)
@@ -61,7 +61,7 @@ def test_untraceable_model_folds_by_jit_trace_dataflow(cli, tmp_path, randomize_
 
 def test_crepe_tiny_without_flags_says_fed_by_relu(cli, tmp_path):
     path = model_file(CREPE_TINY)
-    result = cli("fold", path, "--arch", f"{ARCH / 'crepe.py'}:tiny", "-o", tmp_path / "c.pt2", "-f", "json", "--no-timing")
+    result = cli("fold", path, "--arch", f"{ARCH / 'crepe.py'}:tiny", "--out", tmp_path / "c.pt2", "-f", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _report(result)
     assert report["verification"]["inputs_used"]["shapes"] == [[8, 1024]]
@@ -94,7 +94,7 @@ def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp
         sys.path.remove(str(tmp_path))
     torch.save(randomize_bn(two.Net()).state_dict(), tmp_path / "two.pt")
     arch = f"{tmp_path / 'two.py'}:Net"
-    result = cli("fold", tmp_path / "two.pt", "--arch", arch, "-o", tmp_path / "f.safetensors", "-f", "json", "--no-timing")
+    result = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.safetensors", "-f", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _report(result)
     assert report["verification"]["inputs"] == "none" and report["verification"]["inputs_used"]["origin"] == "none"
@@ -103,6 +103,6 @@ def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp
     assert proofs["b"]["input_shape"] == [2, 3, 4, 4] and proofs["bt"]["input_shape"][:2] == [2, 4]
     assert all(p["passed"] and p["max_rel_err"] < 1e-6 for p in proofs.values())
     assert (tmp_path / "f.safetensors").exists()
-    needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "-o", tmp_path / "f.pt2")
+    needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.pt2")
     assert needs.exit_code == 2 and "needs an example input" in needs.stderr and "--input-shape" in needs.stderr
     assert "Traceback" not in needs.stderr
