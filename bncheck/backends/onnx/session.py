@@ -45,10 +45,14 @@ def cuda_problem() -> str | None:
     return "onnxruntime has no CUDA execution provider (install the gpu extra: pip install 'bncheck[gpu]', which brings onnxruntime-gpu)"
 
 
-def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int | None = None, device: str = "cpu"):
+def open_session(
+    model: onnx.ModelProto, *, optimize: bool = True, threads: int | None = None, device: str = "cpu", arena: bool = True
+):
     """An ``onnxruntime.InferenceSession`` for ``model``: every graph optimisation with
     ``optimize`` (none without: the graph runs exactly as written), ``threads`` intra-op
-    threads (default: onnxruntime's own), on ``device`` (see :func:`providers`)."""
+    threads (default: onnxruntime's own), on ``device`` (see :func:`providers`); ``arena``
+    False: no CPU memory arena (tensors are freed as they die instead of the arena growing to
+    the largest set ever alive)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -58,6 +62,7 @@ def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int 
     )
     if threads:
         options.intra_op_num_threads = int(threads)
+    options.enable_cpu_mem_arena = arena
     try:
         if fits_in_one_message(model):
             return ort.InferenceSession(serialized(model), options, providers=providers(device))
