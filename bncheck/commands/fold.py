@@ -3,10 +3,12 @@ inference model, and prove numerically that it computes the same function.
 
 Flow: load MODEL -> choose the output kind (``--to`` or OUT's extension; ``.pt``/``.pth`` =
 the input's kind) and guard the paths -> refuse defective statistics (BN001, BN002, BN004)
-unless ``force`` -> verification inputs (``verify`` DATA, or random inputs of the model's
-input shape) -> fold with the backend (:mod:`~bncheck.backends.onnx.fold`,
+unless ``force`` -> verification inputs (:mod:`~bncheck.commands.fold_inputs`: ``verify``
+DATA, ``input_shape``, static or inferred shapes, or none) -> fold with the backend (:mod:`~bncheck.backends.onnx.fold`,
 :mod:`~bncheck.backends.torch.fold_module`) -> convert to the output kind -> run original and folded
-on the same inputs (errors as defined in :mod:`bncheck.numerics.verify`) -> time both ->
+on the same inputs (errors as defined in :mod:`bncheck.numerics.verify`; before that, every
+folded site is proved on its own, :mod:`bncheck.numerics.site_proof`, and refolded kept if its
+proof fails) -> time both ->
 write OUT atomically -> one :class:`~bncheck.report.report.Report`.
 
 Decisions a user should know:
@@ -90,14 +92,7 @@ def fold(
     even when nothing was folded or verification failed.
     """
     settings = settings or Settings()
-    source = as_source(model, arch=arch, trust_pickle=trust_pickle)
-    backend = backend_for(source)
-    out = Path(out) if out is not None else None
-    kind = backend.output_kind(source, out, to)
-    if out is not None:
-        output.check_output_path(
-            out, protected=backend.protected_paths(source), force=force, companions=backend.companions(source, out)
-        )
+    source, backend, out, kind = _open(model, out, to, force=force, arch=arch, trust_pickle=trust_pickle)
     layers = source.bn_layers()
     defects = _defects(source, settings)
     if defects and not force:
@@ -113,13 +108,8 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
-    timing_note = backend.fold_timing_note if timing is None and not backend.fold_timing_default else ""
-    timing = backend.fold_timing_default if timing is None else timing
-    timing_info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
-
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes]
-    if changed and timing_note:
-        notes.append(timing_note)
+    timing_info = _timed(backend, source, folded, plan, timing, changed, notes)
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
@@ -140,6 +130,29 @@ def fold(
         report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
     report.notes.extend(notes)
     return report
+
+
+def _open(model, out, to, *, force: bool, arch, trust_pickle: bool):
+    """(source, backend, OUT as a Path or None, output kind), with OUT's path guarded."""
+    source = as_source(model, arch=arch, trust_pickle=trust_pickle)
+    backend = backend_for(source)
+    out = Path(out) if out is not None else None
+    kind = backend.output_kind(source, out, to)
+    if out is not None:
+        output.check_output_path(
+            out, protected=backend.protected_paths(source), force=force, companions=backend.companions(source, out)
+        )
+    return source, backend, out, kind
+
+
+def _timed(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing, changed: bool, notes: list[str]):
+    """The timing record (None: not timed); ``timing`` None means the backend's default."""
+    if timing is None and not backend.fold_timing_default and changed and backend.fold_timing_note:
+        notes.append(backend.fold_timing_note)
+    timing = backend.fold_timing_default if timing is None else timing
+    if not (timing and changed and plan.example is not None):
+        return None
+    return _timing(backend, source, folded, plan.example)
 
 
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
