@@ -3,12 +3,10 @@ inference model, and prove numerically that it computes the same function.
 
 Flow: load MODEL -> choose the output kind (``--to`` or OUT's extension; ``.pt``/``.pth`` =
 the input's kind) and guard the paths -> refuse defective statistics (BN001, BN002, BN004)
-unless ``force`` -> verification inputs (:mod:`~bncheck.commands.fold_inputs`: ``verify``
-DATA, ``input_shape``, static or inferred shapes, or none) -> fold with the backend (:mod:`~bncheck.backends.onnx.fold`,
+unless ``force`` -> verification inputs (``verify`` DATA, or random inputs of the model's
+input shape) -> fold with the backend (:mod:`~bncheck.backends.onnx.fold`,
 :mod:`~bncheck.backends.torch.fold_module`) -> convert to the output kind -> run original and folded
-on the same inputs (errors as defined in :mod:`bncheck.numerics.verify`; before that, every
-folded site is proved on its own, :mod:`bncheck.numerics.site_proof`, and refolded kept if its
-proof fails) -> time both ->
+on the same inputs (errors as defined in :mod:`bncheck.numerics.verify`) -> time both ->
 write OUT atomically -> one :class:`~bncheck.report.report.Report`.
 
 Decisions a user should know:
@@ -92,7 +90,14 @@ def fold(
     even when nothing was folded or verification failed.
     """
     settings = settings or Settings()
-    source, backend, out, kind = _open(model, out, to, force=force, arch=arch, trust_pickle=trust_pickle)
+    source = as_source(model, arch=arch, trust_pickle=trust_pickle)
+    backend = backend_for(source)
+    out = Path(out) if out is not None else None
+    kind = backend.output_kind(source, out, to)
+    if out is not None:
+        output.check_output_path(
+            out, protected=backend.protected_paths(source), force=force, companions=backend.companions(source, out)
+        )
     layers = source.bn_layers()
     defects = _defects(source, settings)
     if defects and not force:
@@ -108,8 +113,8 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
-    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes]
-    timing_info = _timed(backend, source, folded, plan, timing, changed, notes)
+    timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
@@ -124,35 +129,24 @@ def fold(
         inputs=plan.used,
     )
     report.result.figures["site_proofs"] = report.result.proof_counts()
-    if not layers:
-        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
-    elif not changed:
-        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
-    report.notes.extend(notes)
+    report.notes.extend(_outcome_notes(source, layers, changed) + notes)
     return report
 
 
-def _open(model, out, to, *, force: bool, arch, trust_pickle: bool):
-    """(source, backend, OUT as a Path or None, output kind), with OUT's path guarded."""
-    source = as_source(model, arch=arch, trust_pickle=trust_pickle)
-    backend = backend_for(source)
-    out = Path(out) if out is not None else None
-    kind = backend.output_kind(source, out, to)
-    if out is not None:
-        output.check_output_path(
-            out, protected=backend.protected_paths(source), force=force, companions=backend.companions(source, out)
-        )
-    return source, backend, out, kind
-
-
-def _timed(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing, changed: bool, notes: list[str]):
-    """The timing record (None: not timed); ``timing`` None means the backend's default."""
-    if timing is None and not backend.fold_timing_default and changed and backend.fold_timing_note:
-        notes.append(backend.fold_timing_note)
+def _timing_if_asked(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing: bool | None, changed: bool):
+    """The speed-up figures when timing is on (``None``: the backend's default, said in a note)."""
+    note = [backend.fold_timing_note] if changed and timing is None and not backend.fold_timing_default and backend.fold_timing_note else []
     timing = backend.fold_timing_default if timing is None else timing
-    if not (timing and changed and plan.example is not None):
-        return None
-    return _timing(backend, source, folded, plan.example)
+    info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
+    return info, note
+
+
+def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
+    if not layers:
+        return [f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold"]
+    if not changed:
+        return ["no BN layer can be folded: every layer is kept (see the reasons per layer)"]
+    return []
 
 
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
