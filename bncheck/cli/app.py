@@ -21,13 +21,7 @@ from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.quiet import quiet_libraries
-from bncheck.cli.recalibrate_options import (
-    DeviceOpt,
-    ForceWriteOpt,
-    HoldoutOpt,
-    PrecisionOpt,
-    PriorOpt,
-)
+from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.commands.audit import audit as run_audit
 from bncheck.commands.drift import DriftOptions
@@ -205,7 +199,6 @@ def drift(
     ] = False,
     shard: ShardOpt = None,
     stats: StatsOpt = None,
-    device: DeviceOpt = None,
     *,
     data_args: DataArgs,
     model_args: ModelArgs,
@@ -237,7 +230,7 @@ def drift(
         data_options=data_opts,
         progress=report.progress,
         channels=channels or fmt == "html",
-        device=device or "cpu",
+        device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         shard=parse_shard(shard),
         stats=stats,
@@ -260,7 +253,6 @@ def recalibrate(
     precision: PrecisionOpt = None,
     holdout: HoldoutOpt = None,
     force_write: ForceWriteOpt = False,
-    device: DeviceOpt = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,
     to: ToOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
@@ -298,7 +290,7 @@ def recalibrate(
         precision=precision,
         holdout=holdout,
         force_write=force_write,
-        device=device or "cpu",
+        device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         storage_options=engine_args.storage_options(),
     )

@@ -45,6 +45,7 @@ from bncheck.cli.data_options import (
 )
 from bncheck.cli.engines import EngineOpt, RayAddressOpt, StorageOpt
 from bncheck.cli.guard import labels_file, report_path
+from bncheck.cli.recalibrate_options import DeviceOpt
 from bncheck.config import Settings, load_settings
 from bncheck.data import DataOptions, build_options
 from bncheck.data.remote import parse_storage_options
@@ -146,11 +147,12 @@ class DataArgs:
 
 @dataclass
 class EngineArgs:
-    """Where the passes run: ``--engine``, ``--ray-address``, ``--storage-option``."""
+    """Where the passes run: ``--engine``, ``--ray-address``, ``--storage-option``, ``--device``."""
 
     engine: EngineOpt = None
     ray_address: RayAddressOpt = None
     storage_option: StorageOpt = None
+    device: DeviceOpt = None
 
     def build(self, workers: int | None, data_opts: DataOptions) -> Engine:
         """The engine chosen. With ray, ``--workers`` counts actors and each actor decodes with
