@@ -113,13 +113,10 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
-    timing_note = backend.fold_timing_note if timing is None and not backend.fold_timing_default else ""
-    timing = backend.fold_timing_default if timing is None else timing
+    timing, timing_note = _timing_choice(backend, timing, changed)
     timing_info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
 
-    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes]
-    if changed and timing_note:
-        notes.append(timing_note)
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
@@ -251,6 +248,14 @@ def _refusal_message(defects: list[Finding]) -> str:
 def _batch_len(batch: tuple) -> int:
     first = batch[0]
     return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+
+
+def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tuple[bool, list[str]]:
+    """Whether to time the fold (``None``: the backend's default) and the note saying why not."""
+    if timing is not None:
+        return timing, []
+    note = [backend.fold_timing_note] if changed and backend.fold_timing_note and not backend.fold_timing_default else []
+    return backend.fold_timing_default, note
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
