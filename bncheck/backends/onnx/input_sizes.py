@@ -50,6 +50,14 @@ _DOWN_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "Lp
 _SIZE_KEYS = re.compile(r"shape|size|height|width|resolution|dims", re.IGNORECASE)
 
 
+class NoInputSize(UsageError):
+    """No candidate size runs; ``detail`` says which were tried and what onnxruntime said."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}; pass --input-shape with a size it accepts (e.g. 1,3,224,224) or --verify DATA.")
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Concrete input specs and one sentence saying how their sizes were found."""
@@ -80,10 +88,7 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
         last_error = error
         if len(tried) >= MAX_TRIES:
             break
-    raise UsageError(
-        f"no input size bncheck tried runs the model (tried {', '.join(tried)}; onnxruntime: {last_error}); "
-        "pass --input-shape with a size it accepts (e.g. 1,3,224,224) or --verify DATA."
-    )
+    raise NoInputSize(f"no input size bncheck tried runs the model (tried {', '.join(tried)}; onnxruntime: {last_error})")
 
 
 def _candidates(specs, strides: list[int], hints: list[tuple[int, ...]]):

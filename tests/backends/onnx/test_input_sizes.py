@@ -3,6 +3,8 @@ onnxruntime as the judge, the folded model keeping its dynamic axes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -95,14 +97,18 @@ def test_usual_sizes_are_tried_after_the_stride(tmp_path, randomize_bn):
     assert any("the usual image sizes" in n and "(?, 3, 224, 224)" in n for n in report.notes)
 
 
-def test_no_accepted_size_is_a_usage_error_naming_the_fix(tmp_path, randomize_bn, cli, assert_usage_error):
+def test_no_accepted_size_falls_back_to_site_proofs_and_says_what_was_tried(tmp_path, randomize_bn, cli):
     torch = pytest.importorskip("torch")
     path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 37)), torch.randn(1, 3, 37, 37), tmp_path / "m.onnx")
-    result = cli("fold", path, "--out", tmp_path / "f.onnx")
-    assert_usage_error(result, "no input size", "--input-shape")
-    ok = cli("fold", path, "--out", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
+    result = cli("fold", path, "--out", tmp_path / "f.onnx", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    why = report["verification"]["inputs_used"]["why"]
+    assert "no input size bncheck tried runs the model" in why and "(?, 3, 224, 224)" in why and "--input-shape" in why
+    assert report["fold"]["layers_folded"] == 1
+    ok = cli("fold", path, "--out", tmp_path / "g.onnx", "--input-shape", "2,3,37,37", "--no-timing")
     assert ok.exit_code == 0, ok.stdout
-    assert _dims(tmp_path / "f.onnx") == ["n", 3, "h", "w"]
+    assert _dims(tmp_path / "g.onnx") == ["n", 3, "h", "w"]
 
 
 def test_a_dynamic_channel_axis_takes_the_first_layers_width(tmp_path, randomize_bn):
