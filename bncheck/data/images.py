@@ -66,7 +66,8 @@ class ImagePlan:
             "layout": self.layout,
             "layout_from": self.layout_from,
             "pipeline": self.pipeline(),
-            "transform": describe_callable(self.transform) if self.transform is not None else None,
+            # only with transform= (the API): CLI reports keep the contract's fields exactly
+            **({"transform": describe_callable(self.transform)} if self.transform is not None else {}),
         }
 
     def pipeline(self) -> str:
