@@ -95,8 +95,8 @@ def main() -> int:
     walls: dict[str, list[float]] = {"update_bn": [], "bncheck": [], "bncheck_holdout_0": []}
     for _ in range(args.repeat):
         walls["update_bn"].append(_timed([sys.executable, str(plain)]))
-        walls["bncheck"].append(_timed([*command, "-o", str(tmp / "out.pt")]))
-        walls["bncheck_holdout_0"].append(_timed([*command, "-o", str(tmp / "all.pt"), "--holdout", "0"]))
+        walls["bncheck"].append(_timed([*command, "--out", str(tmp / "out.pt")]))
+        walls["bncheck_holdout_0"].append(_timed([*command, "--out", str(tmp / "all.pt"), "--holdout", "0"]))
     ours, ref = torch.load(tmp / "all.pt", weights_only=True), torch.load(tmp / "plain.pt", weights_only=True)
     # means in units of the channel's standard deviation (a mean near 0 has no relative scale)
     worst = max(

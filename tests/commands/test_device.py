@@ -50,7 +50,7 @@ def test_unusable_cuda_exits_2_and_auto_falls_back(tmp_path, family):
     if _cuda_usable(family):
         pytest.skip("CUDA is usable here: the fallback cannot be seen")
     model, extra, name = MODELS[family]
-    for command in (["drift", model, SHIFTED, "--mismatch-samples", "0"], ["recalibrate", model, SHIFTED, "-o", tmp_path / name]):
+    for command in (["drift", model, SHIFTED, "--mismatch-samples", "0"], ["recalibrate", model, SHIFTED, "--out", tmp_path / name]):
         demanded = run(*command, "--device", "cuda:0", *extra)
         assert demanded.exit_code == 2 and "--device cuda:0 cannot be used" in demanded.output, demanded.output
         assert "Traceback" not in demanded.output and not (tmp_path / name).exists()
@@ -60,7 +60,7 @@ def test_unusable_cuda_exits_2_and_auto_falls_back(tmp_path, family):
     lines = [line for line in auto.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--device auto runs on the CPU" in lines[0], auto.stderr
     assert _figures(json.loads(auto.stdout)) == _figures(json.loads(cpu.stdout))
-    written = run_process("recalibrate", model, SHIFTED, "-o", tmp_path / name, "--device", "auto", "-q", *extra)
+    written = run_process("recalibrate", model, SHIFTED, "--out", tmp_path / name, "--device", "auto", "-q", *extra)
     assert written.returncode == 0 and (tmp_path / name).exists() and written.stderr.count("runs on the CPU") == 1, written.stderr
 
 
@@ -74,4 +74,4 @@ def test_cuda_figures_match_the_cpu(tmp_path, family):
     for layer, value in _figures(cpu).items():
         assert _figures(gpu)[layer] == pytest.approx(value, rel=1e-4, abs=1e-6)
     out = tmp_path / name
-    assert run("recalibrate", model, SHIFTED, "-o", out, "--device", "cuda", "-q", *extra).exit_code == 0 and out.exists()
+    assert run("recalibrate", model, SHIFTED, "--out", out, "--device", "cuda", "-q", *extra).exit_code == 0 and out.exists()

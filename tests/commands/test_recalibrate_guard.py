@@ -77,7 +77,7 @@ def test_a_harmful_recalibration_is_not_written(tuned, tmp_path, family):
     models, data = tuned
     model, extra, name = models[family]
     out = tmp_path / name
-    refused = run("recalibrate", model, data, "-o", out, "--method", "cumulative", "-f", "json", *extra)
+    refused = run("recalibrate", model, data, "--out", out, "--method", "cumulative", "-f", "json", *extra)
     assert refused.exit_code == 1, refused.output
     body = json.loads(refused.stdout)
     guard = body["recalibration"]["guard"]
@@ -86,20 +86,20 @@ def test_a_harmful_recalibration_is_not_written(tuned, tmp_path, family):
     assert [f["rule"] for f in body["findings"] if f["severity"] == "error"] == ["BN501"]
     assert body["recalibration"]["output"]["written"] is False and not out.exists()
     assert list(tmp_path.glob(f".{name}*")) == []  # no temporary file left either
-    forced = run("recalibrate", model, data, "-o", out, "--method", "cumulative", "--force-write", "-f", "json", *extra)
+    forced = run("recalibrate", model, data, "--out", out, "--method", "cumulative", "--force-write", "-f", "json", *extra)
     assert forced.exit_code == 1 and out.exists()  # written, the finding still reported
     assert "written anyway" in json.loads(forced.stdout)["findings"][0]["message"]
-    unchecked = run("recalibrate", model, data, "-o", tmp_path / f"u{name}", "--method", "cumulative", "--holdout", "0", "-q", *extra)
+    unchecked = run("recalibrate", model, data, "--out", tmp_path / f"u{name}", "--method", "cumulative", "--holdout", "0", "-q", *extra)
     assert unchecked.exit_code == 0 and (tmp_path / f"u{name}").exists()
 
 
 def test_a_helpful_recalibration_is_written_and_the_label_free_check_agrees(tmp_path):
     model = ROOT / "sample_models" / "digits_cnn.onnx"
-    labelled = run("recalibrate", model, SHIFTED, "-o", tmp_path / "a.onnx", "-f", "json")
+    labelled = run("recalibrate", model, SHIFTED, "--out", tmp_path / "a.onnx", "-f", "json")
     assert labelled.exit_code == 0, labelled.output
     guard = json.loads(labelled.stdout)["recalibration"]["guard"]
     assert guard["basis"] == "labels" and not guard["worse"] and guard["accuracy_after"] > guard["accuracy_before"]
-    free = run("recalibrate", model, SHIFTED, "-o", tmp_path / "b.onnx", "--labels", "none", "-f", "json")
+    free = run("recalibrate", model, SHIFTED, "--out", tmp_path / "b.onnx", "--labels", "none", "-f", "json")
     assert free.exit_code == 0, free.output
     guard = json.loads(free.stdout)["recalibration"]["guard"]
     assert guard["basis"] == "agreement with batch-statistics outputs" and not guard["worse"]
@@ -111,6 +111,6 @@ def test_bad_values_exit_2(tmp_path):
     model = ROOT / "sample_models" / "digits_cnn.onnx"
     for args, needle in ((["--prior", "-1"], "--prior"), (["--precision", "2"], "--precision"), (["--holdout", "1"], "--holdout"),
                          (["--method", "ema", "--prior", "5"], "--prior"), (["--device", "tpu"], "--device")):
-        result = run("recalibrate", model, SHIFTED, "-o", tmp_path / "o.onnx", *args)
+        result = run("recalibrate", model, SHIFTED, "--out", tmp_path / "o.onnx", *args)
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (args, result.output)
         assert not (tmp_path / "o.onnx").exists()

@@ -13,6 +13,7 @@ import onnx
 
 from bncheck.backends.interface import Executable
 from bncheck.backends.onnx.external_data import fits_in_one_message
+from bncheck.backends.onnx.serialized import serialized
 from bncheck.errors import BncheckError, ModelLoadError, first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -59,7 +60,7 @@ def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int 
         options.intra_op_num_threads = int(threads)
     try:
         if fits_in_one_message(model):
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers(device))
+            return ort.InferenceSession(serialized(model), options, providers=providers(device))
         with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin")

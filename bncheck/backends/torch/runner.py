@@ -109,9 +109,11 @@ class TorchRunner(ModelRunner):
     """A :class:`ModelRunner` for ``TorchModuleSource`` (eager or TorchScript) and
     ``ExportSource``."""
 
-    def __init__(self, source, *, layers: list[str] | None = None) -> None:
+    def __init__(self, source, *, layers: list[str] | None = None, stop_after: bool = False) -> None:
         """``layers``: names of the BN layers to observe (default: all). Train passes switch every
-        BN layer to batch statistics whatever the selection."""
+        BN layer to batch statistics whatever the selection. ``stop_after``: end each forward
+        pass as soon as every observed layer has seen its input (the network beyond them is
+        never run; the outputs are None)."""
         self._batch: list[tuple[str, int, Any, Any]] = []
         #: layers whose train-pass forward records its own moments (see fused_batch_norm)
         self._fused: set[str] = set()
@@ -141,6 +143,9 @@ class TorchRunner(ModelRunner):
         #: eager models whose every BN is a plain torch BN module: train passes switch the modules
         #: themselves (no dispatch mode, which costs Python per op and imports torch._dynamo)
         self._plain_bn = _plain_bn_modules(source, all_layers, obs) if not self._dispatch_always else None
+        #: layers that end the pass once all have been recorded (``stop_after``), and those seen
+        self._stop_after = set(self.layers) if stop_after else None
+        self._seen: set[str] = set()
 
     def _moments(self, x: np.ndarray):
         out = self._run(x, mode="eval", collect=True)
@@ -156,6 +161,7 @@ class TorchRunner(ModelRunner):
     def _run(self, x: np.ndarray, *, mode: str, collect: bool) -> np.ndarray:
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
         self._mode, self._collect, self._batch = mode, collect, []
+        self._seen = set()
         if mode == "train" and self._plain_bn is not None:
             dispatch = _BatchStatistics(self, self._plain_bn)
         elif mode == "train" or self._dispatch_always:
@@ -168,6 +174,8 @@ class TorchRunner(ModelRunner):
         except BncheckError:
             raise
         except Exception as exc:  # whatever the model raises on a bad batch
+            if self._stopped():  # the truncated pass ended (TorchScript wraps the exception)
+                return None
             raise self._run_failed(exc, x) from exc
         finally:
             self._mode, self._collect = "eval", False
@@ -183,6 +191,13 @@ class TorchRunner(ModelRunner):
         if name not in self._wanted or x.dim() < 2 or x.numel() == 0 or name in self._fused:
             return
         self._batch.append((name, *channel_moments(x)))
+        if self._stop_after is not None:
+            self._seen.add(name)
+            if self._stopped():
+                raise _Truncated
+
+    def _stopped(self) -> bool:
+        return self._stop_after is not None and self._collect and self._stop_after <= self._seen
 
     def fused_batch_norm(self, name: str, module, x):
         """Train-pass forward of a plain BN module: torch's own batch-norm kernel normalises with
@@ -196,6 +211,10 @@ class TorchRunner(ModelRunner):
         count = x.numel() // channels
         if self._collect and name in self._wanted and count >= 2:
             self._batch.append((name, count, mean, var.double() * (count - 1)))
+            if self._stop_after is not None:
+                self._seen.add(name)
+                if self._stopped():
+                    raise _Truncated
         return out
 
     def _gather(self) -> dict[str, Moments]:
@@ -315,6 +334,10 @@ def _with_batch_statistics(func, x, weight, bound: dict):
         return out
     extra = [torch.empty(0, dtype=torch.uint8, device=x.device), 0][: max(returns - 3, 0)]
     return (out, mean, invstd, *extra)
+
+
+class _Truncated(Exception):
+    """Ends a ``stop_after`` forward pass once every observed layer has seen its input."""
 
 
 class _BNDispatch:
