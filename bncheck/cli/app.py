@@ -26,6 +26,7 @@ from bncheck.cli.common import (
     TrustPickleOpt,
     choose_format,
     emit,
+    emit_many,
     handle_errors,
 )
 from bncheck.cli.data_options import (
@@ -58,6 +59,7 @@ from bncheck.cli.recalibrate_options import (
     PriorOpt,
 )
 from bncheck.cli.reports import register as register_report_commands
+from bncheck.errors import UsageError as BncheckUsageError
 
 app = typer.Typer(
     cls=RecordingGroup,
@@ -91,7 +93,9 @@ def main_callback(
 @app.command()
 @handle_errors
 def audit(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth, .pt2, .ts, .safetensors.")],
+    models: Annotated[
+        list[Path], typer.Argument(metavar="MODEL...", help="Model file(s): .onnx, .pt/.pth, .pt2, .ts, .safetensors; several give one report each, failing when any fails.")
+    ],
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     train_batch_size: Annotated[
@@ -107,8 +111,9 @@ def audit(
     quiet: QuietOpt = False,
     baseline: BaselineOpt = None,
 ) -> None:
-    """Static checks of every batch-norm layer of MODEL (no data needed)."""
+    """Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."""
     from bncheck.commands.audit import audit as run_audit
+    from bncheck.commands.audit import audit_models
     from bncheck.config import load_settings
 
     settings = load_settings(
@@ -120,9 +125,13 @@ def audit(
         train_batch_size=train_batch_size,
     )
     fmt = choose_format(fmt, report_path(output), settings.options.get("format"), command="audit", baseline=baseline)
-    guard_outputs({"--output": output}, models=[model], inputs={"baseline": [baseline]}, settings=settings)
+    guard_outputs({"--output": output}, models=models, inputs={"baseline": [baseline]}, settings=settings)
     output = report_path(output)
-    report = run_audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle)
+    if len(models) > 1:
+        if baseline is not None:
+            raise BncheckUsageError("--baseline judges one model; give one MODEL with it.")
+        emit_many(audit_models(models, settings=settings, arch=arch, trust_pickle=trust_pickle), fmt, output, quiet)
+    report = run_audit(models[0], settings=settings, arch=arch, trust_pickle=trust_pickle)
     emit(report, fmt, output, quiet, baseline=baseline)
 
 

@@ -16,7 +16,8 @@ import typer
 
 from bncheck.backends.output import write_atomically
 from bncheck.errors import BncheckError, OutputError, first_line
-from bncheck.formats import FORMATS, get_renderer
+from bncheck.formats import FORMATS, get_renderer, render_many
+from bncheck.formats.common import headline
 from bncheck.report.report import Report
 
 
@@ -147,7 +148,7 @@ def choose_format(
         plot_format(plot)
         if output is not None and plot.resolve() == output.resolve():
             raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
-    if fmt == "html" or plot is not None:
+    if plot is not None:  # --plot draws with matplotlib; --format html needs nothing extra
         from bncheck.formats.plot import require_matplotlib
 
         require_matplotlib()
@@ -219,3 +220,23 @@ def emit(
         sys.stdout.write(text)
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)
+
+
+def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool = False) -> None:
+    """Several reports (``audit A B ...``) as one document (:func:`bncheck.formats.render_many`),
+    written like :func:`emit`; exits 1 when any report fails its gate."""
+    info = run_info()
+    for report in reports:
+        report.run = report.run or info
+    if fmt == "table" and quiet:
+        text = "".join(headline(report) + "\n" for report in reports)
+    else:
+        text = render_many(reports, fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"report of {len(reports)} models written to {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    raise typer.Exit(max(report.exit_code for report in reports))
