@@ -1,3 +1,3 @@
-from bncheck.cli.app import main
+from bncheck.cli import main
 
 main()

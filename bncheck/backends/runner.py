@@ -50,8 +50,9 @@ class ModelRunner(ABC):
 
     # ------------------------------------------------------------------ public API
 
-    def moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
-        """Eval-mode outputs (the model's first output) and, for every layer in ``layers``, the
+    def moments(self, x: np.ndarray) -> tuple[np.ndarray | None, dict[str, Moments]]:
+        """Eval-mode outputs (the model's first output; None from a runner of a truncated
+        model, see ``Backend.first_layers_runner``) and, for every layer in ``layers``, the
         per-channel moments of the BN layer's *input* over this batch (count 0 when the layer
         was not reached)."""
         x = self._prepare(x)
@@ -156,7 +157,9 @@ class ModelRunner(ABC):
         return out
 
 
-def _concat(outputs: list[np.ndarray]) -> np.ndarray:
+def _concat(outputs: list[np.ndarray | None]) -> np.ndarray | None:
+    if any(out is None for out in outputs):  # a runner of a truncated model: no outputs
+        return None
     if len(outputs) == 1:
         return outputs[0]
     return np.concatenate(outputs, axis=0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -16,8 +18,10 @@ import typer
 
 from bncheck.backends.output import write_atomically
 from bncheck.errors import BncheckError, OutputError, first_line
-from bncheck.formats import FORMATS, get_renderer, render_many
-from bncheck.formats.common import headline
+from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
+from bncheck.formats.common import headline, package_versions
+from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
+from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.report import Report
 
 
@@ -132,10 +136,8 @@ def choose_format(
     plot: Path | None = None,
 ) -> str:
     """The report format (option, config, OUTPUT's extension, else table). Also checks, before
-    any work is done, what the outputs will need: matplotlib for html and ``--plot``, a usable
+    any work is done, what the outputs will need: matplotlib for ``--plot``, a usable
     ``--baseline`` for ``command``."""
-    from bncheck.formats import EXTENSIONS
-
     fmt = fmt or settings_format
     if fmt is None and output is not None:
         fmt = EXTENSIONS.get(output.suffix.lower())
@@ -143,29 +145,18 @@ def choose_format(
     if fmt not in FORMATS:
         raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     if plot is not None:
-        from bncheck.formats.plot import plot_format
-
         plot_format(plot)
         if output is not None and plot.resolve() == output.resolve():
             raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
     if plot is not None:  # --plot draws with matplotlib; --format html needs nothing extra
-        from bncheck.formats.plot import require_matplotlib
-
         require_matplotlib()
     if baseline is not None and command is not None:
-        from bncheck.report.baseline import check_baseline_file
-
         check_baseline_file(baseline, command)
     return fmt
 
 
 def run_info() -> dict:
     """How this report was made: the command line, the working folder, the versions."""
-    import platform
-    import shlex
-
-    from bncheck.formats.common import package_versions
-
     argv = list(State.argv) if State.argv is not None else list(sys.argv[1:])
     return {
         "command_line": shlex.join(["bncheck", *argv]),
@@ -190,23 +181,17 @@ def emit(
     ``plot``); with ``baseline``, only new and worse findings fail the gate; ``options`` go to
     the renderer (html's ``layer``). Exits with the report's code."""
     if baseline is not None:
-        from bncheck.report.baseline import apply_baseline
-
         apply_baseline(report, baseline)
     if report.run is None:
         report.run = run_info()
     renderer = get_renderer(fmt)
     color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if fmt == "table" and quiet:
-        from bncheck.formats.common import headline
-
         text = headline(report) + "\n"
     else:
         text = renderer(report, color=color, **(options or {}))
     chart = None
     if plot is not None:
-        from bncheck.formats.plot import plot_bytes
-
         chart = plot_bytes(report, plot)
     if output is not None:
         atomic_write_text(output, text)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Inference batch size (default 32).", rich_help_panel="Data")]
 SizeOpt = Annotated[str | None, typer.Option("--size", help="Resize images: N (shorter side) or H,W.", rich_help_panel="Data")]
 CropOpt = Annotated[str | None, typer.Option("--crop", help="Center-crop images to N or H,W.", rich_help_panel="Data")]
 ScaleOpt = Annotated[str | None, typer.Option("--scale", help="Multiply pixel values by this (default 1/255).", rich_help_panel="Data")]
@@ -27,11 +28,3 @@ NanOpt = Annotated[str | None, typer.Option("--nan", help="Samples with NaN/Inf:
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Background decoding threads (default 2); with --engine ray, Ray actors (default: one per CPU).", rich_help_panel="Data")]
 ArraysOpt = Annotated[str | None, typer.Option("--arrays", help="How .npy/.npz/.pt arrays are read: auto, batch or sample.", rich_help_panel="Data")]
 
-
-def data_options(config: dict[str, Any], **values: Any):
-    """DataOptions from the config table overlaid with the command-line values given."""
-    from bncheck.data import build_options
-
-    if values.get("strict") is False:
-        values["strict"] = None  # "not given": keep the config's value
-    return build_options(config, values)

@@ -5,19 +5,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from bncheck.cli.common import handle_errors
+from bncheck.cli.command import command
+from bncheck.cli.common import err
 from bncheck.cli.guard import guard_outputs
+from bncheck.errors import UsageError
+from bncheck.report.stats_file import merge_files
 
 EngineOpt = Annotated[
     str | None,
     typer.Option(
         "--engine",
         help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
-        "pip install 'bncheck\\[ray]'). With ray, --workers is the number of actors.",
+        "pip install 'bncheck[ray]'). With ray, --workers is the number of actors.",
         rich_help_panel="Scaling out",
     ),
 ]
@@ -53,38 +56,35 @@ StatsOpt = Annotated[
 ]
 
 
-def engine_options(engine: str | None, ray_address: str | None, workers: int | None, data_opts: Any) -> Any:
-    """The engine ``--engine`` names. With ray, ``--workers`` counts actors and each actor
-    decodes with one background thread (``data_opts.workers`` is set to 1)."""
-    from bncheck.engines import make_engine
-
-    choice = (engine or "local").strip().lower()
-    if choice == "ray":
-        data_opts.workers = 1
-        return make_engine("ray", workers=workers, address=ray_address)
-    return make_engine(choice, address=ray_address)
+def _merge_out(out: Path | None, old_o: Path | None) -> Path:
+    """``--out``, or the deprecated ``-o`` (``-o`` names the report in the other commands)."""
+    if out is None and old_o is not None:
+        err(f"warning: -o is deprecated in bncheck merge (it names the report elsewhere); use --out {old_o}.")
+        out = old_o
+    if out is None:
+        raise UsageError("give --out FILE: where to write the merged statistics.")
+    return out
 
 
 def register(app: typer.Typer) -> None:
     """Add ``bncheck merge`` to ``app``."""
 
-    @app.command()
-    @handle_errors
+    @command(app)
     def merge(
         parts: Annotated[list[Path], typer.Argument(help="Statistics parts written by drift --shard K/N --save-stats PART.npz.", metavar="PART...")],
-        out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the merged statistics (.npz).")],
+        out: Annotated[Path | None, typer.Option("--out", help="Where to write the merged statistics (.npz).")] = None,
         partial: Annotated[
             bool, typer.Option("--partial", help="Allow parts that leave files of DATA uncovered (merge a subset now, the rest later).")
         ] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+        old_o: Annotated[Path | None, typer.Option("-o", hidden=True, help="Deprecated spelling of --out.")] = None,
     ) -> None:
         """Merge partial BN statistics (one file per shard) exactly into one file for
         'bncheck drift MODEL --stats OUT'. Refuses parts of another model, other
         preprocessing or another listing of DATA, and overlapping parts."""
-        from bncheck.report.stats_file import merge_files
-
-        guard_outputs({"-o/--out": out}, inputs={"part": parts})
+        out = _merge_out(out, old_o)
+        guard_outputs({"--out": out}, inputs={"part": parts})
         merged = merge_files(parts, out, partial=partial, force=force)
         if not quiet:
             meta = merged.meta

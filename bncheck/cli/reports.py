@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from bncheck.cli.command import command
 from bncheck.cli.common import (
     BaselineOpt,
     FormatOpt,
@@ -21,9 +23,14 @@ from bncheck.cli.common import (
     choose_format,
     emit,
     err,
-    handle_errors,
 )
 from bncheck.cli.guard import guard_outputs, report_path
+from bncheck.errors import UsageError
+from bncheck.formats.diff_view import headline
+from bncheck.report.diff import diff as run_diff
+from bncheck.report.io import load_report
+from bncheck.report.schema import schema_text
+from bncheck.rules.finding import FAIL_ON
 
 RunArg = Annotated[Path, typer.Argument(help="A JSON report written by --format json.", metavar="RUN.json")]
 FailOnOverride = Annotated[
@@ -33,14 +40,10 @@ FailOnOverride = Annotated[
 
 
 def _check_fail_on(value: str | None) -> None:
-    from bncheck.errors import UsageError
-    from bncheck.rules.finding import FAIL_ON
-
     if value is not None and value not in FAIL_ON:
         raise UsageError(f"--fail-on {value!r} must be one of: error, warning, info, never.")
 
 
-@handle_errors
 def report(
     run: RunArg,
     fmt: FormatOpt = None,
@@ -49,7 +52,7 @@ def report(
     baseline: BaselineOpt = None,
     plot: PlotOpt = None,
     layer: Annotated[
-        str | None, typer.Option("--layer", help="html: the layer of the per-channel scatter plots (default: the most drifting).")
+        str | None, typer.Option("--layer", help="html: the layer opened on load, with its per-channel charts (default: the most drifting).")
     ] = None,
     exit_zero: Annotated[
         bool,
@@ -60,9 +63,6 @@ def report(
     """Render a saved JSON report in any format without running the model again.
 
     Exits 0/1 by the report's gate, re-judged with --fail-on or --baseline when given."""
-    from bncheck.errors import UsageError
-    from bncheck.report.io import load_report
-
     _check_fail_on(fail_on)
     saved = load_report(run)
     if fail_on is not None:
@@ -80,7 +80,6 @@ def report(
         raise
 
 
-@handle_errors
 def diff(
     a: Annotated[Path, typer.Argument(help="The earlier run's JSON report (e.g. the last release).", metavar="A.json")],
     b: Annotated[Path, typer.Argument(help="The later run's JSON report (e.g. the candidate).", metavar="B.json")],
@@ -96,11 +95,6 @@ def diff(
 
     Findings are new, worse, better, unchanged or resolved; drift figures are compared per
     layer. Exits 1 when B has new or worse findings that reach --fail-on."""
-    import os
-
-    from bncheck.errors import UsageError
-    from bncheck.report.diff import diff as run_diff
-
     _check_fail_on(fail_on)
     guard_outputs({"--output": output}, inputs={"report": [a, b]})
     output = report_path(output)
@@ -111,8 +105,6 @@ def diff(
         raise UsageError(f"bncheck diff writes table, json or markdown, not {fmt!r}.")
     result = run_diff(a, b, fail_on=fail_on)
     if fmt == "table" and quiet:
-        from bncheck.formats.diff_view import headline
-
         text = headline(result) + "\n"
     else:
         text = result.render(fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
@@ -126,13 +118,10 @@ def diff(
     raise typer.Exit(result.exit_code)
 
 
-@handle_errors
 def schema(
     output: OutputOpt = None,
 ) -> None:
     """Print the JSON Schema (draft 2020-12) of the JSON report."""
-    from bncheck.report.schema import schema_text
-
     text = schema_text()
     output = report_path(output)
     if output is not None:
@@ -142,6 +131,6 @@ def schema(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
-    app.command("diff")(diff)
-    app.command("schema")(schema)
+    """Add ``bncheck report``, ``diff`` and ``schema`` to ``app``."""
+    for func in (report, diff, schema):
+        command(app)(func)

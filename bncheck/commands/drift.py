@@ -20,6 +20,8 @@ from typing import Any
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
+from bncheck.commands import drift_diagnosis as diagnostics
+from bncheck.commands.drift_pixels import PixelSpace
 from bncheck.commands.progress import progress
 from bncheck.config import Settings
 from bncheck.data import DataOptions
@@ -32,7 +34,7 @@ from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import check_measured
-from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules
+from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
 
 
 @dataclass
@@ -105,10 +107,11 @@ def drift(
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:
-        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None, report.notes)
+        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
-        evidence = _evidence(run, layers, options, thresholds)
+        diagnose = "BN103" in {r.code for r in select_rules("drift", settings.select, settings.ignore)}
+        evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, diagnose))
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
@@ -176,7 +179,15 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     return DataPass(result, session.describe(), provenance, runner)
 
 
-def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict) -> DriftEvidence:
+@dataclass
+class Diagnosis:
+    """What BN103's input diagnosis needs: the model, and whether BN103 is selected at all."""
+
+    source: ModelSource
+    wanted: bool
+
+
+def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, diagnosis: Diagnosis) -> DriftEvidence:
     """The per-layer drift and, on the kept subsample, the analyses the drift rules judge."""
     result, runner = run.result, run.runner
     check_measured(result.moments)
@@ -184,9 +195,12 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict) ->
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]
     first_names = order[: int(thresholds.get("BN103", {}).get("first_layers", 1))]
-    if first_names and result.subsample is not None and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds):
+    if (
+        diagnosis.wanted and first_names and result.subsample is not None and options.diagnosis_samples > 0
+        and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds)
+    ):  # fmt: skip
         sub = result.subsample[: options.diagnosis_samples]
-        evidence.input_diagnosis = analyses.diagnose_input(runner, layers, sub, first_names, options.batch_size)
+        evidence.input_diagnosis = _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
     if options.mismatch_samples > 0 and result.subsample is not None:
         sub = result.subsample[: options.mismatch_samples]
         ref = result.sub_outputs[: options.mismatch_samples]
@@ -196,6 +210,15 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict) ->
         evidence.small_batch = analyses.small_batch_risk(layers, small, ref) or None
         evidence.train_eval = analyses.train_eval_mismatch(layers, full, ref) or None
     return evidence
+
+
+def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> dict:
+    """BN103's diagnosis on runners of the network up to the first BN layers only."""
+    verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
+    backend = backend_for(source)
+    with backend.first_layers_runner(source, verify[:1]) as probe, backend.first_layers_runner(source, verify) as check:
+        runners = diagnostics.Runners(probe, check, verify[0], [n for n in verify if n in check.layers], batch_size)
+        return diagnostics.diagnose_input(runners, layers, sub, PixelSpace.of(data_info, tuple(sub.shape[1:])))
 
 
 def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: dict, options: DriftOptions) -> DriftResult:

@@ -1,19 +1,17 @@
 """The analyses of ``bncheck drift`` beyond the per-layer figures: the first drifting layer,
-BN103's input diagnosis, BN201's small-batch scatter, BN301's train/eval mismatch, the
+BN201's small-batch scatter, BN301's train/eval mismatch, the
 per-channel arrays of the scatter plots and the accuracy on labelled DATA. Each is a function
 of a runner, the layers and measured moments; :func:`bncheck.commands.drift.drift` calls them."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bncheck.engines.measure import Measurement, array_moments
-from bncheck.errors import BncheckError
+from bncheck.engines.measure import Measurement
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
 
@@ -56,63 +54,6 @@ def input_drift_is_strong(first: list[str], drift: dict[str, metrics.LayerDrift]
         drift[n].score >= score or drift[n].mean_shift.mean >= z_err or drift[n].var_log_ratio.mean >= r_err
         for n in first
     )
-
-
-#: candidate corrections for BN103: (description, function of a preprocessed batch)
-def _candidates(x: np.ndarray) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-    imagenet_mean = np.array([0.485, 0.456, 0.406], np.float32)
-    imagenet_std = np.array([0.229, 0.224, 0.225], np.float32)
-    out: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
-        ("dividing the input by 255 (data in 0-255, model expects 0-1)", lambda a: a / 255.0),
-        ("multiplying the input by 255 (data in 0-1, model expects 0-255)", lambda a: a * 255.0),
-        ("inverting the input (x -> 1 - x)", lambda a: 1.0 - a),
-    ]
-    if x.ndim == 4 and x.shape[1] == 3:
-        shape = (1, 3, 1, 1)
-        out += [
-            ("swapping the channel order (RGB <-> BGR)", lambda a: np.ascontiguousarray(a[:, ::-1])),
-            (
-                "applying ImageNet mean/std normalisation",
-                lambda a: (a - imagenet_mean.reshape(shape)) / imagenet_std.reshape(shape),
-            ),
-            (
-                "removing a mean/std normalisation (model expects plain 0-1)",
-                lambda a: a * imagenet_std.reshape(shape) + imagenet_mean.reshape(shape),
-            ),
-        ]
-    return out
-
-
-def diagnose_input(runner, layers, sub: np.ndarray, first: list[str], batch_size: int) -> dict:
-    """Re-measure the first BN layers under candidate input corrections; the one that removes
-    most drift names the likely preprocessing mismatch."""
-    by_name = {layer.name: layer for layer in layers}
-
-    def score(x: np.ndarray) -> float:
-        merged = array_moments(runner, x, batch_size, first)
-        values = []
-        for name in first:
-            if name not in merged:
-                continue
-            m = merged[name]
-            layer = by_name[name]
-            d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
-            values.append(d.score)
-        return float(np.mean(values)) if values else float("nan")
-
-    baseline = score(sub)
-    tried = []
-    for description, transform in _candidates(sub):
-        try:
-            value = score(transform(sub).astype(np.float32))
-        except BncheckError:
-            continue
-        tried.append({"description": description, "score": value})
-    tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
-    out: dict[str, Any] = {"baseline": baseline, "candidates": tried, "samples": int(len(sub))}
-    if tried and math.isfinite(tried[0]["score"]) and tried[0]["score"] < 0.5 * baseline:
-        out["best"] = tried[0]
-    return out
 
 
 def _layer_divergence(moment_batches: dict[str, list[Moments]], layers) -> dict[str, float]:

@@ -44,6 +44,8 @@ class ModelPackage:
     arch: str | None
     trust_pickle: bool
     sha256: str
+    #: "cpu" or "cuda:N": where the worker runs the model
+    device: str = "cpu"
 
 
 def pack_model(spec: ModelSpec) -> ModelPackage:
@@ -62,7 +64,7 @@ def pack_model(spec: ModelSpec) -> ModelPackage:
             name = "bncheck_arch_" + Path(target).name
             files[name] = Path(target).read_bytes()
             arch = f"{name}:{factory}"
-    return ModelPackage(files, path.name, arch, spec.trust_pickle, hashlib.sha256(files[path.name]).hexdigest())
+    return ModelPackage(files, path.name, arch, spec.trust_pickle, hashlib.sha256(files[path.name]).hexdigest(), spec.device)
 
 
 def _onnx_external_files(path: Path) -> list[str]:
@@ -92,7 +94,9 @@ def unpack_model(package: ModelPackage, folder: Path):
     arch = package.arch
     if arch and arch.startswith("bncheck_arch_"):
         arch = str(Path(folder) / arch)
-    return load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
+    source = load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
+    # a Ray actor that asked for a GPU sees it as its device 0 (CUDA_VISIBLE_DEVICES)
+    return backend_for(source).place(source, "cpu" if package.device == "cpu" else "cuda:0")
 
 
 @dataclass

@@ -92,6 +92,9 @@ class ModelSpec:
     path: Path
     arch: str | None = None
     trust_pickle: bool = False
+    #: where the workers run it: "cpu" or "cuda:N" (already resolved on the driver; Ray actors
+    #: then ask for one GPU each and place the model on their own device)
+    device: str = "cpu"
 
 
 class Session(ABC):

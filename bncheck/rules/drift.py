@@ -112,19 +112,30 @@ def check_variance_ratio(r, ctx: RuleContext):
     phase="drift",
     summary="Drift already strong at the BN layer(s) nearest the input: preprocessing mismatch suspected.",
     what="""Looks at the first `first_layers` BN layers in network order. When they drift strongly
-    (BN101/BN102 error level, or a drift score at `score`), bncheck re-measures them on a small
-    subsample with candidate corrections of the input (x255, /255, RGB<->BGR, inverted, ImageNet
-    mean/std on or off). It reports a preprocessing mismatch when one correction removes at
-    least half of the drift (and names it), or when the score alone reaches `score` (a drift
-    far beyond a change of lighting or population).""",
+    (BN101/BN102 error level, or a drift score at `score`), bncheck runs the network up to its
+    first BN layers only, on a subsample (--diagnosis-samples), to find the fix: (1) from the
+    nearest layer's stored statistics and the map from the input to it (probed with DATA's
+    channels one and two at a time and with constant inputs, so when that map is affine this
+    is E[y] = W E[x] + b and Var[y] = a^T K a with K the measured covariance of the channels'
+    contributions, spatial correlation included; beyond 4 input channels the channels are
+    taken as independent) it infers the per-channel mean and std the model expects of its
+    input; (2) it re-measures the first three BN layers with candidate corrections made in
+    pixel space (the user's --scale/--mean/--std/--channel-order undone, then redone): the
+    inferred --mean/--std, /255, x255, an inverted input, the channel order swapped, ImageNet
+    mean/std, [-1, 1] and plain [0, 1] pixels. It reports a preprocessing mismatch when one
+    correction removes at least half of the drift (and names it, in the options that apply
+    it, with the score before and after), or when the score alone reaches `score`. The finding
+    states what the model expects and what DATA has, and the per-channel mean shift.""",
     why="""Drift that starts at the very first layer is rarely a change of the world; it is
     almost always a change of plumbing: pixels in 0-255 instead of 0-1, BGR instead of RGB,
     normalisation applied twice or not at all, a different resize. Recalibrating would hide a
     bug that is cheaper to fix.""",
     example="""An OpenCV pipeline feeds BGR uint8 images to a model trained on RGB in [0, 1]:
-    the first BN layer shows mean |r| = 9 (a 255^2 variance ratio).""",
-    fix="""Fix the preprocessing to match training (bncheck drift's --scale, --mean, --std,
-    --bgr/--rgb, --size options help try it), then run drift again.""",
+    the first BN layer shows mean |r| = 9 (a 255^2 variance ratio); BN103 says "the model
+    expects mean ~ (0.49, 0.45, 0.40), std ~ (0.25, 0.24, 0.26); DATA has mean (104, 116, 124)
+    ...; try `--scale 0.00392157 --channel-order rgb` (score 0.92 -> 0.004)".""",
+    fix="""Apply the suggested options (or the matching change in your own pipeline), then run
+    drift again; `--select`/`--ignore BN103` turns the diagnosis off entirely.""",
     thresholds={"first_layers": 1, "score": 0.3},
     threshold_docs={"first_layers": "how many BN layers count as nearest the input", "score": "drift score that triggers the diagnosis"},
 )
@@ -140,17 +151,43 @@ def check_input_mismatch(r, ctx: RuleContext):
     strong = [n for n in nearest if drift[n].score >= limit or best]
     if not strong:
         return
+    msg = f"drift starts at the input (score {drift[strong[0]].score:.3g}): preprocessing mismatch suspected"
+    expected = _expectation(diagnosis.get("inference") or {})
+    if expected:
+        msg += f"; {expected}"
     if best:
-        msg = (
-            f"drift starts at the input (score {drift[strong[0]].score:.3g}): preprocessing mismatch suspected — "
-            f"{best['description']} brings the first-layer score from {diagnosis['baseline']:.3g} to {best['score']:.3g}"
+        how = f"try `{best['options']}` ({best['description']})" if best.get("options") else best["description"]
+        layers = len(diagnosis.get("layers") or [strong[0]])
+        msg += (
+            f"; {how}: re-measured, the score of the first {layers} BN layer(s) goes from "
+            f"{diagnosis['baseline']:.3g} to {best['score']:.3g}"
         )
     else:
-        msg = (
-            f"drift starts at the input (score {drift[strong[0]].score:.3g}): check scale (0-1 vs 0-255), mean/std, "
-            "channel order and resolution against training"
-        )
+        msg += "; check scale (0-1 vs 0-255), mean/std, channel order and resolution against training"
     yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis)
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _expectation(inference: dict) -> str:
+    """"the model expects mean ~ (...), std ~ (...); DATA has mean (...), std (...)" and the
+    largest per-channel mean shift, from the diagnosis' inference (empty without one)."""
+    expected, data = inference.get("expected"), inference.get("data")
+    if not expected or not data:
+        return ""
+    text = (
+        f"the model expects input mean ≈ {_numbers(expected['mean'])}, std ≈ {_numbers(expected['std'])}; "
+        f"DATA has mean {_numbers(data['mean'])}, std {_numbers(data['std'])}"
+    )
+    shift = inference.get("mean_shift") or []
+    ratios = [e / d for e, d in zip(expected["std"], data["std"], strict=False) if d > 0]
+    if shift and ratios and all(0.8 <= q <= 1.25 for q in ratios):  # the spread fits: a mean shift
+        worst = max(range(len(shift)), key=lambda c: abs(shift[c]))
+        if abs(shift[worst]) >= 0.25:
+            text += f" (channel {worst}'s mean is off by {shift[worst]:+.3g} expected stds)"
+    return text
 
 
 @rule(

@@ -26,16 +26,25 @@ def _json(result) -> dict:
 
 def test_fold_writes_out_and_reports_verification(cli, digits, tmp_path):
     out = tmp_path / "folded.onnx"
-    result = cli("fold", digits, "-o", out, "--format", "json", "--no-timing")
+    result = cli("fold", digits, "--out", out, "--format", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _json(result)
     assert report["command"] == "fold"
-    assert set(report["verification"]) == {"inputs", "samples", "max_abs_err", "max_rel_err", "passed"}
+    assert set(report["verification"]) == {"inputs", "samples", "max_abs_err", "max_rel_err", "passed", "inputs_used"}
     assert report["verification"]["passed"] is True and report["verification"]["inputs"] == "random"
+    assert report["verification"]["inputs_used"] == {
+        "origin": "graph", "shapes": [[8, 1, 8, 8]], "why": "static input shapes declared by the model"
+    }
+    assert report["fold"]["site_proofs"] == {"passed": 3, "failed": 0, "not_proved": 0}
+    proofs = [layer["fold"]["site_proof"] for layer in report["layers"]]
+    assert [p["input_shape"] for p in proofs] == [[2, 1, 4, 4], [2, 16, 4, 4], [2, 512]]
+    assert all(p["passed"] and 0 <= p["max_rel_err"] < 1e-5 for p in proofs)
     assert report["fold"]["layers_folded"] == 3 and report["fold"]["layers_kept"] == 0
     assert report["fold"]["nodes"] == {"before": 12, "after": 9}
     assert report["fold"]["file_size"]["after"] == out.stat().st_size
-    assert [layer["fold"] for layer in report["layers"]][0] == {
+    first = dict(report["layers"][0]["fold"])
+    first.pop("site_proof")
+    assert first == {
         "status": "folded",
         "into": "/conv1/Conv",
         "reason": "into Conv /conv1/Conv",
@@ -45,48 +54,48 @@ def test_fold_writes_out_and_reports_verification(cli, digits, tmp_path):
 
 def test_verification_failure_exits_1_and_writes_nothing(cli, digits, tmp_path):
     out = tmp_path / "folded.onnx"
-    result = cli("fold", digits, "-o", out, "--atol", "0", "--rtol", "0", "-f", "json", "--no-timing")
+    result = cli("fold", digits, "--out", out, "--atol", "0", "--rtol", "0", "-f", "json", "--no-timing")
     assert result.exit_code == 1
     report = _json(result)
     assert report["verification"]["passed"] is False
     assert [f["rule"] for f in report["findings"]] == ["BN401"]
     assert not out.exists()
     assert any("verification failed" in n for n in report["notes"])
-    forced = cli("fold", digits, "-o", out, "--atol", "0", "--rtol", "0", "--force", "-q", "--no-timing")
+    forced = cli("fold", digits, "--out", out, "--atol", "0", "--rtol", "0", "--force", "-q", "--no-timing")
     assert forced.exit_code == 1 and out.exists()
 
 
 def test_refuses_to_overwrite_model(cli, digits, tmp_path):
     before = digits.read_bytes()
     for target in (digits, tmp_path / "." / "digits.onnx"):
-        result = cli("fold", digits, "-o", target, "--force")
+        result = cli("fold", digits, "--out", target, "--force")
         assert result.exit_code == 2
         assert "refusing to overwrite the input model" in result.stderr
     link = tmp_path / "link.onnx"
     os.symlink(digits, link)
-    assert cli("fold", digits, "-o", link, "--force").exit_code == 2
+    assert cli("fold", digits, "--out", link, "--force").exit_code == 2
     assert digits.read_bytes() == before
 
 
 def test_existing_out_needs_force(cli, digits, tmp_path):
     out = tmp_path / "folded.onnx"
     out.write_bytes(b"old")
-    result = cli("fold", digits, "-o", out, "--no-timing")
+    result = cli("fold", digits, "--out", out, "--no-timing")
     assert result.exit_code == 2 and "--force" in result.stderr
     assert out.read_bytes() == b"old"
-    assert cli("fold", digits, "-o", out, "--force", "-q", "--no-timing").exit_code == 0
+    assert cli("fold", digits, "--out", out, "--force", "-q", "--no-timing").exit_code == 0
     assert out.read_bytes() != b"old"
 
 
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["-o", "x.pt2"], "can only be written as ONNX"),
-        (["-o", "x.onnx", "--to", "export"], "contradicts"),
-        (["-o", "x.bin"], "cannot tell the output format"),
-        (["-o", "x.pt"], "name the output .onnx"),
-        (["-o", "x.onnx", "--input-shape", "1,3"], "does not fit"),
-        (["-o", "x.onnx", "--input-shape", "a,b"], "positive integers"),
+        (["--out", "x.pt2"], "can only be written as ONNX"),
+        (["--out", "x.onnx", "--to", "export"], "contradicts"),
+        (["--out", "x.bin"], "cannot tell the output format"),
+        (["--out", "x.pt"], "name the output .onnx"),
+        (["--out", "x.onnx", "--input-shape", "1,3"], "does not fit"),
+        (["--out", "x.onnx", "--input-shape", "a,b"], "positive integers"),
     ],
 )
 def test_usage_errors(cli, digits, tmp_path, args, needle):
@@ -98,13 +107,18 @@ def test_usage_errors(cli, digits, tmp_path, args, needle):
     assert not any(p.name.startswith("x.") for p in tmp_path.iterdir())
 
 
-def test_state_dict_needs_arch_and_input_shape(cli, tmp_path):
+def test_state_dict_needs_arch_but_no_input_shape(cli, tmp_path):
     pytest.importorskip("torch")
-    result = cli("fold", SAMPLES / "digits_cnn.pt", "-o", tmp_path / "f.pt2")
+    result = cli("fold", SAMPLES / "digits_cnn.pt", "--out", tmp_path / "f.pt2")
     assert result.exit_code == 2 and "--arch" in result.stderr
-    result = cli("fold", SAMPLES / "digits_cnn.pt", "--arch", DIGITS_ARCH, "-o", tmp_path / "f.pt2")
-    assert result.exit_code == 2 and "--input-shape" in result.stderr
-    result = cli("fold", SAMPLES / "digits_cnn.ts", "-o", tmp_path / "f.onnx", "--input-shape", "2,1,8,8")
+    result = cli("fold", SAMPLES / "digits_cnn.pt", "--arch", DIGITS_ARCH, "--out", tmp_path / "f.pt2", "-f", "json", "--no-timing")
+    assert result.exit_code == 0, result.stderr
+    report = _json(result)
+    used = report["verification"]["inputs_used"]
+    assert used["origin"] == "inferred" and used["shapes"] == [[8, 1, 8, 8]], used
+    assert "first layer" in used["why"]
+    assert report["fold"]["layers_folded"] == 3 and report["fold"]["site_proofs"]["passed"] == 3
+    result = cli("fold", SAMPLES / "digits_cnn.ts", "--out", tmp_path / "f.onnx", "--input-shape", "2,1,8,8")
     assert result.exit_code == 2 and "TorchScript" in result.stderr
 
 
@@ -112,25 +126,25 @@ def test_defective_statistics_are_refused_unless_forced(cli, tmp_path):
     pytest.importorskip("torch")
     nan_model = SAMPLES / "broken" / "digits_cnn_nan.pt"
     out = tmp_path / "f.safetensors"
-    result = cli("fold", nan_model, "--arch", DIGITS_ARCH, "-o", out, "--input-shape", "2,1,8,8")
+    result = cli("fold", nan_model, "--arch", DIGITS_ARCH, "--out", out, "--input-shape", "2,1,8,8")
     assert result.exit_code == 2
     assert "BN001" in result.stderr and "--force" in result.stderr and not out.exists()
-    forced = cli("fold", nan_model, "--arch", DIGITS_ARCH, "-o", out, "--input-shape", "2,1,8,8", "--force", "-f", "json", "--no-timing")
+    forced = cli("fold", nan_model, "--arch", DIGITS_ARCH, "--out", out, "--input-shape", "2,1,8,8", "--force", "-f", "json", "--no-timing")
     report = _json(forced)
     assert forced.exit_code == 1  # the BN001 findings are still errors
     assert {f["rule"] for f in report["findings"]} == {"BN001"}
     status = {layer["name"]: layer["fold"]["status"] for layer in report["layers"]}
     assert status == {"bn1": "kept", "bn2": "kept", "bn3": "folded"}
     assert out.exists()
-    negative = cli("fold", SAMPLES / "broken" / "digits_cnn_negative_var.onnx", "-o", tmp_path / "n.onnx")
+    negative = cli("fold", SAMPLES / "broken" / "digits_cnn_negative_var.onnx", "--out", tmp_path / "n.onnx")
     assert negative.exit_code == 2 and "BN002" in negative.stderr
-    training = cli("fold", SAMPLES / "broken" / "digits_cnn_no_running_stats.onnx", "-o", tmp_path / "t.onnx")
+    training = cli("fold", SAMPLES / "broken" / "digits_cnn_no_running_stats.onnx", "--out", tmp_path / "t.onnx")
     assert training.exit_code == 2 and "BN004" in training.stderr
 
 
 def test_nothing_to_fold(cli, tmp_path):
     out = tmp_path / "f.onnx"
-    result = cli("fold", SAMPLES / "broken" / "digits_cnn_folded.onnx", "-o", out, "-f", "json")
+    result = cli("fold", SAMPLES / "broken" / "digits_cnn_folded.onnx", "--out", out, "-f", "json")
     assert result.exit_code == 0
     report = _json(result)
     assert report["fold"]["layers_folded"] == 0 and report["fold"]["output"]["written"] is False
@@ -141,11 +155,11 @@ def test_nothing_to_fold(cli, tmp_path):
 def test_verify_on_data_and_human_formats(cli, digits, tmp_path):
     out = tmp_path / "f.onnx"
     data = SAMPLES / "data" / "digits" / "reference"
-    result = cli("fold", digits, "-o", out, "--verify", data, "--samples", "64", "--no-timing")
+    result = cli("fold", digits, "--out", out, "--verify", data, "--samples", "64", "--no-timing")
     assert result.exit_code == 0, result.stderr
     assert "verification: passed on 64 data sample(s)" in result.stdout
     assert "folded → /conv1/Conv" in result.stdout
-    md = cli("fold", digits, "-o", out, "--force", "-f", "markdown", "--no-timing")
+    md = cli("fold", digits, "--out", out, "--force", "-f", "markdown", "--no-timing")
     assert "### Fold" in md.stdout and "folded → /fc1/Gemm" in md.stdout
 
 
@@ -153,7 +167,7 @@ def test_report_to_file_and_torch_speedup(cli, tmp_path):
     pytest.importorskip("torch")
     report_file = tmp_path / "report.json"
     result = cli(
-        "fold", SAMPLES / "digits_cnn.safetensors", "--arch", DIGITS_ARCH, "-o", tmp_path / "f.pt2",
+        "fold", SAMPLES / "digits_cnn.safetensors", "--arch", DIGITS_ARCH, "--out", tmp_path / "f.pt2",
         "--input-shape", "8,1,8,8", "--output", report_file,
     )
     assert result.exit_code == 0, result.stderr

@@ -33,7 +33,7 @@ def run(*args):
 )
 def test_shifted_digits_recover_accuracy_in_every_family(tmp_path, model, out, extra):
     target = tmp_path / out
-    result = run("recalibrate", SAMPLES / model, SHIFTED, "-o", target, "-f", "json", "--verify", *extra)
+    result = run("recalibrate", SAMPLES / model, SHIFTED, "--out", target, "-f", "json", "--verify", *extra)
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     acc = body["recalibration"]["accuracy"]
@@ -49,7 +49,7 @@ def test_state_dict_output_loads_with_weights_only(tmp_path):
     import torch
 
     out = tmp_path / "re.pt"
-    assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "-o", out, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
+    assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--out", out, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
     state = torch.load(out, weights_only=True)
     assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 17
 
@@ -58,13 +58,13 @@ def test_refuses_to_overwrite_model_or_out(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes((SAMPLES / "digits_cnn.onnx").read_bytes())
     before = model.read_bytes()
-    same = run("recalibrate", model, SHIFTED, "-o", model)
+    same = run("recalibrate", model, SHIFTED, "--out", model)
     assert same.exit_code == 2 and "overwrite" in same.output and model.read_bytes() == before
     out = tmp_path / "o.onnx"
     out.write_text("keep me")
-    exists = run("recalibrate", model, SHIFTED, "-o", out)
+    exists = run("recalibrate", model, SHIFTED, "--out", out)
     assert exists.exit_code == 2 and "--force" in exists.output and out.read_text() == "keep me"
-    forced = run("recalibrate", model, SHIFTED, "-o", out, "--force", "-q")
+    forced = run("recalibrate", model, SHIFTED, "--out", out, "--force", "-q")
     assert forced.exit_code == 0 and out.read_bytes() != b"keep me"
 
 
@@ -72,26 +72,26 @@ def test_bad_data_writes_nothing(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "o.onnx"
-    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", empty, "-o", out)
+    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", empty, "--out", out)
     assert result.exit_code == 2 and "Traceback" not in result.output and not out.exists()
     assert list(tmp_path.iterdir()) == [empty]
 
 
 def test_onnx_cannot_become_torch_and_state_dict_needs_arch(tmp_path):
-    a = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "o.safetensors")
+    a = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "o.safetensors")
     assert a.exit_code == 2 and "ONNX" in a.output
-    b = run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "-o", tmp_path / "o.pt")
+    b = run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--out", tmp_path / "o.pt")
     assert b.exit_code == 2 and "--arch" in b.output
 
 
 @pytest.mark.parametrize("args,needle", [(["--method", "magic"], "--method"), (["--variance", "x"], "--variance"), (["--layers", "nope"], "nope")])
 def test_bad_options(tmp_path, args, needle):
-    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "o.onnx", *args)
+    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "o.onnx", *args)
     assert result.exit_code == 2 and needle in result.output
 
 
 def test_table_and_markdown_show_before_and_after(tmp_path):
-    table = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "a.onnx", "--verify")
+    table = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "a.onnx", "--verify")
     assert "85.0% -> 98.7%" in table.stdout and "before" in table.stdout
-    md = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "b.onnx", "-f", "markdown")
+    md = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "b.onnx", "-f", "markdown")
     assert "### Recalibration" in md.stdout

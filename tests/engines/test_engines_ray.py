@@ -88,7 +88,7 @@ def test_ray_shards_merge_like_local_shards(ray_local, tmp_path):
         result = run("drift", ONNX, REFERENCE, "--shard", f"{k}/2", "--save-stats", part, "--engine", "ray", "--mismatch-samples", "0", "-f", "json")
         assert result.exit_code == 0, result.output
         parts.append(part)
-    assert run("merge", *parts, "-o", tmp_path / "merged.npz").exit_code == 0
+    assert run("merge", *parts, "--out", tmp_path / "merged.npz").exit_code == 0
     whole = tmp_path / "whole.npz"
     assert run("drift", ONNX, REFERENCE, "--save-stats", whole, "--mismatch-samples", "0", "-f", "json").exit_code == 0
     assert_statistics_match(arrays(tmp_path / "merged.npz"), arrays(whole))
@@ -143,7 +143,7 @@ def test_recalibrate_exact_on_ray_writes_the_local_statistics(ray_local, tmp_pat
     written = {}
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.onnx"
-        result = run("recalibrate", ONNX, SHIFTED, "-o", out, "--engine", engine, "--workers", "2", "-f", "json")
+        result = run("recalibrate", ONNX, SHIFTED, "--out", out, "--engine", engine, "--workers", "2", "-f", "json", "--holdout", "0")
         assert result.exit_code in (0, 1), result.output
         body = json.loads(result.stdout)
         assert body["recalibration"]["method"] == "exact" and body["recalibration"]["estimation_passes"] >= 2
@@ -154,5 +154,7 @@ def test_recalibrate_exact_on_ray_writes_the_local_statistics(ray_local, tmp_pat
     for name in stats:
         np.testing.assert_allclose(on_ray[name], local[name], rtol=1e-6, err_msg=name)  # float32 in the file
     assert differences(written["ray"][1]["recalibration"]["passes"], written["local"][1]["recalibration"]["passes"]) == []
-    refused = run("recalibrate", ONNX, SHIFTED, "-o", tmp_path / "ema.onnx", "--method", "ema", "--engine", "ray")
+    refused = run("recalibrate", ONNX, SHIFTED, "--out", tmp_path / "ema.onnx", "--method", "ema", "--engine", "ray")
     assert refused.exit_code == 2 and "--engine local" in refused.output
+    split = run("recalibrate", ONNX, SHIFTED, "--out", tmp_path / "split.onnx", "--engine", "ray", "--holdout", "0.2")
+    assert split.exit_code == 2 and "--engine local" in split.output and not (tmp_path / "split.onnx").exists()

@@ -99,7 +99,7 @@ def test_s3_shards_merge_to_the_local_run(s3_data, tmp_path):
         assert result.exit_code in (0, 1), result.output
         parts.append(part)
     merged = tmp_path / "merged.npz"
-    assert run("merge", *parts, "-o", merged).exit_code == 0
+    assert run("merge", *parts, "--out", merged).exit_code == 0
     assert_statistics_match(arrays(merged), arrays(whole))
 
 
@@ -146,7 +146,7 @@ def test_recalibrate_from_s3_writes_what_the_local_folder_gives(s3_data, tmp_pat
     written = []
     for data, extra in ((s3_data["local"]["images"], []), (f"{BUCKET}/images", storage(s3_data))):
         out = tmp_path / f"out{len(written)}.onnx"
-        result = run("recalibrate", DIGITS_ONNX, data, "-o", out, "--method", method, "--no-verify", "-f", "json", *extra)
+        result = run("recalibrate", DIGITS_ONNX, data, "--out", out, "--method", method, "--no-verify", "-f", "json", *extra)
         assert result.exit_code in (0, 1), result.output
         written.append({t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer})
     names = [name for name in written[0] if name.endswith(("running_mean", "running_var"))]

@@ -95,7 +95,7 @@ def test_shards_merged_equal_one_run_to_float64_rounding(tmp_path, one_run):
     stats, _ = one_run
     parts = make_parts(tmp_path, 3)
     merged = tmp_path / "merged.npz"
-    result = run("merge", *parts, "-o", merged)
+    result = run("merge", *parts, "--out", merged)
     assert result.exit_code == 0, result.output
     assert "540 samples from 540 of 540 files" in result.stdout
     assert_statistics_match(arrays(merged), arrays(stats))
@@ -116,7 +116,7 @@ def test_shards_of_array_files_merge_to_one_run(tmp_path):
     assert run("drift", ONNX, data, "--save-stats", whole, "-f", "json", "--mismatch-samples", "0").exit_code in (0, 1)
     parts = make_parts(tmp_path, 4, data)
     merged = tmp_path / "merged.npz"
-    assert run("merge", *parts, "-o", merged).exit_code == 0
+    assert run("merge", *parts, "--out", merged).exit_code == 0
     a, b = arrays(whole), arrays(merged)
     for key in a:  # float32 rounding relative to the size of the values
         np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-6 * float(np.abs(a[key]).max()), err_msg=key)
@@ -128,7 +128,7 @@ def test_parts_in_any_order_merge_to_the_same_bits(tmp_path):
     outputs = []
     for i, order in enumerate(itertools.permutations(parts)):
         out = tmp_path / f"m{i}.npz"
-        assert run("merge", *order, "-o", out).exit_code == 0
+        assert run("merge", *order, "--out", out).exit_code == 0
         outputs.append(out)
     first = arrays(outputs[0])
     for out in outputs[1:]:
@@ -140,11 +140,11 @@ def test_parts_in_any_order_merge_to_the_same_bits(tmp_path):
 def test_a_partial_merge_merges_again_with_the_rest(tmp_path, one_run):
     stats, _ = one_run
     parts = make_parts(tmp_path, 4)
-    refused = run("merge", parts[0], parts[2], "-o", tmp_path / "half.npz")
+    refused = run("merge", parts[0], parts[2], "--out", tmp_path / "half.npz")
     assert refused.exit_code == 2 and "uncovered" in refused.output and "--partial" in refused.output
     assert not (tmp_path / "half.npz").exists()
-    assert run("merge", parts[0], parts[2], "--partial", "-o", tmp_path / "half.npz").exit_code == 0
-    assert run("merge", parts[3], tmp_path / "half.npz", parts[1], "-o", tmp_path / "all.npz").exit_code == 0
+    assert run("merge", parts[0], parts[2], "--partial", "--out", tmp_path / "half.npz").exit_code == 0
+    assert run("merge", parts[3], tmp_path / "half.npz", parts[1], "--out", tmp_path / "all.npz").exit_code == 0
     assert_statistics_match(arrays(tmp_path / "all.npz"), arrays(stats))
 
 
@@ -156,7 +156,7 @@ def test_parts_of_another_model_are_refused(tmp_path):
     other = tmp_path / "other.npz"
     result = run("drift", STATE_DICT, SHIFTED, "--arch", ARCH, "--shard", "2/2", "--save-stats", other, "-f", "json", "--mismatch-samples", "0")
     assert result.exit_code in (0, 1), result.output
-    refused = run("merge", parts[0], other, "-o", tmp_path / "m.npz")
+    refused = run("merge", parts[0], other, "--out", tmp_path / "m.npz")
     assert refused.exit_code == 2
     assert "different model" in refused.output and "other.npz" in refused.output
     assert not (tmp_path / "m.npz").exists()
@@ -167,7 +167,7 @@ def test_parts_with_other_preprocessing_are_refused_naming_the_option(tmp_path):
     other = tmp_path / "scaled.npz"
     result = run("drift", ONNX, SHIFTED, "--shard", "2/2", "--scale", "1/128", "--save-stats", other, "-f", "json", "--mismatch-samples", "0")
     assert result.exit_code in (0, 1), result.output
-    refused = run("merge", parts[0], other, "-o", tmp_path / "m.npz")
+    refused = run("merge", parts[0], other, "--out", tmp_path / "m.npz")
     assert refused.exit_code == 2
     assert "preprocessing" in refused.output and "preprocessing.scale" in refused.output
 
@@ -179,24 +179,24 @@ def test_parts_of_a_changed_listing_are_refused(tmp_path):
     next(iter(sorted((copy / "9").iterdir()))).unlink()  # a file disappears between the two jobs
     second = tmp_path / "late.npz"
     assert run("drift", ONNX, copy, "--shard", "2/2", "--save-stats", second, "-f", "json", "--mismatch-samples", "0").exit_code in (0, 1)
-    refused = run("merge", first, second, "-o", tmp_path / "m.npz")
+    refused = run("merge", first, second, "--out", tmp_path / "m.npz")
     assert refused.exit_code == 2 and "different listing" in refused.output
 
 
 def test_overlapping_parts_and_bad_files_are_refused(tmp_path):
     parts = make_parts(tmp_path, 2)
-    twice = run("merge", parts[0], parts[0], parts[1], "-o", tmp_path / "m.npz")
+    twice = run("merge", parts[0], parts[0], parts[1], "--out", tmp_path / "m.npz")
     assert twice.exit_code == 2 and "both cover files" in twice.output
     junk = tmp_path / "junk.npz"
     np.savez(junk, a=np.zeros(3))
-    foreign = run("merge", parts[0], junk, "-o", tmp_path / "m.npz")
+    foreign = run("merge", parts[0], junk, "--out", tmp_path / "m.npz")
     assert foreign.exit_code == 2 and "junk.npz" in foreign.output
-    onto_part = run("merge", parts[0], parts[1], "-o", parts[1])
+    onto_part = run("merge", parts[0], parts[1], "--out", parts[1])
     assert onto_part.exit_code == 2 and "is one of the parts" in onto_part.output
-    assert run("merge", *parts, "-o", tmp_path / "m.npz").exit_code == 0
-    again = run("merge", *parts, "-o", tmp_path / "m.npz")
+    assert run("merge", *parts, "--out", tmp_path / "m.npz").exit_code == 0
+    again = run("merge", *parts, "--out", tmp_path / "m.npz")
     assert again.exit_code == 2 and "--force" in again.output
-    assert run("merge", *parts, "-o", tmp_path / "m.npz", "--force").exit_code == 0
+    assert run("merge", *parts, "--out", tmp_path / "m.npz", "--force").exit_code == 0
     for result in (run("drift", ONNX, SHIFTED, "--shard", "1/3", "--limit", "10"), run("drift", ONNX, SHIFTED, "--shard", "1/999")):
         assert result.exit_code == 2 and "Traceback" not in result.output
 
@@ -208,7 +208,7 @@ def test_drift_from_merged_stats_equals_the_data_run(tmp_path, one_run):
     _, report = one_run
     parts = make_parts(tmp_path, 3)
     merged = tmp_path / "merged.npz"
-    assert run("merge", *parts, "-o", merged).exit_code == 0
+    assert run("merge", *parts, "--out", merged).exit_code == 0
     result = run("drift", ONNX, "--stats", merged, "-f", "json")
     assert result.exit_code == 1, result.output
     body = json.loads(result.stdout)

@@ -49,8 +49,8 @@ def test_fold_recalibrate_and_drift_refuse_a_pickled_weight(tmp_path, command):
     marker = tmp_path / "marker"
     model = crafted.pt2_pickled_weight(tmp_path / "evil.pt2", marker)
     args = {
-        "fold": ["fold", str(model), "-o", str(tmp_path / "out.pt2")],
-        "recalibrate": ["recalibrate", str(model), str(DATA), "-o", str(tmp_path / "out.pt2")],
+        "fold": ["fold", str(model), "--out", str(tmp_path / "out.pt2")],
+        "recalibrate": ["recalibrate", str(model), str(DATA), "--out", str(tmp_path / "out.pt2")],
         "drift": ["drift", str(model), str(DATA)],
     }[command]
     result = bncheck(*args, cwd=tmp_path)

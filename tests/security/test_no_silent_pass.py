@@ -40,7 +40,7 @@ def test_data_that_overflows_inside_the_model_is_not_a_pass(tmp_path):
     np.save(tmp_path / "big.npy", np.full((64, 1, 8, 8), 3e38, np.float32))
     message = one_sentence(bncheck("drift", str(ONNX), "big.npy", "--mismatch-samples", "0", cwd=tmp_path))
     assert "/bn1/BatchNormalization" in message and "not finite" in message
-    message = one_sentence(bncheck("recalibrate", str(ONNX), "big.npy", "-o", "r.onnx", cwd=tmp_path))
+    message = one_sentence(bncheck("recalibrate", str(ONNX), "big.npy", "--out", "r.onnx", cwd=tmp_path))
     assert not (tmp_path / "r.onnx").exists()
 
 
@@ -84,7 +84,7 @@ def test_forged_shards_are_refused_by_drift_stats_and_merge(shards, forgery):
     forged = forge(second, FORGERIES[forgery])
     message = one_sentence(bncheck("drift", str(ONNX), "--stats", str(forged), cwd=forged.parent))
     assert LAYER in message
-    merged = bncheck("merge", str(first), str(forged), "-o", "m.npz", cwd=forged.parent)
+    merged = bncheck("merge", str(first), str(forged), "--out", "m.npz", cwd=forged.parent)
     assert LAYER in one_sentence(merged)
     assert not (forged.parent / "m.npz").exists()
 

@@ -56,9 +56,9 @@ CASES = {
     "statistics over DATA": (["drift", "m.onnx", "ref.npz", "--save-stats", "ref.npz"], "ref.npz"),
     "report over its own input": (["report", "run.json", "-o", "run.json"], "run.json"),
     "baseline over itself": (["audit", "m.onnx", "--baseline", "run.json", "-o", "run.json"], "run.json"),
-    "recalibrate over external data": (["recalibrate", "x.onnx", "ref.npz", "-o", "w.onnx", "--force"], "w.onnx"),
-    "fold report over external data": (["fold", "x.onnx", "-o", "f.onnx", "--output", "w.onnx"], "w.onnx"),
-    "merge over a part": (["merge", "ref.npz", "-o", "ref.npz", "--force"], "ref.npz"),
+    "recalibrate over external data": (["recalibrate", "x.onnx", "ref.npz", "--out", "w.onnx", "--force"], "w.onnx"),
+    "fold report over external data": (["fold", "x.onnx", "--out", "f.onnx", "--output", "w.onnx"], "w.onnx"),
+    "merge over a part": (["merge", "ref.npz", "--out", "ref.npz", "--force"], "ref.npz"),
 }
 
 
@@ -75,7 +75,7 @@ def test_an_input_is_never_an_output(work, case):
 @pytest.mark.parametrize("command", ["fold", "recalibrate"])
 def test_two_outputs_never_share_a_path(work, command):
     data = ["ref.npz"] if command == "recalibrate" else []
-    result = bncheck(command, "m.onnx", *data, "-o", "f.onnx", "--output", "f.onnx", cwd=work)
+    result = bncheck(command, "m.onnx", *data, "--out", "f.onnx", "--output", "f.onnx", cwd=work)
     assert result.returncode == 2
     assert "both name f.onnx" in result.stderr
     assert not (work / "f.onnx").exists()
@@ -89,7 +89,7 @@ def test_dash_means_stdout(work):
 
 
 def test_a_model_cannot_go_to_stdout(work):
-    result = bncheck("fold", "m.onnx", "-o", "-", cwd=work)
+    result = bncheck("fold", "m.onnx", "--out", "-", cwd=work)
     assert result.returncode == 2
     assert not (work / "-").exists()
 

@@ -46,10 +46,6 @@ RUNS = {
     "recalibrate_onnx": ["recalibrate", SAMPLES / "digits_cnn.onnx", DIGITS / "shifted", "--out", "{tmp}/recalibrated.onnx"],
 }
 
-#: commands whose -o is the model they write, not the report
-_OUTPUT_OPTION = {"fold": "--output", "recalibrate": "--output"}
-
-
 def make_runs(folder: Path, have_torch: bool) -> dict[str, Run]:
     runs = {}
     for name, args in RUNS.items():
@@ -57,7 +53,7 @@ def make_runs(folder: Path, have_torch: bool) -> dict[str, Run]:
             continue
         args = [str(a).replace("{tmp}", str(folder)) for a in args]
         out = folder / f"{name}.json"
-        result = invoke(*args, "--format", "json", _OUTPUT_OPTION.get(args[0], "-o"), out, "--quiet")
+        result = invoke(*args, "--format", "json", "-o", out, "--quiet")
         assert result.exit_code in (0, 1), (name, result.output)
         runs[name] = Run(name, result.exit_code, out, json.loads(out.read_text(encoding="utf-8")))
     return runs

@@ -66,6 +66,7 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
         return Resolved(specs, "")
     strides = total_strides(model)
     hints = metadata_sizes(model)
+    specs = [_with_channels(s, first_layer_width(model, s.name)) for s in specs]
     last_error = ""
     tried = []
     for origin, candidate in _candidates(specs, strides, hints):
@@ -73,7 +74,8 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
         tried.append(_shapes_text(concrete))
         error = accepts(tuple(_zeros(s) for s in concrete))
         if error is None:
-            shown = "; ".join(f"{s.name} {_dims_text(s)}" for s in concrete if s in dynamic or s.name in candidate)
+            names = {s.name for s in dynamic}
+            shown = "; ".join(f"{s.name} {_dims_text(s)}" for s in concrete if s.name in names)
             return Resolved(concrete, f"dynamic input axes sized from {origin}: {shown} (onnxruntime runs it)")
         last_error = error
         if len(tried) >= MAX_TRIES:
@@ -146,6 +148,39 @@ def _from_hint(hint: tuple[int, ...], spec: InputSpec, i: int, rank: int) -> int
     if len(hint) == 1 and _spatial(i, rank):
         return int(hint[0])
     return NON_SPATIAL
+
+
+def first_layer_width(model: onnx.ModelProto, name: str) -> int | None:
+    """The channels (features) that the first Conv/ConvTranspose/Gemm/MatMul reading input
+    ``name`` directly takes, from its constant weight; None when no such layer says."""
+    index = GraphIndex(model.graph, model_opset(model))
+    for node in index.consumers.get(name, []):
+        if len(node.input) < 2 or node.input[0] != name:
+            continue
+        try:
+            weight = index.constant(node.input[1])
+        except Exception:  # a hostile constant is refused by the fold itself, not here
+            return None
+        if weight is None or np.asarray(weight).ndim < 2:
+            continue
+        shape = np.asarray(weight).shape
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            return int(shape[1]) * int(attrs.get("group", 1))
+        if node.op_type == "ConvTranspose":
+            return int(shape[0])
+        if node.op_type == "Gemm":
+            return int(shape[1] if attrs.get("transB", 0) else shape[0])
+        if node.op_type == "MatMul":
+            return int(shape[-2])
+    return None
+
+
+def _with_channels(spec: InputSpec, width: int | None) -> InputSpec:
+    """``spec`` with a dynamic channel (feature) axis set to ``width``."""
+    if width is None or not spec.shape or spec.shape[0] is not None:
+        return spec
+    return InputSpec(spec.name, (width, *spec.shape[1:]), spec.dtype, batch=spec.batch, batched=spec.batched)
 
 
 def metadata_sizes(model: onnx.ModelProto) -> list[tuple[int, ...]]:

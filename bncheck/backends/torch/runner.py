@@ -109,9 +109,11 @@ class TorchRunner(ModelRunner):
     """A :class:`ModelRunner` for ``TorchModuleSource`` (eager or TorchScript) and
     ``ExportSource``."""
 
-    def __init__(self, source, *, layers: list[str] | None = None) -> None:
+    def __init__(self, source, *, layers: list[str] | None = None, stop_after: bool = False) -> None:
         """``layers``: names of the BN layers to observe (default: all). Train passes switch every
-        BN layer to batch statistics whatever the selection."""
+        BN layer to batch statistics whatever the selection. ``stop_after``: end each forward
+        pass as soon as every observed layer has seen its input (the network beyond them is
+        never run; the outputs are None)."""
         self._batch: list[tuple[str, int, Any, Any]] = []
         self._collect = False
         self._mode = "eval"
@@ -119,8 +121,11 @@ class TorchRunner(ModelRunner):
         #: the layers whose input is recorded
         self._wanted = select_layers([layer.name for layer in all_layers], layers)
         self.channels = {layer.name: int(layer.num_features) for layer in all_layers}
+        device = getattr(source, "device", "cpu")
+        #: the module this runner moved to ``device`` (back to the CPU when the last runner closes)
+        self._placed = _place(source.module, device) if device != "cpu" and source.format != "export" else None
         if source.format == "export":
-            obs = observe_export(source, all_layers, self._wanted, self.observe)
+            obs = observe_export(source, all_layers, self._wanted, self.observe, device)
         elif source.format == "torchscript":
             obs = observe_script(source, all_layers)
         else:
@@ -133,6 +138,9 @@ class TorchRunner(ModelRunner):
             [la.name for la in all_layers if la.name in self._wanted and la.name not in self.unhookable]
         )
         self._dispatch_always = obs.flavour != "eager" or bool(obs.dispatch_observed)
+        #: layers that end the pass once all have been recorded (``stop_after``), and those seen
+        self._stop_after = set(self.layers) if stop_after else None
+        self._seen: set[str] = set()
 
     def _moments(self, x: np.ndarray):
         out = self._run(x, mode="eval", collect=True)
@@ -148,6 +156,7 @@ class TorchRunner(ModelRunner):
     def _run(self, x: np.ndarray, *, mode: str, collect: bool) -> np.ndarray:
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
         self._mode, self._collect, self._batch = mode, collect, []
+        self._seen = set()
         dispatch = _BNDispatch(self) if (mode == "train" or self._dispatch_always) else contextlib.nullcontext()
         try:
             with torch.inference_mode(), dispatch:
@@ -155,6 +164,8 @@ class TorchRunner(ModelRunner):
         except BncheckError:
             raise
         except Exception as exc:  # whatever the model raises on a bad batch
+            if self._stopped():  # the truncated pass ended (TorchScript wraps the exception)
+                return None
             raise self._run_failed(exc, x) from exc
         finally:
             self._mode, self._collect = "eval", False
@@ -170,6 +181,13 @@ class TorchRunner(ModelRunner):
         if name not in self._wanted or x.dim() < 2 or x.numel() == 0:
             return
         self._batch.append((name, *channel_moments(x)))
+        if self._stop_after is not None:
+            self._seen.add(name)
+            if self._stopped():
+                raise _Truncated
+
+    def _stopped(self) -> bool:
+        return self._stop_after is not None and self._collect and self._stop_after <= self._seen
 
     def _gather(self) -> dict[str, Moments]:
         out: dict[str, Moments] = {}
@@ -212,6 +230,32 @@ class TorchRunner(ModelRunner):
         for module, training in self._obs.saved_modes:
             module.training = training
         self._obs.saved_modes = []
+        if self._placed is not None:
+            _release(self._placed)
+            self._placed = None
+
+
+#: id(module) -> open runners that placed it on its device
+_PLACED: dict[int, int] = {}
+
+
+def _place(module, device: str):
+    """Move ``module`` to ``device`` for a runner (once for runners open at the same time)."""
+    users = _PLACED.get(id(module), 0)
+    if users == 0:
+        module.to(device)
+    _PLACED[id(module)] = users + 1
+    return module
+
+
+def _release(module) -> None:
+    """A runner is done with ``module``: the last one moves it back to the CPU, where the
+    model is written from."""
+    users = _PLACED.pop(id(module), 1) - 1
+    if users > 0:
+        _PLACED[id(module)] = users
+    else:
+        module.to("cpu")
 
 
 def _with_batch_statistics(func, x, weight, bound: dict):
@@ -223,6 +267,10 @@ def _with_batch_statistics(func, x, weight, bound: dict):
         return out
     extra = [torch.empty(0, dtype=torch.uint8, device=x.device), 0][: max(returns - 3, 0)]
     return (out, mean, invstd, *extra)
+
+
+class _Truncated(Exception):
+    """Ends a ``stop_after`` forward pass once every observed layer has seen its input."""
 
 
 class _BNDispatch:

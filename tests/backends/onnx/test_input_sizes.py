@@ -98,8 +98,25 @@ def test_usual_sizes_are_tried_after_the_stride(tmp_path, randomize_bn):
 def test_no_accepted_size_is_a_usage_error_naming_the_fix(tmp_path, randomize_bn, cli, assert_usage_error):
     torch = pytest.importorskip("torch")
     path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 37)), torch.randn(1, 3, 37, 37), tmp_path / "m.onnx")
-    result = cli("fold", path, "-o", tmp_path / "f.onnx")
+    result = cli("fold", path, "--out", tmp_path / "f.onnx")
     assert_usage_error(result, "no input size", "--input-shape")
-    ok = cli("fold", path, "-o", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
+    ok = cli("fold", path, "--out", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
     assert ok.exit_code == 0, ok.stdout
     assert _dims(tmp_path / "f.onnx") == ["n", 3, "h", "w"]
+
+
+def test_a_dynamic_channel_axis_takes_the_first_layers_width(tmp_path, randomize_bn):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    model = randomize_bn(nn.Sequential(nn.Conv2d(5, 4, 3, stride=2, padding=1, groups=1), nn.BatchNorm2d(4), nn.ReLU()))
+    path = tmp_path / "c.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 5, 16, 16),), str(path), dynamo=False, opset_version=17,
+                          do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"],
+                          dynamic_axes={"x": {0: "n", 1: "c", 2: "h", 3: "w"}})
+    report = fold(path, tmp_path / "f.onnx", timing=False)
+    assert report.extras["fold"]["layers_folded"] == 1
+    assert any("(?, 5, 32, 32)" in n for n in report.notes), report.notes

@@ -1,0 +1,115 @@
+"""One way to declare a command: ``@command(app)``.
+
+A command function may take *option bundles*: dataclasses whose fields are typer options
+(:mod:`bncheck.cli.bundles`). ``command`` spreads each bundle's fields into the parameters
+typer sees, and hands the function one bundle instance per annotation, so that options shared
+by several commands are declared once and a command reads ``data.options(...)`` instead of
+sixteen keyword arguments. It also keeps every help text literal (rich markup would eat
+``[tool.bncheck]`` and ``bncheck[report]``) and turns errors into one sentence on stderr
+(:func:`bncheck.cli.common.handle_errors`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from typer.models import ParameterInfo
+
+from bncheck.cli.common import handle_errors
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def literal(text: str | None) -> str | None:
+    """``text`` with rich markup escaped: help texts are shown as written."""
+    return None if text is None else escape(text)
+
+
+def literal_doc(doc: str | None) -> str | None:
+    """A docstring as command help: literal, each paragraph's lines joined (the terminal wraps)."""
+    if not doc:
+        return None
+    return "\n\n".join(" ".join(line.strip() for line in para.splitlines()) for para in doc.split("\n\n"))
+
+
+def literal_annotation(hint: Any) -> Any:
+    """``Annotated[T, typer.Option(help=...)]`` with its help text made literal."""
+    if typing.get_origin(hint) is not Annotated:
+        return hint
+    base, *metadata = typing.get_args(hint)
+    kept = []
+    for item in metadata:
+        if isinstance(item, ParameterInfo) and item.help:
+            item = copy.copy(item)
+            item.help = literal(item.help)
+        kept.append(item)
+    return Annotated[(base, *kept)]
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty
+
+
+def _spread(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], dict[str, tuple[type, list[str]]]]:
+    """The parameters typer should see for ``func`` (bundles spread into their fields), and
+    for each bundle parameter its class and field names."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    params: list[inspect.Parameter] = []
+    bundles: dict[str, tuple[type, list[str]]] = {}
+    for param in inspect.signature(func).parameters.values():
+        hint = hints.get(param.name, param.annotation)
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            params.append(param.replace(kind=_KEYWORD, annotation=literal_annotation(hint)))
+            continue
+        field_hints = typing.get_type_hints(hint, include_extras=True)
+        fields = [f for f in dataclasses.fields(hint) if f.init]
+        for field in fields:
+            params.append(
+                inspect.Parameter(field.name, _KEYWORD, default=_field_default(field), annotation=literal_annotation(field_hints[field.name]))
+            )
+        bundles[param.name] = (hint, [f.name for f in fields])
+    names = [p.name for p in params]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise TypeError(f"{func.__name__}: parameters declared twice: {', '.join(clashes)}")
+    return params, bundles
+
+
+def bundled(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` as typer should call it: one keyword per option, bundles rebuilt."""
+    params, bundles = _spread(func)
+
+    def call(**values: Any) -> Any:
+        for name, (cls, fields) in bundles.items():
+            values[name] = cls(**{field: values.pop(field) for field in fields})
+        return func(**values)
+
+    call.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    call.__annotations__ = {p.name: p.annotation for p in params}
+    call.__name__ = func.__name__
+    call.__qualname__ = func.__qualname__
+    call.__module__ = func.__module__
+    call.__doc__ = func.__doc__
+    return call
+
+
+def command(app: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``func`` as a command of ``app`` (bundles spread, help literal, errors one
+    sentence). Returns ``func`` unchanged, so it can still be called from Python."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        app.command(name, help=literal(literal_doc(inspect.getdoc(func))))(handle_errors(bundled(func)))
+        return func
+
+    return register
