@@ -24,6 +24,7 @@ from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.commands.audit import audit as run_audit
+from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.fold import fold as run_fold
@@ -75,7 +76,10 @@ def _layer_names(layers: str | None) -> list[str] | None:
 
 @command(app)
 def audit(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth, .pt2, .ts, .safetensors.")],
+    models: Annotated[
+        list[Path],
+        typer.Argument(metavar="MODEL...", help="Model file(s): .onnx, .pt/.pth, .pt2, .ts, .safetensors; several give one report each, failing when any fails."),
+    ],
     train_batch_size: Annotated[
         int | None, typer.Option("--train-batch-size", help="Per-device training batch size (feeds BN010).")
     ] = None,
@@ -84,11 +88,13 @@ def audit(
     gate: GateArgs,
     report: ReportArgs,
 ) -> None:
-    """Static checks of every batch-norm layer of MODEL (no data needed)."""
+    """Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."""
     settings = gate.settings(train_batch_size=train_batch_size)
     fmt = report.format(settings, "audit")
-    guard_outputs({"--output": report.output}, models=[model], inputs={"baseline": [report.baseline]}, settings=settings)
-    report.emit(run_audit(model, settings=settings, **model_args.load_kwargs()), fmt)
+    guard_outputs({"--output": report.output}, models=models, inputs={"baseline": [report.baseline]}, settings=settings)
+    if len(models) > 1:
+        report.emit_many(audit_models(models, settings=settings, **model_args.load_kwargs()), fmt)
+    report.emit(run_audit(models[0], settings=settings, **model_args.load_kwargs()), fmt)
 
 
 @command(app)
