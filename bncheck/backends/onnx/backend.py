@@ -19,7 +19,7 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import input_sizes, statistics, write
+from bncheck.backends.onnx import fold_proof, input_sizes, statistics, write
 from bncheck.backends.onnx.counts import node_count, parameter_count
 from bncheck.backends.onnx.external_data import external_data_files, uses_external_data
 from bncheck.backends.onnx.fold import fold_onnx
@@ -30,6 +30,7 @@ from bncheck.backends.onnx.source import OnnxSource
 from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
 from bncheck.errors import ModelLoadError, UsageError
+from bncheck.numerics.site_proof import SiteProof
 
 
 class OnnxBackend(Backend):
@@ -63,7 +64,10 @@ class OnnxBackend(Backend):
         if all(s.shape is None or None not in s.shape for s in specs):
             return specs, ""
         run = self.executable(source)
-        resolved = input_sizes.resolve(_proto(source), specs, input_sizes.run_error(run))
+        try:
+            resolved = input_sizes.resolve(_proto(source), specs, input_sizes.run_error(run))
+        except input_sizes.NoInputSize as exc:  # the specs stay dynamic, the sentence says why
+            return specs, exc.detail
         return resolved.specs, resolved.how
 
     def float_dtype(self, source: ModelSource) -> np.dtype:
@@ -78,10 +82,15 @@ class OnnxBackend(Backend):
             )
         return kind
 
-    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
-        folded = fold_onnx(source, affine=affine)
+    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
+             keep: dict[str, str] | None = None) -> FoldedModel:
+        folded = fold_onnx(source, affine=affine, keep=keep)
         folded.extras.setdefault("mode", "onnx")
         return folded
+
+    def prove_sites(self, source: ModelSource, folded: FoldedModel, *, atol: float, rtol: float) -> dict[str, SiteProof]:
+        names = [name for name, outcome in folded.outcomes.items() if outcome.status == "folded"]
+        return fold_proof.prove_sites(_proto(source), folded.model, names, atol=atol, rtol=rtol)
 
     def convert(self, source: ModelSource, folded: FoldedModel, kind: str, example: Batch) -> tuple[Any, list[str]]:
         return folded.model, []

@@ -47,9 +47,10 @@ class FoldCheckError(BncheckError):
     """The rewritten graph fails ``onnx.checker`` (a bncheck defect: nothing is written)."""
 
 
-def fold_onnx(source: OnnxSource, *, affine: bool = False) -> FoldedModel:
+def fold_onnx(source: OnnxSource, *, affine: bool = False, keep: dict[str, str] | None = None) -> FoldedModel:
     """Fold every foldable BN of ``source`` into its producer, in a copy of the model: the
-    If/Loop/Scan bodies first (their new initializers live in the body), then the main graph."""
+    If/Loop/Scan bodies first (their new initializers live in the body), then the main graph;
+    the BNs named in ``keep`` stay (with that reason)."""
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
     layers = {layer.name: layer for layer in source.bn_layers()}
@@ -63,7 +64,7 @@ def fold_onnx(source: OnnxSource, *, affine: bool = False) -> FoldedModel:
     graphs = [(path, graph) for path, graph in iter_graphs(model.graph) if _has_bn(graph)]
     for path, graph in sorted(graphs, key=lambda pg: pg[0] == ""):  # subgraphs, then the main graph
         folder = _GraphFolder(model, graph, path, source, layers, affine=affine, taken=taken, types=types,
-                              outer=main_inits if path else None)
+                              outer=main_inits if path else None, keep=keep or {})
         outcomes.update(folder.run())
         released += folder.edits.released_outer
     prune_initializers(model.graph, released)
@@ -96,7 +97,8 @@ class _GraphFolder:
     """Plans a rewrite for every BN of one graph (the main graph or a body), then applies them all."""
 
     def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto, path: str, source: OnnxSource, layers, *,
-                 affine: bool, taken: set[str], types: InputTypes, outer=None):
+                 affine: bool, taken: set[str], types: InputTypes, outer=None, keep: dict[str, str] | None = None):
+        self.keep = keep or {}
         self.graph = graph
         self.path = path
         self.opset = source.opset
@@ -123,6 +125,8 @@ class _GraphFolder:
 
     def _plan(self, bn: onnx.NodeProto, layer) -> tuple[FoldOutcome, Rewrite | None]:
         problems = self._bn_problems(bn)
+        if layer is not None and layer.name in self.keep:
+            problems.append(self.keep[layer.name])
         if layer is not None and layer.foldable and not problems:
             try:
                 rewrite, into = self._fold(bn)
