@@ -134,9 +134,8 @@ def fold(
 
 
 def _timing_if_asked(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing: bool | None, changed: bool):
-    """The speed-up figures when timing is on (``None``: the backend's default, said in a note)."""
-    note = [backend.fold_timing_note] if changed and timing is None and not backend.fold_timing_default and backend.fold_timing_note else []
-    timing = backend.fold_timing_default if timing is None else timing
+    """The speed-up figures when timing is on, and the note saying why it is off by default."""
+    timing, note = _timing_choice(backend, timing, changed)
     info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
     return info, note
 
@@ -258,6 +257,14 @@ def _refusal_message(defects: list[Finding]) -> str:
 def _batch_len(batch: tuple) -> int:
     first = batch[0]
     return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+
+
+def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tuple[bool, list[str]]:
+    """Whether to time the fold (``None``: the backend's default) and the note saying why not."""
+    if timing is not None:
+        return timing, []
+    note = [backend.fold_timing_note] if changed and backend.fold_timing_note and not backend.fold_timing_default else []
+    return backend.fold_timing_default, note
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:

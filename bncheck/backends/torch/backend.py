@@ -22,8 +22,6 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx.session import executable as ort_executable
-from bncheck.backends.onnx.write import write_onnx
 from bncheck.backends.runner import ModelRunner
 from bncheck.backends.torch import execute, statistics, write
 from bncheck.backends.torch.convert import convert
@@ -150,7 +148,9 @@ class TorchBackend(Backend):
             ) from exc
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
-        if kind == "onnx":
+        if kind == "onnx":  # a torch model folded to ONNX: the onnx package only for that
+            from bncheck.backends.onnx.session import executable as ort_executable  # optional: onnx
+
             return ort_executable(model, optimize=optimize)
         if isinstance(model, ModelSource):
             return execute.runner(execute.original_callable(model))
@@ -167,6 +167,8 @@ class TorchBackend(Backend):
 
     def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
         if kind == "onnx":
+            from bncheck.backends.onnx.write import write_onnx  # optional: onnx
+
             return write_onnx(artifact, out)
         if kind == "export":
             return write.write_export(artifact, out)
