@@ -205,3 +205,14 @@ def emit(
         sys.stdout.write(text)
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)
+
+
+def parse_class_axis(value: str) -> int | str:
+    """``--class-axis``: "auto", "none" or an integer axis (exit 2 with a clear message otherwise)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise BncheckError(f"--class-axis must be auto, none or an axis index of the model's output (like -1 or 2), not {value!r}.") from None

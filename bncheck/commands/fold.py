@@ -113,9 +113,7 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
-    timing, timing_note = _timing_choice(backend, timing, changed)
-    timing_info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
-
+    timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
@@ -131,12 +129,23 @@ def fold(
         inputs=plan.used,
     )
     report.result.figures["site_proofs"] = report.result.proof_counts()
-    if not layers:
-        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
-    elif not changed:
-        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
-    report.notes.extend(notes)
+    report.notes.extend(_outcome_notes(source, layers, changed) + notes)
     return report
+
+
+def _timing_if_asked(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing: bool | None, changed: bool):
+    """The speed-up figures when timing is on, and the note saying why it is off by default."""
+    timing, note = _timing_choice(backend, timing, changed)
+    info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
+    return info, note
+
+
+def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
+    if not layers:
+        return [f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold"]
+    if not changed:
+        return ["no BN layer can be folded: every layer is kept (see the reasons per layer)"]
+    return []
 
 
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
