@@ -16,7 +16,7 @@ from bncheck._version import __version__
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
-from bncheck.cli.common import PlotOpt, RecordingGroup, State, err
+from bncheck.cli.common import PlotOpt, RecordingGroup, State, err, parse_class_axis
 from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
@@ -24,6 +24,7 @@ from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.commands.audit import audit as run_audit
+from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.fold import fold as run_fold
@@ -75,7 +76,10 @@ def _layer_names(layers: str | None) -> list[str] | None:
 
 @command(app)
 def audit(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth, .pt2, .ts, .safetensors.")],
+    models: Annotated[
+        list[Path],
+        typer.Argument(metavar="MODEL...", help="Model file(s): .onnx, .pt/.pth, .pt2, .ts, .safetensors; several give one report each, failing when any fails."),
+    ],
     train_batch_size: Annotated[
         int | None, typer.Option("--train-batch-size", help="Per-device training batch size (feeds BN010).")
     ] = None,
@@ -84,11 +88,13 @@ def audit(
     gate: GateArgs,
     report: ReportArgs,
 ) -> None:
-    """Static checks of every batch-norm layer of MODEL (no data needed)."""
+    """Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."""
     settings = gate.settings(train_batch_size=train_batch_size)
     fmt = report.format(settings, "audit")
-    guard_outputs({"--output": report.output}, models=[model], inputs={"baseline": [report.baseline]}, settings=settings)
-    report.emit(run_audit(model, settings=settings, **model_args.load_kwargs()), fmt)
+    guard_outputs({"--output": report.output}, models=models, inputs={"baseline": [report.baseline]}, settings=settings)
+    if len(models) > 1:
+        report.emit_many(audit_models(models, settings=settings, **model_args.load_kwargs()), fmt)
+    report.emit(run_audit(models[0], settings=settings, **model_args.load_kwargs()), fmt)
 
 
 @command(app)
@@ -191,6 +197,13 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    class_axis: Annotated[
+        str | None,
+        typer.Option(
+            "--class-axis",
+            help="Class axis of the model's output for BN201/BN301 and accuracy: auto (default: the last axis of (N,C), (N,T,C) or (T,N,C) outputs; none for dense maps), none (compare by relative error), or an axis index of the output (batch axis included).",
+        ),
+    ] = None,
     layers: LayersOpt = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
     plot: PlotOpt = None,
@@ -235,6 +248,7 @@ def drift(
         shard=parse_shard(shard),
         stats=stats,
         storage_options=engine_args.storage_options(),
+        class_axis=parse_class_axis(class_axis if class_axis is not None else str(settings.options.get("class_axis", "auto"))),
     )
     result = run_drift(model, data, settings=settings, options=options, **model_args.load_kwargs())
     report.emit(result, fmt, plot=plot)

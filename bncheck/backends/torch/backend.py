@@ -39,6 +39,7 @@ from bncheck.backends.torch.source import (
     load_torch_model,
 )
 from bncheck.errors import BncheckError, OutputError, UsageError, first_line
+from bncheck.numerics.site_proof import SiteProof
 
 
 class TorchBackend(Backend):
@@ -88,6 +89,16 @@ class TorchBackend(Backend):
         if module is None:
             return None
         return infer_module_inputs(module, torch.from_numpy(np.zeros(0, self.float_dtype(source))).dtype)
+
+    def prove_sites(self, source: ModelSource, folded: FoldedModel, *, atol: float, rtol: float) -> dict[str, SiteProof]:
+        # one intra-op thread: the proofs are tiny ops, where a thread pool only costs (52
+        # MobileNetV2 sites: 0.4 s on one thread, 22 s on two on a loaded 2-core machine)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return super().prove_sites(source, folded, atol=atol, rtol=rtol)
+        finally:
+            torch.set_num_threads(threads)
 
     def float_dtype(self, source: ModelSource) -> np.dtype:
         module = getattr(source, "module", None)
