@@ -16,7 +16,7 @@ from bncheck._version import __version__
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
-from bncheck.cli.common import PlotOpt, RecordingGroup, State, err
+from bncheck.cli.common import PlotOpt, RecordingGroup, State, err, parse_class_axis
 from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
@@ -197,6 +197,13 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    class_axis: Annotated[
+        str | None,
+        typer.Option(
+            "--class-axis",
+            help="Class axis of the model's output for BN201/BN301 and accuracy: auto (default: the last axis of (N,C), (N,T,C) or (T,N,C) outputs; none for dense maps), none (compare by relative error), or an axis index of the output (batch axis included).",
+        ),
+    ] = None,
     layers: LayersOpt = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
     plot: PlotOpt = None,
@@ -241,6 +248,7 @@ def drift(
         shard=parse_shard(shard),
         stats=stats,
         storage_options=engine_args.storage_options(),
+        class_axis=parse_class_axis(class_axis if class_axis is not None else str(settings.options.get("class_axis", "auto"))),
     )
     result = run_drift(model, data, settings=settings, options=options, **model_args.load_kwargs())
     report.emit(result, fmt, plot=plot)

@@ -207,6 +207,17 @@ def emit(
     raise typer.Exit(report.exit_code)
 
 
+def parse_class_axis(value: str) -> int | str:
+    """``--class-axis``: "auto", "none" or an integer axis (exit 2 with a clear message otherwise)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise BncheckError(f"--class-axis must be auto, none or an axis index of the model's output (like -1 or 2), not {value!r}.") from None
+
+
 def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool = False) -> None:
     """Several reports (``audit A B ...``) as one document (:func:`bncheck.formats.render_many`),
     written like :func:`emit`; exits 1 when any report fails its gate."""

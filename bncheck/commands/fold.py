@@ -113,13 +113,8 @@ def fold(
     converted = changed or (out is not None and force)
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
-    timing_note = backend.fold_timing_note if timing is None and not backend.fold_timing_default else ""
-    timing = backend.fold_timing_default if timing is None else timing
-    timing_info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
-
-    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes]
-    if changed and timing_note:
-        notes.append(timing_note)
+    timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
@@ -134,12 +129,23 @@ def fold(
         inputs=plan.used,
     )
     report.result.figures["site_proofs"] = report.result.proof_counts()
-    if not layers:
-        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
-    elif not changed:
-        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
-    report.notes.extend(notes)
+    report.notes.extend(_outcome_notes(source, layers, changed) + notes)
     return report
+
+
+def _timing_if_asked(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing: bool | None, changed: bool):
+    """The speed-up figures when timing is on, and the note saying why it is off by default."""
+    timing, note = _timing_choice(backend, timing, changed)
+    info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
+    return info, note
+
+
+def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
+    if not layers:
+        return [f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold"]
+    if not changed:
+        return ["no BN layer can be folded: every layer is kept (see the reasons per layer)"]
+    return []
 
 
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
@@ -251,6 +257,14 @@ def _refusal_message(defects: list[Finding]) -> str:
 def _batch_len(batch: tuple) -> int:
     first = batch[0]
     return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+
+
+def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tuple[bool, list[str]]:
+    """Whether to time the fold (``None``: the backend's default) and the note saying why not."""
+    if timing is not None:
+        return timing, []
+    note = [backend.fold_timing_note] if changed and backend.fold_timing_note and not backend.fold_timing_default else []
+    return backend.fold_timing_default, note
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:

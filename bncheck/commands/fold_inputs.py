@@ -60,6 +60,7 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         return _random_plan(specs, total, seed, "input-shape", f"--input-shape {input_shape}")
     if specs is not None and all(_static(spec) for spec in specs):
         return _random_plan(specs, total, seed, "graph", "static input shapes declared by the model")
+    how = ""
     if specs is not None:
         sized, how = backend.concrete_inputs(source, specs)
         if all(_static(spec) for spec in sized):
@@ -72,7 +73,8 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         return _random_plan(found, total, seed, "inferred", why)
     if specs is not None:
         dynamic = "; ".join(f"{s.name} {_shape_text(s.full_shape() or ())}" for s in specs)
-        why = f"the model's inputs have dynamic dimensions ({dynamic}) and no size could be inferred: " + SITES_ONLY.split(": ", 1)[1]
+        tried = f" ({how.rstrip('.')})" if how else ""
+        why = f"the model's inputs have dynamic dimensions ({dynamic}) and no size could be inferred{tried}: " + SITES_ONLY.split(": ", 1)[1]
         return InputPlan(None, VerificationInputs("none", None, why))
     return InputPlan(None, VerificationInputs("none", None, SITES_ONLY))
 

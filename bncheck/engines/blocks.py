@@ -27,8 +27,10 @@ from bncheck.backends.load import backend_for, load_model
 from bncheck.data.issue_totals import issue_dict, rename_text
 from bncheck.data.plan import Block, DataPlan
 from bncheck.engines.interface import ModelSpec, PassRequest
+from bncheck.engines.measure import output_class_axis
 from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import sample_predictions
 from bncheck.numerics.reservoir import Reservoir
 
 
@@ -175,10 +177,11 @@ class BlockWorker:
                     xs.append(x)
                     outs.append(np.asarray(out))
                 if request.keep_predictions:
-                    preds.append(np.asarray(out).reshape(len(x), -1).argmax(axis=1))
-                    if batch.y is None:
+                    pred = sample_predictions(out, output_class_axis(out, request.class_axis, runner.batch_axis))
+                    if batch.y is None or pred is None:
                         labelled = False
                     else:
+                        preds.append(pred)
                         labels.append(np.asarray(batch.y))
                 samples += len(x)
         except DataError:
