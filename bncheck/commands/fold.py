@@ -39,6 +39,7 @@ import numpy as np
 from bncheck.backends import output
 from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, InputSpec, ModelSource
 from bncheck.backends.load import as_source, backend_for
+from bncheck.commands.progress import step
 from bncheck.config import Settings
 from bncheck.data import build_options, open_data
 from bncheck.errors import BncheckError, DataError, UsageError
@@ -110,6 +111,7 @@ def fold(
     if verify is None and specs is not None:
         specs, sized = backend.concrete_inputs(source, specs)
     batches, inputs_from, data_info = _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings)
+    step("folding")
     folded = backend.fold(source, kind, affine=affine, example=batches[0])
     changed = folded.count("folded") + folded.count("affine") > 0
     converted = changed or (out is not None and force)
@@ -144,6 +146,7 @@ def _outcome(folded: FoldedModel, layer) -> FoldOutcome:
 def _verify(backend: Backend, source: ModelSource, artifact, kind: str, batches, inputs_from: str, atol, rtol) -> FoldEvidence:
     """Run the original and what will be written (the converted artifact; an unchanged model
     is compared with itself only when nothing is converted or written) on every batch."""
+    step(f"verifying on {len(batches)} batch(es)")
     reference = backend.executable(source)
     candidate = backend.executable(artifact, kind) if artifact is not None else reference
     acc = ErrorAccumulator()
@@ -170,6 +173,7 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, batches,
 def _write(backend: Backend, source, folded, artifact, kind, out: Path | None, *, changed: bool, passed: bool, force: bool, notes: list[str]) -> list[Path]:
     """Write OUT unless there is nothing to fold or verification failed (``force`` writes
     anyway); the files written, and why not in ``notes``."""
+    step("writing OUT")
     if out is None:
         if not changed:
             notes.append("nothing to fold")
@@ -253,6 +257,7 @@ def _concrete(name: str, shape: tuple[int, ...], dtype: str) -> InputSpec:
 
 def _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings):
     """The verification inputs: a list of batches, each a tuple of arrays (one per input)."""
+    step("reading the verification inputs")
     if verify is not None:
         return _data_batches(backend, source, specs, verify, samples, batch_size, settings)
     if specs is None:
@@ -319,6 +324,7 @@ def _shape_text(shape) -> str:
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
+    step("timing the original and the folded model")
     a, b, runtime = backend.timing_pair(source, folded, batch)
     t = interleaved_timing(a, b)
     return {
