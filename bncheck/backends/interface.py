@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from bncheck.backends.device import resolve
 from bncheck.errors import DataError, UsageError
 from bncheck.layer import BNLayer
+from bncheck.numerics.site_proof import SiteProof, unproved
 
 if TYPE_CHECKING:
     from bncheck.backends.runner import ModelRunner
@@ -188,6 +189,12 @@ class FoldOutcome:
         return {"status": self.status, "into": self.into, "reason": self.reason}
 
 
+class SiteCheck(Protocol):
+    """A folded site's proof, recorded by the backend while it folded (see :mod:`bncheck.numerics.site_proof`)."""
+
+    def prove(self, atol: float, rtol: float) -> SiteProof: ...
+
+
 @dataclass
 class FoldedModel:
     """A backend's result: the folded model object and the per-layer outcomes."""
@@ -198,6 +205,11 @@ class FoldedModel:
     notes: list[str] = field(default_factory=list)
     #: backend facts the writer or the report needs (e.g. the state-dict layout)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: per folded layer, how to prove it on its own (a backend that proves sites from the
+    #: graphs themselves leaves this empty and overrides :meth:`Backend.prove_sites`)
+    site_checks: dict[str, SiteCheck] = field(default_factory=dict)
+    #: why folded layers without a site check are not proved on their own ("": they fail)
+    unproved_reason: str = ""
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes.values() if o.status == status)
@@ -208,6 +220,10 @@ class Backend(ABC):
 
     #: "onnx" or "torch"
     family: str = ""
+    #: whether ``fold`` measures the speedup unless told (``--timing/--no-timing``)
+    fold_timing_default: bool = True
+    #: why it does not by default (a report note), when ``fold_timing_default`` is False
+    fold_timing_note: str = ""
 
     @abstractmethod
     def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
@@ -234,12 +250,19 @@ class Backend(ABC):
         return "this model family runs on the CPU only"
 
     @abstractmethod
+    def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        """A runner that computes only what the inputs of the BN ``layers`` need (the network
+        up to them: an ONNX graph cut after them, a torch forward stopped once they were
+        seen) and observes those layers; its ``moments`` return ``None`` for the outputs."""
+
+    @abstractmethod
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         """Every input the model declares, or None where the format does not say."""
 
     def concrete_inputs(self, source: ModelSource, specs: list[InputSpec]) -> tuple[list[InputSpec], str]:
         """``specs`` with their dynamic non-batch dimensions set to sizes the model accepts, and
-        one sentence saying how they were found ("" when the backend leaves them as they are)."""
+        one sentence saying how they were found ("" when the backend leaves them as they are;
+        dynamic specs come back with the sentence saying why no size was found)."""
         return specs, ""
 
     @abstractmethod
@@ -252,8 +275,35 @@ class Backend(ABC):
         (UsageError when this family cannot write it)."""
 
     @abstractmethod
-    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch) -> FoldedModel:
-        """Fold the BN layers of ``source`` for an output of ``kind``."""
+    def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
+             keep: dict[str, str] | None = None) -> FoldedModel:
+        """Fold the BN layers of ``source`` for an output of ``kind`` (``example``: an input
+        batch where one is known); the layers named in ``keep`` stay, with that reason."""
+
+    def needs_example(self, source: ModelSource, kind: str) -> bool:
+        """Whether writing ``kind`` needs an example input (e.g. to export or trace)."""
+        return False
+
+    def infer_inputs(self, source: ModelSource, declared: list[InputSpec] | None) -> tuple[list[InputSpec], str] | None:
+        """Concrete inputs the model accepts, found without the user's help (``declared``: what
+        the model says of its inputs), and a sentence saying how; None when none was found."""
+        return None
+
+    def prove_sites(self, source: ModelSource, folded: FoldedModel, *, atol: float, rtol: float) -> dict[str, SiteProof]:
+        """Every folded site checked on its own: the original producer -> BN pair (float64)
+        against the folded op, on a random input built from the op's weights and attributes."""
+        proofs = {}
+        for name, outcome in folded.outcomes.items():
+            if outcome.status != "folded":
+                continue
+            check = folded.site_checks.get(name)
+            if check is not None:
+                proofs[name] = check.prove(atol, rtol)
+            elif folded.unproved_reason:
+                proofs[name] = unproved(name, folded.unproved_reason, fails=False)
+            else:
+                proofs[name] = unproved(name, "the fold recorded no producer to prove it against")
+        return proofs
 
     @abstractmethod
     def convert(self, source: ModelSource, folded: FoldedModel, kind: str, example: Batch) -> tuple[Any, list[str]]:

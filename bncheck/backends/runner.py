@@ -24,6 +24,7 @@ import numpy as np
 from bncheck.backends.interface import InputSpec
 from bncheck.errors import DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import batch_axis_of, batch_first
 
 BN_MODES = ("eval", "train")
 
@@ -40,6 +41,10 @@ class ModelRunner(ABC):
             (frozen BN modules do that in train mode too) -> the reason.
         channels: number of channels of every layer in ``layers``.
         input_spec: the input the model expects.
+        batch_axis: the axis of the model's first output that follows the batch size (found on
+            the first batch, see :func:`~bncheck.numerics.outputs.batch_axis_of`; None when no
+            axis does). Every output the runner returns has it moved to the front, so a
+            time-major ``(T, N, C)`` output comes back as ``(N, T, C)``.
     """
 
     layers: list[str]
@@ -47,18 +52,21 @@ class ModelRunner(ABC):
     frozen: dict[str, str]
     channels: dict[str, int]
     input_spec: InputSpec
+    batch_axis: int | None = None
+    _axis_found: bool = False
 
     # ------------------------------------------------------------------ public API
 
-    def moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
-        """Eval-mode outputs (the model's first output) and, for every layer in ``layers``, the
+    def moments(self, x: np.ndarray) -> tuple[np.ndarray | None, dict[str, Moments]]:
+        """Eval-mode outputs (the model's first output; None from a runner of a truncated
+        model, see ``Backend.first_layers_runner``) and, for every layer in ``layers``, the
         per-channel moments of the BN layer's *input* over this batch (count 0 when the layer
         was not reached)."""
         x = self._prepare(x)
         outs, stats = [], []
         for chunk in self._chunks(x):
             out, moments = self._moments(chunk)
-            outs.append(out)
+            outs.append(self._batch_first(out, chunk))
             stats.append(moments)
         return _concat(outs), self._merged(stats)
 
@@ -70,8 +78,8 @@ class ModelRunner(ABC):
         x = self._prepare(x)
         if bn == "train":
             self._check_train_batch(x)
-            return self._forward(x, "train")
-        return _concat([self._forward(chunk, "eval") for chunk in self._chunks(x)])
+            return self._batch_first(self._forward(x, "train"), x)
+        return _concat([self._batch_first(self._forward(chunk, "eval"), chunk) for chunk in self._chunks(x)])
 
     def train_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
         """Outputs and per-layer input moments of one pass in which every BN layer normalises
@@ -80,7 +88,7 @@ class ModelRunner(ABC):
         x = self._prepare(x)
         self._check_train_batch(x)
         out, moments = self._train_moments(x)
-        return out, self._merged([moments])
+        return self._batch_first(out, x), self._merged([moments])
 
     @abstractmethod
     def close(self) -> None:
@@ -113,6 +121,23 @@ class ModelRunner(ABC):
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _batch_first(self, out, x: np.ndarray) -> np.ndarray:
+        """``out`` (the output of the batch ``x``) with its batch axis first. The axis is found
+        on the first batch; when several axes have the batch's length (a (T, N, C) output with
+        T == N) a one-sample eval run tells them apart, where the model's batch is dynamic."""
+        out = np.asarray(out)
+        n = len(x)
+        if not self._axis_found:
+            probe = None
+            if sum(d == n for d in out.shape) > 1 and n > 1 and self.input_spec.batch is None:
+                probe = (np.asarray(self._forward(x[:1], "eval")).shape, 1)
+            self.batch_axis = batch_axis_of(out.shape, n, probe)
+            self._axis_found = True
+        axis = self.batch_axis
+        if axis is None or out.ndim <= axis or out.shape[axis] != n:
+            return out
+        return batch_first(out, axis)
 
     def _prepare(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -156,7 +181,9 @@ class ModelRunner(ABC):
         return out
 
 
-def _concat(outputs: list[np.ndarray]) -> np.ndarray:
+def _concat(outputs: list[np.ndarray | None]) -> np.ndarray | None:
+    if any(out is None for out in outputs):  # a runner of a truncated model: no outputs
+        return None
     if len(outputs) == 1:
         return outputs[0]
     return np.concatenate(outputs, axis=0)

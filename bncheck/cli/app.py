@@ -17,7 +17,7 @@ from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
-from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err
+from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err, parse_class_axis
 from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
@@ -25,6 +25,7 @@ from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.commands.audit import audit as run_audit
+from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.fold import fold as run_fold
@@ -80,7 +81,10 @@ def _layer_names(layers: str | None) -> list[str] | None:
 
 @command(app)
 def audit(
-    model: Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth, .pt2, .ts, .safetensors.")],
+    models: Annotated[
+        list[Path],
+        typer.Argument(metavar="MODEL...", help="Model file(s): .onnx, .pt/.pth, .pt2, .ts, .safetensors; several give one report each, failing when any fails."),
+    ],
     train_batch_size: Annotated[
         int | None, typer.Option("--train-batch-size", help="Per-device training batch size (feeds BN010).")
     ] = None,
@@ -89,11 +93,13 @@ def audit(
     gate: GateArgs,
     report: ReportArgs,
 ) -> None:
-    """Static checks of every batch-norm layer of MODEL (no data needed)."""
+    """Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."""
     settings = gate.settings(train_batch_size=train_batch_size)
     fmt = report.format(settings, "audit")
-    guard_outputs({"--output": report.output}, models=[model], inputs={"baseline": [report.baseline]}, settings=settings)
-    report.emit(run_audit(model, settings=settings, **model_args.load_kwargs()), fmt)
+    guard_outputs({"--output": report.output}, models=models, inputs={"baseline": [report.baseline]}, settings=settings)
+    if len(models) > 1:
+        report.emit_many(audit_models(models, settings=settings, **model_args.load_kwargs()), fmt)
+    report.emit(run_audit(models[0], settings=settings, **model_args.load_kwargs()), fmt)
 
 
 @command(app)
@@ -126,7 +132,10 @@ def fold(
         bool,
         typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
     ] = False,
-    timing: Annotated[bool, typer.Option("--timing/--no-timing", help="Measure the inference speedup.")] = True,
+    timing: Annotated[
+        bool | None,
+        typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
+    ] = None,
     *,
     model_args: ModelArgs,
     gate: GateArgs,
@@ -194,6 +203,13 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    class_axis: Annotated[
+        str | None,
+        typer.Option(
+            "--class-axis",
+            help="Class axis of the model's output for BN201/BN301 and accuracy: auto (default: the last axis of (N,C), (N,T,C) or (T,N,C) outputs; none for dense maps), none (compare by relative error), or an axis index of the output (batch axis included).",
+        ),
+    ] = None,
     layers: LayersOpt = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
     plot: PlotOpt = None,
@@ -238,6 +254,7 @@ def drift(
         shard=parse_shard(shard),
         stats=stats,
         storage_options=engine_args.storage_options(),
+        class_axis=parse_class_axis(class_axis if class_axis is not None else str(settings.options.get("class_axis", "auto"))),
     )
     result = run_drift(model, data, settings=settings, options=options, **model_args.load_kwargs())
     report.emit(result, fmt, plot=plot)
@@ -254,7 +271,7 @@ def recalibrate(
     tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when what OUT's layers see is within this of the written statistics on every channel.")] = 1e-4,
     prior: PriorOpt = 0.0,
     precision: PrecisionOpt = None,
-    holdout: HoldoutOpt = 0.1,
+    holdout: HoldoutOpt = None,
     force_write: ForceWriteOpt = False,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,
     to: ToOpt = None,

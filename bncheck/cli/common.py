@@ -20,7 +20,7 @@ import typer
 
 from bncheck.backends.output import write_atomically
 from bncheck.errors import BncheckError, OutputError, first_line
-from bncheck.formats import EXTENSIONS, FORMATS, get_renderer
+from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
 from bncheck.formats.common import headline, package_versions
 from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
 from bncheck.report.baseline import apply_baseline, check_baseline_file
@@ -166,7 +166,7 @@ def choose_format(
     plot: Path | None = None,
 ) -> str:
     """The report format (option, config, OUTPUT's extension, else table). Also checks, before
-    any work is done, what the outputs will need: matplotlib for html and ``--plot``, a usable
+    any work is done, what the outputs will need: matplotlib for ``--plot``, a usable
     ``--baseline`` for ``command``."""
     fmt = fmt or settings_format
     if fmt is None and output is not None:
@@ -178,7 +178,7 @@ def choose_format(
         plot_format(plot)
         if output is not None and plot.resolve() == output.resolve():
             raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
-    if fmt == "html" or plot is not None:
+    if plot is not None:  # --plot draws with matplotlib; --format html needs nothing extra
         require_matplotlib()
     if baseline is not None and command is not None:
         check_baseline_file(baseline, command)
@@ -235,3 +235,34 @@ def emit(
         sys.stdout.write(text)
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)
+
+
+def parse_class_axis(value: str) -> int | str:
+    """``--class-axis``: "auto", "none" or an integer axis (exit 2 with a clear message otherwise)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise BncheckError(f"--class-axis must be auto, none or an axis index of the model's output (like -1 or 2), not {value!r}.") from None
+
+
+def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool = False) -> None:
+    """Several reports (``audit A B ...``) as one document (:func:`bncheck.formats.render_many`),
+    written like :func:`emit`; exits 1 when any report fails its gate."""
+    info = run_info()
+    for report in reports:
+        report.run = report.run or info
+    if fmt == "table" and quiet:
+        text = "".join(headline(report) + "\n" for report in reports)
+    else:
+        text = render_many(reports, fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"report of {len(reports)} models written to {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    raise typer.Exit(max(report.exit_code for report in reports))

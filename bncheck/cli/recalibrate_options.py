@@ -23,8 +23,8 @@ PrecisionOpt = Annotated[
     typer.Option("--precision", help="Read DATA only until every channel's mean and variance are known to TOL (channel std devs / relative, 95%)."),
 ]
 HoldoutOpt = Annotated[
-    float,
-    typer.Option("--holdout", help="Fraction of DATA (at most 512 samples) held out to check the result before writing (0: no check)."),
+    float | None,
+    typer.Option("--holdout", help="Fraction of DATA (at most 512 samples) held out to check the result before writing (default 0.1 with --engine local; 0: no check)."),
 ]
 ForceWriteOpt = Annotated[
     bool, typer.Option("--force-write", help="Write OUT even when the check on the held-out split finds it worse (BN501).")

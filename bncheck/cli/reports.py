@@ -54,7 +54,7 @@ def report(
     baseline: BaselineOpt = None,
     plot: PlotOpt = None,
     layer: Annotated[
-        str | None, typer.Option("--layer", help="html: the layer of the per-channel scatter plots (default: the most drifting).")
+        str | None, typer.Option("--layer", help="html: the layer opened on load, with its per-channel charts (default: the most drifting).")
     ] = None,
     exit_zero: Annotated[
         bool,

@@ -20,19 +20,22 @@ from typing import Any
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
+from bncheck.commands import drift_diagnosis as diagnostics
+from bncheck.commands import drift_outputs as outputs
+from bncheck.commands.drift_pixels import PixelSpace
 from bncheck.commands.progress import progress
 from bncheck.config import Settings
 from bncheck.data import DataOptions
 from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.engines.measure import Measurement
-from bncheck.errors import BncheckError, DataError, UsageError
+from bncheck.errors import BncheckError, DataError, UsageError, first_line
 from bncheck.numerics import drift as metrics
 from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import check_measured
-from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules
+from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
 
 
 @dataclass
@@ -58,6 +61,8 @@ class DriftOptions:
     stats: Path | None = None
     #: fsspec options for URL DATA (``s3://...``), e.g. ``{"endpoint_url": ...}``
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: ``--class-axis``: "auto", "none" or an axis of the model's output (batch axis included)
+    class_axis: int | str = "auto"
     #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
     device: str = "cpu"
 
@@ -105,10 +110,11 @@ def drift(
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:
-        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None, report.notes)
+        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
-        evidence = _evidence(run, layers, options, thresholds)
+        diagnose = "BN103" in {r.code for r in select_rules("drift", settings.select, settings.ignore)}
+        evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, diagnose), report.notes)
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
@@ -164,7 +170,9 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     if runner.unhookable:
         bad = ", ".join(f"{k} ({v})" for k, v in list(runner.unhookable.items())[:5])
         notes.append(f"{len(runner.unhookable)} BN layer(s) cannot be observed: {bad}")
-    request = PassRequest(names, options.batch_size, keep=max(options.mismatch_samples, options.diagnosis_samples), keep_predictions=True)
+    request = PassRequest(
+        names, options.batch_size, keep=max(options.mismatch_samples, options.diagnosis_samples), keep_predictions=True, class_axis=options.class_axis
+    )
     with progress(options.progress) as bar:
         task = bar.add_task("drift", total=session.num_samples) if bar is not None else None
         advance = (lambda n: bar.advance(task, n)) if bar is not None else None
@@ -176,26 +184,68 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     return DataPass(result, session.describe(), provenance, runner)
 
 
-def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict) -> DriftEvidence:
-    """The per-layer drift and, on the kept subsample, the analyses the drift rules judge."""
+@dataclass
+class Diagnosis:
+    """What BN103's input diagnosis needs: the model, and whether BN103 is selected at all."""
+
+    source: ModelSource
+    wanted: bool
+
+
+def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, diagnosis: Diagnosis, notes: list[str]) -> DriftEvidence:
+    """The per-layer drift and, on the kept subsample, the analyses the drift rules judge. An
+    analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
     check_measured(result.moments)
-    drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples)
+    halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None else None
+    drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples, halves)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]
     first_names = order[: int(thresholds.get("BN103", {}).get("first_layers", 1))]
-    if first_names and result.subsample is not None and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds):
+    if (
+        diagnosis.wanted and first_names and result.subsample is not None and options.diagnosis_samples > 0
+        and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds)
+    ):  # fmt: skip
         sub = result.subsample[: options.diagnosis_samples]
-        evidence.input_diagnosis = analyses.diagnose_input(runner, layers, sub, first_names, options.batch_size)
-    if options.mismatch_samples > 0 and result.subsample is not None:
-        sub = result.subsample[: options.mismatch_samples]
-        ref = result.sub_outputs[: options.mismatch_samples]
-        same = options.batch_size == options.train_batch_size  # one pass serves both
-        small = analyses.train_batches(runner, sub, options.train_batch_size, full_only=not same)
-        full = small if same else analyses.train_batches(runner, sub, options.batch_size)
-        evidence.small_batch = analyses.small_batch_risk(layers, small, ref) or None
-        evidence.train_eval = analyses.train_eval_mismatch(layers, full, ref) or None
+        evidence.input_diagnosis = _guarded(
+            "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
+        )  # fmt: skip
+    if options.mismatch_samples <= 0 or result.subsample is None:
+        return evidence
+    setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: outputs.output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
+    if setting is None:
+        return evidence
+    ranking = sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score)
+    multiple = float(thresholds.get("BN301", {}).get("noise_multiple", 2.0))
+    evidence.train_eval = _guarded(
+        "BN301's comparison with DATA's own statistics", notes,
+        lambda: outputs.stale_statistics(diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking),
+    ) or None  # fmt: skip
+    if options.train_batch_size >= 2:
+        evidence.small_batch = _guarded(
+            "BN201's train-mode pass", notes, lambda: outputs.small_batch_risk(layers, runner, setting, options.train_batch_size)
+        ) or None  # fmt: skip
     return evidence
+
+
+def _guarded(what: str, notes: list[str], analysis):
+    """``analysis()``, or None and a note saying why it could not be done."""
+    try:
+        return analysis()
+    except MemoryError:
+        notes.append(f"{what} ran out of memory and was skipped; lower --mismatch-samples or --batch-size.")
+    except Exception as exc:  # an analysis after the measurement must never lose the measurement
+        notes.append(f"{what} could not be done and was skipped ({first_line(exc)}); the per-layer figures are unaffected.")
+    return None
+
+
+def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> dict:
+    """BN103's diagnosis on runners of the network up to the first BN layers only."""
+    verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
+    backend = backend_for(source)
+    with backend.first_layers_runner(source, verify[:1]) as probe, backend.first_layers_runner(source, verify) as check:
+        runners = diagnostics.Runners(probe, check, verify[0], [n for n in verify if n in check.layers], batch_size)
+        return diagnostics.diagnose_input(runners, layers, sub, PixelSpace.of(data_info, tuple(sub.shape[1:])))
 
 
 def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: dict, options: DriftOptions) -> DriftResult:
@@ -215,7 +265,7 @@ def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: di
         input_diagnosis=evidence.input_diagnosis,
         small_batch=evidence.small_batch,
         train_eval=dict(evidence.train_eval) if evidence.train_eval else None,
-        accuracy=analyses.accuracy(run.result),
+        accuracy=outputs.run_accuracy(run.result),
         unobserved_layers=dict(run.runner.unhookable) if run.runner is not None else {},
         saved_stats=str(options.save_stats) if options.save_stats is not None else None,
         thresholds=drift_thresholds(thresholds),

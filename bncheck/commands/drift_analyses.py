@@ -1,38 +1,36 @@
 """The analyses of ``bncheck drift`` beyond the per-layer figures: the first drifting layer,
-BN103's input diagnosis, BN201's small-batch scatter, BN301's train/eval mismatch, the
-per-channel arrays of the scatter plots and the accuracy on labelled DATA. Each is a function
+whether the input drift is strong and the per-channel arrays of the scatter plots (BN201's and
+BN301's output analyses and the accuracy are in :mod:`bncheck.commands.drift_outputs`, BN103's
+diagnosis in :mod:`bncheck.commands.drift_diagnosis`). Each is a function
 of a runner, the layers and measured moments; :func:`bncheck.commands.drift.drift` calls them."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-from bncheck.engines.measure import Measurement, array_moments
-from bncheck.errors import BncheckError
 from bncheck.numerics import drift as metrics
-from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.moments import Moments
 
 
-def compute_drift(source_layers, moments: dict[str, Moments], samples: int) -> dict[str, metrics.LayerDrift]:
+def compute_drift(source_layers, moments: dict[str, Moments], samples: int, halves=None) -> dict[str, metrics.LayerDrift]:
+    """Per layer with running statistics, its drift figures; with ``halves`` (moments of two
+    disjoint halves of DATA, :class:`~bncheck.commands.drift_outputs.Halves`), the noise level
+    of mean |z| and mean |r| measured on them."""
     out = {}
     for layer in source_layers:
         m = moments.get(layer.name)
         if m is None or not layer.has_running_stats or layer.eps is None or m.count == 0:
             continue
-        out[layer.name] = metrics.layer_drift(
-            m.mean,
-            m.var,
-            layer.running_mean,
-            layer.running_var,
-            layer.eps,
-            samples=samples,
-            elements=int(m.count),
-        )
+        d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=samples, elements=int(m.count))
+        if halves is not None and layer.name in halves.even and layer.name in halves.odd and halves.even[layer.name].count and halves.odd[layer.name].count:
+            a, b = halves.even[layer.name], halves.odd[layer.name]
+            stats = (layer.running_mean, layer.running_var, layer.eps)
+            d.z_noise = metrics.half_noise(metrics.mean_shift(a.mean, *stats), metrics.mean_shift(b.mean, *stats), samples, halves.n_even, halves.n_odd)
+            d.r_noise = metrics.half_noise(
+                metrics.var_log_ratio(a.var, layer.running_var, layer.eps), metrics.var_log_ratio(b.var, layer.running_var, layer.eps),
+                samples, halves.n_even, halves.n_odd,
+            )  # fmt: skip
+        out[layer.name] = d
     return out
 
 
@@ -58,158 +56,6 @@ def input_drift_is_strong(first: list[str], drift: dict[str, metrics.LayerDrift]
     )
 
 
-#: candidate corrections for BN103: (description, function of a preprocessed batch)
-def _candidates(x: np.ndarray) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-    imagenet_mean = np.array([0.485, 0.456, 0.406], np.float32)
-    imagenet_std = np.array([0.229, 0.224, 0.225], np.float32)
-    out: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
-        ("dividing the input by 255 (data in 0-255, model expects 0-1)", lambda a: a / 255.0),
-        ("multiplying the input by 255 (data in 0-1, model expects 0-255)", lambda a: a * 255.0),
-        ("inverting the input (x -> 1 - x)", lambda a: 1.0 - a),
-    ]
-    if x.ndim == 4 and x.shape[1] == 3:
-        shape = (1, 3, 1, 1)
-        out += [
-            ("swapping the channel order (RGB <-> BGR)", lambda a: np.ascontiguousarray(a[:, ::-1])),
-            (
-                "applying ImageNet mean/std normalisation",
-                lambda a: (a - imagenet_mean.reshape(shape)) / imagenet_std.reshape(shape),
-            ),
-            (
-                "removing a mean/std normalisation (model expects plain 0-1)",
-                lambda a: a * imagenet_std.reshape(shape) + imagenet_mean.reshape(shape),
-            ),
-        ]
-    return out
-
-
-def diagnose_input(runner, layers, sub: np.ndarray, first: list[str], batch_size: int) -> dict:
-    """Re-measure the first BN layers under candidate input corrections; the one that removes
-    most drift names the likely preprocessing mismatch."""
-    by_name = {layer.name: layer for layer in layers}
-
-    def score(x: np.ndarray) -> float:
-        merged = array_moments(runner, x, batch_size, first)
-        values = []
-        for name in first:
-            if name not in merged:
-                continue
-            m = merged[name]
-            layer = by_name[name]
-            d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
-            values.append(d.score)
-        return float(np.mean(values)) if values else float("nan")
-
-    baseline = score(sub)
-    tried = []
-    for description, transform in _candidates(sub):
-        try:
-            value = score(transform(sub).astype(np.float32))
-        except BncheckError:
-            continue
-        tried.append({"description": description, "score": value})
-    tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
-    out: dict[str, Any] = {"baseline": baseline, "candidates": tried, "samples": int(len(sub))}
-    if tried and math.isfinite(tried[0]["score"]) and tried[0]["score"] < 0.5 * baseline:
-        out["best"] = tried[0]
-    return out
-
-
-def _layer_divergence(moment_batches: dict[str, list[Moments]], layers) -> dict[str, float]:
-    """Mean squared-Hellinger score between each batch's statistics and the running statistics."""
-    by_name = {layer.name: layer for layer in layers}
-    out = {}
-    for name, ms in moment_batches.items():
-        layer = by_name.get(name)
-        if layer is None or not layer.has_running_stats:
-            continue
-        scores = []
-        for m in ms:
-            z = metrics.mean_shift(m.mean, layer.running_mean, layer.running_var, layer.eps)
-            r = metrics.var_log_ratio(m.var, layer.running_var, layer.eps)
-            scores.append(float(np.mean(metrics.hellinger_sq(z, r))))
-        out[name] = float(np.mean(scores)) if scores else float("nan")
-    return out
-
-
-@dataclass
-class TrainBatches:
-    """One train-mode pass over a subsample: the outputs and per-layer moments of each batch."""
-
-    batch_size: int
-    sizes: list[int]
-    outputs: list[np.ndarray]
-    moments: list[dict[str, Moments]]
-
-
-def train_batches(runner, sub: np.ndarray, batch_size: int, *, full_only: bool = False) -> TrainBatches:
-    """Run ``sub`` through the model with BN in train mode, in batches of ``batch_size`` (a
-    trailing batch of one sample, which has no batch statistics, is left out, and with
-    ``full_only`` any trailing batch smaller than ``batch_size``). BN201 and BN301 share one
-    such pass when their batch sizes are equal."""
-    result = TrainBatches(int(batch_size), [], [], [])
-    if batch_size < 1:
-        return result
-    for start in range(0, len(sub), batch_size):
-        chunk = sub[start : start + batch_size]
-        if len(chunk) < 2 or (full_only and len(chunk) < batch_size):
-            break
-        out, moments = runner.train_moments(chunk)
-        result.sizes.append(len(chunk))
-        result.outputs.append(out)
-        result.moments.append(moments)
-    return result
-
-
-def small_batch_risk(layers, batches: TrainBatches, eval_out: np.ndarray) -> dict:
-    """BN201: scatter of size-B batch statistics and prediction flips, from the full batches
-    of a train-mode pass at B."""
-    full = [k for k, size in enumerate(batches.sizes) if size == batches.batch_size]
-    if not full:
-        return {}
-    usable = len(full) * batches.batch_size
-    per_layer: dict[str, list[Moments]] = {}
-    for k in full:
-        for name, m in batches.moments[k].items():
-            per_layer.setdefault(name, []).append(m)
-    result: dict[str, Any] = {"batch_size": batches.batch_size, "samples": int(usable), "layers": {}}
-    worst, worst_value = None, -1.0
-    for name, ms in per_layer.items():
-        pooled = merge_all(ms)
-        eps = next((layer.eps for layer in layers if layer.name == name), 1e-5) or 1e-5
-        sc = metrics.batch_scatter(
-            np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps
-        )
-        result["layers"][name] = sc
-        if sc["mean_scatter"] > worst_value:
-            worst, worst_value = name, sc["mean_scatter"]
-    result["worst_layer"] = worst
-    result["max_mean_scatter"] = worst_value
-    train_out = np.concatenate([batches.outputs[k] for k in full])
-    agreement = metrics.output_agreement(eval_out[:usable], train_out)
-    if "top1_agreement" in agreement:
-        result["flip_rate"] = 1.0 - agreement["top1_agreement"]
-    result["relative_error"] = agreement["relative_error"]
-    return result
-
-
-def train_eval_mismatch(layers, batches: TrainBatches, eval_out: np.ndarray) -> dict:
-    """BN301: outputs with batch statistics (train-mode BN, every batch of the pass) vs running
-    statistics."""
-    if not batches.outputs:
-        return {}
-    train_out = np.concatenate(batches.outputs)
-    result = metrics.output_agreement(eval_out[: len(train_out)], train_out)
-    per_layer: dict[str, list[Moments]] = {}
-    for moments in batches.moments:
-        for name, m in moments.items():
-            per_layer.setdefault(name, []).append(m)
-    divergence = _layer_divergence(per_layer, layers)
-    ranked = sorted(divergence, key=lambda n: -divergence[n] if math.isfinite(divergence[n]) else math.inf)
-    result.update({"batch_size": batches.batch_size, "top_layers": ranked[:5], "per_layer": divergence})
-    return result
-
-
 def channel_arrays(layers, moments: dict[str, Moments], drift_by_layer: dict[str, metrics.LayerDrift]) -> dict[str, dict[str, list]]:
     """Per measured layer, {running_mean, running_var, mean, var, z, r}: one entry per channel
     (6 significant digits; NaN/Inf become null in JSON), for the per-channel scatter plots."""
@@ -229,15 +75,3 @@ def channel_arrays(layers, moments: dict[str, Moments], drift_by_layer: dict[str
         }
         for name, d in drift_by_layer.items()
     }
-
-
-def accuracy(result: Measurement) -> float | None:
-    """Top-1 accuracy on labelled DATA (None without labels)."""
-    if result.correct is not None:
-        return float(result.correct / result.labelled) if result.labelled else None
-    if result.labels is None or not result.outputs_for_accuracy:
-        return None
-    preds = np.concatenate(result.outputs_for_accuracy)
-    if len(preds) != len(result.labels):
-        return None
-    return float(np.mean(preds == result.labels))

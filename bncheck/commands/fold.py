@@ -25,7 +25,8 @@ Decisions a user should know:
   graph-carrying outputs (``.pt2``, ``.ts``, ``.onnx``) only.
 * **Speedup**: original and folded timed alternately on the first verification batch in the
   same runtime: torch eager (TorchScript: the script module) for PyTorch inputs, onnxruntime
-  with its default graph optimisations for ONNX (which already fuse Conv+BN, so expect ~1x).
+  with its default graph optimisations for ONNX (which already fuse Conv+BN, so expect ~1x:
+  ONNX folds are timed only when asked, ``timing=True`` / ``--timing``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends import output
-from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, InputSpec, ModelSource
+from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, ModelSource
 from bncheck.backends.load import as_source, backend_for
+from bncheck.commands.fold_inputs import InputPlan, parse_input_shape, plan_inputs
 from bncheck.commands.progress import step
 from bncheck.config import Settings
-from bncheck.data import build_options, open_data
-from bncheck.errors import BncheckError, DataError, UsageError
+from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
 from bncheck.report.report import Report
 from bncheck.report.results import FoldResult
@@ -51,10 +52,7 @@ from bncheck.rules.finding import Finding
 
 #: Audit rules whose findings make folding refuse (it would bake the defect into weights).
 REFUSING_RULES = ("BN001", "BN002", "BN004")
-#: Random verification samples when neither ``samples`` nor DATA says otherwise.
-DEFAULT_RANDOM_SAMPLES = 8
-#: Samples taken from DATA by default.
-DEFAULT_DATA_SAMPLES = 256
+__all__ = ["fold", "load_folded_state_dict", "parse_input_shape", "FoldRefused"]
 
 
 class FoldRefused(BncheckError):
@@ -74,7 +72,7 @@ def fold(
     atol: float | None = None,
     rtol: float | None = None,
     force: bool = False,
-    timing: bool = True,
+    timing: bool | None = None,
     seed: int = 0,
     settings: Settings | None = None,
     arch: str | None = None,
@@ -106,20 +104,18 @@ def fold(
     if defects and not force:
         raise FoldRefused(_refusal_message(defects))
 
-    specs = _input_specs(backend, source, input_shape)
-    sized = ""
-    if verify is None and specs is not None:
-        specs, sized = backend.concrete_inputs(source, specs)
-    batches, inputs_from, data_info = _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings)
-    step("folding")
-    folded = backend.fold(source, kind, affine=affine, example=batches[0])
+    plan = plan_inputs(backend, source, input_shape=input_shape, verify=verify, samples=samples,
+                       batch_size=batch_size, seed=seed, settings=settings)
+    if plan.example is None and backend.needs_example(source, kind):
+        raise UsageError(_needs_example_message(kind, plan))
+    site_atol, site_rtol = _site_tolerances(backend.float_dtype(source).name, atol, rtol)
+    folded, proofs = _fold_proved(backend, source, kind, affine, plan, site_atol, site_rtol)
     changed = folded.count("folded") + folded.count("affine") > 0
     converted = changed or (out is not None and force)
-    artifact, artifact_notes = backend.convert(source, folded, kind, batches[0]) if converted else (None, [])
-    evidence = _verify(backend, source, artifact, kind, batches, inputs_from, atol, rtol)
-    timing_info = _timing(backend, source, folded, batches[0]) if timing and changed else None
-
-    notes: list[str] = [*([sized] if sized else []), *folded.notes, *artifact_notes, *backend.fold_notes(source)]
+    artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
+    evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
+    timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
+    notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
     ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
     findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
@@ -129,24 +125,78 @@ def fold(
         verification=evidence.verification,
         figures=_fold_figures(backend, source, folded, kind, out, written, timing_info, evidence.atol, evidence.rtol, affine),
         outcomes={layer.name: _outcome(folded, layer).to_dict() for layer in layers},
-        data={"samples": int(count), "batch_size": int(batch_size), **data_info} if data_info is not None else None,
+        data={"samples": int(count), "batch_size": int(batch_size), **plan.data_info} if plan.data_info is not None else None,
+        site_proofs=proofs,
+        inputs=plan.used,
     )
-    if not layers:
-        report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold")
-    elif not changed:
-        report.notes.append("no BN layer can be folded: every layer is kept (see the reasons per layer)")
-    report.notes.extend(notes)
+    report.result.figures["site_proofs"] = report.result.proof_counts()
+    report.notes.extend(_outcome_notes(source, layers, changed) + notes)
     return report
+
+
+def _timing_if_asked(backend: Backend, source: ModelSource, folded: FoldedModel, plan: InputPlan, timing: bool | None, changed: bool):
+    """The speed-up figures when timing is on, and the note saying why it is off by default."""
+    timing, note = _timing_choice(backend, timing, changed)
+    info = _timing(backend, source, folded, plan.example) if timing and changed and plan.example is not None else None
+    return info, note
+
+
+def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
+    if not layers:
+        return [f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to fold"]
+    if not changed:
+        return ["no BN layer can be folded: every layer is kept (see the reasons per layer)"]
+    return []
+
+
+def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
+    """Fold, prove every folded site on its own, and fold again keeping the sites whose proof
+    failed (and, with no whole-model verification to cover them, those not provable alone)."""
+    step("folding and proving each folded site")
+    folded = backend.fold(source, kind, affine=affine, example=plan.example)
+    proofs = backend.prove_sites(source, folded, atol=atol, rtol=rtol)
+    keep = {name: f"its site proof failed: {p.reason}" for name, p in proofs.items() if p.passed is False}
+    if plan.batches is None:
+        keep.update({name: f"not proved on its own ({p.reason}) and no input to verify the whole model (pass --input-shape)"
+                     for name, p in proofs.items() if p.passed is None})
+    if keep:
+        folded = backend.fold(source, kind, affine=affine, example=plan.example, keep=keep)
+    return folded, proofs
+
+
+def _needs_example_message(kind: str, plan: InputPlan) -> str:
+    return (
+        f"writing {output.OUTPUT_KINDS.get(kind, kind)} needs an example input, and {plan.used.why.split(': ', 1)[0]}; "
+        "pass --input-shape N,C,H,W (e.g. 1,3,224,224) or --verify DATA, or write a state dict (OUT .safetensors), "
+        "which needs none."
+    )
+
+
+def _site_tolerances(dtype_name: str, atol, rtol) -> tuple[float, float]:
+    """The dtype's default tolerances, loosened (never tightened) by ``atol``/``rtol``: a site
+    proof keeps a layer unfolded, which a tighter whole-model criterion should not do."""
+    d_atol, d_rtol = default_tolerances(dtype_name)
+    return max(d_atol, float(atol or 0.0)), max(d_rtol, float(rtol or 0.0))
+
+
+def _tolerances(dtype_name: str, atol, rtol) -> tuple[float, float]:
+    d_atol, d_rtol = default_tolerances(dtype_name)
+    return (d_atol if atol is None else float(atol)), (d_rtol if rtol is None else float(rtol))
 
 
 def _outcome(folded: FoldedModel, layer) -> FoldOutcome:
     return folded.outcomes.get(layer.name) or FoldOutcome("kept", None, layer.fold_reason or "not found in the model graph")
 
 
-def _verify(backend: Backend, source: ModelSource, artifact, kind: str, batches, inputs_from: str, atol, rtol) -> FoldEvidence:
+def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: InputPlan, atol, rtol, site_atol, site_rtol) -> FoldEvidence:
     """Run the original and what will be written (the converted artifact; an unchanged model
-    is compared with itself only when nothing is converted or written) on every batch."""
-    step(f"verifying on {len(batches)} batch(es)")
+    is compared with itself only when nothing is converted or written) on every batch; with
+    no batches, the site proofs are the evidence (sites that failed were kept)."""
+    step("verifying the folded model")
+    batches = plan.batches
+    if batches is None:
+        verification = Verification(inputs="none", samples=0, max_abs_err=None, max_rel_err=None, passed=True)
+        return FoldEvidence(verification=verification, atol=site_atol, rtol=site_rtol)
     reference = backend.executable(source)
     candidate = backend.executable(artifact, kind) if artifact is not None else reference
     acc = ErrorAccumulator()
@@ -157,11 +207,9 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, batches,
         out_dtype = out_dtype or _output_dtype(expected)
         acc.add(expected, candidate(batch))
         count += _batch_len(batch)
-    d_atol, d_rtol = default_tolerances(out_dtype)
-    atol = d_atol if atol is None else float(atol)
-    rtol = d_rtol if rtol is None else float(rtol)
+    atol, rtol = _tolerances(out_dtype, atol, rtol)
     verification = Verification(
-        inputs=inputs_from,
+        inputs="data" if plan.used.origin == "data" else "random",
         samples=int(count),
         max_abs_err=_finite_or_none(acc.max_abs()),
         max_rel_err=_finite_or_none(acc.max_rel()),
@@ -210,117 +258,17 @@ def _refusal_message(defects: list[Finding]) -> str:
     )
 
 
-def parse_input_shape(text: str | list | tuple | None) -> list[tuple[int, ...]] | None:
-    """``"1,3,224,224"`` -> [(1, 3, 224, 224)]; ``;`` separates several inputs."""
-    if text is None:
-        return None
-    if isinstance(text, (list, tuple)):
-        if text and all(isinstance(d, int) for d in text):
-            return [tuple(int(d) for d in text)]
-        return [tuple(int(d) for d in s) for s in text]
-    shapes = []
-    for part in str(text).split(";"):
-        part = part.strip().strip("()[]")
-        try:
-            dims = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
-        except ValueError:
-            dims = ()
-        if not dims or any(d <= 0 for d in dims):
-            raise UsageError(f"--input-shape {text!r}: expected positive integers like 1,3,224,224 (';' between inputs).")
-        shapes.append(dims)
-    return shapes
-
-
-def _input_specs(backend: Backend, source: ModelSource, input_shape) -> list[InputSpec] | None:
-    shapes = parse_input_shape(input_shape)
-    declared = backend.input_specs(source)
-    if shapes is None:
-        return declared
-    if declared is not None:
-        if len(shapes) != len(declared):
-            raise UsageError(f"--input-shape gives {len(shapes)} input(s) but the model has {len(declared)}.")
-        for shape, spec in zip(shapes, declared, strict=True):
-            full = spec.full_shape() or ()
-            if len(shape) != len(full) or any(d is not None and d != s for s, d in zip(shape, full, strict=True)):
-                raise UsageError(
-                    f"--input-shape {','.join(map(str, shape))} does not fit input {spec.name} of shape "
-                    f"{_shape_text(full)}."
-                )
-        return [_concrete(spec.name, shape, spec.dtype) for shape, spec in zip(shapes, declared, strict=True)]
-    dtype = backend.float_dtype(source).name
-    return [_concrete(f"input{i}", shape, dtype) for i, shape in enumerate(shapes)]
-
-
-def _concrete(name: str, shape: tuple[int, ...], dtype: str) -> InputSpec:
-    return InputSpec(name, tuple(shape[1:]), dtype, batch=shape[0] if shape else None, batched=bool(shape))
-
-
-def _verification_batches(backend, source, specs, verify, samples, batch_size, seed, settings):
-    """The verification inputs: a list of batches, each a tuple of arrays (one per input)."""
-    step("reading the verification inputs")
-    if verify is not None:
-        return _data_batches(backend, source, specs, verify, samples, batch_size, settings)
-    if specs is None:
-        raise UsageError(
-            "bncheck needs inputs to verify the folded model: pass --input-shape N,C,H,W (the "
-            "model's input shape, e.g. 1,3,224,224) or --verify DATA."
-        )
-    total = int(samples or DEFAULT_RANDOM_SAMPLES)
-    if total < 1:
-        raise UsageError("--samples must be at least 1.")
-    rng = np.random.default_rng(seed)
-    resolved = []
-    for spec in specs:
-        dims = list(spec.full_shape() or ())
-        if dims and dims[0] is None:
-            dims[0] = total
-        if any(d is None for d in dims):
-            raise UsageError(
-                f"input {spec.name} has dynamic dimensions {_shape_text(spec.full_shape() or ())}; pass --input-shape "
-                "with concrete sizes (e.g. 8,3,224,224)."
-            )
-        resolved.append((spec, tuple(int(d) for d in dims)))
-    per_batch = resolved[0][1][0] if resolved[0][1] else 1
-    n_batches = max(1, math.ceil(total / max(per_batch, 1)))
-    batches = []
-    for _ in range(n_batches):
-        batch = []
-        for spec, shape in resolved:
-            if np.issubdtype(np.dtype(spec.dtype), np.floating):
-                batch.append(rng.standard_normal(shape).astype(spec.dtype))
-            else:
-                batch.append(np.zeros(shape, dtype=spec.dtype))
-        batches.append(tuple(batch))
-    return batches, "random", None
-
-
-def _data_batches(backend, source, specs, verify, samples, batch_size, settings):
-    if specs is not None and len(specs) != 1:
-        raise UsageError("--verify DATA works for single-input models; this one has several inputs: use --input-shape.")
-    spec = specs[0] if specs else None
-    options = build_options(settings.options, {"limit": int(samples or DEFAULT_DATA_SAMPLES)})
-    dataset = open_data(verify, options, expected_shape=spec.shape if spec else None)
-    fixed = spec.batch if spec is not None else None
-    size = fixed or int(batch_size)
-    dtype = np.dtype(spec.dtype) if spec is not None else backend.float_dtype(source)
-    batches = []
-    for batch in dataset.batches(size):
-        if fixed is not None and len(batch.x) != fixed:
-            continue  # a model with a fixed batch size: drop the last, partial batch
-        batches.append((np.ascontiguousarray(batch.x.astype(dtype, copy=False)),))
-    if not batches:
-        raise DataError(f"DATA {verify} gives fewer samples than the model's fixed batch size {fixed}.")
-    info = {"path": str(verify), **{k: v for k, v in dataset.describe().items() if k not in ("path", "samples", "batch_size")}}
-    return batches, "data", info
-
-
 def _batch_len(batch: tuple) -> int:
     first = batch[0]
     return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
 
 
-def _shape_text(shape) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tuple[bool, list[str]]:
+    """Whether to time the fold (``None``: the backend's default) and the note saying why not."""
+    if timing is not None:
+        return timing, []
+    note = [backend.fold_timing_note] if changed and backend.fold_timing_note and not backend.fold_timing_default else []
+    return backend.fold_timing_default, note
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:

@@ -62,6 +62,8 @@ from bncheck.report.stats_checks import check_measured
 from bncheck.rules import DriftEvidence, RecalibrationEvidence, RuleContext, run_rules
 
 METHODS = ("exact", "cumulative", "ema")
+#: the fraction of DATA held out for the guard by default (local engine)
+DEFAULT_HOLDOUT = 0.1
 VARIANCES = ("population", "unbiased")
 
 
@@ -82,8 +84,9 @@ class RecalibrateOptions:
     prior: float = 0.0
     #: read DATA until every channel's mean and variance are known to this (95%), or it ends
     precision: float | None = None
-    #: fraction of DATA held out for the guard (0: no split, no guard)
-    holdout: float = 0.1
+    #: fraction of DATA held out for the guard (0: no split, no guard; None: 0.1 with the local
+    #: engine, 0 on Ray, whose passes do not read DATA in order)
+    holdout: float | None = None
     #: at most this many held-out samples (kept in memory, run three times)
     holdout_samples: int = 512
     #: write OUT even when the guard finds the recalibrated model worse
@@ -114,7 +117,7 @@ class RecalibrateOptions:
             raise UsageError("--prior blends with the stored statistics, which --method ema already starts from: use exact or cumulative.")
         if self.precision is not None and not 0 < self.precision < 1:
             raise UsageError("--precision must be in (0, 1) (channel standard deviations, e.g. 0.01).")
-        if not 0 <= self.holdout < 1:
+        if self.holdout is not None and not 0 <= self.holdout < 1:
             raise UsageError("--holdout must be in [0, 1) (the fraction of DATA held out for the guard; 0 turns it off).")
         if self.tolerance <= 0:
             raise UsageError("--tolerance must be positive.")
@@ -155,16 +158,16 @@ def recalibrate(
     if options.method != "exact" and engine.name != "local":
         raise UsageError(f"--method {options.method} updates the statistics batch after batch, in order: run it with --engine local (--method exact runs on {engine.name}).")
     where = DataSpec(data, None, dict(options.storage_options), options.batch_size)
-    model_spec = ModelSpec(Path(source.path), arch, trust_pickle) if source.path is not None else None
+    model_spec = ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None
     drift_options = DriftOptions(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,
-        storage_options=dict(options.storage_options), device=options.device,
+        storage_options=dict(options.storage_options), device=source.device,
     )  # fmt: skip
     if options.verify:
         step("drift of MODEL on DATA (--verify)")
     before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle) if options.verify else None
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
-        split = _split(options, session.num_samples)
+        split = _split(options, session.num_samples, engine.name)
         est = _estimate(source, session, names, options, split)
         updated = backend.with_statistics(source, est.stats, num_batches=est.batches if options.method != "ema" else None)
         x_held, y_held = split.samples() if split is not None else (None, None)
@@ -184,6 +187,8 @@ def recalibrate(
         reloaded = load_model(out, arch=arch, trust_pickle=trusted)
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
+    if split is None and options.holdout is None:
+        report.notes.append(f"no held-out check of the result: --engine {engine.name} reads no split (--engine local holds one out)")
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)
@@ -196,10 +201,10 @@ def recalibrate(
     return report
 
 
-def _split(options: RecalibrateOptions, num_samples: int | None) -> HoldoutSplit | None:
-    if options.holdout <= 0:
+def _split(options: RecalibrateOptions, num_samples: int | None, engine: str) -> HoldoutSplit | None:
+    fraction = options.holdout if options.holdout is not None else (DEFAULT_HOLDOUT if engine == "local" else 0.0)
+    if fraction <= 0:
         return None
-    fraction = options.holdout
     if num_samples:  # hold out at most holdout_samples: no sample is left out for nothing
         fraction = min(fraction, options.holdout_samples / num_samples)
     return HoldoutSplit(fraction, keep=options.holdout_samples)

@@ -36,6 +36,7 @@ from bncheck.data.convert import (
 from bncheck.data.images import preprocess_image, resolve_image_plan
 from bncheck.data.labels import Labels
 from bncheck.data.loader import Task
+from bncheck.data.reader import ManySamplesPerFile
 from bncheck.data.shapes import ExpectedShape, Shape, fits, mismatch_hint, shape_text
 from bncheck.data.spec import DataOptions
 from bncheck.errors import DataError, UsageError
@@ -162,15 +163,10 @@ def as_data(data: Any) -> Any:
     return InMemoryData(data)
 
 
-class MemoryReader:
+class MemoryReader(ManySamplesPerFile):
     """The items of an :class:`InMemoryData` (``files`` is ``[source]``)."""
 
     kind = "memory"
-    one_per_file = False
-
-    @classmethod
-    def all_unusable(cls, files: list[Any], options: DataOptions) -> list[tuple[str, str]] | None:
-        return None
 
     def __init__(self, files: list[Any], options: DataOptions, expected: ExpectedShape | None):
         (self.source,) = files

@@ -27,8 +27,10 @@ from bncheck.backends.load import backend_for, load_model
 from bncheck.data.issue_totals import issue_dict, rename_text
 from bncheck.data.plan import Block, DataPlan
 from bncheck.engines.interface import ModelSpec, PassRequest
+from bncheck.engines.measure import output_class_axis
 from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import sample_predictions
 from bncheck.numerics.reservoir import Reservoir
 
 
@@ -44,6 +46,8 @@ class ModelPackage:
     arch: str | None
     trust_pickle: bool
     sha256: str
+    #: "cpu" or "cuda:N": where the worker runs the model
+    device: str = "cpu"
 
 
 def pack_model(spec: ModelSpec) -> ModelPackage:
@@ -62,7 +66,7 @@ def pack_model(spec: ModelSpec) -> ModelPackage:
             name = "bncheck_arch_" + Path(target).name
             files[name] = Path(target).read_bytes()
             arch = f"{name}:{factory}"
-    return ModelPackage(files, path.name, arch, spec.trust_pickle, hashlib.sha256(files[path.name]).hexdigest())
+    return ModelPackage(files, path.name, arch, spec.trust_pickle, hashlib.sha256(files[path.name]).hexdigest(), spec.device)
 
 
 def _onnx_external_files(path: Path) -> list[str]:
@@ -92,7 +96,9 @@ def unpack_model(package: ModelPackage, folder: Path):
     arch = package.arch
     if arch and arch.startswith("bncheck_arch_"):
         arch = str(Path(folder) / arch)
-    return load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
+    source = load_model(Path(folder) / package.model, arch=arch, trust_pickle=package.trust_pickle)
+    # a Ray actor that asked for a GPU sees it as its device 0 (CUDA_VISIBLE_DEVICES)
+    return backend_for(source).place(source, "cpu" if package.device == "cpu" else "cuda:0")
 
 
 @dataclass
@@ -171,10 +177,11 @@ class BlockWorker:
                     xs.append(x)
                     outs.append(np.asarray(out))
                 if request.keep_predictions:
-                    preds.append(np.asarray(out).reshape(len(x), -1).argmax(axis=1))
-                    if batch.y is None:
+                    pred = sample_predictions(out, output_class_axis(out, request.class_axis, runner.batch_axis))
+                    if batch.y is None or pred is None:
                         labelled = False
                     else:
+                        preds.append(pred)
                         labels.append(np.asarray(batch.y))
                 samples += len(x)
         except DataError:

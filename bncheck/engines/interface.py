@@ -49,6 +49,8 @@ class PassRequest:
     keep_predictions: bool = False
     statistics: dict[str, tuple[Any, Any]] | None = None
     seed: int = 0
+    #: ``--class-axis`` for the per-sample predictions of ``keep_predictions``
+    class_axis: int | str = "auto"
     #: leave out the samples of this :class:`~bncheck.data.holdout.HoldoutSplit` (the first
     #: pass keeps them for recalibrate's guard); in-process engines only
     split: Any = None
@@ -92,6 +94,9 @@ class ModelSpec:
     path: Path
     arch: str | None = None
     trust_pickle: bool = False
+    #: where the workers run it: "cpu" or "cuda:N" (already resolved on the driver; Ray actors
+    #: then ask for one GPU each and place the model on their own device)
+    device: str = "cpu"
 
 
 class Session(ABC):

@@ -73,7 +73,7 @@ class LocalSession(Session):
             if request.mode == "eval":
                 return measure(
                     runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
-                    until=request.until,
+                    class_axis=request.class_axis, until=request.until,
                 )  # fmt: skip
             return train_pass(runner, batches, request.layers, on_batch, until=request.until)
 

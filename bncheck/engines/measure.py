@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bncheck.errors import UsageError
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, sample_predictions
 from bncheck.numerics.reservoir import Reservoir
 
 
@@ -26,6 +28,13 @@ class Measurement:
     #: predicted and labelled samples; ``correct`` is None when some sample had no label
     correct: int | None = None
     labelled: int = 0
+    #: per-layer moments of the even and of the odd batches of the pass (two disjoint halves of
+    #: DATA: BN301's noise floor); None where the pass did not keep them
+    halves: tuple[dict[str, Moments], dict[str, Moments]] | None = None
+    #: the labels of the subsample's samples (None unless every sample had one)
+    sub_labels: np.ndarray | None = None
+    #: the output axis that followed the batch size (outputs here are batch-first)
+    batch_axis: int | None = None
 
 
 #: per-layer moments of this many batches are merged into one (bounded memory, and
@@ -51,31 +60,32 @@ def measure(
     on_batch: Callable[[int], None] | None = None,
     keep_predictions: bool = False,
     seed: int = 0,
+    class_axis: int | str = CLASS_AXIS_AUTO,
     until=None,
 ) -> Measurement:
-    """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64);
-    keep a uniform random subsample of ``keep`` samples and their eval outputs for the
-    train-mode analyses (a folder sorted by class must not give single-class batches).
-    Memory does not grow with the data: per-layer moments are merged every
-    ``_MERGE_EVERY`` batches and predictions are only counted."""
+    """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64),
+    for the whole pass and for its even and odd batches apart; keep a uniform random subsample
+    of ``keep`` samples, their eval outputs and labels for the train-mode analyses (a folder
+    sorted by class must not give single-class batches). Memory does not grow with the data:
+    per-layer moments are merged every ``_MERGE_EVERY`` batches and predictions are only
+    counted (one class per sample over ``class_axis``; outputs with several positions per sample
+    have no per-sample accuracy)."""
     parts: dict[str, list[Moments]] = {}
+    halves: tuple[dict[str, list[Moments]], dict[str, list[Moments]]] = ({}, {})
     reservoir = Reservoir(keep, seed)
-    samples = 0
-    correct, labelled, unlabelled = 0, 0, False
+    samples = batches_seen = 0
+    counts = _Counts()
     for batch in batches:
         x = batch.x
         outputs, moments = runner.moments(x)
         add_bounded(parts, moments)
-        reservoir.offer(x, outputs)
+        add_bounded(halves[batches_seen % 2], moments)
+        y = getattr(batch, "y", None)
+        reservoir.offer(x, outputs, y)
         if keep_predictions:
-            y = getattr(batch, "y", None)
-            if y is None:
-                unlabelled = True
-            else:
-                pred = np.asarray(outputs).reshape(len(x), -1).argmax(axis=1)
-                correct += int(np.count_nonzero(pred == np.asarray(y)))
-                labelled += len(x)
+            counts.add(outputs, y, class_axis, runner)
         samples += len(x)
+        batches_seen += 1
         if on_batch is not None:
             on_batch(len(x))
         if until is not None:
@@ -83,15 +93,47 @@ def measure(
             if until.done:
                 break
     merged = {name: merge_all(ms) for name, ms in parts.items()}
-    sub, sub_out = reservoir.sample()
+    sub, sub_out, sub_labels = reservoir.sample_labelled()
     return Measurement(
         moments=merged,
         samples=samples,
         subsample=sub,
         sub_outputs=sub_out,
-        correct=correct if keep_predictions and labelled and not unlabelled else None,
-        labelled=labelled,
+        correct=counts.correct if keep_predictions and counts.labelled and not counts.unlabelled else None,
+        labelled=counts.labelled,
+        halves=tuple({name: merge_all(ms) for name, ms in h.items()} for h in halves) if batches_seen >= 2 else None,  # type: ignore[arg-type]
+        sub_labels=sub_labels,
+        batch_axis=getattr(runner, "batch_axis", 0),
     )
+
+
+class _Counts:
+    """Running top-1 counts of a pass (labelled samples and correct predictions)."""
+
+    def __init__(self) -> None:
+        self.correct = self.labelled = 0
+        self.unlabelled = False
+
+    def add(self, outputs, y, class_axis: int | str, runner) -> None:
+        axis = output_class_axis(outputs, class_axis, getattr(runner, "batch_axis", 0))  # a bad --class-axis stops here
+        if y is None:
+            self.unlabelled = True
+            return
+        pred = sample_predictions(outputs, axis)
+        if pred is None or pred.shape != np.shape(y):
+            self.unlabelled = True
+            return
+        self.correct += int(np.count_nonzero(pred == np.asarray(y)))
+        self.labelled += len(pred)
+
+
+def output_class_axis(outputs, class_axis: int | str, batch_axis: int | None) -> int | None:
+    """The per-sample class axis of batch-first ``outputs`` for the ``--class-axis`` option
+    (UsageError naming the option where it does not fit the output)."""
+    try:
+        return class_axis_of(np.shape(outputs)[1:], class_axis, batch_axis=batch_axis or 0)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; pass --class-axis auto, none, or an axis of the model's output.") from exc
 
 
 def array_moments(runner, x: np.ndarray, batch_size: int, layers: list[str]) -> dict[str, Moments]:

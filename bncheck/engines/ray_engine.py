@@ -149,7 +149,7 @@ class RaySession(Session):
             cwd = os.getcwd()
             threads = max(1, int(engine.cpus_per_worker))  # the runtime's threads: the CPUs reserved
             self.actors = [
-                _RemoteActor.options(num_cpus=engine.cpus_per_worker).remote(package, plan_ref, cwd, threads)
+                _RemoteActor.options(num_cpus=engine.cpus_per_worker, num_gpus=0 if model.device == "cpu" else 1).remote(package, plan_ref, cwd, threads)
                 for _ in range(count)
             ]
             _wait_ready(self.actors)

@@ -35,14 +35,58 @@ def _size(value) -> str:
     return f"{value:.1f} GB"
 
 
-def summary_lines(result: FoldResult) -> list[str]:
-    """Verification, counts, sizes and speed, one fact per line."""
-    v, f = result.verification, result.figures
-    tol = f.get("tolerance") or {}
-    lines = [
+def _verification_line(result: FoldResult) -> str:
+    v, tol = result.verification, result.figures.get("tolerance") or {}
+    if v.inputs == "none":
+        return "verification: whole model not run (no input could be built); the folded sites were proved on their own"
+    return (
         f"verification: {'passed' if v.passed else 'FAILED'} on {v.samples} {v.inputs} sample(s): "
         f"max abs error {fmt_num(v.max_abs_err)}, max relative error {fmt_num(v.max_rel_err)} "
-        f"(atol {fmt_num(tol.get('atol'))}, rtol {fmt_num(tol.get('rtol'))})",
+        f"(atol {fmt_num(tol.get('atol'))}, rtol {fmt_num(tol.get('rtol'))})"
+    )
+
+
+def _inputs_line(result: FoldResult) -> list[str]:
+    used = result.inputs
+    if used is None:
+        return []
+    shapes = "; ".join("×".join(str(d) for d in s) for s in used.shapes or [])
+    return [f"verification inputs: {used.origin}{f' ({shapes})' if shapes else ''}: {used.why}"]
+
+
+def _proofs_line(result: FoldResult) -> list[str]:
+    if not result.site_proofs:
+        return []
+    counts = result.proof_counts()
+    worst = max(result.site_proofs.values(), key=lambda p: p.max_rel_err if p.max_rel_err is not None else -1.0)
+    line = (
+        f"site proofs: {counts['passed']} passed, {counts['failed']} failed (kept), "
+        f"{counts['not_proved']} not proved on their own"
+    )
+    if worst.max_rel_err is not None:
+        line += f"; worst {worst.layer}: max abs error {fmt_num(worst.max_abs_err)}, max relative error {fmt_num(worst.max_rel_err)}"
+    return [line]
+
+
+def site_lines(result: FoldResult) -> list[str]:
+    """One line per proved site: its verdict, errors and the input it ran on."""
+    lines = []
+    for name, proof in result.site_proofs.items():
+        verdict = {True: "passed", False: "FAILED", None: "not proved"}[proof.passed]
+        shape = "×".join(str(d) for d in proof.input_shape) if proof.input_shape else "-"
+        errors = (f": max abs error {fmt_num(proof.max_abs_err)}, max relative error {fmt_num(proof.max_rel_err)} on {shape}"
+                  if proof.max_abs_err is not None else "")
+        lines.append(f"{name}: {verdict}{errors}{f' ({proof.reason})' if proof.reason else ''}")
+    return lines
+
+
+def summary_lines(result: FoldResult) -> list[str]:
+    """Verification, counts, sizes and speed, one fact per line."""
+    f = result.figures
+    lines = [
+        _verification_line(result),
+        *_inputs_line(result),
+        *_proofs_line(result),
         f"layers: {f['layers_folded']} folded, {f['layers_kept']} kept"
         + (f", {f['layers_affine']} affine" if f.get("layers_affine") else ""),
     ]
@@ -91,6 +135,10 @@ class FoldSection(Section):
 
     def table_parts(self) -> list[RenderableType]:
         parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
+        sites = site_lines(self.result)
+        if sites:
+            parts.append(Text("site proofs (original pair in float64 against the folded op, on its own):"))
+            parts.extend(Text(f"  {line}") for line in sites)
         kept = self.kept_rows()
         if kept:
             table = Table(title="Not folded", title_justify="left")
@@ -102,13 +150,20 @@ class FoldSection(Section):
         return parts
 
     def markdown_lines(self) -> list[str]:
-        return ["### Fold", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
+        lines = ["### Fold", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
+        sites = site_lines(self.result)
+        if sites:
+            lines += ["#### Site proofs", "", *[f"- {line}" for line in sites], ""]
+        return lines
 
     def html_top(self) -> str:
         lines = self.summary_lines()
         parts = ["<h2 id=\"fold\">Fold</h2>"]
         if lines:
             parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>")
+        sites = site_lines(self.result)
+        if sites:
+            parts.append("<h3>Site proofs</h3><ul>" + "".join(f"<li>{esc(line)}</li>" for line in sites) + "</ul>")
         kept = self.kept_rows()
         if kept:
             parts.append(

@@ -13,7 +13,7 @@ from typing import Any
 from bncheck.backends.interface import ModelInfo
 from bncheck.errors import UsageError
 from bncheck.layer import BNLayer
-from bncheck.report.schema import problems
+from bncheck.report.schema import SCHEMA_VERSION, problems
 from bncheck.rules.finding import Finding, Severity
 
 #: Layer keys that map onto BNLayer fields (the rest: drift, fold... belong to the result).
@@ -30,9 +30,9 @@ def check_report(data: Any, source: str) -> dict[str, Any]:
     if not isinstance(data, dict) or "schema_version" not in data or not isinstance(data.get("tool"), dict):
         raise UsageError(f"{source} is not a bncheck JSON report (make one with --format json).")
     version = data["schema_version"]
-    if isinstance(version, int) and version > 1:
+    if isinstance(version, int) and version > SCHEMA_VERSION:
         raise UsageError(
-            f"{source} has schema_version {version}, newer than this bncheck reads (1); upgrade bncheck."
+            f"{source} has schema_version {version}, newer than this bncheck reads ({SCHEMA_VERSION}); upgrade bncheck."
         )
     found = problems(data)
     if found:

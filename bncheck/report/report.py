@@ -16,9 +16,9 @@ from bncheck.report.baseline import apply_baseline
 from bncheck.report.gate import Gate
 from bncheck.report.parse import check_report
 from bncheck.report.results import RESULT_KEYS, CommandResult, result_from_dict
+from bncheck.report.schema import SCHEMA_VERSION
 from bncheck.rules.finding import Finding, Severity, reaches
 
-SCHEMA_VERSION = 1
 #: Top-level keys that Report builds itself (every other key belongs to a result, the
 #: baseline, the run record, or is kept as it is).
 CORE_KEYS = ("schema_version", "tool", "command", "model", "layers", "findings", "summary", "notes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from bncheck.numerics.site_proof import SiteProof
 from bncheck.rules.context import Verification
 
 #: One layer's drift figures as the report writes them (``LayerDrift.to_dict()``).
@@ -107,9 +108,32 @@ class DriftResult(CommandResult):
         )
 
 
+#: where whole-model verification inputs came from
+INPUT_ORIGINS = ("data", "input-shape", "graph", "inferred", "none")
+
+
+@dataclass
+class VerificationInputs:
+    """Which inputs whole-model verification used, and why those (``origin`` "none": none
+    could be built, the folded sites were proved on their own only)."""
+
+    origin: str
+    #: the first batch's shape per model input (None: no whole-model verification)
+    shapes: list[list[int]] | None
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "shapes": self.shapes, "why": self.why}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> VerificationInputs | None:
+        return None if data is None else cls(data["origin"], data.get("shapes"), data.get("why", ""))
+
+
 @dataclass
 class FoldResult(CommandResult):
-    """``bncheck fold``: the verification, the fold figures and each layer's outcome."""
+    """``bncheck fold``: the verification, the fold figures, each layer's outcome and the
+    proof of each folded site on its own."""
 
     key: ClassVar[str] = "fold"
 
@@ -119,9 +143,15 @@ class FoldResult(CommandResult):
     #: per layer, its outcome: status (folded, affine, kept), into, reason
     outcomes: dict[str, dict[str, Any]]
     data: DataRecord | None = None
+    #: per proved layer (folded, or kept because its proof failed), its site proof
+    site_proofs: dict[str, SiteProof] = field(default_factory=dict)
+    #: the inputs whole-model verification used
+    inputs: VerificationInputs | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"verification": self.verification.to_dict()}
+        if self.inputs is not None:
+            out["verification"]["inputs_used"] = self.inputs.to_dict()
         if self.data is not None:
             out["data"] = self.data
         out["fold"] = self.figures
@@ -129,15 +159,29 @@ class FoldResult(CommandResult):
 
     def layer_fields(self, name: str) -> dict[str, Any]:
         outcome = self.outcomes.get(name)
-        return {} if outcome is None else {"fold": outcome}
+        if outcome is None:
+            return {}
+        proof = self.site_proofs.get(name)
+        return {"fold": outcome if proof is None else {**outcome, "site_proof": proof.to_dict()}}
+
+    def proof_counts(self) -> dict[str, int]:
+        """How many site proofs passed, failed (those layers were kept) and could not run."""
+        values = [p.passed for p in self.site_proofs.values()]
+        return {"passed": values.count(True), "failed": values.count(False), "not_proved": values.count(None)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], layers: dict[str, dict[str, Any]]) -> FoldResult:
+        outcomes = {name: dict(rest["fold"]) for name, rest in layers.items() if "fold" in rest}
+        proofs = {name: SiteProof.from_dict(name, o.pop("site_proof")) for name, o in outcomes.items() if "site_proof" in o}
+        verification = dict(data["verification"])
+        inputs = VerificationInputs.from_dict(verification.pop("inputs_used", None))
         return cls(
-            verification=Verification.from_dict(data["verification"]),
+            verification=Verification.from_dict(verification),
             figures=data["fold"],
-            outcomes={name: rest["fold"] for name, rest in layers.items() if "fold" in rest},
+            outcomes=outcomes,
             data=data.get("data"),
+            site_proofs=proofs,
+            inputs=inputs,
         )
 
 

@@ -14,6 +14,10 @@ import json
 from importlib import resources
 from typing import Any
 
+#: Version of the JSON report shape (2: BN201/BN301 output comparisons of any structure, BN301
+#: against DATA's own statistics with a noise floor; see CHANGELOG.md)
+SCHEMA_VERSION = 2
+
 SCHEMA_RESOURCE = "report_schema.json"
 
 _RANK = {"info": 1, "warning": 2, "error": 3}
@@ -109,8 +113,8 @@ def _structural_problems(report: Any) -> list[str]:
     out = [f"$: missing {key!r}" for key in schema["required"] if key not in report]
     if out:
         return out
-    if report["schema_version"] != 1:
-        out.append(f"$.schema_version: {report['schema_version']!r} is not 1")
+    if report["schema_version"] not in schema["properties"]["schema_version"]["enum"]:
+        out.append(f"$.schema_version: {report['schema_version']!r} is not one of {schema['properties']['schema_version']['enum']}")
     if not isinstance(report["tool"], dict) or report["tool"].get("name") != "bncheck":
         out.append("$.tool.name: not 'bncheck'")
     if report["command"] not in schema["properties"]["command"]["enum"]:

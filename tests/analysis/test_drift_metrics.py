@@ -53,13 +53,31 @@ def test_score_grows_with_drift_and_is_bounded():
     assert scores == sorted(scores) and scores[-1] <= 1.0 and scores[-1] > 0.99
 
 
-def test_batch_scatter_and_output_agreement():
+def test_batch_scatter():
     bm = np.array([[1.0], [-1.0]])
     bv = np.array([[1.0], [1.0]])
     sc = m.batch_scatter(bm, bv, np.array([0.0]), np.array([1.0]), 0.0)
     assert sc["mean_scatter"] == pytest.approx(1.0) and sc["var_scatter"] == 0
-    a = np.array([[1.0, 0.0], [0.0, 1.0]])
-    b = np.array([[1.0, 0.0], [1.0, 0.0]])
-    agreement = m.output_agreement(a, b)
-    assert agreement["top1_agreement"] == 0.5
-    assert agreement["relative_error"] == pytest.approx(np.sqrt(2) / np.sqrt(2))
+
+
+def test_half_noise_estimates_the_sampling_noise_of_mean_abs_z():
+    """Two halves of n normal samples per channel: the split-half noise level of mean |z| is,
+    on average over repeats, what sampling alone gives on all n (sqrt(2/pi)/sqrt(n)), checked
+    against a direct simulation of mean |z| with exact statistics."""
+    rng = np.random.default_rng(0)
+    n, channels, repeats = 64, 32, 400
+    noise, direct = [], []
+    for _ in range(repeats):
+        x = rng.normal(size=(n, channels))
+        z_a, z_b = x[: n // 2].mean(0), x[n // 2 :].mean(0)  # running mean 0, var 1
+        noise.append(m.half_noise(z_a, z_b, n, n // 2, n // 2))
+        direct.append(np.mean(np.abs(x.mean(0))))
+    assert np.mean(noise) == pytest.approx(np.mean(direct), rel=0.03)
+    assert np.mean(direct) == pytest.approx(np.sqrt(2 / np.pi / n), rel=0.03)
+
+
+def test_noise_level_never_below_normal_theory():
+    d = m.layer_drift(np.zeros(4), np.ones(4), np.zeros(4), np.ones(4), 1e-5, samples=32, elements=32)
+    d.z_noise, d.r_noise = 1e-6, 1e-6  # two halves that happen to agree
+    z, r = d.noise()
+    assert z == pytest.approx(np.sqrt(2 / np.pi) * d.z_se) and r == pytest.approx(np.sqrt(2 / np.pi) * d.r_se)

@@ -30,12 +30,21 @@ def test_fold_writes_out_and_reports_verification(cli, digits, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = _json(result)
     assert report["command"] == "fold"
-    assert set(report["verification"]) == {"inputs", "samples", "max_abs_err", "max_rel_err", "passed"}
+    assert set(report["verification"]) == {"inputs", "samples", "max_abs_err", "max_rel_err", "passed", "inputs_used"}
     assert report["verification"]["passed"] is True and report["verification"]["inputs"] == "random"
+    assert report["verification"]["inputs_used"] == {
+        "origin": "graph", "shapes": [[8, 1, 8, 8]], "why": "static input shapes declared by the model"
+    }
+    assert report["fold"]["site_proofs"] == {"passed": 3, "failed": 0, "not_proved": 0}
+    proofs = [layer["fold"]["site_proof"] for layer in report["layers"]]
+    assert [p["input_shape"] for p in proofs] == [[2, 1, 4, 4], [2, 16, 4, 4], [2, 512]]
+    assert all(p["passed"] and 0 <= p["max_rel_err"] < 1e-5 for p in proofs)
     assert report["fold"]["layers_folded"] == 3 and report["fold"]["layers_kept"] == 0
     assert report["fold"]["nodes"] == {"before": 12, "after": 9}
     assert report["fold"]["file_size"]["after"] == out.stat().st_size
-    assert [layer["fold"] for layer in report["layers"]][0] == {
+    first = dict(report["layers"][0]["fold"])
+    first.pop("site_proof")
+    assert first == {
         "status": "folded",
         "into": "/conv1/Conv",
         "reason": "into Conv /conv1/Conv",
@@ -98,12 +107,17 @@ def test_usage_errors(cli, digits, tmp_path, args, needle):
     assert not any(p.name.startswith("x.") for p in tmp_path.iterdir())
 
 
-def test_state_dict_needs_arch_and_input_shape(cli, tmp_path):
+def test_state_dict_needs_arch_but_no_input_shape(cli, tmp_path):
     pytest.importorskip("torch")
     result = cli("fold", SAMPLES / "digits_cnn.pt", "--out", tmp_path / "f.pt2")
     assert result.exit_code == 2 and "--arch" in result.stderr
-    result = cli("fold", SAMPLES / "digits_cnn.pt", "--arch", DIGITS_ARCH, "--out", tmp_path / "f.pt2")
-    assert result.exit_code == 2 and "--input-shape" in result.stderr
+    result = cli("fold", SAMPLES / "digits_cnn.pt", "--arch", DIGITS_ARCH, "--out", tmp_path / "f.pt2", "-f", "json", "--no-timing")
+    assert result.exit_code == 0, result.stderr
+    report = _json(result)
+    used = report["verification"]["inputs_used"]
+    assert used["origin"] == "inferred" and used["shapes"] == [[8, 1, 8, 8]], used
+    assert "first layer" in used["why"]
+    assert report["fold"]["layers_folded"] == 3 and report["fold"]["site_proofs"]["passed"] == 3
     result = cli("fold", SAMPLES / "digits_cnn.ts", "--out", tmp_path / "f.onnx", "--input-shape", "2,1,8,8")
     assert result.exit_code == 2 and "TorchScript" in result.stderr
 

@@ -143,7 +143,7 @@ def test_recalibrate_exact_on_ray_writes_the_local_statistics(ray_local, tmp_pat
     written = {}
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.onnx"
-        result = run("recalibrate", ONNX, SHIFTED, "--out", out, "--engine", engine, "--workers", "2", "-f", "json")
+        result = run("recalibrate", ONNX, SHIFTED, "--out", out, "--engine", engine, "--workers", "2", "-f", "json", "--holdout", "0")
         assert result.exit_code in (0, 1), result.output
         body = json.loads(result.stdout)
         assert body["recalibration"]["method"] == "exact" and body["recalibration"]["estimation_passes"] >= 2
@@ -156,3 +156,5 @@ def test_recalibrate_exact_on_ray_writes_the_local_statistics(ray_local, tmp_pat
     assert differences(written["ray"][1]["recalibration"]["passes"], written["local"][1]["recalibration"]["passes"]) == []
     refused = run("recalibrate", ONNX, SHIFTED, "--out", tmp_path / "ema.onnx", "--method", "ema", "--engine", "ray")
     assert refused.exit_code == 2 and "--engine local" in refused.output
+    split = run("recalibrate", ONNX, SHIFTED, "--out", tmp_path / "split.onnx", "--engine", "ray", "--holdout", "0.2")
+    assert split.exit_code == 2 and "--engine local" in split.output and not (tmp_path / "split.onnx").exists()

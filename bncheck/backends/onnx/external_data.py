@@ -3,7 +3,7 @@ a model in memory still fits in one message (protobuf refuses 2 GiB and more).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -41,32 +41,41 @@ def tensor_data_bytes(model: onnx.ModelProto) -> int | None:
 
 def uses_external_data(path: Path | None) -> bool:
     """Whether the ONNX file at ``path`` keeps tensors in external files."""
-    return any(True for _ in _external_initializers(path))
+    return bool(_external_locations(path))
 
 
 def external_data_files(path: Path | None) -> list[Path]:
     """The external-data files an ONNX file at ``path`` refers to (to protect them)."""
-    files: set[Path] = set()
-    for init in _external_initializers(path):
-        for entry in init.external_data:
-            if entry.key == "location":
-                files.add(Path(path).parent / entry.value)
-    return sorted(files)
+    return sorted({Path(path).parent / location for location in _external_locations(path) if location})
 
 
-def _external_initializers(path: Path | None) -> Iterator[onnx.TensorProto]:
-    """The initializers of every graph of the file at ``path`` whose data is external (none
-    when there is no path or the file cannot be read without its data)."""
+def _external_locations(path: Path | None) -> tuple[str, ...]:
+    """The ``location`` of every external initializer of every graph of the file at ``path``
+    (none when there is no path or the file cannot be read without its data). Parsing a file
+    costs as much as loading it, and a fold asks three times: the answer is kept per file
+    version (path, size, modification time)."""
     if path is None:
-        return
+        return ()
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        stat = Path(path).stat()
+    except OSError:
+        return ()
+    return _read_locations(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_locations(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        model = onnx.load(path, load_external_data=False)
     except Exception:  # unreadable here: the loader reports it, not this helper
-        return
+        return ()
+    locations = []
     for _, graph in iter_graphs(model.graph):
         for init in graph.initializer:
             if init.data_location == TensorProto.EXTERNAL:
-                yield init
+                entries = {entry.key: entry.value for entry in init.external_data}
+                locations.append(entries.get("location", ""))
+    return tuple(locations)
 
 
 def _stored_bytes(tensor: onnx.TensorProto) -> int | None:

@@ -24,35 +24,64 @@ from onnx import helper
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.onnx.bn_params import bn_parameters, type_readers, value_readers
+from bncheck.backends.onnx.external_data import fits_in_one_message
 from bncheck.backends.onnx.fold_affine import InputTypes, affine_rewrite
-from bncheck.backends.onnx.fold_edits import CannotFold, GraphEdits, Rewrite
+from bncheck.backends.onnx.fold_edits import (
+    CannotFold,
+    GraphEdits,
+    Rewrite,
+    all_names,
+    prune_initializers,
+)
 from bncheck.backends.onnx.fold_through import PATTERNS
-from bncheck.backends.onnx.graph import GraphIndex
+from bncheck.backends.onnx.graph import GraphIndex, iter_graphs
+from bncheck.backends.onnx.serialized import remember
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.errors import BncheckError, first_line
 from bncheck.numerics import fold_math
 
-SUBGRAPH_REASON = "inside a control-flow subgraph (If/Loop/Scan body): only the main graph is folded"
+SUBGRAPH_REASON = "not found in the model's graphs (main graph and If/Loop/Scan bodies)"
 
 
 class FoldCheckError(BncheckError):
     """The rewritten graph fails ``onnx.checker`` (a bncheck defect: nothing is written)."""
 
 
-def fold_onnx(source: OnnxSource, *, affine: bool = False) -> FoldedModel:
-    """Fold every foldable BN of ``source`` into its producer, in a copy of the model."""
+def fold_onnx(source: OnnxSource, *, affine: bool = False, keep: dict[str, str] | None = None) -> FoldedModel:
+    """Fold every foldable BN of ``source`` into its producer, in a copy of the model: the
+    If/Loop/Scan bodies first (their new initializers live in the body), then the main graph;
+    the BNs named in ``keep`` stay (with that reason)."""
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
-    folder = _GraphFolder(model, source, affine=affine)
-    outcomes = folder.run()
+    layers = {layer.name: layer for layer in source.bn_layers()}
+    taken = all_names(model)
+    types = InputTypes(model)
+    if affine:
+        types.rank_and_type("")  # shape inference once, before the graph is edited
+    main_inits = {i.name: i for i in model.graph.initializer}
+    outcomes: dict[str, FoldOutcome] = {}
+    released: list[str] = []
+    graphs = [(path, graph) for path, graph in iter_graphs(model.graph) if _has_bn(graph)]
+    for path, graph in sorted(graphs, key=lambda pg: pg[0] == ""):  # subgraphs, then the main graph
+        folder = _GraphFolder(model, graph, path, source, layers, affine=affine, taken=taken, types=types,
+                              outer=main_inits if path else None, keep=keep or {})
+        outcomes.update(folder.run())
+        released += folder.edits.released_outer
+    prune_initializers(model.graph, released)
+    for name in layers:
+        outcomes.setdefault(name, FoldOutcome("kept", None, SUBGRAPH_REASON))
     check_model(model, source.model)
     return FoldedModel(model=model, outcomes=outcomes, notes=[])
+
+
+def _has_bn(graph: onnx.GraphProto) -> bool:
+    return any(n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx") for n in graph.node)
 
 
 def check_model(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """``onnx.checker`` on the result; a failure the input already had is not ours."""
     try:
-        onnx.checker.check_model(folded)
+        onnx.checker.check_model(remember(folded) if fits_in_one_message(folded) else folded)
     except onnx.checker.ValidationError as exc:
         try:
             onnx.checker.check_model(original)
@@ -65,39 +94,39 @@ def check_model(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
 
 
 class _GraphFolder:
-    """Plans a rewrite for every BN of the main graph, then applies them all."""
+    """Plans a rewrite for every BN of one graph (the main graph or a body), then applies them all."""
 
-    def __init__(self, model: onnx.ModelProto, source: OnnxSource, *, affine: bool):
-        self.graph = model.graph
+    def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto, path: str, source: OnnxSource, layers, *,
+                 affine: bool, taken: set[str], types: InputTypes, outer=None, keep: dict[str, str] | None = None):
+        self.keep = keep or {}
+        self.graph = graph
+        self.path = path
         self.opset = source.opset
         self.affine = affine
-        self.layers = {layer.name: layer for layer in source.bn_layers()}
-        self.index = GraphIndex(self.graph, self.opset)
-        self.edits = GraphEdits(model, self.index)
-        self.types = InputTypes(model)
+        self.layers = layers
+        self.index = GraphIndex(graph, self.opset, outer=outer)
+        self.edits = GraphEdits(model, self.index, graph=graph, taken=taken)
+        self.types = types
 
     def run(self) -> dict[str, FoldOutcome]:
-        if self.affine:
-            self.types.rank_and_type("")  # shape inference once, before the graph is edited
         outcomes: dict[str, FoldOutcome] = {}
         rewrites: dict[int, Rewrite] = {}
         for node in self.graph.node:
             if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
                 continue
-            name = node.name or node.output[0]
+            name = self.path + (node.name or node.output[0])
             outcome, rewrite = self._plan(node, self.layers.get(name))
             outcomes[name] = outcome
             if rewrite is not None:
                 rewrites[id(node)] = rewrite
-        for name in self.layers:
-            if name not in outcomes:
-                outcomes[name] = FoldOutcome("kept", None, SUBGRAPH_REASON)
         if rewrites:
             self.edits.apply(rewrites)
         return outcomes
 
     def _plan(self, bn: onnx.NodeProto, layer) -> tuple[FoldOutcome, Rewrite | None]:
         problems = self._bn_problems(bn)
+        if layer is not None and layer.name in self.keep:
+            problems.append(self.keep[layer.name])
         if layer is not None and layer.foldable and not problems:
             try:
                 rewrite, into = self._fold(bn)

@@ -35,13 +35,19 @@ class Rewrite:
 class GraphEdits:
     """Parameter reads and writes on the main graph of ``model``, applied by :meth:`apply`."""
 
-    def __init__(self, model: onnx.ModelProto, index: GraphIndex) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, index: GraphIndex, *, graph: onnx.GraphProto | None = None, taken: set[str] | None = None
+    ) -> None:
         self.model = model
-        self.graph = model.graph
+        #: the graph edited: the main graph, or an If/Loop/Scan body (whose outer names stay)
+        self.graph = model.graph if graph is None else graph
+        self.is_main = self.graph is model.graph
         self.index = index
-        self.taken = _all_names(model)
+        self.taken = all_names(model) if taken is None else taken
         self.new_initializers: list[onnx.TensorProto] = []
         self.dropped_initializers: set[str] = set()
+        #: names of the enclosing graphs this body no longer reads (pruned by the caller)
+        self.released_outer: list[str] = []
 
     def param(self, node: onnx.NodeProto, i: int, *, optional: bool = False) -> np.ndarray | None:
         """The constant value of input ``i`` of ``node`` (None for a missing optional one)."""
@@ -62,7 +68,8 @@ class GraphEdits:
         An initializer used by this node alone is replaced under its own name; a value from a
         constant chain (or a shared name) gets a fresh name and the old one is released."""
         old = node.input[i] if i < len(node.input) else ""
-        if old and old in self.index.initializers and self._sole_user(old, node):
+        own = {init.name for init in self.graph.initializer}
+        if old and old in own and self._sole_user(old, node):
             self.dropped_initializers.add(old)
             self.new_initializers.append(numpy_helper.from_array(np.asarray(value), old))
             return
@@ -71,6 +78,8 @@ class GraphEdits:
         name = self.add_initializer(value, preferred)
         if old:
             rewrite.released.append(old)
+            if old not in own and old in self.index.initializers:
+                self.released_outer.append(old)
         while len(node.input) <= i:
             node.input.append("")
         node.input[i] = name
@@ -125,8 +134,9 @@ class GraphEdits:
         graph = self.graph
         inits = [i for i in graph.initializer if i.name not in self.dropped_initializers]
         declared_inputs = {v.name for v in graph.input}
-        as_inputs = self.model.ir_version < 4 or (
-            len(graph.initializer) > 0 and all(i.name in declared_inputs for i in graph.initializer)
+        as_inputs = self.is_main and (
+            self.model.ir_version < 4
+            or (len(graph.initializer) > 0 and all(i.name in declared_inputs for i in graph.initializer))
         )
         del graph.initializer[:]
         graph.initializer.extend(inits + self.new_initializers)
@@ -198,7 +208,8 @@ def _remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
     graph.input.extend(inputs)
 
 
-def _all_names(model: onnx.ModelProto) -> set[str]:
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every name taken in ``model``'s graphs (values, initializers, nodes)."""
     names: set[str] = set()
     for _, graph in iter_graphs(model.graph):
         names.update(i.name for i in graph.initializer)
@@ -208,6 +219,15 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
             if node.name:
                 names.add(node.name)
     return names
+
+
+def prune_initializers(graph: onnx.GraphProto, candidates: list[str]) -> None:
+    """Remove the ``candidates`` that are initializers of ``graph`` nobody reads any more (in
+    ``graph`` or its bodies), e.g. weights a body's fold replaced by its own copies."""
+    if not candidates:
+        return
+    used = _used_names(graph)
+    _remove_initializers(graph, {n for n in candidates if n not in used} & {i.name for i in graph.initializer})
 
 
 def _used_names(graph: onnx.GraphProto) -> set[str]:

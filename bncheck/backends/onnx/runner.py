@@ -35,12 +35,17 @@ from bncheck.numerics.moments import Moments
 class OnnxRunner(ModelRunner):
     """A :class:`ModelRunner` for an ``OnnxSource``."""
 
-    def __init__(self, source, *, layers: list[str] | None = None, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self, source, *, layers: list[str] | None = None, intra_op_threads: int | None = None, outputs: bool = True
+    ) -> None:
         """``layers``: names of the BN layers to observe (default: all; train passes rewrite every
-        BN node whatever the selection); ``intra_op_threads``: onnxruntime's (default: its own)."""
+        BN node whatever the selection); ``intra_op_threads``: onnxruntime's (default: its own);
+        ``outputs`` False: ``moments`` return None for the outputs (a truncated model's)."""
+        self._with_outputs = outputs
         model: onnx.ModelProto = source.model
         self._model = model
         self._threads = intra_op_threads
+        self._device = getattr(source, "device", "cpu")
         self.input_spec = input_spec(model)
         _check_feeds(model)
         self._output = model.graph.output[0].name
@@ -110,7 +115,7 @@ class OnnxRunner(ModelRunner):
                 model = self._train_graph.model
             else:
                 model = self._model
-            self._sessions[kind] = open_session(model, threads=self._threads)
+            self._sessions[kind] = open_session(model, threads=self._threads, device=self._device)
         return self._sessions[kind]
 
     def _run(self, kind: str, names: list[str], x: np.ndarray) -> list:
@@ -138,7 +143,7 @@ class OnnxRunner(ModelRunner):
             values = self._run("moments", self._moments_names(), x)
             result, moved = self._read_moments(values[1:], counts)
             if not moved:
-                return np.asarray(values[0]), result
+                return (np.asarray(values[0]) if self._with_outputs else None), result
             self._recentre(moved)
 
     def _read_moments(self, values: list, counts: dict) -> tuple[dict[str, Moments], dict[str, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""The one way bncheck opens an onnxruntime session: CPU execution provider, quiet logs, and
+"""The one way bncheck opens an onnxruntime session: the CPU execution provider (or CUDA's,
+for a runner placed on ``cuda:N`` with onnxruntime-gpu installed), quiet logs, and
 models of 2 GiB or more (which protobuf cannot serialise into one message) saved with their
 tensors as external data into a temporary folder that onnxruntime loads from."""
 
@@ -12,6 +13,7 @@ import onnx
 
 from bncheck.backends.interface import Executable
 from bncheck.backends.onnx.external_data import fits_in_one_message
+from bncheck.backends.onnx.serialized import serialized
 from bncheck.errors import BncheckError, ModelLoadError, first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -25,10 +27,32 @@ class SessionError(ModelLoadError):
         self.detail = detail
 
 
-def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int | None = None):
+def providers(device: str = "cpu") -> list:
+    """The execution providers for ``device`` ("cpu" or "cuda:N"): CUDA's first, the CPU's
+    for the nodes CUDA does not run."""
+    if not device.startswith("cuda"):
+        return PROVIDERS
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), *PROVIDERS]
+
+
+def cuda_problem() -> str | None:
+    """Why onnxruntime cannot run on CUDA here (None: its CUDA execution provider is there)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    return "onnxruntime has no CUDA execution provider (install the gpu extra: pip install 'bncheck[gpu]', which brings onnxruntime-gpu)"
+
+
+def open_session(
+    model: onnx.ModelProto, *, optimize: bool = True, threads: int | None = None, device: str = "cpu", file: Path | None = None
+):
     """An ``onnxruntime.InferenceSession`` for ``model``: every graph optimisation with
     ``optimize`` (none without: the graph runs exactly as written), ``threads`` intra-op
-    threads (default: onnxruntime's own)."""
+    threads (default: onnxruntime's own), on ``device`` (see :func:`providers`). ``file``: the
+    single-file model ``model`` was read from, unchanged, which onnxruntime then reads itself
+    (serialising a 45 MB model again costs 0.1-0.3 s)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -39,21 +63,24 @@ def open_session(model: onnx.ModelProto, *, optimize: bool = True, threads: int 
     if threads:
         options.intra_op_num_threads = int(threads)
     try:
+        if file is not None:
+            return ort.InferenceSession(str(file), options, providers=providers(device))
         if fits_in_one_message(model):
-            return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
+            return ort.InferenceSession(serialized(model), options, providers=providers(device))
         with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin")
-            return ort.InferenceSession(str(path), options, providers=PROVIDERS)
+            return ort.InferenceSession(str(path), options, providers=providers(device))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise SessionError(first_line(exc)) from exc
 
 
-def executable(model: onnx.ModelProto, *, optimize: bool) -> Executable:
+def executable(model: onnx.ModelProto, *, optimize: bool, file: Path | None = None) -> Executable:
     """``batch (tuple of arrays, graph-input order) -> list of outputs`` with onnxruntime on
-    CPU; ``optimize=False`` runs the graph exactly as written (no fusion)."""
+    CPU; ``optimize=False`` runs the graph exactly as written (no fusion); ``file`` as for
+    :func:`open_session`."""
     try:
-        session = open_session(model, optimize=optimize)
+        session = open_session(model, optimize=optimize, file=file)
     except SessionError as exc:
         raise BncheckError(
             f"onnxruntime cannot run the model ({exc.detail}); bncheck verifies with onnxruntime on CPU."

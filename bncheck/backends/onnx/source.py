@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
+from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.runner import OnnxRunner
@@ -60,16 +61,21 @@ class OnnxSource(ModelSource):
         self._layers: list[BNLayer] | None = None
         self._types: dict[str, tuple[int, int | None]] | None = None
         self._executables: dict[bool, object] = {}
+        #: this exact model was read from ``path`` (nothing inlined): onnxruntime may read the file
+        self._as_read = False
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
-        return cls(read_onnx(path), path=path)
+        source = cls(read_onnx(path), path=path)
+        source._as_read = not source.notes
+        return source
 
     def executable(self, *, optimize: bool = False):
         """An onnxruntime executable of this model, made once per ``optimize`` setting (the
         input-size search, verification and timing share it)."""
         if optimize not in self._executables:
-            self._executables[optimize] = executable(self.model, optimize=optimize)
+            one_file = self._as_read and self.path is not None and not uses_external_data(self.path)
+            self._executables[optimize] = executable(self.model, optimize=optimize, file=Path(self.path) if one_file else None)
         return self._executables[optimize]
 
     def op_count(self) -> int:
@@ -108,20 +114,18 @@ class OnnxSource(ModelSource):
 
     def _inventory(self) -> list[BNLayer]:
         layers: list[BNLayer] = []
-        ranks: dict[str, int] | None = None
+        ranks = _LazyRanks(self._ranks)  # shape inference only for a BN behind a MatMul
         main_inits = {i.name: i for i in self.model.graph.initializer}
         for path, graph in iter_graphs(self.model.graph):
             if not any(n.op_type == "BatchNormalization" for n in graph.node):
                 continue
-            if ranks is None:
-                ranks = self._ranks()
             index = GraphIndex(graph, self.opset, outer=main_inits if path else None)
             for node in graph.node:
                 if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
                     layers.append(self._layer(node, index, path, ranks))
         return layers
 
-    def _layer(self, node: onnx.NodeProto, index: GraphIndex, path: str, ranks: dict[str, int]) -> BNLayer:
+    def _layer(self, node: onnx.NodeProto, index: GraphIndex, path: str, ranks) -> BNLayer:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         name = path + (node.name or node.output[0])
         values = bn_parameters(index, node)
@@ -163,7 +167,7 @@ class OnnxSource(ModelSource):
         return layer
 
     def _set_producer(
-        self, layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks: dict[str, int], path: str = ""
+        self, layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks, path: str = ""
     ) -> None:
         x = bn.input[0]
         prod = index.producer.get(x)
@@ -234,6 +238,20 @@ class OnnxSource(ModelSource):
         if users:
             return [f"the weight {weight} is shared with {users[0].name or users[0].op_type}"]
         return []
+
+
+class _LazyRanks:
+    """``name -> rank`` from shape inference, run on the first question (most models never ask:
+    only a BN fed by a MatMul needs its input's rank)."""
+
+    def __init__(self, compute) -> None:
+        self._compute = compute
+        self._ranks: dict[str, int] | None = None
+
+    def get(self, name: str, default=None):
+        if self._ranks is None:
+            self._ranks = self._compute()
+        return self._ranks.get(name, default)
 
 
 def _float32_attr(value: float) -> float:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import onnx
 
+from bncheck.backends.onnx.external_data import fits_in_one_message
+from bncheck.backends.onnx.serialized import serialized
 from bncheck.backends.output import write_atomically
 from bncheck.errors import OutputError
 
@@ -26,8 +28,9 @@ def write_onnx(model, out: Path, *, external_data: bool = False) -> list[Path]:
     """Write an ``onnx.ModelProto``; with ``external_data`` (or above 2 GiB) the tensors go to
     ``OUT.data`` next to it. Returns the files written. ``model`` is not modified."""
     out = Path(out)
-    if not external_data and model.ByteSize() < PROTOBUF_LIMIT:
-        write_atomically(out, lambda tmp: onnx.save_model(model, tmp))
+    if not external_data and fits_in_one_message(model):
+        data = serialized(model)
+        write_atomically(out, lambda tmp: Path(tmp).write_bytes(data))
         return [out]
     data = onnx_data_path(out)
     copy = onnx.ModelProto()

@@ -12,13 +12,14 @@ from bncheck.backends.torch.fold_graph import fold_graph
 from bncheck.layer import BNLayer
 
 
-def fold_export(program, layers: list[BNLayer], *, affine: bool = False, example: tuple | None = None) -> FoldedModel:
+def fold_export(program, layers: list[BNLayer], *, affine: bool = False, example: tuple | None = None,
+                keep: dict[str, str] | None = None) -> FoldedModel:
     """Fold the unlifted module of an ExportedProgram and export the result again (with the
     program's own example inputs, else ``example``)."""
     gm = program.module()
     example = example_inputs(program) or ((tuple(example), {}) if example is not None else None)
     args = example[0] if example is not None else None
-    result = fold_graph(gm, gm, layers, affine=affine, swap_only=False, example=args)
+    result = fold_graph(gm, gm, layers, affine=affine, swap_only=False, example=args, keep=keep)
     if not any(o.status in ("folded", "affine") for o in result.outcomes.values()):
         result.model = program
         return result

@@ -14,25 +14,28 @@ from __future__ import annotations
 from torch import fx, nn
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
-from bncheck.backends.torch import graph_edits
+from bncheck.backends.torch import fold_proof, graph_edits
 from bncheck.backends.torch.fold_sites import Site, find_sites, fold_blocker, propagate_ranks
 from bncheck.backends.torch.fold_weights import affine_module, new_params
 from bncheck.layer import BNLayer
 
 
 def fold_graph(
-    gm: fx.GraphModule, work: nn.Module, layers: list[BNLayer], *, affine: bool, swap_only: bool, example
+    gm: fx.GraphModule, work: nn.Module, layers: list[BNLayer], *, affine: bool, swap_only: bool, example,
+    keep: dict[str, str] | None = None,
 ) -> FoldedModel:
-    """Fold every site of ``gm`` (edited in place). In module mode the swaps go to ``work``,
-    the eager module ``gm`` was traced from (they share their submodules)."""
+    """Fold every site of ``gm`` (edited in place) but those in ``keep`` (name -> reason). In
+    module mode the swaps go to ``work``, the eager module ``gm`` was traced from (they share
+    their submodules)."""
     sites, unmatched = find_sites(gm, layers)
     propagate_ranks(gm, sites, example)
     outcomes: dict[str, FoldOutcome] = {}
+    checks: dict[str, fold_proof.PairRun] = {}
     changed: set[str] = set()
     for site in sites:
-        reason = fold_blocker(site, swap_only)
+        reason = (keep or {}).get(site.layer.name) or fold_blocker(site, swap_only)
         if reason is None:
-            reason = _fold_site(gm, work, site, swap_only=swap_only, changed=changed)
+            reason = _fold_site(gm, work, site, swap_only=swap_only, changed=changed, checks=checks)
         if reason is None:
             label = site.producer.label
             outcomes[site.layer.name] = FoldOutcome("folded", label, f"into {site.producer.kind} {label}")
@@ -42,20 +45,25 @@ def fold_graph(
         if layer.name in unmatched:
             outcomes[layer.name] = FoldOutcome("kept", None, unmatched_reason(layer))
     if swap_only:
-        return FoldedModel(model=work, outcomes=outcomes, extras={"mode": "module"})
+        return FoldedModel(model=work, outcomes=outcomes, extras={"mode": "module"}, site_checks=dict(checks))
     gm.graph.lint()
     gm.recompile()
     graph_edits.drop_unused_attrs(gm, changed)
-    return FoldedModel(model=gm, outcomes=outcomes, extras={"mode": "graph"})
+    return FoldedModel(model=gm, outcomes=outcomes, extras={"mode": "graph"}, site_checks=dict(checks))
 
 
-def _fold_site(gm: fx.GraphModule, work: nn.Module, site: Site, *, swap_only: bool, changed: set[str]) -> str | None:
-    """Fold one site into its producer; why not (the fold math refused), or None."""
+def _fold_site(gm: fx.GraphModule, work: nn.Module, site: Site, *, swap_only: bool, changed: set[str],
+               checks: dict[str, fold_proof.PairRun]) -> str | None:
+    """Fold one site into its producer (its proof's two sides recorded in ``checks``); why
+    not (the fold math refused), or None."""
     try:
         new_w, new_b, old_w = new_params(site)
     except ValueError as exc:
         return str(exc)
+    run = fold_proof.capture(site)
     graph_edits.set_producer_params(gm, site, new_w, new_b, old_w)
+    fold_proof.complete(run, site)
+    checks[site.layer.name] = run
     if swap_only:
         graph_edits.set_submodule(work, site.module_path, nn.Identity())
     else:

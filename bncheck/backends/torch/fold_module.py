@@ -17,13 +17,13 @@ import torch
 from torch import fx, nn
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
-from bncheck.backends.torch import graph_edits
+from bncheck.backends.torch import fold_proof, graph_edits
 from bncheck.backends.torch.bn_like import behaves_like_bn, foldable_bn_module, standard_bn_forward
 from bncheck.backends.torch.fold_graph import fold_graph
 from bncheck.backends.torch.fold_sites import FoldProducer, module_site
 from bncheck.backends.torch.fold_weights import affine_module, new_params
-from bncheck.backends.torch.graph import sequential_producers
-from bncheck.errors import first_line
+from bncheck.backends.torch.graph import sequential_producers, trace_with_defaults
+from bncheck.backends.torch.producers import Producer
 from bncheck.layer import BNLayer
 
 
@@ -34,19 +34,22 @@ def fold_module(
     affine: bool = False,
     swap_only: bool = False,
     example: tuple | None = None,
+    keep: dict[str, str] | None = None,
 ) -> FoldedModel:
     """Fold a copy of ``module``: graph mode (a GraphModule), or module mode (the eager copy
-    with BN modules swapped for ``nn.Identity``) when ``swap_only``."""
+    with BN modules swapped for ``nn.Identity``) when ``swap_only``; the layers in ``keep``
+    (name -> reason) stay."""
     work = copy.deepcopy(module).eval()
     try:
         gm = _trace(work, layers)
     except Exception as exc:  # untraceable Python in forward()
-        result = _fold_sequential(work, layers, affine=affine, example=example)
+        result = _fold_sequential(work, layers, affine=affine, example=example, keep=keep or {})
         result.notes.append(
-            f"torch.fx could not trace the model ({first_line(exc, 160)}); folded exact nn.Sequential patterns only"
+            f"graph-mode folding needs a torch.fx trace ({type(exc).__name__}): BN modules were swapped for "
+            "nn.Identity where the dataflow shows their producer module alone feeds them"
         )
         return result
-    return fold_graph(gm, work, layers, affine=affine, swap_only=swap_only, example=example)
+    return fold_graph(gm, work, layers, affine=affine, swap_only=swap_only, example=example, keep=keep)
 
 
 class _FoldTracer(fx.Tracer):
@@ -70,20 +73,25 @@ def _trace(work: nn.Module, layers: list[BNLayer]) -> fx.GraphModule:
         if module is not None and not standard_bn_forward(module) and behaves_like_bn(module, layer.eps):
             leaves.add(layer.name)
     tracer = _FoldTracer(leaves)
-    graph = tracer.trace(work)
+    graph = trace_with_defaults(tracer, work)
     return fx.GraphModule(tracer.root, graph, type(work).__name__)
 
 
-def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, example: tuple | None) -> FoldedModel:
+def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, example: tuple | None,
+                     keep: dict[str, str]) -> FoldedModel:
     """Module mode for untraceable models: exact ``nn.Sequential`` conv/linear -> BN pairs."""
     modules = dict(work.named_modules())
     producers = sequential_producers(work, {layer.name for layer in layers})
+    for layer in layers:  # producers the inventory found on a dataflow graph (torch.jit.trace)
+        if layer.name not in producers and layer.foldable and layer.producer in modules:
+            producers[layer.name] = Producer(name=layer.producer, kind=layer.producer_kind)
     ranks = _hook_ranks(work, {p.name for p in producers.values() if p.kind == "linear"}, example)
     outcomes: dict[str, FoldOutcome] = {}
+    checks: dict[str, fold_proof.PairRun] = {}
     for layer in layers:
         prod = producers.get(layer.name)
         bn = modules.get(layer.name)
-        reason = _sequential_blocker(layer, prod, bn, ranks)
+        reason = keep.get(layer.name) or _sequential_blocker(layer, prod, bn, ranks)
         site = None
         if bn is not None and getattr(bn, "running_mean", None) is not None:
             site = module_site(layer, bn, None, training=False)
@@ -96,12 +104,15 @@ def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, ex
             except ValueError as exc:
                 reason = str(exc)
             else:
+                run = fold_proof.capture(site)
                 graph_edits.set_producer_params(work, site, new_w, new_b, old_w)
+                fold_proof.complete(run, site)
+                checks[layer.name] = run
                 graph_edits.set_submodule(work, layer.name, nn.Identity())
                 outcomes[layer.name] = FoldOutcome("folded", prod.name, f"into {prod.kind} {prod.name}")
                 continue
         outcomes[layer.name] = _swap_or_keep(work, layer, bn, site, reason, affine=affine)
-    return FoldedModel(model=work, outcomes=outcomes, extras={"mode": "module"})
+    return FoldedModel(model=work, outcomes=outcomes, extras={"mode": "module"}, site_checks=dict(checks))
 
 
 def _sequential_blocker(layer: BNLayer, prod, bn, ranks: dict[str, int]) -> str | None:

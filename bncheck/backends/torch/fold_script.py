@@ -19,8 +19,20 @@ _NOT_ATTRIBUTABLE = (
 )
 
 
-def fold_torchscript(module, layers: list[BNLayer]) -> FoldedModel:
-    """``torch.jit.freeze`` on an eval copy; its passes fold Conv/Linear + BN per call."""
+#: why TorchScript sites have no proof of their own
+UNPROVED = (
+    "folded by torch.jit.freeze, whose frozen graph keeps no per-site op to prove on its own "
+    "(whole-model verification covers it)"
+)
+
+
+def fold_torchscript(module, layers: list[BNLayer], keep: dict[str, str] | None = None) -> FoldedModel:
+    """``torch.jit.freeze`` on an eval copy; its passes fold Conv/Linear + BN per call (all
+    or nothing: with layers to ``keep``, nothing is frozen and every layer is kept)."""
+    if keep:
+        outcomes = {layer.name: FoldOutcome("kept", None, keep.get(layer.name, "kept with the others: " + next(iter(keep.values()))))
+                    for layer in layers}
+        return FoldedModel(model=module, outcomes=outcomes, extras={"mode": "freeze"})
     work = module.copy() if hasattr(module, "copy") else copy.deepcopy(module)
     work.eval()
     buffers = _running_means(work, layers)
@@ -31,7 +43,7 @@ def fold_torchscript(module, layers: list[BNLayer]) -> FoldedModel:
         if isinstance(value, torch.Tensor):
             remaining.append(value)
     outcomes = {layer.name: _outcome(layer, buffers.get(layer.name), remaining) for layer in layers}
-    return FoldedModel(model=frozen, outcomes=outcomes, extras={"mode": "freeze"})
+    return FoldedModel(model=frozen, outcomes=outcomes, extras={"mode": "freeze"}, unproved_reason=UNPROVED)
 
 
 def _running_means(work, layers: list[BNLayer]) -> dict:

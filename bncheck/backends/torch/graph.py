@@ -9,6 +9,7 @@ unknown producer. FX nodes are classified by the one producer finder,
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
@@ -102,12 +103,37 @@ class _FxProducers:
         return Producer(name=name, kind=call.kind, blockers=blockers)
 
 
+def default_arguments(root) -> dict:
+    """``forward``'s arguments that have defaults (``embed=False``), with those defaults."""
+    try:
+        params = inspect.signature(root.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def trace_with_defaults(tracer: fx.Tracer, root) -> fx.Graph:
+    """``tracer.trace(root)``; if that fails, again with ``forward``'s defaulted arguments fixed
+    to their defaults (``concrete_args``), which takes a Python ``if`` on them out of the graph.
+    Raises what the first trace raised when the second fails too."""
+    try:
+        return tracer.trace(root)
+    except Exception as first:  # torch.fx raises many kinds of errors on untraceable code
+        defaults = default_arguments(root)
+        if not defaults:
+            raise
+        try:
+            return tracer.trace(root, concrete_args=defaults)
+        except Exception:
+            raise first from None
+
+
 def fx_producers(root, bn_names: set[str]) -> tuple[dict[str, Producer], list[FunctionalBN]]:
     """Trace ``root`` with torch.fx and find the producer of every BN call.
 
     Raises whatever torch.fx raises when the model cannot be traced.
     """
-    graph = _InventoryTracer(bn_names).trace(root)
+    graph = trace_with_defaults(_InventoryTracer(bn_names), root)
     finder = _FxProducers(root, graph)
     found: dict[str, Producer] = {}
     functional: list[FunctionalBN] = []

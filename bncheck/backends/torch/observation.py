@@ -158,10 +158,12 @@ def observe_script(source, layers: list[BNLayer]) -> Observation:
     return obs
 
 
-def observe_export(source, layers: list[BNLayer], wanted: set[str], observe: Observe) -> Observation:
-    """The aten BN ops of the program's runnable module by dispatch; decomposed ones by an observer."""
+def observe_export(source, layers: list[BNLayer], wanted: set[str], observe: Observe, device: str = "cpu") -> Observation:
+    """The aten BN ops of the program's runnable module (on ``device``) by dispatch; decomposed
+    ones by an observer."""
     program = source.program
-    obs = Observation(call=program.module(), flavour="export")
+    call = program.module()
+    obs = Observation(call=call if device == "cpu" else call.to(device), flavour="export")
     sig = program.graph_signature
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     lifted.update(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})

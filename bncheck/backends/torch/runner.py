@@ -109,18 +109,25 @@ class TorchRunner(ModelRunner):
     """A :class:`ModelRunner` for ``TorchModuleSource`` (eager or TorchScript) and
     ``ExportSource``."""
 
-    def __init__(self, source, *, layers: list[str] | None = None) -> None:
+    def __init__(self, source, *, layers: list[str] | None = None, stop_after: bool = False) -> None:
         """``layers``: names of the BN layers to observe (default: all). Train passes switch every
-        BN layer to batch statistics whatever the selection."""
+        BN layer to batch statistics whatever the selection. ``stop_after``: end each forward
+        pass as soon as every observed layer has seen its input (the network beyond them is
+        never run; the outputs are None)."""
         self._batch: list[tuple[str, int, Any, Any]] = []
+        #: layers whose train-pass forward records its own moments (see fused_batch_norm)
+        self._fused: set[str] = set()
         self._collect = False
         self._mode = "eval"
         all_layers = list(source.bn_layers())
         #: the layers whose input is recorded
         self._wanted = select_layers([layer.name for layer in all_layers], layers)
         self.channels = {layer.name: int(layer.num_features) for layer in all_layers}
+        device = getattr(source, "device", "cpu")
+        #: the module this runner moved to ``device`` (back to the CPU when the last runner closes)
+        self._placed = _place(source.module, device) if device != "cpu" and source.format != "export" else None
         if source.format == "export":
-            obs = observe_export(source, all_layers, self._wanted, self.observe)
+            obs = observe_export(source, all_layers, self._wanted, self.observe, device)
         elif source.format == "torchscript":
             obs = observe_script(source, all_layers)
         else:
@@ -133,6 +140,12 @@ class TorchRunner(ModelRunner):
             [la.name for la in all_layers if la.name in self._wanted and la.name not in self.unhookable]
         )
         self._dispatch_always = obs.flavour != "eager" or bool(obs.dispatch_observed)
+        #: eager models whose every BN is a plain torch BN module: train passes switch the modules
+        #: themselves (no dispatch mode, which costs Python per op and imports torch._dynamo)
+        self._plain_bn = _plain_bn_modules(source, all_layers, obs) if not self._dispatch_always else None
+        #: layers that end the pass once all have been recorded (``stop_after``), and those seen
+        self._stop_after = set(self.layers) if stop_after else None
+        self._seen: set[str] = set()
 
     def _moments(self, x: np.ndarray):
         out = self._run(x, mode="eval", collect=True)
@@ -148,13 +161,21 @@ class TorchRunner(ModelRunner):
     def _run(self, x: np.ndarray, *, mode: str, collect: bool) -> np.ndarray:
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
         self._mode, self._collect, self._batch = mode, collect, []
-        dispatch = _BNDispatch(self) if (mode == "train" or self._dispatch_always) else contextlib.nullcontext()
+        self._seen = set()
+        if mode == "train" and self._plain_bn is not None:
+            dispatch = _BatchStatistics(self, self._plain_bn)
+        elif mode == "train" or self._dispatch_always:
+            dispatch = _BNDispatch(self)
+        else:
+            dispatch = contextlib.nullcontext()
         try:
             with torch.inference_mode(), dispatch:
                 out = self._obs.call(tensor)
         except BncheckError:
             raise
         except Exception as exc:  # whatever the model raises on a bad batch
+            if self._stopped():  # the truncated pass ended (TorchScript wraps the exception)
+                return None
             raise self._run_failed(exc, x) from exc
         finally:
             self._mode, self._collect = "eval", False
@@ -167,9 +188,34 @@ class TorchRunner(ModelRunner):
             self._record(name, x)
 
     def _record(self, name: str, x) -> None:
-        if name not in self._wanted or x.dim() < 2 or x.numel() == 0:
+        if name not in self._wanted or x.dim() < 2 or x.numel() == 0 or name in self._fused:
             return
         self._batch.append((name, *channel_moments(x)))
+        if self._stop_after is not None:
+            self._seen.add(name)
+            if self._stopped():
+                raise _Truncated
+
+    def _stopped(self) -> bool:
+        return self._stop_after is not None and self._collect and self._stop_after <= self._seen
+
+    def fused_batch_norm(self, name: str, module, x):
+        """Train-pass forward of a plain BN module: torch's own batch-norm kernel normalises with
+        the batch's statistics and, with momentum 1 into scratch buffers, returns them (the
+        mean and the unbiased variance ``update_bn`` gets from the same kernel), so the input
+        is reduced once; recorded as the layer's moments when the pass collects them."""
+        channels = x.shape[1]
+        mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        var = torch.ones(channels, dtype=x.dtype, device=x.device)
+        out = torch.ops.aten.native_batch_norm.default(x, module.weight, module.bias, mean, var, True, 1.0, module.eps)[0]
+        count = x.numel() // channels
+        if self._collect and name in self._wanted and count >= 2:
+            self._batch.append((name, count, mean, var.double() * (count - 1)))
+            if self._stop_after is not None:
+                self._seen.add(name)
+                if self._stopped():
+                    raise _Truncated
+        return out
 
     def _gather(self) -> dict[str, Moments]:
         out: dict[str, Moments] = {}
@@ -212,6 +258,71 @@ class TorchRunner(ModelRunner):
         for module, training in self._obs.saved_modes:
             module.training = training
         self._obs.saved_modes = []
+        if self._placed is not None:
+            _release(self._placed)
+            self._placed = None
+
+
+def _plain_bn_modules(source, layers, obs) -> list | None:
+    """(name, module) of the BN modules of an eager model when every one that is not frozen is
+    a torch ``_BatchNorm`` with torch's own forward (then :class:`_BatchStatistics` gives batch
+    statistics exactly as the dispatch mode does); None otherwise."""
+    modules = dict(source.module.named_modules())
+    found = []
+    for layer in layers:
+        if layer.name in obs.frozen:
+            continue
+        bn = source.module if layer.name == "<root>" else modules.get(layer.name)
+        if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) or type(bn).forward is not torch.nn.modules.batchnorm._BatchNorm.forward:
+            return None
+        found.append((layer.name, bn))
+    return found
+
+
+class _BatchStatistics:
+    """For one train pass, every plain BN module normalises with its batch's statistics through
+    :meth:`TorchRunner.fused_batch_norm` (its forward replaced; no buffer of the model is
+    written); the forwards are restored on exit."""
+
+    def __init__(self, runner: TorchRunner, modules: list[tuple[str, Any]]) -> None:
+        self._runner = runner
+        self._modules = modules
+
+    def __enter__(self):
+        runner = self._runner
+        for name, module in self._modules:
+            module.forward = lambda x, name=name, module=module: runner.fused_batch_norm(name, module, x)
+        runner._fused = {name for name, _ in self._modules}
+        return self
+
+    def __exit__(self, *exc):
+        for _, module in self._modules:
+            module.__dict__.pop("forward", None)
+        self._runner._fused = set()
+        return False
+
+
+#: id(module) -> open runners that placed it on its device
+_PLACED: dict[int, int] = {}
+
+
+def _place(module, device: str):
+    """Move ``module`` to ``device`` for a runner (once for runners open at the same time)."""
+    users = _PLACED.get(id(module), 0)
+    if users == 0:
+        module.to(device)
+    _PLACED[id(module)] = users + 1
+    return module
+
+
+def _release(module) -> None:
+    """A runner is done with ``module``: the last one moves it back to the CPU, where the
+    model is written from."""
+    users = _PLACED.pop(id(module), 1) - 1
+    if users > 0:
+        _PLACED[id(module)] = users
+    else:
+        module.to("cpu")
 
 
 def _with_batch_statistics(func, x, weight, bound: dict):
@@ -223,6 +334,10 @@ def _with_batch_statistics(func, x, weight, bound: dict):
         return out
     extra = [torch.empty(0, dtype=torch.uint8, device=x.device), 0][: max(returns - 3, 0)]
     return (out, mean, invstd, *extra)
+
+
+class _Truncated(Exception):
+    """Ends a ``stop_after`` forward pass once every observed layer has seen its input."""
 
 
 class _BNDispatch:

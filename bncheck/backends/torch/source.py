@@ -12,6 +12,7 @@ from bncheck.backends.detect import ModelFormat
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.torch import graph as torch_graph
 from bncheck.backends.torch.export_source import ExportSource
+from bncheck.backends.torch.infer_inputs import jit_traced
 from bncheck.backends.torch.input_spec import module_input_spec, script_input_spec
 from bncheck.backends.torch.inventory import (
     apply_producer,
@@ -123,12 +124,24 @@ class TorchModuleSource(ModelSource):
             producers, functional = torch_graph.fx_producers(self.module, names)
             return producers, functional, None
         except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
-            self.notes.append(
-                f"torch.fx could not trace the model ({first_line(exc, 120)}); producers come from exact "
-                "nn.Sequential patterns only"
-            )
-            producers = torch_graph.sequential_producers(self.module, names)
-            return producers, [], "model not traceable and BN not in an nn.Sequential after its producer"
+            fx_error = first_line(exc, 120)
+        traced = jit_traced(self.module)
+        if traced is not None:
+            try:
+                producers = torch_graph.script_producers(traced, names)
+            except Exception:  # pragma: no cover - defensive: the traced graph could not be read
+                producers = None
+            if producers is not None:
+                self.notes.append(
+                    f"torch.fx could not trace the model ({fx_error}); producers come from the dataflow of "
+                    "torch.jit.trace on an inferred input"
+                )
+                return producers, [], "not reached by torch.jit.trace on the inferred input"
+        self.notes.append(
+            f"torch.fx could not trace the model ({fx_error}); producers come from exact nn.Sequential patterns only"
+        )
+        producers = torch_graph.sequential_producers(self.module, names)
+        return producers, [], "model not traceable and BN not in an nn.Sequential after its producer"
 
 
 class StateDictSource(ModelSource):

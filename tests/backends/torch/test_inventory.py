@@ -336,14 +336,26 @@ class Untraceable(nn.Module):
         return self.bn(self.conv(x))
 
 
-def test_untraceable_model_uses_sequential_patterns_only():
+def test_untraceable_model_takes_producers_from_jit_trace_dataflow():
     source = TorchModuleSource(Untraceable().eval(), path=None, format="module")
     layers = {layer.name: layer for layer in source.bn_layers()}
     assert (layers["stem.1"].producer, layers["stem.1"].producer_kind, layers["stem.1"].foldable) == ("stem.0", "conv", True)
     assert (layers["stem.3"].producer, layers["stem.3"].producer_kind, layers["stem.3"].foldable) == ("stem.2", "other", False)
-    assert layers["bn"].producer is None and layers["bn"].foldable is None
+    # the BN outside any nn.Sequential: found on the torch.jit.trace graph, as scripting finds it
+    assert (layers["bn"].producer, layers["bn"].producer_kind, layers["bn"].foldable) == ("conv", "conv", True)
+    assert [n for n in source.notes if "torch.fx could not trace" in n and "torch.jit.trace" in n]
+
+
+def test_untraceable_model_with_no_inferable_input_uses_sequential_patterns_only():
+    class NoInput(Untraceable):
+        def forward(self, x, y):  # two inputs: no example can be inferred, so no jit trace
+            return super().forward(x + y)
+
+    source = TorchModuleSource(NoInput().eval(), path=None, format="module")
+    layers = {layer.name: layer for layer in source.bn_layers()}
+    assert layers["stem.1"].foldable is True and layers["bn"].producer is None
     assert "not traceable" in layers["bn"].fold_reason
-    assert any("torch.fx could not trace" in note for note in source.notes)
+    assert any("exact nn.Sequential patterns only" in note for note in source.notes)
 
 
 def test_untraceable_model_scripted_has_every_producer(tmp_path, save_model):

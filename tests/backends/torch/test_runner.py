@@ -291,3 +291,25 @@ def test_torch_channel_moments_of_large_maps_within_1e6_of_float64(size, offset)
     got = Moments.from_batch(count, m.double().numpy(), m2.double().numpy())
     np.testing.assert_allclose(got.var, var, rtol=1e-6, atol=0)
     np.testing.assert_allclose(got.mean, mean, rtol=2.0**-22, atol=1e-6)  # a float32 mean
+
+
+def test_first_layers_runner_never_runs_the_network_beyond_them():
+    from support.rgb_cnn import RgbCnn
+
+    from bncheck.backends.torch.backend import TorchBackend
+
+    model = RgbCnn().eval()
+    calls = []
+    model.conv3.register_forward_hook(lambda *args: calls.append("conv3"))
+    model.head.register_forward_hook(lambda *args: calls.append("head"))
+    source = TorchBackend().adopt(model)
+    x = np.random.default_rng(0).normal(0, 1, (6, 3, 24, 24)).astype(np.float32)
+    with TorchBackend().first_layers_runner(source, ["bn1", "bn2"]) as part:
+        none, first = part.moments(x)
+    assert none is None and calls == [] and set(first) == {"bn1", "bn2"}
+    with source.runner() as full:
+        _, everything = full.moments(x)
+    assert calls == ["conv3", "head"]
+    for name in ("bn1", "bn2"):
+        np.testing.assert_allclose(first[name].mean, everything[name].mean, rtol=1e-12)
+        np.testing.assert_allclose(first[name].var, everything[name].var, rtol=1e-12)

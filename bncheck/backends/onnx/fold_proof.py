@@ -1,0 +1,330 @@
+"""Per-site proof of an ONNX fold (see :mod:`bncheck.numerics.site_proof`), read from the two
+graphs themselves, whatever pattern did the rewrite.
+
+For each folded BN (output ``y``), the producer that fed it (the Conv / ConvTranspose / Gemm /
+MatMul found walking back from the BN input through per-channel constant ops) gives the data
+input ``d`` and the input geometry. Both the original and the folded graph are cut down to
+the nodes between ``d`` and ``y`` (with the constants they read):
+
+* the original cut runs in float64 in onnx's own numpy reference implementation
+  (``onnx.reference.ReferenceEvaluator``, every float constant cast to float64);
+* the folded cut runs as written in onnxruntime (no graph optimisation), in the model's dtype;
+
+all folded cuts go into one tiny model (names prefixed per site), so one session proves them
+all. A cut that reads the model input or an outer-scope computed value is not isolatable: the
+site is reported as not proved on its own (whole-model verification covers it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset
+from bncheck.backends.onnx.session import open_session
+from bncheck.numerics.site_proof import ProducerGeometry, SiteProof, judge, random_input, unproved
+
+METHOD = "onnxruntime (folded op) vs onnx reference in float64 (original pair)"
+PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: ops a walk from the BN back to its producer may pass (per-channel constant arithmetic)
+_PASS_THROUGH = ("Add", "Sub", "Mul", "Div", "Identity", "Cast", "Reshape")
+_MAX_WALK = 4
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+class NotIsolatable(Exception):
+    """The site cannot be run on its own (the reason is the message)."""
+
+
+@dataclass
+class Cut:
+    """The nodes between a data input and an output, and the initializers they read."""
+
+    data: str
+    output: str
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+
+
+class _Graphs:
+    """Every graph of a model (main and subgraphs) with its index and the constants in scope."""
+
+    def __init__(self, model: onnx.ModelProto):
+        opset = model_opset(model)
+        self.indexes: list[GraphIndex] = []
+        outer: dict[str, onnx.TensorProto] = {}
+        for _, graph in iter_graphs(model.graph):
+            index = GraphIndex(graph, opset, outer if graph is not model.graph else None)
+            outer = {**outer, **{i.name: i for i in graph.initializer}}
+            self.indexes.append(index)
+
+    def find_bn(self, name: str) -> tuple[GraphIndex, onnx.NodeProto] | None:
+        for index in self.indexes:
+            for node in index.graph.node:
+                if node.op_type == "BatchNormalization" and (node.name or node.output[0]) == name:
+                    return index, node
+        return None
+
+    def with_output(self, name: str) -> GraphIndex | None:
+        for index in self.indexes:
+            if name in index.producer:
+                return index
+        return None
+
+
+def _data_input(index: GraphIndex, node: onnx.NodeProto) -> str | None:
+    for name in node.input:
+        if name and not index.is_constant(name):
+            return name
+    return None
+
+
+def find_producer(index: GraphIndex, bn: onnx.NodeProto) -> onnx.NodeProto:
+    """The Conv/ConvTranspose/Gemm/MatMul whose output the BN normalises."""
+    name = bn.input[0]
+    for _ in range(_MAX_WALK):
+        node = index.producer.get(name)
+        if node is None:
+            break
+        if node.op_type in PRODUCERS:
+            return node
+        if node.op_type not in _PASS_THROUGH:
+            break
+        name = _data_input(index, node)
+        if name is None:
+            break
+    raise NotIsolatable("no Conv/ConvTranspose/Gemm/MatMul producer found in front of the BN")
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def geometry(index: GraphIndex, prod: onnx.NodeProto) -> ProducerGeometry:
+    """The input a producer takes, from its weight's shape and its attributes."""
+    a = _attrs(prod)
+    weight = index.constant(prod.input[1]) if len(prod.input) > 1 else None
+    if weight is None:
+        raise NotIsolatable(f"the weight of {prod.op_type} {prod.name} is not a constant")
+    if prod.op_type == "Gemm":
+        if a.get("transA", 0):
+            raise NotIsolatable("a Gemm with transA takes its input transposed")
+        return ProducerGeometry("linear", int(weight.shape[1] if a.get("transB", 0) else weight.shape[0]))
+    if prod.op_type == "MatMul":
+        if weight.ndim != 2:
+            raise NotIsolatable(f"a MatMul weight of {weight.ndim} dims")
+        return ProducerGeometry("matmul", int(weight.shape[0]))
+    if "output_shape" in a:
+        raise NotIsolatable("a ConvTranspose with an output_shape attribute fixes its input size")
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    return ProducerGeometry.conv(
+        weight.shape, groups=int(a.get("group", 1)), transposed=prod.op_type == "ConvTranspose",
+        stride=a.get("strides"), dilation=a.get("dilations"),
+        padding=None if auto_pad != "NOTSET" else a.get("pads"), same=auto_pad.startswith("SAME"),
+        output_padding=a.get("output_padding"),
+    )
+
+
+def cut(index: GraphIndex, data: str, output: str) -> Cut:
+    """The nodes computing ``output`` from ``data`` and constants."""
+    nodes: list[onnx.NodeProto] = []
+    inits: dict[str, onnx.TensorProto] = {}
+    seen: set[str] = set()
+    stack = [output]
+    while stack:
+        name = stack.pop()
+        if not name or name == data or name in seen:
+            continue
+        seen.add(name)
+        if name in index.initializers:
+            inits[name] = index.initializers[name]
+            continue
+        node = index.producer.get(name)
+        if node is None:
+            raise NotIsolatable(f"it reads {name}, a model input or an outer-scope value")
+        if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+            raise NotIsolatable("control flow between the producer and the BN")
+        if node not in nodes:
+            nodes.append(node)
+            stack.extend(node.input)
+        if len(nodes) > 64:
+            raise NotIsolatable("more than 64 ops between the producer's input and the BN output")
+    order = {id(n): i for i, n in enumerate(index.graph.node)}
+    nodes.sort(key=lambda n: order.get(id(n), 0))
+    return Cut(data, output, nodes, list(inits.values()))
+
+
+def _renamed(c: Cut, prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    nodes = []
+    for node in c.nodes:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = prefix + (node.name or node.op_type)
+        new.input[:] = [prefix + n if n else "" for n in node.input]
+        new.output[:] = [prefix + n if n else "" for n in node.output]
+        nodes.append(new)
+    inits = []
+    for init in c.initializers:
+        new = onnx.TensorProto()
+        new.CopyFrom(init)
+        new.name = prefix + init.name
+        inits.append(new)
+    return nodes, inits
+
+
+def _to_float64(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if tensor.data_type not in _FLOATS:
+        return tensor
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+
+def _float64_nodes(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The cut with every float constant and cast in float64 (a reference needs no rounding)."""
+    out = []
+    for node in nodes:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        if new.op_type == "BatchNormalization":
+            del new.output[1:]  # inference: the statistics outputs are unused (the fold checked)
+        for attr in new.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOATS:
+                attr.t.CopyFrom(_to_float64(attr.t))
+            elif new.op_type == "Cast" and attr.name == "to" and attr.i in _FLOATS:
+                attr.i = TensorProto.DOUBLE
+        out.append(new)
+    return out
+
+
+def _model(nodes, inits, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]], like: onnx.ModelProto) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "bncheck_site_proof",
+        [helper.make_tensor_value_info(name, elem, None) for name, elem in inputs],
+        [helper.make_tensor_value_info(name, elem, None) for name, elem in outputs], inits,
+    )
+    model = helper.make_model(graph, opset_imports=list(like.opset_import))
+    model.ir_version = like.ir_version
+    return model
+
+
+def reference(c: Cut, like: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The original cut on ``x`` in float64 (onnx's numpy reference implementation)."""
+    from onnx.reference import ReferenceEvaluator  # imported only when a site is proved
+
+    model = _model(_float64_nodes(c.nodes), [_to_float64(i) for i in c.initializers],
+                   [(c.data, TensorProto.DOUBLE)], [(c.output, TensorProto.DOUBLE)], like)
+    return np.asarray(ReferenceEvaluator(model, new_ops=[_inference_bn()]).run(None, {c.data: x})[0])
+
+
+def _inference_bn():
+    """BatchNormalization for the reference run, in inference mode at every opset. onnx's own
+    BatchNormalization_9 fills the ``momentum`` attribute with its schema default and then
+    normalises with batch statistics, which an inference BN (opsets 9-13) never does."""
+    from onnx.reference.op_run import OpRun  # imported only when a site is proved
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None,
+                 is_test=None, training_mode=None, consumed_inputs=None):
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            eps = 1e-5 if epsilon is None else float(epsilon)
+            y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) + bias.reshape(shape)
+            return (y.astype(x.dtype),)
+
+    return BatchNormalization
+
+
+@dataclass
+class _Prepared:
+    name: str
+    old: Cut
+    new: Cut
+    x: np.ndarray
+    dtype: np.dtype
+
+
+def _prepare(old: _Graphs, new: _Graphs, name: str, seed: int) -> _Prepared:
+    found = old.find_bn(name)
+    if found is None:
+        raise NotIsolatable("its BatchNormalization node is not in the original graph")
+    index, bn = found
+    prod = find_producer(index, bn)
+    data = _data_input(index, prod)
+    if data is None:
+        raise NotIsolatable(f"{prod.op_type} {prod.name} has no data input")
+    x = random_input(geometry(index, prod), seed)
+    target = new.with_output(bn.output[0])
+    if target is None:
+        raise NotIsolatable(f"the folded graph does not compute {bn.output[0]}")
+    elem = target.elem_type(data) or old_elem(index, prod)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype("float32")
+    return _Prepared(name, cut(index, data, bn.output[0]), cut(target, data, bn.output[0]), x, dtype)
+
+
+def old_elem(index: GraphIndex, prod: onnx.NodeProto) -> int | None:
+    """The producer's dtype, read from its weight."""
+    weight = index.constant(prod.input[1]) if len(prod.input) > 1 else None
+    return helper.np_dtype_to_tensor_dtype(weight.dtype) if weight is not None else None
+
+
+def _run_folded(sites: list[_Prepared], like: onnx.ModelProto) -> dict[str, np.ndarray | str]:
+    """Every folded cut in one onnxruntime session (one per site if the joint one fails)."""
+    if not sites:
+        return {}
+    try:
+        return _run_together(sites, like)
+    except Exception:  # one bad cut: run them one by one to say which
+        out: dict[str, np.ndarray | str] = {}
+        for site in sites:
+            try:
+                out.update(_run_together([site], like))
+            except Exception as exc:  # onnxruntime's own exception types
+                out[site.name] = f"onnxruntime cannot run the folded op on its own ({type(exc).__name__}: {str(exc)[:160]})"
+        return out
+
+
+def _run_together(sites: list[_Prepared], like: onnx.ModelProto) -> dict[str, np.ndarray | str]:
+    nodes, inits, inputs, outputs, feed = [], [], [], [], {}
+    for i, site in enumerate(sites):
+        prefix = f"site{i}/"
+        n, t = _renamed(site.new, prefix)
+        nodes += n
+        inits += t
+        elem = helper.np_dtype_to_tensor_dtype(site.dtype)
+        inputs.append((prefix + site.new.data, elem))
+        outputs.append((prefix + site.new.output, elem))
+        feed[prefix + site.new.data] = site.x.astype(site.dtype)
+    session = open_session(_model(nodes, inits, inputs, outputs, like), optimize=False, threads=1)  # tiny ops
+    results = session.run([name for name, _ in outputs], feed)
+    return {site.name: result for site, result in zip(sites, results, strict=True)}
+
+
+def prove_sites(original: onnx.ModelProto, folded: onnx.ModelProto, names: list[str], *,
+                atol: float, rtol: float, seed: int = 0) -> dict[str, SiteProof]:
+    """The proof of every folded BN named in ``names``."""
+    old, new = _Graphs(original), _Graphs(folded)
+    proofs: dict[str, SiteProof] = {}
+    prepared = []
+    for name in names:
+        try:
+            prepared.append(_prepare(old, new, name, seed))
+        except NotIsolatable as exc:
+            proofs[name] = unproved(name, f"not provable on its own: {exc}", METHOD, fails=False)
+    got = _run_folded(prepared, folded)
+    for site in prepared:
+        result = got.get(site.name)
+        if isinstance(result, str):
+            proofs[site.name] = unproved(site.name, result, METHOD)
+            continue
+        try:
+            expected = reference(site.old, original, site.x)
+        except Exception as exc:  # the reference implementation lacks an op of the cut
+            proofs[site.name] = unproved(site.name, f"no float64 reference for the original pair ({type(exc).__name__}: "
+                                         f"{str(exc)[:120]})", METHOD, fails=False)
+            continue
+        proofs[site.name] = judge(site.name, expected, result, atol=atol, rtol=rtol, input_shape=site.x.shape, method=METHOD)
+    return proofs

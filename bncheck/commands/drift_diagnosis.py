@@ -1,0 +1,208 @@
+"""BN103's input diagnosis: what input the model expects, what DATA gives it, and which change
+of the user's preprocessing options closes the gap, verified by measuring again.
+
+Everything runs on the part of the network up to the first BN layers only
+(``Backend.first_layers_runner``) and on a subsample:
+
+1. probes (:mod:`bncheck.numerics.input_fit`) on the nearest layer: DATA with all but one or
+   two input channels zeroed, a zero and constant inputs; when that layer's input is affine in
+   the model input (checked), the stored statistics are solved for the per-channel scale and
+   offset of the input they were accumulated on, i.e. the mean and std the model expects;
+2. candidates in pixel space (:mod:`.drift_pixels`): the inferred ``--mean/--std``, /255, x255,
+   inverted, channel order swapped, ImageNet, [-1, 1] and plain [0, 1] inputs;
+3. each candidate is measured on the first ``verify`` BN layers (the nearest one and the two
+   after it, so that corrections the first layer alone cannot tell apart, such as an inverted
+   input and a mean shift, are told apart by the non-linearities between them); the best one
+   that halves the drift score is the finding's fix, with its score before -> after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bncheck.commands.drift_pixels import Candidate, PixelSpace, fixed_candidates
+from bncheck.engines.measure import array_moments
+from bncheck.errors import BncheckError
+from bncheck.numerics import drift as metrics
+from bncheck.numerics.input_fit import (
+    FULL_COVARIANCE_CHANNELS,
+    Probes,
+    covariance_from_pairs,
+    fit_correction,
+    predicted,
+)
+
+#: BN layers a candidate is judged on (the nearest ones in network order)
+VERIFY_LAYERS = 3
+#: largest number of input channels whose expected mean/std is inferred
+MAX_INFERRED_CHANNELS = 16
+#: a named candidate within this factor of the best score is preferred to the inferred one
+NAMED_PREFERENCE = 1.25
+
+
+@dataclass
+class Runners:
+    """Truncated runners: ``probe`` observes the nearest layer, ``verify`` the first few."""
+
+    probe: Any
+    verify: Any
+    probe_layer: str
+    verify_layers: list[str]
+    batch_size: int
+
+
+def _masked(x: np.ndarray, axis: int, channels: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros_like(x)
+    index = [slice(None)] * x.ndim
+    for c in channels:
+        index[axis] = slice(c, c + 1)
+        out[tuple(index)] = x[tuple(index)]
+    return out
+
+
+def _probe(runners: Runners, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = array_moments(runners.probe, x, runners.batch_size, [runners.probe_layer])[runners.probe_layer]
+    return m.mean, m.var
+
+
+def _constant(like: np.ndarray, axis: int, channels: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros_like(like[:1])
+    index = [slice(None)] * like.ndim
+    for c in channels:
+        index[axis] = slice(c, c + 1)
+        out[tuple(index)] = 1.0
+    return out
+
+
+def _probes(runners: Runners, x: np.ndarray, axis: int, data_mean: np.ndarray) -> tuple[Probes, bool]:
+    """The probe runs, and whether the nearest layer's input is affine in the model input."""
+    channels = x.shape[axis]
+    centred = (x - data_mean.reshape([-1 if a == axis % x.ndim else 1 for a in range(x.ndim)])).astype(np.float32)
+    bias, _ = _probe(runners, np.zeros_like(x[:1]))
+    singles = [_probe(runners, _masked(centred, axis, (c,))) for c in range(channels)]
+    constants = [_probe(runners, _constant(x, axis, (c,))) for c in range(channels)]
+    pairs, border_pairs, cross = {}, {}, None
+    if channels <= FULL_COVARIANCE_CHANNELS:
+        for i, j in itertools.combinations(range(channels), 2):
+            pairs[(i, j)] = _probe(runners, _masked(centred, axis, (i, j)))[1]
+            border_pairs[(i, j)] = _probe(runners, _constant(x, axis, (i, j)))[1]
+        cross = np.zeros((len(bias), channels, channels))
+        for i, j in itertools.product(range(channels), repeat=2):
+            var = _probe(runners, (_masked(centred, axis, (i,)) + _constant(x, axis, (j,))).astype(np.float32))[1]
+            cross[:, i, j] = 0.5 * (var - singles[i][1] - constants[j][1])
+    covariance = covariance_from_pairs(np.stack([var for _, var in singles], axis=1), pairs)
+    border = covariance_from_pairs(np.stack([var for _, var in constants], axis=1), border_pairs)
+    probes = Probes(
+        bias, np.stack([mean - bias for mean, _ in singles], axis=1), covariance,
+        np.stack([mean - bias for mean, _ in constants], axis=1), border, cross,
+    )  # fmt: skip
+    full_mean, full_var = _probe(runners, x)
+    mean, var = predicted(probes, np.ones(channels), data_mean)
+    spread = np.sqrt(np.maximum(full_var, 1e-30))
+    affine = bool(np.all(np.abs(mean - full_mean) <= 1e-3 * spread + 1e-6 * np.abs(full_mean)))
+    if pairs or channels == 1:  # the whole covariance is known: the variances must add up too
+        affine = affine and bool(np.all(np.abs(var - full_var) <= 1e-2 * full_var + 1e-12))
+    return probes, affine
+
+
+def _score(runners: Runners, by_name: dict, x: np.ndarray) -> float:
+    merged = array_moments(runners.verify, x, runners.batch_size, runners.verify_layers)
+    values = []
+    for name in runners.verify_layers:
+        m, layer = merged.get(name), by_name[name]
+        if m is None or m.count == 0:
+            continue
+        d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
+        values.append(d.score)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _channel_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    x64 = x.astype(np.float64)
+    return x64.mean(axis=axes), x64.std(axis=axes)
+
+
+def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace) -> tuple[dict | None, Candidate | None]:
+    """What the model expects of its input (the fit of the probes) and the candidate that gives it."""
+    axis = space.channel_axis
+    if axis is None or space.channels > MAX_INFERRED_CHANNELS:
+        return None, None
+    mean, std = _channel_stats(x, axis)
+    probes, affine = _probes(runners, x, axis, mean)
+    if not affine:
+        return {"affine": False}, None
+    layer = by_name[runners.probe_layer]
+    fit = fit_correction(probes, layer.running_mean, layer.running_var, float(layer.eps or 0.0), mean)
+    expected_mean, expected_std = fit.mean, np.abs(fit.scale) * std
+    offset = fit.mean - fit.scale * mean  # x' = a (x - m) + mu = a x + offset
+    info: dict[str, Any] = {
+        "affine": True,
+        "layer": runners.probe_layer,
+        "expected": {"mean": _round(expected_mean), "std": _round(expected_std)},
+        "data": {"mean": _round(mean), "std": _round(std)},
+        "mean_shift": _round((mean - expected_mean) / np.where(expected_std > 0, expected_std, 1.0)),
+        "residual": {"log_var": fit.var_residual, "mean_z": fit.mean_residual},
+    }
+    if np.any(fit.scale <= 0) or not np.all(np.isfinite(fit.scale)):
+        return info, None
+    scale_b = space.per_channel(fit.scale, x.ndim)
+    offset_b = space.per_channel(offset, x.ndim)
+    if space.images:  # x' = a x + d = (q - M') / S' with S' = S / a, M' = M - d S / a
+        new_std = space.std / fit.scale
+        new_mean = space.mean - offset * space.std / fit.scale
+        options = space.options(mean=_round(new_mean), std=_round(new_std))
+        info["suggested"] = {"mean": _round(new_mean), "std": _round(new_std)}
+    else:
+        options = None
+        info["suggested"] = {"scale": _round(fit.scale), "offset": _round(offset)}
+    description = "normalising to the inferred mean/std"
+    return info, (description, options, lambda q: space.normalise(q) * scale_b + offset_b)
+
+
+def _round(values) -> list[float]:
+    return [float(f"{float(v):.4g}") for v in np.asarray(values).reshape(-1)]
+
+
+def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace) -> dict:
+    """BN103's diagnosis on the subsample ``sub`` (model inputs as DATA gives them)."""
+    by_name = {layer.name: layer for layer in layers}
+    baseline = _score(runners, by_name, sub)
+    q = space.to_pixels(sub)
+    inference, inferred = _inferred(runners, by_name, sub, space)
+    candidates = fixed_candidates(space, q) + ([inferred] if inferred else [])
+    tried = []
+    for description, options, transform in candidates:
+        try:
+            value = _score(runners, by_name, np.ascontiguousarray(transform(q), dtype=np.float32))
+        except BncheckError:
+            continue
+        tried.append({"description": description, "options": options, "score": value})
+    tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
+    out: dict[str, Any] = {
+        "baseline": baseline, "candidates": tried, "samples": int(len(sub)),
+        "layers": list(runners.verify_layers), "inference": inference,
+    }  # fmt: skip
+    best = _best(tried, baseline)
+    if best is not None:
+        out["best"] = best
+    return out
+
+
+def _best(tried: list[dict], baseline: float) -> dict | None:
+    """The lowest-scoring candidate that halves the drift, a named one preferred to the inferred
+    mean/std when it scores nearly as well (it says more about what went wrong)."""
+    finite = [t for t in tried if math.isfinite(t["score"])]
+    if not finite or not math.isfinite(baseline) or finite[0]["score"] >= 0.5 * baseline:
+        return None
+    top = finite[0]
+    if top["description"].startswith("normalising to the inferred"):
+        named = [t for t in finite[1:] if t["score"] <= NAMED_PREFERENCE * top["score"] + 1e-3]
+        if named:
+            return named[0]
+    return top

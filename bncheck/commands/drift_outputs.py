@@ -1,0 +1,330 @@
+"""The output analyses of ``bncheck drift``: BN301 (what the stored statistics do to the outputs
+on this data) and BN201 (what normalising with the statistics of small batches does), and the
+split halves of DATA that give BN101, BN102 and BN301 their noise floor.
+
+BN301 compares, on the kept subsample, the model normalised with its stored running statistics
+(the main pass's eval outputs, reused) with the same model normalised with DATA's own population
+statistics, what ``recalibrate --method exact`` writes: the per-layer moments of the main pass
+(each layer measured with the layers before it on their stored statistics: a one-pass
+approximation) refined on the subsample until every layer's statistics are those it sees once
+the layers before it use DATA's statistics too (:func:`refine`; one pass where the statistics
+fit, a few where they do not). Its noise floor is the same comparison between the statistics of
+one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
+alone as much as DATA's statistics differ from its population's. No train-mode pass.
+
+BN201 runs the subsample with BN in train mode in batches of ``--train-batch-size`` (one pass).
+
+Outputs of any structure (:mod:`bncheck.numerics.outputs`): batch-first, per position over the
+class axis, relative error without one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.backends.load import backend_for
+from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
+from bncheck.numerics import drift as metrics
+from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
+
+
+@dataclass
+class OutputSetting:
+    """How the outputs of a run are compared: the subsample, its eval outputs and labels."""
+
+    sub: np.ndarray
+    #: eval-mode (stored statistics) outputs of ``sub``, batch-first
+    reference: np.ndarray
+    labels: np.ndarray | None
+    #: the per-sample class axis (None: compare by relative error)
+    class_axis: int | None
+    batch_size: int
+
+
+def output_setting(result: Measurement, samples: int, class_axis: int | str, batch_size: int) -> OutputSetting | None:
+    """The subsample of the main pass (its first ``samples``) and how to compare its outputs;
+    None when the pass kept none or the model's outputs have no batch axis."""
+    if result.subsample is None or result.sub_outputs is None or samples <= 0:
+        return None
+    ref = result.sub_outputs[:samples]
+    if ref.ndim < 1 or ref.size == 0:
+        raise ValueError(
+            "the model's first output has no axis that follows the batch size, or its per-sample shape changes between batches, "
+            "so outputs cannot be compared per sample"
+        )
+    labels = result.sub_labels[:samples] if result.sub_labels is not None else None
+    axis = output_class_axis(ref, class_axis, result.batch_axis)
+    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size)
+
+
+def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
+    """Per layer with running statistics and measured input, DATA's (mean, population var)."""
+    return {
+        layer.name: (np.asarray(moments[layer.name].mean, np.float64), np.asarray(moments[layer.name].var, np.float64))
+        for layer in layers
+        if layer.has_running_stats and layer.name in moments and moments[layer.name].count > 0
+    }
+
+
+def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Eval-mode outputs of ``x`` (batch-first) from a copy of ``source`` carrying ``stats``."""
+    copy = backend_for(source).with_statistics(source, stats)
+    copy.device = source.device  # the copy runs where the model runs (--device)
+    with copy.runner(layers=[]) as runner:
+        return np.concatenate([runner.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class Halves:
+    """Per-layer moments of two disjoint halves of DATA (the noise floor of BN101, BN102, BN301)."""
+
+    even: dict[str, Moments]
+    odd: dict[str, Moments]
+    n_even: int
+    n_odd: int
+    #: where they come from (for the report)
+    where: str
+
+
+def data_halves(runner, layers, result: Measurement, batch_size: int) -> Halves | None:
+    """The even and odd batches of the main pass, or, when it had a single batch and the
+    subsample is all of DATA, the even and odd samples of the subsample (measured now, one eval
+    pass over it); None otherwise (an engine that keeps no halves, on more data than it keeps)."""
+    if result.halves is not None:
+        even, odd = result.halves
+        return Halves(even, odd, _samples_of(even, result), _samples_of(odd, result), "even and odd batches of DATA")
+    sub = result.subsample
+    if sub is None or len(sub) != result.samples or len(sub) < 4:
+        return None
+    names = [layer.name for layer in layers]
+    even = array_moments(runner, sub[0::2], batch_size, names)
+    odd = array_moments(runner, sub[1::2], batch_size, names)
+    return Halves(even, odd, len(sub[0::2]), len(sub[1::2]), "even and odd samples of DATA")
+
+
+def _samples_of(moments: dict[str, Moments], result: Measurement) -> int:
+    """Samples behind a half's moments: its share of the elements of the first measured layer."""
+    for name, m in moments.items():
+        whole = result.moments.get(name)
+        if whole is not None and whole.count > 0:
+            return max(1, round(result.samples * float(m.count) / float(whole.count)))
+    return max(1, result.samples // 2)
+
+
+def floor_scale(n: int, n_half: int) -> float:
+    """Factor that turns the half-vs-all difference of statistics from ``n_half`` of ``n``
+    samples into the sampling noise of statistics from all ``n``: the two differ in variance
+    by ``1/n_half - 1/n`` against ``1/n`` (1 for two halves of DATA)."""
+    gap = 1.0 / max(n_half, 1) - 1.0 / max(n, 1)
+    return math.sqrt((1.0 / max(n, 1)) / gap) if gap > 0 else 1.0
+
+
+def excess_t(effect: np.ndarray, floor: np.ndarray, multiple: float) -> float:
+    """t statistic over the samples of ``effect_i - multiple * floor_i`` (per-sample values):
+    how many standard errors the effect lies beyond ``multiple`` times the noise floor."""
+    x = np.asarray(effect, np.float64) - multiple * np.asarray(floor, np.float64)
+    if x.size < 2:
+        return float("nan")
+    mean, se = float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+    if se == 0:
+        return math.inf if mean > 0 else (0.0 if mean == 0 else -math.inf)
+    return mean / se
+
+
+def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) -> dict[str, Any]:
+    """The effect and noise-floor figures (floor scaled to the noise of all of DATA) and the
+    per-sample values the significance is computed on."""
+    out: dict[str, Any] = effect.to_dict()
+    noise: dict[str, Any] = {"relative_error": floor.relative_error * scale}
+    if effect.sample_flips is not None and floor.sample_flips is not None and effect.positions:
+        noise["top1_agreement"] = 1.0 - (floor.disagreement or 0.0) * scale
+        out["flips"] = effect.flips
+        per_effect = effect.sample_flips / effect.positions
+        per_floor = floor.sample_flips / effect.positions * scale
+    else:
+        per_effect, per_floor = effect.sample_errors, floor.sample_errors * scale
+    out["noise_floor"] = noise
+    out["_per_sample"] = (per_effect, per_floor)
+    return out
+
+
+def stale_statistics(
+    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *, multiple: float, ranking: list[str]
+) -> dict[str, Any]:
+    """BN301's figures: stored vs DATA's own population statistics, with the noise floor."""
+    full = population_statistics(layers, result.moments)
+    if not full:
+        return {}
+    if halves is None:  # no halves of DATA: half of the subsample, measured now, scaled
+        half = population_statistics(layers, array_moments(runner, setting.sub[0::2], setting.batch_size, list(full)))
+        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
+    else:
+        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
+    # the subsample is all of DATA: its moments with the stored statistics upstream are the main pass's
+    base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else None
+    refined = refine(source, runner, full, setting, base=base)
+    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
+    effect = compare(setting.reference, refined.outputs, setting.class_axis)
+    floor = compare(refined.outputs, halved, setting.class_axis)
+    scale = floor_scale(result.samples, n_half)
+    out = _figures(effect, floor, scale)
+    per_effect, per_floor = out.pop("_per_sample")
+    out.update(
+        method="population statistics",
+        statistics_samples=int(result.samples),
+        refinement_passes=refined.passes,
+        refinement_movement=refined.movement,
+        batch_axis=result.batch_axis,
+        class_axis=setting.class_axis,
+        significance=excess_t(per_effect, per_floor, multiple),
+        noise_multiple=float(multiple),
+    )
+    out["noise_floor"].update(halves=where, half_samples=int(n_half), scale=scale)
+    before = accuracy(setting.reference, setting.labels, setting.class_axis)
+    after = accuracy(refined.outputs, setting.labels, setting.class_axis)
+    if before is not None and after is not None:
+        out.update(accuracy_stored=before, accuracy_population=after)
+    sure_before, sure_after = confidence(setting.reference, setting.class_axis), confidence(refined.outputs, setting.class_axis)
+    if sure_before is not None and sure_after is not None:
+        out.update(confidence_stored=sure_before, confidence_population=sure_after)
+    out["top_layers"] = [name for name in ranking if name in full][:5]
+    return out
+
+
+@dataclass
+class Refined:
+    """DATA's population statistics as BN301 uses them, and the subsample's outputs with them."""
+
+    statistics: Statistics
+    outputs: np.ndarray
+    #: eval passes over the subsample that refined the one-pass statistics
+    passes: int
+    #: the last change of the statistics (channel standard deviations, or log-variance)
+    movement: float
+
+
+def refine(
+    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None, max_passes: int = 4, tolerance: float = 0.02
+) -> Refined:
+    """DATA's statistics with every layer measured as it is once the layers before it use DATA's
+    statistics too (what ``recalibrate --method exact`` converges to), from the one-pass
+    statistics of the main pass (layers before on their stored statistics) and passes over the
+    subsample: each pass measures how the subsample's moments move when the layers before use
+    the current estimate, and moves DATA's statistics by as much (mean by the difference,
+    variance by the ratio), until a pass moves them by less than ``tolerance`` (channel standard
+    deviations, or log-variance). On data the statistics fit, the first pass already does (the
+    moments hardly move). ``base``: the subsample's moments with the stored statistics (measured
+    here when not given)."""
+    names = list(full)
+    if base is None:
+        base = array_moments(runner, setting.sub, setting.batch_size, names)
+    stats, passes, move = full, 0, math.inf
+    out = None
+    while passes < max_passes:
+        out, moments = _pass_with(source, stats, setting, names)
+        passes += 1
+        new = shifted_like(full, {n: (base[n].mean, base[n].var) for n in names if n in base}, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
+        move = _movement(stats, new)
+        if move < tolerance:
+            break
+        stats = new
+    else:
+        out, _ = _pass_with(source, stats, setting, names)
+    return Refined(stats, out, passes, move)
+
+
+def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
+    """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
+    the ratio (layers missing from ``before``/``after`` are kept)."""
+    out = {}
+    for name, (mean, var) in target.items():
+        if name in before and name in after:
+            (m0, v0), (m1, v1) = before[name], after[name]
+            ratio = np.where(np.asarray(v0) > 0, np.asarray(v1, np.float64) / np.where(np.asarray(v0) > 0, v0, 1.0), 1.0)
+            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.asarray(var, np.float64) * ratio)
+        else:
+            out[name] = (mean, var)
+    return out
+
+
+def _movement(old: Statistics, new: Statistics) -> float:
+    worst = 0.0
+    for name, (mean, var) in new.items():
+        m0, v0 = old[name]
+        sd = np.sqrt(np.maximum(np.asarray(v0, np.float64), 1e-12))
+        shift = np.abs(np.asarray(mean) - m0) / sd
+        ratio = np.abs(np.log(np.maximum(np.asarray(var, np.float64), 1e-12) / np.maximum(np.asarray(v0, np.float64), 1e-12)))
+        worst = max(worst, float(np.max(shift, initial=0.0)), float(np.max(ratio, initial=0.0)))
+    return worst
+
+
+def _pass_with(source: ModelSource, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
+    """Outputs and per-layer input moments of the subsample from a copy carrying ``stats``."""
+    copy = backend_for(source).with_statistics(source, stats)
+    copy.device = source.device
+    outs, parts = [], {}
+    with copy.runner(layers=names) as run:
+        for i in range(0, len(setting.sub), setting.batch_size):
+            out, moments = run.moments(setting.sub[i : i + setting.batch_size])
+            outs.append(out)
+            add_bounded(parts, moments)
+    return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
+
+
+def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) -> dict[str, Any]:
+    """BN201: scatter of size-B batch statistics around the population statistics and how the
+    outputs change, from one train-mode pass over the subsample in full batches of B."""
+    outs, per_layer = [], {}
+    for start in range(0, len(setting.sub) - batch_size + 1, batch_size):
+        out, moments = runner.train_moments(setting.sub[start : start + batch_size])
+        outs.append(out)
+        for name, m in moments.items():
+            per_layer.setdefault(name, []).append(m)
+    if not outs or batch_size < 2:
+        return {}
+    usable = len(outs) * batch_size
+    result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
+    worst, worst_value = None, -1.0
+    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
+    for name, ms in per_layer.items():
+        if not ms or ms[0].count == 0:
+            continue
+        pooled = merge_all(ms)
+        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
+        result["layers"][name] = sc
+        if sc["mean_scatter"] > worst_value:
+            worst, worst_value = name, sc["mean_scatter"]
+    result.update(worst_layer=worst, max_mean_scatter=worst_value)
+    effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
+    result["relative_error"] = effect.relative_error
+    if effect.agreement is not None and effect.positions and effect.sample_flips is not None:
+        result.update(flip_rate=1.0 - effect.agreement, positions=effect.positions)
+        result["flip_rate_se"] = _standard_error(effect.sample_flips / effect.positions)
+    else:
+        result["relative_error_se"] = _standard_error(effect.sample_errors)
+    return result
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of per-sample ``values``."""
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+
+
+def run_accuracy(result: Measurement) -> float | None:
+    """Top-1 accuracy of the main pass on labelled DATA (None without labels, or where the
+    output has no single class per sample)."""
+    if result.correct is not None:
+        return float(result.correct / result.labelled) if result.labelled else None
+    if result.labels is None or not result.outputs_for_accuracy:
+        return None
+    preds = np.concatenate(result.outputs_for_accuracy)
+    if len(preds) != len(result.labels):
+        return None
+    return float(np.mean(preds == result.labels))

@@ -1,0 +1,33 @@
+"""ONNX site proofs on real graphs: a correct fold passes, a tampered folded weight fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from bncheck.backends.onnx.fold_proof import prove_sites
+from bncheck.commands.fold import fold
+
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_models"
+
+
+def test_tampered_fold_fails_its_site_proof(tmp_path):
+    src = SAMPLES / "digits_cnn.onnx"
+    report = fold(src, tmp_path / "f.onnx", timing=False)
+    assert report.extras["fold"]["site_proofs"] == {"passed": 3, "failed": 0, "not_proved": 0}
+    original, folded = onnx.load(str(src)), onnx.load(str(tmp_path / "f.onnx"))
+    names = ["/bn1/BatchNormalization", "/bn2/BatchNormalization", "/bn3/BatchNormalization"]
+    assert all(p.passed for p in prove_sites(original, folded, names, atol=1e-4, rtol=1e-4).values())
+    conv2 = next(n for n in folded.graph.node if n.name == "/conv2/Conv")
+    init = next(i for i in folded.graph.initializer if i.name == conv2.input[1])
+    w = numpy_helper.to_array(init).copy()
+    w[3] *= 1.01  # one output channel off by 1%
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    proofs = prove_sites(original, folded, names, atol=1e-4, rtol=1e-4)
+    assert proofs["/bn2/BatchNormalization"].passed is False
+    assert proofs["/bn1/BatchNormalization"].passed and proofs["/bn3/BatchNormalization"].passed
+    assert proofs["/bn2/BatchNormalization"].max_rel_err > 1e-3
+    assert np.isfinite(proofs["/bn2/BatchNormalization"].max_abs_err)

@@ -1,0 +1,62 @@
+"""Real trained torch models folded with no flags, against torch's own fusion utilities
+(``torch.fx.experimental.optimization.fuse`` and ``torch.ao.quantization.fuse_modules``) on the
+same model and input, all measured against the original in float64."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.fx.experimental.optimization import fuse as fx_fuse  # noqa: E402
+
+from bncheck.commands.fold import fold, load_folded_state_dict  # noqa: E402
+from tests.support.real_models import DEEPSORT_MOBILENETV2, model_file  # noqa: E402
+
+ARCH = Path(__file__).resolve().parents[2] / "support" / "real_arch" / "mobilenetv2.py"
+
+
+def _build():
+    spec = importlib.util.spec_from_file_location("bncheck_test_mobilenetv2", ARCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build()
+
+
+def _rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _conv_bn_pairs(model) -> list[list[str]]:
+    modules = list(model.named_modules())
+    return [[name, nxt] for (name, m), (nxt, n) in zip(modules, modules[1:], strict=False)
+            if isinstance(m, torch.nn.Conv2d) and isinstance(n, torch.nn.BatchNorm2d)]
+
+
+def test_deepsort_mobilenetv2_folds_every_bn_like_torch_fusion(tmp_path):
+    path = model_file(DEEPSORT_MOBILENETV2)
+    arch = f"{ARCH}:build"
+    report = fold(path, tmp_path / "m.safetensors", arch=arch, timing=False)
+    figures = report.extras["fold"]
+    assert figures["layers_folded"] == 52 and figures["layers_kept"] == 0
+    assert figures["site_proofs"] == {"passed": 52, "failed": 0, "not_proved": 0}
+    assert report.extras["verification"]["inputs_used"]["origin"] == "inferred"
+
+    original = _build()
+    original.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    original.eval()
+    ours = load_folded_state_dict(_build(), tmp_path / "m.safetensors").eval()
+    fx_fused = fx_fuse(copy.deepcopy(original))
+    ao_fused = torch.ao.quantization.fuse_modules(copy.deepcopy(original), _conv_bn_pairs(original))
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        ref = copy.deepcopy(original).double()(x.double())
+        errors = {name: _rel(m(x).double(), ref) for name, m in
+                  (("bncheck", ours), ("fx.fuse", fx_fused), ("fuse_modules", ao_fused), ("unfolded", original))}
+    print(errors)
+    assert errors["bncheck"] < 1e-5, errors
+    assert errors["bncheck"] <= 3 * max(errors["fx.fuse"], errors["fuse_modules"], errors["unfolded"]), errors

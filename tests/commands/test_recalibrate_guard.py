@@ -1,0 +1,116 @@
+"""The guard of `bncheck recalibrate` through the CLI, on both backends: a recalibration that
+makes a labelled model worse on the held-out split is refused (BN501, exit 1, nothing
+written) unless --force-write; one that helps is written; the label-free check passes the
+shifted digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bncheck.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIFTED = ROOT / "sample_models" / "data" / "digits" / "shifted"
+
+TUNED_ARCH = '''
+import torch
+from torch import nn
+
+
+class Tuned(nn.Module):
+    """A classifier fitted to its stored statistics (mean 0, variance 1): class 1 when x0 > 3.
+    Recalibrated on data with mean 3, it moves its threshold to x0 > 6."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(2)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.bn(x))
+
+
+def tuned():
+    model = Tuned()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        model.fc.bias.copy_(torch.tensor([0.0, -3.0]))
+    return model.eval()
+'''
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def tuned(tmp_path):
+    arch = tmp_path / "tuned_arch.py"
+    arch.write_text(TUNED_ARCH)
+    spec = f"{arch}:tuned"
+    from bncheck.backends.torch.loading import build_from_arch
+
+    model = build_from_arch(spec)
+    state = tmp_path / "tuned.pt"
+    torch.save(model.state_dict(), state)
+    onnx_path = tmp_path / "tuned.onnx"
+    torch.onnx.export(
+        model, (torch.zeros(2, 2),), str(onnx_path), dynamo=False, do_constant_folding=False,
+        training=torch.onnx.TrainingMode.EVAL, input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(3.0, 1.0, 2000), rng.normal(0.0, 1.0, 2000)], axis=1).astype(np.float32)
+    y = (x[:, 0] > 3.0).astype(np.int64)
+    data = tmp_path / "tuned.npz"
+    np.savez(data, x=x, y=y)
+    return {"torch": (state, ["--arch", spec], "out.pt"), "onnx": (onnx_path, [], "out.onnx")}, data
+
+
+@pytest.mark.parametrize("family", ["torch", "onnx"])
+def test_a_harmful_recalibration_is_not_written(tuned, tmp_path, family):
+    models, data = tuned
+    model, extra, name = models[family]
+    out = tmp_path / name
+    refused = run("recalibrate", model, data, "--out", out, "--method", "cumulative", "-f", "json", *extra)
+    assert refused.exit_code == 1, refused.output
+    body = json.loads(refused.stdout)
+    guard = body["recalibration"]["guard"]
+    assert guard["basis"] == "labels" and guard["worse"] and guard["accuracy_before"] == 1.0
+    assert guard["accuracy_after"] < 0.7 and 150 <= guard["samples"] <= 250  # 10% of 2000
+    assert [f["rule"] for f in body["findings"] if f["severity"] == "error"] == ["BN501"]
+    assert body["recalibration"]["output"]["written"] is False and not out.exists()
+    assert list(tmp_path.glob(f".{name}*")) == []  # no temporary file left either
+    forced = run("recalibrate", model, data, "--out", out, "--method", "cumulative", "--force-write", "-f", "json", *extra)
+    assert forced.exit_code == 1 and out.exists()  # written, the finding still reported
+    assert "written anyway" in json.loads(forced.stdout)["findings"][0]["message"]
+    unchecked = run("recalibrate", model, data, "--out", tmp_path / f"u{name}", "--method", "cumulative", "--holdout", "0", "-q", *extra)
+    assert unchecked.exit_code == 0 and (tmp_path / f"u{name}").exists()
+
+
+def test_a_helpful_recalibration_is_written_and_the_label_free_check_agrees(tmp_path):
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    labelled = run("recalibrate", model, SHIFTED, "--out", tmp_path / "a.onnx", "-f", "json")
+    assert labelled.exit_code == 0, labelled.output
+    guard = json.loads(labelled.stdout)["recalibration"]["guard"]
+    assert guard["basis"] == "labels" and not guard["worse"] and guard["accuracy_after"] > guard["accuracy_before"]
+    free = run("recalibrate", model, SHIFTED, "--out", tmp_path / "b.onnx", "--labels", "none", "-f", "json")
+    assert free.exit_code == 0, free.output
+    guard = json.loads(free.stdout)["recalibration"]["guard"]
+    assert guard["basis"] == "agreement with batch-statistics outputs" and not guard["worse"]
+    assert guard["loss_after"] < guard["loss_before"]  # closer to the batch-statistics predictions
+    assert "accuracy_before" not in guard and guard["confidence_after"] is not None
+
+
+def test_bad_values_exit_2(tmp_path):
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    for args, needle in ((["--prior", "-1"], "--prior"), (["--precision", "2"], "--precision"), (["--holdout", "1"], "--holdout"),
+                         (["--method", "ema", "--prior", "5"], "--prior"), (["--device", "tpu"], "--device")):
+        result = run("recalibrate", model, SHIFTED, "--out", tmp_path / "o.onnx", *args)
+        assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (args, result.output)
+        assert not (tmp_path / "o.onnx").exists()

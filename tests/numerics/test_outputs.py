@@ -1,0 +1,100 @@
+"""bncheck.numerics.outputs against independent float64 references written as plain loops:
+the batch axis of any layout, the class axis, per-position agreement and relative error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bncheck.numerics import outputs as o
+
+
+def test_batch_axis_follows_the_batch_size():
+    assert o.batch_axis_of((32, 10), 32) == 0
+    assert o.batch_axis_of((40, 32, 6625), 32) == 1  # time-major CTC
+    assert o.batch_axis_of((7,), 32) is None
+    # T == N: a batch of another size settles it
+    assert o.batch_axis_of((32, 32, 12), 32, probe=((32, 1, 12), 1)) == 1
+    assert o.batch_axis_of((32, 32, 12), 32) == 0  # no probe (fixed batch): the first candidate
+
+
+@pytest.mark.parametrize(
+    ("shape", "option", "batch_axis", "expected"),
+    [
+        ((10,), "auto", 0, 0),  # (N, C)
+        ((40, 6625), "auto", 0, 1),  # (N, T, C)
+        ((1, 64, 64), "auto", 0, None),  # detector map (N, 1, H, W)
+        ((21, 64, 64), "auto", 0, None),  # dense maps have no class axis unless named
+        ((1,), "auto", 0, None),  # a regressor / single logit
+        ((21, 64, 64), 1, 0, 0),  # segmentation: --class-axis 1 of (N, 21, H, W)
+        ((40, 6625), -1, 1, 1),  # (T, N, C) given as -1
+        ((40, 6625), 2, 1, 1),  # (T, N, C) given as 2
+        ((10,), "none", 0, None),
+    ],
+)
+def test_class_axis(shape, option, batch_axis, expected):
+    assert o.class_axis_of(shape, option, batch_axis=batch_axis) == expected
+
+
+def test_class_axis_errors():
+    with pytest.raises(ValueError, match="batch axis"):
+        o.class_axis_of((40, 10), 1, batch_axis=1)
+    with pytest.raises(ValueError, match="outside"):
+        o.class_axis_of((10,), 5)
+
+
+def _reference(a: np.ndarray, b: np.ndarray, class_axis: int | None):
+    """Plain loops in float64: relative error, and agreement per position over the class axis."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    num = sum(float(v) ** 2 for v in (b64 - a64).ravel())
+    den = sum(float(v) ** 2 for v in a64.ravel())
+    rel = (num / den) ** 0.5
+    if class_axis is None:
+        return rel, None
+    agree = total = 0
+    moved_a = np.moveaxis(a64, class_axis + 1, -1)
+    moved_b = np.moveaxis(b64, class_axis + 1, -1)
+    for index in np.ndindex(moved_a.shape[:-1]):
+        scores_a, scores_b = list(moved_a[index]), list(moved_b[index])
+        agree += scores_a.index(max(scores_a)) == scores_b.index(max(scores_b))
+        total += 1
+    return rel, agree / total
+
+
+@pytest.mark.parametrize(
+    ("shape", "class_axis"),
+    [((16, 10), 0), ((8, 40, 30), 1), ((6, 5, 7, 9), 0), ((6, 1, 12, 12), None), ((20, 1), None)],
+)
+def test_compare_matches_float64_loops(shape, class_axis):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=shape).astype(np.float32)
+    b = (a + 0.4 * rng.normal(size=shape)).astype(np.float32)
+    got = o.compare(a, b, class_axis)
+    rel, agreement = _reference(a, b, class_axis)
+    assert got.relative_error == pytest.approx(rel, rel=1e-12)
+    if agreement is None:
+        assert got.agreement is None and got.positions is None
+    else:
+        assert got.agreement == pytest.approx(agreement, abs=1e-15)
+        assert got.positions == int(np.prod(np.moveaxis(a, class_axis + 1, -1).shape[1:-1]))
+        assert got.flips == round((1 - agreement) * a.size / a.shape[class_axis + 1])
+    # per-sample errors: ||diff_i|| / rms ||a_i||, whose root mean square is the relative error
+    assert float(np.sqrt(np.mean(got.sample_errors**2))) == pytest.approx(rel, rel=1e-12)
+
+
+def test_compare_refuses_different_shapes():
+    with pytest.raises(ValueError, match="cannot be compared"):
+        o.compare(np.zeros((4, 3)), np.zeros((3, 4)), 0)
+
+
+def test_accuracy_needs_one_class_per_sample():
+    out = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert o.accuracy(out, np.array([1, 0, 0]), 0) == pytest.approx(2 / 3)
+    assert o.accuracy(np.zeros((3, 4, 5)), np.array([1, 0, 0]), 1) is None  # 4 positions per sample
+    assert o.accuracy(out, None, 0) is None
+
+
+def test_batch_first_moves_time_major_outputs():
+    t_n_c = np.arange(5 * 3 * 4).reshape(5, 3, 4)
+    moved = o.batch_first(t_n_c, 1)
+    assert moved.shape == (3, 5, 4) and np.array_equal(moved[2, 4], t_n_c[4, 2])
