@@ -66,7 +66,8 @@ def test_the_plugin_is_the_pytest11_entry_point():
     assert callable(module.bncheck) and module is bncheck.testing
 
 
-def test_a_failing_user_test_shows_the_findings_table(pytester, broken):
+def test_a_failing_user_test_shows_the_findings_table(pytester, broken, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # load the plugin once, by name, installed or not
     pytester.makepyfile(
         f"""
         def test_model(bncheck):

@@ -261,7 +261,8 @@ class Backend(ABC):
 
     def concrete_inputs(self, source: ModelSource, specs: list[InputSpec]) -> tuple[list[InputSpec], str]:
         """``specs`` with their dynamic non-batch dimensions set to sizes the model accepts, and
-        one sentence saying how they were found ("" when the backend leaves them as they are)."""
+        one sentence saying how they were found ("" when the backend leaves them as they are;
+        dynamic specs come back with the sentence saying why no size was found)."""
         return specs, ""
 
     @abstractmethod

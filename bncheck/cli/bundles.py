@@ -23,6 +23,7 @@ from bncheck.cli.common import (
     TrustPickleOpt,
     choose_format,
     emit,
+    emit_many,
 )
 from bncheck.cli.data_options import (
     ArraysOpt,
@@ -50,6 +51,7 @@ from bncheck.config import Settings, load_settings
 from bncheck.data import DataOptions, build_options
 from bncheck.data.remote import parse_storage_options
 from bncheck.engines import Engine, make_engine
+from bncheck.errors import UsageError
 from bncheck.report.report import Report
 
 
@@ -108,6 +110,12 @@ class ReportArgs:
     def emit(self, report: Report, fmt: str, *, plot: Path | None = None, options: dict | None = None) -> None:
         """Render and write ``report``; exits with its code."""
         emit(report, fmt, self.path, self.quiet, baseline=self.baseline, plot=plot, options=options)
+
+    def emit_many(self, reports: list[Report], fmt: str) -> None:
+        """Render and write several reports as one document; exits 1 when any fails."""
+        if self.baseline is not None:
+            raise UsageError("--baseline judges one model; give one MODEL with it.")
+        emit_many(reports, fmt, self.path, self.quiet)
 
 
 @dataclass

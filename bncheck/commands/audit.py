@@ -1,7 +1,9 @@
-"""``bncheck audit``: static checks of every BN layer, no data needed."""
+"""``bncheck audit``: static checks of every BN layer, no data needed; :func:`audit_models`
+audits several models (one report each, the gate failing when any report fails)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from bncheck.backends.load import as_source
@@ -32,3 +34,20 @@ def audit(
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules)")
     return report
+
+
+def audit_models(
+    models: Iterable[Any],
+    *,
+    settings: Settings | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> list[Report]:
+    """One :func:`audit` report per model, in order (``bncheck audit A.onnx B.onnx``). The
+    combined gate fails when any report fails: :func:`combined_exit_code`."""
+    return [audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle) for model in models]
+
+
+def combined_exit_code(reports: Iterable[Report]) -> int:
+    """1 when any report fails its gate, else 0."""
+    return max((report.exit_code for report in reports), default=0)

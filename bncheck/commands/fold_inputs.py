@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bncheck.backends.interface import Backend, InputSpec, ModelSource
+from bncheck.commands.progress import step
 from bncheck.data import build_options, open_data
 from bncheck.errors import DataError, UsageError
 from bncheck.report.results import VerificationInputs
@@ -49,6 +50,7 @@ class InputPlan:
 
 def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, samples, batch_size, seed, settings) -> InputPlan:
     """The inputs to verify on, and why (see the module docstring for the order)."""
+    step("reading the verification inputs")
     specs = _input_specs(backend, source, input_shape)
     if verify is not None:
         batches, info = _data_batches(backend, source, specs, verify, samples, batch_size, settings)
@@ -60,6 +62,7 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         return _random_plan(specs, total, seed, "input-shape", f"--input-shape {input_shape}")
     if specs is not None and all(_static(spec) for spec in specs):
         return _random_plan(specs, total, seed, "graph", "static input shapes declared by the model")
+    how = ""
     if specs is not None:
         sized, how = backend.concrete_inputs(source, specs)
         if all(_static(spec) for spec in sized):
@@ -72,7 +75,8 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         return _random_plan(found, total, seed, "inferred", why)
     if specs is not None:
         dynamic = "; ".join(f"{s.name} {_shape_text(s.full_shape() or ())}" for s in specs)
-        why = f"the model's inputs have dynamic dimensions ({dynamic}) and no size could be inferred: " + SITES_ONLY.split(": ", 1)[1]
+        tried = f" ({how.rstrip('.')})" if how else ""
+        why = f"the model's inputs have dynamic dimensions ({dynamic}) and no size could be inferred{tried}: " + SITES_ONLY.split(": ", 1)[1]
         return InputPlan(None, VerificationInputs("none", None, why))
     return InputPlan(None, VerificationInputs("none", None, SITES_ONLY))
 

@@ -51,8 +51,8 @@ class ImagePlan:
         return 1 if self.grayscale else 3
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly, every default spelled out."""
-        return {
+        """JSON-friendly, every default spelled out (``transform`` only when one is given)."""
+        out = {
             "size": list(self.size) if isinstance(self.size, tuple) else self.size,
             "size_meaning": _size_meaning(self.size),
             "crop": list(self.crop) if self.crop else None,
@@ -66,9 +66,10 @@ class ImagePlan:
             "layout": self.layout,
             "layout_from": self.layout_from,
             "pipeline": self.pipeline(),
-            # only with transform= (the API): CLI reports keep the contract's fields exactly
-            **({"transform": describe_callable(self.transform)} if self.transform is not None else {}),
         }
+        if self.transform is not None:
+            out["transform"] = describe_callable(self.transform)
+        return out
 
     def pipeline(self) -> str:
         """One line saying what happens to every image, e.g.

@@ -22,6 +22,8 @@ FORMATS = {
     "junit": "bncheck.formats.junit",
     "html": "bncheck.formats.html",
     "sarif": "bncheck.formats.sarif",
+    "github": "bncheck.formats.github",
+    "gitlab": "bncheck.formats.gitlab",
 }
 
 #: The format a report file's extension names (``--output report.html`` needs no ``--format``).
@@ -43,6 +45,16 @@ def get_renderer(name: str) -> Callable[..., str]:
     if name not in FORMATS:
         raise UsageError(f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}.")
     return importlib.import_module(FORMATS[name]).render
+
+
+def render_many(reports: list, name: str, **options) -> str:
+    """Several reports (``bncheck audit A B ...``) as one document of format ``name``: the
+    format module's ``combine(texts, reports)`` where it has one (JSON, SARIF, JUnit and GitLab
+    merge into one valid file), else the renderings one after the other."""
+    renderer = get_renderer(name)
+    texts = [renderer(report, **options) for report in reports]
+    combine = getattr(importlib.import_module(FORMATS[name]), "combine", None)
+    return combine(texts, reports) if combine is not None else "\n".join(texts)
 
 
 def _resolve(kind: str, name: str):

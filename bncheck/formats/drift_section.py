@@ -5,10 +5,9 @@ table, which every result with layer drift figures shares)."""
 
 from __future__ import annotations
 
-from bncheck.errors import UsageError
-from bncheck.formats import plot
+from bncheck.formats import plot, svg
 from bncheck.formats.common import fmt_num
-from bncheck.formats.html_parts import esc, img
+from bncheck.formats.html_parts import esc
 from bncheck.formats.section import Section
 from bncheck.report.results import DriftResult
 
@@ -33,9 +32,9 @@ class DriftSection(Section):
         return "\n".join([
             "<h2 id=\"drift\">Drift by layer</h2>",
             "<figure id=\"drift-chart\">"
-            + img(plot.drift_figure(self.report), "svg", "mean |z| and mean |r| per BN layer in network order with the warning and error thresholds")
+            + svg.drift_chart(self.report)
             + "<figcaption>Mean over channels of |z| (mean shift, in stored standard deviations) and |r| "
-            f"(log of the variance ratio) for every BN layer in network order. Dashed: warning "
+            f"(log of the variance ratio) for every BN layer in network order (hover a point for its layer). Dashed: warning "
             f"(BN101 {t['BN101']['warning']:g}, BN102 {t['BN102']['warning']:g}); solid: error "
             f"(BN101 {t['BN101']['error']:g}, BN102 {t['BN102']['error']:g})."
             + (f" The first layer to drift is <code>{esc(first)}</code>: look upstream of it (the input, when it is the first layer)." if first else " No layer reaches a warning threshold.")
@@ -43,10 +42,11 @@ class DriftSection(Section):
         ])  # fmt: skip
 
     def html_details(self, layer: str | None) -> str:
-        """BN103's input diagnosis, the per-channel scatter, the small-batch and train/eval figures."""
+        """BN103's input diagnosis, the small-batch and train/eval figures (each layer's
+        per-channel chart is in the layers table, :mod:`bncheck.formats.html_layers`)."""
         if not plot.has_drift(self.report):
             return ""
-        parts = [self._diagnosis(), self._channels(layer), self._small_batch(), self._train_eval()]
+        parts = [self._diagnosis(), self._small_batch(), self._train_eval()]
         return "\n".join(part for part in parts if part)
 
     def _diagnosis(self) -> str:
@@ -68,54 +68,36 @@ class DriftSection(Section):
             + "</p><table><tr><th>correction</th><th class=\"num\">score</th></tr>" + cand + "</table>"
         )
 
-    def _channels(self, layer: str | None) -> str:
-        measured = {row["name"] for row in plot.drift_rows(self.report)}
-        ranking = [n for n in self.result.ranking or [] if n in measured]
-        chosen = layer
-        if chosen is None:
-            chosen = ranking[0] if ranking else None
-        elif chosen not in measured:
-            raise UsageError(f"--layer {chosen!r} is not a measured layer of this report; `bncheck report RUN.json` lists them.")
-        if chosen is None:
-            return ""
-        head = f"<h2 id=\"channels\">Per-channel statistics: {esc(chosen)}</h2>"
-        if plot.channel_data(self.report, chosen) is None:
-            return head + "\n" + (
-                "<p class=\"note\">This report does not carry per-channel figures. Run drift with "
-                "<code>--channels</code> (or <code>--format html</code>) to record them.</p>"
-            )
-        return head + "\n" + (
-            "<figure id=\"channel-chart\">"
-            + img(plot.channel_figure(self.report, chosen), "png", f"stored against measured mean and variance per channel of {chosen}")
-            + "<figcaption>One point per channel: the stored running statistics against what the layer receives on DATA. "
-            "Points on the dashed line have not drifted; the circled channel drifts most. "
-            + ("This is the layer with the highest drift score; " if layer is None else "")
-            + "<code>bncheck report RUN.json --format html --layer NAME</code> shows another layer.</figcaption></figure>"
-        )
-
     def _small_batch(self) -> str:
         sb = self.result.small_batch
-        fig = plot.small_batch_figure(self.report) if sb else None
-        if fig is None:
+        chart = svg.small_batch_chart(self.report) if sb else None
+        if chart is None:
             return ""
+        flip = sb.get("flip_rate")
+        extra = f" {flip:.1%} of predictions change in train mode." if isinstance(flip, (int, float)) else ""
         return (
             "<h2 id=\"small-batch\">Small-batch risk (BN201)</h2><figure>"
-            + img(fig, "svg", "batch statistics scatter per layer at the training batch size")
-            + f"<figcaption>With batches of {esc(sb.get('batch_size'))} (--train-batch-size), how far each batch's "
-            "channel means (in channel standard deviations) and variances (log-ratio) scatter around the whole data's. "
-            "Large scatter means noisy training statistics and a model that behaves differently in train mode."
+            + chart
+            + f"<figcaption>With batches of {esc(sb.get('batch_size'))} (--train-batch-size, {esc(sb.get('samples'))} samples), how far each batch's "
+            "channel means (in channel standard deviations) and variances (log-ratio) scatter around the whole data's (RMS over batches). "
+            f"Large scatter means noisy training statistics and a model that behaves differently in train mode.{extra}"
             "</figcaption></figure>"
         )
 
     def _train_eval(self) -> str:
         te = self.result.train_eval
-        fig = plot.train_eval_figure(self.report) if te else None
-        if fig is None:
+        chart = svg.train_eval_chart(self.report) if te else None
+        if chart is None:
             return ""
+        parts = []
+        if isinstance(te.get("top1_agreement"), (int, float)):
+            parts.append(f"top-1 agreement {te['top1_agreement']:.1%}")
+        if isinstance(te.get("relative_error"), (int, float)):
+            parts.append(f"relative output error {te['relative_error']:.2g}")
         return (
             "<h2 id=\"train-eval\">Train/eval mismatch (BN301)</h2><figure>"
-            + img(fig, "svg", "train-mode against eval-mode divergence per layer")
+            + chart
             + f"<figcaption>The model run with BN in train mode (batch statistics, batches of {esc(te.get('batch_size'))}) "
-            "against eval mode (running statistics) on the same samples; per layer, the mean squared Hellinger "
-            "distance between batch and running statistics (red: the largest).</figcaption></figure>"
+            f"against eval mode (running statistics) on the same samples ({esc(', '.join(parts)) or 'no output figures'}); per layer, the mean squared Hellinger "
+            "distance between batch and running statistics.</figcaption></figure>"
         )

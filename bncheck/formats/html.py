@@ -1,8 +1,9 @@
-"""One self-contained HTML file for people: the verdict, the drift chart, per-channel scatter
-plots, the small-batch and train/eval figures, the layers, the findings with their
-explanations, and how the report was made. No network: CSS is inline and every chart is a
-``data:`` image (SVG for line and bar charts, PNG for scatter plots). Charts need matplotlib
-(``pip install 'bncheck[report]'``).
+"""One self-contained HTML file for people: the verdict, the drift chart, the small-batch and
+train/eval figures, the findings by rule, the layers with their findings (sortable, filterable,
+each expandable to its facts and per-channel chart: :mod:`bncheck.formats.html_layers`), the
+rules' explanations, and how the report was made. No network and no extra: CSS and a little
+JavaScript are inline, every chart is inline SVG drawn in Python (:mod:`bncheck.formats.svg`),
+so the core install renders it (matplotlib is only for ``--plot`` and ``Report.plot``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 
+from bncheck.errors import UsageError
 from bncheck.formats.common import fmt_num, foldable_text, package_versions, verdict
-from bncheck.formats.html_parts import cell_class, chip, esc, facts
-from bncheck.formats.plot import require_matplotlib, thresholds
+from bncheck.formats.html_layers import CSS as LAYERS_CSS
+from bncheck.formats.html_layers import SCRIPT, chosen_layer, findings_by_rule, layer_table
+from bncheck.formats.html_parts import cell_class, chip, esc, facts, inline
+from bncheck.formats.plot import thresholds
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
 from bncheck.rules import REGISTRY
@@ -85,18 +89,18 @@ def scoped_css(css: str = CSS, scope: str = ".bncheck") -> str:
 
 
 def render(report: Report, *, layer: str | None = None, **_: object) -> str:
-    """The whole page. ``layer`` picks the layer of the per-channel scatter plots (default:
-    the one with the highest drift score)."""
-    require_matplotlib()
+    """The whole page. ``layer`` is the layer opened on load (default: the one with the
+    highest drift score)."""
     title = f"bncheck {report.command} — {report.model.path}"
     section = section_for(report)
+    opened = chosen_layer(report, layer)
     body = [
         _header(report, section),
         _baseline(report),
         section.html_top(),
-        _findings(report, explain=True),
+        findings_by_rule(report),
         section.html_details(layer),
-        _layers(report, section),
+        layer_table(report, section, opened),
         _data(report),
         _explanations(report),
         _provenance(report),
@@ -104,10 +108,10 @@ def render(report: Report, *, layer: str | None = None, **_: object) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{esc(title)}</title>\n<style>\n{PAGE_CSS}\n{scoped_css()}\n</style>\n</head>\n<body>\n"
+        f"<title>{esc(title)}</title>\n<style>\n{PAGE_CSS}\n{scoped_css(CSS + LAYERS_CSS)}\n</style>\n</head>\n<body>\n"
         "<main class=\"bncheck\">\n"
         + "\n".join(part for part in body if part)
-        + "\n</main>\n</body>\n</html>\n"
+        + f"\n</main>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
@@ -215,10 +219,10 @@ def _explanations(report: Report) -> str:
             parts.append(f"<div class=\"rule\" id=\"rule-{esc(code)}\"><p><b>{esc(code)}</b>: not known to this bncheck version.</p></div>")
             continue
         sections = [("What it does", rule.what), ("Why is this bad?", rule.why), ("Example", rule.example), ("How to fix", rule.fix)]
-        inner = "".join(f"<p><b>{title}</b><br>{esc(text)}</p>" for title, text in sections)
+        inner = "".join(f"<p><b>{title}</b><br>{inline(text)}</p>" for title, text in sections)
         parts.append(
             f"<details class=\"rule\" id=\"rule-{esc(code)}\" open><summary><b>{esc(code)}</b> {esc(rule.name)} "
-            f"({esc(rule.severity.value)} by default): {esc(rule.summary)}</summary>{inner}</details>"
+            f"({esc(rule.severity.value)} by default): {inline(rule.summary)}</summary>{inner}</details>"
         )
     return "\n".join(parts)
 
@@ -329,3 +333,8 @@ def _provenance(report: Report) -> str:
     parts.append(f"<footer>Rendered {stamp}{source} with {esc(rendered)} on {esc(sys.platform)}. "
                  "Self-contained: this file loads nothing from the network.</footer>")
     return "\n".join(parts)
+
+
+def combine(texts: list[str], reports: list[Report]) -> str:
+    """An HTML report shows one model."""
+    raise UsageError("--format html shows one model; run bncheck audit once per model for HTML reports.")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
+import re
 from typing import Any
-
-from bncheck.formats.plot import figure_bytes
 
 SEVERITY_CLASS = {"error": "sev-error", "warning": "sev-warning", "info": "sev-info"}
 
@@ -16,11 +14,9 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def img(fig, fmt: str, alt: str) -> str:
-    """The figure as a ``data:`` image (SVG or PNG)."""
-    data = base64.b64encode(figure_bytes(fig, fmt)).decode("ascii")
-    mime = "image/svg+xml" if fmt == "svg" else "image/png"
-    return f"<img src=\"data:{mime};base64,{data}\" alt=\"{esc(alt)}\">"
+def inline(text: Any) -> str:
+    """``text`` escaped, with Markdown code spans (`` `bncheck rules` ``) as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
 
 
 def chip(severity: str) -> str:

@@ -50,3 +50,17 @@ def render(report: Report, **_: object) -> str:
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def combine(texts: list[str], reports: list[Report]) -> str:
+    """Several reports: one ``<testsuites>`` holding every report's ``<testsuite>``."""
+    roots = [ET.fromstring(text.split("?>", 1)[1]) for text in texts]
+    root = ET.Element("testsuites", name="bncheck")
+    for key in ("tests", "failures"):
+        root.set(key, str(sum(int(r.get(key, "0")) for r in roots)))
+    for tree, report in zip(roots, reports, strict=True):
+        for suite in tree:  # every suite is bncheck.<command>: name the model too
+            suite.set("name", f"{suite.get('name')} {report.model.path}")
+            root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -37,7 +37,7 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise UsageError(
-            "charts (--format html, --plot) need matplotlib, which is not installed; "
+            "--plot and Report.plot() draw with matplotlib, which is not installed; "
             "install it with `pip install 'bncheck[report]'`."
         ) from exc
 

@@ -132,3 +132,26 @@ def to_sarif(report: Report) -> dict[str, Any]:
 
 def render(report: Report, **_: object) -> str:
     return json.dumps(to_sarif(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def combine(texts: list[str], reports: list[Report]) -> str:
+    """Several reports as one SARIF log with ONE run (code scanning refuses several runs of one
+    tool in one category): every model an artifact, every report an invocation, the results
+    concatenated with their artifact index moved to their model's."""
+    runs = [json.loads(text)["runs"][0] for text in texts]
+    merged = dict(runs[0])
+    merged["invocations"], merged["results"], merged["artifacts"] = [], [], []
+    for run in runs:
+        offset = len(merged["artifacts"])
+        for result in run["results"]:
+            for location in result.get("locations", []):
+                artifact = location.get("physicalLocation", {}).get("artifactLocation")
+                if artifact is not None and "index" in artifact:
+                    artifact["index"] += offset
+            merged["results"].append(result)
+        merged["artifacts"].extend(run.get("artifacts", []))
+        merged["invocations"].extend(run["invocations"])
+    merged["properties"] = {"command": runs[0]["properties"]["command"], "reports": [run["properties"] for run in runs]}
+    if not merged["artifacts"]:
+        del merged["artifacts"]
+    return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [merged]}, indent=2, allow_nan=False, ensure_ascii=False) + "\n"

@@ -33,7 +33,7 @@ def run(*args):
 )
 def test_shifted_digits_recover_accuracy_in_every_family(tmp_path, model, out, extra):
     target = tmp_path / out
-    result = run("recalibrate", SAMPLES / model, SHIFTED, "--out", target, "-f", "json", "--verify", *extra)
+    result = run("recalibrate", SAMPLES / model, SHIFTED, "--out", target, "-f", "json", "--verify", "--holdout", "0", *extra)
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     acc = body["recalibration"]["accuracy"]

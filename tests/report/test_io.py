@@ -5,6 +5,7 @@ and bad inputs exit 2 with one sentence."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -99,7 +100,8 @@ def test_html_layer_choice(sample_runs, tmp_path):
     last = run.data["layers"][-1]["name"]
     out = tmp_path / "r.html"
     assert invoke("report", run.path, "-f", "html", "--layer", last, "-o", out).exit_code == 1
-    assert f"Per-channel statistics: {last}" in out.read_text(encoding="utf-8")
+    opened = re.search(r'<tbody id="layer-(\d+)" class="grp open"(.*?)</tbody>', out.read_text(encoding="utf-8"), re.S)
+    assert int(opened.group(1)) == len(run.data["layers"]) - 1 and 'id="channel-chart"' in opened.group(2)
     _one_error_line(invoke("report", run.path, "-f", "html", "--layer", "nope", "-o", tmp_path / "x.html"), "--layer", "nope")
     _one_error_line(invoke("report", run.path, "-f", "json", "--layer", last), "--layer", "--format html")
     assert not (tmp_path / "x.html").exists()

@@ -64,7 +64,10 @@ class OnnxBackend(Backend):
         if all(s.shape is None or None not in s.shape for s in specs):
             return specs, ""
         run = self.executable(source)
-        resolved = input_sizes.resolve(_proto(source), specs, input_sizes.run_error(run))
+        try:
+            resolved = input_sizes.resolve(_proto(source), specs, input_sizes.run_error(run))
+        except input_sizes.NoInputSize as exc:  # the specs stay dynamic, the sentence says why
+            return specs, exc.detail
         return resolved.specs, resolved.how
 
     def float_dtype(self, source: ModelSource) -> np.dtype:

@@ -12,8 +12,9 @@ tries a short list of candidates, in this order, and keeps the first that onnxru
    upsampled map to a finer one) only accept multiples of it, and a side of twice the stride
    keeps every feature map at least 2 pixels wide, so the candidate sides are multiples of
    the stride from ``max(32, 2 * stride)`` on;
-3. the usual image sides (224, 256, 320, 384, 512, 640), for models whose Flatten -> Gemm
-   fixes one size.
+3. a Flatten feeding a Gemm/MatMul fixes the size: its weight takes K = C * h * w features,
+   with C from the Conv upstream and the stride at the Flatten, which gives a square side;
+4. the usual image sides (224, 256, 320, 384, 512, 640).
 
 Every candidate is checked by running the model once on zeros with a batch of 1. The batch
 axis is left to the caller. The folded model keeps its dynamic axes: only the verification
@@ -50,6 +51,14 @@ _DOWN_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "Lp
 _SIZE_KEYS = re.compile(r"shape|size|height|width|resolution|dims", re.IGNORECASE)
 
 
+class NoInputSize(UsageError):
+    """No candidate size runs; ``detail`` says which were tried and what onnxruntime said."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}; pass --input-shape with a size it accepts (e.g. 1,3,224,224) or --verify DATA.")
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Concrete input specs and one sentence saying how their sizes were found."""
@@ -65,7 +74,8 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
     if not dynamic:
         return Resolved(specs, "")
     strides = total_strides(model)
-    hints = metadata_sizes(model)
+    hints = [("the model metadata", h) for h in metadata_sizes(model)]
+    hints += [("the features a Flatten -> Gemm takes", h) for h in flatten_sizes(model)]
     specs = [_with_channels(s, first_layer_width(model, s.name)) for s in specs]
     last_error = ""
     tried = []
@@ -80,13 +90,10 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
         last_error = error
         if len(tried) >= MAX_TRIES:
             break
-    raise UsageError(
-        f"no input size bncheck tried runs the model (tried {', '.join(tried)}; onnxruntime: {last_error}); "
-        "pass --input-shape with a size it accepts (e.g. 1,3,224,224) or --verify DATA."
-    )
+    raise NoInputSize(f"no input size bncheck tried runs the model (tried {', '.join(tried)}; onnxruntime: {last_error})")
 
 
-def _candidates(specs, strides: list[int], hints: list[tuple[int, ...]]):
+def _candidates(specs, strides: list[int], hints: list[tuple[str, tuple[int, ...]]]):
     """(origin, {input name: per-sample dims}) to try, best first, without repeats."""
     seen: set[tuple] = set()
 
@@ -103,8 +110,8 @@ def _candidates(specs, strides: list[int], hints: list[tuple[int, ...]]):
         return []
 
     out = []
-    for hint in hints:
-        out += emit("the model metadata", lambda spec, i, rank, h=hint: _from_hint(h, spec, i, rank))
+    for origin, hint in hints:
+        out += emit(origin, lambda spec, i, rank, h=hint: _from_hint(h, spec, i, rank))
     for k in range(len(_STRIDE_SIDES)):
         out += emit(
             f"the graph's total stride {'x'.join(map(str, strides))}",
@@ -197,11 +204,20 @@ def metadata_sizes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
 
 def total_strides(model: onnx.ModelProto) -> list[int]:
     """The largest down-sampling factor per spatial axis over the main graph's values (at least 1)."""
-    graph = model.graph
-    index = GraphIndex(graph, model_opset(model))
-    factor: dict[str, list[float]] = {}
+    factor, _ = _strides_and_channels(model)
     best: list[float] = []
-    for node in graph.node:  # ONNX stores nodes in topological order
+    for here in factor.values():
+        best = [max(b, h) for b, h in zip(_pad(best, len(here)), _pad(here, len(best)), strict=True)]
+    return [int(min(MAX_STRIDE, max(1, round(b)))) for b in best] or [1]
+
+
+def _strides_and_channels(model: onnx.ModelProto) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Per value of the main graph: its down-sampling factor per spatial axis, and its channel
+    count where a Conv/ConvTranspose upstream fixes it (kept through ops that keep channels)."""
+    index = GraphIndex(model.graph, model_opset(model))
+    factor: dict[str, list[float]] = {}
+    channels: dict[str, int] = {}
+    for node in model.graph.node:  # ONNX stores nodes in topological order
         ins = [factor[i] for i in node.input if i in factor]
         here = [max(col) for col in _columns(ins)] if ins else []
         step = _node_step(node, index)
@@ -209,12 +225,55 @@ def total_strides(model: onnx.ModelProto) -> list[int]:
             continue
         if step:
             here = [h * s for h, s in zip(_pad(here, len(step)), step, strict=True)]
+        width = _out_channels(node, index) or next((channels[i] for i in node.input if i in channels), None)
         for out in node.output:
             factor[out] = here
-        if len(here) > len(best):
-            best = _pad(best, len(here))
-        best = [max(b, h) for b, h in zip(best, _pad(here, len(best)), strict=True)]
-    return [int(min(MAX_STRIDE, max(1, round(b)))) for b in best] or [1]
+            if width:
+                channels[out] = width
+    return factor, channels
+
+
+def _out_channels(node: onnx.NodeProto, index: GraphIndex) -> int | None:
+    if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+        return None
+    weight = index.constant(node.input[1])
+    if weight is None:
+        return None
+    shape = np.asarray(weight).shape
+    group = next((int(a.i) for a in node.attribute if a.name == "group"), 1)
+    return int(shape[0]) if node.op_type == "Conv" else int(shape[1]) * group
+
+
+def flatten_sizes(model: onnx.ModelProto) -> list[tuple[int, int]]:
+    """Square (H, W) input sizes implied by a Flatten feeding a Gemm/MatMul: its weight takes
+    K = C * h * w features, C and the stride at the Flatten come from the graph."""
+    factor, channels = _strides_and_channels(model)
+    index = GraphIndex(model.graph, model_opset(model))
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Flatten" or node.input[0] not in channels:
+            continue
+        stride = factor.get(node.input[0], [])
+        for user in index.consumers.get(node.output[0], []):
+            k = _in_features(user, index)
+            c = channels[node.input[0]]
+            if not k or k % c or len(stride) != 2 or stride[0] != stride[1]:
+                continue
+            side = math.isqrt(k // c)
+            if side * side == k // c:
+                found.append((round(side * stride[0]),) * 2)
+    return found
+
+
+def _in_features(node: onnx.NodeProto, index: GraphIndex) -> int | None:
+    if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2:
+        return None
+    weight = index.constant(node.input[1])
+    if weight is None or np.asarray(weight).ndim != 2:
+        return None
+    shape = np.asarray(weight).shape
+    trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+    return int(shape[1] if trans_b else shape[0])
 
 
 def _pad(values: list[float], n: int) -> list[float]:

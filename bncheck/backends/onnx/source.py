@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
+from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.runner import OnnxRunner
@@ -60,16 +61,21 @@ class OnnxSource(ModelSource):
         self._layers: list[BNLayer] | None = None
         self._types: dict[str, tuple[int, int | None]] | None = None
         self._executables: dict[bool, object] = {}
+        #: this exact model was read from ``path`` (nothing inlined): onnxruntime may read the file
+        self._as_read = False
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
-        return cls(read_onnx(path), path=path)
+        source = cls(read_onnx(path), path=path)
+        source._as_read = not source.notes
+        return source
 
     def executable(self, *, optimize: bool = False):
         """An onnxruntime executable of this model, made once per ``optimize`` setting (the
         input-size search, verification and timing share it)."""
         if optimize not in self._executables:
-            self._executables[optimize] = executable(self.model, optimize=optimize)
+            one_file = self._as_read and self.path is not None and not uses_external_data(self.path)
+            self._executables[optimize] = executable(self.model, optimize=optimize, file=Path(self.path) if one_file else None)
         return self._executables[optimize]
 
     def op_count(self) -> int:

@@ -115,6 +115,8 @@ class TorchRunner(ModelRunner):
         pass as soon as every observed layer has seen its input (the network beyond them is
         never run; the outputs are None)."""
         self._batch: list[tuple[str, int, Any, Any]] = []
+        #: layers whose train-pass forward records its own moments (see fused_batch_norm)
+        self._fused: set[str] = set()
         self._collect = False
         self._mode = "eval"
         all_layers = list(source.bn_layers())
@@ -138,6 +140,9 @@ class TorchRunner(ModelRunner):
             [la.name for la in all_layers if la.name in self._wanted and la.name not in self.unhookable]
         )
         self._dispatch_always = obs.flavour != "eager" or bool(obs.dispatch_observed)
+        #: eager models whose every BN is a plain torch BN module: train passes switch the modules
+        #: themselves (no dispatch mode, which costs Python per op and imports torch._dynamo)
+        self._plain_bn = _plain_bn_modules(source, all_layers, obs) if not self._dispatch_always else None
         #: layers that end the pass once all have been recorded (``stop_after``), and those seen
         self._stop_after = set(self.layers) if stop_after else None
         self._seen: set[str] = set()
@@ -157,7 +162,12 @@ class TorchRunner(ModelRunner):
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
         self._mode, self._collect, self._batch = mode, collect, []
         self._seen = set()
-        dispatch = _BNDispatch(self) if (mode == "train" or self._dispatch_always) else contextlib.nullcontext()
+        if mode == "train" and self._plain_bn is not None:
+            dispatch = _BatchStatistics(self, self._plain_bn)
+        elif mode == "train" or self._dispatch_always:
+            dispatch = _BNDispatch(self)
+        else:
+            dispatch = contextlib.nullcontext()
         try:
             with torch.inference_mode(), dispatch:
                 out = self._obs.call(tensor)
@@ -178,7 +188,7 @@ class TorchRunner(ModelRunner):
             self._record(name, x)
 
     def _record(self, name: str, x) -> None:
-        if name not in self._wanted or x.dim() < 2 or x.numel() == 0:
+        if name not in self._wanted or x.dim() < 2 or x.numel() == 0 or name in self._fused:
             return
         self._batch.append((name, *channel_moments(x)))
         if self._stop_after is not None:
@@ -188,6 +198,24 @@ class TorchRunner(ModelRunner):
 
     def _stopped(self) -> bool:
         return self._stop_after is not None and self._collect and self._stop_after <= self._seen
+
+    def fused_batch_norm(self, name: str, module, x):
+        """Train-pass forward of a plain BN module: torch's own batch-norm kernel normalises with
+        the batch's statistics and, with momentum 1 into scratch buffers, returns them (the
+        mean and the unbiased variance ``update_bn`` gets from the same kernel), so the input
+        is reduced once; recorded as the layer's moments when the pass collects them."""
+        channels = x.shape[1]
+        mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        var = torch.ones(channels, dtype=x.dtype, device=x.device)
+        out = torch.ops.aten.native_batch_norm.default(x, module.weight, module.bias, mean, var, True, 1.0, module.eps)[0]
+        count = x.numel() // channels
+        if self._collect and name in self._wanted and count >= 2:
+            self._batch.append((name, count, mean, var.double() * (count - 1)))
+            if self._stop_after is not None:
+                self._seen.add(name)
+                if self._stopped():
+                    raise _Truncated
+        return out
 
     def _gather(self) -> dict[str, Moments]:
         out: dict[str, Moments] = {}
@@ -235,6 +263,45 @@ class TorchRunner(ModelRunner):
             self._placed = None
 
 
+def _plain_bn_modules(source, layers, obs) -> list | None:
+    """(name, module) of the BN modules of an eager model when every one that is not frozen is
+    a torch ``_BatchNorm`` with torch's own forward (then :class:`_BatchStatistics` gives batch
+    statistics exactly as the dispatch mode does); None otherwise."""
+    modules = dict(source.module.named_modules())
+    found = []
+    for layer in layers:
+        if layer.name in obs.frozen:
+            continue
+        bn = source.module if layer.name == "<root>" else modules.get(layer.name)
+        if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) or type(bn).forward is not torch.nn.modules.batchnorm._BatchNorm.forward:
+            return None
+        found.append((layer.name, bn))
+    return found
+
+
+class _BatchStatistics:
+    """For one train pass, every plain BN module normalises with its batch's statistics through
+    :meth:`TorchRunner.fused_batch_norm` (its forward replaced; no buffer of the model is
+    written); the forwards are restored on exit."""
+
+    def __init__(self, runner: TorchRunner, modules: list[tuple[str, Any]]) -> None:
+        self._runner = runner
+        self._modules = modules
+
+    def __enter__(self):
+        runner = self._runner
+        for name, module in self._modules:
+            module.forward = lambda x, name=name, module=module: runner.fused_batch_norm(name, module, x)
+        runner._fused = {name for name, _ in self._modules}
+        return self
+
+    def __exit__(self, *exc):
+        for _, module in self._modules:
+            module.__dict__.pop("forward", None)
+        self._runner._fused = set()
+        return False
+
+
 #: id(module) -> open runners that placed it on its device
 _PLACED: dict[int, int] = {}
 
@@ -278,6 +345,12 @@ class _BNDispatch:
 
     def __init__(self, runner: TorchRunner) -> None:
         class Mode(TorchDispatchMode):
+            @classmethod
+            def _should_skip_dynamo(cls) -> bool:
+                # TorchDispatchMode's documented switch: bncheck never compiles, so no
+                # torch._dynamo wrapper (importing it on the first dispatch took 2-27 s)
+                return False
+
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
                 packet = getattr(func, "overloadpacket", None)

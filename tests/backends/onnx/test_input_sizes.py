@@ -3,11 +3,13 @@ onnxruntime as the judge, the folded model keeping its dynamic axes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 
-from bncheck.backends.onnx.input_sizes import metadata_sizes, total_strides
+from bncheck.backends.onnx.input_sizes import flatten_sizes, metadata_sizes, total_strides
 from bncheck.commands.fold import fold
 
 RNG = np.random.default_rng(0)
@@ -73,9 +75,12 @@ def test_dynamic_axes_fold_without_flags_and_stay_dynamic(tmp_path, randomize_bn
     assert np.abs(ref - got).max() <= 1e-5 * np.abs(ref).max()
 
 
-def _flatten_net(torch, side):
+def _flatten_net(torch, side, width=None, *, relu=False):
+    """Conv -> BN -> Flatten (-> ReLU) -> Linear: only (side, width) inputs run."""
     nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * side * side, 5))
+    width = side if width is None else width
+    tail = [nn.ReLU()] if relu else []
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), *tail, nn.Linear(4 * side * width, 5))
 
 
 def test_metadata_names_the_size_a_flatten_needs(tmp_path, randomize_bn):
@@ -90,19 +95,32 @@ def test_metadata_names_the_size_a_flatten_needs(tmp_path, randomize_bn):
 
 def test_usual_sizes_are_tried_after_the_stride(tmp_path, randomize_bn):
     torch = pytest.importorskip("torch")
-    path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 224)), torch.randn(1, 3, 224, 224), tmp_path / "m.onnx")
+    net = _flatten_net(torch, 224, relu=True)  # a ReLU between Flatten and Gemm hides the width
+    path = _export_dynamic(torch, randomize_bn(net), torch.randn(1, 3, 224, 224), tmp_path / "m.onnx")
     report = fold(path, tmp_path / "f.onnx", timing=False)
     assert any("the usual image sizes" in n and "(?, 3, 224, 224)" in n for n in report.notes)
 
 
-def test_no_accepted_size_is_a_usage_error_naming_the_fix(tmp_path, randomize_bn, cli, assert_usage_error):
+def test_a_flatten_into_gemm_names_the_size_it_takes(tmp_path, randomize_bn):
     torch = pytest.importorskip("torch")
     path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 37)), torch.randn(1, 3, 37, 37), tmp_path / "m.onnx")
-    result = cli("fold", path, "--out", tmp_path / "f.onnx")
-    assert_usage_error(result, "no input size", "--input-shape")
-    ok = cli("fold", path, "--out", tmp_path / "f.onnx", "--input-shape", "2,3,37,37", "--no-timing")
+    assert flatten_sizes(onnx.load(str(path))) == [(37, 37)]
+    report = fold(path, tmp_path / "f.onnx", timing=False)
+    assert any("Flatten -> Gemm" in n and "(?, 3, 37, 37)" in n for n in report.notes), report.notes
+
+
+def test_no_accepted_size_falls_back_to_site_proofs_and_says_what_was_tried(tmp_path, randomize_bn, cli):
+    torch = pytest.importorskip("torch")
+    path = _export_dynamic(torch, randomize_bn(_flatten_net(torch, 37, 41)), torch.randn(1, 3, 37, 41), tmp_path / "m.onnx")
+    result = cli("fold", path, "--out", tmp_path / "f.onnx", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    why = report["verification"]["inputs_used"]["why"]
+    assert "no input size bncheck tried runs the model" in why and "(?, 3, 224, 224)" in why and "--input-shape" in why
+    assert report["fold"]["layers_folded"] == 1
+    ok = cli("fold", path, "--out", tmp_path / "g.onnx", "--input-shape", "2,3,37,41", "--no-timing")
     assert ok.exit_code == 0, ok.stdout
-    assert _dims(tmp_path / "f.onnx") == ["n", 3, "h", "w"]
+    assert _dims(tmp_path / "g.onnx") == ["n", 3, "h", "w"]
 
 
 def test_a_dynamic_channel_axis_takes_the_first_layers_width(tmp_path, randomize_bn):
