@@ -300,7 +300,8 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
         result["layers"][name] = sc
         if sc["mean_scatter"] > worst_value:
             worst, worst_value = name, sc["mean_scatter"]
-    result.update(worst_layer=worst, max_mean_scatter=worst_value)
+    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
+    result.update(worst_layer=worst, max_mean_scatter=worst_value, mean_scatter_se=worst_value / math.sqrt(2 * len(outs)))
     effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
     result["relative_error"] = effect.relative_error
     if effect.agreement is not None and effect.positions and effect.sample_flips is not None:
