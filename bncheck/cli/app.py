@@ -13,10 +13,11 @@ from typing import Annotated
 import typer
 
 from bncheck._version import __version__
+from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
-from bncheck.cli.common import PlotOpt, RecordingGroup, State, err, parse_class_axis
+from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err, parse_class_axis
 from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
@@ -28,7 +29,8 @@ from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.fold import fold as run_fold
-from bncheck.commands.recalibrate import RecalibrateOptions
+from bncheck.commands.progress import steps
+from bncheck.commands.recalibrate import METHODS, VARIANCES, RecalibrateOptions
 from bncheck.commands.recalibrate import recalibrate as run_recalibrate
 from bncheck.data.shards import parse_shard
 from bncheck.errors import UsageError
@@ -40,14 +42,14 @@ app = typer.Typer(
     name="bncheck",
     help=literal("Diagnostics for the batch-normalization layers of trained networks."),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")]
 ToOpt = Annotated[
-    str | None, typer.Option("--to", help="Output kind: onnx|export|torchscript|state-dict (default: from OUT's extension).")
+    choice(OUTPUT_KINDS) | None, typer.Option("--to", case_sensitive=False, help="Output kind (default: from OUT's extension).")
 ]
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Only these BN layers (comma-separated names).")]
 
@@ -63,10 +65,13 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors (anywhere on the line).")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the libraries' own warnings and log messages (anywhere on the line).")
+    ] = False,
 ) -> None:
-    State.debug = debug
-    quiet_libraries(debug)  # numpy/PIL/torch warnings and logged tracebacks only under --debug
+    State.debug, State.verbose = debug, verbose
+    quiet_libraries(debug or verbose)  # numpy/PIL/torch warnings and logged tracebacks only under --verbose/--debug
     interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
 
 
@@ -147,10 +152,11 @@ def fold(
         inputs={"DATA": [verify], "baseline": [report.baseline]},
         settings=settings,
     )
-    result = run_fold(
-        model, out, to=to, affine=affine, verify=verify, input_shape=input_shape, samples=samples, batch_size=batch_size,
-        atol=atol, rtol=rtol, force=force, timing=timing, settings=settings, **model_args.load_kwargs(),
-    )
+    with steps(report.progress, "fold"):
+        result = run_fold(
+            model, out, to=to, affine=affine, verify=verify, input_shape=input_shape, samples=samples, batch_size=batch_size,
+            atol=atol, rtol=rtol, force=force, timing=timing, settings=settings, **model_args.load_kwargs(),
+        )
     report.emit(result, fmt)
 
 
@@ -175,7 +181,7 @@ def model_out(out: Path | None, report: ReportArgs, what: str) -> Path:
 @command(app)
 def rules(
     code: Annotated[str | None, typer.Argument(help="A rule code (e.g. BN003) to explain.")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table|markdown|json")] = "table",
+    fmt: Annotated[choice(("table", "markdown", "json")), typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = "table",
 ) -> None:
     """List the rules, or explain one (``bncheck rules BN003``)."""
     if code:
@@ -259,8 +265,8 @@ def recalibrate(
     model: ModelArg,
     data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift: a folder, a file or an s3://... URL).")],
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")] = None,
-    method: Annotated[str, typer.Option("--method", help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
-    variance: Annotated[str, typer.Option("--variance", help="exact: population (default) or unbiased running_var.")] = "population",
+    method: Annotated[choice(METHODS), typer.Option("--method", case_sensitive=False, help="exact (default): what inference sees; cumulative: = update_bn; ema: momentum updates.")] = "exact",
+    variance: Annotated[choice(VARIANCES), typer.Option("--variance", case_sensitive=False, help="exact: population (default) or unbiased running_var.")] = "population",
     momentum: Annotated[float | None, typer.Option("--momentum", help="ema: momentum (PyTorch convention; default: each layer's own).")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="exact: stop when what OUT's layers see is within this of the written statistics on every channel.")] = 1e-4,
     prior: PriorOpt = 0.0,
@@ -308,7 +314,8 @@ def recalibrate(
         engine=engine_args.build(data_args.workers, data_opts),
         storage_options=engine_args.storage_options(),
     )
-    result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
+    with steps(report.progress, "recalibrate"):
+        result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
     report.emit(result, fmt)
 
 
@@ -318,7 +325,7 @@ register_engine_commands(app)  # merge (bncheck/cli/engines.py)
 
 def run(args: Sequence[str] | None = None) -> None:
     """Run the app on ``args`` (default: the process's arguments)."""
-    app(args=None if args is None else list(args))
+    app(args=None if args is None else list(args), prog_name="bncheck")
 
 
 def main() -> None:

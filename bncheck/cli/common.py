@@ -9,10 +9,12 @@ import functools
 import os
 import platform
 import shlex
+import shutil
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -23,33 +25,61 @@ from bncheck.formats.common import headline, package_versions
 from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
 from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.report import Report
+from bncheck.rules.finding import FAIL_ON
 
 
 class State:
     debug = False
+    verbose = False
     #: the arguments of this invocation (after ``bncheck``), recorded by RecordingGroup
     argv: list[str] | None = None
 
 
+#: options of the whole program that may stand anywhere on the line (``bncheck audit m.onnx --debug``)
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``args`` with ``--debug``/``--verbose`` moved before the command, where the app reads
+    them; nothing after a ``--`` is touched."""
+    cut = args.index("--") if "--" in args else len(args)
+    head, tail = args[:cut], args[cut:]
+    flags = [flag for flag in GLOBAL_FLAGS if flag in head]
+    return [*flags, *(arg for arg in head if arg not in GLOBAL_FLAGS), *tail]
+
+
 class RecordingGroup(typer.core.TyperGroup):
     """The app's command group; it records the raw arguments so that reports can state the
-    exact command that made them (``run.command_line``)."""
+    exact command that made them (``run.command_line``), and reads ``--debug``/``--verbose``
+    wherever they stand."""
 
     def parse_args(self, ctx, args):
         State.argv = list(args)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, hoist_global_flags(list(args)))
+
+
+def report_width() -> int:
+    """The width tables are drawn at: the terminal's when stdout is one, else ``$COLUMNS``,
+    else 120 (logs and files: wide enough for a row, narrow enough to read)."""
+    return max(shutil.get_terminal_size(fallback=(120, 24)).columns, 40)
+
+
+def choice(values: Iterable[str]) -> Any:
+    """An enumerated option's type (``Literal[...]``): typer lists its values in help, offers
+    them to shell completion and, with ``case_sensitive=False``, reads ``-f JSON`` as ``json``."""
+    return Literal[tuple(values)]
 
 
 FormatOpt = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help=f"Report format: {'|'.join(FORMATS)} (default: table)."),
+    choice(FORMATS) | None,
+    typer.Option("--format", "-f", case_sensitive=False, help="Report format (default: table, or from --output's extension)."),
 ]
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
 ]
 FailOnOpt = Annotated[
-    str | None,
-    typer.Option("--fail-on", help="Lowest severity that fails the run (exit 1): error|warning|info|never. Default: error."),
+    choice(FAIL_ON) | None,
+    typer.Option("--fail-on", case_sensitive=False, help="Lowest severity that fails the run (exit 1). Default: error."),
 ]
 SelectOpt = Annotated[
     list[str] | None, typer.Option("--select", help="Only these rules (codes or prefixes, comma-separated).")
@@ -189,7 +219,7 @@ def emit(
     if fmt == "table" and quiet:
         text = headline(report) + "\n"
     else:
-        text = renderer(report, color=color, **(options or {}))
+        text = renderer(report, color=color, **({"width": report_width()} if fmt == "table" else {}), **(options or {}))
     chart = None
     if plot is not None:
         chart = plot_bytes(report, plot)

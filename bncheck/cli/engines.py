@@ -10,16 +10,17 @@ from typing import Annotated
 import typer
 
 from bncheck.cli.command import command
-from bncheck.cli.common import err
+from bncheck.cli.common import choice, err
 from bncheck.cli.guard import guard_outputs
+from bncheck.engines import ENGINES
 from bncheck.errors import UsageError
 from bncheck.report.stats_file import merge_files
 
 EngineOpt = Annotated[
-    str | None,
+    choice(ENGINES) | None,
     typer.Option(
         "--engine",
-        help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
+        case_sensitive=False, help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
         "pip install 'bncheck[ray]'). With ray, --workers is the number of actors.",
         rich_help_panel="Scaling out",
     ),

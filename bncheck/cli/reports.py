@@ -20,9 +20,11 @@ from bncheck.cli.common import (
     PlotOpt,
     QuietOpt,
     atomic_write_text,
+    choice,
     choose_format,
     emit,
     err,
+    report_width,
 )
 from bncheck.cli.guard import guard_outputs, report_path
 from bncheck.errors import UsageError
@@ -34,8 +36,8 @@ from bncheck.rules.finding import FAIL_ON
 
 RunArg = Annotated[Path, typer.Argument(help="A JSON report written by --format json.", metavar="RUN.json")]
 FailOnOverride = Annotated[
-    str | None,
-    typer.Option("--fail-on", help="Gate severity: error|warning|info|never (default: the one the report was made with)."),
+    choice(FAIL_ON) | None,
+    typer.Option("--fail-on", case_sensitive=False, help="Gate severity (default: the one the report was made with)."),
 ]
 
 
@@ -83,11 +85,11 @@ def report(
 def diff(
     a: Annotated[Path, typer.Argument(help="The earlier run's JSON report (e.g. the last release).", metavar="A.json")],
     b: Annotated[Path, typer.Argument(help="The later run's JSON report (e.g. the candidate).", metavar="B.json")],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table|json|markdown (default: table).")] = None,
+    fmt: Annotated[choice(("table", "json", "markdown")) | None, typer.Option("--format", "-f", case_sensitive=False, help="Output format (default: table, or from --output's extension).")] = None,
     output: OutputOpt = None,
     fail_on: Annotated[
-        str | None,
-        typer.Option("--fail-on", help="Exit 1 when B has a new or worse finding at this severity or above (default: B's)."),
+        choice(FAIL_ON) | None,
+        typer.Option("--fail-on", case_sensitive=False, help="Exit 1 when B has a new or worse finding at this severity or above (default: B's)."),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -107,7 +109,7 @@ def diff(
     if fmt == "table" and quiet:
         text = headline(result) + "\n"
     else:
-        text = result.render(fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+        text = result.render(fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ, width=report_width())
     if output is not None:
         atomic_write_text(output, text)
         if not quiet:

@@ -41,6 +41,7 @@ from bncheck.backends import output
 from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, ModelSource
 from bncheck.backends.load import as_source, backend_for
 from bncheck.commands.fold_inputs import InputPlan, parse_input_shape, plan_inputs
+from bncheck.commands.progress import step
 from bncheck.config import Settings
 from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
@@ -151,6 +152,7 @@ def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
     """Fold, prove every folded site on its own, and fold again keeping the sites whose proof
     failed (and, with no whole-model verification to cover them, those not provable alone)."""
+    step("folding and proving each folded site")
     folded = backend.fold(source, kind, affine=affine, example=plan.example)
     proofs = backend.prove_sites(source, folded, atol=atol, rtol=rtol)
     keep = {name: f"its site proof failed: {p.reason}" for name, p in proofs.items() if p.passed is False}
@@ -190,6 +192,7 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
     """Run the original and what will be written (the converted artifact; an unchanged model
     is compared with itself only when nothing is converted or written) on every batch; with
     no batches, the site proofs are the evidence (sites that failed were kept)."""
+    step("verifying the folded model")
     batches = plan.batches
     if batches is None:
         verification = Verification(inputs="none", samples=0, max_abs_err=None, max_rel_err=None, passed=True)
@@ -218,6 +221,7 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
 def _write(backend: Backend, source, folded, artifact, kind, out: Path | None, *, changed: bool, passed: bool, force: bool, notes: list[str]) -> list[Path]:
     """Write OUT unless there is nothing to fold or verification failed (``force`` writes
     anyway); the files written, and why not in ``notes``."""
+    step("writing OUT")
     if out is None:
         if not changed:
             notes.append("nothing to fold")
@@ -268,6 +272,7 @@ def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tupl
 
 
 def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
+    step("timing the original and the folded model")
     a, b, runtime = backend.timing_pair(source, folded, batch)
     t = interleaved_timing(a, b)
     return {

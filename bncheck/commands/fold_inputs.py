@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bncheck.backends.interface import Backend, InputSpec, ModelSource
+from bncheck.commands.progress import step
 from bncheck.data import build_options, open_data
 from bncheck.errors import DataError, UsageError
 from bncheck.report.results import VerificationInputs
@@ -49,6 +50,7 @@ class InputPlan:
 
 def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, samples, batch_size, seed, settings) -> InputPlan:
     """The inputs to verify on, and why (see the module docstring for the order)."""
+    step("reading the verification inputs")
     specs = _input_specs(backend, source, input_shape)
     if verify is not None:
         batches, info = _data_batches(backend, source, specs, verify, samples, batch_size, settings)

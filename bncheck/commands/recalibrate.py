@@ -48,6 +48,7 @@ from bncheck.commands import recalibrate_guard as guard
 from bncheck.commands.drift import DriftOptions, with_transform
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.drift_analyses import compute_drift
+from bncheck.commands.progress import step
 from bncheck.commands.recalibrate_estimate import Estimate, estimate_exact, estimate_in_order
 from bncheck.config import Settings
 from bncheck.data import DataOptions
@@ -162,6 +163,8 @@ def recalibrate(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,
         storage_options=dict(options.storage_options), device=source.device,
     )  # fmt: skip
+    if options.verify:
+        step("drift of MODEL on DATA (--verify)")
     before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle) if options.verify else None
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
         split = _split(options, session.num_samples, engine.name)
@@ -170,14 +173,17 @@ def recalibrate(
         x_held, y_held = split.samples() if split is not None else (None, None)
         checked, held_moments = (None, None)
         if x_held is not None:
+            step("checking the result on the held-out split")
             checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
         data_info = session.describe()
     refused = bool(checked and checked["worse"] and not options.force_write)
+    step("writing OUT")
     written = [] if refused else backend.write_model(updated, kind, out)
     after = None
     if options.verify and written:
         trusted = trust_pickle or kind == "pickle"
+        step("drift of OUT on DATA (--verify)")
         reloaded = load_model(out, arch=arch, trust_pickle=trusted)
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
@@ -217,7 +223,8 @@ def _after(est: Estimate, held_moments, x_held, session, names: list[str], optio
         return est.last.moments, est.last.samples, "the last estimation pass (the written model on DATA)"
     if held_moments is not None:
         return held_moments, int(len(x_held)), f"the written model on the held-out split ({len(x_held)} samples)"
-    result = session.measure(PassRequest(names, options.batch_size, statistics=est.stats))
+    advance = step("what the written model sees on DATA", total=session.num_samples)
+    result = session.measure(PassRequest(names, options.batch_size, statistics=est.stats), on_batch=advance)
     check_measured(result.moments)
     return result.moments, result.samples, "the written model on DATA (a pass of its own)"
 

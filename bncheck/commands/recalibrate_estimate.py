@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.commands.progress import step
 from bncheck.engines import PassRequest
 from bncheck.engines.measure import Measurement, add_bounded
 from bncheck.errors import BncheckError
@@ -61,8 +62,11 @@ def _train_stream(source: ModelSource, session, names: list[str], options, split
     """Per train-mode batch, (samples, moments of the layers of ``names`` with 2+ elements per
     channel); batches of one sample are skipped. Raises when no batch had 2 samples."""
     batches = 0
+    advance = step(f"{options.method}: train-mode batches in order", total=session.num_samples)
     with source.runner(layers=names) as runner:
         for batch in session.batches(options.batch_size, split=split):
+            if advance is not None:
+                advance(len(batch.x))
             if len(batch.x) < 2:
                 continue
             _, moments = runner.train_moments(batch.x)
@@ -157,7 +161,8 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
     samples_cap = None
     samples = 0
     if set(names) >= set(all_layers) and options.batch_size >= 2:
-        merged = session.measure(PassRequest(names, options.batch_size, mode="train", split=split, until=until))
+        advance = step("pass 1: train-mode statistics", total=session.num_samples)
+        merged = session.measure(PassRequest(names, options.batch_size, mode="train", split=split, until=until), on_batch=advance)
         check_measured(merged.moments)
         first = merged.moments
         samples_cap = merged.samples if until is not None else None
@@ -173,7 +178,8 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         request = PassRequest(
             names, options.batch_size, statistics=stats, split=split, samples=samples_cap, until=watch, keep_predictions=True
         )
-        result = session.measure(request)  # the model with `stats`
+        advance = step(f"pass {len(history) + 1}: what the model with the estimate sees", total=session.num_samples)
+        result = session.measure(request, on_batch=advance)  # the model with `stats`
         check_measured(result.moments)
         if not first:
             first = result.moments

@@ -45,7 +45,7 @@ def render_table(d: ReportDiff, *, color: bool = False, width: int | None = None
     if d.findings:
         table = Table(title="Findings", title_justify="left")
         for col in ("change", "rule", "layer", "severity", "message", "why"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # long layer names wrap whole, never cut
         for c in d.findings:
             sev = f"{c.severity_a or '-'} → {c.severity_b or '-'}" if c.severity_a != c.severity_b else (c.severity_b or "-")
             table.add_row(Text(c.state, style=STATE_STYLE[c.state]), c.rule, c.layer or "(model)", sev, c.message, c.reason)
@@ -55,7 +55,7 @@ def render_table(d: ReportDiff, *, color: bool = False, width: int | None = None
     layers = _drift_layers(d)
     if layers:
         table = Table(title="Drift by layer (A → B)", title_justify="left")
-        table.add_column("layer")
+        table.add_column("layer", overflow="fold")
         for col in ("mean|z|", "Δ", "mean|r|", "Δ", "score", "Δ"):
             table.add_column(col, justify="right")
         for c in layers:

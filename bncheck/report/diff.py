@@ -134,10 +134,10 @@ class ReportDiff(Gate):
         columns = ["state", "rule", "layer", "severity_a", "severity_b", "message", "reason"]
         return pd.DataFrame([c.to_dict() for c in self.findings], columns=columns)
 
-    def render(self, format: str = "table", *, color: bool = False) -> str:
+    def render(self, format: str = "table", *, color: bool = False, width: int | None = None) -> str:
         if format == "json":
             return self.to_json() + "\n"
-        options = {"color": color} if format == "table" else {}
+        options = {"color": color, "width": width} if format == "table" else {}
         return rendering.view("diff", format)(self, **options)
 
 

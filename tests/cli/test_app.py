@@ -42,3 +42,111 @@ def test_merge_reads_the_old_o_with_a_warning(cli, tmp_path):
     assert lines[0].startswith("warning: -o is deprecated in bncheck merge") and "--out" in lines[0]
     assert lines[1].startswith("error: ") and "missing.npz" in lines[1]
     assert len(lines) == 2
+
+
+def _bncheck(*args, env=None, stderr=None):
+    import os
+    import subprocess
+    import sys
+
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)], capture_output=stderr is None, stderr=stderr, text=True, env=full, cwd=ROOT, timeout=300)
+
+
+def test_enumerated_options_list_their_values_and_accept_any_case(cli):
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    text = " ".join(CliRunner().invoke(app, ["recalibrate", "--help"], env={"COLUMNS": "250"}).stdout.split())
+    assert "exact|cumulative|ema" in text and "onnx|export|torchscript|state-dict" in text and "exclude|fail|keep" in text
+    upper = cli("audit", DIGITS, "-f", "JSON")
+    assert upper.exit_code == 0 and json.loads(upper.stdout)["command"] == "audit"
+    bad = cli("audit", DIGITS, "-f", "yaml")
+    assert bad.exit_code == 2 and "yaml" in bad.stderr and "table" in bad.stderr
+
+
+def test_shell_completion_offers_the_values():
+    script = _bncheck("--show-completion", "bash")
+    assert script.returncode == 0 and "_BNCHECK_COMPLETE" in script.stdout
+    words = _bncheck(env={"_BNCHECK_COMPLETE": "complete_bash", "COMP_WORDS": "bncheck drift m.onnx --fail-on ", "COMP_CWORD": "4"})
+    assert words.stdout.split() == ["error", "warning", "info", "never"]
+
+
+def test_debug_and_verbose_are_read_anywhere_on_the_line(cli, tmp_path):
+    missing = tmp_path / "missing.onnx"
+    plain = cli("audit", missing)
+    after = cli("audit", missing, "--debug")
+    before = cli("--debug", "audit", missing)
+    assert plain.exit_code == after.exit_code == before.exit_code == 2
+    assert "Traceback" not in plain.stderr
+    assert "Traceback" in after.stderr and "Traceback" in before.stderr
+    assert cli("audit", DIGITS, "--verbose", "-q").exit_code == 0
+
+
+def _long_named_model(tmp_path: Path, name: str) -> Path:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import _onnx_bn
+
+    model, _ = _onnx_bn(3)
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            node.name = name
+    path = tmp_path / "long.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tables_fit_the_width_and_fold_long_layer_names(tmp_path):
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    name = "backbone.stage4.block17.residual_branch.conv_bn_activation.batch_norm_with_a_long_name"
+    model = _long_named_model(tmp_path, name)
+    for width in (80, 100, 160):
+        out = CliRunner().invoke(app, ["audit", str(model)], env={"COLUMNS": str(width), "NO_COLOR": "1"}).stdout
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= width, (width, out)
+        assert "…" not in out  # nothing cut
+        cells = "".join(line.split("│")[2].strip() for line in lines if line.startswith("│"))
+        assert name in cells, out  # the name, folded over rows, is whole
+    drift = CliRunner().invoke(
+        app, ["drift", str(DIGITS), str(ROOT / "sample_models/data/digits/shifted"), "--mismatch-samples", "0"], env={"COLUMNS": "80"}
+    ).stdout
+    assert max(len(line) for line in drift.splitlines()) <= 80 and "narrow terminal" in drift
+
+
+def test_fold_shows_its_steps_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "bncheck", "fold", str(DIGITS), "--out", str(tmp_path / "f.onnx"), "-f", "json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT)
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"fold" in seen and (b"writing OUT" in seen or b"verifying" in seen), seen[-500:]
+    piped = _bncheck("fold", DIGITS, "--out", tmp_path / "g.onnx", "-f", "json")
+    assert piped.returncode == 0 and piped.stderr == ""
