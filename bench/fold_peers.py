@@ -44,7 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from common import child_env, export_onnx, image_array, load_average, machine, median, run_child  # noqa: E402
+from common import child_env, export_onnx, image_array, machine, median, run_child  # noqa: E402
 
 PEERS_DIR = HERE / ".peers"
 REQUIREMENTS = ROOT / "requirements" / "bench.txt"
@@ -312,7 +312,15 @@ def write_markdown(results: list[Outcome], path: Path, floors: dict[str, float])
         "## BN left, with reasons",
         *(kept_notes or ["- none"]),
         "",
-        f"Machine: {json.dumps(machine())}; load average at the end {load_average()}.",
+        "## Where bncheck's extra time goes",
+        "bncheck does what no peer does: it proves every folded site on its own (the original",
+        "producer->BN pair in float64 against the folded op) and runs the original and folded",
+        "models on random inputs (8 samples; dynamic axes sized from the graph). On top of the",
+        "import floor above (its CLI imports every command, and onnxruntime), that is two",
+        "onnxruntime sessions, the whole-model runs (the bulk for a static 224x224 ResNet-18) and",
+        "one float64 reference evaluation per site (the bulk for the 52-site MobileNetV2).",
+        "",
+        f"Machine: {json.dumps(machine())} (2 CPUs shared with other jobs: compare ratios, not seconds).",
         "",
         "Regenerate: `python bench/fold_peers.py` (see the module docstring).",
         "",

@@ -254,8 +254,8 @@ def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: di
     record = {
         "path": str(data) if data is not None else info.get("path"),
         "samples": int(run.result.samples),
-        "batch_size": int(options.batch_size),
-        **{k: v for k, v in info.items() if k not in ("path", "samples")},
+        **{k: v for k, v in info.items() if k not in ("path", "samples", "batch_size")},
+        "batch_size": int(options.batch_size),  # the pass's, not DataOptions' default
     }
     return DriftResult(
         data=record,

@@ -104,10 +104,11 @@ def drift_chart(report: Report) -> str:
     else:
         lines = [(zw, Z_COLOR, "6 4", f"BN101 warning {zw:g}"), (ze, Z_COLOR, "", f"BN101 error {ze:g}"),
                  (rw, R_COLOR, "6 4", f"BN102 warning {rw:g}"), (re, R_COLOR, "", f"BN102 error {re:g}")]  # fmt: skip
-    for value, colour, dash, label in lines:
+    for k, (value, colour, dash, label) in enumerate(lines):
         y = y_of(value)
         body.append(f'<line x1="{left}" x2="{right}" y1="{_f(y)}" y2="{_f(y)}" stroke="{colour}" stroke-width="1.6"' + (f' stroke-dasharray="{dash}"' if dash else "") + "/>")
-        body.append(f'<text x="{right - 4}" y="{_f(y - 4)}" text-anchor="end" font-size="10" fill="{colour}">{esc(label)}</text>')
+        x = right - 4 - 150 * (k % 2 == 0) - 300 * (k // 2)  # side by side: close lines keep readable labels
+        body.append(f'<text x="{x}" y="{_f(y - 4)}" text-anchor="end" font-size="10" fill="{colour}">{esc(label)}</text>')
     first = report.result.first_drifting_layer if isinstance(report.result, DriftResult) else None
     if first in names:
         x = x_of(names.index(first))

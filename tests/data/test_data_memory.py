@@ -150,8 +150,9 @@ class _Stream(IterableDataset):
 
 def test_an_iterable_dataset_of_samples_and_a_torch_module(reference):
     x, _ = reference
-    got = bncheck.drift(MODELS[0], _Stream(x))
+    got = bncheck.drift(MODELS[0], _Stream(x), options=bncheck.DriftOptions(batch_size=8))
     assert got.result.data["samples"] == 540 and got.result.data["preprocessing"]["read_as"] == "sample"
+    assert got.result.data["batch_size"] == 8  # the pass's batch size, not DataOptions' default
 
 
 @pytest.mark.parametrize(

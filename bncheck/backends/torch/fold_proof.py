@@ -40,16 +40,17 @@ class PairRun:
     original: Call | None = None
     folded: Call | None = None
     problem: str = ""
+    method: str = METHOD
 
     def prove(self, atol: float, rtol: float, seed: int = 0) -> SiteProof:
         if self.problem or self.original is None or self.folded is None or self.geometry is None:
-            return unproved(self.layer, self.problem or "the folded producer was not recorded", METHOD)
+            return unproved(self.layer, self.problem or "the folded producer was not recorded", self.method)
         x = random_input(self.geometry, seed)
         with torch.no_grad():
             t = torch.from_numpy(x)
             expected = self.original(t).detach().numpy()
             got = self.folded(t).detach().numpy()
-        return judge(self.layer, expected, got, atol=atol, rtol=rtol, input_shape=x.shape, method=METHOD)
+        return judge(self.layer, expected, got, atol=atol, rtol=rtol, input_shape=x.shape, method=self.method)
 
 
 def capture(site: Site) -> PairRun:

@@ -11,6 +11,7 @@ import torch
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.torch.inventory import BN_CLASS_NAMES
+from bncheck.backends.torch.script_proof import script_checks
 from bncheck.layer import BNLayer
 
 _NOT_ATTRIBUTABLE = (
@@ -21,8 +22,8 @@ _NOT_ATTRIBUTABLE = (
 
 #: why TorchScript sites have no proof of their own
 UNPROVED = (
-    "folded by torch.jit.freeze, whose frozen graph keeps no per-site op to prove on its own "
-    "(whole-model verification covers it)"
+    "folded by torch.jit.freeze, and no conv/linear of the frozen graph carries this layer's fold as a "
+    "constant weight to prove on its own (whole-model verification covers it)"
 )
 
 
@@ -43,7 +44,10 @@ def fold_torchscript(module, layers: list[BNLayer], keep: dict[str, str] | None 
         if isinstance(value, torch.Tensor):
             remaining.append(value)
     outcomes = {layer.name: _outcome(layer, buffers.get(layer.name), remaining) for layer in layers}
-    return FoldedModel(model=frozen, outcomes=outcomes, extras={"mode": "freeze"}, unproved_reason=UNPROVED)
+    folded = {name for name, o in outcomes.items() if o.status == "folded"}
+    checks = script_checks(module, frozen, layers, folded)
+    return FoldedModel(model=frozen, outcomes=outcomes, extras={"mode": "freeze"}, site_checks=dict(checks),
+                       unproved_reason=UNPROVED)
 
 
 def _running_means(work, layers: list[BNLayer]) -> dict:

@@ -345,6 +345,12 @@ class _BNDispatch:
 
     def __init__(self, runner: TorchRunner) -> None:
         class Mode(TorchDispatchMode):
+            @classmethod
+            def _should_skip_dynamo(cls) -> bool:
+                # TorchDispatchMode's documented switch: bncheck never compiles, so no
+                # torch._dynamo wrapper (importing it on the first dispatch took 2-27 s)
+                return False
+
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
                 packet = getattr(func, "overloadpacket", None)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from torch.fx.experimental.optimization import fuse as fx_fuse  # noqa: E402
 
 from bncheck.commands.fold import fold, load_folded_state_dict  # noqa: E402
-from tests.support.real_models import DEEPSORT_MOBILENETV2, model_file  # noqa: E402
+from tests.support.real_models import CREPE_TINY, DEEPSORT_MOBILENETV2, model_file  # noqa: E402
 
 ARCH = Path(__file__).resolve().parents[2] / "support" / "real_arch" / "mobilenetv2.py"
 
@@ -60,3 +60,30 @@ def test_deepsort_mobilenetv2_folds_every_bn_like_torch_fusion(tmp_path):
     print(errors)
     assert errors["bncheck"] < 1e-5, errors
     assert errors["bncheck"] <= 3 * max(errors["fx.fuse"], errors["fuse_modules"], errors["unfolded"]), errors
+
+
+def test_crepe_tiny_nothing_folds_here_or_in_torch_fusion(tmp_path):
+    """A ReLU sits between every conv and its BN: bncheck folds none and says why ("fed by
+    relu"), and with --affine replaces each BN by its exact multiply-add; torch.fx's fuse cannot
+    trace the model, and fuse_modules, given the conv/BN names, fuses across the ReLU wrongly."""
+    crepe = Path(__file__).resolve().parents[2] / "support" / "real_arch" / "crepe.py"
+    spec = importlib.util.spec_from_file_location("bncheck_test_crepe", crepe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = model_file(CREPE_TINY)
+    original = module.tiny()
+    original.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    original.eval()
+    with pytest.raises(torch.fx.proxy.TraceError):  # the `if embed:` in forward defeats torch.fx
+        fx_fuse(copy.deepcopy(original))
+    # fuse_modules trusts the names it is given and fuses across the ReLU: a wrong model
+    pairs = [[f"conv{i}", f"conv{i}_BN"] for i in range(1, 7)]
+    wrong = torch.ao.quantization.fuse_modules(copy.deepcopy(original), pairs)
+    x = torch.randn(2, 1024)
+    with torch.no_grad():
+        assert _rel(wrong(x), original(x)) > 1e-2
+    report = fold(path, tmp_path / "c.pt2", arch=f"{crepe}:tiny", affine=True, timing=False)
+    figures = report.extras["fold"]
+    assert figures["layers_affine"] == 6 and figures["layers_folded"] == 0
+    assert report.extras["verification"]["passed"] and report.extras["verification"]["max_rel_err"] < 1e-5
+    assert all("fed by relu" in extra["fold"]["reason"] for extra in report.layer_extras.values())
