@@ -3,12 +3,14 @@ overridden by command-line options."""
 
 from __future__ import annotations
 
+import difflib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import bncheck.rules  # noqa: F401  (registers the rules thresholds are checked against)
+from bncheck.data import DataOptions, ImageOptions
 from bncheck.errors import UsageError
 from bncheck.rules.finding import FAIL_ON
 from bncheck.rules.registry import REGISTRY, default_thresholds
@@ -75,6 +77,26 @@ def _read_table(path: Path) -> dict[str, Any]:
     return data.get("tool", {}).get("bncheck", data)
 
 
+#: keys of the config table that set the gate or a command option (the DATA options below too)
+GATE_KEYS = ("fail_on", "select", "ignore", "thresholds", "train_batch_size")
+COMMAND_KEYS = ("format", "mismatch_samples", "class_axis", "data")
+#: how DATA is read: ``[tool.bncheck]`` or its ``[tool.bncheck.data]`` sub-table
+DATA_KEYS = tuple(sorted({f.name for f in fields(DataOptions)} - {"images", "transform"} | {f.name for f in fields(ImageOptions)}))
+CONFIG_KEYS = (*GATE_KEYS, *COMMAND_KEYS, *DATA_KEYS)
+
+
+def check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a key that bncheck does not read (a typo would otherwise be ignored silently),
+    naming the nearest valid one."""
+    for raw in table:
+        key = _key(str(raw))
+        if key in known:
+            continue
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0].replace('_', '-')!r}?" if near else f"valid keys: {', '.join(k.replace('_', '-') for k in known)}."
+        raise UsageError(f"{where} has an unknown key {raw!r}; {hint}")
+
+
 def _key(name: str) -> str:
     return name.replace("-", "_").lower()
 
@@ -134,6 +156,9 @@ def load_settings(
 
 def _apply_table(settings: Settings, table: dict[str, Any], path: Path) -> None:
     """The config file's ``[tool.bncheck]`` table into ``settings``."""
+    check_keys(table, CONFIG_KEYS, f"{path} [tool.bncheck]")
+    if isinstance(table.get("data"), dict):
+        check_keys(table["data"], DATA_KEYS, f"{path} [tool.bncheck.data]")
     for raw_key, value in table.items():
         key = _key(raw_key)
         if key == "fail_on":

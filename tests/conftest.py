@@ -312,7 +312,7 @@ def _invoke(*args: str | Path) -> CliResult:
 
     from bncheck.cli.app import app
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "160"})  # tables at the golden width
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a crash inside the CLI, not an exit code: show it
     return CliResult(result.exit_code, result.stdout, result.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from bncheck.backends.output import write_atomically
 from bncheck.errors import BncheckError, OutputError, first_line
@@ -56,6 +57,28 @@ class RecordingGroup(typer.core.TyperGroup):
     def parse_args(self, ctx, args):
         State.argv = list(args)
         return super().parse_args(ctx, hoist_global_flags(list(args)))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """As typer's, but a bad option or argument is one sentence on stderr (exit 2), like
+        every other refusal, instead of a usage box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError:
+            return super().main(args, prog_name, complete_var, True, **extra)
+        except ClickException as exc:
+            err(f"error: {usage_sentence(exc)}")
+            sys.exit(2)
+        sys.exit(code or 0)
+
+
+def usage_sentence(exc: ClickException) -> str:
+    """click's message for a bad command line as one sentence pointing at ``--help``."""
+    message = exc.format_message().replace("Value error, ", "").strip().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path} --help" if ctx is not None else "bncheck --help"
+    return f"{message}; see '{where}'."
 
 
 def report_width() -> int:

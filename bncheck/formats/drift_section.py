@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bncheck.formats import plot, svg
 from bncheck.formats.common import fmt_num
-from bncheck.formats.html_parts import esc
+from bncheck.formats.html_parts import esc, facts
 from bncheck.formats.section import Section
 from bncheck.report.results import DriftResult
 
@@ -86,14 +86,23 @@ class DriftSection(Section):
 
     def _train_eval(self) -> str:
         te = self.result.train_eval
-        chart = svg.train_eval_chart(self.report) if te else None
-        if chart is None:
+        if not te:
             return ""
+        chart = svg.train_eval_chart(self.report)
         parts = []
         if isinstance(te.get("top1_agreement"), (int, float)):
             parts.append(f"top-1 agreement {te['top1_agreement']:.1%}")
         if isinstance(te.get("relative_error"), (int, float)):
             parts.append(f"relative output error {te['relative_error']:.2g}")
+        if chart is None:  # the record has no per-layer figures: its facts
+            items = [
+                ("samples", te.get("samples")), ("top-1 agreement", _pct(te.get("top1_agreement"))),
+                ("relative output error", fmt_num(te.get("relative_error"))),
+                ("accuracy with stored / population statistics", f"{_pct(te.get('accuracy_stored'))} / {_pct(te.get('accuracy_population'))}"
+                 if te.get("accuracy_stored") is not None else None),
+                ("layers that differ most", ", ".join(te.get("top_layers") or []) or None), ("method", te.get("method")),
+            ]  # fmt: skip
+            return "<h2 id=\"train-eval\">Train/eval mismatch (BN301)</h2>" + facts([(k, v) for k, v in items if v is not None])
         return (
             "<h2 id=\"train-eval\">Train/eval mismatch (BN301)</h2><figure>"
             + chart
@@ -101,3 +110,7 @@ class DriftSection(Section):
             f"against eval mode (running statistics) on the same samples ({esc(', '.join(parts)) or 'no output figures'}); per layer, the mean squared Hellinger "
             "distance between batch and running statistics.</figcaption></figure>"
         )
+
+
+def _pct(value) -> str | None:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else None

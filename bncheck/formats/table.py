@@ -63,7 +63,7 @@ def _worst(report: Report) -> tuple[dict[str, str], dict[str, int]]:
 
 #: layer-table columns given up, in this order, when the table would not fit the width
 #: (static facts first: ``bncheck audit`` and ``--format json`` still have them)
-NARROW_DROPS = ("eps", "mom.", "producer", "kind", "max|z|", "fold", "C", "running stats")
+NARROW_DROPS = ("eps", "mom.", "producer", "kind", "max|z|", "C", "running stats")
 RIGHT = {"#", "C", "eps", "mom.", "mean|z|", "max|z|", "mean|r|", "score", "findings"}
 
 

@@ -157,7 +157,7 @@ def test_config_format_option(mixed, cli, isolated_cwd):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--fail-on", "fatal"], ["fail-on", "'fatal'", "error, warning, info, never"]),
+        (["--fail-on", "fatal"], ["fail-on", "'fatal'", "'error', 'warning', 'info', 'never'"]),
         (["--select", "BN999"], ["BN999", "matches no rule"]),
         (["--ignore", "XYZ"], ["XYZ", "matches no rule"]),
         (["--threshold", "BN006=0.5"], ["CODE.NAME=VALUE"]),
@@ -166,7 +166,7 @@ def test_config_format_option(mixed, cli, isolated_cwd):
         (["--threshold", "BN006.speed=3"], ["BN006", "'speed'", "max_initial_weight"]),
         (["--threshold", "BN999.x=3"], ["unknown rule BN999"]),
         (["--threshold", "BN011.x=3"], ["BN011", "it has: none"]),
-        (["--format", "yaml"], ["'yaml'", "table, json, markdown, junit"]),
+        (["--format", "yaml"], ["'yaml'", "'table', 'json', 'markdown'"]),
         (["--train-batch-size", "0"], ["--train-batch-size"]),
         (["--config", "missing.toml"], ["missing.toml", "does not exist"]),
     ],

@@ -106,7 +106,9 @@ def test_injected_shift_is_found_at_the_right_layer_with_exact_figures(calibrate
     assert report.result.first_drifting_layer == "bn2"
     assert report.result.ranking[0] == "bn2"
     rules = {(f.rule, f.layer, f.severity.value) for f in report.findings}
-    assert ("BN101", "bn2", "error") in rules and ("BN102", "bn2", "error") in rules
+    # r = ln 2 = 0.69 on 96 samples: past the error threshold 0.5, but by less than three noise
+    # levels (0.12 each), so an error in z (0.7) and a warning in r
+    assert ("BN101", "bn2", "error") in rules and ("BN102", "bn2", "warning") in rules
     assert not {r for r in rules if r[1] == "bn1"}
     assert report.exit_code == 1
 

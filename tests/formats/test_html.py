@@ -268,8 +268,10 @@ def test_charts_read_only_serialised_figures():
         assert svg.channel_chart(live, layer.name) == svg.channel_chart(saved, layer.name)
     pytest.importorskip("matplotlib")
     for figure in (plot.drift_figure, plot.small_batch_figure, plot.train_eval_figure):
-        first = plot.figure_bytes(figure(live), "svg")
-        assert first == plot.figure_bytes(figure(saved), "svg"), figure.__name__
+        mine, theirs = figure(live), figure(saved)
+        assert (mine is None) == (theirs is None), figure.__name__  # BN301 records without per-layer figures draw none
+        if mine is not None:
+            assert plot.figure_bytes(mine, "svg") == plot.figure_bytes(theirs, "svg"), figure.__name__
     assert b"first drifting layer" in plot.figure_bytes(plot.drift_figure(saved), "svg")
     fig = saved.plot(saved.layers[0].name)
     buffer = io.BytesIO()
