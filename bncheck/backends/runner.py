@@ -125,7 +125,10 @@ class ModelRunner(ABC):
     def _batch_first(self, out, x: np.ndarray) -> np.ndarray:
         """``out`` (the output of the batch ``x``) with its batch axis first. The axis is found
         on the first batch; when several axes have the batch's length (a (T, N, C) output with
-        T == N) a one-sample eval run tells them apart, where the model's batch is dynamic."""
+        T == N) a one-sample eval run tells them apart, where the model's batch is dynamic.
+        None (a runner of a truncated model has no outputs) stays None."""
+        if out is None:
+            return None
         out = np.asarray(out)
         n = len(x)
         if not self._axis_found:
