@@ -123,7 +123,7 @@ def drift(
             source=source, layers=layers, data=str(data), samples=run.result.samples, batch_size=options.batch_size,
             describe=run.data_info, provenance=run.provenance,
         )  # fmt: skip
-        stats_file.write_stats(options.save_stats, stats_file.measured(layers, run.result.moments, meta), force=True)
+        stats_file.write_stats(options.save_stats, stats_file.measured(layers, run.result.moments, meta, run.result.halves), force=True)
     return report
 
 
@@ -197,7 +197,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
     check_measured(result.moments)
-    halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None else None
+    halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None or result.halves is not None else None
     drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples, halves)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
     order = [layer.name for layer in layers if layer.name in drift_by_layer]

@@ -5,7 +5,8 @@ then ``bncheck drift MODEL --stats stats.npz`` for the report.
 A part is the ``--save-stats`` ``.npz`` file: per layer ``LAYER/data_count``,
 ``LAYER/data_mean``, ``LAYER/data_m2`` (Chan's moments, float64), ``LAYER/data_var`` and the
 model's ``LAYER/running_mean``/``running_var``, plus ``__meta__`` (JSON) saying where the
-numbers come from:
+numbers come from (with ``LAYER/even_count|mean|m2`` and ``LAYER/odd_...``, the moments of
+the even and odd batches: BN101/BN102's split-half noise floor, in ``.npz`` files):
 
 * ``model_sha256``, ``layers`` (names and channels), ``bncheck_version``;
 * ``signature``: how samples were made (kind, per-sample shape, model input, the reader's
@@ -92,22 +93,26 @@ class StatsFile:
     moments: dict[str, Moments]
     #: layer -> (running_mean, running_var) of the model, where saved
     running: dict[str, tuple[np.ndarray, np.ndarray]]
+    #: per-layer moments of the even and of the odd batches (global batch order), where saved
+    halves: tuple[dict[str, Moments], dict[str, Moments]] | None = None
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
         return [(int(a), int(b)) for a, b in self.meta.get("ranges", [])]
 
 
-def measured(layers, moments: dict[str, Moments], meta: dict[str, Any]) -> StatsFile:
-    """The statistics file of one measurement: the moments of ``layers`` (network order) and
-    their running statistics."""
+def measured(layers, moments: dict[str, Moments], meta: dict[str, Any], halves=None) -> StatsFile:
+    """The statistics file of one measurement: the moments of ``layers`` (network order), their
+    running statistics and the moments of its even and odd batches (``Measurement.halves``)."""
     names = [layer.name for layer in layers if layer.name in moments]
     running = {
         layer.name: (layer.running_mean, layer.running_var)
         for layer in layers
         if layer.name in moments and layer.has_running_stats
     }
-    return StatsFile(None, meta, {n: moments[n] for n in names}, running)
+    if halves is not None:
+        halves = tuple({n: h[n] for n in names if n in h} for h in halves)
+    return StatsFile(None, meta, {n: moments[n] for n in names}, running, halves)
 
 
 def _suffix(path: Path, what: str) -> str:
@@ -137,15 +142,18 @@ def read_stats(path: str | Path, *, arrays: bool = True, mergeable: bool = True)
         ) from exc
     if mergeable:
         _check_meta(path, meta)
-    moments, running = {}, {}
+    moments, running, halves = {}, {}, ({}, {})
     for name in _layer_names(meta, columns) if arrays else []:
         fields = columns.get(name, {})
         moments[name] = moments_from_fields(path, name, fields)
         if "running_mean" in fields and "running_var" in fields:
             running[name] = (fields["running_mean"], fields["running_var"])
+        for half, key in zip(halves, ("even", "odd"), strict=True):
+            if f"{key}_count" in fields:
+                half[name] = moments_from_fields(path, name, {f"data_{f}": fields[f"{key}_{f}"] for f in ("count", "mean", "m2")})
     if arrays and not moments:
         raise DataError(f"{path} holds no per-layer statistics; pass a file written by drift --save-stats.")
-    return StatsFile(path, meta, moments, running)
+    return StatsFile(path, meta, moments, running, halves if halves[0] and halves[1] else None)
 
 
 def _check_meta(path: Path, meta: dict[str, Any]) -> None:
@@ -224,6 +232,10 @@ def _write_npz(tmp: str, stats: StatsFile) -> None:
         arrays[f"{name}/data_m2"] = m.m2
         if name in stats.running:
             arrays[f"{name}/running_mean"], arrays[f"{name}/running_var"] = stats.running[name]
+        for half, key in zip(stats.halves or (), ("even", "odd"), strict=False):
+            if name in half:
+                arrays[f"{name}/{key}_count"] = np.asarray(half[name].count, dtype=np.int64)
+                arrays[f"{name}/{key}_mean"], arrays[f"{name}/{key}_m2"] = half[name].mean, half[name].m2
     with open(tmp, "wb") as handle:
         np.savez(handle, __meta__=np.asarray(json.dumps(stats.meta, sort_keys=True)), **arrays)
 
@@ -355,6 +367,8 @@ def merge_parts(parts: list[StatsFile], *, partial: bool = False) -> StatsFile:
     names = [entry["name"] for entry in ordered[0].meta["layers"]]
     moments: dict[str, Moments] = {}
     running: dict = {}
+    halves: tuple[dict[str, Moments], dict[str, Moments]] | None = ({}, {})
+    before = 0  # samples of the parts before this one: its first batch's index in the whole pass
     for part in ordered:  # one part in memory at a time; Chan's pairwise update in file order
         loaded = part if part.moments else read_stats(part.path)
         for name in names:
@@ -362,6 +376,8 @@ def merge_parts(parts: list[StatsFile], *, partial: bool = False) -> StatsFile:
                 check_same_width(part.path, name, moments[name], loaded.moments[name])
             moments[name] = merge(moments[name], loaded.moments[name]) if name in moments else loaded.moments[name]
         running = running or loaded.running
+        halves = _merge_halves(halves, loaded, before // max(int(part.meta.get("batch_size", 1)), 1))
+        before += int(part.meta.get("samples", 0))
     meta = dict(ordered[0].meta)
     meta["samples"] = int(sum(int(p.meta.get("samples", 0)) for p in ordered))
     meta["files"] = int(sum(int(p.meta.get("files", 0)) for p in ordered))
@@ -370,7 +386,26 @@ def merge_parts(parts: list[StatsFile], *, partial: bool = False) -> StatsFile:
     meta["of"] = ordered[0].meta.get("of")
     meta["parts"] = int(sum(int(p.meta.get("parts", 1)) for p in ordered))
     meta["preprocessing"] = _merged_describe([p.meta.get("preprocessing") or {} for p in ordered], meta)
-    return StatsFile(Path("merged"), meta, moments, running)
+    return StatsFile(Path("merged"), meta, moments, running, halves if halves and halves[0] and halves[1] else None)
+
+
+def _merge_halves(halves, part: StatsFile, first_batch: int):
+    """Fold ``part``'s even and odd batches into the whole pass's (swapped when its first batch
+    is an odd one of the pass, so that shards give the data run's halves); a part of one batch
+    is all in one half; None once a part has none."""
+    if halves is None:
+        return None
+    own = part.halves
+    if own is None and int(part.meta.get("samples", 0)) <= int(part.meta.get("batch_size", 0)):
+        own = (part.moments, {})
+    if own is None:
+        return None
+    if first_batch % 2:
+        own = (own[1], own[0])
+    for whole, half in zip(halves, own, strict=True):
+        for name, m in half.items():
+            whole[name] = merge(whole[name], m) if name in whole else m
+    return halves
 
 
 def _merged_describe(describes: list[dict], meta: dict) -> dict:
@@ -437,4 +472,5 @@ def load_measurement(path: str | Path, source, layers) -> tuple[Any, dict[str, A
     describe = dict(meta.get("preprocessing") or {})
     describe.update({"path": meta.get("data"), "stats": str(path), "parts": int(meta.get("parts", 1)), "shards": meta.get("shards"), "of": meta.get("of")})
     samples = int(meta.get("samples", 0))
-    return Measurement(moments=moments, samples=samples, subsample=None, sub_outputs=None), describe, notes
+    halves = stats.halves if stats.halves is not None and all(set(moments) <= set(h) for h in stats.halves) else None
+    return Measurement(moments=moments, samples=samples, subsample=None, sub_outputs=None, halves=halves), describe, notes
