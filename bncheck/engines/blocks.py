@@ -118,6 +118,10 @@ class BlockResult:
     kept: Any
     #: skipped files and non-finite samples (see ``issue_totals.issue_dict``)
     issues: dict
+    #: per-layer moments of the block's even and odd batches (counted from its first batch)
+    halves: tuple[dict[str, Moments], dict[str, Moments]] = ({}, {})
+    #: the output axis that followed the batch size in the worker's runner (None: not known)
+    batch_axis: int | None = None
 
 
 class BlockWorker:
@@ -159,9 +163,10 @@ class BlockWorker:
                       "nonfinite": 0, "nonfinite_examples": [], "delivered": 0, "available": len(dataset)}  # fmt: skip
             return self._result(block, runner, request, {}, 0, [], [], [], True, issues)
         parts: dict[str, list[Moments]] = {}
+        halves: tuple[dict[str, list[Moments]], dict[str, list[Moments]]] = ({}, {})
         xs, outs, preds, labels = [], [], [], []
         labelled = True
-        samples = 0
+        samples = batches = 0
         try:
             for batch in dataset.batches(request.batch_size):
                 x = batch.x
@@ -173,6 +178,8 @@ class BlockWorker:
                     out, moments = runner.moments(x)
                 for name, m in moments.items():
                     parts.setdefault(name, []).append(m)
+                    halves[batches % 2].setdefault(name, []).append(m)
+                batches += 1
                 if request.keep:
                     xs.append(x)
                     outs.append(np.asarray(out))
@@ -190,7 +197,10 @@ class BlockWorker:
                 raise
         kept = (np.concatenate(xs), np.concatenate(outs)) if xs else None
         available = dataset.total_samples if block.limit is None else None
-        return self._result(block, runner, request, parts, samples, preds, labels, kept, labelled, issue_dict(dataset.issues, rename, available))
+        result = self._result(block, runner, request, parts, samples, preds, labels, kept, labelled, issue_dict(dataset.issues, rename, available))
+        result.halves = tuple({name: merge_all(ms) for name, ms in h.items()} for h in halves)  # type: ignore[assignment]
+        result.batch_axis = getattr(runner, "batch_axis", None)
+        return result
 
     def _result(self, block, runner, request, parts, samples, preds, labels, kept, labelled, issues) -> BlockResult:
         moments = {
@@ -252,14 +262,26 @@ class ReplayReservoir(Reservoir):
             self.seen += 1
         return taken
 
-    def fill(self, taken: list[tuple[int, int]], x: np.ndarray, outputs: np.ndarray) -> None:
+    def fill(self, taken: list[tuple[int, int]], x: np.ndarray, outputs: np.ndarray, y: np.ndarray | None = None) -> None:
+        """Store the samples ``taken`` of a block, with their labels ``y`` where known (a block
+        without labels leaves the subsample unlabelled: see :meth:`unlabelled`)."""
         outputs = np.asarray(outputs)
         if self._x is None:
             self._x = np.empty((self.size, *x.shape[1:]), dtype=x.dtype)
             self._out = np.empty((self.size, *outputs.shape[1:]), dtype=outputs.dtype)
+        if y is None:
+            self.labelled = False
+        elif self._y is None:
+            self._y = np.empty((self.size, *np.shape(y)[1:]), dtype=np.asarray(y).dtype)
         for i, slot in taken:
             self._x[slot] = x[i]
             self._out[slot] = outputs[i]
+            if y is not None and self._y is not None:
+                self._y[slot] = y[i]
+
+    def unlabelled(self) -> None:
+        """A block of the stream had samples without labels (as ``offer`` with ``y=None``)."""
+        self.labelled = False
 
 
 def merge_blocks(results: list[BlockResult]) -> dict[str, Moments]:
@@ -268,3 +290,20 @@ def merge_blocks(results: list[BlockResult]) -> dict[str, Moments]:
     ordered = sorted(results, key=lambda r: r.index)
     names = list(ordered[0].moments) if ordered else []
     return {name: merge_all([r.moments[name] for r in ordered]) for name in names}
+
+
+def merge_halves(results: list[BlockResult], batch_size: int) -> tuple[dict[str, Moments], dict[str, Moments]] | None:
+    """Per-layer moments of the even and of the odd batches of the whole pass (a one-process
+    run's :attr:`~bncheck.engines.measure.Measurement.halves`), merged in block order: a block
+    whose first batch is an odd one of the pass has its halves swapped. None without two."""
+    out: tuple[dict[str, list[Moments]], dict[str, list[Moments]]] = ({}, {})
+    before = 0
+    for r in sorted(results, key=lambda r: r.index):
+        even, odd = r.halves if (before // max(batch_size, 1)) % 2 == 0 else r.halves[::-1]
+        for whole, half in ((out[0], even), (out[1], odd)):
+            for name, m in half.items():
+                whole.setdefault(name, []).append(m)
+        before += r.samples
+    if not out[0] or not out[1]:
+        return None
+    return tuple({name: merge_all(ms) for name, ms in h.items()} for h in out)  # type: ignore[return-value]

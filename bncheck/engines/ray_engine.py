@@ -45,6 +45,7 @@ from bncheck.engines.blocks import (
     ModelPackage,
     ReplayReservoir,
     merge_blocks,
+    merge_halves,
     pack_model,
 )
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
@@ -193,10 +194,7 @@ class RaySession(Session):
                 stopped = True
             done.append(result)
             if request.keep and result.samples:
-                taken = reservoir.plan(result.samples)
-                if taken:
-                    x, out = ray.get(result.kept)
-                    reservoir.fill(taken, x, out)
+                _offer(reservoir, result)
             result.kept = None  # frees the block's samples in the object store
             if request.keep_predictions:
                 preds.append(result.preds)
@@ -215,7 +213,7 @@ class RaySession(Session):
         _log_issues(totals, plan.options.nan)
         moments = merge_blocks(done)
         moments = {name: moments.get(name, Moments.empty(self.channels[name])) for name in moments}
-        sub, sub_out = reservoir.sample()
+        sub, sub_out, sub_labels = reservoir.sample_labelled()
         return Measurement(
             moments=moments,
             samples=samples,
@@ -223,6 +221,9 @@ class RaySession(Session):
             sub_outputs=sub_out,
             labels=np.concatenate(labels) if labelled and labels else None,
             outputs_for_accuracy=preds,
+            halves=merge_halves(done, request.batch_size),
+            sub_labels=sub_labels,
+            batch_axis=next((r.batch_axis for r in done if r.batch_axis is not None), getattr(runner, "batch_axis", 0)),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -240,6 +241,17 @@ class RaySession(Session):
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - an actor that is already gone
                 pass
+
+
+def _offer(reservoir: ReplayReservoir, result: BlockResult) -> None:
+    """Replay one block into the subsample: fetch its samples (and labels) only when taken."""
+    labels = result.labels if result.labels is not None and len(result.labels) == result.samples else None
+    if labels is None:
+        reservoir.unlabelled()
+    taken = reservoir.plan(result.samples)
+    if taken:
+        x, out = ray.get(result.kept)
+        reservoir.fill(taken, x, out, labels)
 
 
 def _connect(address: str | None, workers: int | None) -> bool:
