@@ -31,7 +31,9 @@ def _stats(layer) -> str:
 def build(report: Report, width: int | None = None) -> Group:
     s = report.summary()
     section = section_for(report)
-    parts: list[RenderableType] = [Text(headline(report), style="bold green" if s["passed"] else "bold red")]
+    # the headline is one line at any width (scripts and CI logs grep it): never wrapped nor cut
+    top = Text(headline(report), style="bold green" if s["passed"] else "bold red", no_wrap=True, overflow="ignore")
+    parts: list[RenderableType] = [top]
     for note in [*report.notes, *report.model.notes]:
         parts.append(Text(f"note: {note}", style="dim"))
     data = report.data
@@ -166,5 +168,5 @@ def _findings(report: Report) -> list[RenderableType]:
 def render(report: Report, *, color: bool = False, width: int | None = None, **_: object) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 160, soft_wrap=False)
-    console.print(build(report, width))
+    console.print(build(report, width), crop=False)  # the tables fit the width already; the headline may not
     return buffer.getvalue()

@@ -13,6 +13,7 @@ from support.reports_support import invoke
 
 from bncheck.report.io import load_report, report_from_dict
 from bncheck.report.report import Report
+from bncheck.report.schema import SCHEMA_VERSION
 
 NAMES = ["audit_onnx", "audit_broken", "drift_shifted", "drift_csv", "fold_onnx", "recalibrate_onnx"]
 FORMATS = ["table", "json", "markdown", "junit", "sarif", "html"]
@@ -127,14 +128,14 @@ def test_bad_inputs_exit_2_with_one_sentence(sample_runs, tmp_path):
     _one_error_line(invoke("report", other), "not a bncheck JSON report")
     data = dict(sample_runs["audit_onnx"].data)
     newer = tmp_path / "newer.json"
-    newer.write_text(json.dumps({**data, "schema_version": 2}), encoding="utf-8")
-    _one_error_line(invoke("report", newer), "schema_version 2", "upgrade bncheck")
+    newer.write_text(json.dumps({**data, "schema_version": SCHEMA_VERSION + 1}), encoding="utf-8")
+    _one_error_line(invoke("report", newer), f"schema_version {SCHEMA_VERSION + 1}", "upgrade bncheck")
     edited = json.loads(json.dumps(data))
     edited["summary"]["layers"] = 99
     bad = tmp_path / "edited.json"
     bad.write_text(json.dumps(edited), encoding="utf-8")
     _one_error_line(invoke("report", bad), "not a valid bncheck report", "summary.layers")
-    _one_error_line(invoke("report", sample_runs["audit_onnx"].path, "--format", "pdf"), "unknown format 'pdf'")
+    _one_error_line(invoke("report", sample_runs["audit_onnx"].path, "--format", "pdf"), "'pdf' is not one of", "'table', 'json', 'markdown'")
     _one_error_line(invoke("report", sample_runs["audit_onnx"].path, "--fail-on", "sometimes"), "--fail-on")
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\x89PNG\x00\xff\xfe")
