@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 from bncheck.report.report import Report
 
 
@@ -37,8 +40,21 @@ def headline(report: Report) -> str:
 
 
 def md_cell(text) -> str:
-    """``text`` safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """``text`` safe inside a Markdown table cell: no raw HTML (``<``, ``>``, ``&`` as entities,
+    so a layer named ``<img onerror=...>`` stays text), no cell break (``|``), one line. The
+    backticks of bncheck's own messages still make code spans."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def md_code(text) -> str:
+    """``text`` as one Markdown code span that its own content cannot end: the fence is one
+    backtick longer than the longest run of backticks inside (CommonMark 6.1); HTML inside a
+    code span is never interpreted; ``|`` escaped for table cells."""
+    body = str(text).replace("\n", " ").replace("\r", " ").replace("|", "\\|")
+    runs = [len(m) for m in re.findall(r"`+", body)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if runs else ""  # one space each side is stripped again (CommonMark 6.1)
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def foldable_text(layer) -> str:

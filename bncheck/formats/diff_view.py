@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bncheck.formats.common import fmt_num
+from bncheck.formats.common import fmt_num, md_cell, md_code
 
 if TYPE_CHECKING:
     from bncheck.report.diff import ReportDiff
@@ -74,21 +74,17 @@ def render_table(d: ReportDiff, *, color: bool = False, width: int | None = None
     return buffer.getvalue()
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(d: ReportDiff) -> str:
-    lines = [f"## {'✅' if d.passed else '❌'} {_cell(headline(d))}", "", f"| | {_cell(d.a_name)} | {_cell(d.b_name)} |", "|---|---|---|"]
+    lines = [f"## {'✅' if d.passed else '❌'} {md_cell(headline(d))}", "", f"| | {md_cell(d.a_name)} | {md_cell(d.b_name)} |", "|---|---|---|"]
     for what, a, b in d.facts():
-        lines.append(f"| {what} | {_cell(a)} | {'**' + _cell(b) + '**' if a != b else _cell(b)} |")
+        lines.append(f"| {what} | {md_cell(a)} | {'**' + md_cell(b) + '**' if a != b else md_cell(b)} |")
     lines.append("")
     if d.findings:
         lines += ["### Findings", "", "| change | rule | layer | severity | message | why |", "|---|---|---|---|---|---|"]
         for c in d.findings:
             sev = f"{c.severity_a or '-'} → {c.severity_b or '-'}" if c.severity_a != c.severity_b else (c.severity_b or "-")
             lines.append(
-                f"| {STATE_ICON[c.state]} {c.state} | `{c.rule}` | {_cell(c.layer or '(model)')} | {sev} | {_cell(c.message)} | {_cell(c.reason)} |"
+                f"| {STATE_ICON[c.state]} {c.state} | `{c.rule}` | {md_cell(c.layer or '(model)')} | {sev} | {md_cell(c.message)} | {md_cell(c.reason)} |"
             )
         lines.append("")
     layers = _drift_layers(d)
@@ -96,7 +92,7 @@ def render_markdown(d: ReportDiff) -> str:
         lines += ["<details><summary>Drift by layer (A → B)</summary>", "", "| layer | mean \\|z\\| | Δ | mean \\|r\\| | Δ | score | Δ |", "|---|---:|---:|---:|---:|---:|---:|"]
         for c in layers:
             a, b = c.a or {}, c.b or {}
-            row = f"| `{_cell(c.name)}`{'' if c.presence == 'both' else ' (' + c.presence + ')'} |"
+            row = f"| {md_code(c.name)}{'' if c.presence == 'both' else ' (' + c.presence + ')'} |"
             for key in ("mean_z", "mean_r", "score"):
                 row += f" {fmt_num(a.get(key))} → {fmt_num(b.get(key))} | {_delta(c.delta(key))} |"
             lines.append(row)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bncheck.formats.common import fmt_num, foldable_text, md_cell, verdict
+from bncheck.formats.common import fmt_num, foldable_text, md_cell, md_code, verdict
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
 
@@ -15,7 +15,7 @@ def render(report: Report, **_: object) -> str:
     lines = [
         f"## bncheck {report.command}: {'✅' if s['passed'] else '❌'} {verdict(report)}",
         "",
-        f"**Model** `{report.model.path}` ({report.model.format}) — {s['layers']} BN layer(s): "
+        f"**Model** {md_code(report.model.path)} ({report.model.format}) — {s['layers']} BN layer(s): "
         f"{s['errors']} error(s), {s['warnings']} warning(s), {s['infos']} info(s).",
         "",
     ]
@@ -25,7 +25,7 @@ def render(report: Report, **_: object) -> str:
         lines.append("")
     data = report.data
     if data:
-        lines += [f"**Data** `{data.get('path')}` — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
+        lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
     lines += section.markdown_lines()
     lines += _findings(report)
     if report.layers:
@@ -59,7 +59,7 @@ def _layers(report: Report, section: Section) -> list[str]:
     for layer in report.layers:
         fold = section.fold_cell(layer, reason=True)
         row = (
-            f"| `{md_cell(layer.name)}` | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
+            f"| {md_code(layer.name)} | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
             f"{md_cell(layer.producer or '-')} | {md_cell(fold) if fold else foldable_text(layer)} |"
         )
         if drift:

@@ -7,7 +7,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bncheck.formats.common import fmt_num, md_cell
+from bncheck.formats.common import fmt_num, md_code
 from bncheck.formats.html_parts import esc, facts
 from bncheck.formats.section import Section
 from bncheck.report.results import RecalibrationResult
@@ -90,7 +90,7 @@ class RecalibrationSection(Section):
     def markdown_lines(self) -> list[str]:
         lines = ["### Recalibration", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
         lines += ["| layer | mean \\|z\\| before | after | mean \\|r\\| before | after |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| `{md_cell(r[0])}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in self.layer_rows()] + [""]
+        lines += [f"| {md_code(r[0])} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in self.layer_rows()] + [""]
         return lines
 
     def html_top(self) -> str:
