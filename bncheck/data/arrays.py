@@ -92,11 +92,17 @@ def inspect_file(path: Path, mode: str, expected: ExpectedShape | None) -> list[
 
 def _is_batched(path: Path, key: str | None, shape: Shape, mode: str, expected: ExpectedShape | None) -> bool:
     name = f"{path}[{key}]" if key is not None else str(path)
+    return is_batched(name, shape, mode, expected, "use --arrays sample or save a batch")
+
+
+def is_batched(name: str, shape: Shape, mode: str, expected: ExpectedShape | None, scalar_fix: str) -> bool:
+    """Whether an array of ``shape`` (named ``name`` in errors) is a batch of samples or one
+    sample, by ``mode`` (sample, batch or auto: its rank against the model input's)."""
     if mode == "sample":
         return False
     if mode == "batch" or expected is None:
         if len(shape) == 0:
-            raise DataError(f"{name} is a single number, not a batch of samples; use --arrays sample or save a batch.")
+            raise DataError(f"{name} is a single number, not a batch of samples; {scalar_fix}.")
         return True
     if len(shape) == len(expected) + 1:
         return True

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.data.arrays import chunk_rows
+from bncheck.data.arrays import chunk_rows, is_batched
 from bncheck.data.convert import (
     call_transform,
     describe_callable,
@@ -218,21 +218,7 @@ class MemoryReader(ManySamplesPerFile):
         return preprocess_image(image, self.image_plan, where)
 
     def _batched(self, shape: Shape, where: str) -> bool:
-        expected = self.expected
-        if self.mode == "sample":
-            return False
-        if self.mode == "batch" or expected is None:
-            if not shape:
-                raise DataError(f"{where} is a single number, not a batch of samples; give arrays of samples.")
-            return True
-        if len(shape) == len(expected) + 1:
-            return True
-        if len(shape) == len(expected):
-            return False
-        raise DataError(
-            f"{where} has shape {shape_text(shape)}, which is neither one sample nor a batch of samples of the "
-            f"model's input {shape_text(expected)}; {mismatch_hint(shape[1:], expected)}."
-        )
+        return is_batched(where, shape, self.mode, self.expected, "give arrays of samples")
 
     def count(self) -> int | None:
         return self.source.sample_count(self.batched_items)
