@@ -49,7 +49,8 @@ class DriftOptions:
     save_stats: Path | None = None
     layers: list[str] | None = None
     data_options: Any = None
-    progress: bool = False
+    #: progress on stderr (``"always"``: drawn even when stderr is no terminal)
+    progress: bool | str = False
     extra: dict[str, Any] = field(default_factory=dict)
     #: carry the per-channel arrays in the report (``DriftResult.channels``)
     channels: bool = False
