@@ -15,10 +15,11 @@ import typer
 from bncheck._version import __version__
 from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.backends.output_guard import interrupt_on_sigterm
-from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
 from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err, parse_class_axis
-from bncheck.cli.engines import ShardOpt, StatsOpt
+from bncheck.cli.data_options import DataArgs
+from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.quiet import quiet_libraries

@@ -26,7 +26,6 @@ from bncheck.formats.common import headline, package_versions
 from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
 from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.report import Report
-from bncheck.rules.finding import FAIL_ON
 
 
 class State:
@@ -100,29 +99,7 @@ FormatOpt = Annotated[
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
 ]
-FailOnOpt = Annotated[
-    choice(FAIL_ON) | None,
-    typer.Option("--fail-on", case_sensitive=False, help="Lowest severity that fails the run (exit 1). Default: error."),
-]
-SelectOpt = Annotated[
-    list[str] | None, typer.Option("--select", help="Only these rules (codes or prefixes, comma-separated).")
-]
-IgnoreOpt = Annotated[
-    list[str] | None, typer.Option("--ignore", help="Skip these rules (codes or prefixes, comma-separated).")
-]
-ThresholdOpt = Annotated[
-    list[str] | None,
-    typer.Option("--threshold", "-t", help="Override a rule threshold: CODE.NAME=VALUE (repeatable)."),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="Config file (default: [tool.bncheck] in the nearest pyproject.toml, then bncheck.toml)."),
-]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; a one-line table.")]
-ArchOpt = Annotated[
-    str | None,
-    typer.Option("--arch", help="Architecture for a state dict: package.module:factory or path/file.py:factory."),
-]
 BaselineOpt = Annotated[
     Path | None,
     typer.Option(
@@ -132,10 +109,6 @@ BaselineOpt = Annotated[
 ]
 PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
-]
-TrustPickleOpt = Annotated[
-    bool,
-    typer.Option("--trust-pickle", help="Allow unpickling whole modules (runs code from the file: only for files you trust)."),
 ]
 
 

@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bncheck.cli.bundles import DataArgs, GateArgs
+from bncheck.cli.bundles import GateArgs
 from bncheck.cli.command import command
 from bncheck.cli.common import choice, report_width
+from bncheck.cli.data_options import DataArgs
 from bncheck.config import Settings, Source, effective_settings, env_name
 
 
