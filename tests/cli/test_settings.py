@@ -71,13 +71,13 @@ def test_the_table_names_the_file_variables_and_options(cli, here, monkeypatch):
     run = cli("config", "--batch-size", "4")
     assert run.exit_code == 0 and run.stderr == ""
     rows: dict[str, list[str]] = {}
+    last = ""
     for line in (line for line in run.stdout.splitlines() if line.startswith("│")):
         name, *cells = [cell.strip() for cell in line.split("│")[1:5]]
         if name:
-            rows[name] = cells
+            rows[name], last = cells, name
         else:  # a long path folded onto the next line
-            rows[last] = [f"{a} {b}".strip() if b else a for a, b in zip(rows[last], cells)]
-        last = name or last
+            rows[last] = [f"{a} {b}".strip() if b else a for a, b in zip(rows[last], cells, strict=True)]
     assert rows["fail-on"] == ["info", str(here / "bncheck.toml"), "BNCHECK_FAIL_ON"]
     assert rows["layout"] == ["nhwc", f"{here / 'bncheck.toml'} [tool.bncheck.data]", "BNCHECK_LAYOUT"]
     assert rows["ignore"] == ["BN011", "BNCHECK_IGNORE", "BNCHECK_IGNORE"]
