@@ -32,7 +32,7 @@ from bncheck.backends.torch.loading import (
 from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.state_checks import check_bn_entries
 from bncheck.errors import ModelLoadError, UsageError, first_line
-from bncheck.layer import BNLayer, as_float64
+from bncheck.layer import BNLayer
 
 #: Why a bare state dict cannot be run.
 NEEDS_ARCH = (
@@ -180,21 +180,17 @@ class StateDictSource(ModelSource):
             weight = self.state.get(prefix + ".weight")
             nbt = self.state.get(prefix + ".num_batches_tracked")
             layers.append(
-                BNLayer(
-                    name=prefix,
-                    kind="BatchNorm" if nbt is not None else "FrozenBatchNorm",
-                    num_features=int(mean.numel()),
+                BNLayer.from_arrays(
+                    prefix,
+                    "BatchNorm" if nbt is not None else "FrozenBatchNorm",
+                    weight,
+                    self.state.get(prefix + ".bias"),
+                    mean,
+                    var,
                     eps=DEFAULT_EPS,
                     momentum=DEFAULT_MOMENTUM if nbt is not None else None,
                     momentum_convention="pytorch" if nbt is not None else "unknown",
-                    affine=weight is not None,
-                    weight=as_float64(weight),
-                    bias=as_float64(self.state.get(prefix + ".bias")),
-                    running_mean=as_float64(mean),
-                    running_var=as_float64(var),
                     num_batches_tracked=int(nbt.item()) if nbt is not None and nbt.numel() == 1 else None,
-                    training=None,
-                    uses_running_stats=True,
                     foldable=None,
                     fold_reason="unknown without --arch",
                     assumed=["eps", "momentum"] if nbt is not None else ["eps"],
