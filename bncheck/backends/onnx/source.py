@@ -47,6 +47,7 @@ def read_onnx(path: Path) -> onnx.ModelProto:
 class OnnxSource(ModelSource):
     family = "onnx"
     format = "onnx"
+    runner_class = OnnxRunner
 
     def __init__(self, model: onnx.ModelProto, *, path: Path | None):
         super().__init__(path)
@@ -85,9 +86,6 @@ class OnnxSource(ModelSource):
 
     def input_spec(self):
         return input_spec(self.model)
-
-    def runner(self, *, layers=None):
-        return OnnxRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:

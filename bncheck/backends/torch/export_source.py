@@ -23,6 +23,7 @@ class ExportSource(ModelSource):
 
     family = "torch"
     format = "export"
+    runner_class = TorchRunner
 
     def __init__(self, program, *, path: Path | None):
         super().__init__(path)
@@ -33,9 +34,6 @@ class ExportSource(ModelSource):
 
     def input_spec(self):
         return export_input_spec(self.program)
-
-    def runner(self, *, layers=None):
-        return TorchRunner(self, layers=layers)
 
     def _tensor(self, node) -> Any:
         if getattr(node, "op", None) != "placeholder":

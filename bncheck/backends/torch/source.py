@@ -78,6 +78,7 @@ class TorchModuleSource(ModelSource):
     """An ``nn.Module`` (eager or TorchScript) with its BN modules and their producers."""
 
     family = "torch"
+    runner_class = TorchRunner
 
     def __init__(self, module, *, path: Path | None, format: str):
         super().__init__(path)
@@ -93,9 +94,6 @@ class TorchModuleSource(ModelSource):
         if self.format == "torchscript":
             return script_input_spec(self.module)
         return module_input_spec(self.module)
-
-    def runner(self, *, layers=None):
-        return TorchRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:
