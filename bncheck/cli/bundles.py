@@ -23,10 +23,13 @@ from bncheck.cli.common import (
     choose_format,
     emit,
     emit_many,
+    err,
 )
 from bncheck.cli.guard import report_path
+from bncheck.commands.progress import ALWAYS
 from bncheck.config import Settings, load_settings
 from bncheck.errors import UsageError
+from bncheck.formats import FORMATS
 from bncheck.report.report import Report
 from bncheck.rules.finding import FAIL_ON
 
@@ -67,10 +70,14 @@ class GateArgs:
     ] = None
 
     def settings(self, **extra: Any) -> Settings:
-        """The config file's settings overridden by these options (and ``extra``)."""
-        return load_settings(
+        """The config file's settings, overridden by the ``BNCHECK_*`` variables, overridden by
+        these options (and ``extra``); a warning on stderr for an unknown ``BNCHECK_`` variable."""
+        settings = load_settings(
             self.config, fail_on=self.fail_on, select=self.select, ignore=self.ignore, thresholds=self.threshold, **extra
         )
+        for warning in settings.warnings:
+            err(warning)
+        return settings
 
 
 @dataclass
@@ -87,14 +94,20 @@ class ReportArgs:
         """The report file (None: stdout, also for ``-o -``)."""
         return report_path(self.output)
 
-    @property
-    def progress(self) -> bool:
-        """Whether progress bars may be drawn (stderr is a terminal and not --quiet)."""
-        return not self.quiet and sys.stderr.isatty()
+    def progress(self, settings: Settings) -> bool | str:
+        """Whether progress is drawn on stderr: never with --quiet or ``progress = "never"``;
+        ``"always"`` (drawn even when stderr is no terminal) with ``progress = "always"``;
+        else when stderr is a terminal."""
+        mode = settings.option("progress")
+        if self.quiet or mode == "never":
+            return False
+        return ALWAYS if mode == ALWAYS else sys.stderr.isatty()
 
     def format(self, settings: Settings | None, command: str, plot: Path | None = None) -> str:
         """The format (option, config, the output's extension, else table), checked before any work."""
         configured = settings.options.get("format") if settings is not None else None
+        if self.fmt is None and configured is not None and configured not in FORMATS:
+            raise UsageError(f"{settings.source('format')}: format {configured!r} is not a report format; choose one of: {', '.join(FORMATS)}.")
         return choose_format(self.fmt, self.path, configured, command=command, baseline=self.baseline, plot=plot)
 
     def emit(self, report: Report, fmt: str, *, plot: Path | None = None, options: dict | None = None) -> None:

@@ -193,6 +193,20 @@ def run_info() -> dict:
     }
 
 
+#: findings said on stderr whatever the format and wherever the report goes: a run that checked
+#: nothing must not pass silently (issue 15)
+STDERR_RULES = ("BN000",)
+
+
+def say_on_stderr(report: Report, quiet: bool) -> None:
+    """The :data:`STDERR_RULES` findings of ``report`` as lines on stderr (not under --quiet)."""
+    if quiet:
+        return
+    for finding in report.findings:
+        if finding.rule in STDERR_RULES:
+            err(f"{finding.severity.value}: {report.model.path}: {finding.message} [{finding.rule}; --fail-on {finding.severity.value} makes it fail]")
+
+
 def emit(
     report: Report,
     fmt: str,
@@ -208,6 +222,7 @@ def emit(
     the renderer (html's ``layer``). Exits with the report's code."""
     if baseline is not None:
         apply_baseline(report, baseline)
+    say_on_stderr(report, quiet)
     if report.run is None:
         report.run = run_info()
     renderer = get_renderer(fmt)
@@ -250,6 +265,7 @@ def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool 
     info = run_info()
     for report in reports:
         report.run = report.run or info
+        say_on_stderr(report, quiet)
     if fmt == "table" and quiet:
         text = "".join(headline(report) + "\n" for report in reports)
     else:

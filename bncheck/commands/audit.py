@@ -28,8 +28,9 @@ def audit(
         thresholds=settings.threshold_table(),
         model_format=source.format,
         train_batch_size=settings.train_batch_size,
+        op_count=source.op_count(),
     )
-    findings = run_rules("audit", ctx, select=settings.select, ignore=settings.ignore)
+    findings = run_rules(("model", "audit"), ctx, select=settings.select, ignore=settings.ignore)
     report = Report(command="audit", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules)")

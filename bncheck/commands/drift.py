@@ -49,7 +49,8 @@ class DriftOptions:
     save_stats: Path | None = None
     layers: list[str] | None = None
     data_options: Any = None
-    progress: bool = False
+    #: progress on stderr (``"always"``: drawn even when stderr is no terminal)
+    progress: bool | str = False
     extra: dict[str, Any] = field(default_factory=dict)
     #: carry the per-channel arrays in the report (``DriftResult.channels``)
     channels: bool = False
@@ -107,6 +108,8 @@ def drift(
     report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")
+        ctx = RuleContext(layers=[], thresholds=settings.threshold_table(), model_format=source.format, op_count=source.op_count())
+        report.findings = run_rules("model", ctx, select=settings.select, ignore=settings.ignore)
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:

@@ -117,8 +117,8 @@ def fold(
     timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
-    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
-    findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
+    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence, op_count=source.op_count())
+    findings: list[Finding] = list(defects) + run_rules(("model", "fold"), ctx, select=settings.select, ignore=settings.ignore)
     report = Report(command="fold", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
     count = evidence.verification.samples
     report.result = FoldResult(

@@ -24,6 +24,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
+#: ``enabled`` value that draws progress even when stderr is no terminal (``progress = "always"``)
+ALWAYS = "always"
+
 #: the step line being shown (None: none)
 _CURRENT: ContextVar[tuple[Progress, TaskID] | None] = ContextVar("bncheck_step_line", default=None)
 
@@ -39,8 +42,14 @@ class _Rate(TextColumn):
         return Text(f"{speed:,.0f} samples/s" if speed else "", style="dim")
 
 
-def progress(enabled: bool, label: str = "drift") -> AbstractContextManager[Progress | None]:
-    """A transient progress bar on stderr (``None`` inside the block when not ``enabled``)."""
+def _console(enabled: bool | str) -> Console:
+    """stderr; drawn as a terminal whatever it is when ``enabled`` is :data:`ALWAYS`."""
+    return Console(stderr=True, force_terminal=True if enabled == ALWAYS else None)
+
+
+def progress(enabled: bool | str, label: str = "drift") -> AbstractContextManager[Progress | None]:
+    """A transient progress bar on stderr (``None`` inside the block when not ``enabled``;
+    :data:`ALWAYS`: drawn even when stderr is no terminal)."""
     if not enabled:
         return nullcontext(None)
     return Progress(
@@ -49,7 +58,7 @@ def progress(enabled: bool, label: str = "drift") -> AbstractContextManager[Prog
         MofNCompleteColumn(),
         _Rate(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=_console(enabled),
         transient=True,
     )
 
@@ -67,7 +76,7 @@ class _Count(TextColumn):
 
 
 @contextmanager
-def steps(enabled: bool, label: str, first: str = "loading the model") -> Iterator[None]:
+def steps(enabled: bool | str, label: str, first: str = "loading the model") -> Iterator[None]:
     """A transient line on stderr naming the step under way, with its elapsed time (and a bar
     when it counts samples): ``fold ⠋ verifying on 8 batches 0:00:03``."""
     if not enabled:
@@ -81,7 +90,7 @@ def steps(enabled: bool, label: str, first: str = "loading the model") -> Iterat
         _Count(),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as line:
+    with Progress(*columns, console=_console(enabled), transient=True) as line:
         token = _CURRENT.set((line, line.add_task(first, total=None)))
         try:
             yield
