@@ -35,6 +35,29 @@ def check_names(model: onnx.ModelProto, path) -> None:
             )
 
 
+def check_wiring(model: onnx.ModelProto, path) -> None:
+    """Every value a node reads is provided: by a node, a graph input or an initializer (of its
+    graph or an enclosing one: names anywhere in the model count, so outer-scope reads pass).
+    onnxruntime refuses such a graph; bncheck would otherwise fold or measure a BN whose input
+    does not exist."""
+    graphs = [graph for _, graph in iter_graphs(model.graph)]
+    provided = {""}  # an empty name is an omitted optional input
+    for graph in graphs:
+        provided.update(v.name for v in graph.input)
+        provided.update(t.name for t in graph.initializer)
+        provided.update(t.values.name for t in graph.sparse_initializer)
+        for node in graph.node:
+            provided.update(node.output)
+    for graph in graphs:
+        for i, node in enumerate(graph.node):
+            missing = next((v for v in node.input if v not in provided), None)
+            if missing is not None:
+                raise ModelLoadError(
+                    f"{path}: node {node.name or f'#{i}'!r} ({node.op_type}) reads {missing!r}, which no node, "
+                    "graph input or initializer provides; the graph is broken: re-export the model."
+                )
+
+
 class NameMaker:
     """Unique value-name prefixes (``bncheck/<n>/<label>/``) for the nodes bncheck adds."""
 
