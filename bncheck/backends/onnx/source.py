@@ -14,6 +14,7 @@ from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
 from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
+from bncheck.backends.onnx.naming import check_names
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
@@ -39,6 +40,7 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {exc}).") from exc
     if not model.graph.node and not model.graph.input:
         raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
+    check_names(model, path)
     return model
 
 
