@@ -26,7 +26,6 @@ from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
 from bncheck.cli.settings import register as register_settings_command
-from bncheck.commands.audit import audit as run_audit
 from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
@@ -99,9 +98,11 @@ def audit(
     settings = gate.settings(train_batch_size=train_batch_size)
     fmt = report.format(settings, "audit")
     guard_outputs({"--output": report.output}, models=models, inputs={"baseline": [report.baseline]}, settings=settings)
+    with steps(report.progress(settings), "audit"):
+        results = audit_models(models, settings=settings, **model_args.load_kwargs())
     if len(models) > 1:
-        report.emit_many(audit_models(models, settings=settings, **model_args.load_kwargs()), fmt)
-    report.emit(run_audit(models[0], settings=settings, **model_args.load_kwargs()), fmt)
+        report.emit_many(results, fmt)
+    report.emit(results[0], fmt)
 
 
 @command(app)
@@ -308,12 +309,12 @@ def recalibrate(
         precision=precision,
         holdout=holdout,
         force_write=force_write,
+        progress=report.progress(settings),
         device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         storage_options=engine_args.storage_options(),
     )
-    with steps(report.progress(settings), "recalibrate"):
-        result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
+    result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
     report.emit(result, fmt)
 
 

@@ -152,6 +152,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def stdout_color(output: Path | None) -> bool:
+    """Whether a report is coloured: only when it goes to a terminal and NO_COLOR is not set."""
+    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def write_text(text: str, output: Path | None, quiet: bool, what: str) -> None:
+    """``text`` to ``output`` (atomically; "WHAT written to OUTPUT" on stderr unless ``quiet``)
+    or, without ``output``, to stdout."""
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"{what} written to {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def choose_format(
     fmt: str | None,
     output: Path | None,
@@ -226,7 +243,7 @@ def emit(
     if report.run is None:
         report.run = run_info()
     renderer = get_renderer(fmt)
-    color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = stdout_color(output)
     if fmt == "table" and quiet:
         text = headline(report) + "\n"
     else:
@@ -269,12 +286,6 @@ def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool 
     if fmt == "table" and quiet:
         text = "".join(headline(report) + "\n" for report in reports)
     else:
-        text = render_many(reports, fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
-    if output is not None:
-        atomic_write_text(output, text)
-        if not quiet:
-            err(f"report of {len(reports)} models written to {output}")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        text = render_many(reports, fmt, color=stdout_color(output))
+    write_text(text, output, quiet, f"report of {len(reports)} models")
     raise typer.Exit(max(report.exit_code for report in reports))
