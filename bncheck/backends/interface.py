@@ -118,6 +118,8 @@ class ModelSource(ABC):
     family: str = ""
     #: where its runners run the model: "cpu" or "cuda:N" (set by :meth:`Backend.place`)
     device: str = "cpu"
+    #: the :class:`~bncheck.backends.runner.ModelRunner` that runs it (None: it cannot be run)
+    runner_class: type[ModelRunner] | None = None
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -139,7 +141,9 @@ class ModelSource(ABC):
         """A :class:`~bncheck.backends.runner.ModelRunner` that runs the model on numpy batches
         and observes the input of the BN layers named in ``layers`` (default: every one); use it
         as a context manager."""
-        raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
+        if self.runner_class is None:
+            raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
+        return self.runner_class(self, layers=layers)
 
     @cached_property
     def sha256(self) -> str:

@@ -31,7 +31,7 @@ from bncheck.backends.onnx.staged import onnx_staged
 from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
 from bncheck.backends.staged import StagedModel
-from bncheck.errors import ModelLoadError, UsageError
+from bncheck.errors import ModelLoadError
 from bncheck.numerics.site_proof import SiteProof
 
 
@@ -79,13 +79,7 @@ class OnnxBackend(Backend):
         return np.dtype("float32")
 
     def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
-        kind = output.choose_output_kind(out, to, source.format)
-        if kind != "onnx":
-            raise UsageError(
-                f"an ONNX model can only be written as ONNX (OUT .onnx or --to onnx), not {kind}: "
-                "bncheck does not convert ONNX to PyTorch formats."
-            )
-        return kind
+        return output.choose_output_kind(out, to, source.format)
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
              keep: dict[str, str] | None = None) -> FoldedModel:

@@ -116,13 +116,7 @@ class TorchBackend(Backend):
     def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
         if isinstance(source, StateDictSource):
             raise UsageError(NEEDS_ARCH)
-        kind = output.choose_output_kind(out, to, source.format)
-        if source.format == "torchscript" and kind != "torchscript":
-            raise UsageError(
-                f"a TorchScript model can only be written as TorchScript (OUT .ts/.pt or --to torchscript), not {kind}: "
-                "it leaves no module structure to convert; use the state dict with --arch to get other formats."
-            )
-        return kind
+        return output.choose_output_kind(out, to, source.format)
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
              keep: dict[str, str] | None = None) -> FoldedModel:

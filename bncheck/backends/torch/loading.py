@@ -61,6 +61,10 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
             warnings.simplefilter("ignore")
             # mmap: tensors are read on first use (copy-on-write), so a large checkpoint costs
             # little more than its BN tensors; only the zip format supports it
+            if str(path).endswith(".safetensors"):
+                # bncheck read torch.save bytes; torch.load would read the path as safetensors by its name
+                with open(path, "rb") as handle:
+                    return torch.load(handle, map_location="cpu", weights_only=not trust_pickle)
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
         if not trust_pickle and "global" in str(exc).lower():  # weights_only refused a class
