@@ -56,6 +56,25 @@ class BNLayer:
     #: Free-form backend facts worth showing (e.g. "parameters from Constant nodes").
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_arrays(
+        cls, name: str, kind: str, weight: Any, bias: Any, running_mean: Any, running_var: Any, *, eps: Any, momentum: Any, **fields: Any
+    ) -> BNLayer:
+        """A layer from the values a model holds: the arrays (numpy arrays, torch tensors or
+        None) copied as float64 (:func:`as_float64`), ``eps`` as a float (or None), ``momentum``
+        as a float when it is a number (else None). Unless ``fields`` give them:
+        ``num_features`` is the size of the running mean (else of the weight, else 0), ``affine``
+        whether there is a weight, and ``uses_running_stats`` whether both running statistics
+        are there and ``training`` is not true."""
+        weight, bias, mean, var = (as_float64(a) for a in (weight, bias, running_mean, running_var))
+        fields["eps"] = None if eps is None else float(eps)
+        fields["momentum"] = float(momentum) if isinstance(momentum, (int, float)) else None
+        ref = next((a for a in (mean, weight) if a is not None), None)
+        fields.setdefault("num_features", 0 if ref is None else ref.size)
+        fields.setdefault("affine", weight is not None)
+        fields.setdefault("uses_running_stats", mean is not None and var is not None and not fields.get("training"))
+        return cls(name=name, kind=kind, weight=weight, bias=bias, running_mean=mean, running_var=var, **fields)
+
     @property
     def has_running_stats(self) -> bool:
         return self.running_mean is not None and self.running_var is not None

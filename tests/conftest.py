@@ -318,6 +318,16 @@ def _invoke(*args: str | Path) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
+@pytest.fixture(autouse=True)
+def _no_bncheck_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's or CI's ``BNCHECK_FAIL_ON`` (or any setting variable) must not change
+    what the tests see; tests that want one set it with monkeypatch."""
+    from bncheck.config import ENV_NAMES
+
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def cli():
     """``cli(*args) -> CliResult(exit_code, stdout, stderr)``: the real ``bncheck`` app in-process."""

@@ -1,13 +1,15 @@
 """bncheck/config.py through the real CLI: a key bncheck does not read is an error that names
-it and the nearest valid key (a typo must never silently drop a gate setting)."""
+it and the nearest valid key (a typo must never silently drop a gate setting); ``BNCHECK_*``
+variables sit between the config file and the options."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from bncheck.config import CONFIG_KEYS, DATA_KEYS
+from bncheck.config import CONFIG_KEYS, DATA_KEYS, ENV_NAMES
 
 DIGITS = Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn.onnx"
 
@@ -33,3 +35,63 @@ def test_every_documented_key_is_accepted(cli, tmp_path):
     config.write_text('[tool.bncheck]\nfail-on = "error"\ntrain-batch-size = 8\nmismatch-samples = 0\nbatch-size = 16\nchannel-order = "rgb"\n\n[tool.bncheck.data]\nlayout = "nchw"\n')
     assert cli("audit", DIGITS, "--config", config, "-q").exit_code == 0
     assert {"fail_on", "thresholds", "format", "data"} <= set(CONFIG_KEYS) and "channel_order" in DATA_KEYS
+
+
+SHIFTED = DIGITS.parent / "data" / "digits" / "shifted"
+
+
+def _drift(cli, *extra):
+    """drift of the digits model on 64 shifted images: three BN warnings, no error."""
+    return cli("drift", DIGITS, SHIFTED, "--mismatch-samples", "0", *extra)
+
+
+def test_environment_variables_sit_between_the_config_file_and_the_options(cli, tmp_path, monkeypatch):
+    config = tmp_path / "bncheck.toml"
+    config.write_text('[tool.bncheck]\nfail-on = "never"\nlimit = 32\n')
+    monkeypatch.setenv("BNCHECK_LIMIT", "48")
+    monkeypatch.setenv("BNCHECK_FORMAT", "json")
+    assert _drift(cli, "--config", config).exit_code == 0  # the file's fail-on never
+    monkeypatch.setenv("BNCHECK_FAIL_ON", "warning")
+    run = _drift(cli, "--config", config)
+    assert run.exit_code == 1  # the variable beats the file: the warnings fail
+    report = json.loads(run.stdout)  # BNCHECK_FORMAT
+    assert report["data"]["samples"] == 48 and report["summary"]["fail_on"] == "warning"
+    flagged = _drift(cli, "--config", config, "--fail-on", "error", "--limit", "64")
+    assert flagged.exit_code == 0 and json.loads(flagged.stdout)["data"]["samples"] == 64  # options beat both
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needles"),
+    [
+        ("BNCHECK_FAIL_ON", "fatal", ["error, warning, info, never"]),
+        ("BNCHECK_BATCH_SIZE", "abc", ["must be an integer"]),
+        ("BNCHECK_THRESHOLDS", "BN101.eror=1", ["BN101", "'eror'"]),
+        ("BNCHECK_THRESHOLDS", "BN101.error", ["CODE.NAME=VALUE"]),
+        ("BNCHECK_MISMATCH_SAMPLES", "-1", ["at least 0"]),
+        ("BNCHECK_PROGRESS", "sometimes", ["auto, always, never"]),
+        ("BNCHECK_CLASS_AXIS", "last", ["axis index"]),
+        ("BNCHECK_SIZE", "0", ["--size"]),
+    ],
+)
+def test_a_bad_environment_value_is_exit_2_naming_the_variable(cli, assert_usage_error, monkeypatch, name, value, needles):
+    monkeypatch.setenv(name, value)
+    assert_usage_error(_drift(cli), f"environment variable {name}={value!r}", *needles)
+
+
+def test_a_bad_format_variable_is_named(cli, assert_usage_error, monkeypatch):
+    monkeypatch.setenv("BNCHECK_FORMAT", "xml")
+    assert_usage_error(cli("audit", DIGITS), "BNCHECK_FORMAT", "'xml'", "sarif")
+
+
+def test_an_unknown_bncheck_variable_warns_with_the_nearest_name(cli, monkeypatch):
+    monkeypatch.setenv("BNCHECK_FIAL_ON", "warning")
+    monkeypatch.setenv("BNCHECK_CI_VENV", "/tmp/venv")  # CI's own variable: no warning
+    run = cli("audit", DIGITS, "-q")
+    assert run.exit_code == 0  # ignored, not applied
+    (warning,) = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    assert "BNCHECK_FIAL_ON" in warning and "did you mean BNCHECK_FAIL_ON?" in warning
+
+
+def test_every_setting_has_its_variable():
+    assert set(ENV_NAMES.values()) == set(CONFIG_KEYS) - {"data"}
+    assert ENV_NAMES["BNCHECK_TRAIN_BATCH_SIZE"] == "train_batch_size" and ENV_NAMES["BNCHECK_CHANNEL_ORDER"] == "channel_order"

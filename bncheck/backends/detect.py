@@ -87,7 +87,7 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
         with open(path, "rb") as handle:
             handle.seek(8)
             json.loads(handle.read(header_len))
-    except (ValueError, OSError):
+    except (ValueError, RecursionError, OSError):
         return path.suffix.lower() == ".safetensors"
     return True
 

@@ -25,6 +25,7 @@ from bncheck.numerics.site_proof import SiteProof, unproved
 
 if TYPE_CHECKING:
     from bncheck.backends.runner import ModelRunner
+    from bncheck.backends.staged import StagedModel
 
 #: layer name -> (running_mean, running_var) as float64 arrays
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -117,6 +118,8 @@ class ModelSource(ABC):
     family: str = ""
     #: where its runners run the model: "cpu" or "cuda:N" (set by :meth:`Backend.place`)
     device: str = "cpu"
+    #: the :class:`~bncheck.backends.runner.ModelRunner` that runs it (None: it cannot be run)
+    runner_class: type[ModelRunner] | None = None
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -138,7 +141,9 @@ class ModelSource(ABC):
         """A :class:`~bncheck.backends.runner.ModelRunner` that runs the model on numpy batches
         and observes the input of the BN layers named in ``layers`` (default: every one); use it
         as a context manager."""
-        raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
+        if self.runner_class is None:
+            raise UsageError(f"a {self.format or 'model'} source cannot be run; drift and recalibrate need a runnable model.")
+        return self.runner_class(self, layers=layers)
 
     @cached_property
     def sha256(self) -> str:
@@ -248,6 +253,12 @@ class Backend(ABC):
     def cuda_problem(self, index: int) -> str | None:
         """Why this family's runtime cannot run on CUDA device ``index`` (None: it can)."""
         return "this model family runs on the CPU only"
+
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        """``source`` cut before every level of the BN ``layers`` (see
+        :mod:`bncheck.backends.staged`), or ``(None, why it cannot be)``: ``recalibrate
+        --method exact`` then iterates whole-model passes instead."""
+        return None, f"{self.family or 'this'} models are not cut into segments"
 
     @abstractmethod
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:

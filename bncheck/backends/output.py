@@ -188,11 +188,29 @@ def check_output_path(
 DEFAULT_KINDS = {"onnx": "onnx", "torchscript": "torchscript", "export": "export"}
 
 
+#: input formats that can only be written as their own kind: what the input is, how to ask for
+#: that kind, and why no other kind can be written
+OWN_KIND_ONLY = {
+    "onnx": ("an ONNX model", "ONNX (OUT .onnx or --to onnx)", "bncheck does not convert ONNX to PyTorch formats."),
+    "torchscript": (
+        "a TorchScript model",
+        "TorchScript (OUT .ts/.pt or --to torchscript)",
+        "it leaves no module structure to convert; use the state dict with --arch to get other formats.",
+    ),
+}
+
+
 def choose_output_kind(out: Path | None, to: str | None, input_format: str) -> str:
     """:func:`output_kind` for OUT and ``--to``; without OUT, ``--to`` or the input's own
-    kind (a module stays a module)."""
+    kind (a module stays a module). UsageError when an input of :data:`OWN_KIND_ONLY` would
+    be written as another kind."""
     if out is not None:
-        return output_kind(out, to, input_format)
-    if to is not None:
-        return output_kind(Path("x"), to, input_format)
-    return DEFAULT_KINDS.get(input_format, "module")
+        kind = output_kind(out, to, input_format)
+    elif to is not None:
+        kind = output_kind(Path("x"), to, input_format)
+    else:
+        kind = DEFAULT_KINDS.get(input_format, "module")
+    if input_format in OWN_KIND_ONLY and kind != input_format:
+        what, ask, why = OWN_KIND_ONLY[input_format]
+        raise UsageError(f"{what} can only be written as {ask}, not {kind}: {why}")
+    return kind

@@ -17,11 +17,12 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import numpy as np
 
 from bncheck.backends.interface import InputSpec
+from bncheck.closing import Closing
 from bncheck.errors import DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.outputs import batch_axis_of, batch_first
@@ -29,7 +30,7 @@ from bncheck.numerics.outputs import batch_axis_of, batch_first
 BN_MODES = ("eval", "train")
 
 
-class ModelRunner(ABC):
+class ModelRunner(Closing):
     """Runs a model on numpy batches; a context manager (``close()`` releases the runtime and
     restores anything it changed on the model).
 
@@ -93,12 +94,6 @@ class ModelRunner(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the runtime and restore what the runner changed on the model; idempotent."""
-
-    def __enter__(self) -> ModelRunner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ for subclasses
 

@@ -15,16 +15,17 @@ import typer
 from bncheck._version import __version__
 from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.backends.output_guard import interrupt_on_sigterm
-from bncheck.cli.bundles import DataArgs, EngineArgs, GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
 from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err, parse_class_axis
-from bncheck.cli.engines import ShardOpt, StatsOpt
+from bncheck.cli.data_options import DataArgs
+from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.cli.reports import register as register_report_commands
-from bncheck.commands.audit import audit as run_audit
+from bncheck.cli.settings import register as register_settings_command
 from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
@@ -97,9 +98,11 @@ def audit(
     settings = gate.settings(train_batch_size=train_batch_size)
     fmt = report.format(settings, "audit")
     guard_outputs({"--output": report.output}, models=models, inputs={"baseline": [report.baseline]}, settings=settings)
+    with steps(report.progress(settings), "audit"):
+        results = audit_models(models, settings=settings, **model_args.load_kwargs())
     if len(models) > 1:
-        report.emit_many(audit_models(models, settings=settings, **model_args.load_kwargs()), fmt)
-    report.emit(run_audit(models[0], settings=settings, **model_args.load_kwargs()), fmt)
+        report.emit_many(results, fmt)
+    report.emit(results[0], fmt)
 
 
 @command(app)
@@ -152,7 +155,7 @@ def fold(
         inputs={"DATA": [verify], "baseline": [report.baseline]},
         settings=settings,
     )
-    with steps(report.progress, "fold"):
+    with steps(report.progress(settings), "fold"):
         result = run_fold(
             model, out, to=to, affine=affine, verify=verify, input_shape=input_shape, samples=samples, batch_size=batch_size,
             atol=atol, rtol=rtol, force=force, timing=timing, settings=settings, **model_args.load_kwargs(),
@@ -226,7 +229,7 @@ def drift(
     engine_args: EngineArgs,
 ) -> None:
     """Run DATA through MODEL and compare what every BN layer sees with its stored statistics."""
-    settings = gate.settings(train_batch_size=train_batch_size)
+    settings = gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
     fmt = report.format(settings, "drift", plot=plot)
     guard_outputs(
         {"--output": report.output, "--save-stats": save_stats, "--plot": plot},
@@ -234,27 +237,23 @@ def drift(
         inputs={"DATA": [data], "statistics": [stats], "baseline": [report.baseline], "labels": [data_args.labels_path]},
         settings=settings,
     )
-    if mismatch_samples is None:
-        mismatch_samples = int(settings.options.get("mismatch_samples", 256))
-    if mismatch_samples < 0:
-        raise UsageError("--mismatch-samples must be 0 or more.")
     data_opts = data_args.options(settings.options)
     options = DriftOptions(
         batch_size=data_opts.batch_size,
         limit=data_opts.limit,
         train_batch_size=settings.train_batch_size or 16,
-        mismatch_samples=mismatch_samples,
+        mismatch_samples=settings.option("mismatch_samples"),
         save_stats=save_stats,
         layers=_layer_names(layers),
         data_options=data_opts,
-        progress=report.progress,
+        progress=report.progress(settings),
         channels=channels or fmt == "html",
         device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         shard=parse_shard(shard),
         stats=stats,
         storage_options=engine_args.storage_options(),
-        class_axis=parse_class_axis(class_axis if class_axis is not None else str(settings.options.get("class_axis", "auto"))),
+        class_axis=parse_class_axis(settings.option("class_axis")),
     )
     result = run_drift(model, data, settings=settings, options=options, **model_args.load_kwargs())
     report.emit(result, fmt, plot=plot)
@@ -310,17 +309,18 @@ def recalibrate(
         precision=precision,
         holdout=holdout,
         force_write=force_write,
+        progress=report.progress(settings),
         device=engine_args.device or "cpu",
         engine=engine_args.build(data_args.workers, data_opts),
         storage_options=engine_args.storage_options(),
     )
-    with steps(report.progress, "recalibrate"):
-        result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
+    result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
     report.emit(result, fmt)
 
 
 register_report_commands(app)  # report, diff, schema (bncheck/cli/reports.py)
 register_engine_commands(app)  # merge (bncheck/cli/engines.py)
+register_settings_command(app)  # config (bncheck/cli/settings.py)
 
 
 def run(args: Sequence[str] | None = None) -> None:

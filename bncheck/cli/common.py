@@ -26,7 +26,6 @@ from bncheck.formats.common import headline, package_versions
 from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
 from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.report import Report
-from bncheck.rules.finding import FAIL_ON
 
 
 class State:
@@ -100,29 +99,7 @@ FormatOpt = Annotated[
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
 ]
-FailOnOpt = Annotated[
-    choice(FAIL_ON) | None,
-    typer.Option("--fail-on", case_sensitive=False, help="Lowest severity that fails the run (exit 1). Default: error."),
-]
-SelectOpt = Annotated[
-    list[str] | None, typer.Option("--select", help="Only these rules (codes or prefixes, comma-separated).")
-]
-IgnoreOpt = Annotated[
-    list[str] | None, typer.Option("--ignore", help="Skip these rules (codes or prefixes, comma-separated).")
-]
-ThresholdOpt = Annotated[
-    list[str] | None,
-    typer.Option("--threshold", "-t", help="Override a rule threshold: CODE.NAME=VALUE (repeatable)."),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="Config file (default: [tool.bncheck] in the nearest pyproject.toml, then bncheck.toml)."),
-]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; a one-line table.")]
-ArchOpt = Annotated[
-    str | None,
-    typer.Option("--arch", help="Architecture for a state dict: package.module:factory or path/file.py:factory."),
-]
 BaselineOpt = Annotated[
     Path | None,
     typer.Option(
@@ -132,10 +109,6 @@ BaselineOpt = Annotated[
 ]
 PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
-]
-TrustPickleOpt = Annotated[
-    bool,
-    typer.Option("--trust-pickle", help="Allow unpickling whole modules (runs code from the file: only for files you trust)."),
 ]
 
 
@@ -179,6 +152,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def stdout_color(output: Path | None) -> bool:
+    """Whether a report is coloured: only when it goes to a terminal and NO_COLOR is not set."""
+    return output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def write_text(text: str, output: Path | None, quiet: bool, what: str) -> None:
+    """``text`` to ``output`` (atomically; "WHAT written to OUTPUT" on stderr unless ``quiet``)
+    or, without ``output``, to stdout."""
+    if output is not None:
+        atomic_write_text(output, text)
+        if not quiet:
+            err(f"{what} written to {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def choose_format(
     fmt: str | None,
     output: Path | None,
@@ -220,6 +210,20 @@ def run_info() -> dict:
     }
 
 
+#: findings said on stderr whatever the format and wherever the report goes: a run that checked
+#: nothing must not pass silently (issue 15)
+STDERR_RULES = ("BN000",)
+
+
+def say_on_stderr(report: Report, quiet: bool) -> None:
+    """The :data:`STDERR_RULES` findings of ``report`` as lines on stderr (not under --quiet)."""
+    if quiet:
+        return
+    for finding in report.findings:
+        if finding.rule in STDERR_RULES:
+            err(f"{finding.severity.value}: {report.model.path}: {finding.message} [{finding.rule}; --fail-on {finding.severity.value} makes it fail]")
+
+
 def emit(
     report: Report,
     fmt: str,
@@ -235,10 +239,11 @@ def emit(
     the renderer (html's ``layer``). Exits with the report's code."""
     if baseline is not None:
         apply_baseline(report, baseline)
+    say_on_stderr(report, quiet)
     if report.run is None:
         report.run = run_info()
     renderer = get_renderer(fmt)
-    color = output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = stdout_color(output)
     if fmt == "table" and quiet:
         text = headline(report) + "\n"
     else:
@@ -277,15 +282,10 @@ def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool 
     info = run_info()
     for report in reports:
         report.run = report.run or info
+        say_on_stderr(report, quiet)
     if fmt == "table" and quiet:
         text = "".join(headline(report) + "\n" for report in reports)
     else:
-        text = render_many(reports, fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
-    if output is not None:
-        atomic_write_text(output, text)
-        if not quiet:
-            err(f"report of {len(reports)} models written to {output}")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        text = render_many(reports, fmt, color=stdout_color(output))
+    write_text(text, output, quiet, f"report of {len(reports)} models")
     raise typer.Exit(max(report.exit_code for report in reports))

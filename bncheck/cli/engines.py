@@ -1,34 +1,25 @@
 """Command-line pieces for scaling out: the options that choose where ``drift`` and
-``recalibrate`` run (``--engine``, ``--ray-address``, ``--shard``, ``--storage-option``,
-``--stats``) and the ``bncheck merge`` command (``register(app)`` adds it)."""
+``recalibrate`` run (the ``EngineArgs`` bundle: ``--engine``, ``--ray-address``,
+``--storage-option``, ``--device``; and ``--shard``, ``--stats``) and the ``bncheck merge``
+command (``register(app)`` adds it)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from bncheck.cli.command import command
 from bncheck.cli.common import choice, err
 from bncheck.cli.guard import guard_outputs
-from bncheck.engines import ENGINES
+from bncheck.data import DataOptions
+from bncheck.data.remote import parse_storage_options
+from bncheck.engines import ENGINES, Engine, make_engine
 from bncheck.errors import UsageError
 from bncheck.report.stats_file import merge_files
 
-EngineOpt = Annotated[
-    choice(ENGINES) | None,
-    typer.Option(
-        "--engine",
-        case_sensitive=False, help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
-        "pip install 'bncheck[ray]'). With ray, --workers is the number of actors.",
-        rich_help_panel="Scaling out",
-    ),
-]
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option("--ray-address", help="An existing Ray cluster (auto, ray://head:10001); default: a local Ray for this run.", rich_help_panel="Scaling out"),
-]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -36,14 +27,6 @@ ShardOpt = Annotated[
         help="Read only share K of N of DATA's files (K/N, K from 1, e.g. $SLURM_ARRAY_TASK_ID/8); write the partial "
         "statistics with --save-stats part.npz and combine them with bncheck merge.",
         rich_help_panel="Scaling out",
-    ),
-]
-StorageOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--storage-option",
-        help="KEY=VALUE for the fsspec file system of a URL DATA (s3://, gs://...), e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
-        rich_help_panel="Data",
     ),
 ]
 StatsOpt = Annotated[
@@ -55,6 +38,52 @@ StatsOpt = Annotated[
         rich_help_panel="Scaling out",
     ),
 ]
+
+
+@dataclass
+class EngineArgs:
+    """Where the passes run: ``--engine``, ``--ray-address``, ``--storage-option``, ``--device``."""
+
+    engine: Annotated[
+        choice(ENGINES) | None,
+        typer.Option(
+            "--engine",
+            case_sensitive=False, help="Where the data passes run: local (this process, default) or ray (Ray actors that each load the model once; "
+            "pip install 'bncheck[ray]'). With ray, --workers is the number of actors.",
+            rich_help_panel="Scaling out",
+        ),
+    ] = None
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="An existing Ray cluster (auto, ray://head:10001); default: a local Ray for this run.", rich_help_panel="Scaling out"),
+    ] = None
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            help="KEY=VALUE for the fsspec file system of a URL DATA (s3://, gs://...), e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
+            rich_help_panel="Data",
+        ),
+    ] = None
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Where the model runs: cpu (default), cuda, cuda:N (exit 2 when unusable) or auto (CUDA when usable, else the CPU with a note).",
+        ),
+    ] = None
+
+    def build(self, workers: int | None, data_opts: DataOptions) -> Engine:
+        """The engine chosen. With ray, ``--workers`` counts actors and each actor decodes with
+        one background thread (``data_opts.workers`` is set to 1)."""
+        choice = (self.engine or "local").strip().lower()
+        if choice == "ray":
+            data_opts.workers = 1
+            return make_engine("ray", workers=workers, address=self.ray_address)
+        return make_engine(choice, address=self.ray_address)
+
+    def storage_options(self) -> dict[str, Any]:
+        return parse_storage_options(self.storage_option)
 
 
 def _merge_out(out: Path | None, old_o: Path | None) -> Path:

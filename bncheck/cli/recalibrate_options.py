@@ -1,5 +1,4 @@
-"""The options of ``bncheck recalibrate`` beyond the data and engine options, and ``--device``
-(drift and recalibrate)."""
+"""The options of ``bncheck recalibrate`` beyond the data and engine options."""
 
 from __future__ import annotations
 
@@ -7,13 +6,6 @@ from typing import Annotated
 
 import typer
 
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--device",
-        help="Where the model runs: cpu (default), cuda, cuda:N (exit 2 when unusable) or auto (CUDA when usable, else the CPU with a note).",
-    ),
-]
 PriorOpt = Annotated[
     float,
     typer.Option("--prior", help="Blend with the stored statistics: (N*stored + n*measured)/(N+n), n the samples read (Schneider et al. 2020); 0 replaces them."),

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,8 +22,9 @@ from bncheck.cli.common import (
     choice,
     choose_format,
     emit,
-    err,
     report_width,
+    stdout_color,
+    write_text,
 )
 from bncheck.cli.guard import guard_outputs, report_path
 from bncheck.errors import UsageError
@@ -109,14 +109,8 @@ def diff(
     if fmt == "table" and quiet:
         text = headline(result) + "\n"
     else:
-        text = result.render(fmt, color=output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ, width=report_width())
-    if output is not None:
-        atomic_write_text(output, text)
-        if not quiet:
-            err(f"diff written to {output}")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        text = result.render(fmt, color=stdout_color(output), width=report_width())
+    write_text(text, output, quiet, "diff")
     raise typer.Exit(result.exit_code)
 
 

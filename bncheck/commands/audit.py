@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bncheck.backends.load import as_source
+from bncheck.commands.progress import step
 from bncheck.config import Settings
 from bncheck.report.report import Report
 from bncheck.rules import RuleContext, run_rules
@@ -23,13 +24,15 @@ def audit(
     settings = settings or Settings()
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     layers = source.bn_layers()
+    step(f"checking {len(layers)} BN layer(s)")
     ctx = RuleContext(
         layers=layers,
         thresholds=settings.threshold_table(),
         model_format=source.format,
         train_batch_size=settings.train_batch_size,
+        op_count=source.op_count(),
     )
-    findings = run_rules("audit", ctx, select=settings.select, ignore=settings.ignore)
+    findings = run_rules(("model", "audit"), ctx, select=settings.select, ignore=settings.ignore)
     report = Report(command="audit", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules)")
@@ -45,7 +48,12 @@ def audit_models(
 ) -> list[Report]:
     """One :func:`audit` report per model, in order (``bncheck audit A.onnx B.onnx``). The
     combined gate fails when any report fails: :func:`combined_exit_code`."""
-    return [audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle) for model in models]
+    models = list(models)
+    reports = []
+    for number, model in enumerate(models, 1):
+        step("loading the model" if len(models) == 1 else f"loading model {number}/{len(models)}: {model}")
+        reports.append(audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle))
+    return reports
 
 
 def combined_exit_code(reports: Iterable[Report]) -> int:

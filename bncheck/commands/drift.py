@@ -23,7 +23,7 @@ from bncheck.commands import drift_analyses as analyses
 from bncheck.commands import drift_diagnosis as diagnostics
 from bncheck.commands import drift_outputs as outputs
 from bncheck.commands.drift_pixels import PixelSpace
-from bncheck.commands.progress import progress
+from bncheck.commands.progress import step, steps
 from bncheck.config import Settings
 from bncheck.data import DataOptions
 from bncheck.data.memory import as_data
@@ -49,7 +49,8 @@ class DriftOptions:
     save_stats: Path | None = None
     layers: list[str] | None = None
     data_options: Any = None
-    progress: bool = False
+    #: progress on stderr (``"always"``: drawn even when stderr is no terminal)
+    progress: bool | str = False
     extra: dict[str, Any] = field(default_factory=dict)
     #: carry the per-channel arrays in the report (``DriftResult.channels``)
     channels: bool = False
@@ -95,9 +96,14 @@ def drift(
     ``data``: a file, folder or URL; or, from Python, a numpy array or tensor, an ``(x, y)``
     pair, a torch ``DataLoader`` or ``Dataset``, or any iterable of arrays, tensors or
     ``(x, y)`` pairs (:mod:`bncheck.data.memory`). ``transform``: called on every PIL image of
-    an image folder (and every in-memory item), e.g. the torchvision transform of training."""
-    settings = settings or Settings()
+    an image folder (and every in-memory item), e.g. the torchvision transform of training.
+    ``options.progress`` draws the steps on stderr."""
     options = with_transform(options or DriftOptions(), transform)
+    with steps(options.progress, "drift"):
+        return _drift(model, data, settings or Settings(), options, arch, trust_pickle)
+
+
+def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arch: str | None, trust_pickle: bool) -> Report:
     data = as_data(data)
     _check_options(data, options)
     source: ModelSource = as_source(model, arch=arch, trust_pickle=trust_pickle)
@@ -107,6 +113,8 @@ def drift(
     report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if not layers:
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")
+        ctx = RuleContext(layers=[], thresholds=settings.threshold_table(), model_format=source.format, op_count=source.op_count())
+        report.findings = run_rules("model", ctx, select=settings.select, ignore=settings.ignore)
         return report
     thresholds = settings.threshold_table()
     with ExitStack() as stack:
@@ -119,6 +127,7 @@ def drift(
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
     if options.save_stats is not None:
+        step("writing the statistics (--save-stats)")
         meta = stats_file.part_metadata(
             source=source, layers=layers, data=str(data), samples=run.result.samples, batch_size=options.batch_size,
             describe=run.data_info, provenance=run.provenance,
@@ -165,6 +174,7 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     names = [layer.name for layer in layers]
     where = DataSpec(data, options.shard, dict(options.storage_options), options.batch_size)
     engine = options.engine or make_engine("local")
+    step(f"opening DATA ({engine.name})")
     session = stack.enter_context(engine.session(source, where, data_options, layers=names, model=model_spec))
     runner = stack.enter_context(source.runner(layers=names))
     if runner.unhookable:
@@ -173,13 +183,11 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
     request = PassRequest(
         names, options.batch_size, keep=max(options.mismatch_samples, options.diagnosis_samples), keep_predictions=True, class_axis=options.class_axis
     )
-    with progress(options.progress) as bar:
-        task = bar.add_task("drift", total=session.num_samples) if bar is not None else None
-        advance = (lambda n: bar.advance(task, n)) if bar is not None else None
-        try:
-            result = session.measure(request, on_batch=advance, runner=runner)
-        except MemoryError as exc:
-            raise DataError("ran out of memory; lower --batch-size.") from exc
+    advance = step("reading DATA", total=session.num_samples)
+    try:
+        result = session.measure(request, on_batch=advance, runner=runner)
+    except MemoryError as exc:
+        raise DataError("ran out of memory; lower --batch-size.") from exc
     provenance = session.provenance() if options.save_stats is not None else {}
     return DataPass(result, session.describe(), provenance, runner)
 
@@ -229,7 +237,8 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
 
 
 def _guarded(what: str, notes: list[str], analysis):
-    """``analysis()``, or None and a note saying why it could not be done."""
+    """``analysis()`` (named on the progress line), or None and a note saying why it could not be done."""
+    step(what)
     try:
         return analysis()
     except MemoryError:

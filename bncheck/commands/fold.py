@@ -112,13 +112,15 @@ def fold(
     folded, proofs = _fold_proved(backend, source, kind, affine, plan, site_atol, site_rtol)
     changed = folded.count("folded") + folded.count("affine") > 0
     converted = changed or (out is not None and force)
+    if converted:
+        step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
     evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
     timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
-    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence)
-    findings: list[Finding] = list(defects) + run_rules("fold", ctx, select=settings.select, ignore=settings.ignore)
+    ctx = RuleContext(layers=layers, thresholds=settings.threshold_table(), model_format=source.format, fold=evidence, op_count=source.op_count())
+    findings: list[Finding] = list(defects) + run_rules(("model", "fold"), ctx, select=settings.select, ignore=settings.ignore)
     report = Report(command="fold", model=source.info(), layers=layers, findings=findings, fail_on=settings.fail_on)
     count = evidence.verification.samples
     report.result = FoldResult(
@@ -152,14 +154,16 @@ def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
 def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
     """Fold, prove every folded site on its own, and fold again keeping the sites whose proof
     failed (and, with no whole-model verification to cover them, those not provable alone)."""
-    step("folding and proving each folded site")
+    step("folding BN into the conv/linear weights")
     folded = backend.fold(source, kind, affine=affine, example=plan.example)
+    step(f"proving each folded site on its own ({folded.count('folded') + folded.count('affine')} sites)")
     proofs = backend.prove_sites(source, folded, atol=atol, rtol=rtol)
     keep = {name: f"its site proof failed: {p.reason}" for name, p in proofs.items() if p.passed is False}
     if plan.batches is None:
         keep.update({name: f"not proved on its own ({p.reason}) and no input to verify the whole model (pass --input-shape)"
                      for name, p in proofs.items() if p.passed is None})
     if keep:
+        step(f"folding again, keeping {len(keep)} site(s) not proved")
         folded = backend.fold(source, kind, affine=affine, example=plan.example, keep=keep)
     return folded, proofs
 
@@ -192,8 +196,9 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
     """Run the original and what will be written (the converted artifact; an unchanged model
     is compared with itself only when nothing is converted or written) on every batch; with
     no batches, the site proofs are the evidence (sites that failed were kept)."""
-    step("verifying the folded model")
     batches = plan.batches
+    total = sum(_batch_len(batch) for batch in batches) if isinstance(batches, (list, tuple)) else None
+    advance = step("verifying the whole folded model against the original", total=total)
     if batches is None:
         verification = Verification(inputs="none", samples=0, max_abs_err=None, max_rel_err=None, passed=True)
         return FoldEvidence(verification=verification, atol=site_atol, rtol=site_rtol)
@@ -207,6 +212,8 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
         out_dtype = out_dtype or _output_dtype(expected)
         acc.add(expected, candidate(batch))
         count += _batch_len(batch)
+        if advance is not None:
+            advance(_batch_len(batch))
     atol, rtol = _tolerances(out_dtype, atol, rtol)
     verification = Verification(
         inputs="data" if plan.used.origin == "data" else "random",

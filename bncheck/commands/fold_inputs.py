@@ -35,6 +35,9 @@ SITES_ONLY = (
     "was proved on its own; pass --input-shape or --verify DATA to verify the whole model too"
 )
 
+#: a model whose data are constants: nothing to feed, each site's proof is the verification
+NO_INPUTS = "the model has no inputs (its data are constants): every folded site was proved on its own"
+
 
 @dataclass
 class InputPlan:
@@ -63,6 +66,8 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
         raise UsageError("--samples must be at least 1.")
     if input_shape is not None:
         return _random_plan(specs, total, seed, "input-shape", f"--input-shape {input_shape}")
+    if specs is not None and not specs:
+        return InputPlan(None, VerificationInputs("none", None, NO_INPUTS))
     if specs is not None and all(_static(spec) for spec in specs):
         return _random_plan(specs, total, seed, "graph", "static input shapes declared by the model")
     how = ""

@@ -48,7 +48,7 @@ from bncheck.commands import recalibrate_guard as guard
 from bncheck.commands.drift import DriftOptions, with_transform
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.drift_analyses import compute_drift
-from bncheck.commands.progress import step
+from bncheck.commands.progress import step, steps
 from bncheck.commands.recalibrate_estimate import Estimate, estimate_exact, estimate_in_order
 from bncheck.config import Settings
 from bncheck.data import DataOptions
@@ -93,7 +93,8 @@ class RecalibrateOptions:
     force_write: bool = False
     #: run full drift reports of MODEL and OUT on DATA (the figures of the whole of DATA)
     verify: bool = False
-    progress: bool = False
+    #: progress on stderr (``"always"``: drawn even when stderr is no terminal)
+    progress: bool | str = False
     #: where the passes run: a ``bncheck.engines`` engine (None: this process). Ray runs the
     #: exact method's passes without a held-out split; cumulative and ema run in order here
     engine: Any = None
@@ -101,6 +102,9 @@ class RecalibrateOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
     #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
     device: str = "cpu"
+    #: exact: MiB of activations kept between the levels of the layer-by-layer estimate
+    #: (batches beyond it are read from DATA again; 0 keeps none)
+    cache_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -121,6 +125,8 @@ class RecalibrateOptions:
             raise UsageError("--holdout must be in [0, 1) (the fraction of DATA held out for the guard; 0 turns it off).")
         if self.tolerance <= 0:
             raise UsageError("--tolerance must be positive.")
+        if self.cache_mb < 0:
+            raise UsageError("--cache-mb must be 0 or more (MiB of activations kept between levels).")
 
 
 def recalibrate(
@@ -140,12 +146,17 @@ def recalibrate(
     ``out`` (unless the guard refuses it); the report holds per-layer before/after figures and
     the guard's. ``data`` and ``transform`` as for :func:`bncheck.drift` (in-memory DATA is read
     several times: pass a list, array, DataLoader or Dataset, not a one-shot iterator)."""
-    settings = settings or Settings()
     options = with_transform(options or RecalibrateOptions(), transform)
+    with steps(options.progress, "recalibrate"):
+        return _recalibrate(model, data, Path(out), settings or Settings(), options, to=to, force=force, arch=arch, trust_pickle=trust_pickle)
+
+
+def _recalibrate(
+    model: Any, data: Any, out: Path, settings: Settings, options: RecalibrateOptions, *, to: str | None, force: bool, arch: str | None, trust_pickle: bool
+) -> Report:
     data = as_data(data)
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     backend = backend_for(source)
-    out = Path(out)
     kind = backend.output_kind(source, out, to)
     output.check_output_path(out, protected=backend.protected_paths(source), force=force)
     layers = list(source.bn_layers())
@@ -166,6 +177,7 @@ def recalibrate(
     if options.verify:
         step("drift of MODEL on DATA (--verify)")
     before = run_drift(source, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trust_pickle) if options.verify else None
+    step(f"opening DATA ({engine.name})")
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
         split = _split(options, session.num_samples, engine.name)
         est = _estimate(source, session, names, options, split)
@@ -186,9 +198,11 @@ def recalibrate(
         step("drift of OUT on DATA (--verify)")
         reloaded = load_model(out, arch=arch, trust_pickle=trusted)
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
+    step("the before/after figures")
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if split is None and options.holdout is None:
         report.notes.append(f"no held-out check of the result: --engine {engine.name} reads no split (--engine local holds one out)")
+    report.notes.extend(est.notes)
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)

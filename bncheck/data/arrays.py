@@ -248,22 +248,31 @@ def _inspect_pt(path: Path) -> tuple[list[tuple[str | None, Shape, np.dtype]], d
     return raw, labels
 
 
+def class_indices(values: np.ndarray, n: int, wrong_shape: Callable[[str], str], wrong_dtype: Callable[[np.dtype], str]) -> np.ndarray:
+    """``values`` as int64 class indices, one per sample of ``n`` (a column ``(n, 1)`` reads as
+    ``(n,)``; floats that are whole numbers are accepted); otherwise DataError with the
+    sentence ``wrong_shape(shape text)`` or ``wrong_dtype(dtype)``."""
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or len(values) != n:
+        raise DataError(wrong_shape(shape_text(values.shape)))
+    if values.dtype.kind not in "biu" and not (values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0)):
+        raise DataError(wrong_dtype(values.dtype))
+    return values.astype(np.int64)
+
+
 def _attach_labels(path: Path, parts: list[ArrayPart], label_arrays: dict[str, np.ndarray]) -> None:
     if len(label_arrays) > 1:
         raise DataError(f"{path} holds several label arrays ({', '.join(label_arrays)}); keep one.")
     (key, values), = label_arrays.items()
-    values = np.asarray(values)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
     total = sum(p.count for p in parts)
-    if values.ndim != 1 or len(values) != total:
-        raise DataError(
-            f"{path}[{key}] has shape {shape_text(values.shape)} but the file holds {total} samples; "
-            "labels need one value per sample (or rename the array if it is not labels)."
-        )
-    if values.dtype.kind not in "biu" and not (values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0)):
-        raise DataError(f"{path}[{key}] holds {values.dtype} values; labels must be integer class indices.")
-    labels = values.astype(np.int64)
+    labels = class_indices(
+        np.asarray(values),
+        total,
+        lambda shape: f"{path}[{key}] has shape {shape} but the file holds {total} samples; "
+        "labels need one value per sample (or rename the array if it is not labels).",
+        lambda dtype: f"{path}[{key}] holds {dtype} values; labels must be integer class indices.",
+    )
     offset = 0
     for part in parts:
         part.labels = labels[offset : offset + part.count]

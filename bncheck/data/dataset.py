@@ -42,19 +42,22 @@ def open_data(
     """
     options = options or DataOptions()
     expected = normalize_expected(expected_shape)
+    where: Path | InMemoryData
     if isinstance(path, InMemoryData):  # the API's Python objects: the memory reader
         reader = open_reader(MemoryReader.kind, [path], options, expected)
+        where, kind, files, ignored = path, reader.kind, [], {}
         labels = memory_labels(options, reader)  # type: ignore[arg-type]
-        return Dataset(path=path, kind=reader.kind, files=[], ignored={}, reader=reader, labels=labels, options=options, expected_shape=expected)
-    labels_path = label_file(options.labels)
-    found = discover(path, every_file=options.preprocess is not None, exclude=labels_path)
-    reader = open_reader(found.kind, found.files, options, expected)
-    labels = resolve_labels(options, found.root, found.is_folder, found.kind, found.files, reader)
+    else:
+        labels_path = label_file(options.labels)
+        found = discover(path, every_file=options.preprocess is not None, exclude=labels_path)
+        reader = open_reader(found.kind, found.files, options, expected)
+        where, kind, files, ignored = Path(path), found.kind, found.files, found.ignored
+        labels = resolve_labels(options, found.root, found.is_folder, found.kind, found.files, reader)
     return Dataset(
-        path=Path(path),
-        kind=found.kind,
-        files=found.files,
-        ignored=found.ignored,
+        path=where,
+        kind=kind,
+        files=files,
+        ignored=ignored,
         reader=reader,
         labels=labels,
         options=options,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.data.arrays import chunk_rows, is_batched
+from bncheck.data.arrays import chunk_rows, class_indices, is_batched
 from bncheck.data.convert import (
     call_transform,
     describe_callable,
@@ -266,17 +266,15 @@ class MemoryReader(ManySamplesPerFile):
 def _labels(y: Any, n: int, batched: bool, where: str) -> np.ndarray:
     """An item's labels as int64 (n,): class indices, one per sample."""
     values = numeric_array(y, f"the labels of {where}") if is_array_like(y) else np.asarray(y)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    values = values.reshape(-1) if not batched and values.size == 1 else values
-    if values.ndim != 1 or len(values) != n:
-        raise DataError(
-            f"the labels of {where} have shape {shape_text(values.shape)} for {n} sample(s); give one class index "
-            "per sample (e.g. targets, not one-hot rows)."
-        )
-    if values.dtype.kind not in "biu" and not (values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0)):
-        raise DataError(f"the labels of {where} are {values.dtype} values; labels must be integer class indices.")
-    return values.astype(np.int64)
+    if not batched and values.size == 1:
+        values = values.reshape(-1)
+    return class_indices(
+        values,
+        n,
+        lambda shape: f"the labels of {where} have shape {shape} for {n} sample(s); give one class index "
+        "per sample (e.g. targets, not one-hot rows).",
+        lambda dtype: f"the labels of {where} are {dtype} values; labels must be integer class indices.",
+    )
 
 
 def memory_labels(options: DataOptions, reader: MemoryReader) -> Labels | None:

@@ -234,7 +234,7 @@ def _statistics_key(statistics) -> str | None:
     digest = hashlib.sha256()
     for name in sorted(statistics):
         mean, var = statistics[name]
-        digest.update(name.encode())
+        digest.update(name.encode("utf-8", "surrogatepass"))
         digest.update(np.ascontiguousarray(mean, np.float64).tobytes())
         digest.update(np.ascontiguousarray(var, np.float64).tobytes())
     return digest.hexdigest()

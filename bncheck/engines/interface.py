@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bncheck.closing import Closing
+
 if TYPE_CHECKING:
     from bncheck.backends.interface import ModelSource
     from bncheck.backends.runner import ModelRunner
@@ -99,7 +101,7 @@ class ModelSpec:
     device: str = "cpu"
 
 
-class Session(ABC):
+class Session(Closing):
     """One model and one DATA, ready for passes; a context manager."""
 
     #: samples a pass delivers at most, where known before reading (None for URL DATA of
@@ -131,12 +133,6 @@ class Session(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release workers and temporary files; idempotent."""
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class Engine(ABC):

@@ -36,6 +36,13 @@ class Measurement:
     #: the output axis that followed the batch size (outputs here are batch-first)
     batch_axis: int | None = None
 
+    @classmethod
+    def with_sample(cls, reservoir: Reservoir, moments: dict[str, Moments], samples: int, **fields) -> Measurement:
+        """The measurement of a pass whose subsample (inputs, outputs and labels) is what
+        ``reservoir`` kept."""
+        sub, sub_out, sub_labels = reservoir.sample_labelled()
+        return cls(moments=moments, samples=samples, subsample=sub, sub_outputs=sub_out, sub_labels=sub_labels, **fields)
+
 
 #: per-layer moments of this many batches are merged into one (bounded memory, and
 #: :func:`merge_all`'s order independence within each group)
@@ -93,16 +100,13 @@ def measure(
             if until.done:
                 break
     merged = {name: merge_all(ms) for name, ms in parts.items()}
-    sub, sub_out, sub_labels = reservoir.sample_labelled()
-    return Measurement(
-        moments=merged,
-        samples=samples,
-        subsample=sub,
-        sub_outputs=sub_out,
+    return Measurement.with_sample(
+        reservoir,
+        merged,
+        samples,
         correct=counts.correct if keep_predictions and counts.labelled and not counts.unlabelled else None,
         labelled=counts.labelled,
-        halves=tuple({name: merge_all(ms) for name, ms in h.items()} for h in halves) if batches_seen >= 2 else None,  # type: ignore[arg-type]
-        sub_labels=sub_labels,
+        halves=tuple({name: merge_all(ms) for name, ms in h.items()} for h in halves) if batches_seen >= 2 else None,
         batch_axis=getattr(runner, "batch_axis", 0),
     )
 

@@ -213,16 +213,13 @@ class RaySession(Session):
         _log_issues(totals, plan.options.nan)
         moments = merge_blocks(done)
         moments = {name: moments.get(name, Moments.empty(self.channels[name])) for name in moments}
-        sub, sub_out, sub_labels = reservoir.sample_labelled()
-        return Measurement(
-            moments=moments,
-            samples=samples,
-            subsample=sub,
-            sub_outputs=sub_out,
+        return Measurement.with_sample(
+            reservoir,
+            moments,
+            samples,
             labels=np.concatenate(labels) if labelled and labels else None,
             outputs_for_accuracy=preds,
             halves=merge_halves(done, request.batch_size),
-            sub_labels=sub_labels,
             batch_axis=next((r.batch_axis for r in done if r.batch_axis is not None), getattr(runner, "batch_axis", 0)),
         )
 

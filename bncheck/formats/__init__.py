@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bncheck.errors import UsageError
 from bncheck.formats import drift_section, fold_section, recalibrate_section  # noqa: F401  (registration)
+from bncheck.formats.common import encodable
 from bncheck.report import rendering
 
 FORMATS = {
@@ -44,7 +45,16 @@ def format_for_path(path) -> str:
 def get_renderer(name: str) -> Callable[..., str]:
     if name not in FORMATS:
         raise UsageError(f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}.")
-    return importlib.import_module(FORMATS[name]).render
+    return _encodable(importlib.import_module(FORMATS[name]).render)
+
+
+def _encodable(render: Callable[..., str]) -> Callable[..., str]:
+    """``render`` whose text always encodes as UTF-8 (:func:`~bncheck.formats.common.encodable`)."""
+
+    def safe(*args, **options) -> str:
+        return encodable(render(*args, **options))
+
+    return safe
 
 
 def render_many(reports: list, name: str, **options) -> str:
@@ -54,7 +64,7 @@ def render_many(reports: list, name: str, **options) -> str:
     renderer = get_renderer(name)
     texts = [renderer(report, **options) for report in reports]
     combine = getattr(importlib.import_module(FORMATS[name]), "combine", None)
-    return combine(texts, reports) if combine is not None else "\n".join(texts)
+    return encodable(combine(texts, reports) if combine is not None else "\n".join(texts))
 
 
 def _resolve(kind: str, name: str):
@@ -68,7 +78,8 @@ def _resolve(kind: str, name: str):
         if kind == "diff":
             raise UsageError(f"bncheck diff renders table, json or markdown, not {name!r}.")
         raise UsageError(f"no {kind} view named {name!r}.")
-    return getattr(importlib.import_module(module), attribute)
+    view = getattr(importlib.import_module(module), attribute)
+    return _encodable(view) if kind in ("diff", "fragment") else view
 
 
 #: (kind, name) -> (module, attribute) of the other views

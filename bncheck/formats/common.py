@@ -39,6 +39,14 @@ def headline(report: Report) -> str:
     )
 
 
+def encodable(text: str) -> str:
+    """``text`` with every lone surrogate written as its backslash escape (``\\udcff``), so
+    it encodes as UTF-8. Lone surrogates come from file names that are not UTF-8 (Python's
+    ``surrogateescape``), from ``\\ud800`` escapes in a JSON input and from pickled names;
+    inside a JSON string the escape reads back as the same character, elsewhere it is text."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def md_cell(text) -> str:
     """``text`` safe inside a Markdown table cell: no raw HTML (``<``, ``>``, ``&`` as entities,
     so a layer named ``<img onerror=...>`` stays text), no cell break (``|``), one line. The

@@ -23,7 +23,7 @@ def issues(report: Report) -> list[dict[str, Any]]:
     for f in report.findings:
         key = "\0".join(["bncheck", report.command, path, f.rule, f.layer or ""])
         seen[key] = seen.get(key, 0) + 1  # the same rule twice on one layer: still unique
-        fingerprint = hashlib.sha256(f"{key}\0{seen[key]}".encode()).hexdigest()
+        fingerprint = hashlib.sha256(f"{key}\0{seen[key]}".encode("utf-8", "surrogatepass")).hexdigest()
         rule = REGISTRY.get(f.rule)
         issue: dict[str, Any] = {
             "type": "issue",

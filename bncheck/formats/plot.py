@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,70 +239,65 @@ def channel_figure(report: Report, layer: str):
     return fig
 
 
-def _layer_bars(report: Report, per_layer: dict[str, Any]):
-    """(names in network order of the layers in ``per_layer``, a figure and its axes sized
-    for one bar group per layer); (names, None, None) when there are none."""
+def _layer_bars(report: Report, per_layer: dict[str, Any], draw: Callable[[Any, list[str]], None], title: str, ylabel: str):
+    """A figure with one bar group per layer of ``per_layer`` (network order), drawn by
+    ``draw(axes, names)``, with the layer names below and ``title`` and ``ylabel``; None when
+    no layer has figures."""
     names = [layer.name for layer in report.layers if layer.name in per_layer]
     if not names:
-        return names, None, None
+        return None
     fig = _figure(min(16.0, max(9.0, 0.35 * len(names) + 5)), 4.0)
     ax = fig.add_subplot()
     _style(ax)
-    return names, fig, ax
+    draw(ax, names)
+    _x_labels(ax, names)
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    ax.set_ylabel(ylabel)
+    return fig
 
 
 def small_batch_figure(report: Report):
     """BN201: how far per-batch statistics at the training batch size scatter, per layer."""
     sb = _drift(report).small_batch or {}
     per_layer = sb.get("layers") or {}
-    names, fig, ax = _layer_bars(report, per_layer)
-    if fig is None:
-        return None
-    xs = range(len(names))
-    width = 0.38
-    ms = [_num(per_layer[n].get("mean_scatter")) for n in names]
-    vs = [_num(per_layer[n].get("var_scatter")) for n in names]
-    ax.bar([x - width / 2 for x in xs], ms, width, color=Z_COLOR, label="batch-mean scatter (channel std devs)")
-    ax.bar([x + width / 2 for x in xs], vs, width, color=R_COLOR, label="batch-variance scatter (log-ratio)")
     limit = thresholds(report).get("BN201", {}).get("mean_scatter")
-    if limit is not None:
-        ax.axhline(limit, color=ERROR_COLOR, linestyle="--", linewidth=1.3, label=f"BN201 mean-scatter threshold {limit:g}")
-    _x_labels(ax, names)
+
+    def draw(ax, names: list[str]) -> None:
+        xs = range(len(names))
+        width = 0.38
+        ms = [_num(per_layer[n].get("mean_scatter")) for n in names]
+        vs = [_num(per_layer[n].get("var_scatter")) for n in names]
+        ax.bar([x - width / 2 for x in xs], ms, width, color=Z_COLOR, label="batch-mean scatter (channel std devs)")
+        ax.bar([x + width / 2 for x in xs], vs, width, color=R_COLOR, label="batch-variance scatter (log-ratio)")
+        if limit is not None:
+            ax.axhline(limit, color=ERROR_COLOR, linestyle="--", linewidth=1.3, label=f"BN201 mean-scatter threshold {limit:g}")
+        ax.legend(loc="upper left", fontsize=8)
+
     flip = sb.get("flip_rate")
     extra = f", {flip:.1%} of predictions change in train mode" if isinstance(flip, (int, float)) else ""
-    ax.set_title(
-        f"Small-batch risk at batch size {sb.get('batch_size')} ({sb.get('samples')} samples{extra})",
-        loc="left", fontsize=11, fontweight="bold",
-    )  # fmt: skip
-    ax.set_ylabel("RMS over batches")
-    ax.legend(loc="upper left", fontsize=8)
-    return fig
+    title = f"Small-batch risk at batch size {sb.get('batch_size')} ({sb.get('samples')} samples{extra})"
+    return _layer_bars(report, per_layer, draw, title, "RMS over batches")
 
 
 def train_eval_figure(report: Report):
     """BN301: per layer, how far batch statistics (train mode) are from the running ones."""
     te = _drift(report).train_eval or {}
     per_layer = te.get("per_layer") or {}
-    names, fig, ax = _layer_bars(report, per_layer)
-    if fig is None:
-        return None
-    values = [_num(per_layer[n]) for n in names]
-    worst = max(range(len(values)), key=lambda i: values[i])
-    bars = ax.bar(range(len(names)), values, 0.6, color=["#9467bd" if i != worst else ERROR_COLOR for i in range(len(names))])
-    if len(names) <= 24:
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8, padding=2)
-    _x_labels(ax, names)
+
+    def draw(ax, names: list[str]) -> None:
+        values = [_num(per_layer[n]) for n in names]
+        worst = max(range(len(values)), key=lambda i: values[i])
+        bars = ax.bar(range(len(names)), values, 0.6, color=["#9467bd" if i != worst else ERROR_COLOR for i in range(len(names))])
+        if len(names) <= 24:
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8, padding=2)
+
     parts = []
     if isinstance(te.get("top1_agreement"), (int, float)):
         parts.append(f"top-1 agreement {te['top1_agreement']:.1%}")
     if isinstance(te.get("relative_error"), (int, float)):
         parts.append(f"relative output error {te['relative_error']:.2g}")
-    ax.set_title(
-        f"Train vs eval mode at batch size {te.get('batch_size')}: " + ", ".join(parts),
-        loc="left", fontsize=11, fontweight="bold",
-    )  # fmt: skip
-    ax.set_ylabel("batch vs running statistics\n(mean squared Hellinger)")
-    return fig
+    title = f"Train vs eval mode at batch size {te.get('batch_size')}: " + ", ".join(parts)
+    return _layer_bars(report, per_layer, draw, title, "batch vs running statistics\n(mean squared Hellinger)")
 
 
 def _num(value) -> float:

@@ -27,6 +27,12 @@ BASELINE_STATES = {"new": "new", "worse": "updated", "existing": "unchanged"}
 FINGERPRINT_KEY = "bncheck/v1"
 
 
+def _quote(path: str) -> str:
+    """``path`` percent-encoded; a file name that is not UTF-8 (surrogate-escaped by Python)
+    keeps its own bytes (``%FF``), so the URI names the file that was read."""
+    return quote(path, errors="surrogateescape")
+
+
 def artifact_location(path: str) -> dict[str, Any] | None:
     """A SARIF artifactLocation for the model path: relative paths stay relative to the
     checkout (``%SRCROOT%``, what GitHub matches against the repository), absolute ones become
@@ -35,12 +41,12 @@ def artifact_location(path: str) -> dict[str, Any] | None:
         return None
     windows = PureWindowsPath(path)
     if windows.drive:
-        return {"uri": "file:///" + quote(windows.as_posix())}
+        return {"uri": "file:///" + _quote(windows.as_posix())}
     posix = PurePosixPath(path.replace("\\", "/"))
     if posix.is_absolute():
-        return {"uri": "file://" + quote(str(posix))}
+        return {"uri": "file://" + _quote(str(posix))}
     parts = [p for p in posix.parts if p != "."]
-    return {"uri": quote("/".join(parts)), "uriBaseId": "%SRCROOT%"}
+    return {"uri": _quote("/".join(parts)), "uriBaseId": "%SRCROOT%"}
 
 
 def _rule_descriptor(rule) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def _rule_descriptor(rule) -> dict[str, Any]:
 
 def fingerprint(report: Report, finding: Finding) -> str:
     key = "\x1f".join([finding.rule, finding.layer or "", report.model.path])
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()  # any name hashes
 
 
 def _result(report: Report, finding: Finding, index: dict[str, int], artifact: dict[str, Any] | None) -> dict[str, Any]:

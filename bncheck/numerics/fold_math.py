@@ -96,6 +96,23 @@ def _cast(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     return out
 
 
+def _gemm_c(c: np.ndarray, added: np.ndarray, beta: float) -> np.ndarray:
+    """The new Gemm ``C`` for ``beta * new_C = beta * c + added``: ``c + added / beta``.
+
+    ``beta == 0``: Gemm ignores ``C``, so a non-zero ``added`` cannot be folded (ValueError);
+    an all-zero one gives ``c`` (ignored anyway).
+    """
+    beta = float(beta)
+    if beta == 0.0:
+        if np.any(added != 0):
+            raise ValueError(
+                "Gemm has beta=0, so its C input is ignored and the BN shift cannot be folded "
+                "into it; fold with bias=None, beta=1 and set the Gemm's beta to 1 instead"
+            )
+        return c
+    return c + added / beta
+
+
 def _conv_weight(weight) -> np.ndarray:
     w = np.asarray(weight)
     if w.ndim < 3:
@@ -271,17 +288,7 @@ def fold_bn_into_linear(
     n_out = w.shape[0] if trans_b else w.shape[1]
     s, t = _scale_shift(scale, shift, n_out, "Linear/Gemm output")
     new_w = w64 * (s[:, None] if trans_b else s[None, :])
-    c = _gemm_bias(bias, n_out)
-    beta = float(beta)
-    if beta == 0.0:
-        if np.any(t != 0):
-            raise ValueError(
-                "Gemm has beta=0, so its C input is ignored and the BN shift cannot be folded "
-                "into it; fold with bias=None, beta=1 and set the Gemm's beta to 1 instead"
-            )
-        new_c = c * s
-    else:
-        new_c = c * s + t / beta
+    new_c = _gemm_c(_gemm_bias(bias, n_out) * s, t, beta)
     return _cast(new_w, dtype, "weight"), _cast(new_c, dtype, "bias")
 
 
@@ -356,17 +363,7 @@ def fold_bn_before_linear(
     else:
         new_w, t_b = w64 * s[:, None], t @ w64
     extra = float(alpha) * t_b
-    c = _gemm_bias(bias, n_out)
-    beta = float(beta)
-    if beta == 0.0:
-        if np.any(extra != 0):
-            raise ValueError(
-                "Gemm has beta=0, so its C input is ignored and the BN shift cannot be folded "
-                "into it; fold with bias=None, beta=1 and set the Gemm's beta to 1 instead"
-            )
-        new_c = c
-    else:
-        new_c = c + extra / beta
+    new_c = _gemm_c(_gemm_bias(bias, n_out), extra, beta)
     return _cast(new_w, dtype, "weight"), _cast(new_c, dtype, "bias")
 
 

@@ -7,6 +7,7 @@ read only the findings.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ def check_report(data: Any, source: str) -> dict[str, Any]:
     found = problems(data)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise UsageError(f"{source} is not a valid bncheck report: {found[0]}{more}.")
+        first = found[0] if len(found[0]) <= 240 else found[0][:240] + "..."  # messages quote the bad value
+        raise UsageError(f"{source} is not a valid bncheck report: {first}{more}.")
     return data
 
 
@@ -93,9 +95,37 @@ def read_json(path: str | Path, *, what: str = "report") -> Any:
     except OSError as exc:
         raise UsageError(f"cannot read {path} ({exc.strerror}).") from exc
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
             "pass a report written with --format json."
         ) from exc
+    except RecursionError as exc:  # arrays or objects nested thousands deep
+        raise UsageError(f"{path} nests JSON too deeply to be a {what}; pass a report written with --format json.") from exc
+    except ValueError as exc:  # an integer literal longer than Python converts (sys.get_int_max_str_digits)
+        raise UsageError(
+            f"{path} holds an integer of more than {sys.get_int_max_str_digits():,} digits, which no {what} "
+            "has; pass a report written with --format json."
+        ) from exc
+    if _depth(data) > MAX_DEPTH:
+        raise UsageError(f"{path} nests JSON too deeply to be a {what}; pass a report written with --format json.")
+    return data
+
+
+#: The deepest nesting a JSON input may have. bncheck's own reports nest less than ten levels;
+#: a hostile one nested hundreds deep would exhaust the stack of whatever reads it next.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -17,44 +17,88 @@ from bncheck.errors import DataError
 from bncheck.numerics.moments import Moments
 
 
-def moments_from_fields(path: Path, name: str, fields: Mapping[str, Any]) -> Moments:
+def moments_from_fields(path: Path, name: str, fields: Mapping[str, Any], prefix: str = "data") -> Moments:
     """The :class:`Moments` of layer ``name`` stored in ``fields`` (``data_count``,
-    ``data_mean``, ``data_m2``), checked."""
+    ``data_mean``, ``data_m2``; ``even_*``/``odd_*`` with that ``prefix``), checked."""
+    keys = [f"{prefix}_{field}" for field in ("count", "mean", "m2")]
     try:
-        raw_count, raw_mean, raw_m2 = fields["data_count"], fields["data_mean"], fields["data_m2"]
+        raw_count, raw_mean, raw_m2 = (fields[key] for key in keys)
     except KeyError as exc:
         raise DataError(f"{path} lacks the statistics of layer {name} ({exc.args[0]}); the file is damaged.") from exc
     where = f"{path}: layer {name}"
-    count = _count(where, raw_count)
-    mean = _vector(where, "data_mean", raw_mean)
-    m2 = _vector(where, "data_m2", raw_m2)
+    count = _count(where, keys[0], raw_count)
+    mean = _vector(where, keys[1], raw_mean)
+    m2 = _vector(where, keys[2], raw_m2)
     if mean.shape != m2.shape:
-        raise DataError(f"{where} has {mean.size} channel means but {m2.size} m2 values; the file is damaged.")
+        raise DataError(f"{where} has {mean.size} channel means ({keys[1]}) but {m2.size} m2 values ({keys[2]}); the file is damaged.")
     if (m2 < 0).any():
         channel = int(np.argmax(m2 < 0))
-        raise DataError(f"{where} has a negative data_m2 (sum of squared deviations) at channel {channel}; the file is damaged or forged.")
+        raise DataError(f"{where} has a negative {keys[2]} (sum of squared deviations) at channel {channel}; the file is damaged or forged.")
     return Moments(count, mean, m2)
 
 
-def _count(where: str, raw: Any) -> int:
+#: More elements than any data set has (and than int64 arithmetic on counts stays exact for).
+MAX_COUNT = 2**53
+
+
+def _count(where: str, field: str, raw: Any) -> int:
     value = np.asarray(raw)
     if value.size != 1 or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
-        raise DataError(f"{where} has a data_count that is not a finite number; the file is damaged.")
+        raise DataError(f"{where} has a {field} that is not a finite number; the file is damaged.")
     number = float(value.reshape(-1)[0])
-    if number < 0 or number != int(number):
-        raise DataError(f"{where} has data_count {number:g}, not a whole number of elements >= 0; the file is damaged.")
+    if number < 0 or number > MAX_COUNT or number != int(number):
+        raise DataError(f"{where} has {field} {number:g}, not a whole number of elements from 0 to 2**53; the file is damaged.")
     return int(number)
 
 
 def _vector(where: str, field: str, raw: Any) -> np.ndarray:
     try:
-        array = np.asarray(raw, dtype=np.float64).reshape(-1)
+        array = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where} has a {field} that is not numeric; the file is damaged.") from exc
+    if array.ndim > 1:
+        raise DataError(f"{where} has a {field} of shape {list(array.shape)}, not one value per channel; the file is damaged.")
+    array = array.reshape(-1)
     if not np.isfinite(array).all():
         channel = int(np.argmax(~np.isfinite(array)))
         raise DataError(f"{where} has a non-finite {field} (NaN or Inf) at channel {channel}; the file is damaged.")
     return array
+
+
+_META_COUNTS = ("batch_size", "files", "listing_files", "samples", "parts", "of", "limit", "format_version")
+_META_TEXTS = ("data", "format", "listing_sha256", "model_sha256", "bncheck_version")
+_META_OBJECTS = ("preprocessing", "signature")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What is wrong with a statistics file's metadata (the JSON that ``--save-stats`` writes
+    beside the arrays), as a phrase; None when every field bncheck reads has its type."""
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    for key in _META_COUNTS:
+        if meta.get(key) is not None and not _is_count(meta[key]):
+            return f"has {key} {str(meta[key])[:40]!r}, not a count"
+    for key, kind in [*((k, str) for k in _META_TEXTS), *((k, dict) for k in _META_OBJECTS)]:
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            return f"has a {key} that is not a {'string' if kind is str else 'JSON object'}"
+    layers = meta.get("layers", [])
+    if not isinstance(layers, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and _is_count(e.get("channels", 0)) for e in layers
+    ):
+        return "has a layers list that is not of {name, channels} entries"
+    ranges = meta.get("ranges", [])
+    if not isinstance(ranges, list) or not all(
+        isinstance(r, list) and len(r) == 2 and all(map(_is_count, r)) and r[0] <= r[1] for r in ranges
+    ):
+        return "has ranges that are not [start, end] pairs of file indices"
+    shards = meta.get("shards", [])
+    if not isinstance(shards, list) or not all(map(_is_count, shards)):
+        return "has shards that are not shard numbers"
+    return None
 
 
 def check_same_width(path: Path, name: str, have: Moments, other: Moments) -> None:

@@ -39,7 +39,7 @@ from bncheck.backends.output import write_atomically
 from bncheck.engines.measure import Measurement
 from bncheck.errors import DataError, OutputError, UsageError
 from bncheck.numerics.moments import Moments, merge
-from bncheck.report.stats_checks import check_same_width, moments_from_fields
+from bncheck.report.stats_checks import check_same_width, meta_problem, moments_from_fields
 
 STATS_FORMAT = "bncheck-stats"
 FORMAT_VERSION = 1
@@ -140,6 +140,9 @@ def read_stats(path: str | Path, *, arrays: bool = True, mergeable: bool = True)
         raise DataError(
             f"{path} cannot be read as saved statistics ({type(exc).__name__}); pass a file written by drift --save-stats."
         ) from exc
+    problem = meta_problem(meta)
+    if problem is not None:
+        raise DataError(f"{path}: its bncheck metadata {problem}; the file is damaged or forged: run drift --save-stats again.")
     if mergeable:
         _check_meta(path, meta)
     moments, running, halves = {}, {}, ({}, {})
@@ -150,7 +153,7 @@ def read_stats(path: str | Path, *, arrays: bool = True, mergeable: bool = True)
             running[name] = (fields["running_mean"], fields["running_var"])
         for half, key in zip(halves, ("even", "odd"), strict=True):
             if f"{key}_count" in fields:
-                half[name] = moments_from_fields(path, name, {f"data_{f}": fields[f"{key}_{f}"] for f in ("count", "mean", "m2")})
+                half[name] = moments_from_fields(path, name, fields, prefix=key)
     if arrays and not moments:
         raise DataError(f"{path} holds no per-layer statistics; pass a file written by drift --save-stats.")
     return StatsFile(path, meta, moments, running, halves if halves[0] and halves[1] else None)
@@ -173,7 +176,7 @@ def _read_npz(path: Path, arrays: bool) -> tuple[dict[str, Any], dict[str, dict[
         content = {key: archive[key] for key in archive.files if arrays or key == "__meta__"}
     try:
         meta = json.loads(str(content.pop("__meta__")))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise DataError(f"{path} has no bncheck metadata; pass a file written by drift --save-stats.") from exc
     columns: dict[str, dict[str, Any]] = {}
     for key, value in content.items():

@@ -1,8 +1,8 @@
 """The rule registry. Importing this package registers every built-in rule: each phase's
-module (audit, drift, fold, recalibrate) is imported once, here, and its ``@rule`` functions register
+module (model, audit, drift, fold, recalibrate) is imported once, here, and its ``@rule`` functions register
 themselves."""
 
-from bncheck.rules import audit, drift, fold, recalibrate  # noqa: F401  (registration)
+from bncheck.rules import audit, drift, fold, model, recalibrate  # noqa: F401  (registration)
 from bncheck.rules.context import (
     DriftEvidence,
     FoldEvidence,

@@ -79,6 +79,8 @@ class RuleContext:
     thresholds: dict[str, dict[str, float]]
     model_format: str = ""
     train_batch_size: int | None = None
+    #: the model's ops/modules (BN000's message), when known
+    op_count: int | None = None
     drift: DriftEvidence | None = None
     fold: FoldEvidence | None = None
     recalibration: RecalibrationEvidence | None = None

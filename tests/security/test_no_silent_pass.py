@@ -3,6 +3,7 @@ a user's sys.exit; now each is exit 2 with one sentence naming the layer, key or
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def bncheck(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def one_sentence(result) -> str:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "unexpected" not in result.stderr, result.stderr
     return result.stderr
 
 
@@ -75,7 +77,12 @@ FORGERIES = {
     "negative-m2": lambda m: m[f"{LAYER}/data_m2"].__setitem__(0, -5.0),
     "negative-count": lambda m: m.__setitem__(f"{LAYER}/data_count", np.array(-64)),
     "other-width": lambda m: m.update({f"{LAYER}/data_mean": np.zeros(17), f"{LAYER}/data_m2": np.ones(17)}),
+    "huge-count": lambda m: m.__setitem__(f"{LAYER}/data_count", np.array(1e300)),
+    "matrix-mean": lambda m: m.update({f"{LAYER}/data_mean": np.zeros((4, 4)), f"{LAYER}/data_m2": np.ones((4, 4))}),
+    "negative-even-count": lambda m: m.__setitem__(f"{LAYER}/even_count", np.array(-64)),
 }
+#: the field a refusal must name, where it is not data_*
+NAMED = {"negative-even-count": "even_count", "matrix-mean": "shape [4, 4]"}
 
 
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
@@ -83,9 +90,33 @@ def test_forged_shards_are_refused_by_drift_stats_and_merge(shards, forgery):
     first, second = shards
     forged = forge(second, FORGERIES[forgery])
     message = one_sentence(bncheck("drift", str(ONNX), "--stats", str(forged), cwd=forged.parent))
-    assert LAYER in message
+    assert LAYER in message and NAMED.get(forgery, "") in message
     merged = bncheck("merge", str(first), str(forged), "--out", "m.npz", cwd=forged.parent)
     assert LAYER in one_sentence(merged)
+    assert not (forged.parent / "m.npz").exists()
+
+
+META_FORGERIES = {
+    "layers-not-a-list": lambda meta: meta.update(layers="x"),
+    "channels-not-a-count": lambda meta: meta["layers"][0].update(channels=-16),
+    "ranges-not-pairs": lambda meta: meta.update(ranges=[[0, "all"]]),
+    "samples-not-a-count": lambda meta: meta.update(samples=[1]),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(META_FORGERIES))
+def test_forged_shard_metadata_is_refused(shards, forgery):
+    """The JSON beside the arrays: merge read it unchecked (TypeError, "please report it")."""
+
+    def edit(members):
+        meta = json.loads(str(members["__meta__"]))
+        META_FORGERIES[forgery](meta)
+        members["__meta__"] = np.array(json.dumps(meta))
+
+    first, second = shards
+    forged = forge(second, edit)
+    for args in (["merge", str(first), str(forged), "--out", "m.npz"], ["drift", str(ONNX), "--stats", str(forged)]):
+        assert "metadata" in one_sentence(bncheck(*args, cwd=forged.parent))
     assert not (forged.parent / "m.npz").exists()
 
 

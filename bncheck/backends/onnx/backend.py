@@ -27,9 +27,11 @@ from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import cuda_problem, executable
 from bncheck.backends.onnx.source import OnnxSource
+from bncheck.backends.onnx.staged import onnx_staged
 from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
-from bncheck.errors import ModelLoadError, UsageError
+from bncheck.backends.staged import StagedModel
+from bncheck.errors import ModelLoadError
 from bncheck.numerics.site_proof import SiteProof
 
 
@@ -57,6 +59,9 @@ class OnnxBackend(Backend):
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
         return OnnxRunner(OnnxSource(truncated_model(_proto(source), layers), path=None), layers=layers, outputs=False)
 
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        return onnx_staged(source, layers)
+
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
         return input_specs(_proto(source))
 
@@ -74,13 +79,7 @@ class OnnxBackend(Backend):
         return np.dtype("float32")
 
     def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
-        kind = output.choose_output_kind(out, to, source.format)
-        if kind != "onnx":
-            raise UsageError(
-                f"an ONNX model can only be written as ONNX (OUT .onnx or --to onnx), not {kind}: "
-                "bncheck does not convert ONNX to PyTorch formats."
-            )
-        return kind
+        return output.choose_output_kind(out, to, source.format)
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
              keep: dict[str, str] | None = None) -> FoldedModel:

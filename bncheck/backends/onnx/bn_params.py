@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bncheck.backends.onnx.graph import GraphIndex
+from bncheck.backends.onnx.graph import GraphIndex, op_registry
 
 #: (op type, input position) pairs that read only the type or shape of that input
 TYPE_ONLY_READS = {("Shape", 0), ("Size", 0), ("CastLike", 1)}
@@ -32,17 +32,8 @@ MAX_UNIFORM_DEPTH = 8
 #: op -> (index, node, depth, fallback dtype) -> the uniform value (a 0-d array) or None
 Uniform = Callable[[GraphIndex, onnx.NodeProto, int, np.dtype], np.ndarray | None]
 UNIFORM: dict[str, Uniform] = {}
-
-
-def uniform(*ops: str) -> Callable[[Uniform], Uniform]:
-    """Register how ``ops`` keep a uniform value uniform."""
-
-    def register(fn: Uniform) -> Uniform:
-        for op in ops:
-            UNIFORM[op] = fn
-        return fn
-
-    return register
+#: ``@uniform(*ops)``: register how ``ops`` keep a uniform value uniform
+uniform = op_registry(UNIFORM)
 
 
 def uniform_value(index: GraphIndex, name: str, dtype: np.dtype, depth: int = 0) -> np.ndarray | None:

@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from bncheck.backends.onnx.fold_edits import CannotFold, GraphEdits, Rewrite, bias_name
+from bncheck.backends.onnx.graph import op_registry
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.numerics import fold_math
 
@@ -19,17 +20,8 @@ from bncheck.numerics import fold_math
 Pattern = Callable[[GraphEdits, onnx.NodeProto, str, str, np.ndarray, np.ndarray, Rewrite], str]
 
 PATTERNS: dict[str, Pattern] = {}
-
-
-def pattern(*op_types: str) -> Callable[[Pattern], Pattern]:
-    """Register a pattern for producers of ``op_types``."""
-
-    def register(fn: Pattern) -> Pattern:
-        for op in op_types:
-            PATTERNS[op] = fn
-        return fn
-
-    return register
+#: ``@pattern(*op_types)``: register a pattern for producers of ``op_types``
+pattern = op_registry(PATTERNS)
 
 
 @pattern("Conv", "ConvTranspose")

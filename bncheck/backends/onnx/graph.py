@@ -4,7 +4,8 @@ who produces and who consumes each value. Shared by the ONNX inventory and the f
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -14,6 +15,24 @@ from bncheck.backends.onnx import limits
 
 #: Ops that only move or convert constants; a chain of them over constants is a constant.
 MAX_CONSTANT_DEPTH = 32
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def op_registry(table: dict[str, _F]) -> Callable[..., Callable[[_F], _F]]:
+    """A decorator factory that files a function in ``table`` under each op type it is given:
+    ``deco = op_registry(TABLE)``, then ``@deco("Conv", "ConvTranspose")`` above a function."""
+
+    def for_ops(*op_types: str) -> Callable[[_F], _F]:
+        def register(fn: _F) -> _F:
+            for op in op_types:
+                table[op] = fn
+            return fn
+
+        return register
+
+    return for_ops
 
 
 def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:

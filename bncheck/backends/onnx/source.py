@@ -14,11 +14,12 @@ from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
 from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
+from bncheck.backends.onnx.naming import check_names, check_wiring
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
 from bncheck.errors import ModelLoadError
-from bncheck.layer import BNLayer, as_float64
+from bncheck.layer import BNLayer
 
 PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
 #: Ops that read only the shape of their input, not its values.
@@ -39,12 +40,15 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {exc}).") from exc
     if not model.graph.node and not model.graph.input:
         raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
+    check_names(model, path)
+    check_wiring(model, path)
     return model
 
 
 class OnnxSource(ModelSource):
     family = "onnx"
     format = "onnx"
+    runner_class = OnnxRunner
 
     def __init__(self, model: onnx.ModelProto, *, path: Path | None):
         super().__init__(path)
@@ -83,9 +87,6 @@ class OnnxSource(ModelSource):
 
     def input_spec(self):
         return input_spec(self.model)
-
-    def runner(self, *, layers=None):
-        return OnnxRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:
@@ -137,7 +138,6 @@ class OnnxSource(ModelSource):
         missing = [label for label, v in zip(("scale", "B", "input_mean", "input_var"), values, strict=True) if v is None]
         if missing:
             notes.append("non-constant inputs: " + ", ".join(missing))
-        ref = next((v for v in (mean, scale) if v is not None), None)
         training = False
         if self.opset >= 14:
             training = bool(attrs.get("training_mode", 0))
@@ -145,21 +145,18 @@ class OnnxSource(ModelSource):
             training = True
         if attrs.get("spatial", 1) == 0:
             notes.append("spatial=0 (per-activation statistics)")
-        layer = BNLayer(
-            name=name,
-            kind="BatchNormalization",
-            num_features=int(np.asarray(ref).size) if ref is not None else 0,
+        layer = BNLayer.from_arrays(
+            name,
+            "BatchNormalization",
+            scale,
+            bias,
+            mean,
+            var,
             eps=_float32_attr(attrs.get("epsilon", ONNX_DEFAULT_EPS)),
             momentum=_float32_attr(attrs.get("momentum", ONNX_DEFAULT_MOMENTUM)),
             momentum_convention="onnx",
-            affine=True,
-            weight=as_float64(scale),
-            bias=as_float64(bias),
-            running_mean=as_float64(mean),
-            running_var=as_float64(var),
-            num_batches_tracked=None,
+            affine=True,  # scale is an input of the op, constant or not
             training=training,
-            uses_running_stats=not training and mean is not None and var is not None,
             input_name=node.input[0],
             notes=notes,
         )

@@ -23,6 +23,7 @@ from bncheck.backends.interface import (
     Statistics,
 )
 from bncheck.backends.runner import ModelRunner
+from bncheck.backends.staged import StagedModel
 from bncheck.backends.torch import execute, statistics, write
 from bncheck.backends.torch.convert import convert
 from bncheck.backends.torch.counts import node_count, parameter_count
@@ -38,6 +39,7 @@ from bncheck.backends.torch.source import (
     TorchModuleSource,
     load_torch_model,
 )
+from bncheck.backends.torch.staged import fx_staged
 from bncheck.errors import BncheckError, OutputError, UsageError, first_line
 from bncheck.numerics.site_proof import SiteProof
 
@@ -62,6 +64,9 @@ class TorchBackend(Backend):
 
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
         return TorchRunner(source, layers=layers, stop_after=True)
+
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        return fx_staged(source, layers)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         if not isinstance(source, ExportSource):
@@ -111,13 +116,7 @@ class TorchBackend(Backend):
     def output_kind(self, source: ModelSource, out: Path | None, to: str | None) -> str:
         if isinstance(source, StateDictSource):
             raise UsageError(NEEDS_ARCH)
-        kind = output.choose_output_kind(out, to, source.format)
-        if source.format == "torchscript" and kind != "torchscript":
-            raise UsageError(
-                f"a TorchScript model can only be written as TorchScript (OUT .ts/.pt or --to torchscript), not {kind}: "
-                "it leaves no module structure to convert; use the state dict with --arch to get other formats."
-            )
-        return kind
+        return output.choose_output_kind(out, to, source.format)
 
     def fold(self, source: ModelSource, kind: str, *, affine: bool, example: Batch | None,
              keep: dict[str, str] | None = None) -> FoldedModel:

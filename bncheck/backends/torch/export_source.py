@@ -12,7 +12,7 @@ from bncheck.backends.torch.inventory import apply_producer
 from bncheck.backends.torch.ops import EXPORT_BN_OPS
 from bncheck.backends.torch.producers import Producer, producer_call
 from bncheck.backends.torch.runner import TorchRunner
-from bncheck.layer import BNLayer, as_float64
+from bncheck.layer import BNLayer
 
 #: Ops a decomposed frozen BN may apply to running_var before adding eps.
 _EXPORT_VIEW_OPS = ("aten.reshape.default", "aten.view.default", "aten.unsqueeze.default")
@@ -23,6 +23,7 @@ class ExportSource(ModelSource):
 
     family = "torch"
     format = "export"
+    runner_class = TorchRunner
 
     def __init__(self, program, *, path: Path | None):
         super().__init__(path)
@@ -33,9 +34,6 @@ class ExportSource(ModelSource):
 
     def input_spec(self):
         return export_input_spec(self.program)
-
-    def runner(self, *, layers=None):
-        return TorchRunner(self, layers=layers)
 
     def _tensor(self, node) -> Any:
         if getattr(node, "op", None) != "placeholder":
@@ -77,21 +75,8 @@ class ExportSource(ModelSource):
             stack = node.meta.get("nn_module_stack") or {}
             name = list(stack.values())[-1][0] if stack else (fqn.rsplit(".", 1)[0] if fqn else node.name)
             kind = list(stack.values())[-1][1].rsplit(".", 1)[-1] if stack else "batch_norm"
-            ref = next((t for t in (mean, weight) if t is not None), None)
-            layer = BNLayer(
-                name=name,
-                kind=kind,
-                num_features=int(ref.numel()) if ref is not None else 0,
-                eps=float(get(ieps)) if get(ieps) is not None else None,
-                momentum=float(get(imom)) if isinstance(get(imom), (int, float)) else None,
-                affine=weight is not None,
-                weight=as_float64(weight),
-                bias=as_float64(bias),
-                running_mean=as_float64(mean),
-                running_var=as_float64(var),
-                training=training,
-                uses_running_stats=mean is not None and var is not None and not training,
-                input_name=node.name,
+            layer = BNLayer.from_arrays(
+                name, kind, weight, bias, mean, var, eps=get(ieps), momentum=get(imom), training=training, input_name=node.name
             )
             nbt = self.program.state_dict.get(f"{name}.num_batches_tracked")
             if nbt is not None and nbt.numel() == 1:
@@ -148,20 +133,16 @@ class ExportSource(ModelSource):
                     break
             mean, var = state[key], state[f"{prefix}.running_var"]
             weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
-            layer = BNLayer(
-                name=prefix,
-                kind=kind,
-                num_features=int(mean.numel()),
+            layer = BNLayer.from_arrays(
+                prefix,
+                kind,
+                weight,
+                bias,
+                mean,
+                var,
                 eps=eps,
                 momentum=None,
                 momentum_convention="unknown",
-                affine=weight is not None,
-                weight=as_float64(weight),
-                bias=as_float64(bias),
-                running_mean=as_float64(mean),
-                running_var=as_float64(var),
-                training=None,
-                uses_running_stats=True,
                 assumed=[] if eps is not None else ["eps"],
                 notes=["frozen BN (always uses its stored statistics)"],
             )

@@ -10,7 +10,7 @@ import torch
 
 from bncheck.backends.torch.producers import Producer
 from bncheck.backends.torch.tensors import is_uninitialized
-from bncheck.layer import BNLayer, as_float64
+from bncheck.layer import BNLayer
 
 BN_CLASS_NAMES = {
     "BatchNorm1d",
@@ -104,18 +104,17 @@ def layer_from_module(name: str, module) -> BNLayer:
     training = bool(module.training) if is_std_bn else None
     if training is None and kind not in BN_CLASS_NAMES:
         notes.append("frozen BN (always uses its stored statistics)")
-    return BNLayer(
-        name=name,
-        kind=kind,
+    return BNLayer.from_arrays(
+        name,
+        kind,
+        weight,
+        bias,
+        mean,
+        var,
         num_features=num_features,
-        eps=float(eps) if eps is not None else None,
-        momentum=float(momentum) if isinstance(momentum, (int, float)) else None,
+        eps=eps,
+        momentum=momentum,
         momentum_convention="pytorch" if is_std_bn else "unknown",
-        affine=weight is not None,
-        weight=as_float64(weight),
-        bias=as_float64(bias),
-        running_mean=as_float64(mean),
-        running_var=as_float64(var),
         num_batches_tracked=int(nbt.item()) if nbt is not None and nbt.numel() == 1 else None,
         training=training,
         uses_running_stats=bool(track) and mean is not None and var is not None,
@@ -156,20 +155,9 @@ def functional_layers(module, functional) -> list[BNLayer]:
         mean = tensors.get(call.running_mean) if call.running_mean else None
         var = tensors.get(call.running_var) if call.running_var else None
         weight = tensors.get(call.weight) if call.weight else None
-        ref = next((t for t in (mean, weight) if t is not None), None)
-        layer = BNLayer(
-            name=call.name,
-            kind="functional batch_norm",
-            num_features=int(ref.numel()) if ref is not None else 0,
-            eps=call.eps,
-            momentum=call.momentum,
-            affine=weight is not None,
-            weight=as_float64(weight),
-            bias=as_float64(tensors.get(call.bias) if call.bias else None),
-            running_mean=as_float64(mean),
-            running_var=as_float64(var),
-            training=call.training,
-            uses_running_stats=mean is not None and var is not None and not call.training,
+        bias = tensors.get(call.bias) if call.bias else None
+        layer = BNLayer.from_arrays(
+            call.name, "functional batch_norm", weight, bias, mean, var, eps=call.eps, momentum=call.momentum, training=call.training
         )
         apply_producer(layer, call.producer, "")
         out.append(layer)

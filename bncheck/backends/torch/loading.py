@@ -61,6 +61,10 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
             warnings.simplefilter("ignore")
             # mmap: tensors are read on first use (copy-on-write), so a large checkpoint costs
             # little more than its BN tensors; only the zip format supports it
+            if str(path).endswith(".safetensors"):
+                # bncheck read torch.save bytes; torch.load would read the path as safetensors by its name
+                with open(path, "rb") as handle:
+                    return torch.load(handle, map_location="cpu", weights_only=not trust_pickle)
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
         if not trust_pickle and "global" in str(exc).lower():  # weights_only refused a class
@@ -120,30 +124,52 @@ def _load_archive(path: Path, check, load, what: str):
     """Inspect the archive (unless trusted), then load it; a loader failure is one sentence."""
     if check is not None:
         check(path)
+    logged: list[BaseException] = []
     try:
-        with quiet_torch_logs():
+        with quiet_torch_logs(logged):
             return load()
     except Exception as exc:
+        # torch.export logs the real error and raises "check the warnings above": say the real one
+        cause = logged[-1] if logged else exc
+        while cause.__cause__ is not None:  # "Failed deserializing node Node(...)" from the real reason
+            cause = cause.__cause__
         raise ModelLoadError(
-            f"{path} cannot be loaded as {what} ({first_line(exc)}); it may be damaged or saved by a newer PyTorch."
+            f"{path} cannot be loaded as {what} ({first_line(cause)}); it may be damaged or saved by a newer PyTorch."
         ) from exc
 
 
+class _Keep(logging.Handler):
+    """Keeps the exceptions that log records carry (``log.warning(..., exc_info=True)``)."""
+
+    def __init__(self, into: list[BaseException]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.into.append(record.exc_info[1])
+
+
 @contextlib.contextmanager
-def quiet_torch_logs():
+def quiet_torch_logs(logged: list[BaseException] | None = None):
     """Keep torch's own warnings and logged tracebacks off stderr (the error says it in one
-    sentence); ``--debug`` output is unaffected because it prints the exception itself."""
+    sentence, with the logged exception appended to ``logged``); ``--debug`` output is
+    unaffected because it prints the exception itself."""
     loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.propagate, logger.handlers) for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logger.handlers = [_Keep(logged if logged is not None else [])]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
+        for logger, (level, propagate, handlers) in zip(loggers, saved, strict=True):
             logger.setLevel(level)
+            logger.propagate = propagate
+            logger.handlers = handlers
 
 
 def is_tensor_mapping(obj: Any) -> bool:

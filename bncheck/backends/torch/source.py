@@ -32,7 +32,7 @@ from bncheck.backends.torch.loading import (
 from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.state_checks import check_bn_entries
 from bncheck.errors import ModelLoadError, UsageError, first_line
-from bncheck.layer import BNLayer, as_float64
+from bncheck.layer import BNLayer
 
 #: Why a bare state dict cannot be run.
 NEEDS_ARCH = (
@@ -78,6 +78,7 @@ class TorchModuleSource(ModelSource):
     """An ``nn.Module`` (eager or TorchScript) with its BN modules and their producers."""
 
     family = "torch"
+    runner_class = TorchRunner
 
     def __init__(self, module, *, path: Path | None, format: str):
         super().__init__(path)
@@ -93,9 +94,6 @@ class TorchModuleSource(ModelSource):
         if self.format == "torchscript":
             return script_input_spec(self.module)
         return module_input_spec(self.module)
-
-    def runner(self, *, layers=None):
-        return TorchRunner(self, layers=layers)
 
     def bn_layers(self) -> list[BNLayer]:
         if self._layers is None:
@@ -180,21 +178,17 @@ class StateDictSource(ModelSource):
             weight = self.state.get(prefix + ".weight")
             nbt = self.state.get(prefix + ".num_batches_tracked")
             layers.append(
-                BNLayer(
-                    name=prefix,
-                    kind="BatchNorm" if nbt is not None else "FrozenBatchNorm",
-                    num_features=int(mean.numel()),
+                BNLayer.from_arrays(
+                    prefix,
+                    "BatchNorm" if nbt is not None else "FrozenBatchNorm",
+                    weight,
+                    self.state.get(prefix + ".bias"),
+                    mean,
+                    var,
                     eps=DEFAULT_EPS,
                     momentum=DEFAULT_MOMENTUM if nbt is not None else None,
                     momentum_convention="pytorch" if nbt is not None else "unknown",
-                    affine=weight is not None,
-                    weight=as_float64(weight),
-                    bias=as_float64(self.state.get(prefix + ".bias")),
-                    running_mean=as_float64(mean),
-                    running_var=as_float64(var),
                     num_batches_tracked=int(nbt.item()) if nbt is not None and nbt.numel() == 1 else None,
-                    training=None,
-                    uses_running_stats=True,
                     foldable=None,
                     fold_reason="unknown without --arch",
                     assumed=["eps", "momentum"] if nbt is not None else ["eps"],
