@@ -25,6 +25,7 @@ from bncheck.numerics.site_proof import SiteProof, unproved
 
 if TYPE_CHECKING:
     from bncheck.backends.runner import ModelRunner
+    from bncheck.backends.staged import StagedModel
 
 #: layer name -> (running_mean, running_var) as float64 arrays
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -252,6 +253,12 @@ class Backend(ABC):
     def cuda_problem(self, index: int) -> str | None:
         """Why this family's runtime cannot run on CUDA device ``index`` (None: it can)."""
         return "this model family runs on the CPU only"
+
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        """``source`` cut before every level of the BN ``layers`` (see
+        :mod:`bncheck.backends.staged`), or ``(None, why it cannot be)``: ``recalibrate
+        --method exact`` then iterates whole-model passes instead."""
+        return None, f"{self.family or 'this'} models are not cut into segments"
 
     @abstractmethod
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:

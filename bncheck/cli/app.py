@@ -124,7 +124,7 @@ def fold(
         typer.Option("--input-shape", help="Input shape for random verification inputs, e.g. 1,3,224,224 (';' between inputs)."),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option("--samples", help="Verification samples (default: 8 random, or the first 256 of DATA).")
+        int | None, typer.Option("--samples", help="Verification samples (default: 2 random, or the first 256 of DATA).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for DATA.")] = 32,
     atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-4; 1e-2 for float16).")] = None,

@@ -102,6 +102,9 @@ class RecalibrateOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
     #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
     device: str = "cpu"
+    #: exact: MiB of activations kept between the levels of the layer-by-layer estimate
+    #: (batches beyond it are read from DATA again; 0 keeps none)
+    cache_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -122,6 +125,8 @@ class RecalibrateOptions:
             raise UsageError("--holdout must be in [0, 1) (the fraction of DATA held out for the guard; 0 turns it off).")
         if self.tolerance <= 0:
             raise UsageError("--tolerance must be positive.")
+        if self.cache_mb < 0:
+            raise UsageError("--cache-mb must be 0 or more (MiB of activations kept between levels).")
 
 
 def recalibrate(
@@ -197,6 +202,7 @@ def _recalibrate(
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if split is None and options.holdout is None:
         report.notes.append(f"no held-out check of the result: --engine {engine.name} reads no split (--engine local holds one out)")
+    report.notes.extend(est.notes)
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.backends.load import backend_for
 from bncheck.commands.progress import step
+from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines import PassRequest
 from bncheck.engines.measure import Measurement, add_bounded
 from bncheck.errors import BncheckError
@@ -160,7 +162,8 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
     first: dict[str, Moments] = {}
     samples_cap = None
     samples = 0
-    if set(names) >= set(all_layers) and options.batch_size >= 2:
+    staged, why = _staged(source, session, names)
+    if (options.precision or staged is None) and set(names) >= set(all_layers) and options.batch_size >= 2:
         advance = step("pass 1: train-mode statistics", total=session.num_samples)
         merged = session.measure(PassRequest(names, options.batch_size, mode="train", split=split, until=until), on_batch=advance)
         check_measured(merged.moments)
@@ -170,8 +173,15 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         measured = {n: population(m, options.variance) for n, m in merged.moments.items() if n in names and m.count}
         stats = _blended(measured, stored, options.prior, merged.samples)
         history.append({"pass": 1, "mode": "train", "movement": None})
-    else:
+    elif staged is None:
         stats = {n: (stored[n][0].copy(), stored[n][1].copy()) for n in names}
+    notes = [] if staged is not None else [f"exact: whole-model passes until the estimate settles ({why})"]
+    if staged is not None:
+        with staged:
+            done = estimate_staged(staged, session, options, split, samples_cap, stored, lambda m: population(m, options.variance))
+        stats = {n: done.stats.get(n, stored[n]) for n in names}
+        first, samples = first or done.moments, done.samples
+        history.append({"pass": len(history) + 1, "mode": "staged", "movement": None, **done.record})
     last, converged = None, False
     while len(history) < options.max_passes:
         watch = tracker(source, None) if until is not None else None
@@ -196,5 +206,13 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         last = None  # `stats` is the newest estimate, not the one the last pass ran with
     return Estimate(
         stats=stats, samples=samples, batches=-(-samples // options.batch_size), passes=history, first=first, last=last,
-        converged=converged, precision=until.reached() if until is not None else None,
+        converged=converged, precision=until.reached() if until is not None else None, notes=notes,
     )  # fmt: skip
+
+
+def _staged(source: ModelSource, session, names: list[str]):
+    """The model cut into level segments (:mod:`bncheck.commands.recalibrate_staged`), or
+    (None, why not): the engine must read DATA in this process, the backend must cut it."""
+    if not hasattr(session, "batches"):
+        return None, "the engine's passes do not run in this process"
+    return backend_for(source).staged(source, names)

@@ -25,7 +25,7 @@ import numpy as np
 from bncheck.numerics.verify import ErrorAccumulator
 
 #: samples in a site proof's random input
-PROOF_BATCH = 2
+PROOF_BATCH = 1
 #: producer kinds a site proof knows how to feed
 PROOF_KINDS = ("conv", "convtranspose", "linear", "matmul")
 

@@ -21,12 +21,14 @@ DriftFigures = dict[str, Any]
 DataRecord = dict[str, Any]
 
 
+@dataclass(kw_only=True)
 class CommandResult:
     """What every result answers (the defaults fit a result without the figure asked for)."""
 
     #: the top-level report key whose presence means a saved report carries this result
     key: ClassVar[str] = ""
-    data: DataRecord | None
+    #: the DATA the command read (None without DATA)
+    data: DataRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -40,13 +42,12 @@ class CommandResult:
         return None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DriftResult(CommandResult):
     """``bncheck drift``: per-layer figures and the run-level analyses."""
 
     key: ClassVar[str] = "drift"
 
-    data: DataRecord | None
     #: per measured layer, its drift figures
     layers: dict[str, DriftFigures]
     first_drifting_layer: str | None
@@ -130,7 +131,7 @@ class VerificationInputs:
         return None if data is None else cls(data["origin"], data.get("shapes"), data.get("why", ""))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult(CommandResult):
     """``bncheck fold``: the verification, the fold figures, each layer's outcome and the
     proof of each folded site on its own."""
@@ -142,7 +143,6 @@ class FoldResult(CommandResult):
     figures: dict[str, Any]
     #: per layer, its outcome: status (folded, affine, kept), into, reason
     outcomes: dict[str, dict[str, Any]]
-    data: DataRecord | None = None
     #: per proved layer (folded, or kept because its proof failed), its site proof
     site_proofs: dict[str, SiteProof] = field(default_factory=dict)
     #: the inputs whole-model verification used
@@ -202,13 +202,12 @@ class LayerRecalibration:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RecalibrationResult(CommandResult):
     """``bncheck recalibrate``: method, passes, output, accuracy and per-layer before/after."""
 
     key: ClassVar[str] = "recalibration"
 
-    data: DataRecord | None
     #: method, variance, layers, passes, tolerance, output, accuracy (the "recalibration" record)
     summary: dict[str, Any]
     layers: dict[str, LayerRecalibration] = field(default_factory=dict)

@@ -182,7 +182,7 @@ def test_time_major_torchscript_through_the_cli(tmp_path):
     assert "top1_agreement" not in none and none["relative_error"] == pytest.approx(te["relative_error"], rel=1e-6)
 
 
-@pytest.mark.parametrize(("value", "message"), [("classes", "--class-axis must be auto, none or an axis"), ("1", "batch axis")])
+@pytest.mark.parametrize(("value", "message"), [("classes", "--class-axis: must be auto, none or an axis"), ("1", "batch axis")])
 def test_bad_class_axis_exits_2_with_one_sentence(tmp_path, value, message):
     model = _time_major()
     path = tmp_path / "crnn.ts"

@@ -33,11 +33,11 @@ def test_fold_writes_out_and_reports_verification(cli, digits, tmp_path):
     assert set(report["verification"]) == {"inputs", "samples", "max_abs_err", "max_rel_err", "passed", "inputs_used"}
     assert report["verification"]["passed"] is True and report["verification"]["inputs"] == "random"
     assert report["verification"]["inputs_used"] == {
-        "origin": "graph", "shapes": [[8, 1, 8, 8]], "why": "static input shapes declared by the model"
+        "origin": "graph", "shapes": [[2, 1, 8, 8]], "why": "static input shapes declared by the model"
     }
     assert report["fold"]["site_proofs"] == {"passed": 3, "failed": 0, "not_proved": 0}
     proofs = [layer["fold"]["site_proof"] for layer in report["layers"]]
-    assert [p["input_shape"] for p in proofs] == [[2, 1, 4, 4], [2, 16, 4, 4], [2, 512]]
+    assert [p["input_shape"] for p in proofs] == [[1, 1, 4, 4], [1, 16, 4, 4], [1, 512]]
     assert all(p["passed"] and 0 <= p["max_rel_err"] < 1e-5 for p in proofs)
     assert report["fold"]["layers_folded"] == 3 and report["fold"]["layers_kept"] == 0
     assert report["fold"]["nodes"] == {"before": 12, "after": 9}
@@ -115,7 +115,7 @@ def test_state_dict_needs_arch_but_no_input_shape(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = _json(result)
     used = report["verification"]["inputs_used"]
-    assert used["origin"] == "inferred" and used["shapes"] == [[8, 1, 8, 8]], used
+    assert used["origin"] == "inferred" and used["shapes"] == [[2, 1, 8, 8]], used
     assert "first layer" in used["why"]
     assert report["fold"]["layers_folded"] == 3 and report["fold"]["site_proofs"]["passed"] == 3
     result = cli("fold", SAMPLES / "digits_cnn.ts", "--out", tmp_path / "f.onnx", "--input-shape", "2,1,8,8")

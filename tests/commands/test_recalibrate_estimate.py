@@ -108,14 +108,59 @@ def test_exact_writes_what_the_written_model_sees_to_1e_4_per_channel(setup, pri
     report = bncheck.recalibrate(state, data, tmp / "t.pt", arch=spec, options=_opts(prior=prior))
     summary = report.result.summary
     assert summary["converged"] and summary["passes"][-1]["movement"] <= 1e-4
+    # level by level in one read of DATA (8 levels: a chain of 8 BN layers), then one pass of the written model
+    assert summary["passes"][0]["mode"] == "staged" and summary["passes"][0]["levels"] == 8
+    assert summary["passes"][0]["data_reads"] == 1 and summary["estimation_passes"] == 2
     assert _worst(_load(tmp / "t.pt", spec), x, prior, stored) <= 1.2e-4
     onnx_path = _export(model, x, tmp / "m.onnx")
-    bncheck.recalibrate(onnx_path, data, tmp / "o.onnx", options=_opts(prior=prior))
+    onnx_report = bncheck.recalibrate(onnx_path, data, tmp / "o.onnx", options=_opts(prior=prior))
+    assert [p["mode"] for p in onnx_report.result.summary["passes"]] == ["staged", "eval"]
     assert _worst(_into(model, _onnx_stats(tmp / "o.onnx")), x, prior, stored) <= 1.2e-4
-    # the old stopping rule (mean |z| 1e-3) would have stopped a pass earlier, short of this
-    loose = bncheck.recalibrate(state, data, tmp / "l.pt", arch=spec, options=_opts(prior=prior, tolerance=3e-2))
-    assert _worst(_load(tmp / "l.pt", spec), x, prior, stored) > 1.2e-4
-    assert loose.result.summary["estimation_passes"] < summary["estimation_passes"]
+    # TorchScript has no torch.fx graph to cut: whole-model passes until the estimate settles,
+    # to the same bound; the old stopping rule (mean |z| 1e-3) would have stopped short of it
+    script = tmp / "m.ts"
+    torch.jit.script(model).save(str(script))
+    fixed = bncheck.recalibrate(script, data, tmp / "f.ts", options=_opts(prior=prior))
+    assert fixed.result.summary["passes"][0]["mode"] == "train" and any("whole-model passes" in n for n in fixed.notes)
+    assert fixed.result.summary["estimation_passes"] > summary["estimation_passes"]
+    assert _worst(_scripted(tmp / "f.ts", model), x, prior, stored) <= 1.2e-4
+    loose = bncheck.recalibrate(script, data, tmp / "l.ts", options=_opts(prior=prior, tolerance=3e-2))
+    assert _worst(_scripted(tmp / "l.ts", model), x, prior, stored) > 1.2e-4
+    assert loose.result.summary["estimation_passes"] < fixed.result.summary["estimation_passes"]
+
+
+def _scripted(path, model):
+    """``model`` carrying the statistics of a written TorchScript file."""
+    model = copy.deepcopy(model)
+    model.load_state_dict(torch.jit.load(str(path)).state_dict())
+    return model
+
+
+@pytest.mark.parametrize("family", ["torch", "onnx"])
+def test_exact_with_a_small_cache_reads_data_again_and_writes_the_same(setup, family):  # noqa: F811
+    model, spec, state, x, data, tmp = setup
+    path, kw = (state, {"arch": spec}) if family == "torch" else (_export(model, x, tmp / "m.onnx"), {})
+    suffix = ".pt" if family == "torch" else ".onnx"
+    whole = bncheck.recalibrate(path, data, tmp / f"w{suffix}", options=_opts(), **kw)
+    # 0.1 MiB keeps one batch of 32 (8 x 8 x 8 floats a sample = 64 KiB): three of four are read again
+    small = bncheck.recalibrate(path, data, tmp / f"s{suffix}", options=_opts(cache_mb=0.1), **kw)
+    none = bncheck.recalibrate(path, data, tmp / f"n{suffix}", options=_opts(cache_mb=0), **kw)
+    assert whole.result.summary["passes"][0]["data_reads"] == 1
+    assert small.result.summary["passes"][0]["batches_kept"] == 1
+    assert small.result.summary["passes"][0]["cache_peak_bytes"] <= 0.1 * 2**20
+    assert none.result.summary["passes"][0]["data_reads"] == 8 and none.result.summary["passes"][0]["cache_peak_bytes"] == 0
+    stats = [_stats_of(tmp / f"{tag}{suffix}", spec, family) for tag in "wsn"]
+    for other in stats[1:]:
+        for (m0, v0), (m1, v1) in zip(stats[0], other, strict=True):
+            np.testing.assert_allclose(m1, m0, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    assert _worst(_into(model, stats[1]), x) <= 1.2e-4
+
+
+def _stats_of(path, spec, family):
+    if family == "onnx":
+        return [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in _onnx_stats(path)]
+    return [(b.running_mean.double().numpy(), b.running_var.double().numpy()) for b in _bn(_load(path, spec)).values()]
 
 
 PLAIN_ARCH = '''

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bncheck.numerics.site_proof import ProducerGeometry, judge, random_input
+from bncheck.numerics.site_proof import PROOF_BATCH, ProducerGeometry, judge, random_input
 
 torch = pytest.importorskip("torch")
 
@@ -29,7 +29,7 @@ def test_input_shape_is_accepted_by_torch(module, transposed):
     )
     x = random_input(geometry)
     out = module.double()(torch.from_numpy(x))
-    assert out.numel() > 0 and x.shape[0] == 2
+    assert out.numel() > 0 and x.shape[0] == PROOF_BATCH
 
 
 def test_judge_passes_and_fails_on_the_whole_model_criterion():

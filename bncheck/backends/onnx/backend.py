@@ -27,8 +27,10 @@ from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import cuda_problem, executable
 from bncheck.backends.onnx.source import OnnxSource
+from bncheck.backends.onnx.staged import onnx_staged
 from bncheck.backends.onnx.truncate import truncated_model
 from bncheck.backends.runner import ModelRunner
+from bncheck.backends.staged import StagedModel
 from bncheck.errors import ModelLoadError
 from bncheck.numerics.site_proof import SiteProof
 
@@ -56,6 +58,9 @@ class OnnxBackend(Backend):
 
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
         return OnnxRunner(OnnxSource(truncated_model(_proto(source), layers), path=None), layers=layers, outputs=False)
+
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        return onnx_staged(source, layers)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
         return input_specs(_proto(source))

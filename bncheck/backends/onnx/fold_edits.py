@@ -131,15 +131,23 @@ class GraphEdits:
         self._drop_stale_value_info()
 
     def _swap_initializers(self) -> None:
+        """Replace the dropped initializers by their new values and add the new ones, in place:
+        the untouched initializers (most of the model's bytes) are never copied."""
         graph = self.graph
-        inits = [i for i in graph.initializer if i.name not in self.dropped_initializers]
         declared_inputs = {v.name for v in graph.input}
         as_inputs = self.is_main and (
             self.model.ir_version < 4
             or (len(graph.initializer) > 0 and all(i.name in declared_inputs for i in graph.initializer))
         )
-        del graph.initializer[:]
-        graph.initializer.extend(inits + self.new_initializers)
+        replacing = {i.name: i for i in self.new_initializers if i.name in self.dropped_initializers}
+        positions = [k for k, init in enumerate(graph.initializer) if init.name in self.dropped_initializers]
+        for k in reversed(positions):
+            new = replacing.get(graph.initializer[k].name)
+            if new is not None:
+                graph.initializer[k].CopyFrom(new)
+            else:
+                del graph.initializer[k]
+        graph.initializer.extend(i for i in self.new_initializers if i.name not in replacing)
         listed = {v.name: i for i, v in enumerate(graph.input)}
         for init in self.new_initializers:
             declared = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
@@ -200,9 +208,9 @@ def bias_name(weight_name: str | None, label: str) -> str:
 
 
 def _remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
-    inits = [i for i in graph.initializer if i.name not in names]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    """Delete the initializers (and graph inputs) named ``names`` in place (no copy of the rest)."""
+    for k in reversed([k for k, init in enumerate(graph.initializer) if init.name in names]):
+        del graph.initializer[k]
     inputs = [v for v in graph.input if v.name not in names]
     del graph.input[:]
     graph.input.extend(inputs)

@@ -12,7 +12,7 @@ from bncheck.backends.onnx.graph import value_types
 from bncheck.errors import UsageError
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Every value a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
     names: set[str] = set()
     for attr in node.attribute:
@@ -23,7 +23,7 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
                 local.update(inner.output)
             for inner in graph.node:
                 names.update(v for v in inner.input if v and v not in local)
-                names.update(v for v in _subgraph_inputs(inner) if v not in local)
+                names.update(v for v in subgraph_inputs(inner) if v not in local)
     return names
 
 
@@ -51,7 +51,7 @@ def truncated_model(model: onnx.ModelProto, layers: list[str]) -> onnx.ModelProt
         keep.add(index)
         node = graph.node[index]
         stack.extend(v for v in node.input if v)
-        stack.extend(_subgraph_inputs(node))
+        stack.extend(subgraph_inputs(node))
     nodes = [graph.node[i] for i in sorted(keep)]
     used = seen | {v for node in nodes for v in node.input}
     # one scalar output (the mean of the first layer's output): the runner observes the BN

@@ -23,6 +23,7 @@ from bncheck.backends.interface import (
     Statistics,
 )
 from bncheck.backends.runner import ModelRunner
+from bncheck.backends.staged import StagedModel
 from bncheck.backends.torch import execute, statistics, write
 from bncheck.backends.torch.convert import convert
 from bncheck.backends.torch.counts import node_count, parameter_count
@@ -38,6 +39,7 @@ from bncheck.backends.torch.source import (
     TorchModuleSource,
     load_torch_model,
 )
+from bncheck.backends.torch.staged import fx_staged
 from bncheck.errors import BncheckError, OutputError, UsageError, first_line
 from bncheck.numerics.site_proof import SiteProof
 
@@ -62,6 +64,9 @@ class TorchBackend(Backend):
 
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
         return TorchRunner(source, layers=layers, stop_after=True)
+
+    def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        return fx_staged(source, layers)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         if not isinstance(source, ExportSource):

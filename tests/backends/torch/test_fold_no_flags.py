@@ -64,7 +64,7 @@ def test_crepe_tiny_without_flags_says_fed_by_relu(cli, tmp_path):
     result = cli("fold", path, "--arch", f"{ARCH / 'crepe.py'}:tiny", "--out", tmp_path / "c.pt2", "-f", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _report(result)
-    assert report["verification"]["inputs_used"]["shapes"] == [[8, 1024]]
+    assert report["verification"]["inputs_used"]["shapes"] == [[2, 1024]]
     reasons = {layer["fold"]["reason"] for layer in report["layers"]}
     assert reasons == {"fed by relu, not by a conv/linear"}
     assert not any("could not trace" in n for n in report["notes"] + report["model"].get("notes", []))
@@ -100,7 +100,7 @@ def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp
     assert report["verification"]["inputs"] == "none" and report["verification"]["inputs_used"]["origin"] == "none"
     assert "--input-shape" in report["verification"]["inputs_used"]["why"]
     proofs = {layer["name"]: layer["fold"]["site_proof"] for layer in report["layers"]}
-    assert proofs["b"]["input_shape"] == [2, 3, 4, 4] and proofs["bt"]["input_shape"][:2] == [2, 4]
+    assert proofs["b"]["input_shape"] == [1, 3, 4, 4] and proofs["bt"]["input_shape"][:2] == [1, 4]
     assert all(p["passed"] and p["max_rel_err"] < 1e-6 for p in proofs.values())
     assert (tmp_path / "f.safetensors").exists()
     needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.pt2")

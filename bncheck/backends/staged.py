@@ -1,0 +1,67 @@
+"""A model run one segment at a time, for ``recalibrate --method exact``'s layer-by-layer
+estimate (see :mod:`bncheck.numerics.stages` for the cut and
+:mod:`bncheck.commands.recalibrate_staged` for the passes).
+
+A *frontier* is what flows between segments: ``{value: array or tensor}``, the values of
+``plan.frontiers[k]`` of one batch. ``start`` runs segment 0 on a data batch and gives the
+frontier of level 1; ``advance(k, f)`` runs segment ``k`` (the level-``k`` BN layers with the
+statistics given to :meth:`set_statistics`, and what follows them up to the next level's
+inputs); ``moments(k, f)`` are the per-channel moments of the level-``k`` layers' inputs in
+that frontier, exactly as a runner observes them (float64 merges, two-pass per batch).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from bncheck.errors import DataError, first_line
+from bncheck.numerics.moments import Moments
+from bncheck.numerics.stages import StagePlan
+
+Frontier = dict[Any, Any]
+
+
+class StagedModel(ABC):
+    """A model cut into the segments of a :class:`StagePlan`; a context manager."""
+
+    plan: StagePlan
+
+    @abstractmethod
+    def set_statistics(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """The running statistics the BN layers named in ``stats`` normalise with from now on."""
+
+    @abstractmethod
+    def start(self, x: np.ndarray) -> Frontier:
+        """Segment 0 on the batch ``x``: the frontier of level 1."""
+
+    @abstractmethod
+    def advance(self, k: int, frontier: Frontier) -> Frontier:
+        """Segment ``k`` (1 <= k < depth) on ``frontier`` (level ``k``'s): level ``k + 1``'s."""
+
+    @abstractmethod
+    def moments(self, k: int, frontier: Frontier) -> dict[str, Moments]:
+        """Per-channel moments of the inputs of the level-``k`` layers in ``frontier``."""
+
+    @abstractmethod
+    def nbytes(self, frontier: Frontier) -> int:
+        """Memory the frontier holds (each distinct array once)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the runtime; idempotent."""
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_failed(exc: BaseException, x) -> DataError:
+    """The error for a batch the first segment cannot run on (a bad shape or type)."""
+    return DataError(
+        f"the model cannot run on a batch of shape {tuple(np.shape(x))} ({first_line(exc)}); check the data and its preprocessing options."
+    )
