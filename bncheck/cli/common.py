@@ -116,6 +116,11 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def one_line(message: str) -> str:
+    """A refusal is one line on stderr, even when it quotes a library's multi-line message."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def handle_errors(func):
     """Turn BncheckError into one line on stderr and exit 2; unexpected errors too (with the
     traceback only under --debug)."""
@@ -129,7 +134,7 @@ def handle_errors(func):
         except BncheckError as exc:
             if State.debug:
                 traceback.print_exc()
-            err(f"error: {exc}")
+            err(f"error: {one_line(str(exc))}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err("error: interrupted.")

@@ -204,7 +204,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     """The per-layer drift and, on the kept subsample, the analyses the drift rules judge. An
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
-    check_measured(result.moments)
+    check_measured(result.moments, layers)
     halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None or result.halves is not None else None
     drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples, halves)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bncheck.data.arrays import LABEL_KEYS
-from bncheck.errors import DataError
+from bncheck.errors import DataError, first_line
 
 
 @dataclass
@@ -92,7 +92,9 @@ def read_label_file(path: str | Path) -> Labels:
     except PermissionError as exc:
         raise DataError(f"cannot read labels file {path}: permission denied; check its permissions.") from exc
     except Exception as exc:  # noqa: BLE001 - ParserError, UnicodeDecodeError, OSError
-        raise DataError(f"cannot read labels file {path} as CSV ({exc}).") from exc
+        raise DataError(
+            f"cannot read labels file {path} as CSV ({first_line(exc)}); --labels takes a CSV with one label per sample."
+        ) from exc
     header = [str(v).strip() for v in table.iloc[0].tolist()]
     if table.shape[1] == 1:
         column = table.iloc[:, 0].astype(str).str.strip().tolist()

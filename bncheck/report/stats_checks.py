@@ -7,7 +7,7 @@ and the field, never a silent pass or a numpy warning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +110,29 @@ def check_same_width(path: Path, name: str, have: Moments, other: Moments) -> No
         )
 
 
-def check_measured(moments: Mapping[str, Moments]) -> None:
+def check_measured(moments: Mapping[str, Moments], layers: Sequence[Any] = ()) -> None:
     """Statistics a data pass measured are finite; otherwise the data overflowed inside the
-    model (e.g. values near the float32 limit), and every figure would be NaN."""
+    model (e.g. values near the float32 limit), or one of ``layers`` (BN layers with
+    ``running_mean``/``running_var``) normalises with non-finite stored statistics, and every
+    figure would be NaN."""
     for name, m in moments.items():
         with np.errstate(all="ignore"):
             bad = ~(np.isfinite(m.mean) & np.isfinite(m.m2))
         if m.count and bad.any():
+            stored = next((layer.name for layer in layers if not _finite_stored(layer)), None)
+            if stored is not None:
+                raise DataError(
+                    f"BN layer {stored} stores non-finite running statistics (NaN or Inf), so the layers "
+                    f"after it measure NaN (first {name}); see bncheck audit, then recalibrate or re-export the model."
+                )
             raise DataError(
                 f"the statistics measured at BN layer {name} are not finite (NaN or Inf at channel "
                 f"{int(np.argmax(bad))}): the data overflowed inside the model; check its scale and "
                 "preprocessing (--scale, --mean, --std)."
             )
+
+
+def _finite_stored(layer: Any) -> bool:
+    with np.errstate(all="ignore"):
+        values = [np.asarray(v, np.float64) for v in (layer.running_mean, layer.running_var) if v is not None]
+    return all(np.isfinite(v).all() for v in values)

@@ -136,3 +136,26 @@ def test_a_pickle_named_safetensors_is_read_as_what_it_is(tmp_path):
     plain = bncheck("audit", "renamed.safetensors", cwd=tmp_path)
     assert plain.returncode in (0, 1), plain.stderr
     assert "bn1" in plain.stdout
+
+
+def test_a_labels_file_pandas_cannot_parse_is_one_line(tmp_path):
+    """pandas' ParserError message ends in a newline; it was quoted whole (two lines on stderr)."""
+    (tmp_path / "labels.csv").write_text("label\n1\n2\n3,4,5\n")
+    data = SAMPLES / "data" / "digits" / "reference.npz"
+    message = one_sentence(bncheck("drift", str(SAMPLES / "digits_cnn.onnx"), str(data), "--labels", "labels.csv", cwd=tmp_path))
+    assert "labels.csv" in message and "CSV" in message
+
+
+def test_drift_names_the_layer_whose_stored_statistics_are_nan(tmp_path):
+    """An all-NaN running mean/var in bn1 makes bn2 measure NaN: that was blamed on the data
+    overflowing (check --scale), which is not the problem."""
+    model = onnx.load(SAMPLES / "digits_cnn.onnx")
+    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
+    tensors = {t.name: t for t in model.graph.initializer}
+    for name in bn.input[3:5]:
+        values = numpy_helper.to_array(tensors[name])
+        tensors[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
+    onnx.save(model, tmp_path / "m.onnx")
+    data = SAMPLES / "data" / "digits" / "reference.npz"
+    message = one_sentence(bncheck("drift", "m.onnx", str(data), cwd=tmp_path))
+    assert f"BN layer {bn.name} stores non-finite running statistics" in message and "overflowed" not in message
