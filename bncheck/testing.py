@@ -10,8 +10,8 @@ them as a fixture.
 
 A failing assertion raises :class:`AssertionError` whose message is the report's headline and
 the table of the findings that made it fail (severity, rule, layer, message), not
-``assert False``. Installed with bncheck, the plugin (entry point ``pytest11``) gives tests
-the ``bncheck`` fixture: :class:`Checker`, the commands (``bncheck.audit(model)``,
+``assert False``. Installed with bncheck, the plugin (entry point ``pytest11``, :mod:`bncheck.pytest_plugin`, which
+imports pytest alone) gives tests the ``bncheck`` fixture: :class:`Checker`, the commands (``bncheck.audit(model)``,
 ``bncheck.drift(model, data)``...) with the assertions as methods, writing what
 ``fold``/``recalibrate`` write to the test's ``tmp_path``.
 """
@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from rich.console import Console
 from rich.table import Table
 
@@ -137,9 +136,3 @@ class Checker:
         name = Path(model).name if isinstance(model, (str, Path)) else "model.onnx"
         stem, dot, suffix = name.partition(".")
         return self.tmp_path / f"{stem}_{what}{dot}{suffix}"
-
-
-@pytest.fixture
-def bncheck(tmp_path: Path) -> Checker:
-    """bncheck's commands and assertions (:class:`bncheck.testing.Checker`)."""
-    return Checker(tmp_path)

@@ -63,7 +63,7 @@ def test_the_plugin_is_the_pytest11_entry_point():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     target = pyproject["project"]["entry-points"]["pytest11"]["bncheck"]
     module = importlib.import_module(target)
-    assert callable(module.bncheck) and module is bncheck.testing
+    assert callable(module.bncheck) and module is bncheck.pytest_plugin
 
 
 def test_a_failing_user_test_shows_the_findings_table(pytester, broken, monkeypatch):
@@ -82,7 +82,7 @@ def test_a_failing_user_test_shows_the_findings_table(pytester, broken, monkeypa
             assert (tmp_path / "digits_cnn_folded.onnx").is_file()
         """
     )
-    result = pytester.runpytest_subprocess("-p", "bncheck.testing", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "bncheck.pytest_plugin", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1)
     text = result.stdout.str()
     assert "assert False" not in text
@@ -90,3 +90,18 @@ def test_a_failing_user_test_shows_the_findings_table(pytester, broken, monkeypa
     for f in broken.failing():
         assert f.rule in text
     assert "┃ severity" in text or "severity" in text
+
+
+def test_the_plugin_every_pytest_session_imports_is_light():
+    # every pytest session of a project with bncheck installed imports the plugin: it must not
+    # pull in the commands (torch, onnx, onnxruntime...) until a test asks for the fixture
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bncheck.pytest_plugin; "
+        "heavy = sorted(m for m in sys.modules if m.startswith(('bncheck.commands', 'onnx', 'torch', 'bncheck.testing'))); "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
