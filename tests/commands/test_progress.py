@@ -41,7 +41,7 @@ def test_drift_names_the_pass_and_every_analysis_after_it(cli, monkeypatch):
 
 
 def test_fold_names_loading_folding_the_site_proofs_and_the_verification(cli, monkeypatch, tmp_path):
-    shown = _run(cli, monkeypatch, "fold", SAMPLES / "digits_cnn.pt2", "--out", tmp_path / "f.pt2")
+    shown = _run(cli, monkeypatch, "fold", SAMPLES / "digits_cnn.pt2", "--out", tmp_path / "f.pt2", "--samples", "8")
     for name in ("loading the model", "reading the verification inputs", "folding BN into the conv/linear weights",
                  "proving each folded site on its own (3 sites)", "converting to", "verifying the whole folded model against the original",
                  "writing OUT"):
@@ -51,7 +51,7 @@ def test_fold_names_loading_folding_the_site_proofs_and_the_verification(cli, mo
 
 def test_recalibrate_names_each_pass_the_guard_and_the_verify_reports(cli, monkeypatch, tmp_path):
     shown = _run(cli, monkeypatch, "recalibrate", ONNX, DATA, "--out", tmp_path / "r.onnx", "--verify")
-    for name in ("loading the model", "drift of MODEL on DATA (--verify): reading DATA", "pass 1: train-mode statistics",
+    for name in ("loading the model", "drift of MODEL on DATA (--verify): reading DATA", "exact, level 1 of 3: what its layers see",
                  "pass 2: what the model with the estimate sees", "checking the result on the held-out split", "writing OUT",
                  "drift of OUT on DATA (--verify): reading DATA", "the before/after figures"):
         assert f"recalibrate {name}" in shown, name
