@@ -12,10 +12,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 from PIL import Image
+
+from tests.support.onnx_graphs import with_nan_first_bn_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -34,14 +34,7 @@ def assert_clean(stderr: str) -> None:
 
 def all_nan_stats(path: Path) -> Path:
     """digits_cnn.onnx with the first BN's running mean and variance all NaN."""
-    model = onnx.load(SAMPLES / "digits_cnn.onnx")
-    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
-    tensors = {t.name: t for t in model.graph.initializer}
-    for name in bn.input[3:5]:
-        values = numpy_helper.to_array(tensors[name])
-        tensors[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
-    onnx.save(model, path)
-    return path
+    return with_nan_first_bn_stats(SAMPLES / "digits_cnn.onnx", path)
 
 
 def overflowing_data(path: Path) -> Path:

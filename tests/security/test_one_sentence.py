@@ -17,6 +17,7 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
 from security.crafted import payload_torch_save
+from tests.support.onnx_graphs import with_nan_first_bn_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -149,13 +150,8 @@ def test_a_labels_file_pandas_cannot_parse_is_one_line(tmp_path):
 def test_drift_names_the_layer_whose_stored_statistics_are_nan(tmp_path):
     """An all-NaN running mean/var in bn1 makes bn2 measure NaN: that was blamed on the data
     overflowing (check --scale), which is not the problem."""
-    model = onnx.load(SAMPLES / "digits_cnn.onnx")
+    model = onnx.load(with_nan_first_bn_stats(SAMPLES / "digits_cnn.onnx", tmp_path / "m.onnx"))
     bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
-    tensors = {t.name: t for t in model.graph.initializer}
-    for name in bn.input[3:5]:
-        values = numpy_helper.to_array(tensors[name])
-        tensors[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
-    onnx.save(model, tmp_path / "m.onnx")
     data = SAMPLES / "data" / "digits" / "reference.npz"
     message = one_sentence(bncheck("drift", "m.onnx", str(data), cwd=tmp_path))
     assert f"BN layer {bn.name} stores non-finite running statistics" in message and "overflowed" not in message

@@ -106,3 +106,16 @@ def assert_moments(m: Moments, array: np.ndarray, *, rtol: float) -> None:
     assert m.count == array.size // array.shape[1]
     np.testing.assert_allclose(m.mean, mean, rtol=rtol, atol=rtol * (np.sqrt(var).max() + 1e-12))
     np.testing.assert_allclose(m.var, var, rtol=rtol, atol=rtol * var.max() * 1e-3)
+
+
+def with_nan_first_bn_stats(source, path):
+    """Write ``source`` (an ONNX file) to ``path`` with its first BN's running mean and variance
+    all NaN; returns ``path``."""
+    model = onnx.load(source)
+    bn = next(node for node in model.graph.node if node.op_type == "BatchNormalization")
+    tensors = {t.name: t for t in model.graph.initializer}
+    for name in bn.input[3:5]:
+        values = numpy_helper.to_array(tensors[name])
+        tensors[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
+    onnx.save(model, path)
+    return path
