@@ -210,6 +210,20 @@ def test_arch_that_cannot_be_imported(tmp_path, tiny_cnn, save_model, cli, asser
     assert_usage_error(cli("audit", path, "--arch", spec), needle)
 
 
+def test_arch_module_whose_dependency_is_missing(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, monkeypatch):
+    """torchcrepe.model imports librosa: the fix is to install librosa, not to check PYTHONPATH."""
+    package = tmp_path / "pkg_needing_dep"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    line = assert_usage_error(
+        cli("audit", path, "--arch", "pkg_needing_dep.model:build"), "needs no_such_dependency_xyz", "not installed", "pip install"
+    )
+    assert "PYTHONPATH" not in line
+
+
 def test_arch_file_that_fails_to_import(tmp_path, tiny_cnn, save_model, cli, assert_usage_error):
     broken = tmp_path / "broken_arch.py"
     broken.write_text("import torch\nraise ImportError('needs timm')\n")
