@@ -18,6 +18,7 @@ from typing import Any
 
 from bncheck._version import __version__
 from bncheck.numerics.ranking import distinguishable, fit_noise, fit_score
+from bncheck.report import rendering
 from bncheck.report.gate import Gate
 from bncheck.report.report import Report, finite
 from bncheck.report.schema import SCHEMA_VERSION
@@ -115,6 +116,14 @@ class Ranking(Gate):
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(finite(self.to_dict()), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    def render(self, format: str = "table", **options: Any) -> str:
+        """The ranking as text in ``format``: table, markdown, json, junit, sarif, github or gitlab."""
+        return rendering.view("ranking", format)(self, **options)
+
+    def __repr__(self) -> str:
+        order = ", ".join(f"#{m.rank} {m.model} ({m.score:.3g})" for m in self.models)
+        return f"<Ranking of {len(self.models)} models on {(self.data or {}).get('path')!r}: {order}>"
 
 
 def _change(entry: RankedModel) -> float:

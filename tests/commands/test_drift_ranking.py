@@ -136,6 +136,10 @@ def test_an_onnx_and_a_torchscript_model_rank_together(zoo):
     assert {Path(m["model"]).name for m in models[:2]} == {"match.onnx", "match.ts"}
     # the same statistics give the same score whichever backend runs the model
     assert by_file["match.onnx"]["score"] == pytest.approx(by_file["match.ts"]["score"], rel=1e-4, abs=1e-7)
+    # which the ranking says it cannot tell apart (closer than the sampling noise); the rest it can
+    assert models[0]["separated_from_next"] is False and models[1]["separated_from_next"] is True
+    table = run("drift", files["match.ts"], files["match"], zoo["data"], "--mismatch-samples", "0", "--fail-on", "never")
+    assert table.exit_code == 0 and "#1 and #2 differ by less than the sampling noise" in table.stdout
 
 
 def test_each_report_in_a_ranking_is_the_single_model_report(zoo):
@@ -240,3 +244,18 @@ def test_sample_models_ranked_on_the_data_each_was_calibrated_for(tmp_path):
         assert Path(ranked[0]["model"]).stem == first and Path(ranked[-1]["model"]).stem == "digits_cnn_uncalibrated"
         accuracies = [m["accuracy"] for m in ranked]
         assert accuracies == sorted(accuracies, reverse=True), ranked
+
+
+def test_python_api_ranks_loaded_models_on_an_array(zoo):
+    import bncheck
+
+    x = zoo["x"]
+    ranking = bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], x, options=bncheck.DriftOptions(mismatch_samples=0))
+    assert [Path(m.model).stem for m in ranking.models] == ["match", "mean"]
+    assert ranking.reports[0].data["samples"] == len(x) == ranking.reports[1].data["samples"]
+    assert "#1 " in repr(ranking) and "match.onnx" in ranking.render("markdown")
+    assert json.loads(ranking.render("json"))["kind"] == "ranking"
+    with pytest.raises(bncheck.BncheckError, match="can be read once"):
+        bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
+    with pytest.raises(bncheck.BncheckError, match="at least two models"):
+        bncheck.rank_models([zoo["files"]["mean"]], x)
