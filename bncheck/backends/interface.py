@@ -189,9 +189,15 @@ class FoldOutcome:
     into: str | None = None
     #: why (for ``kept``/``affine``: why it could not be folded)
     reason: str = ""
+    #: ``producer``: into the op feeding the BN; ``consumer``: into the op(s) reading it (BN
+    #: before a conv/linear; ``into`` then names every one of them)
+    side: str = "producer"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "into": self.into, "reason": self.reason}
+        data = {"status": self.status, "into": self.into, "reason": self.reason}
+        if self.side != "producer":
+            data["side"] = self.side
+        return data
 
 
 class SiteCheck(Protocol):
