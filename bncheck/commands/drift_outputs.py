@@ -174,28 +174,27 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 
 
 def stale_statistics(
-    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *, multiple: float, ranking: list[str]
+    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *,
+    multiple: float, ranking: list[str], reach: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """BN301's figures: stored vs DATA's own population statistics, with the noise floor."""
+    """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
+    ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
+    cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
+    false, no significance). None: the floor is always measured."""  # fmt: skip
     full = population_statistics(layers, result.moments)
     if not full:
         return {}
-    if halves is None:  # no halves of DATA: half of the subsample (kept by the main pass, or measured now), scaled
-        even = setting.stored_moments(list(full), slice(0, None, 2)) or array_moments(runner, setting.sub[0::2], setting.batch_size, list(full))
-        half = population_statistics(layers, even)
-        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
-    else:
-        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
     # the subsample's moments with the stored statistics upstream: the main pass's (the subsample
     # is all of DATA), or merged from the per-sample moments it kept of the subsample
     base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else setting.stored_moments(list(full))
     refined = refine(source, runner, full, setting, base=base)
-    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
-    floor = compare(refined.outputs, halved, setting.class_axis)
-    scale = floor_scale(result.samples, n_half)
-    out = _figures(effect, floor, scale)
-    per_effect, per_floor = out.pop("_per_sample")
+    if reach is None or _within_reach(effect, *reach):
+        out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple)
+    else:
+        out = {**effect.to_dict(), "noise_floor": {"measured": False}, "significance": math.nan}
+        if effect.sample_flips is not None and effect.positions:
+            out["flips"] = effect.flips
     out.update(
         method="population statistics",
         statistics_samples=int(result.samples),
@@ -203,10 +202,8 @@ def stale_statistics(
         refinement_movement=refined.movement,
         batch_axis=result.batch_axis,
         class_axis=setting.class_axis,
-        significance=excess_t(per_effect, per_floor, multiple),
         noise_multiple=float(multiple),
     )
-    out["noise_floor"].update(halves=where, half_samples=int(n_half), scale=scale)
     before = accuracy(setting.reference, setting.labels, setting.class_axis)
     after = accuracy(refined.outputs, setting.labels, setting.class_axis)
     if before is not None and after is not None:
@@ -215,6 +212,32 @@ def stale_statistics(
     if sure_before is not None and sure_after is not None:
         out.update(confidence_stored=sure_before, confidence_population=sure_after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
+    return out
+
+
+def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float) -> bool:
+    """Whether the effect reaches BN301's warning threshold (as the rule reads it)."""
+    if effect.agreement is not None:
+        return 1.0 - effect.agreement >= disagreement
+    return effect.relative_error >= rel_err
+
+
+def _with_floor(source, runner, layers, result: Measurement, setting: OutputSetting, halves, full: Statistics, refined, effect, multiple: float) -> dict[str, Any]:
+    """The effect's figures with the noise floor (one eval pass over the subsample with the
+    statistics of half of DATA) and the significance of the effect beyond it."""
+    if halves is None:  # no halves of DATA: half of the subsample (kept by the main pass, or measured now), scaled
+        even = setting.stored_moments(list(full), slice(0, None, 2)) or array_moments(runner, setting.sub[0::2], setting.batch_size, list(full))
+        half = population_statistics(layers, even)
+        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
+    else:
+        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
+    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
+    floor = compare(refined.outputs, halved, setting.class_axis)
+    scale = floor_scale(result.samples, n_half)
+    out = _figures(effect, floor, scale)
+    per_effect, per_floor = out.pop("_per_sample")
+    out["significance"] = excess_t(per_effect, per_floor, multiple)
+    out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale)
     return out
 
 
