@@ -33,7 +33,10 @@ file says where its time goes (:mod:`fold_profile`).
 The peers are bench-only dependencies (``requirements/bench.txt``), installed with ``--no-deps``
 into ``bench/.peers`` on first use (the main environment already has onnx and onnxruntime).
 
-    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,resnet18]
+    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,resnet18] [--no-torch]
+
+The torch side (``--no-torch`` skips it) is :mod:`fold_peers_torch`: ``bncheck fold STATE_DICT
+--arch`` against ``torch.fx`` ``fuse`` and ``torch.ao.quantization.fuse_modules``.
 
 Writes ``bench/results/fold_peers.md`` and ``bench/results/fold_peers.json``.
 """
@@ -369,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             torch_results, torch_loads = fold_peers_torch.measure(work, args.repeat, run_child, tool_env, median, load_average)
             run["torch"] = {"results": torch_results, "loads": torch_loads}
             torch_lines = fold_peers_torch.markdown(torch_results, torch_loads, 1.5)
+            for name, (state, arch, _) in fold_peers_torch.models(work).items():
+                out = work / "torch-profiled.safetensors"
+                profiles[f"torch {name.split()[0]}"] = profile(fold_peers_torch.argv_for("bncheck", state, arch, out),
+                                                             tool_env("bncheck", work), work, out)
         run["import_floors_s"] = import_floors(work, args.repeat)
     run["uptime_end"] = _uptime()
     table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles, torch_lines=torch_lines)
