@@ -17,10 +17,19 @@ from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command, literal
-from bncheck.cli.common import PlotOpt, RecordingGroup, State, choice, err, parse_class_axis
+from bncheck.cli.common import (
+    PlotOpt,
+    RecordingGroup,
+    State,
+    choice,
+    emit_ranking,
+    err,
+    parse_class_axis,
+)
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
 from bncheck.cli.engines import register as register_engine_commands
+from bncheck.cli.fold_options import FoldCheckArgs
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.quiet import quiet_libraries
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
@@ -29,12 +38,14 @@ from bncheck.cli.settings import register as register_settings_command
 from bncheck.commands.audit import audit_models
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
+from bncheck.commands.drift_ranking import rank_models
 from bncheck.commands.fold import fold as run_fold
 from bncheck.commands.progress import steps
 from bncheck.commands.recalibrate import METHODS, VARIANCES, RecalibrateOptions
 from bncheck.commands.recalibrate import recalibrate as run_recalibrate
 from bncheck.data.shards import parse_shard
 from bncheck.errors import UsageError
+from bncheck.formats.ranking import check_format as check_ranking_format
 from bncheck.rules.docs import render_rule_list
 from bncheck.rules.registry import get_rule
 
@@ -116,21 +127,8 @@ def fold(
     affine: Annotated[
         bool, typer.Option("--affine", help="Turn BN layers that cannot be folded into a per-channel multiply-add.")
     ] = False,
-    verify: Annotated[
-        Path | None, typer.Option("--verify", help="DATA to verify the folded model on (default: random inputs).")
-    ] = None,
-    input_shape: Annotated[
-        str | None,
-        typer.Option("--input-shape", help="Input shape for random verification inputs, e.g. 1,3,224,224 (';' between inputs)."),
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", help="Verification samples (default: 2 random, or the first 256 of DATA).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for DATA.")] = 32,
-    atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-4; 1e-2 for float16).")] = None,
-    rtol: Annotated[
-        float | None, typer.Option("--rtol", help="Relative tolerance, against max|output| (default 1e-4; 1e-2 for float16).")
-    ] = None,
+    *,
+    check: FoldCheckArgs,
     force: Annotated[
         bool,
         typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
@@ -139,7 +137,6 @@ def fold(
         bool | None,
         typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
     ] = None,
-    *,
     model_args: ModelArgs,
     gate: GateArgs,
     report: ReportArgs,
@@ -152,13 +149,13 @@ def fold(
     guard_outputs(
         {"--out": out, "--output": report.output},
         models=[model],
-        inputs={"DATA": [verify], "baseline": [report.baseline]},
+        inputs={"DATA": [check.verify], "baseline": [report.baseline]},
         settings=settings,
     )
     with steps(report.progress(settings), "fold"):
         result = run_fold(
-            model, out, to=to, affine=affine, verify=verify, input_shape=input_shape, samples=samples, batch_size=batch_size,
-            atol=atol, rtol=rtol, force=force, timing=timing, settings=settings, **model_args.load_kwargs(),
+            model, out, to=to, affine=affine, force=force, timing=timing, settings=settings,
+            **check.fold_kwargs(), **model_args.load_kwargs(),
         )
     report.emit(result, fmt)
 
@@ -193,13 +190,28 @@ def rules(
     typer.echo(render_rule_list(fmt))
 
 
+DriftPathsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL... DATA",
+        help=(
+            "MODEL file(s) (as for audit), then DATA: a file or folder (or an s3://, gs://... URL) of images, .npy/.npz/.pt arrays "
+            "or .csv/.parquet rows (no DATA with --stats). Several MODELs on one DATA are ranked by how well their stored statistics fit it."
+        ),
+    ),
+]
+
+
+def _models_and_data(paths: list[str]) -> tuple[list[Path], str | None]:
+    """``MODEL DATA`` or ``M1 M2 ... DATA``: DATA is the last of two or more (a lone MODEL: no DATA)."""
+    if len(paths) == 1:
+        return [Path(paths[0])], None
+    return [Path(p) for p in paths[:-1]], paths[-1]
+
+
 @command(app)
 def drift(
-    model: ModelArg,
-    data: Annotated[
-        str | None,
-        typer.Argument(help="DATA: a file or folder (or an s3://, gs://... URL) of images, .npy/.npz/.pt arrays or .csv/.parquet rows; not with --stats."),
-    ] = None,
+    paths: DriftPathsArg,
     train_batch_size: Annotated[
         int | None, typer.Option("--train-batch-size", help="Per-device training batch size for the small-batch analysis (default 16).")
     ] = None,
@@ -228,12 +240,17 @@ def drift(
     report: ReportArgs,
     engine_args: EngineArgs,
 ) -> None:
-    """Run DATA through MODEL and compare what every BN layer sees with its stored statistics."""
+    """Run DATA through MODEL and compare what every BN layer sees with its stored statistics.
+    With several MODELs (bncheck drift M1 M2 ... DATA), rank them by how well their stored
+    statistics fit DATA, best first; each model's own findings still gate the run."""
+    models, data = _models_and_data(paths)
     settings = gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
     fmt = report.format(settings, "drift", plot=plot)
+    if len(models) > 1:
+        check_ranking(fmt, report, plot)
     guard_outputs(
         {"--output": report.output, "--save-stats": save_stats, "--plot": plot},
-        models=[model],
+        models=models,
         inputs={"DATA": [data], "statistics": [stats], "baseline": [report.baseline], "labels": [data_args.labels_path]},
         settings=settings,
     )
@@ -255,8 +272,19 @@ def drift(
         storage_options=engine_args.storage_options(),
         class_axis=parse_class_axis(settings.option("class_axis")),
     )
-    result = run_drift(model, data, settings=settings, options=options, **model_args.load_kwargs())
+    if len(models) > 1:
+        emit_ranking(rank_models(models, data, settings=settings, options=options, **model_args.load_kwargs()), fmt, report.path, report.quiet)
+    result = run_drift(models[0], data, settings=settings, options=options, **model_args.load_kwargs())
     report.emit(result, fmt, plot=plot)
+
+
+def check_ranking(fmt: str, report: ReportArgs, plot: Path | None) -> None:
+    """Refuse, before any work, what a ranking of several models cannot show."""
+    check_ranking_format(fmt)
+    if report.baseline is not None:
+        raise UsageError("--baseline judges one model; give one MODEL with it.")
+    if plot is not None:
+        raise UsageError("--plot draws the chart of one model; give one MODEL with it.")
 
 
 @command(app)
