@@ -183,7 +183,7 @@ def rules(
     code: Annotated[str | None, typer.Argument(help="A rule code (e.g. BN003) to explain.")] = None,
     fmt: Annotated[choice(("table", "markdown", "json")), typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = "table",
 ) -> None:
-    """List the rules, or explain one (``bncheck rules BN003``)."""
+    """List the rules, or explain one (bncheck rules BN003)."""
     if code:
         typer.echo(get_rule(code).documentation())
         return
