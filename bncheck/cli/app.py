@@ -25,6 +25,7 @@ from bncheck.cli.common import (
     emit_ranking,
     err,
     parse_class_axis,
+    report_width,
 )
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
@@ -187,7 +188,7 @@ def rules(
     if code:
         typer.echo(get_rule(code).documentation())
         return
-    typer.echo(render_rule_list(fmt))
+    typer.echo(render_rule_list(fmt, width=report_width()))
 
 
 DriftPathsArg = Annotated[
