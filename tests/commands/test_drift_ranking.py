@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from bncheck.cli.app import app
 from tests.support import stat_variants as sv
+from tests.support.contract_schema import validate_report
 
 #: name -> how the copy's statistics inputs differ from DATA's distribution
 VARIANTS = {"match": {}, "mean": {"shift": 1.0}, "scale": {"scale": 2.0}, "far": {"shift": 2.0}}
@@ -91,8 +92,10 @@ def test_the_model_with_matching_statistics_ranks_first_without_labels(zoo):
         name = Path(entry["model"]).stem
         assert entry["score"] == pytest.approx(reference_score(zoo["copies"][name], zoo["x"]), rel=2e-3, abs=1e-6)
         assert entry["layers"] == 3 and entry["worst_layer"] is not None
-    # each model's report sits in the order given, with the contract's per-layer figures
+    # each model's report sits in the order given, in the published report schema
     assert [Path(r["model"]["path"]).stem for r in body["reports"]] == ["scale", "match", "mean"]
+    for report in body["reports"]:
+        validate_report(report)
     assert [body["reports"][m["report"]]["model"]["path"] for m in models] == [m["model"] for m in models]
     # the gate is each model's own: the stale copies fail, so the run fails; the matching one passes
     assert models[0]["passed"] is True and not all(m["passed"] for m in models)
@@ -238,12 +241,18 @@ def test_sample_models_ranked_on_the_data_each_was_calibrated_for(tmp_path):
     recalibrated = tmp_path / "recalibrated.pt"
     made = run("recalibrate", samples / "digits_cnn.pt", shifted, "--out", recalibrated, "--arch", arch, "-q")
     assert made.exit_code == 0, made.output
-    models = [samples / "broken" / "digits_cnn_uncalibrated.pt", samples / "digits_cnn.pt", recalibrated]
+    # one --arch serves the state dicts; the ONNX export of the same model sits beside them
+    models = [samples / "broken" / "digits_cnn_uncalibrated.pt", samples / "digits_cnn.pt", recalibrated, samples / "digits_cnn.onnx"]
     for data, first in ((shifted, "recalibrated"), (reference, "digits_cnn")):
         ranked = ranking_of(run("drift", *models, data, "--arch", arch, "-f", "json", "--mismatch-samples", "0"))["ranking"]["models"]
         assert Path(ranked[0]["model"]).stem == first and Path(ranked[-1]["model"]).stem == "digits_cnn_uncalibrated"
-        accuracies = [m["accuracy"] for m in ranked]
-        assert accuracies == sorted(accuracies, reverse=True), ranked
+        by_name = {Path(m["model"]).name: m for m in ranked}
+        assert by_name["digits_cnn.onnx"]["score"] == pytest.approx(by_name["digits_cnn.pt"]["score"], rel=1e-4)
+        for better, worse in zip(ranked, ranked[1:], strict=False):  # told apart: the accuracy order
+            if better["separated_from_next"]:
+                assert better["accuracy"] > worse["accuracy"], ranked
+            else:
+                assert better["accuracy"] == pytest.approx(worse["accuracy"], abs=0.01), ranked
 
 
 def test_python_api_ranks_loaded_models_on_an_array(zoo):
