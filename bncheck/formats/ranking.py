@@ -10,6 +10,7 @@ an order). html shows one model and is refused.
 from __future__ import annotations
 
 import io
+import math
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -48,7 +49,8 @@ def render(ranking: Ranking, fmt: str, *, color: bool = False, width: int | None
 
 def _line(entry: RankedModel) -> str:
     accuracy = f" accuracy {_percent(entry.accuracy)}" if entry.accuracy is not None else ""
-    return f"#{entry.rank} {entry.model} ({entry.format}): score {fmt_num(entry.score)}{accuracy} — {_verdict(entry)}"
+    score = fmt_num(entry.score) if math.isfinite(entry.score) else "- (no BN layer measured)"
+    return f"#{entry.rank} {entry.model} ({entry.format}): score {score}{accuracy} — {_verdict(entry)}"
 
 
 def _percent(value: float | None) -> str:
@@ -79,7 +81,7 @@ def _columns(ranking: Ranking) -> list[str]:
 def _cells(entry: RankedModel) -> dict[str, str]:
     worst = f"{entry.worst_layer} ({fmt_num(entry.worst_layer_score)})" if entry.worst_layer else "-"
     return {
-        "rank": str(entry.rank), "model": entry.model, "score": fmt_num(entry.score),
+        "rank": str(entry.rank), "model": entry.model, "score": fmt_num(entry.score) if math.isfinite(entry.score) else "-",
         "layers": str(entry.layers), "worst layer": worst, "accuracy": _percent(entry.accuracy),
         "output change": _change(entry), "verdict": _verdict(entry),
     }  # fmt: skip
@@ -95,6 +97,9 @@ def notes(ranking: Ranking) -> list[str]:
         if entry.separated_from_next is False:
             floor = max(entry.noise, following.noise)
             out.append(f"#{entry.rank} and #{following.rank} differ by less than the sampling noise of this DATA (≈ {fmt_num(floor)}): it does not tell them apart.")
+    for entry in ranking.models:
+        if not math.isfinite(entry.score):
+            out.append(f"#{entry.rank} {entry.model}: no BN layer with running statistics was measured, so it has no score (ranked last).")
     failing = sum(1 for entry in ranking.models if not entry.passed)
     out.append(
         f"gate: each model's own findings (fail-on {ranking.fail_on}): {failing} of {len(ranking.models)} model(s) fail; the order never fails a run."

@@ -90,7 +90,8 @@ class Ranking(Gate):
 
     @property
     def data(self) -> dict[str, Any] | None:
-        return self.reports[0].data if self.reports else None
+        """DATA as the first report that read it describes (a model without BN layers reads none)."""
+        return next((report.data for report in self.reports if report.data), None)
 
     @property
     def fail_on(self) -> str:

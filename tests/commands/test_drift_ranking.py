@@ -268,3 +268,27 @@ def test_python_api_ranks_loaded_models_on_an_array(zoo):
         bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
     with pytest.raises(bncheck.BncheckError, match="at least two models"):
         bncheck.rank_models([zoo["files"]["mean"]], x)
+
+
+def test_a_model_without_bn_layers_ranks_last_without_a_score(tmp_path):
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    folded, model = samples / "broken" / "digits_cnn_folded.onnx", samples / "digits_cnn.onnx"
+    data = samples / "data" / "digits" / "reference"
+    body = ranking_of(run("drift", folded, model, data, "-f", "json", "--mismatch-samples", "0"))
+    first, last = body["ranking"]["models"]
+    assert Path(first["model"]).name == "digits_cnn.onnx" and last["score"] is None and last["layers"] == 0
+    assert last["verdict"] == "warning" and last["rules"] == ["BN000"]
+    assert body["ranking"]["data"]["samples"] == 540  # DATA as the model that read it says
+    table = run("drift", folded, model, data, "--mismatch-samples", "0", "-o", tmp_path / "ranking.md")
+    assert table.exit_code == 0, table.output
+    text = (tmp_path / "ranking.md").read_text(encoding="utf-8")  # the format from the extension
+    assert text.startswith("## bncheck drift: ranking of 2 models") and "no BN layer with running statistics was measured" in text
+
+
+def test_a_saved_ranking_is_not_mistaken_for_one_report(zoo, tmp_path):
+    files = zoo["files"]
+    saved = tmp_path / "ranking.json"
+    made = run("drift", files["match"], files["mean"], zoo["data"], "-o", saved, "--mismatch-samples", "0")
+    assert made.exit_code == 1 and json.loads(saved.read_text())["kind"] == "ranking"
+    _refused(run("report", saved), "is a ranking of 2 models", "reports")
+    _refused(run("drift", files["match"], zoo["data"], "--baseline", saved), "is a ranking of 2 models")
