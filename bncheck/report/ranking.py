@@ -118,6 +118,15 @@ class Ranking(Gate):
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(finite(self.to_dict()), indent=indent, allow_nan=False, ensure_ascii=False)
 
+    def to_frame(self):
+        """One row per model, best fit first (the JSON ``ranking.models`` entries), as pandas."""
+        import pandas as pd
+
+        rows = [{k: v for k, v in entry.to_dict().items() if k != "output_change"} for entry in self.models]
+        for row, entry in zip(rows, self.models, strict=True):
+            row.update({f"output_change.{k}": v for k, v in (entry.output_change or {}).items()})
+        return pd.DataFrame(rows)
+
     def render(self, format: str = "table", **options: Any) -> str:
         """The ranking as text in ``format``: table, markdown, json, junit, sarif, github or gitlab."""
         return rendering.view("ranking", format)(self, **options)

@@ -264,6 +264,8 @@ def test_python_api_ranks_loaded_models_on_an_array(zoo):
     assert ranking.reports[0].data["samples"] == len(x) == ranking.reports[1].data["samples"]
     assert "#1 " in repr(ranking) and "match.onnx" in ranking.render("markdown")
     assert json.loads(ranking.render("json"))["kind"] == "ranking"
+    frame = ranking.to_frame()
+    assert list(frame["rank"]) == [1, 2] and frame["score"].is_monotonic_increasing and Path(frame["model"][0]).stem == "match"
     with pytest.raises(bncheck.BncheckError, match="can be read once"):
         bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
     with pytest.raises(bncheck.BncheckError, match="at least two models"):
