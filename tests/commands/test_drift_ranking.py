@@ -212,6 +212,9 @@ def test_models_with_different_inputs_are_refused():
     samples = Path(__file__).resolve().parents[2] / "sample_models"
     result = run("drift", samples / "digits_cnn.onnx", samples / "cancer_mlp.onnx", samples / "data" / "digits" / "reference")
     _refused(result, "different inputs", "digits_cnn.onnx", "cancer_mlp.onnx")
+    # TorchScript declares no input shape: the model that cannot take DATA says so when it runs, named
+    result = run("drift", samples / "digits_cnn.ts", samples / "cancer_mlp.ts", samples / "data" / "digits" / "reference", "--mismatch-samples", "0")
+    _refused(result, "model ", "cancer_mlp.ts", "cannot run on a batch")
 
 
 def test_only_data_is_refused(zoo):
