@@ -98,6 +98,7 @@ def test_the_model_with_matching_statistics_ranks_first_without_labels(zoo):
         validate_report(report)
     assert [body["reports"][m["report"]]["model"]["path"] for m in models] == [m["model"] for m in models]
     # the gate is each model's own: the stale copies fail, so the run fails; the matching one passes
+    assert body["ranking"]["key"] == "score"  # --mismatch-samples 0: no output change, the score ranks
     assert models[0]["passed"] is True and not all(m["passed"] for m in models)
     assert result.exit_code == 1 and body["passed"] is False
 
@@ -112,9 +113,15 @@ def test_with_labels_the_ranking_agrees_with_the_accuracy_order(zoo):
     for entry in models:  # accuracy against torch on the same samples
         copy = zoo["copies"][Path(entry["model"]).stem]
         assert entry["accuracy"] == pytest.approx(sv.accuracy(copy, zoo["x"], zoo["y"]), abs=1e-9)
-    # BN301's output change (stored vs DATA's own statistics) grows down the ranking too
-    changes = [m["output_change"]["top1_disagreement"] for m in models]
+    # ranked by BN301's output change (stored vs DATA's own statistics), which grows down the ranking
+    body = json.loads(result.stdout)
+    assert body["ranking"]["key"] == "output_change"
+    changes = [m["output_change"]["value"] for m in models]
+    assert {m["output_change"]["kind"] for m in models} == {"top1_disagreement"}
     assert changes[0] < changes[1] < changes[2]
+    for entry in models:  # against the model's own BN301 record
+        train_eval = body["reports"][entry["report"]]["drift"]["train_eval"]
+        assert entry["output_change"]["value"] == pytest.approx(1 - train_eval["top1_agreement"])
 
 
 def test_the_table_shows_rank_score_worst_layer_accuracy_and_verdict(zoo):
