@@ -4,8 +4,10 @@ stored statistics fit it (label-free model selection).
 Flow: every model is loaded first (a model that fails names itself before any data is read),
 their inputs are compared (models that cannot take the same DATA are refused), then each model
 gets its own :func:`bncheck.commands.drift.drift` run on DATA, as ``bncheck drift MODEL DATA``
-would make it, and :meth:`bncheck.report.ranking.Ranking.of` ranks the reports (the score is
-defined in :mod:`bncheck.numerics.ranking`). DATA is read once per model.
+would make it, and :meth:`bncheck.report.ranking.Ranking.of` ranks the reports (by BN301's
+output change where every model has one, else by the fit score of
+:mod:`bncheck.numerics.ranking`; see :func:`bncheck.report.ranking.ranking_key`). DATA is read
+once per model.
 """
 
 from __future__ import annotations
