@@ -8,7 +8,7 @@ statistics, what ``recalibrate --method exact`` writes: the per-layer moments of
 (each layer measured with the layers before it on their stored statistics: a one-pass
 approximation) refined on the subsample until every layer's statistics are those it sees once
 the layers before it use DATA's statistics too (:func:`refine`; one pass where the statistics
-fit, a few where they do not). Its noise floor is the same comparison between the statistics of
+fit, otherwise one level-by-level pass and a pass measuring the residual). Its noise floor is the same comparison between the statistics of
 one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
 alone as much as DATA's statistics differ from its population's. No train-mode pass.
 
