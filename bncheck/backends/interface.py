@@ -352,6 +352,12 @@ class Backend(ABC):
         """A copy of ``source`` whose BN layers named in ``stats`` carry those running
         statistics (cast to each tensor's dtype); ``num_batches`` sets ``num_batches_tracked``."""
 
+    def statistics_in_place(self, source: ModelSource, stats: Statistics):
+        """A context manager under which ``source`` itself (and every runner open on it) carries
+        ``stats``, restored on exit; None where a backend cannot (then :meth:`with_statistics`
+        gives a copy, run by a runner of its own)."""
+        return None
+
     @abstractmethod
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         """(stored parameters, graph nodes) of a source's model or a folded model."""
