@@ -25,6 +25,7 @@ from bncheck.cli.common import (
     emit_ranking,
     err,
     parse_class_axis,
+    report_width,
 )
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
@@ -183,11 +184,11 @@ def rules(
     code: Annotated[str | None, typer.Argument(help="A rule code (e.g. BN003) to explain.")] = None,
     fmt: Annotated[choice(("table", "markdown", "json")), typer.Option("--format", "-f", case_sensitive=False, help="Output format.")] = "table",
 ) -> None:
-    """List the rules, or explain one (``bncheck rules BN003``)."""
+    """List the rules, or explain one (bncheck rules BN003)."""
     if code:
         typer.echo(get_rule(code).documentation())
         return
-    typer.echo(render_rule_list(fmt))
+    typer.echo(render_rule_list(fmt, width=report_width()))
 
 
 DriftPathsArg = Annotated[
