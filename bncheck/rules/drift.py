@@ -346,9 +346,9 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     phase="drift",
     summary="Train/eval mismatch: the stored statistics change the outputs on this data beyond its sampling noise.",
     what="""Runs a subsample (--mismatch-samples) with BN normalised by DATA's own population
-    statistics — the per-layer moments of the main pass, i.e. what `bncheck recalibrate` would
-    write, up to a one-pass approximation (each layer's statistics are measured with the layers
-    before it still on their stored statistics) — and compares with the eval outputs of the
+    statistics — what `bncheck recalibrate --method exact` would write on DATA: every layer's
+    statistics those it sees with the layers before it on DATA's statistics too (refined from
+    the main pass's moments, below) — and compares with the eval outputs of the
     main pass (stored running statistics): the fraction of positions whose top-1 class agrees
     (per position over the class axis, `--class-axis`) and the relative output error for
     outputs without classes; with labels, the accuracy both ways. The noise floor is the same
@@ -360,7 +360,14 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     cannot fire, and its floor is not measured: `noise_floor.measured` false). It stays a warning when the stored
     statistics suit DATA at least as well as its own: with labels, when recalibrating would not
     raise the accuracy; without, when the outputs are more confident with the stored statistics
-    (DATA narrower than the training data: its own statistics would not generalise). False-alarm rule: on data drawn from the
+    (DATA narrower than the training data: its own statistics would not generalise). DATA's
+    statistics are refined to the fixed point `recalibrate --method exact` writes (a first pass
+    checks the one-pass statistics; where they do not hold, one level-by-level pass solves for
+    it and a last pass measures the residual, `refinement_movement`: mean in channel standard
+    deviations, variance relative, with the layer's eps; `refinement_tolerance` 0.02); when
+    they do not settle within the passes allowed (`refinement_converged` false: a model that
+    cannot be cut into levels, iterated one level per pass), the report says so in a note and
+    BN301 reports at most a warning, qualified. False-alarm rule: on data drawn from the
     distribution the statistics were accumulated on, the effect is about the noise floor (its
     expected ratio is sqrt(1 + n/m) for statistics accumulated on m samples), so twice the floor
     at 3 standard errors rarely fires there; bench/results/false_alarms.md has the measured
@@ -423,6 +430,12 @@ def check_train_eval(r, ctx: RuleContext):
             )
     if stored_fit:  # the stored statistics suit DATA at least as well as its own: not an error
         sev = Severity.WARNING
+    if mm.get("refinement_converged") is False:  # DATA's statistics did not settle: approximate figures
+        sev = Severity.WARNING
+        message += (
+            f"; DATA's statistics did not settle in {mm.get('refinement_passes')} pass(es) (movement "
+            f"{mm.get('refinement_movement', math.nan):.3g}): the figures are approximate"
+        )
     top = ", ".join(mm.get("top_layers", [])[:3])
     yield r.finding(
         None,
