@@ -8,15 +8,27 @@ Models (all ONNX, the BatchNormalization nodes kept):
   architecture file from the wheel), exported here with the legacy exporter, dynamic batch;
 * a torchvision-style ResNet-18 (``bench/resnet18.py``) with trained-looking BN statistics.
 
-Every tool runs as a fresh child process (interpreter start, imports, load, rewrite, save), as a
-user runs it: ``python -m bncheck fold IN --out OUT --force`` (verification and timing on, the
-defaults), ``onnxslim.slim``, ``onnxoptimizer.optimize`` (its default fuse-and-eliminate passes)
-and ``onnxsim.simplify``. Wall time is the median of ``--repeat`` runs. Each output is then
-checked here: BatchNormalization nodes left (in every graph), and the max relative error
-``max|a - b| / max|a|`` of onnxruntime (no graph optimisations) on the original and the output,
-on *real-looking* inputs at the size each pipeline feeds: rendered text lines and a page for
-the OCR models (normalised as rapidocr does), smooth natural-looking images with ImageNet
-normalisation for the others. A result is *wrong* above 1e-4.
+Every tool runs as a user runs it: its own command line in a fresh child process (interpreter
+start, imports, load, rewrite, save), with compiled bytecode cached as an installed package has
+it (one untimed warm-up run per tool and model compiles it and pulls the file into the page
+cache)::
+
+    python -m bncheck fold IN --out OUT --format json -o REPORT   (verification on, the default)
+    python -m onnxslim IN OUT                                     (onnxslim's console script)
+    python -m onnxoptimizer IN OUT                                (its CLI: check_model, fuse and
+                                                                   eliminate passes, save, check_model)
+    python -m onnxsim IN OUT                                      (onnxsim's console script)
+
+The runs are interleaved: each round runs every tool once on the model (the starting tool
+rotating per round), and the wall time is the median over ``--repeat`` rounds; the load
+average (``uptime``) is recorded before and after every model. Each output is then checked
+here: ``onnx.checker`` on the file and an onnxruntime session on it, BatchNormalization nodes
+left (in every graph), and the max relative error ``max|a - b| / max|a|`` of onnxruntime (no
+graph optimisations) on the original and the output, on *real-looking* inputs at the size each
+pipeline feeds: rendered text lines and a page for the OCR models (normalised as rapidocr
+does), smooth natural-looking images with ImageNet normalisation for the others. A result is
+*wrong* above 1e-4. Finally bncheck runs once more under cProfile (untimed) and the results
+file says where its time goes (:mod:`fold_profile`).
 
 The peers are bench-only dependencies (``requirements/bench.txt``), installed with ``--no-deps``
 into ``bench/.peers`` on first use (the main environment already has onnx and onnxruntime).
@@ -34,7 +46,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +56,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from common import child_env, export_onnx, image_array, machine, median, run_child  # noqa: E402
+from common import child_env, export_onnx, image_array, load_average, machine, median, run_child  # noqa: E402
 
 PEERS_DIR = HERE / ".peers"
 REQUIREMENTS = ROOT / "requirements" / "bench.txt"
@@ -52,10 +64,12 @@ RESULTS = HERE / "results"
 WRONG_ABOVE = 1e-4
 TOOLS = ("bncheck", "onnxslim", "onnxoptimizer", "onnxsim")
 
-PEER_CODE = {
-    "onnxslim": "import sys, onnxslim; onnxslim.slim(sys.argv[1], sys.argv[2])",
-    "onnxoptimizer": "import sys, onnx, onnxoptimizer; onnx.save(onnxoptimizer.optimize(onnx.load(sys.argv[1])), sys.argv[2])",
-    "onnxsim": "import sys, onnx, onnxsim; m, ok = onnxsim.simplify(sys.argv[1]); onnx.save(m, sys.argv[2])",
+#: the command line of each tool (IN, OUT and bncheck's REPORT filled in), run with this interpreter
+COMMANDS = {
+    "bncheck": ["-m", "bncheck", "fold", "{src}", "--out", "{out}", "--format", "json", "-o", "{report}"],
+    "onnxslim": ["-m", "onnxslim", "{src}", "{out}"],
+    "onnxoptimizer": ["-m", "onnxoptimizer", "{src}", "{out}"],
+    "onnxsim": ["-m", "onnxsim", "{src}", "{out}"],
 }
 
 
@@ -66,8 +80,14 @@ class Outcome:
     bn_before: int
     bn_left: int = -1
     wall_s: float = float("nan")
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    cpu_s: float = float("nan")
     max_rel_err: float | None = None
     kept: list[str] = field(default_factory=list)
+    #: names of the BN nodes in the input, and of those left in the output
+    before: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -203,23 +223,40 @@ def max_rel_err(original: Path, candidate: Path, inputs: list[np.ndarray]) -> fl
     return worst
 
 
-def run_tool(tool: str, src: Path, out: Path, work: Path) -> tuple[float, str, dict | None]:
-    """(wall seconds, error text, bncheck's JSON report) of one run of ``tool``."""
+def tool_argv(tool: str, src: Path, out: Path) -> list[str]:
+    fields = {"src": str(src), "out": str(out), "report": str(out.with_suffix(".json"))}
+    return [sys.executable, *(arg.format(**fields) for arg in COMMANDS[tool])]
+
+
+def tool_env(tool: str, work: Path) -> dict:
     env = child_env(work / "pycache")
-    report = None
-    if tool == "bncheck":
-        env["PYTHONPATH"] = str(ROOT)
-        report_path = out.with_suffix(".json")
-        argv = [sys.executable, "-m", "bncheck", "fold", str(src), "--out", str(out), "--force", "--format", "json", "-o", str(report_path)]
-    else:
-        env["PYTHONPATH"] = str(PEERS_DIR)
-        argv = [sys.executable, "-c", PEER_CODE[tool], str(src), str(out)]
-    child = run_child(argv, cwd=work, env=env)
+    env["PYTHONPATH"] = str(ROOT) if tool == "bncheck" else str(PEERS_DIR)
+    return env
+
+
+def run_tool(tool: str, src: Path, out: Path, work: Path):
+    """One run of ``tool`` on ``src`` as a fresh process: (the child run, error text)."""
+    out.unlink(missing_ok=True)
+    out.with_suffix(".json").unlink(missing_ok=True)
+    child = run_child(tool_argv(tool, src, out), cwd=work, env=tool_env(tool, work))
     if child.returncode != 0 or not out.exists():
-        return child.wall_s, (child.stderr.strip().splitlines() or ["failed"])[-1][:200], None
-    if tool == "bncheck":
-        report = json.loads(report_path.read_text())
-    return child.wall_s, "", report
+        return child, (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1][:200]
+    return child, ""
+
+
+def check_output(path: Path) -> str:
+    """'' when ``path`` passes onnx.checker and onnxruntime loads it, else why not."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path))
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # any failure makes the output invalid
+        return f"invalid output: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return ""
 
 
 def _bncheck_reasons(report: dict | None) -> list[str]:
@@ -233,141 +270,102 @@ def _bncheck_reasons(report: dict | None) -> list[str]:
     return kept
 
 
-def measure(name: str, src: Path, inputs: list[np.ndarray], work: Path, repeat: int) -> list[Outcome]:
+def measure(name: str, src: Path, inputs: list[np.ndarray], work: Path, repeat: int) -> tuple[list[Outcome], dict]:
+    """Every tool on one model: an untimed warm-up run each, then ``repeat`` interleaved rounds
+    (A B C D, B C D A, ...); then each output checked. Also the load averages around it."""
     before = bn_nodes(src)
-    results = []
-    for tool in TOOLS:
-        outcome = Outcome(tool, name, len(before))
-        out = work / f"{name}.{tool}.onnx"
-        walls = []
-        report = None
-        for _ in range(repeat):
-            out.unlink(missing_ok=True)
-            wall, error, report = run_tool(tool, src, out, work)
-            walls.append(wall)
-            if error:
-                outcome.error = error
-                break
-        outcome.wall_s = median(walls)
+    outcomes = {tool: Outcome(tool, name, len(before), before=[n for n, _ in before]) for tool in TOOLS}
+    outs = {tool: work / f"{name}.{tool}.onnx" for tool in TOOLS}
+    load = {"before": load_average()}
+    for tool in TOOLS:  # warm-up: bytecode compiled into the cache, the file in the page cache
+        _, outcomes[tool].error = run_tool(tool, src, outs[tool], work)
+    for r in range(repeat):
+        for tool in TOOLS[r % len(TOOLS):] + TOOLS[: r % len(TOOLS)]:
+            if outcomes[tool].error:
+                continue
+            child, error = run_tool(tool, src, outs[tool], work)
+            outcomes[tool].walls.append(round(child.wall_s, 4))
+            outcomes[tool].cpus.append(round(child.user_s + child.sys_s, 4))
+            outcomes[tool].error = error
+    load["after"] = load_average()
+    for tool, outcome in outcomes.items():
+        outcome.wall_s = median(outcome.walls) if outcome.walls else float("nan")
+        outcome.cpu_s = median(outcome.cpus) if outcome.cpus else float("nan")
         if not outcome.error:
-            left = bn_nodes(out)
+            outcome.error = check_output(outs[tool])
+        if not outcome.error:
+            left = bn_nodes(outs[tool])
             outcome.bn_left = len(left)
-            outcome.max_rel_err = max_rel_err(src, out, inputs)
-            outcome.kept = _bncheck_reasons(report) if tool == "bncheck" else [f"{n}: fed by {p}" for n, p in left]
-        results.append(outcome)
-        print(f"{name:12s} {tool:14s} {outcome.folded}/{outcome.bn_before} folded  "
-              f"{outcome.wall_s:6.2f} s  err {outcome.max_rel_err}  {outcome.error}", flush=True)
-    return results
+            outcome.left = [n for n, _ in left]
+            outcome.max_rel_err = max_rel_err(src, outs[tool], inputs)
+            if tool == "bncheck":
+                outcome.kept = _bncheck_reasons(json.loads(outs[tool].with_suffix(".json").read_text()))
+            else:
+                outcome.kept = [f"{n}: fed by {p}" for n, p in left]
+        print(f"{name:12s} {tool:14s} {outcome.folded}/{outcome.bn_before} folded  {outcome.wall_s:6.2f} s "
+              f"{outcome.walls}  err {outcome.max_rel_err}  {outcome.error}", flush=True)
+    return list(outcomes.values()), load
 
 
-# ------------------------------------------------------------------------ report
+# ------------------------------------------------------------------------ import floors
 
 
-def _cell(o: Outcome, fastest: float) -> str:
-    if o.error:
-        return f"failed: {o.error}"
-    err = f"{o.max_rel_err:.1e}" if o.max_rel_err is not None else "-"
-    wrong = " **wrong**" if o.max_rel_err is not None and o.max_rel_err > WRONG_ABOVE else ""
-    return f"{o.folded}/{o.bn_before} · {err}{wrong} · {o.wall_s:.2f} s ({o.wall_s / fastest:.2f}x)"
-
-
-def write_markdown(results: list[Outcome], path: Path, floors: dict[str, float]) -> str:
-    by_model: dict[str, list[Outcome]] = {}
-    for o in results:
-        by_model.setdefault(o.model, []).append(o)
-    lines = [
-        "| model | BN | " + " | ".join(TOOLS) + " |",
-        "|---|---|" + "---|" * len(TOOLS),
-    ]
-    kept_notes = []
-    goal = []
-    for model, outs in by_model.items():
-        peers = [o for o in outs if o.tool != "bncheck" and not o.error]
-        fastest = min([o.wall_s for o in peers] or [float("nan")])
-        lines.append(f"| {model} | {outs[0].bn_before} | " + " | ".join(_cell(o, fastest) for o in outs) + " |")
-        for o in outs:
-            kept_notes += [f"- {model} / {o.tool}: kept {k}" for k in o.kept]
-        mine = next(o for o in outs if o.tool == "bncheck")
-        best_peer = max([o.folded for o in peers] or [0])
-        goal.append(
-            f"- {model}: bncheck folds {mine.folded} (best peer {best_peer}); "
-            f"time {mine.wall_s:.2f} s = {mine.wall_s / fastest:.2f}x the fastest peer ({fastest:.2f} s)"
-        )
-    table = "\n".join(lines)
-    text = "\n".join([
-        "# bncheck fold vs onnxslim / onnxoptimizer / onnxsim",
-        "",
-        "Cells: BN folded/total · max relative error on real-looking inputs (onnxruntime, no graph",
-        "optimisations, original vs output) · median wall time of the whole process (ratio to the",
-        "fastest peer). bncheck runs with its defaults: verification and timing on. Peers verify nothing.",
-        "",
-        table,
-        "",
-        "## Goal check",
-        *goal,
-        "",
-        "## Import floors (a process that only imports, median)",
-        *(f"- {label}: {seconds:.2f} s" for label, seconds in floors.items()),
-        "",
-        "## BN left, with reasons",
-        *(kept_notes or ["- none"]),
-        "",
-        "## Where bncheck's extra time goes",
-        "bncheck does what no peer does: it proves every folded site on its own (the original",
-        "producer->BN pair in float64 against the folded op) and runs the original and folded",
-        "models on random inputs (8 samples; dynamic axes sized from the graph). On top of the",
-        "import floor above (its CLI imports every command, and onnxruntime), that is two",
-        "onnxruntime sessions, the whole-model runs (the bulk for a static 224x224 ResNet-18) and",
-        "one float64 reference evaluation per site (the bulk for the 52-site MobileNetV2).",
-        "",
-        f"Machine: {json.dumps(machine())} (2 CPUs shared with other jobs: compare ratios, not seconds).",
-        "",
-        "Regenerate: `python bench/fold_peers.py` (see the module docstring).",
-        "",
-    ])
-    path.write_text(text)
-    return table
-
-
-#: what each process must import before it does any work
+#: what each tool's process imports before it does any work
 FLOORS = {
-    "onnx (every tool)": "import onnx",
-    "onnxoptimizer": "import onnx, onnxoptimizer",
-    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.backends.onnx.backend",
+    "python (no import)": "pass",
+    "onnx": "import onnx",
+    "onnxoptimizer (its CLI)": "import onnx, onnxoptimizer",
+    "onnxslim (its CLI)": "import onnxslim.cli",
+    "onnxsim (its CLI)": "import onnxsim",
+    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.backends.onnx.backend, bncheck.commands.fold",
+    "onnx.reference (bncheck's float64 site proofs)": "import onnx.reference",
 }
 
 
 def import_floors(work: Path, repeat: int) -> dict[str, float]:
-    """Median wall time of a process that only imports what each tool needs."""
+    """Median wall time of a process that only imports what each tool needs (interleaved)."""
     env = child_env(work / "pycache")
     env["PYTHONPATH"] = f"{ROOT}:{PEERS_DIR}"
-    out = {}
-    for label, code in FLOORS.items():
-        out[label] = median([run_child([sys.executable, "-c", code], cwd=work, env=env).wall_s for _ in range(repeat)])
-    return out
+    walls: dict[str, list[float]] = {label: [] for label in FLOORS}
+    for _ in range(repeat + 1):  # the first round compiles the bytecode cache
+        for label, code in FLOORS.items():
+            walls[label].append(run_child([sys.executable, "-c", code], cwd=work, env=env).wall_s)
+    return {label: round(median(w[1:]), 3) for label, w in walls.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fold_peers_report import write_json, write_markdown
+    from fold_profile import profile
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", default="det,rec,cls,mobilenetv2,resnet18")
     args = parser.parse_args(argv)
     ensure_peers()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    run = {"machine": machine(), "uptime_start": _uptime(), "repeat": args.repeat, "commands": COMMANDS}
     with tempfile.TemporaryDirectory(prefix="bncheck-peers-") as tmp:
         work = Path(tmp)
         chosen = set(args.models.split(","))
         results: list[Outcome] = []
+        loads: dict[str, dict] = {}
+        profiles: dict[str, dict] = {}
         for name, (src, inputs) in models(work).items():
             if name in chosen:
-                results += measure(name, src, inputs, work, args.repeat)
-        floors = import_floors(work, args.repeat)
-    table = write_markdown(results, RESULTS / "fold_peers.md", floors)
-    (RESULTS / "fold_peers.json").write_text(
-        json.dumps({"results": [asdict(o) | {"folded": o.folded} for o in results], "import_floors_s": floors}, indent=2)
-    )
+                outcomes, loads[name] = measure(name, src, inputs, work, args.repeat)
+                results += outcomes
+                out = work / f"{name}.profiled.onnx"
+                profiles[name] = profile(tool_argv("bncheck", src, out), tool_env("bncheck", work), work, out)
+        run["import_floors_s"] = import_floors(work, args.repeat)
+    run["uptime_end"] = _uptime()
+    table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles)
+    write_json(results, RESULTS / "fold_peers.json", run=run, loads=loads, profiles=profiles)
     print(table)
     return 0
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ _EXPORTS = {
     "DriftResult": "bncheck.report.results",
     "Finding": "bncheck.rules.finding",
     "FoldResult": "bncheck.report.results",
+    "Ranking": "bncheck.report.ranking",
     "RecalibrateOptions": "bncheck.commands.recalibrate",
     "RecalibrationResult": "bncheck.report.results",
     "Report": "bncheck.report.report",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "load_model": "bncheck.backends",
     "load_report": "bncheck.report.io",
     "load_settings": "bncheck.config",
+    "rank_models": "bncheck.commands.drift_ranking",
     "recalibrate": "bncheck.commands.recalibrate",
 }
 
@@ -54,6 +56,7 @@ __all__ = [
     "DriftResult",
     "Finding",
     "FoldResult",
+    "Ranking",
     "RecalibrateOptions",
     "RecalibrationResult",
     "Report",
@@ -68,6 +71,7 @@ __all__ = [
     "load_model",
     "load_report",
     "load_settings",
+    "rank_models",
     "recalibrate",
 ]
 
@@ -78,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from bncheck.backends import load_model
     from bncheck.commands.audit import audit
     from bncheck.commands.drift import DriftOptions, drift
+    from bncheck.commands.drift_ranking import rank_models
     from bncheck.commands.fold import fold, load_folded_state_dict
     from bncheck.commands.recalibrate import RecalibrateOptions, recalibrate
     from bncheck.config import Settings, load_settings
@@ -85,6 +90,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from bncheck.layer import BNLayer
     from bncheck.report.diff import ReportDiff, diff
     from bncheck.report.io import load_report
+    from bncheck.report.ranking import Ranking
     from bncheck.report.report import Report
     from bncheck.report.results import DriftResult, FoldResult, RecalibrationResult
     from bncheck.rules.finding import Finding, Severity

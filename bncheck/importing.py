@@ -57,6 +57,18 @@ def import_target(target: str, spec: str, *, option: str, error: type[BncheckErr
         sys.path.insert(0, "")
     try:
         return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and not (target == missing or target.startswith(missing + ".")):
+            # the module exists but one of its own imports does not: a dependency to install
+            raise error(
+                f"{option} {spec!r}: importing module {target} needs {missing}, which is not installed; "
+                f"install the package that provides {missing} (often `pip install {missing.split('.')[0]}`)."
+            ) from exc
+        raise error(
+            f"{option} {spec!r}: cannot import module {target} (ModuleNotFoundError: "
+            f"{first_line(exc)}); check the name and PYTHONPATH."
+        ) from exc
     except (Exception, SystemExit) as exc:
         raise error(
             f"{option} {spec!r}: cannot import module {target} ({type(exc).__name__}: "

@@ -25,7 +25,10 @@ COMMANDS = {
     ),
     "fold": LazyCommand("bncheck.cli.fold", "Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and verify that OUT computes the same function (exit 1 when it does not)."),
     "rules": LazyCommand("bncheck.cli.rules", "List the rules, or explain one (``bncheck rules BN003``)."),
-    "drift": LazyCommand("bncheck.cli.drift", "Run DATA through MODEL and compare what every BN layer sees with its stored statistics."),
+    "drift": LazyCommand(
+        "bncheck.cli.drift",
+        "Run DATA through MODEL and compare what every BN layer sees with its stored statistics. With several MODELs (bncheck drift M1 M2 ... DATA), rank them by how well their stored statistics fit DATA, best first; each model's own findings still gate the run.",
+    ),
     "recalibrate": LazyCommand(
         "bncheck.cli.recalibrate",
         "Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the report compares drift (and accuracy, with labels) before and after.",

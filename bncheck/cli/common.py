@@ -25,7 +25,9 @@ from bncheck.errors import BncheckError, OutputError, first_line
 from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
 from bncheck.formats.common import headline, package_versions
 from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
+from bncheck.formats.ranking import render as render_ranking
 from bncheck.report.baseline import apply_baseline, check_baseline_file
+from bncheck.report.ranking import Ranking
 from bncheck.report.report import Report
 
 
@@ -240,3 +242,16 @@ def emit_many(reports: list[Report], fmt: str, output: Path | None, quiet: bool 
         text = render_many(reports, fmt, color=stdout_color(output))
     write_text(text, output, quiet, f"report of {len(reports)} models")
     raise typer.Exit(max(report.exit_code for report in reports))
+
+
+def emit_ranking(ranking: Ranking, fmt: str, output: Path | None, quiet: bool = False) -> None:
+    """Several models ranked on one DATA (``drift M1 M2 ... DATA``), written like :func:`emit`;
+    exits 1 when any model's report fails its own gate (the order never fails a run)."""
+    info = run_info()
+    for report in ranking.reports:
+        report.run = report.run or info
+        say_on_stderr(report, quiet)
+    width = report_width() if fmt == "table" else None
+    text = render_ranking(ranking, fmt, color=stdout_color(output), width=width, quiet=quiet)
+    write_text(text, output, quiet, f"ranking of {len(ranking.reports)} models")
+    raise typer.Exit(ranking.exit_code)

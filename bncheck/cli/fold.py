@@ -9,6 +9,7 @@ import typer
 
 from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command
+from bncheck.cli.fold_options import FoldCheckArgs
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.model_options import ModelArg, ToOpt, model_out
 from bncheck.commands.fold import fold as run_fold
@@ -28,21 +29,8 @@ def fold(
     affine: Annotated[
         bool, typer.Option("--affine", help="Turn BN layers that cannot be folded into a per-channel multiply-add.")
     ] = False,
-    verify: Annotated[
-        Path | None, typer.Option("--verify", help="DATA to verify the folded model on (default: random inputs).")
-    ] = None,
-    input_shape: Annotated[
-        str | None,
-        typer.Option("--input-shape", help="Input shape for random verification inputs, e.g. 1,3,224,224 (';' between inputs)."),
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", help="Verification samples (default: 2 random, or the first 256 of DATA).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for DATA.")] = 32,
-    atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-4; 1e-2 for float16).")] = None,
-    rtol: Annotated[
-        float | None, typer.Option("--rtol", help="Relative tolerance, against max|output| (default 1e-4; 1e-2 for float16).")
-    ] = None,
+    *,
+    check: FoldCheckArgs,
     force: Annotated[
         bool,
         typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
@@ -51,7 +39,6 @@ def fold(
         bool | None,
         typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
     ] = None,
-    *,
     model_args: ModelArgs,
     gate: GateArgs,
     report: ReportArgs,
@@ -64,12 +51,12 @@ def fold(
     guard_outputs(
         {"--out": out, "--output": report.output},
         models=[model],
-        inputs={"DATA": [verify], "baseline": [report.baseline]},
+        inputs={"DATA": [check.verify], "baseline": [report.baseline]},
         settings=settings,
     )
     with steps(report.progress(settings), "fold"):
         result = run_fold(
-            model, out, to=to, affine=affine, verify=verify, input_shape=input_shape, samples=samples, batch_size=batch_size,
-            atol=atol, rtol=rtol, force=force, timing=timing, settings=settings, **model_args.load_kwargs(),
+            model, out, to=to, affine=affine, force=force, timing=timing, settings=settings,
+            **check.fold_kwargs(), **model_args.load_kwargs(),
         )
     report.emit(result, fmt)

@@ -73,6 +73,10 @@ def _resolve(kind: str, name: str):
         return get_renderer(name)
     if kind == "extension":
         return format_for_path(name)
+    if kind == "ranking":
+        ranking_view = importlib.import_module("bncheck.formats.ranking")
+        ranking_view.check_format(name)
+        return lambda ranking, **options: ranking_view.render(ranking, name, **options)
     module, attribute = _VIEWS.get((kind, name), (None, None))
     if module is None:
         if kind == "diff":

@@ -27,6 +27,7 @@ but the BN, and that the BN uses its running statistics at inference.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,6 +39,8 @@ __all__ = [
     "fold_bn_into_matmul_add",
     "fold_bn_before_linear",
     "fold_bn_before_conv",
+    "Gemm",
+    "LINEAR",
     "EXACT_PADDING_MODES",
 ]
 
@@ -144,6 +147,41 @@ def _gemm_bias(bias, n_out: int) -> np.ndarray:
     return np.broadcast_to(c.reshape(-1) if c.ndim else c, (n_out,)).copy()
 
 
+@dataclass(frozen=True)
+class Gemm:
+    """The attributes of an ONNX ``Gemm``, ``Y = alpha * A @ B' + beta * C`` with ``B' = B.T``
+    when ``trans_b`` else ``B``; the defaults (:data:`LINEAR`) are ``nn.Linear``."""
+
+    trans_b: bool = True
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+#: ``nn.Linear`` as a Gemm: ``y = x @ W.T + b``
+LINEAR = Gemm()
+
+
+def _fold_gemm(weight, bias, scale, shift, gemm: Gemm, *, bn_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The one Linear/Gemm fold: ``B`` scaled along its output-channel axis (BN after the Gemm)
+    or its input-channel axis (``bn_first``: BN before it), the BN shift moved into ``C``.
+    The formulas are in :func:`fold_bn_into_linear` and :func:`fold_bn_before_linear`."""
+    w = np.asarray(weight)
+    if w.ndim != 2:
+        raise ValueError(f"a Linear/Gemm weight is 2-D, got shape {w.shape}")
+    w64, dtype = _weight64(w)
+    out_axis = 0 if gemm.trans_b else 1
+    n_out = w.shape[out_axis]
+    bn_axis = 1 - out_axis if bn_first else out_axis
+    s, t = _scale_shift(scale, shift, w.shape[bn_axis], "Linear/Gemm input" if bn_first else "Linear/Gemm output")
+    new_w = w64 * (s[None, :] if bn_axis == 1 else s[:, None])
+    if bn_first:  # alpha * (s*X + t) @ B' = alpha * X @ (s-scaled B)' + alpha * t @ B'
+        c, added = _gemm_bias(bias, n_out), float(gemm.alpha) * (w64 @ t if gemm.trans_b else t @ w64)
+    else:  # s * (alpha * A @ B' + beta * C) + t
+        c, added = _gemm_bias(bias, n_out) * s, t
+    new_c = _gemm_c(c, added, gemm.beta)
+    return _cast(new_w, dtype, "weight"), _cast(new_c, dtype, "bias")
+
+
 def _has_padding(padding) -> bool:
     if isinstance(padding, str):
         return padding.lower() != "valid"
@@ -244,29 +282,20 @@ def fold_bn_into_conv(
     return _cast(new_w, dtype, "weight"), _cast(new_b, dtype, "bias")
 
 
-def fold_bn_into_linear(
-    weight,
-    bias,
-    scale,
-    shift,
-    *,
-    trans_b: bool = True,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
+def fold_bn_into_linear(weight, bias, scale, shift, *, gemm: Gemm = LINEAR) -> tuple[np.ndarray, np.ndarray]:
     """Fold a BN that follows a Linear layer or an ONNX ``Gemm`` into it.
 
-    ONNX Gemm: ``Y = alpha * A @ B' + beta * C`` with ``B' = B.T`` if ``transB`` else ``B``.
-    ``nn.Linear`` (``y = x @ W.T + b``) is the case ``trans_b=True, alpha=beta=1``.
-    The output channels are axis 0 of ``B`` when ``trans_b`` (``B`` is ``(out, in)``) and
-    axis 1 when not (``B`` is ``(in, out)``). ``BN(Y) = scale * Y + shift`` gives, with the
-    same ``alpha``, ``beta`` and ``transB``::
+    ONNX Gemm: ``Y = alpha * A @ B' + beta * C`` with ``B' = B.T`` if ``transB`` else ``B``
+    (``gemm`` holds the three attributes; the default :data:`LINEAR` is ``nn.Linear``,
+    ``y = x @ W.T + b``). The output channels are axis 0 of ``B`` when ``trans_b`` (``B`` is
+    ``(out, in)``) and axis 1 when not (``B`` is ``(in, out)``). ``BN(Y) = scale * Y + shift``
+    gives, with the same ``alpha``, ``beta`` and ``transB``::
 
         new_B = B * scale   (along the output-channel axis)
         new_C = C * scale + shift / beta                     (C None -> 0)
 
     so that ``beta * new_C = beta * C * scale + shift``. ``alpha`` does not enter (BN scales
-    the whole product); it is accepted so that Gemm attributes can be passed through as is.
+    the whole product).
 
     ``C`` may be ``None``, a scalar, ``(1,)``, ``(out,)``, ``(1, 1)`` or ``(1, out)`` (returned
     as ``(out,)``), or ``(M, 1)``/``(M, out)`` (returned as ``(M, out)``, valid for the same
@@ -274,22 +303,15 @@ def fold_bn_into_linear(
 
     ``beta == 0``: Gemm ignores ``C``, so a non-zero shift cannot be folded with that beta and
     ValueError is raised. Since the old ``C`` contributed nothing, the caller can instead call
-    with ``bias=None, beta=1.0`` and set the node's ``beta`` to 1 (``new_C = shift``). With an
-    all-zero shift and ``beta == 0``, ``new_C = C * scale`` is returned (ignored anyway).
+    with ``bias=None`` and a ``gemm`` of beta 1, and set the node's ``beta`` to 1
+    (``new_C = shift``). With an all-zero shift and ``beta == 0``, ``new_C = C * scale`` is
+    returned (ignored anyway).
 
     The caller must make sure BN normalizes the Gemm/Linear output-channel axis: BN acts on
     axis 1, Linear on the last axis, so they agree for a 2-D ``(N, out)`` output (not for a
     3-D ``(N, C, L)`` one, unless a transpose in between makes ``out`` the BN axis).
     """
-    w = np.asarray(weight)
-    if w.ndim != 2:
-        raise ValueError(f"a Linear/Gemm weight is 2-D, got shape {w.shape}")
-    w64, dtype = _weight64(w)
-    n_out = w.shape[0] if trans_b else w.shape[1]
-    s, t = _scale_shift(scale, shift, n_out, "Linear/Gemm output")
-    new_w = w64 * (s[:, None] if trans_b else s[None, :])
-    new_c = _gemm_c(_gemm_bias(bias, n_out) * s, t, beta)
-    return _cast(new_w, dtype, "weight"), _cast(new_c, dtype, "bias")
+    return _fold_gemm(weight, bias, scale, shift, gemm, bn_first=False)
 
 
 def fold_bn_into_matmul_add(weight, bias, scale, shift) -> tuple[np.ndarray, np.ndarray]:
@@ -325,16 +347,7 @@ def fold_bn_into_matmul_add(weight, bias, scale, shift) -> tuple[np.ndarray, np.
     return _cast(new_w, dtype, "weight"), _cast(new_b, dtype, "bias")
 
 
-def fold_bn_before_linear(
-    weight,
-    bias,
-    scale,
-    shift,
-    *,
-    trans_b: bool = True,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
+def fold_bn_before_linear(weight, bias, scale, shift, *, gemm: Gemm = LINEAR) -> tuple[np.ndarray, np.ndarray]:
     """Fold a BN whose output feeds a Linear layer / ONNX ``Gemm`` (as ``A``) into it.
 
     ``Y = alpha * (scale * X + shift) @ B' + beta * C`` (``B' = B.T`` if ``trans_b``; the input
@@ -344,27 +357,15 @@ def fold_bn_before_linear(
         new_B = B * scale   (along the input-channel axis)
         new_C = C + alpha * (shift @ B') / beta              (C None -> 0)
 
-    For ``nn.Linear`` (``trans_b=True, alpha=beta=1``): ``W' = W * scale[None, :]``,
+    For ``nn.Linear`` (the default ``gemm``, :data:`LINEAR`): ``W' = W * scale[None, :]``,
     ``b' = b + W @ shift``. Shapes of ``C`` are handled as in :func:`fold_bn_into_linear`.
     ``beta == 0`` with a non-zero ``alpha * shift @ B'`` raises ValueError (fold with
-    ``bias=None, beta=1`` and set the node's beta to 1 instead).
+    ``bias=None`` and a beta of 1, and set the node's beta to 1 instead).
 
     The caller must make sure the BN channel axis (axis 1) is the Linear input axis (last):
     true for 2-D ``(N, in)`` activations.
     """
-    w = np.asarray(weight)
-    if w.ndim != 2:
-        raise ValueError(f"a Linear/Gemm weight is 2-D, got shape {w.shape}")
-    w64, dtype = _weight64(w)
-    n_in, n_out = (w.shape[1], w.shape[0]) if trans_b else w.shape
-    s, t = _scale_shift(scale, shift, n_in, "Linear/Gemm input")
-    if trans_b:
-        new_w, t_b = w64 * s[None, :], w64 @ t
-    else:
-        new_w, t_b = w64 * s[:, None], t @ w64
-    extra = float(alpha) * t_b
-    new_c = _gemm_c(_gemm_bias(bias, n_out), extra, beta)
-    return _cast(new_w, dtype, "weight"), _cast(new_c, dtype, "bias")
+    return _fold_gemm(weight, bias, scale, shift, gemm, bn_first=True)
 
 
 def fold_bn_before_conv(

@@ -5,6 +5,7 @@ ask it for a view. A view is named by a kind and a name:
 
 * ``("report", FORMAT)``: ``render(report, **options) -> str`` (table, json, markdown...);
 * ``("diff", FORMAT)``: ``render(report_diff, **options) -> str``;
+* ``("ranking", FORMAT)``: ``render(ranking, **options) -> str`` (several drift reports ranked);
 * ``("figure", "drift" | "channels")``: ``figure(report[, layer])`` (matplotlib);
 * ``("fragment", "html")``: ``fragment(report) -> str`` for notebooks;
 * ``("extension", SUFFIX)``: the format name a file extension means.

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import (  # noqa: E402
 )
 
 from bncheck.numerics.fold_math import (  # noqa: E402
+    Gemm,
     bn_scale_shift,
     channel_broadcast_shape,
     fold_bn_before_conv,
@@ -349,7 +350,7 @@ def test_gemm_bn_onnxruntime(trans_b, alpha, beta, c_form, dtype):
     bn = randomize_bn(nn.BatchNorm1d(N).double())
 
     ref = torch_bn(run_gemm(a, b, c, alpha=alpha, beta=beta, trans_b=trans_b), bn)
-    nb, nc = fold_bn_into_linear(b, c, *scale_shift_of(bn), trans_b=trans_b, alpha=alpha, beta=beta)
+    nb, nc = fold_bn_into_linear(b, c, *scale_shift_of(bn), gemm=Gemm(trans_b=trans_b, alpha=alpha, beta=beta))
     assert nb.shape == b.shape and nb.dtype == nc.dtype == np.dtype(dtype)
     expected_c = (M, N) if c_form in ("col", "full") else (N,)
     assert nc.shape == expected_c
@@ -366,13 +367,13 @@ def test_gemm_beta_zero(trans_b):
     bn = randomize_bn(nn.BatchNorm1d(N).double())
     scale, shift = scale_shift_of(bn)
     with pytest.raises(ValueError, match="beta=0"):
-        fold_bn_into_linear(b, c, scale, shift, trans_b=trans_b, beta=0.0)
+        fold_bn_into_linear(b, c, scale, shift, gemm=Gemm(trans_b=trans_b, beta=0.0))
     # The documented way out: C was ignored, so fold with no C and beta=1.
     ref = torch_bn(run_gemm(a, b, c, alpha=0.7, beta=0.0, trans_b=trans_b), bn)
-    nb, nc = fold_bn_into_linear(b, None, scale, shift, trans_b=trans_b, beta=1.0)
+    nb, nc = fold_bn_into_linear(b, None, scale, shift, gemm=Gemm(trans_b=trans_b, beta=1.0))
     assert rel_err(run_gemm(a, nb, nc, alpha=0.7, beta=1.0, trans_b=trans_b), ref) <= 1e-12
     # Without a shift there is nothing to put in C: beta=0 stays valid.
-    nb, nc = fold_bn_into_linear(b, c, scale, np.zeros(N), trans_b=trans_b, beta=0.0)
+    nb, nc = fold_bn_into_linear(b, c, scale, np.zeros(N), gemm=Gemm(trans_b=trans_b, beta=0.0))
     out = run_gemm(a, nb, nc, alpha=0.7, beta=0.0, trans_b=trans_b)
     ref = run_gemm(a, b, c, alpha=0.7, beta=0.0, trans_b=trans_b) * scale
     assert rel_err(out, ref) <= 1e-12
@@ -382,7 +383,7 @@ def test_gemm_rejects_bad_c():
     with pytest.raises(ValueError, match="does not broadcast"):
         fold_bn_into_linear(np.ones((N, K)), np.ones(N + 1), np.ones(N), np.zeros(N))
     with pytest.raises(ValueError, match="BN has 4 channels but the Linear/Gemm output has 5"):
-        fold_bn_into_linear(np.ones((N, K)), None, np.ones(N), np.zeros(N), trans_b=False)
+        fold_bn_into_linear(np.ones((N, K)), None, np.ones(N), np.zeros(N), gemm=Gemm(trans_b=False))
 
 
 # --------------------------------------------------------------------------- MatMul(+Add) -> BN
@@ -487,14 +488,14 @@ def test_bn_gemm_onnxruntime(trans_b, alpha, beta, c_form):
     a_bn = torch_bn(a, bn).astype(np.float32)
     ref = run_gemm(a_bn, b, c, alpha=alpha, beta=beta, trans_b=trans_b)
     nb, nc = fold_bn_before_linear(
-        b, c, *scale_shift_of(bn), trans_b=trans_b, alpha=alpha, beta=beta
+        b, c, *scale_shift_of(bn), gemm=Gemm(trans_b=trans_b, alpha=alpha, beta=beta)
     )
     assert nb.shape == b.shape and nb.dtype == nc.dtype == np.float32
     out = run_gemm(a, nb, nc, alpha=alpha, beta=beta, trans_b=trans_b)
     assert rel_err(out, ref) <= 1e-5
     if beta == 1.0:
         with pytest.raises(ValueError, match="beta=0"):
-            fold_bn_before_linear(b, c, *scale_shift_of(bn), trans_b=trans_b, beta=0.0)
+            fold_bn_before_linear(b, c, *scale_shift_of(bn), gemm=Gemm(trans_b=trans_b, beta=0.0))
 
 
 # --------------------------------------------------------------------------- BN -> conv

@@ -68,6 +68,23 @@ def test_torchscript_that_writes_files_is_refused(tmp_path):
     assert "aten::from_file" in result.stderr and "--trust-pickle" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["audit", "drift"])
+def test_plain_pickle_payload_is_refused_before_it_runs(tmp_path, command):
+    """pickle.dump output named model.pt: refused as a plain pickle (not as a damaged file),
+    and the payload runs only once the user passes --trust-pickle."""
+    marker = tmp_path / "marker"
+    model = tmp_path / "model.pt"
+    model.write_bytes(crafted.payload_pickle(marker))
+    args = [command, str(model), *([str(DATA)] if command == "drift" else [])]
+    result = bncheck(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not marker.exists()
+    assert "plain Python pickle" in result.stderr and "--trust-pickle" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    bncheck(*args, "--trust-pickle", cwd=tmp_path)
+    assert marker.exists()
+
+
 def test_trust_pickle_is_what_lets_a_payload_run(tmp_path):
     """The check is the only thing in the way: with the flag, torch runs the payload (so the
     crafted file is a real attack, and the refusals above are not an accident of damage)."""

@@ -48,6 +48,8 @@ class GraphEdits:
         self.dropped_initializers: set[str] = set()
         #: names of the enclosing graphs this body no longer reads (pruned by the caller)
         self.released_outer: list[str] = []
+        #: names the bodies below this graph read (made once, before :meth:`apply` edits)
+        self._subgraph_reads: set[str] | None = None
 
     def param(self, node: onnx.NodeProto, i: int, *, optional: bool = False) -> np.ndarray | None:
         """The constant value of input ``i`` of ``node`` (None for a missing optional one)."""
@@ -104,8 +106,13 @@ class GraphEdits:
         return (
             all(u is node for u in users)
             and name not in self.index.graph_outputs
-            and not _used_in_subgraphs(self.graph, name)
+            and name not in self._read_by_subgraphs()
         )
+
+    def _read_by_subgraphs(self) -> set[str]:
+        if self._subgraph_reads is None:
+            self._subgraph_reads = {i for path, g in iter_graphs(self.graph) if path for n in g.node for i in n.input}
+        return self._subgraph_reads
 
     def apply(self, rewrites: dict[int, Rewrite]) -> None:
         """Replace the planned BN nodes (keyed by ``id(node)``), swap the initializers, then
@@ -126,6 +133,7 @@ class GraphEdits:
                 reader.input[position] = name
         del self.graph.node[:]
         self.graph.node.extend(nodes)
+        self._subgraph_reads = None
         self._swap_initializers()
         self._remove_dead(released)
         self._drop_stale_value_info()
@@ -163,7 +171,8 @@ class GraphEdits:
             dead_nodes, dead_inits, next_pending = self._dead(pending)
             if not dead_nodes and not dead_inits:
                 break
-            keep = [n for n in self.graph.node if all(n is not d for d in dead_nodes)]
+            dead = {id(d) for d in dead_nodes}
+            keep = [n for n in self.graph.node if id(n) not in dead]
             del self.graph.node[:]
             self.graph.node.extend(keep)
             if dead_inits:
@@ -248,6 +257,3 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
             used.update(o.name for o in g.output)
     return used
 
-
-def _used_in_subgraphs(graph: onnx.GraphProto, name: str) -> bool:
-    return any(path and any(name in node.input for node in g.node) for path, g in iter_graphs(graph))

@@ -6,6 +6,7 @@ producer's parameters with :mod:`bncheck.numerics.fold_math` and makes the produ
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -41,13 +42,16 @@ def fold_gemm(edits: GraphEdits, prod, x: str, y: str, s, t, rewrite: Rewrite) -
     """Gemm with transB, alpha and beta; a beta of 0 ignores C, so C starts empty and beta is 1."""
     label = _label(prod)
     weight, c = edits.param(prod, 1), edits.param(prod, 2, optional=True)
-    trans_b = bool(attribute(prod, "transB", 0))
-    alpha, beta = float(attribute(prod, "alpha", 1.0)), float(attribute(prod, "beta", 1.0))
-    if beta == 0.0:
-        new_w, new_c = fold_math.fold_bn_into_linear(weight, None, s, t, trans_b=trans_b, alpha=alpha, beta=1.0)
+    gemm = fold_math.Gemm(
+        trans_b=bool(attribute(prod, "transB", 0)),
+        alpha=float(attribute(prod, "alpha", 1.0)),
+        beta=float(attribute(prod, "beta", 1.0)),
+    )
+    if gemm.beta == 0.0:
+        new_w, new_c = fold_math.fold_bn_into_linear(weight, None, s, t, gemm=replace(gemm, beta=1.0))
         set_attribute(prod, "beta", 1.0)
     else:
-        new_w, new_c = fold_math.fold_bn_into_linear(weight, c, s, t, trans_b=trans_b, alpha=alpha, beta=beta)
+        new_w, new_c = fold_math.fold_bn_into_linear(weight, c, s, t, gemm=gemm)
     _replace_weight_and_bias(edits, prod, new_w, new_c, y, rewrite)
     return label
 

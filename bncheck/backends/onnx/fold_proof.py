@@ -63,18 +63,18 @@ class _Graphs:
     def __init__(self, model: onnx.ModelProto):
         opset = model_opset(model)
         self.indexes: list[GraphIndex] = []
+        self._bns: dict[str, tuple[GraphIndex, onnx.NodeProto]] = {}
         outer: dict[str, onnx.TensorProto] = {}
         for _, graph in iter_graphs(model.graph):
             index = GraphIndex(graph, opset, outer if graph is not model.graph else None)
             outer = {**outer, **{i.name: i for i in graph.initializer}}
             self.indexes.append(index)
+            for node in graph.node:
+                if node.op_type == "BatchNormalization":
+                    self._bns.setdefault(node.name or node.output[0], (index, node))
 
     def find_bn(self, name: str) -> tuple[GraphIndex, onnx.NodeProto] | None:
-        for index in self.indexes:
-            for node in index.graph.node:
-                if node.op_type == "BatchNormalization" and (node.name or node.output[0]) == name:
-                    return index, node
-        return None
+        return self._bns.get(name)
 
     def with_output(self, name: str) -> GraphIndex | None:
         for index in self.indexes:
@@ -161,7 +161,7 @@ def cut(index: GraphIndex, data: str, output: str) -> Cut:
             stack.extend(node.input)
         if len(nodes) > 64:
             raise NotIsolatable("more than 64 ops between the producer's input and the BN output")
-    order = {id(n): i for i, n in enumerate(index.graph.node)}
+    order = index.positions()
     nodes.sort(key=lambda n: order.get(id(n), 0))
     floats = {name: index.constant(name) for name, init in inits.items() if init.data_type in _FED}
     others = [init for name, init in inits.items() if name not in floats]

@@ -71,6 +71,14 @@ class GraphIndex:
                 if inp:
                     self.consumers[inp].append(node)
         self._cache: dict[str, np.ndarray | None] = {}
+        self._positions: dict[int, int] | None = None
+
+    def positions(self) -> dict[int, int]:
+        """``id(node)`` -> the node's position in the graph (made once; the graph is not edited
+        while an index on it is used)."""
+        if self._positions is None:
+            self._positions = {id(n): i for i, n in enumerate(self.graph.node)}
+        return self._positions
 
     def is_constant(self, name: str) -> bool:
         return self.constant(name) is not None
@@ -83,6 +91,15 @@ class GraphIndex:
         value = self._evaluate(name, depth=0)
         self._cache[name] = value
         return value
+
+    def constant_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of constant ``name``: an initializer's declared dims (its data is not
+        read: a conv weight's shape costs nothing), else the computed constant's shape."""
+        init = self.initializers.get(name)
+        if init is not None and all(d >= 0 for d in init.dims):
+            return tuple(int(d) for d in init.dims)
+        value = self.constant(name)
+        return None if value is None else tuple(np.shape(value))
 
     def constant_source(self, name: str) -> str:
         """How a constant is stored: initializer, Constant node, or computed chain."""
@@ -97,8 +114,7 @@ class GraphIndex:
         if not name:
             return None
         if name in self.initializers:
-            limits.check_tensor(self.initializers[name])
-            return numpy_helper.to_array(self.initializers[name])
+            return limits.tensor_value(self.initializers[name])
         node = self.producer.get(name)
         if node is None or depth > MAX_CONSTANT_DEPTH:
             return None
@@ -155,8 +171,7 @@ class GraphIndex:
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     for attr in node.attribute:
         if attr.name == "value":
-            limits.check_tensor(attr.t, f" of Constant node {node.name!r}")
-            return numpy_helper.to_array(attr.t)
+            return limits.tensor_value(attr.t, f" of Constant node {node.name!r}")
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)
         if attr.name == "value_floats":

@@ -73,10 +73,12 @@ def resolve(model: onnx.ModelProto, specs: list[InputSpec], accepts: Callable[[t
     dynamic = [s for s in specs if s.shape is not None and any(d is None for d in s.shape)]
     if not dynamic:
         return Resolved(specs, "")
-    strides = total_strides(model)
+    index = GraphIndex(model.graph, model_opset(model))  # one walk of the graph for every hint
+    facts = _strides_and_channels(model, index)
+    strides = total_strides(model, facts)
     hints = [("the model metadata", h) for h in metadata_sizes(model)]
-    hints += [("the features a Flatten -> Gemm takes", h) for h in flatten_sizes(model)]
-    specs = [_with_channels(s, first_layer_width(model, s.name)) for s in specs]
+    hints += [("the features a Flatten -> Gemm takes", h) for h in flatten_sizes(model, facts, index)]
+    specs = [_with_channels(s, first_layer_width(model, s.name, index)) for s in specs]
     last_error = ""
     tried = []
     for origin, candidate in _candidates(specs, strides, hints):
@@ -157,20 +159,19 @@ def _from_hint(hint: tuple[int, ...], spec: InputSpec, i: int, rank: int) -> int
     return NON_SPATIAL
 
 
-def first_layer_width(model: onnx.ModelProto, name: str) -> int | None:
+def first_layer_width(model: onnx.ModelProto, name: str, index: GraphIndex | None = None) -> int | None:
     """The channels (features) that the first Conv/ConvTranspose/Gemm/MatMul reading input
     ``name`` directly takes, from its constant weight; None when no such layer says."""
-    index = GraphIndex(model.graph, model_opset(model))
+    index = index or GraphIndex(model.graph, model_opset(model))
     for node in index.consumers.get(name, []):
         if len(node.input) < 2 or node.input[0] != name:
             continue
         try:
-            weight = index.constant(node.input[1])
+            shape = index.constant_shape(node.input[1])
         except Exception:  # a hostile constant is refused by the fold itself, not here
             return None
-        if weight is None or np.asarray(weight).ndim < 2:
+        if shape is None or len(shape) < 2:
             continue
-        shape = np.asarray(weight).shape
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
             return int(shape[1]) * int(attrs.get("group", 1))
@@ -202,19 +203,20 @@ def metadata_sizes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return found
 
 
-def total_strides(model: onnx.ModelProto) -> list[int]:
-    """The largest down-sampling factor per spatial axis over the main graph's values (at least 1)."""
-    factor, _ = _strides_and_channels(model)
+def total_strides(model: onnx.ModelProto, facts=None) -> list[int]:
+    """The largest down-sampling factor per spatial axis over the main graph's values (at least
+    1); ``facts``: :func:`_strides_and_channels` of ``model`` when already known."""
+    factor, _ = facts or _strides_and_channels(model)
     best: list[float] = []
     for here in factor.values():
         best = [max(b, h) for b, h in zip(_pad(best, len(here)), _pad(here, len(best)), strict=True)]
     return [int(min(MAX_STRIDE, max(1, round(b)))) for b in best] or [1]
 
 
-def _strides_and_channels(model: onnx.ModelProto) -> tuple[dict[str, list[float]], dict[str, int]]:
+def _strides_and_channels(model: onnx.ModelProto, index: GraphIndex | None = None) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Per value of the main graph: its down-sampling factor per spatial axis, and its channel
     count where a Conv/ConvTranspose upstream fixes it (kept through ops that keep channels)."""
-    index = GraphIndex(model.graph, model_opset(model))
+    index = index or GraphIndex(model.graph, model_opset(model))
     factor: dict[str, list[float]] = {}
     channels: dict[str, int] = {}
     for node in model.graph.node:  # ONNX stores nodes in topological order
@@ -236,19 +238,18 @@ def _strides_and_channels(model: onnx.ModelProto) -> tuple[dict[str, list[float]
 def _out_channels(node: onnx.NodeProto, index: GraphIndex) -> int | None:
     if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
         return None
-    weight = index.constant(node.input[1])
-    if weight is None:
+    shape = index.constant_shape(node.input[1])
+    if shape is None:
         return None
-    shape = np.asarray(weight).shape
     group = next((int(a.i) for a in node.attribute if a.name == "group"), 1)
     return int(shape[0]) if node.op_type == "Conv" else int(shape[1]) * group
 
 
-def flatten_sizes(model: onnx.ModelProto) -> list[tuple[int, int]]:
+def flatten_sizes(model: onnx.ModelProto, facts=None, index: GraphIndex | None = None) -> list[tuple[int, int]]:
     """Square (H, W) input sizes implied by a Flatten feeding a Gemm/MatMul: its weight takes
     K = C * h * w features, C and the stride at the Flatten come from the graph."""
-    factor, channels = _strides_and_channels(model)
-    index = GraphIndex(model.graph, model_opset(model))
+    index = index or GraphIndex(model.graph, model_opset(model))
+    factor, channels = facts or _strides_and_channels(model, index)
     found = []
     for node in model.graph.node:
         if node.op_type != "Flatten" or node.input[0] not in channels:
@@ -268,10 +269,9 @@ def flatten_sizes(model: onnx.ModelProto) -> list[tuple[int, int]]:
 def _in_features(node: onnx.NodeProto, index: GraphIndex) -> int | None:
     if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2:
         return None
-    weight = index.constant(node.input[1])
-    if weight is None or np.asarray(weight).ndim != 2:
+    shape = index.constant_shape(node.input[1])
+    if shape is None or len(shape) != 2:
         return None
-    shape = np.asarray(weight).shape
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
     return int(shape[1] if trans_b else shape[0])
 

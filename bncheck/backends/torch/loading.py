@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bncheck.backends.torch.pickle_inspect import load_plain_pickle, plain_pickle_class
 from bncheck.backends.torch.pt2_inspect import check_export_archive
 from bncheck.backends.torch.script_inspect import check_torchscript_archive
 from bncheck.errors import ModelLoadError, first_line
@@ -55,12 +56,22 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
     added = trust_pickle and "" not in sys.path and str(Path.cwd()) not in sys.path
     if added:
         sys.path.insert(0, str(Path.cwd()))
+    plain = None if _is_zip(path) else plain_pickle_class(path)
+    if plain is not None and not trust_pickle:
+        holding = f" of a {plain}" if plain else ""
+        raise ModelLoadError(
+            f"{path} is a plain Python pickle{holding} (pickle.dump, not torch.save), and unpickling "
+            "runs code from the file; if you trust it pass --trust-pickle, or better save a state "
+            "dict with torch.save(model.state_dict(), path) and pass --arch."
+        )
     try:
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 74" on a damaged file: noise on top of our message
             warnings.simplefilter("ignore")
             # mmap: tensors are read on first use (copy-on-write), so a large checkpoint costs
             # little more than its BN tensors; only the zip format supports it
+            if plain is not None:  # trusted: torch.load cannot read what pickle.dump wrote
+                return load_plain_pickle(path)
             if str(path).endswith(".safetensors"):
                 # bncheck read torch.save bytes; torch.load would read the path as safetensors by its name
                 with open(path, "rb") as handle:

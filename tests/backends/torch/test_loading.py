@@ -3,6 +3,7 @@ with and without --arch, --trust-pickle, and damaged or mismatched torch files (
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -106,6 +107,48 @@ def test_pickled_module_needs_trust_pickle(tmp_path, tiny_cnn, save_model, cli, 
     assert '"format": "pickle"' in result.stdout
 
 
+def test_plain_pickle_is_named_as_one_and_needs_trust_pickle(tmp_path, tiny_cnn, cli, assert_usage_error):
+    """pickle.dump(model, open("model.pt", "wb")): not a damaged torch file, a plain pickle."""
+    import pickle
+
+    path = tmp_path / "model.pt"
+    with open(path, "wb") as handle:
+        pickle.dump(tiny_cnn, handle)
+    line = assert_usage_error(cli("audit", path), "plain Python pickle", "TinyCNN", "--trust-pickle")
+    assert "corrupt" not in line and "truncated" not in line
+    result = cli("audit", path, "--trust-pickle", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["format"] == "pickle"
+    assert [layer["name"] for layer in report["layers"]] == BN_NAMES
+    assert report["layers"][0]["producer"] == "conv1"
+
+
+def test_plain_pickle_of_a_state_dict_reads_with_trust_pickle(tmp_path, tiny_cnn, cli, assert_usage_error):
+    import pickle
+
+    path = tmp_path / "weights.pth"
+    with open(path, "wb") as handle:
+        pickle.dump(tiny_cnn.state_dict(), handle, protocol=2)
+    assert_usage_error(cli("audit", path), "plain Python pickle of a collections.OrderedDict", "--trust-pickle")
+    result = cli("audit", path, "--trust-pickle", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    layers = json.loads(result.stdout)["layers"]
+    assert [layer["name"] for layer in layers] == BN_NAMES
+    loaded = load_model(path, trust_pickle=True).bn_layers()
+    np.testing.assert_array_equal(loaded[0].running_var, tiny_cnn.bn1.running_var.double().numpy())
+
+
+def test_truncated_plain_pickle_is_called_damaged(tmp_path, tiny_cnn, cli, assert_usage_error):
+    import pickle
+
+    path = tmp_path / "model.pt"
+    data = pickle.dumps(tiny_cnn)
+    path.write_bytes(data[: len(data) // 2])
+    line = assert_usage_error(cli("audit", path, "--trust-pickle"), "truncated or corrupt")
+    assert "plain Python pickle" not in line
+
+
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
 def test_truncated_torch_zip(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, keep):
     path = save_model(tiny_cnn, tmp_path, "state_dict")
@@ -165,6 +208,20 @@ def test_bad_arch_factory(tmp_path, tiny_cnn, save_model, arch_module, cli, asse
 def test_arch_that_cannot_be_imported(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, spec, needle):
     path = save_model(tiny_cnn, tmp_path, "state_dict")
     assert_usage_error(cli("audit", path, "--arch", spec), needle)
+
+
+def test_arch_module_whose_dependency_is_missing(tmp_path, tiny_cnn, save_model, cli, assert_usage_error, monkeypatch):
+    """torchcrepe.model imports librosa: the fix is to install librosa, not to check PYTHONPATH."""
+    package = tmp_path / "pkg_needing_dep"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    line = assert_usage_error(
+        cli("audit", path, "--arch", "pkg_needing_dep.model:build"), "needs no_such_dependency_xyz", "not installed", "pip install"
+    )
+    assert "PYTHONPATH" not in line
 
 
 def test_arch_file_that_fails_to_import(tmp_path, tiny_cnn, save_model, cli, assert_usage_error):

@@ -1,0 +1,147 @@
+"""The results file of :mod:`fold_peers`: the table, the goal check per row, import floors,
+load averages, the commands, and where bncheck's time goes (:mod:`fold_profile`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+WRONG_ABOVE = 1e-4
+#: the goal: bncheck's wall time at most this many times the fastest peer's
+GOAL_RATIO = 1.5
+
+
+def _by_model(results) -> dict[str, list]:
+    by_model: dict[str, list] = {}
+    for o in results:
+        by_model.setdefault(o.model, []).append(o)
+    return by_model
+
+
+def _fastest_peer(outs):
+    peers = [o for o in outs if o.tool != "bncheck" and not o.error]
+    return min(peers, key=lambda o: o.wall_s) if peers else None
+
+
+def _cell(o, fastest: float) -> str:
+    if o.error:
+        return f"failed: {o.error}"
+    err = f"{o.max_rel_err:.1e}" if o.max_rel_err is not None else "-"
+    wrong = " **wrong**" if o.max_rel_err is not None and o.max_rel_err > WRONG_ABOVE else ""
+    return f"{o.folded}/{o.bn_before} · {err}{wrong} · {o.wall_s:.2f} s ({o.wall_s / fastest:.2f}x)"
+
+
+def goal_rows(results) -> list[dict]:
+    """Per model: BN folded by some peer but not by bncheck, wrong results, the time ratio."""
+    rows = []
+    for model, outs in _by_model(results).items():
+        mine = next(o for o in outs if o.tool == "bncheck")
+        fastest = _fastest_peer(outs)
+        folded = {o.tool: set(o.before) - set(o.left) for o in outs if not o.error}
+        peers_fold = set().union(*(f for t, f in folded.items() if t != "bncheck"))
+        missed = sorted(peers_fold - folded.get("bncheck", set()))
+        wrong = [o.tool for o in outs if o.max_rel_err is not None and o.max_rel_err > WRONG_ABOVE]
+        ratio = mine.wall_s / fastest.wall_s if fastest is not None else float("nan")
+        rows.append({
+            "model": model, "bncheck_folded": mine.folded, "best_peer_folded": max(len(f) for t, f in folded.items() if t != "bncheck") if len(folded) > 1 else 0,
+            "missed": missed, "only_bncheck": sorted(folded.get("bncheck", set()) - peers_fold), "wrong": wrong,
+            "ratio": round(ratio, 3), "fastest_peer": fastest.tool if fastest else None,
+            "meets": not missed and not wrong and not mine.error and ratio <= GOAL_RATIO,
+        })
+    return rows
+
+
+def _goal_line(row: dict) -> str:
+    verdict = "meets the goal" if row["meets"] else "**misses the goal**"
+    parts = [f"folds {row['bncheck_folded']} (best peer {row['best_peer_folded']})"]
+    parts.append(f"misses {', '.join(row['missed'])}" if row["missed"] else "misses none a peer folds")
+    if row["only_bncheck"]:
+        parts.append(f"folds {len(row['only_bncheck'])} no peer folds")
+    parts.append(f"wrong: {', '.join(row['wrong'])}" if row["wrong"] else "0 wrong results")
+    parts.append(f"{row['ratio']:.2f}x the fastest peer ({row['fastest_peer']})")
+    return f"- {row['model']}: {verdict}: " + "; ".join(parts)
+
+
+def _table(results, tools) -> list[str]:
+    lines = ["| model | BN | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
+    for model, outs in _by_model(results).items():
+        fastest = _fastest_peer(outs)
+        base = fastest.wall_s if fastest is not None else float("nan")
+        lines.append(f"| {model} | {outs[0].bn_before} | " + " | ".join(_cell(o, base) for o in outs) + " |")
+    return lines
+
+
+def _cpu_lines(results) -> list[str]:
+    lines = []
+    for model, outs in _by_model(results).items():
+        lines.append(f"- {model}: " + ", ".join(f"{o.tool} {o.cpu_s:.2f} s" for o in outs if o.cpus))
+    return lines
+
+
+def _profile_lines(profiles: dict[str, dict]) -> list[str]:
+    if not profiles:
+        return []
+    stages = list(next(iter(profiles.values())))
+    lines = ["| stage (s, under cProfile) | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    for stage in stages:
+        lines.append(f"| {stage} | " + " | ".join(f"{p.get(stage, 0.0):.2f}" for p in profiles.values()) + " |")
+    return lines
+
+
+def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dict, notes: list[str] | None = None) -> str:
+    tools = [o.tool for o in results if o.model == results[0].model]
+    table = "\n".join(_table(results, tools))
+    kept = [f"- {o.model} / {o.tool}: kept {k}" for o in results for k in o.kept]
+    names = {"src": "IN", "out": "OUT", "report": "REPORT"}
+    commands = [f"- {tool}: `python {' '.join(a.format(**names) for a in argv)}`" for tool, argv in run["commands"].items()]
+    text = "\n".join([
+        "# bncheck fold vs onnxslim / onnxoptimizer / onnxsim",
+        "",
+        "Cells: BN folded/total · max relative error on real-looking inputs (onnxruntime, no graph",
+        "optimisations, original vs output) · median wall time of the whole process over "
+        f"{run['repeat']} interleaved rounds (ratio to the fastest peer). Every tool runs its own command "
+        "line in a fresh process (commands below). bncheck runs with its defaults: per-site proofs and "
+        "whole-model verification on. Peers verify nothing (onnxoptimizer's CLI runs onnx.checker).",
+        "",
+        table,
+        "",
+        f"## Goal check (every BN a peer folds, 0 wrong, at most {GOAL_RATIO}x the fastest peer)",
+        *(_goal_line(row) for row in goal_rows(results)),
+        "",
+        "## Commands (each a fresh process; an untimed warm-up run per tool and model first)",
+        *commands,
+        "",
+        "## CPU time (user + sys, median): bncheck's onnxruntime runs use both cores",
+        *_cpu_lines(results),
+        "",
+        "## Import floors (a process that only imports, median, interleaved)",
+        *(f"- {label}: {seconds:.2f} s" for label, seconds in run["import_floors_s"].items()),
+        "",
+        "## Load average (1, 5, 15 min) before and after each model's rounds",
+        f"- start: `{run['uptime_start']}`",
+        *(f"- {model}: {load['before']} -> {load['after']}" for model, load in loads.items()),
+        f"- end: `{run['uptime_end']}`",
+        "",
+        "## BN left, with reasons",
+        *(kept or ["- none"]),
+        "",
+        "## Where bncheck's time goes (one more run of each row under cProfile)",
+        *_profile_lines(profiles),
+        "",
+        *(notes or []),
+        f"Machine: {json.dumps(run['machine'])} (2 CPUs shared with other jobs: compare ratios, not seconds).",
+        "",
+        "Regenerate: `python bench/fold_peers.py` (see the module docstring).",
+        "",
+    ])
+    path.write_text(text)
+    return table
+
+
+def write_json(results, path: Path, *, run: dict, loads: dict, profiles: dict) -> None:
+    data = {
+        "results": [asdict(o) | {"folded": o.folded} for o in results],
+        "goal": goal_rows(results), "run": run, "loads": loads, "profiles": profiles,
+    }
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,45 @@
+"""Where ``bncheck fold``'s time goes: one untimed run of the whole process under cProfile,
+reduced to its stages (the cumulative time of the functions that make them).
+
+Profiling slows Python-heavy stages more than native ones (onnxruntime, protobuf, numpy), so
+the stage times are for comparing stages with each other, not with the unprofiled wall time.
+"""
+
+from __future__ import annotations
+
+import pstats
+import subprocess
+from pathlib import Path
+
+#: stage -> (file suffix, function name) whose cumulative time it is
+STAGES = {
+    "fold() in all": ("bncheck/commands/fold.py", "fold"),
+    "load MODEL (onnx.load, checks)": ("bncheck/backends/load.py", "as_source"),
+    "verification inputs (dynamic sizes searched)": ("bncheck/commands/fold_inputs.py", "plan_inputs"),
+    "rewrite (copy, new weights)": ("bncheck/backends/onnx/fold.py", "fold_onnx"),
+    "  of which onnx.checker + serialising": ("bncheck/backends/onnx/fold.py", "check_model"),
+    "site proofs": ("bncheck/backends/onnx/fold_proof.py", "prove_sites"),
+    "  of which the float64 reference": ("bncheck/backends/onnx/fold_proof.py", "_references"),
+    "whole-model verification": ("bncheck/commands/fold.py", "_verify"),
+    "write OUT": ("bncheck/commands/fold.py", "_write"),
+    "onnxruntime sessions opened (all stages)": ("bncheck/backends/onnx/session.py", "open_session"),
+}
+
+
+def profile(argv: list[str], env: dict, cwd: Path, out: Path) -> dict[str, float]:
+    """Run ``argv`` (``[python, -m, bncheck, ...]``) under cProfile; stage -> seconds, with
+    ``process`` (the profiled whole) and ``outside fold()`` (interpreter start, imports, CLI,
+    report)."""
+    prof = out.with_suffix(".prof")
+    subprocess.run([argv[0], "-m", "cProfile", "-o", str(prof), *argv[1:]], env=env, cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stats = pstats.Stats(str(prof)).stats
+    found: dict[str, float] = {}
+    for (file, _, func), (_, _, _, cumulative, _) in stats.items():
+        for stage, (suffix, name) in STAGES.items():
+            if func == name and file.endswith(suffix):
+                found[stage] = found.get(stage, 0.0) + cumulative
+    total = max(cumulative for (_, _, _, cumulative, _) in stats.values())
+    result = {"process (profiled)": total, "outside fold() (start, imports, CLI, report)": total - found.get("fold() in all", 0.0)}
+    result.update({stage: round(found.get(stage, 0.0), 3) for stage in STAGES})
+    return {k: round(v, 3) for k, v in result.items()}

@@ -1,0 +1,123 @@
+"""``bncheck drift M1 M2 ... DATA``: several models on the same DATA, ranked by how well their
+stored statistics fit it (label-free model selection).
+
+Flow: every model is loaded first (a model that fails names itself before any data is read),
+their inputs are compared (models that cannot take the same DATA are refused), then each model
+gets its own :func:`bncheck.commands.drift.drift` run on DATA, as ``bncheck drift MODEL DATA``
+would make it, and :meth:`bncheck.report.ranking.Ranking.of` ranks the reports (the score is
+defined in :mod:`bncheck.numerics.ranking`). DATA is read once per model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bncheck.backends.interface import InputSpec, ModelSource
+from bncheck.backends.load import as_source
+from bncheck.commands.drift import DriftOptions, drift, with_transform
+from bncheck.commands.progress import step, steps
+from bncheck.config import Settings
+from bncheck.data.memory import InMemoryData, as_data
+from bncheck.errors import BncheckError, UsageError
+from bncheck.report.ranking import Ranking
+
+
+def rank_models(
+    models: Sequence[Any],
+    data: Any,
+    *,
+    settings: Settings | None = None,
+    options: DriftOptions | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    transform: Callable[[Any], Any] | None = None,
+) -> Ranking:
+    """Drift reports of every model in ``models`` on ``data`` and their ranking, best fit first
+    (:class:`~bncheck.report.ranking.Ranking`). ``models``: two or more paths or loaded models;
+    ``data`` and the options as for :func:`bncheck.commands.drift.drift`."""
+    settings = settings or Settings()
+    options = with_transform(options or DriftOptions(), transform)
+    models = list(models)
+    data = _check(models, as_data(data), options)
+    with steps(options.progress, "drift", first="loading the models"):
+        sources = [_load(model, arch, trust_pickle) for model in models]
+        _same_inputs(models, sources)
+        reports = []
+        for number, (model, source) in enumerate(zip(models, sources, strict=True), 1):
+            step(f"model {number}/{len(models)}: {_name(model)}")
+            run = lambda source=source: drift(source, data, settings=settings, options=options, arch=arch, trust_pickle=trust_pickle)  # noqa: E731
+            reports.append(_named(model, run))
+    return Ranking.of(reports)
+
+
+def _check(models: list[Any], data: Any, options: DriftOptions) -> Any:
+    """``data``, after refusing what a ranking cannot do."""
+    if len(models) < 2:
+        raise UsageError("ranking needs at least two models; `bncheck drift MODEL DATA` reports on one.")
+    if data is None:
+        raise UsageError("ranking models needs DATA: give it after the models (bncheck drift M1 M2 ... DATA).")
+    if options.stats is not None:
+        raise UsageError("--stats holds the statistics of one model; give DATA to rank several models.")
+    if options.save_stats is not None:
+        raise UsageError("--save-stats writes the statistics of one model; run bncheck drift MODEL DATA --save-stats per model.")
+    if isinstance(data, InMemoryData) and data.one_shot:
+        raise UsageError(f"DATA {data.name} is an iterator that can be read once; ranking reads DATA once per model: give a list, an array, a Dataset or a DataLoader.")
+    seen: dict[str, Any] = {}
+    for model in models:
+        if not isinstance(model, (str, os.PathLike)):
+            continue
+        key = os.path.normcase(os.path.realpath(os.fspath(model)))
+        if key in seen:
+            raise UsageError(f"MODEL {os.fspath(model)} is given twice{_also(seen[key], model)}; give each model once.")
+        seen[key] = model
+    return data
+
+
+def _also(first: Any, second: Any) -> str:
+    return "" if os.fspath(first) == os.fspath(second) else f" (also as {os.fspath(first)})"
+
+
+def _name(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return str(getattr(model, "path", None) or type(model).__name__)
+
+
+def _named(model: Any, work: Callable[[], Any]) -> Any:
+    """``work()``, its refusals naming ``model`` (same error class, one sentence)."""
+    try:
+        return work()
+    except BncheckError as exc:
+        name = _name(model)
+        if name in str(exc):
+            raise
+        raise type(exc)(f"model {name}: {exc}") from exc
+
+
+def _load(model: Any, arch: str | None, trust_pickle: bool) -> ModelSource:
+    step(f"loading the model {_name(model)}")
+    return _named(model, lambda: as_source(model, arch=arch, trust_pickle=trust_pickle))
+
+
+def _spec(source: ModelSource) -> InputSpec | None:
+    try:
+        return source.input_spec()
+    except BncheckError:
+        return None  # not runnable: its own drift run says so, naming the model
+
+
+def _same_inputs(models: list[Any], sources: list[ModelSource]) -> None:
+    """UsageError when two models declare inputs that no one DATA can feed (different rank or
+    different fixed sizes); unknown and dynamic dimensions are left to each drift run."""
+    known = [(model, spec) for model, source in zip(models, sources, strict=True) if (spec := _spec(source)) is not None and spec.shape is not None]
+    for (model_a, a), (model_b, b) in itertools.combinations(known, 2):
+        clash = len(a.shape) != len(b.shape) or any(x is not None and y is not None and x != y for x, y in zip(a.shape, b.shape, strict=True))
+        if clash:
+            raise UsageError(
+                f"the models take different inputs: {_name(model_a)} takes {a.describe()}, {_name(model_b)} takes {b.describe()}; "
+                "rank only models that take the same DATA."
+            )
+

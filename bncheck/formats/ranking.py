@@ -1,0 +1,131 @@
+"""A :class:`~bncheck.report.ranking.Ranking` (``bncheck drift M1 M2 ... DATA``) in every format.
+
+table and markdown: the ranking table (rank, model, score, layers, worst layer, accuracy with
+labels, BN301's output change where it ran, verdict), then each model's own report in the order
+given. json: :meth:`Ranking.to_json` (each model's report inside it). junit, sarif, github and
+gitlab: each model's findings, combined as for several audited models (they carry findings, not
+an order). html shows one model and is refused.
+"""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from bncheck.errors import UsageError
+from bncheck.formats import render_many
+from bncheck.formats.common import encodable, fmt_num, md_cell, md_code
+from bncheck.report.ranking import RankedModel, Ranking
+
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
+ICONS = {"error": "🔴", "warning": "🟠", "info": "🔵", "ok": "✅"}
+#: the formats a ranking renders in (html shows one model)
+RANKING_FORMATS = ("table", "json", "markdown", "junit", "sarif", "github", "gitlab")
+
+
+def check_format(fmt: str) -> None:
+    """UsageError for a format a ranking cannot be shown in (checked before any work)."""
+    if fmt not in RANKING_FORMATS:
+        raise UsageError(f"--format {fmt} shows one model; rank models with --format table, markdown or json, or run bncheck drift once per model.")
+
+
+def render(ranking: Ranking, fmt: str, *, color: bool = False, width: int | None = None, quiet: bool = False) -> str:
+    """``ranking`` as text in ``fmt`` (see the module docstring); ``quiet``: table as one line a model."""
+    check_format(fmt)
+    if fmt == "json":
+        return encodable(ranking.to_json() + "\n")
+    if fmt == "table" and quiet:
+        return encodable("".join(_line(entry) + "\n" for entry in ranking.models))
+    if fmt == "table":
+        return encodable(_table_text(ranking, color, width) + "\n" + render_many(ranking.reports, fmt, color=color, width=width))
+    if fmt == "markdown":
+        return encodable("\n".join(markdown_lines(ranking)) + "\n" + render_many(ranking.reports, fmt))
+    return render_many(ranking.reports, fmt)
+
+
+def _line(entry: RankedModel) -> str:
+    accuracy = f" accuracy {_percent(entry.accuracy)}" if entry.accuracy is not None else ""
+    return f"#{entry.rank} {entry.model} ({entry.format}): score {fmt_num(entry.score)}{accuracy} — {_verdict(entry)}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * float(value):.1f}%"
+
+
+def _verdict(entry: RankedModel) -> str:
+    rules = f": {', '.join(entry.rules)}" if entry.rules and entry.verdict != "ok" else ""
+    return f"{entry.verdict}{rules}" + ("" if entry.passed else " (fails)")
+
+
+def _change(entry: RankedModel) -> str:
+    if not entry.output_change:
+        return "-"
+    kind, value = next(iter(entry.output_change.items()))
+    return f"{_percent(value)} flips" if kind == "top1_disagreement" else f"{fmt_num(value)} rel."
+
+
+def _columns(ranking: Ranking) -> list[str]:
+    names = ["rank", "model", "score", "layers", "worst layer"]
+    if any(entry.accuracy is not None for entry in ranking.models):
+        names.append("accuracy")
+    if any(entry.output_change for entry in ranking.models):
+        names.append("output change")
+    return [*names, "verdict"]
+
+
+def _cells(entry: RankedModel) -> dict[str, str]:
+    worst = f"{entry.worst_layer} ({fmt_num(entry.worst_layer_score)})" if entry.worst_layer else "-"
+    return {
+        "rank": str(entry.rank), "model": entry.model, "score": fmt_num(entry.score),
+        "layers": str(entry.layers), "worst layer": worst, "accuracy": _percent(entry.accuracy),
+        "output change": _change(entry), "verdict": _verdict(entry),
+    }  # fmt: skip
+
+
+def notes(ranking: Ranking) -> list[str]:
+    """The lines under the ranking: what the score is, ties within noise, the gate."""
+    data = ranking.data or {}
+    out = [
+        f"score: mean layer drift score on {data.get('path')} ({data.get('samples')} samples); lower = the stored statistics fit DATA better."
+    ]
+    for entry, following in zip(ranking.models, ranking.models[1:], strict=False):
+        if entry.separated_from_next is False:
+            floor = max(entry.noise, following.noise)
+            out.append(f"#{entry.rank} and #{following.rank} differ by less than the sampling noise of this DATA (≈ {fmt_num(floor)}): it does not tell them apart.")
+    failing = sum(1 for entry in ranking.models if not entry.passed)
+    out.append(
+        f"gate: each model's own findings (fail-on {ranking.fail_on}): {failing} of {len(ranking.models)} model(s) fail; the order never fails a run."
+    )
+    return out
+
+
+def _table_text(ranking: Ranking, color: bool, width: int | None) -> str:
+    names = _columns(ranking)
+    table = Table(title=f"Ranking of {len(ranking.models)} models (best fit first)", title_justify="left")
+    for name in names:
+        table.add_column(name, justify="right" if name in ("rank", "score", "layers", "accuracy", "output change") else "left", overflow="fold")
+    for entry in ranking.models:
+        cells = _cells(entry)
+        style = STYLE.get(entry.verdict, "")
+        table.add_row(*(Text(cells[name], style=style) if name == "verdict" else cells[name] for name in names))
+    parts: list[RenderableType] = [table, *(Text(line, style="dim") for line in notes(ranking))]
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 160, soft_wrap=False)
+    console.print(Group(*parts), crop=False)
+    return buffer.getvalue()
+
+
+def markdown_lines(ranking: Ranking) -> list[str]:
+    """The ranking as a Markdown section (heading, table, notes)."""
+    names = _columns(ranking)
+    lines = [f"## bncheck drift: ranking of {len(ranking.models)} models (best fit first)", ""]
+    lines += ["| " + " | ".join(names) + " |", "|" + "|".join("---:" if n in ("rank", "score", "layers", "accuracy", "output change") else "---" for n in names) + "|"]
+    for entry in ranking.models:
+        cells = _cells(entry)
+        cells["model"] = f"{md_code(entry.model)} ({entry.format})"
+        cells["verdict"] = f"{ICONS.get(entry.verdict, '')} {md_cell(cells['verdict'])}"
+        lines.append("| " + " | ".join(cells[n] if n in ("model", "verdict") else md_cell(cells[n]) for n in names) + " |")
+    return [*lines, "", *(f"- {md_cell(line)}" for line in notes(ranking)), ""]

@@ -1,0 +1,261 @@
+"""``bncheck drift M1 M2 ... DATA`` through the real CLI: copies of one trained CNN whose BN
+statistics were accumulated on matching, mean-shifted and scale-shifted inputs, exported to ONNX
+and TorchScript, ranked on DATA drawn like the matching copy's inputs. References: torch forward
+hooks in float64 and the squared Hellinger distance by numerical integration (not bncheck's
+closed form), and accuracies from torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bncheck.cli.app import app
+from tests.support import stat_variants as sv
+
+#: name -> how the copy's statistics inputs differ from DATA's distribution
+VARIANTS = {"match": {}, "mean": {"shift": 1.0}, "scale": {"scale": 2.0}, "far": {"shift": 2.0}}
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("ranking")
+    base = sv.train()
+    x, y = sv.task(384, seed=7)
+    np.save(folder / "data.npy", x)
+    (folder / "labels.csv").write_text("label\n" + "".join(f"{v}\n" for v in y))
+    copies, files = {}, {}
+    for seed, (name, shift) in enumerate(VARIANTS.items()):
+        stats_x, _ = sv.task(1024, seed=200 + seed, **shift)
+        copies[name] = sv.with_statistics_of(base, stats_x)
+        files[name] = sv.export_onnx(copies[name], folder / f"{name}.onnx")
+        files[name + ".ts"] = sv.export_torchscript(copies[name], folder / f"{name}.ts")
+    return {"folder": folder, "data": folder / "data.npy", "labels": folder / "labels.csv", "x": x, "y": y, "copies": copies, "files": files}
+
+
+def reference_score(model: sv.SmallCnn, x: np.ndarray) -> float:
+    """Mean over BN layers of the mean over channels of 1 - integral sqrt(p q), p = N(stored),
+    q = N(what the layer sees on x), moments in float64 from forward hooks, integral on a grid."""
+    inputs: dict[str, list[np.ndarray]] = {}
+    bns = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: inputs.setdefault(name, []).append(args[0].double().numpy())) for name, m in bns.items()]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for hook in hooks:
+        hook.remove()
+    scores = []
+    for name, bn in bns.items():
+        a = np.concatenate(inputs[name])
+        a = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)
+        eps = bn.eps
+        rm, rv = bn.running_mean.double().numpy(), bn.running_var.double().numpy() + eps
+        mu, var = a.mean(axis=1), a.var(axis=1) + eps
+        h2 = []
+        for c in range(len(mu)):
+            lo = min(rm[c] - 12 * np.sqrt(rv[c]), mu[c] - 12 * np.sqrt(var[c]))
+            hi = max(rm[c] + 12 * np.sqrt(rv[c]), mu[c] + 12 * np.sqrt(var[c]))
+            t = np.linspace(lo, hi, 200_001)
+            p = np.exp(-((t - rm[c]) ** 2) / (2 * rv[c])) / np.sqrt(2 * np.pi * rv[c])
+            q = np.exp(-((t - mu[c]) ** 2) / (2 * var[c])) / np.sqrt(2 * np.pi * var[c])
+            h2.append(1.0 - np.trapezoid(np.sqrt(p * q), t))
+        scores.append(np.mean(h2))
+    return float(np.mean(scores))
+
+
+def ranking_of(result) -> dict:
+    assert result.exit_code in (0, 1), result.output
+    body = json.loads(result.stdout)
+    assert body["command"] == "drift" and body["kind"] == "ranking"
+    return body
+
+
+def test_the_model_with_matching_statistics_ranks_first_without_labels(zoo):
+    files = zoo["files"]
+    result = run("drift", files["scale"], files["match"], files["mean"], zoo["data"], "-f", "json", "--mismatch-samples", "0")
+    body = ranking_of(result)
+    models = body["ranking"]["models"]
+    assert [Path(m["model"]).stem for m in models][0] == "match"
+    assert [m["rank"] for m in models] == [1, 2, 3]
+    assert models[0]["score"] < models[1]["score"] < models[2]["score"]
+    assert all(m["accuracy"] is None for m in models)  # no labels: label-free
+    assert models[0]["separated_from_next"] is True  # the matching copy is told apart from the rest
+    for entry in models:  # the score against an independent float64 reference
+        name = Path(entry["model"]).stem
+        assert entry["score"] == pytest.approx(reference_score(zoo["copies"][name], zoo["x"]), rel=2e-3, abs=1e-6)
+        assert entry["layers"] == 3 and entry["worst_layer"] is not None
+    # each model's report sits in the order given, with the contract's per-layer figures
+    assert [Path(r["model"]["path"]).stem for r in body["reports"]] == ["scale", "match", "mean"]
+    assert [body["reports"][m["report"]]["model"]["path"] for m in models] == [m["model"] for m in models]
+    # the gate is each model's own: the stale copies fail, so the run fails; the matching one passes
+    assert models[0]["passed"] is True and not all(m["passed"] for m in models)
+    assert result.exit_code == 1 and body["passed"] is False
+
+
+def test_with_labels_the_ranking_agrees_with_the_accuracy_order(zoo):
+    files = zoo["files"]
+    result = run("drift", files["far"], files["mean"], files["match"], zoo["data"], "--labels", zoo["labels"], "-f", "json")
+    models = ranking_of(result)["ranking"]["models"]
+    assert [Path(m["model"]).stem for m in models] == ["match", "mean", "far"]
+    accuracies = [m["accuracy"] for m in models]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] > accuracies[-1] + 0.1
+    for entry in models:  # accuracy against torch on the same samples
+        copy = zoo["copies"][Path(entry["model"]).stem]
+        assert entry["accuracy"] == pytest.approx(sv.accuracy(copy, zoo["x"], zoo["y"]), abs=1e-9)
+    # BN301's output change (stored vs DATA's own statistics) grows down the ranking too
+    changes = [m["output_change"]["top1_disagreement"] for m in models]
+    assert changes[0] < changes[1] < changes[2]
+
+
+def test_the_table_shows_rank_score_worst_layer_accuracy_and_verdict(zoo):
+    files = zoo["files"]
+    result = run("drift", files["mean"], files["match"], zoo["data"], "--labels", zoo["labels"], "--mismatch-samples", "0")
+    assert result.exit_code == 1, result.output
+    head = result.stdout.split("bncheck drift ")[0]  # the ranking comes before the models' own reports
+    for column in ("rank", "model", "score", "layers", "worst layer", "accuracy", "verdict"):
+        assert column in head
+    lines = [line for line in head.splitlines() if "match.onnx" in line or "mean.onnx" in line]
+    assert "match.onnx" in lines[0] and "mean.onnx" in lines[1]
+    assert "gate: each model's own findings" in head
+    assert result.stdout.count("bncheck drift ") == 2  # then both models' full reports
+
+
+def test_an_onnx_and_a_torchscript_model_rank_together(zoo):
+    files = zoo["files"]
+    result = run("drift", files["mean.ts"], files["match"], files["scale.ts"], files["match.ts"], zoo["data"], "-f", "json", "--mismatch-samples", "0")
+    models = ranking_of(result)["ranking"]["models"]
+    by_file = {Path(m["model"]).name: m for m in models}
+    assert {m["format"] for m in models} == {"onnx", "torchscript"}
+    assert {Path(m["model"]).name for m in models[:2]} == {"match.onnx", "match.ts"}
+    # the same statistics give the same score whichever backend runs the model
+    assert by_file["match.onnx"]["score"] == pytest.approx(by_file["match.ts"]["score"], rel=1e-4, abs=1e-7)
+    # which the ranking says it cannot tell apart (closer than the sampling noise); the rest it can
+    assert models[0]["separated_from_next"] is False and models[1]["separated_from_next"] is True
+    table = run("drift", files["match.ts"], files["match"], zoo["data"], "--mismatch-samples", "0", "--fail-on", "never")
+    assert table.exit_code == 0 and "#1 and #2 differ by less than the sampling noise" in table.stdout
+
+
+def test_each_report_in_a_ranking_is_the_single_model_report(zoo):
+    files = zoo["files"]
+    args = ["-f", "json", "--mismatch-samples", "64"]
+    single = json.loads(run("drift", files["mean"], zoo["data"], *args).stdout)
+    ranked = ranking_of(run("drift", files["match"], files["mean"], zoo["data"], *args))
+    single.pop("run"), ranked["reports"][1].pop("run")
+    assert ranked["reports"][1] == single
+    assert "ranking" not in single and single["command"] == "drift"
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "junit", "sarif", "github", "gitlab"])
+def test_other_formats(zoo, fmt):
+    files = zoo["files"]
+    result = run("drift", files["match"], files["mean"], zoo["data"], "-f", fmt, "--mismatch-samples", "0")
+    assert result.exit_code == 1, result.output
+    text = result.stdout
+    if fmt == "markdown":
+        assert text.startswith("## bncheck drift: ranking of 2 models") and text.index("match.onnx") < text.index("mean.onnx")
+    elif fmt == "junit":
+        import xml.etree.ElementTree as ET
+
+        suites = ET.fromstring(text.split("?>", 1)[1])
+        assert suites.tag == "testsuites" and len(suites) == 2
+    elif fmt in ("sarif", "gitlab"):
+        body = json.loads(text)
+        assert (len(body["runs"]) == 1 and body["runs"][0]["results"]) if fmt == "sarif" else body
+    else:
+        assert "mean.onnx" in text
+
+
+def test_quiet_table_is_one_line_a_model(zoo):
+    files = zoo["files"]
+    result = run("drift", files["mean"], files["match"], zoo["data"], "-q", "--mismatch-samples", "0")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("#1 ") and "match.onnx" in lines[0] and "mean.onnx" in lines[1]
+
+
+def test_fail_on_never_passes_the_ranking(zoo):
+    files = zoo["files"]
+    result = run("drift", files["mean"], files["match"], zoo["data"], "--fail-on", "never", "-f", "json", "--mismatch-samples", "0")
+    assert result.exit_code == 0 and json.loads(result.stdout)["passed"] is True
+
+
+def _refused(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and len(message.splitlines()) == 1 and "Traceback" not in result.output
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_a_model_that_fails_to_load_is_named(zoo, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model at all")
+    _refused(run("drift", zoo["files"]["match"], broken, zoo["data"]), "broken.onnx")
+
+
+def test_the_same_model_twice_is_refused(zoo, monkeypatch):
+    path = zoo["files"]["match"]
+    monkeypatch.chdir(path.parent)
+    _refused(run("drift", path, f"./{path.name}", zoo["data"]), "given twice", path.name)
+
+
+def test_models_with_different_inputs_are_refused():
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    result = run("drift", samples / "digits_cnn.onnx", samples / "cancer_mlp.onnx", samples / "data" / "digits" / "reference")
+    _refused(result, "different inputs", "digits_cnn.onnx", "cancer_mlp.onnx")
+
+
+def test_only_data_is_refused(zoo):
+    _refused(run("drift", zoo["data"]), "drift needs DATA")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["-f", "html"], "--format html"), (["--plot", "chart.png"], "--plot"), (["--save-stats", "s.npz"], "--save-stats"), (["--stats", "s.npz"], "--stats")],
+)
+def test_one_model_options_are_refused_with_several(zoo, tmp_path, monkeypatch, extra, needle):
+    monkeypatch.chdir(tmp_path)
+    if "--stats" in extra:
+        Path("s.npz").write_bytes(b"")
+    files = zoo["files"]
+    _refused(run("drift", files["match"], files["mean"], zoo["data"], *extra), needle)
+    assert not Path("chart.png").exists()
+
+
+def test_sample_models_ranked_on_the_data_each_was_calibrated_for(tmp_path):
+    """The bundled digits CNN (statistics of the reference digits), its copy recalibrated on the
+    shifted digits by bncheck recalibrate, and the never-calibrated checkpoint: on each folder
+    the copy calibrated on it ranks first, and the order is the accuracy order (class folders)."""
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    arch = f"{samples / 'architectures.py'}:digits_cnn"
+    shifted, reference = samples / "data" / "digits" / "shifted", samples / "data" / "digits" / "reference"
+    recalibrated = tmp_path / "recalibrated.pt"
+    made = run("recalibrate", samples / "digits_cnn.pt", shifted, "--out", recalibrated, "--arch", arch, "-q")
+    assert made.exit_code == 0, made.output
+    models = [samples / "broken" / "digits_cnn_uncalibrated.pt", samples / "digits_cnn.pt", recalibrated]
+    for data, first in ((shifted, "recalibrated"), (reference, "digits_cnn")):
+        ranked = ranking_of(run("drift", *models, data, "--arch", arch, "-f", "json", "--mismatch-samples", "0"))["ranking"]["models"]
+        assert Path(ranked[0]["model"]).stem == first and Path(ranked[-1]["model"]).stem == "digits_cnn_uncalibrated"
+        accuracies = [m["accuracy"] for m in ranked]
+        assert accuracies == sorted(accuracies, reverse=True), ranked
+
+
+def test_python_api_ranks_loaded_models_on_an_array(zoo):
+    import bncheck
+
+    x = zoo["x"]
+    ranking = bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], x, options=bncheck.DriftOptions(mismatch_samples=0))
+    assert [Path(m.model).stem for m in ranking.models] == ["match", "mean"]
+    assert ranking.reports[0].data["samples"] == len(x) == ranking.reports[1].data["samples"]
+    assert "#1 " in repr(ranking) and "match.onnx" in ranking.render("markdown")
+    assert json.loads(ranking.render("json"))["kind"] == "ranking"
+    with pytest.raises(bncheck.BncheckError, match="can be read once"):
+        bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
+    with pytest.raises(bncheck.BncheckError, match="at least two models"):
+        bncheck.rank_models([zoo["files"]["mean"]], x)
