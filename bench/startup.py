@@ -13,8 +13,9 @@ the ResNet-18 ONNX that ``bench/drift_speed.py`` builds under ``--workdir``):
 
 Each checkout runs as ``python -m bncheck`` with its root as the working folder and on
 ``PYTHONPATH``; bytecode is cached per checkout (``PYTHONPYCACHEPREFIX``) and one warm-up run of
-each case precedes the timed rounds. The figure is the median wall time over ``--rounds`` and
-the ratio of the medians (B / A).
+each case precedes the timed rounds. The figures are the median wall time and the median CPU
+time (user + system, the child's own) over ``--rounds`` and the ratios of the medians (B / A):
+on a shared machine the CPU time is the steadier of the two.
 
     python bench/startup.py --a /path/to/old/checkout --b /path/to/new/checkout [--rounds 5]
         [--cases help,drift_digits,fold_digits,fold_r18] [--workdir /tmp/bncheck-drift-speed]
@@ -67,6 +68,7 @@ def env_for(root: Path) -> dict:
 
 def measure(case: str, roots: dict[str, Path], rounds: int, workdir: Path) -> dict:
     walls: dict[str, list[float]] = {name: [] for name in roots}
+    cpus: dict[str, list[float]] = {name: [] for name in roots}
     with tempfile.TemporaryDirectory(prefix="bncheck-startup-") as tmp:
         out = Path(tmp)
         for r in range(rounds + 1):  # round 0 warms the bytecode and page caches
@@ -77,8 +79,17 @@ def measure(case: str, roots: dict[str, Path], rounds: int, workdir: Path) -> di
                     raise SystemExit(f"{case} ({name}) failed ({run.returncode}): {run.stderr[-2000:]}")
                 if r > 0:
                     walls[name].append(round(run.wall_s, 3))
+                    cpus[name].append(round(run.user_s + run.sys_s, 3))
     medians = {name: median(values) for name, values in walls.items()}
-    return {"wall_s": walls, "median_s": medians, "ratio_b_over_a": medians["b"] / medians["a"]}
+    cpu = {name: median(values) for name, values in cpus.items()}
+    return {
+        "wall_s": walls,
+        "median_s": medians,
+        "ratio_b_over_a": medians["b"] / medians["a"],
+        "cpu_s": cpus,
+        "median_cpu_s": cpu,
+        "cpu_ratio_b_over_a": cpu["b"] / cpu["a"],
+    }
 
 
 def main() -> None:
@@ -96,7 +107,8 @@ def main() -> None:
         results["cases"][case] = figures
         print(
             f"{case:14s} a {figures['median_s']['a']:.3f} s  b {figures['median_s']['b']:.3f} s  "
-            f"b/a {figures['ratio_b_over_a']:.3f}  (a {figures['wall_s']['a']}, b {figures['wall_s']['b']})",
+            f"b/a {figures['ratio_b_over_a']:.3f}  (a {figures['wall_s']['a']}, b {figures['wall_s']['b']})  "
+            f"CPU a {figures['median_cpu_s']['a']:.3f} s  b {figures['median_cpu_s']['b']:.3f} s  b/a {figures['cpu_ratio_b_over_a']:.3f}",
             flush=True,
         )
     results["load_after"] = load_average()
