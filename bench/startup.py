@@ -7,6 +7,8 @@ the ResNet-18 ONNX that ``bench/drift_speed.py`` builds under ``--workdir``):
 * ``help``: ``bncheck --help``;
 * ``drift_help``: ``bncheck drift --help``;
 * ``drift_digits``: ``bncheck drift digits_cnn.onnx reference/ -f json --mismatch-samples 0``;
+* ``drift_r18_table``: the same on the ResNet-18 ONNX over its first 32 PNGs (``--limit 32``),
+  as the default table at 120 columns (the width of a pipe);
 * ``fold_digits``: ``bncheck fold digits_cnn.onnx --out ... -f json`` (verification on);
 * ``fold_r18``: the same on the ResNet-18 ONNX (224x224);
 * ``floor``: ``python -c "import numpy, onnx, onnxruntime"``, what any tool on an ONNX model pays.
@@ -49,6 +51,7 @@ def case_argv(case: str, out: Path, workdir: Path) -> list[str]:
         "help": ["--help"],
         "drift_help": ["drift", "--help"],
         "drift_digits": ["drift", DIGITS, REFERENCE, "-f", "json", "--mismatch-samples", "0"],
+        "drift_r18_table": ["drift", r18, str(workdir / "png-256-224"), "--limit", "32", "--mismatch-samples", "0"],
         "fold_digits": ["fold", DIGITS, "--out", str(out / "f.onnx"), "--force", "-f", "json"],
         "fold_r18": ["fold", r18, "--out", str(out / "f18.onnx"), "--force", "-f", "json"],
     }[case]
