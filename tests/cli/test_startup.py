@@ -107,6 +107,17 @@ def test_a_torch_fold_imports_no_onnx_and_no_other_command(tmp_path):
     assert not modules & others("fold"), sorted(modules & others("fold"))
 
 
+def test_a_torch_drift_imports_no_onnx(tmp_path):
+    proc, modules = imported(
+        tmp_path, "drift", SAMPLES / "digits_cnn.ts", REFERENCE, "-f", "json", "--mismatch-samples", "0"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["data"]["samples"] == 540
+    assert "torch" in modules and "bncheck.commands.drift" in modules
+    assert not tops(modules) & {"onnx", "onnxruntime"}, sorted(m for m in modules if m.startswith("onnx"))
+    assert not modules & others("drift"), sorted(modules & others("drift"))
+
+
 def test_the_registry_names_each_command_s_module_and_summary():
     """Every command a listed module declares is listed with that module, and its summary is
     the first paragraph of its help, as ``bncheck --help`` showed it before the registry."""
