@@ -21,15 +21,18 @@ child's own peak RSS from ``wait4``):
 * ``ms0``: ``python -m bncheck drift MODEL FOLDER -f json --mismatch-samples 0``;
 * ``default``: the same with the default ``--mismatch-samples 256``.
 
-Each drift variant runs next to its own plain run in every round (order alternating), and the
-figure is the median over ``--rounds`` of the paired ratios wall(variant) / wall(plain), with
-the peak-RSS ratio beside it. Targets (issue 13): ``ms0`` <= 1.15x at 256 samples, ``default``
+Every round runs the plain script and each drift variant once (the order rotating from round
+to round), and a variant's figure is the median over ``--rounds`` of its ratios wall(variant) /
+wall(plain of the same round), with the peak-RSS ratio beside it. Targets (issue 13): ``ms0`` <= 1.15x at 256 samples, ``default``
 <= 1.3x at 2,000, peak RSS <= 1.5x plain.
 
     python bench/drift_speed.py [--samples 256] [--size 224] [--rounds 1]
-        [--backends onnx,torch] [--formats png,npy] [--variants ms0,default] [--workdir DIR]
+        [--backends onnx,torch] [--formats png,npy] [--variants ms0,default,before] [--workdir DIR]
+        [--before DIR]
 
-Writes ``bench/results/drift_speed.json``; ``bench/results/drift_speed.md`` holds the figures
+``before``: the default run of another checkout (``--before DIR``, e.g. ``git archive`` of an
+older commit), run from DIR with ``PYTHONPATH=DIR``. Only the formats asked for are written
+(12,000 ``.npy`` files take 7 GB). Writes ``bench/results/drift_speed-SAMPLES.json``; ``bench/results/drift_speed.md`` holds the figures
 measured so far, with the exact commands.
 """
 
@@ -106,14 +109,15 @@ print(count)
 '''.replace("BATCH", str(BATCH))
 
 
-def prepare(workdir: Path, samples: int, size: int) -> dict:
-    """The PNG and .npy folders, the TorchScript and ONNX models, the plain script."""
+def prepare(workdir: Path, samples: int, size: int, formats: tuple[str, ...] = ("png", "npy")) -> dict:
+    """The PNG and (when ``formats`` has it) .npy folders, the TorchScript and ONNX models, the
+    plain script."""
     import torch
     from resnet18 import resnet18
 
     png = make_image_folder(workdir / f"png-{samples}-{size}", samples, size, classes=1)
     npy = workdir / f"npy-{samples}-{size}"
-    if not (npy / ".complete").exists():
+    if "npy" in formats and not (npy / ".complete").exists():
         npy.mkdir(parents=True, exist_ok=True)
         for k, path in enumerate(image_files(png)):
             np.save(npy / f"{k:06d}.npy", load_images_nchw([path])[0])
@@ -131,35 +135,49 @@ def prepare(workdir: Path, samples: int, size: int) -> dict:
     return {"folders": {"png": png, "npy": npy}, "models": models, "script": script}
 
 
-def commands(setup: dict, backend: str, fmt: str) -> dict[str, list[str]]:
+def commands(setup: dict, backend: str, fmt: str, before: Path | None = None) -> dict[str, list[str]]:
     model, folder = str(setup["models"][backend]), str(setup["folders"][fmt])
     drift = [sys.executable, "-m", "bncheck", "drift", model, folder, "-f", "json"]
-    return {
+    cmds = {
         "plain": [sys.executable, str(setup["script"]), backend, model, folder],
         "ms0": [*drift, "--mismatch-samples", "0"],
         "default": drift,
     }
+    if before is not None:  # the default run of another checkout (``--before DIR``), run from DIR
+        cmds["before"] = drift
+    return cmds
 
 
-def paired(cmds: dict[str, list[str]], variant: str, rounds: int, env: dict) -> dict:
-    runs = {"plain": [], variant: []}
+def paired(cmds: dict[str, list[str]], variants: list[str], rounds: int, env: dict, before: Path | None = None) -> dict:
+    """Every round runs the plain script and each variant once, the order rotating from round
+    to round; each variant's ratios are to its round's plain run."""
+    names = ["plain", *variants]
+    runs: dict[str, list] = {name: [] for name in names}
     for r in range(rounds):
-        order = ["plain", variant] if r % 2 == 0 else [variant, "plain"]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            run = run_child(cmds[name], cwd=ROOT, env=env)
+            where = before if name == "before" else ROOT
+            run = run_child(cmds[name], cwd=where, env={**env, "PYTHONPATH": str(where)})
             if run.returncode not in (0, 1):
                 raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr[-2000:]}")
             runs[name].append(run)
-    walls = [v.wall_s / p.wall_s for p, v in zip(runs["plain"], runs[variant], strict=True)]
-    rss = [v.max_rss_bytes / p.max_rss_bytes for p, v in zip(runs["plain"], runs[variant], strict=True)]
+            print(f"  round {r + 1} {name}: {run.wall_s:.1f} s, {run.max_rss_bytes / 2**20:.0f} MB, load {load_average()}", flush=True)
+    return {variant: _figures(runs["plain"], runs[variant]) for variant in variants}
+
+
+def _figures(plain: list, variant: list) -> dict:
+    walls = [v.wall_s / p.wall_s for p, v in zip(plain, variant, strict=True)]
+    rss = [v.max_rss_bytes / p.max_rss_bytes for p, v in zip(plain, variant, strict=True)]
+    runs = {"plain": plain, "variant": variant}
     return {
         "ratio_wall_median": median(walls),
         "ratio_rss_median": median(rss),
+        "ratios_wall": [round(w, 3) for w in walls],
         "plain_wall_s": [round(p.wall_s, 2) for p in runs["plain"]],
-        "variant_wall_s": [round(v.wall_s, 2) for v in runs[variant]],
+        "variant_wall_s": [round(v.wall_s, 2) for v in runs["variant"]],
         "plain_rss_mb": [round(p.max_rss_bytes / 2**20) for p in runs["plain"]],
-        "variant_rss_mb": [round(v.max_rss_bytes / 2**20) for v in runs[variant]],
-        "variant_cpu_s": [round(v.user_s + v.sys_s, 2) for v in runs[variant]],
+        "variant_rss_mb": [round(v.max_rss_bytes / 2**20) for v in runs["variant"]],
+        "variant_cpu_s": [round(v.user_s + v.sys_s, 2) for v in runs["variant"]],
         "plain_cpu_s": [round(p.user_s + p.sys_s, 2) for p in runs["plain"]],
     }
 
@@ -173,17 +191,18 @@ def main() -> None:
     parser.add_argument("--formats", default="png")
     parser.add_argument("--variants", default="ms0,default")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bncheck-drift-speed"))
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before (variant 'before': its default run)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    setup = prepare(args.workdir, args.samples, args.size)
+    setup = prepare(args.workdir, args.samples, args.size, tuple(args.formats.split(",")))
     env = child_env(args.workdir / "pycache")
     results = {"samples": args.samples, "size": args.size, "rounds": args.rounds, "load_before": load_average(), "runs": {}}
     for backend in args.backends.split(","):
         for fmt in args.formats.split(","):
-            cmds = commands(setup, backend, fmt)
-            for variant in args.variants.split(","):
-                start = time.perf_counter()
-                figures = paired(cmds, variant, args.rounds, env)
+            cmds = commands(setup, backend, fmt, args.before)
+            start = time.perf_counter()
+            by_variant = paired(cmds, args.variants.split(","), args.rounds, env, args.before)
+            for variant, figures in by_variant.items():
                 key = f"{backend}/{fmt}/{variant}"
                 results["runs"][key] = figures
                 print(
@@ -194,7 +213,7 @@ def main() -> None:
                 )
     results["load_after"] = load_average()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "drift_speed.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"drift_speed-{args.samples}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

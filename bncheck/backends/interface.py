@@ -189,9 +189,15 @@ class FoldOutcome:
     into: str | None = None
     #: why (for ``kept``/``affine``: why it could not be folded)
     reason: str = ""
+    #: ``producer``: into the op feeding the BN; ``consumer``: into the op(s) reading it (BN
+    #: before a conv/linear; ``into`` then names every one of them)
+    side: str = "producer"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "into": self.into, "reason": self.reason}
+        data = {"status": self.status, "into": self.into, "reason": self.reason}
+        if self.side != "producer":
+            data["side"] = self.side
+        return data
 
 
 class SiteCheck(Protocol):
@@ -346,6 +352,12 @@ class Backend(ABC):
         """A copy of ``source`` whose BN layers named in ``stats`` carry those running
         statistics (cast to each tensor's dtype); ``num_batches`` sets ``num_batches_tracked``."""
 
+    def statistics_in_place(self, source: ModelSource, stats: Statistics):
+        """A context manager under which ``source`` itself (and every runner open on it) carries
+        ``stats``, restored on exit; None where a backend cannot (then :meth:`with_statistics`
+        gives a copy, run by a runner of its own)."""
+        return None
+
     @abstractmethod
     def counts(self, model: Any) -> tuple[int | None, int | None]:
         """(stored parameters, graph nodes) of a source's model or a folded model."""
@@ -361,3 +373,11 @@ class Backend(ABC):
     def file_size(self, source: ModelSource) -> int | None:
         """Bytes the model takes on disk, its companion files included."""
         return sum(p.stat().st_size for p in self.protected_paths(source) if p.is_file()) or None
+
+    def load_folded_state(self, model: Any, path: Path) -> Any:
+        """``model`` (the original architecture) carrying the folded state dict that ``fold``
+        wrote to ``path``; only a family that writes state dicts can."""
+        raise UsageError(
+            f"a {type(model).__name__} cannot load a folded state dict; pass the torch module the state "
+            "dict was folded from."
+        )

@@ -59,6 +59,8 @@ def write_atomically(path: Path, writer: Callable[[str], object]) -> None:
         write_in_place(path, writer)  # /dev/null, a FIFO, stdout: written into, never replaced
         return
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory; name a file in it instead.")
     folder = path.resolve().parent
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: folder {folder} does not exist.")
@@ -107,6 +109,8 @@ def output_kind(out: Path, to: str | None, input_format: str) -> str:
     kind, or when ``.pt``/``.pth`` has no "same kind" for this input.
     """
     suffix = Path(out).suffix.lower()
+    if Path(out).is_dir():  # before the extension: "(none)" would send the user the wrong way
+        raise UsageError(f"OUT {out} is a directory; name the file to write in it.")
     if to is not None:
         to = to.strip().lower().replace("_", "-")
         if to == "statedict":

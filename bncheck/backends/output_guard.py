@@ -73,6 +73,8 @@ def check_outputs(
             path = Path(STDOUT)
         else:
             path = Path(raw)
+            if path.is_dir():  # before any work: the run would fail only when it came to write
+                raise OutputError(f"{option} {path} is a directory; name a file in it to write.")
             _check_not_input(option, path, files, folders, suffixes)
             key = _identity(path)
         if key in seen and not (key == STDOUT or is_special_file(path)):

@@ -24,7 +24,7 @@ COMMANDS = {
         "bncheck.cli.audit", "Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."
     ),
     "fold": LazyCommand("bncheck.cli.fold", "Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and verify that OUT computes the same function (exit 1 when it does not)."),
-    "rules": LazyCommand("bncheck.cli.rules", "List the rules, or explain one (``bncheck rules BN003``)."),
+    "rules": LazyCommand("bncheck.cli.rules", "List the rules, or explain one (bncheck rules BN003)."),
     "drift": LazyCommand(
         "bncheck.cli.drift",
         "Run DATA through MODEL and compare what every BN layer sees with its stored statistics. With several MODELs (bncheck drift M1 M2 ... DATA), rank them by how well their stored statistics fit DATA, best first; each model's own findings still gate the run.",

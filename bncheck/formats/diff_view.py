@@ -38,14 +38,17 @@ def render_table(d: ReportDiff, *, color: bool = False, width: int | None = None
     parts: list = [Text(headline(d), style="bold green" if d.passed else "bold red")]
     facts = Table(title="Runs", title_justify="left")
     for col in ("", d.a_name, d.b_name):
-        facts.add_column(col)
+        facts.add_column(col, overflow="fold")  # paths fold: the end that tells A from B stays
     for what, a, b in d.facts():
         facts.add_row(what, a, Text(b, style="bold") if a != b else b)
     parts.append(facts)
     if d.findings:
         table = Table(title="Findings", title_justify="left")
+        # long layer names wrap whole, never cut; layer and why keep to a share of the width so
+        # that the message has the rest (rich narrows the widest columns first)
+        limits = {"layer": max(12, (width or 160) // 6), "why": max(10, (width or 160) // 8)}
         for col in ("change", "rule", "layer", "severity", "message", "why"):
-            table.add_column(col, overflow="fold")  # long layer names wrap whole, never cut
+            table.add_column(col, overflow="fold", max_width=limits.get(col))
         for c in d.findings:
             sev = f"{c.severity_a or '-'} → {c.severity_b or '-'}" if c.severity_a != c.severity_b else (c.severity_b or "-")
             table.add_row(Text(c.state, style=STATE_STYLE[c.state]), c.rule, c.layer or "(model)", sev, c.message, c.reason)

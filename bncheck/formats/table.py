@@ -21,11 +21,13 @@ STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 RANK = {"info": 1, "warning": 2, "error": 3}
 
 
-def _stats(layer) -> str:
+def _stats(report: Report, layer) -> str:
     if not layer.has_running_stats:
-        return "none"
+        # a saved report keeps the fact, not the arrays: "?" there, "none" only when there are none
+        return "?" if report.layer_other.get(layer.name, {}).get("has_running_stats") else "none"
     with np.errstate(all="ignore"):
-        return f"μ∈[{fmt_num(np.nanmin(layer.running_mean), 2)}, {fmt_num(np.nanmax(layer.running_mean), 2)}] σ²∈[{fmt_num(np.nanmin(layer.running_var), 2)}, {fmt_num(np.nanmax(layer.running_var), 2)}]"
+        # one space, between the two ranges: the only place the cell may wrap
+        return f"μ∈[{fmt_num(np.nanmin(layer.running_mean), 2)},{fmt_num(np.nanmax(layer.running_mean), 2)}] σ²∈[{fmt_num(np.nanmin(layer.running_var), 2)},{fmt_num(np.nanmax(layer.running_var), 2)}]"
 
 
 def build(report: Report, width: int | None = None) -> Group:
@@ -42,7 +44,7 @@ def build(report: Report, width: int | None = None) -> Group:
     if report.layers:
         parts += _layers(report, section, width)
     parts += section.table_parts()
-    parts += _findings(report)
+    parts += _findings(report, width)
     for part in parts:  # narrow terminals: cells wrap (long layer names fold), never get cut
         if isinstance(part, Table):
             for column in part.columns:
@@ -63,17 +65,23 @@ def _worst(report: Report) -> tuple[dict[str, str], dict[str, int]]:
     return worst, counts
 
 
-#: layer-table columns given up, in this order, when the table would not fit the width
-#: (static facts first: ``bncheck audit`` and ``--format json`` still have them)
-NARROW_DROPS = ("eps", "mom.", "producer", "kind", "max|z|", "C", "running stats")
+BAR = "drift (│=error)"
+#: layer-table columns given up, in this order, when the table would not fit the width with no
+#: number or word broken (static facts first: ``bncheck audit`` and ``--format json`` still
+#: have them; the findings table lists what the count column counts)
+NARROW_DROPS = ("eps", "mom.", "producer", "kind", "max|z|", BAR, "C", "fold", "findings", "running stats")
 RIGHT = {"#", "C", "eps", "mom.", "mean|z|", "max|z|", "mean|r|", "score", "findings"}
+#: columns whose cells may wrap (at spaces; layer names anywhere): every other cell stays whole
+WRAPPING = {"layer", "running stats", "producer", "fold"}
+#: the layer names shown whole before static columns are given up for them
+LAYER_WIDTH = 28
 
 
 def _layer_cells(report: Report, section: Section) -> tuple[list[str], list[dict[str, RenderableType]]]:
     """The layers table's column names and, per layer, its cells by column."""
     drift = any(report.layer_drift(layer.name) is not None for layer in report.layers)
     names = ["#", "layer", "kind", "C", "eps", "mom.", "producer", "fold"]
-    names += ["mean|z|", "max|z|", "mean|r|", "score", "drift (│ error)"] if drift else ["running stats"]
+    names += ["mean|z|", "max|z|", "mean|r|", "score", BAR] if drift else ["running stats"]
     names.append("findings")
     if drift:
         limits = thresholds(report)
@@ -98,53 +106,62 @@ def _layer_cells(report: Report, section: Section) -> tuple[list[str], list[dict
             ms, vr = d.get("mean_shift") or {}, d.get("var_log_ratio") or {}
             row.update({"mean|z|": fmt_num(ms.get("mean")), "max|z|": fmt_num(ms.get("max")), "mean|r|": fmt_num(vr.get("mean"))})
             row["score"] = fmt_num(d.get("score"))
-            row["drift (│ error)"] = bar(drift_level(report, layer.name, limits), warn_level)
+            row[BAR] = bar(drift_level(report, layer.name, limits), warn_level)
         else:
-            row["running stats"] = _stats(layer)
+            row["running stats"] = _stats(report, layer)
         rows.append(row)
     return names, rows
 
 
-def _layer_table(names: list[str], rows: list[dict[str, RenderableType]]) -> Table:
+def _layer_table(names: list[str], rows: list[dict[str, RenderableType]], *, whole: bool = False) -> Table:
+    """The table of ``names``; ``whole``: only the WRAPPING columns may wrap (the table fits)."""
     table = Table(title="BN layers", title_justify="left", expand=False)
     for name in names:
-        table.add_column(name, justify="right" if name in RIGHT else "left", style="dim" if name == "#" else "")
+        table.add_column(
+            name, justify="right" if name in RIGHT else "left", style="dim" if name == "#" else "",
+            no_wrap=whole and name not in WRAPPING,
+        )
     for row in rows:
         table.add_row(*(row[name] for name in names))
     return table
 
 
-def _column_widths(names: list[str], rows: list[dict[str, RenderableType]]) -> dict[str, int]:
-    """Each column's share of the width the layers table needs with no word broken, except
-    layer names, which fold down to 24 columns: rich's own measure of the column alone (on an
-    unbounded console), less its right border, which the next column's left border is. Measured
-    once per column: measuring the whole table again for each dropped column cost 5x as much."""
-    short = [{**row, "layer": Text(str(row["layer"])[:24])} for row in rows]
+def _needed_width(names: list[str], rows: list[dict[str, RenderableType]]) -> int:
+    """The width the layers table needs with no number, word or heading broken: layer names
+    shown up to LAYER_WIDTH characters, running statistics on two lines (rich's own measure)."""
+
+    def narrowest(row: dict[str, RenderableType]) -> dict[str, RenderableType]:
+        short = {**row, "layer": Text(str(row["layer"])[:LAYER_WIDTH])}
+        if "running stats" in row:
+            short["running stats"] = max(str(row["running stats"]).split(" "), key=len)
+        return short
+
     console = Console(width=100_000)
-    return {name: Measurement.get(console, console.options, _layer_table([name], short)).minimum - 1 for name in names}
+    return Measurement.get(console, console.options, _layer_table(names, [narrowest(r) for r in rows])).maximum
 
 
-def _needed_width(names: list[str], widths: dict[str, int]) -> int:
-    """The width the layers table of columns ``names`` needs: its columns' shares and the
-    right border (what rich measures for the whole table; tests/formats check both agree)."""
-    return sum(widths[name] for name in names) + 1
+def _uninformative(names: list[str], rows: list[dict[str, RenderableType]]) -> list[str]:
+    """Columns that say "?" on every row: producer and fold of a state dict without --arch (the
+    note above the table says producers are unknown), running statistics of a saved report."""
+    return [n for n in ("producer", "fold", "running stats") if n in names and rows and all(str(r[n]) == "?" for r in rows)]
 
 
 def _layers(report: Report, section: Section, width: int | None) -> list[RenderableType]:
     """The layers table (with the drift columns when the report has drift figures, without
     the static columns that do not fit ``width``) and the drift shape."""
     names, rows = _layer_cells(report, section)
-    table = _layer_table(names, rows)
-    widths = _column_widths(names, rows)
+    unknown = _uninformative(names, rows)
+    names = [n for n in names if n not in unknown]
     dropped = []
     for name in NARROW_DROPS:
-        if _needed_width(names, widths) <= (width or 160):
+        if _needed_width(names, rows) <= (width or 160):
             break
         if name in names:
             names = [n for n in names if n != name]
             dropped.append(name)
-    if dropped:
-        table = _layer_table(names, rows)
+    # a table that fits keeps every number whole; one that cannot (a very narrow terminal)
+    # wraps its cells rather than cutting them
+    table = _layer_table(names, rows, whole=_needed_width(names, rows) <= (width or 160))
     parts: list[RenderableType] = [table]
     if dropped:
         parts.append(Text(f"(narrow terminal: {', '.join(dropped)} not shown; --format json has every column)", style="dim"))
@@ -152,13 +169,14 @@ def _layers(report: Report, section: Section, width: int | None) -> list[Rendera
     return parts if shape is None else [*parts, shape]
 
 
-def _findings(report: Report) -> list[RenderableType]:
+def _findings(report: Report, width: int | None = None) -> list[RenderableType]:
     if not report.findings:
         return [Text("no findings", style="green")]
     table = Table(title="Findings", title_justify="left")
     for col in ("severity", "rule"):
         table.add_column(col, no_wrap=True)
-    table.add_column("layer")
+    # long layer names fold within a quarter of the width, so that the message keeps the rest
+    table.add_column("layer", max_width=max(12, (width or 160) // 4))
     table.add_column("message")
     states = any(f.baseline for f in report.findings)
     if states:

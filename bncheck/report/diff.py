@@ -193,7 +193,8 @@ def diff_reports(
 ) -> ReportDiff:  # fmt: skip
     """Compare run ``a`` (before) with run ``b`` (after)."""
     if a.command != b.command:
-        raise UsageError(f"{a_name} is a `{a.command}` report and {b_name} a `{b.command}` report; diff two runs of the same command.")
+        article = "an" if b.command[:1] in "aeiou" else "a"
+        raise UsageError(f"{a_name} is a `{a.command}` report and {b_name} {article} `{b.command}` report; diff two runs of the same command.")
     result = ReportDiff(a=a, b=b, a_name=a_name, b_name=b_name, fail_on=fail_on or b.fail_on)
     pairs, resolved = match(a.findings, b.findings)
     for old, new in pairs:

@@ -10,6 +10,7 @@ from typing import Any
 from bncheck._version import __version__
 from bncheck.backends.interface import ModelInfo
 from bncheck.backends.output import write_atomically
+from bncheck.errors import OutputError
 from bncheck.layer import BNLayer
 from bncheck.report import parse, rendering
 from bncheck.report.baseline import apply_baseline
@@ -163,6 +164,8 @@ class Report(Gate):
         """Write the report to ``path`` atomically, in ``format`` or the one its extension
         names (.json, .md, .xml, .html, .sarif)."""
         path = Path(path)
+        if path.is_dir():  # before guessing a format from a folder's name
+            raise OutputError(f"cannot write {path}: it is a directory; name a file in it instead.")
         text = self.render(format or rendering.view("extension", str(path)), **options)
         write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

@@ -26,7 +26,7 @@ def rule_rows() -> list[dict]:
     return rows
 
 
-def render_rule_list(fmt: str = "table") -> str:
+def render_rule_list(fmt: str = "table", width: int | None = None) -> str:
     rows = rule_rows()
     if fmt == "json":
         return json.dumps(rows, indent=2)
@@ -42,10 +42,13 @@ def render_rule_list(fmt: str = "table") -> str:
     from rich.table import Table
 
     table = Table(title="bncheck rules")
-    for col in ("code", "name", "default", "phase", "what it catches"):
-        table.add_column(col)
+    # narrow terminals: the phase goes first (the codes' hundreds say it), names fold, never cut
+    cols = ("code", "name", "default", "phase", "what it catches") if (width or 140) >= 100 else ("code", "name", "default", "what it catches")
+    for col in cols:
+        table.add_column(col, no_wrap=col in ("code", "default"), overflow="fold")
+    keys = {"code": "code", "name": "name", "default": "severity", "phase": "phase", "what it catches": "summary"}
     for row in rows:
-        table.add_row(row["code"], row["name"], row["severity"], row["phase"], row["summary"])
+        table.add_row(*(row[keys[col]] for col in cols))
     buffer = io.StringIO()
-    Console(file=buffer, width=140).print(table)
+    Console(file=buffer, width=width or 140).print(table)
     return buffer.getvalue().rstrip()

@@ -120,6 +120,54 @@ def test_tables_fit_the_width_and_fold_long_layer_names(tmp_path):
     assert max(len(line) for line in drift.splitlines()[1:]) <= 80 and "narrow terminal" in drift
 
 
+def _layer_rows(out: str) -> list[str]:
+    """The body rows of the BN layers table (between its heading rule and its bottom rule)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("┡"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("└"))
+    return lines[start + 1 : end]
+
+
+def test_narrow_tables_keep_every_number_whole_and_one_row_per_layer(tmp_path):
+    """At 60 and 100 columns static columns give way, so that no figure, heading or short layer
+    name is broken over two lines (`0.035` / `3` was shown for a score of 0.0353)."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+    from bncheck.formats.common import fmt_num
+
+    run = tmp_path / "run.json"
+    data = str(ROOT / "sample_models/data/digits/shifted")
+    CliRunner().invoke(app, ["drift", str(DIGITS), data, "--mismatch-samples", "0", "-f", "json", "-o", str(run)])
+    layers = json.loads(run.read_text())["layers"]
+    for width in (60, 80, 100):
+        out = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": str(width), "NO_COLOR": "1"}).stdout
+        rows = _layer_rows(out)
+        assert len(rows) == len(layers), (width, out)  # one line per layer: nothing wrapped
+        for row, layer in zip(rows, layers, strict=True):
+            cells = [cell.strip() for cell in row.split("│")[1:-1]]
+            assert layer["name"] in cells and fmt_num(layer["drift"]["score"]) in cells, (width, out)
+        assert max(len(line) for line in out.splitlines()[1:]) <= width
+
+
+def test_unknown_columns_are_left_out(tmp_path, save_model, tiny_cnn):
+    """A state dict without --arch has no producers; a saved audit report has no statistics:
+    columns of "?" (and "none", which means BN004) are not drawn."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    out = CliRunner().invoke(app, ["audit", str(path)], env={"COLUMNS": "100", "NO_COLOR": "1"}).stdout
+    heading = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert "producer" not in heading and "fold" not in heading and "running stats" in heading
+    assert "μ∈[" in out
+    run = tmp_path / "audit.json"
+    CliRunner().invoke(app, ["audit", str(DIGITS), "-f", "json", "-o", str(run)])
+    out = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "160", "NO_COLOR": "1"}).stdout
+    assert "running stats" not in out and "none" not in out and "producer" in out
+
+
 def test_fold_shows_its_steps_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
     import os
     import pty

@@ -213,6 +213,21 @@ def test_rules_lists_every_audit_rule(cli):
     assert "uncalibrated-statistics" in result.stdout
 
 
+@pytest.mark.parametrize("width", [60, 100, 160])
+def test_rules_list_takes_the_terminal_width_and_cuts_no_name(width):
+    """The list was drawn 140 wide whatever the terminal (and names cut with "…" when narrow)."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+    from bncheck.rules.docs import rule_rows
+
+    out = CliRunner().invoke(app, ["rules"], env={"COLUMNS": str(width)}).stdout
+    assert max(len(line) for line in out.splitlines()) <= width and "…" not in out
+    names = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│"))
+    for row in rule_rows():
+        assert row["name"] in names
+
+
 @pytest.mark.parametrize("fmt", ["json", "markdown"])
 def test_rules_machine_formats(cli, fmt):
     result = cli("rules", "--format", fmt)

@@ -225,6 +225,22 @@ def test_diff_formats_and_errors(sample_runs, tmp_path):
     assert text.startswith("## ❌ bncheck diff (drift)") and "| 🆕 new | `BN10" in text
     quiet = invoke("diff", ref.path, shifted.path, "--quiet")
     assert quiet.stdout.count("\n") == 1
-    _one_error_line(invoke("diff", ref.path, sample_runs["audit_onnx"].path), "same command")
+    _one_error_line(invoke("diff", ref.path, sample_runs["audit_onnx"].path), "same command", "an `audit` report")
     _one_error_line(invoke("diff", ref.path, tmp_path / "none.json"), "does not exist")
     _one_error_line(invoke("diff", ref.path, shifted.path, "-f", "html"), "'html'", "'table', 'json', 'markdown'")
+
+
+def test_diff_table_folds_paths_and_leaves_the_message_room(sample_runs, monkeypatch):
+    """At 100 columns the runs' paths were cut to "/work/.../sample_models/…" (the part that
+    tells A from B lost) and the message column got the width of a layer name."""
+    ref, shifted = sample_runs["drift_reference"], sample_runs["drift_shifted"]
+    monkeypatch.setenv("COLUMNS", "100")
+    out = invoke("diff", ref.path, shifted.path).stdout
+    assert "…" not in out
+    lines = out.splitlines()
+    runs = "".join(line.split("│")[3].strip() for line in lines[: lines.index(next(x for x in lines if x.startswith("Findings")))] if line.startswith("│"))
+    assert shifted.data["data"]["path"].replace(" ", "") in runs.replace(" ", "")
+    heading = next(line for line in lines if line.startswith("┃ change"))
+    widths = {name.strip(): len(name) for name in heading.strip("┃").split("┃")}
+    assert widths["message"] >= 30 and widths["message"] > 2 * widths["layer"] - 4
+    assert max(len(line) for line in lines[1:]) <= 100

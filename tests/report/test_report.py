@@ -119,7 +119,7 @@ def test_table_shows_bars_and_shape(sample_runs, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")  # tables follow the terminal's width: the bars need a wide one
     result = invoke("report", sample_runs["drift_shifted"].path)
     assert result.exit_code == 1
-    assert "drift (│ error)" in result.stdout and "drift shape: " in result.stdout
+    assert "drift (│=error)" in result.stdout and "drift shape: " in result.stdout
     shape = next(line for line in result.stdout.splitlines() if line.startswith("drift shape: "))
     assert shape.split()[2][-1] == "█"  # the last layer drifts most on this data
     monkeypatch.setenv("COLUMNS", "80")  # the headline stays one line however narrow the terminal

@@ -145,3 +145,32 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     assert proc.wait(timeout=30) == 2
     time.sleep(0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["fold", "m.onnx", "--out", "outdir"], "--out"),
+        (["recalibrate", "m.onnx", "ref.npz", "--out", "outdir"], "--out"),
+        (["drift", "m.onnx", "ref.npz", "-o", "outdir"], "--output"),
+        (["drift", "m.onnx", "ref.npz", "--save-stats", "outdir"], "--save-stats"),
+        (["audit", "m.onnx", "-o", "outdir"], "--output"),
+    ],
+)
+def test_an_output_that_is_a_directory_is_refused_before_any_work(work, args, option):
+    """`fold --out existing_folder` said "cannot tell the output format from OUT's extension
+    (none)"; `drift -o folder` ran the whole analysis, then "cannot write folder: Is a directory"."""
+    (work / "outdir").mkdir()
+    result = bncheck(*args, cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: {option} outdir is a directory; name a file in it to write.\n"
+    assert result.stdout == "" and list((work / "outdir").iterdir()) == []
+
+
+def test_python_api_names_a_directory_given_as_out(work):
+    import bncheck as api
+
+    with pytest.raises(api.BncheckError, match="is a directory; name the file to write in it"):
+        api.fold(str(work / "m.onnx"), str(work))
+    with pytest.raises(api.BncheckError, match="is a directory"):
+        api.drift(str(work / "m.onnx"), str(work / "ref.npz")).save(str(work))
