@@ -1,5 +1,5 @@
 """What the commands that read a model and write one share: the MODEL argument, ``--to``,
-``--layers`` and where the written model goes (``--out``, or the old ``-o MODEL_FILE``)."""
+``--layers`` and where the written model goes (``--out``, or the contract's ``-o OUT``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ ToOpt = Annotated[
 ]
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Only these BN layers (comma-separated names).")]
 
-#: the extensions of model files: ``-o`` with one of them is the old meaning of ``-o`` in fold/recalibrate
+#: the extensions of model files: in fold/recalibrate ``-o`` with one of them names OUT (the contract's
+#: ``bncheck fold MODEL -o OUT``), any other ``-o`` the report
 MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".pt2", ".ts", ".safetensors")
 
 
@@ -29,14 +30,11 @@ def layer_names(layers: str | None) -> list[str] | None:
 
 
 def model_out(out: Path | None, report: ReportArgs, what: str) -> Path:
-    """The model file to write. ``-o`` names the report in every command; ``-o MODEL_FILE``
-    (the old meaning in fold and recalibrate) is still read as ``--out``, with a warning."""
+    """The model file to write: ``--out``, else ``-o`` when it names a model file. The contract
+    spells these commands ``bncheck fold MODEL -o OUT`` / ``recalibrate MODEL DATA -o OUT``, so
+    that form is kept for good (no warning); ``-o run.json`` names the report as in every command."""
     if out is None and report.output is not None and Path(report.output).suffix.lower() in MODEL_SUFFIXES:
-        err(
-            f"warning: -o names the report in every command now; write the {what} with --out {report.output} "
-            "(-o MODEL_FILE is read as --out until bncheck 0.3)."
-        )
         out, report.output = Path(report.output), None
     if out is None:
-        raise UsageError(f"give --out FILE: where to write the {what}.")
+        raise UsageError(f"give -o OUT (a model file: {', '.join(MODEL_SUFFIXES)}) or --out FILE: where to write the {what}.")
     return out
