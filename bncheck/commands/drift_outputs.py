@@ -426,18 +426,14 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
         return {}
     usable = len(outs) * batch_size
     result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
-    worst, worst_value = None, -1.0
-    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
-    for name, ms in per_layer.items():
-        if not ms or ms[0].count == 0:
-            continue
-        pooled = merge_all(ms)
-        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
-        result["layers"][name] = sc
-        if sc["mean_scatter"] > worst_value:
-            worst, worst_value = name, sc["mean_scatter"]
-    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
-    result.update(worst_layer=worst, max_mean_scatter=worst_value, mean_scatter_se=worst_value / math.sqrt(2 * len(outs)))
+    if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
+        result.update(worst_layer=None, max_mean_scatter=None, mean_scatter_se=None)
+        result["note"] = (
+            f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
+            f"({len(setting.sub)} samples); raise --mismatch-samples to at least {2 * batch_size}"
+        )
+    else:
+        result.update(_worst_scatter(layers, per_layer, len(outs), result["layers"]))
     effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
     result["relative_error"] = effect.relative_error
     if effect.agreement is not None and effect.positions and effect.sample_flips is not None:
@@ -446,6 +442,22 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
     else:
         result["relative_error_se"] = _standard_error(effect.sample_errors)
     return result
+
+
+def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, out: dict) -> dict[str, Any]:
+    """Each layer's batch scatter into ``out`` and the worst layer's, with its standard error."""
+    worst, worst_value = None, -1.0
+    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
+    for name, ms in per_layer.items():
+        if not ms or ms[0].count == 0:
+            continue
+        pooled = merge_all(ms)
+        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
+        out[name] = sc
+        if sc["mean_scatter"] > worst_value:
+            worst, worst_value = name, sc["mean_scatter"]
+    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
+    return {"worst_layer": worst, "max_mean_scatter": worst_value, "mean_scatter_se": worst_value / math.sqrt(2 * batches)}
 
 
 def _standard_error(values: np.ndarray) -> float:
