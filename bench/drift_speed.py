@@ -27,9 +27,12 @@ the peak-RSS ratio beside it. Targets (issue 13): ``ms0`` <= 1.15x at 256 sample
 <= 1.3x at 2,000, peak RSS <= 1.5x plain.
 
     python bench/drift_speed.py [--samples 256] [--size 224] [--rounds 1]
-        [--backends onnx,torch] [--formats png,npy] [--variants ms0,default] [--workdir DIR]
+        [--backends onnx,torch] [--formats png,npy] [--variants ms0,default,before] [--workdir DIR]
+        [--before DIR]
 
-Writes ``bench/results/drift_speed.json``; ``bench/results/drift_speed.md`` holds the figures
+``before``: the default run of another checkout (``--before DIR``, e.g. ``git archive`` of an
+older commit), run from DIR with ``PYTHONPATH=DIR``. Only the formats asked for are written
+(12,000 ``.npy`` files take 7 GB). Writes ``bench/results/drift_speed-SAMPLES.json``; ``bench/results/drift_speed.md`` holds the figures
 measured so far, with the exact commands.
 """
 
@@ -106,14 +109,15 @@ print(count)
 '''.replace("BATCH", str(BATCH))
 
 
-def prepare(workdir: Path, samples: int, size: int) -> dict:
-    """The PNG and .npy folders, the TorchScript and ONNX models, the plain script."""
+def prepare(workdir: Path, samples: int, size: int, formats: tuple[str, ...] = ("png", "npy")) -> dict:
+    """The PNG and (when ``formats`` has it) .npy folders, the TorchScript and ONNX models, the
+    plain script."""
     import torch
     from resnet18 import resnet18
 
     png = make_image_folder(workdir / f"png-{samples}-{size}", samples, size, classes=1)
     npy = workdir / f"npy-{samples}-{size}"
-    if not (npy / ".complete").exists():
+    if "npy" in formats and not (npy / ".complete").exists():
         npy.mkdir(parents=True, exist_ok=True)
         for k, path in enumerate(image_files(png)):
             np.save(npy / f"{k:06d}.npy", load_images_nchw([path])[0])
@@ -131,22 +135,26 @@ def prepare(workdir: Path, samples: int, size: int) -> dict:
     return {"folders": {"png": png, "npy": npy}, "models": models, "script": script}
 
 
-def commands(setup: dict, backend: str, fmt: str) -> dict[str, list[str]]:
+def commands(setup: dict, backend: str, fmt: str, before: Path | None = None) -> dict[str, list[str]]:
     model, folder = str(setup["models"][backend]), str(setup["folders"][fmt])
     drift = [sys.executable, "-m", "bncheck", "drift", model, folder, "-f", "json"]
-    return {
+    cmds = {
         "plain": [sys.executable, str(setup["script"]), backend, model, folder],
         "ms0": [*drift, "--mismatch-samples", "0"],
         "default": drift,
     }
+    if before is not None:  # the default run of another checkout (``--before DIR``), run from DIR
+        cmds["before"] = drift
+    return cmds
 
 
-def paired(cmds: dict[str, list[str]], variant: str, rounds: int, env: dict) -> dict:
+def paired(cmds: dict[str, list[str]], variant: str, rounds: int, env: dict, before: Path | None = None) -> dict:
     runs = {"plain": [], variant: []}
     for r in range(rounds):
         order = ["plain", variant] if r % 2 == 0 else [variant, "plain"]
         for name in order:
-            run = run_child(cmds[name], cwd=ROOT, env=env)
+            where = before if name == "before" else ROOT
+            run = run_child(cmds[name], cwd=where, env={**env, "PYTHONPATH": str(where)})
             if run.returncode not in (0, 1):
                 raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr[-2000:]}")
             runs[name].append(run)
@@ -173,17 +181,18 @@ def main() -> None:
     parser.add_argument("--formats", default="png")
     parser.add_argument("--variants", default="ms0,default")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bncheck-drift-speed"))
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before (variant 'before': its default run)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    setup = prepare(args.workdir, args.samples, args.size)
+    setup = prepare(args.workdir, args.samples, args.size, tuple(args.formats.split(",")))
     env = child_env(args.workdir / "pycache")
     results = {"samples": args.samples, "size": args.size, "rounds": args.rounds, "load_before": load_average(), "runs": {}}
     for backend in args.backends.split(","):
         for fmt in args.formats.split(","):
-            cmds = commands(setup, backend, fmt)
+            cmds = commands(setup, backend, fmt, args.before)
             for variant in args.variants.split(","):
                 start = time.perf_counter()
-                figures = paired(cmds, variant, args.rounds, env)
+                figures = paired(cmds, variant, args.rounds, env, args.before)
                 key = f"{backend}/{fmt}/{variant}"
                 results["runs"][key] = figures
                 print(
@@ -194,7 +203,7 @@ def main() -> None:
                 )
     results["load_after"] = load_average()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "drift_speed.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"drift_speed-{args.samples}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

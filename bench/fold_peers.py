@@ -33,7 +33,10 @@ file says where its time goes (:mod:`fold_profile`).
 The peers are bench-only dependencies (``requirements/bench.txt``), installed with ``--no-deps``
 into ``bench/.peers`` on first use (the main environment already has onnx and onnxruntime).
 
-    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,resnet18]
+    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,resnet18] [--no-torch]
+
+The torch side (``--no-torch`` skips it) is :mod:`fold_peers_torch`: ``bncheck fold STATE_DICT
+--arch`` against ``torch.fx`` ``fuse`` and ``torch.ao.quantization.fuse_modules``.
 
 Writes ``bench/results/fold_peers.md`` and ``bench/results/fold_peers.json``.
 """
@@ -131,6 +134,11 @@ def _mobilenetv2(path: Path) -> Path:
 
 
 def _resnet18(path: Path) -> Path:
+    return export_onnx(_resnet18_module(), (3, 224, 224), path)
+
+
+def _resnet18_module():
+    """bench/resnet18.py's ResNet-18 with trained-looking BN statistics, in eval mode."""
     import torch
 
     spec = importlib.util.spec_from_file_location("bncheck_bench_resnet18", HERE / "resnet18.py")
@@ -146,7 +154,7 @@ def _resnet18(path: Path) -> Path:
                 m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.05)
                 m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.2)
                 m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-    return export_onnx(net.eval(), (3, 224, 224), path)
+    return net.eval()
 
 
 def _text_image(height: int, width: int, lines: int, seed: int) -> np.ndarray:
@@ -340,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", default="det,rec,cls,mobilenetv2,resnet18")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch side (fold_peers_torch)")
     args = parser.parse_args(argv)
     ensure_peers()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -356,9 +365,20 @@ def main(argv: list[str] | None = None) -> int:
                 results += outcomes
                 out = work / f"{name}.profiled.onnx"
                 profiles[name] = profile(tool_argv("bncheck", src, out), tool_env("bncheck", work), work, out)
+        torch_lines: list[str] = []
+        if not args.no_torch:
+            import fold_peers_torch
+
+            torch_results, torch_loads = fold_peers_torch.measure(work, args.repeat, run_child, tool_env, median, load_average)
+            run["torch"] = {"results": torch_results, "loads": torch_loads}
+            torch_lines = fold_peers_torch.markdown(torch_results, torch_loads, 1.5)
+            for name, (state, arch, _) in fold_peers_torch.models(work).items():
+                out = work / "torch-profiled.safetensors"
+                profiles[f"torch {name.split()[0]}"] = profile(fold_peers_torch.argv_for("bncheck", state, arch, out),
+                                                             tool_env("bncheck", work), work, out)
         run["import_floors_s"] = import_floors(work, args.repeat)
     run["uptime_end"] = _uptime()
-    table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles)
+    table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles, torch_lines=torch_lines)
     write_json(results, RESULTS / "fold_peers.json", run=run, loads=loads, profiles=profiles)
     print(table)
     return 0

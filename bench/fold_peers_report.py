@@ -89,7 +89,8 @@ def _profile_lines(profiles: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dict, notes: list[str] | None = None) -> str:
+def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dict, notes: list[str] | None = None,
+                   torch_lines: list[str] | None = None) -> str:
     tools = [o.tool for o in results if o.model == results[0].model]
     table = "\n".join(_table(results, tools))
     kept = [f"- {o.model} / {o.tool}: kept {k}" for o in results for k in o.kept]
@@ -126,6 +127,8 @@ def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dic
         "## BN left, with reasons",
         *(kept or ["- none"]),
         "",
+        *(["## The torch side: bncheck fold STATE_DICT --arch vs torch.fx fuse / fuse_modules (bench/fold_peers_torch.py)",
+           "", *torch_lines, ""] if torch_lines else []),
         "## Where bncheck's time goes (one more run of each row under cProfile)",
         *_profile_lines(profiles),
         "",

@@ -11,18 +11,19 @@ import pstats
 import subprocess
 from pathlib import Path
 
-#: stage -> (file suffix, function name) whose cumulative time it is
+#: stage -> the (file suffix, function name) pairs whose cumulative time it is (either backend)
 STAGES = {
-    "fold() in all": ("bncheck/commands/fold.py", "fold"),
-    "load MODEL (onnx.load, checks)": ("bncheck/backends/load.py", "as_source"),
-    "verification inputs (dynamic sizes searched)": ("bncheck/commands/fold_inputs.py", "plan_inputs"),
-    "rewrite (copy, new weights)": ("bncheck/backends/onnx/fold.py", "fold_onnx"),
-    "  of which onnx.checker + serialising": ("bncheck/backends/onnx/fold.py", "check_model"),
-    "site proofs": ("bncheck/backends/onnx/fold_proof.py", "prove_sites"),
-    "  of which the float64 reference": ("bncheck/backends/onnx/fold_proof.py", "_references"),
-    "whole-model verification": ("bncheck/commands/fold.py", "_verify"),
-    "write OUT": ("bncheck/commands/fold.py", "_write"),
-    "onnxruntime sessions opened (all stages)": ("bncheck/backends/onnx/session.py", "open_session"),
+    "fold() in all": [("bncheck/commands/fold.py", "fold")],
+    "load MODEL": [("bncheck/backends/load.py", "as_source")],
+    "verification inputs (sizes searched)": [("bncheck/commands/fold_inputs.py", "plan_inputs")],
+    "rewrite": [("bncheck/backends/onnx/backend.py", "fold"), ("bncheck/backends/torch/backend.py", "fold")],
+    "  of which onnx.checker + serialising": [("bncheck/backends/onnx/fold.py", "check_model")],
+    "site proofs": [("bncheck/backends/onnx/backend.py", "prove_sites"), ("bncheck/backends/torch/backend.py", "prove_sites")],
+    "  of which the float64 reference (ONNX)": [("bncheck/backends/onnx/fold_proof.py", "_references")],
+    "whole-model verification": [("bncheck/commands/fold.py", "_verify")],
+    "timing (off for ONNX by default)": [("bncheck/commands/fold.py", "_timing")],
+    "write OUT": [("bncheck/commands/fold.py", "_write")],
+    "onnxruntime sessions opened (all stages)": [("bncheck/backends/onnx/session.py", "open_session")],
 }
 
 
@@ -36,8 +37,8 @@ def profile(argv: list[str], env: dict, cwd: Path, out: Path) -> dict[str, float
     stats = pstats.Stats(str(prof)).stats
     found: dict[str, float] = {}
     for (file, _, func), (_, _, _, cumulative, _) in stats.items():
-        for stage, (suffix, name) in STAGES.items():
-            if func == name and file.endswith(suffix):
+        for stage, places in STAGES.items():
+            if any(func == name and file.endswith(suffix) for suffix, name in places):
                 found[stage] = found.get(stage, 0.0) + cumulative
     total = max(cumulative for (_, _, _, cumulative, _) in stats.values())
     result = {"process (profiled)": total, "outside fold() (start, imports, CLI, report)": total - found.get("fold() in all", 0.0)}

@@ -361,3 +361,11 @@ class Backend(ABC):
     def file_size(self, source: ModelSource) -> int | None:
         """Bytes the model takes on disk, its companion files included."""
         return sum(p.stat().st_size for p in self.protected_paths(source) if p.is_file()) or None
+
+    def load_folded_state(self, model: Any, path: Path) -> Any:
+        """``model`` (the original architecture) carrying the folded state dict that ``fold``
+        wrote to ``path``; only a family that writes state dicts can."""
+        raise UsageError(
+            f"a {type(model).__name__} cannot load a folded state dict; pass the torch module the state "
+            "dict was folded from."
+        )

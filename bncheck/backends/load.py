@@ -64,6 +64,26 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     return backend(family).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
 
 
+def _families_of(model: Any) -> list[str]:
+    """The families an in-memory model object may belong to, from its type."""
+    module_name = type(model).__module__
+    families = ["onnx"] if module_name.startswith("onnx") else ["torch"] if module_name.startswith("torch") else []
+    if not families and hasattr(model, "named_modules"):
+        families = ["torch"]
+    return families
+
+
+def backend_of(model: Any) -> Backend:
+    """The backend of an in-memory model object (an nn.Module, an onnx.ModelProto, ...)."""
+    families = _families_of(model)
+    if not families:
+        raise UsageError(
+            f"a {type(model).__name__} is not a model bncheck knows; pass an nn.Module, an "
+            "ExportedProgram or an onnx.ModelProto."
+        )
+    return backend(families[0])
+
+
 def as_source(model: Any, *, arch: str | None = None, trust_pickle: bool = False) -> ModelSource:
     """A source for a path, a loaded source, an nn.Module / ScriptModule / ExportedProgram or
     an onnx.ModelProto."""
@@ -71,11 +91,7 @@ def as_source(model: Any, *, arch: str | None = None, trust_pickle: bool = False
         return model
     if isinstance(model, (str, Path)):
         return load_model(model, arch=arch, trust_pickle=trust_pickle)
-    module_name = type(model).__module__
-    families = ["onnx"] if module_name.startswith("onnx") else ["torch"] if module_name.startswith("torch") else []
-    if not families and hasattr(model, "named_modules"):
-        families = ["torch"]
-    for family in families:
+    for family in _families_of(model):
         source = backend(family).adopt(model)
         if source is not None:
             return source

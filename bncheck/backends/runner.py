@@ -24,7 +24,7 @@ import numpy as np
 from bncheck.backends.interface import InputSpec
 from bncheck.closing import Closing
 from bncheck.errors import DataError, UsageError, first_line
-from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import batch_axis_of, batch_first
 
 BN_MODES = ("eval", "train")
@@ -71,6 +71,21 @@ class ModelRunner(Closing):
             stats.append(moments)
         return _concat(outs), self._merged(stats)
 
+    def sample_moments(self, x: np.ndarray) -> tuple[np.ndarray | None, dict[str, Moments], dict[str, SampleMoments]]:
+        """:meth:`moments`, and the per-sample moments of every layer whose runtime gives them
+        (layers left out have none: a two-pass ONNX layer, a layer run twice in one pass).
+        The batch moments are those :meth:`moments` returns."""
+        x = self._prepare(x)
+        outs, stats, samples = [], [], []
+        for chunk in self._chunks(x):
+            out, moments, per_sample = self._sample_moments(chunk)
+            outs.append(self._batch_first(out, chunk))
+            stats.append(moments)
+            samples.append(per_sample)
+        names = [name for name in self.layers if all(name in part for part in samples)]
+        joined = {name: SampleMoments.concat([part[name] for part in samples]) for name in names}
+        return _concat(outs), self._merged(stats), {name: s for name, s in joined.items() if len(s) == len(x)}
+
     def forward(self, x: np.ndarray, *, bn: str = "eval") -> np.ndarray:
         """The model's first output, with BN in "eval" mode (stored statistics) or "train" mode
         (statistics of this batch; nothing stored is modified)."""
@@ -100,6 +115,11 @@ class ModelRunner(Closing):
     @abstractmethod
     def _moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
         """One chunk (already cast, batch size acceptable to the model)."""
+
+    def _sample_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments], dict[str, SampleMoments]]:
+        """One chunk's :meth:`_moments` and per-sample moments (none by default)."""
+        out, moments = self._moments(x)
+        return out, moments, {}
 
     @abstractmethod
     def _forward(self, x: np.ndarray, bn: str) -> np.ndarray: ...

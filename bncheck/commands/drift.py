@@ -224,10 +224,13 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     if setting is None:
         return evidence
     ranking = sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score)
-    multiple = float(thresholds.get("BN301", {}).get("noise_multiple", 2.0))
+    bn301 = thresholds.get("BN301", {})
+    multiple = float(bn301.get("noise_multiple", 2.0))
+    # below BN301's warning thresholds the rule cannot fire whatever the noise floor: its pass is skipped
+    reach = (float(bn301.get("warning_disagreement", 0.02)), float(bn301.get("warning_rel_err", 0.1)))
     evidence.train_eval = _guarded(
         "BN301's comparison with DATA's own statistics", notes,
-        lambda: outputs.stale_statistics(diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking),
+        lambda: outputs.stale_statistics(diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach),
     ) or None  # fmt: skip
     if options.train_batch_size >= 2:
         evidence.small_batch = _guarded(

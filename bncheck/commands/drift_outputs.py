@@ -21,7 +21,7 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from bncheck.backends.interface import ModelSource, Statistics
 from bncheck.backends.load import backend_for
 from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
 from bncheck.numerics import drift as metrics
-from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 
 
@@ -45,6 +45,23 @@ class OutputSetting:
     #: the per-sample class axis (None: compare by relative error)
     class_axis: int | None
     batch_size: int
+    #: layer -> the per-sample eval-mode (stored statistics) moments of ``sub``, kept by the
+    #: main pass (layers its runner gave none for are missing)
+    sub_moments: dict[str, SampleMoments] = field(default_factory=dict)
+
+    def stored_moments(self, names: list[str], index=slice(None)) -> dict[str, Moments] | None:
+        """See :func:`kept_moments`."""
+        return kept_moments(self.sub_moments, names, index)
+
+
+def kept_moments(sub_moments: dict[str, SampleMoments], names: list[str], index=slice(None)) -> dict[str, Moments] | None:
+    """The eval-mode moments of the subsample's samples ``index`` for every layer of ``names``,
+    merged from the main pass's per-sample moments; None when some layer has none (then a pass
+    over the samples measures them)."""
+    kept = {name: sub_moments[name].take(index) for name in names if name in sub_moments}
+    if len(kept) < len(names) or any(len(m) == 0 for m in kept.values()):
+        return None
+    return {name: m.merged() for name, m in kept.items()}
 
 
 def output_setting(result: Measurement, samples: int, class_axis: int | str, batch_size: int) -> OutputSetting | None:
@@ -60,7 +77,8 @@ def output_setting(result: Measurement, samples: int, class_axis: int | str, bat
         )
     labels = result.sub_labels[:samples] if result.sub_labels is not None else None
     axis = output_class_axis(ref, class_axis, result.batch_axis)
-    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size)
+    kept = {name: m.take(slice(0, len(ref))) for name, m in result.sub_moments.items() if len(m) == len(result.subsample)}
+    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size, kept)
 
 
 def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
@@ -102,9 +120,10 @@ def data_halves(runner, layers, result: Measurement, batch_size: int) -> Halves 
     sub = result.subsample
     if sub is None or len(sub) != result.samples or len(sub) < 4:
         return None
-    names = [layer.name for layer in layers]
-    even = array_moments(runner, sub[0::2], batch_size, names)
-    odd = array_moments(runner, sub[1::2], batch_size, names)
+    names = [layer.name for layer in layers if layer.name in result.moments]
+    kept = {n: m for n, m in result.sub_moments.items() if len(m) == len(sub)}
+    even = kept_moments(kept, names, slice(0, None, 2)) or array_moments(runner, sub[0::2], batch_size, names)
+    odd = kept_moments(kept, names, slice(1, None, 2)) or array_moments(runner, sub[1::2], batch_size, names)
     return Halves(even, odd, len(sub[0::2]), len(sub[1::2]), "even and odd samples of DATA")
 
 
@@ -155,26 +174,27 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 
 
 def stale_statistics(
-    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *, multiple: float, ranking: list[str]
+    source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *,
+    multiple: float, ranking: list[str], reach: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """BN301's figures: stored vs DATA's own population statistics, with the noise floor."""
+    """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
+    ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
+    cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
+    false, no significance). None: the floor is always measured."""  # fmt: skip
     full = population_statistics(layers, result.moments)
     if not full:
         return {}
-    if halves is None:  # no halves of DATA: half of the subsample, measured now, scaled
-        half = population_statistics(layers, array_moments(runner, setting.sub[0::2], setting.batch_size, list(full)))
-        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
-    else:
-        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
-    # the subsample is all of DATA: its moments with the stored statistics upstream are the main pass's
-    base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else None
+    # the subsample's moments with the stored statistics upstream: the main pass's (the subsample
+    # is all of DATA), or merged from the per-sample moments it kept of the subsample
+    base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else setting.stored_moments(list(full))
     refined = refine(source, runner, full, setting, base=base)
-    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
-    floor = compare(refined.outputs, halved, setting.class_axis)
-    scale = floor_scale(result.samples, n_half)
-    out = _figures(effect, floor, scale)
-    per_effect, per_floor = out.pop("_per_sample")
+    if reach is None or _within_reach(effect, *reach):
+        out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple)
+    else:
+        out = {**effect.to_dict(), "noise_floor": {"measured": False}, "significance": math.nan}
+        if effect.sample_flips is not None and effect.positions:
+            out["flips"] = effect.flips
     out.update(
         method="population statistics",
         statistics_samples=int(result.samples),
@@ -182,10 +202,8 @@ def stale_statistics(
         refinement_movement=refined.movement,
         batch_axis=result.batch_axis,
         class_axis=setting.class_axis,
-        significance=excess_t(per_effect, per_floor, multiple),
         noise_multiple=float(multiple),
     )
-    out["noise_floor"].update(halves=where, half_samples=int(n_half), scale=scale)
     before = accuracy(setting.reference, setting.labels, setting.class_axis)
     after = accuracy(refined.outputs, setting.labels, setting.class_axis)
     if before is not None and after is not None:
@@ -194,6 +212,32 @@ def stale_statistics(
     if sure_before is not None and sure_after is not None:
         out.update(confidence_stored=sure_before, confidence_population=sure_after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
+    return out
+
+
+def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float) -> bool:
+    """Whether the effect reaches BN301's warning threshold (as the rule reads it)."""
+    if effect.agreement is not None:
+        return 1.0 - effect.agreement >= disagreement
+    return effect.relative_error >= rel_err
+
+
+def _with_floor(source, runner, layers, result: Measurement, setting: OutputSetting, halves, full: Statistics, refined, effect, multiple: float) -> dict[str, Any]:
+    """The effect's figures with the noise floor (one eval pass over the subsample with the
+    statistics of half of DATA) and the significance of the effect beyond it."""
+    if halves is None:  # no halves of DATA: half of the subsample (kept by the main pass, or measured now), scaled
+        even = setting.stored_moments(list(full), slice(0, None, 2)) or array_moments(runner, setting.sub[0::2], setting.batch_size, list(full))
+        half = population_statistics(layers, even)
+        n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
+    else:
+        half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
+    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
+    floor = compare(refined.outputs, halved, setting.class_axis)
+    scale = floor_scale(result.samples, n_half)
+    out = _figures(effect, floor, scale)
+    per_effect, per_floor = out.pop("_per_sample")
+    out["significance"] = excess_t(per_effect, per_floor, multiple)
+    out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale)
     return out
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from bncheck.backends import output
 from bncheck.backends.interface import Backend, FoldedModel, FoldOutcome, ModelSource
-from bncheck.backends.load import as_source, backend_for
+from bncheck.backends.load import as_source, backend_for, backend_of
 from bncheck.commands.fold_inputs import InputPlan, parse_input_shape, plan_inputs
 from bncheck.commands.progress import step
 from bncheck.config import Settings
@@ -335,7 +335,5 @@ def _finite_or_none(value: float) -> float | None:
 def load_folded_state_dict(model, path: str | Path):
     """Load a state dict written by ``bncheck fold ... -o X.safetensors`` into ``model`` (the
     original architecture, modified in place and returned); see
-    :func:`bncheck.backends.torch.folded_state.load_folded_state_dict`."""
-    from bncheck.backends.torch import folded_state  # optional: torch
-
-    return folded_state.load_folded_state_dict(model, path)
+    :meth:`bncheck.backends.interface.Backend.load_folded_state`."""
+    return backend_of(model).load_folded_state(model, Path(path))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bncheck.errors import UsageError
-from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, sample_predictions
 from bncheck.numerics.reservoir import Reservoir
 
@@ -35,13 +35,17 @@ class Measurement:
     sub_labels: np.ndarray | None = None
     #: the output axis that followed the batch size (outputs here are batch-first)
     batch_axis: int | None = None
+    #: layer -> the per-sample moments of the subsample's samples (in its order) from the pass
+    #: itself, for every layer whose runner gave them: the subsample's eval-mode moments need
+    #: no second pass (BN301)
+    sub_moments: dict[str, SampleMoments] = field(default_factory=dict)
 
     @classmethod
     def with_sample(cls, reservoir: Reservoir, moments: dict[str, Moments], samples: int, **fields) -> Measurement:
         """The measurement of a pass whose subsample (inputs, outputs and labels) is what
         ``reservoir`` kept."""
-        sub, sub_out, sub_labels = reservoir.sample_labelled()
-        return cls(moments=moments, samples=samples, subsample=sub, sub_outputs=sub_out, sub_labels=sub_labels, **fields)
+        sub, sub_out, sub_labels, sub_moments = reservoir.sample_all()
+        return cls(moments=moments, samples=samples, subsample=sub, sub_outputs=sub_out, sub_labels=sub_labels, sub_moments=sub_moments, **fields)
 
 
 #: per-layer moments of this many batches are merged into one (bounded memory, and
@@ -82,13 +86,17 @@ def measure(
     reservoir = Reservoir(keep, seed)
     samples = batches_seen = 0
     counts = _Counts()
+    per_sample = keep > 0 and hasattr(runner, "sample_moments")
     for batch in batches:
         x = batch.x
-        outputs, moments = runner.moments(x)
+        if per_sample:  # the kept samples' own moments come from the same runtime pass
+            outputs, moments, samples_moments = runner.sample_moments(x)
+        else:
+            (outputs, moments), samples_moments = runner.moments(x), None
         add_bounded(parts, moments)
         add_bounded(halves[batches_seen % 2], moments)
         y = getattr(batch, "y", None)
-        reservoir.offer(x, outputs, y)
+        reservoir.offer(x, outputs, y, samples_moments)
         if keep_predictions:
             counts.add(outputs, y, class_axis, runner)
         samples += len(x)

@@ -179,3 +179,38 @@ def merge_all(items: Iterable[Moments], channels: int | None = None) -> Moments:
     return Moments.from_groups(
         [m.count for m in items], np.stack([m.mean for m in items]), np.stack([m.m2 for m in items])
     )
+
+
+@dataclass(frozen=True)
+class SampleMoments:
+    """Per-sample moments of one layer's input over a batch of N samples: each sample's element
+    count per channel ``counts`` (N,), its channel means ``means`` and sums of squared
+    deviations from them ``m2s`` (N, C), float64. Any subset of the samples merges exactly
+    (:meth:`Moments.from_groups`), so statistics of a subsample kept during a pass need no
+    second pass over it."""
+
+    counts: np.ndarray
+    means: np.ndarray
+    m2s: np.ndarray
+
+    @classmethod
+    def of(cls, count_per_sample: int, means, m2s) -> SampleMoments:
+        means = np.asarray(means, np.float64)
+        return cls(np.full(means.shape[0], int(count_per_sample), np.int64), means, np.maximum(np.asarray(m2s, np.float64), 0.0))
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    def take(self, index) -> SampleMoments:
+        """The samples at ``index`` (an index array or a slice)."""
+        return SampleMoments(self.counts[index], self.means[index], self.m2s[index])
+
+    def merged(self) -> Moments:
+        """The moments of all these samples together."""
+        return Moments.from_groups(self.counts, self.means, self.m2s)
+
+    @staticmethod
+    def concat(parts: list[SampleMoments]) -> SampleMoments:
+        return SampleMoments(
+            np.concatenate([p.counts for p in parts]), np.concatenate([p.means for p in parts]), np.concatenate([p.m2s for p in parts])
+        )

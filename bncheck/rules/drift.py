@@ -328,7 +328,8 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     which differ by sampling alone as much as DATA's statistics differ from its population's.
     Fires (warning or error by the `*_disagreement` / `*_rel_err` thresholds) only when the
     effect also reaches `noise_multiple` times the noise floor AND exceeds that multiple by
-    `significance` standard errors over the samples. It stays a warning when the stored
+    `significance` standard errors over the samples (an effect below the warning thresholds
+    cannot fire, and its floor is not measured: `noise_floor.measured` false). It stays a warning when the stored
     statistics suit DATA at least as well as its own: with labels, when recalibrating would not
     raise the accuracy; without, when the outputs are more confident with the stored statistics
     (DATA narrower than the training data: its own statistics would not generalise). False-alarm rule: on data drawn from the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 import bncheck
 from bncheck.cli.app import app
 from bncheck.commands.drift import DriftOptions
+from bncheck.config import Settings
 
 
 def _mlp() -> nn.Sequential:
@@ -78,8 +80,15 @@ def test_bn301_quiet_where_the_statistics_are_data_s_own():
     report = bncheck.drift(model, x, options=DriftOptions())
     te = report.result.train_eval
     assert te["relative_error"] < 1e-5 and te["top1_agreement"] == 1.0
-    assert te["noise_floor"]["relative_error"] > 10 * te["relative_error"]
+    # an effect below BN301's warning thresholds cannot fire: its noise-floor pass is skipped
+    assert te["noise_floor"] == {"measured": False} and math.isnan(te["significance"])
     assert not [f for f in report.findings if f.rule in ("BN101", "BN102", "BN301")]
+    # with thresholds that any effect reaches, the floor is measured, and dwarfs the effect
+    reached = bncheck.drift(model, x, options=DriftOptions(), settings=Settings(thresholds={"BN301": {"warning_disagreement": 0.0, "warning_rel_err": 0.0}}))
+    te = reached.result.train_eval
+    assert te["noise_floor"]["measured"] and te["noise_floor"]["relative_error"] > 10 * te["relative_error"]
+    assert te["significance"] < 0
+    assert not [f for f in reached.findings if f.rule == "BN301"]
 
 
 class TimeMajor(nn.Module):

@@ -65,6 +65,30 @@ def test_verification_failure_exits_1_and_writes_nothing(cli, digits, tmp_path):
     assert forced.exit_code == 1 and out.exists()
 
 
+def test_a_wrong_rewrite_outside_the_sites_fails_whole_model_verification(cli, digits, tmp_path, monkeypatch):
+    """The site proofs see producer->BN only; a rewrite that breaks the graph elsewhere (here a
+    ReLU after a folded BN turned into an Identity) passes every site proof and must still
+    fail the default whole-model verification (2 random samples): exit 1, BN401, no OUT."""
+    from bncheck.backends.onnx import fold as onnx_fold
+
+    real = onnx_fold.check_model
+
+    def wrong(folded, original):  # the rewrite's last step: the bug lands before the check
+        next(n for n in folded.graph.node if n.name == "/relu3/Relu").op_type = "Identity"
+        real(folded, original)
+
+    monkeypatch.setattr(onnx_fold, "check_model", wrong)
+    out = tmp_path / "folded.onnx"
+    result = cli("fold", digits, "--out", out, "-f", "json", "--no-timing")
+    assert result.exit_code == 1
+    report = _json(result)
+    assert report["fold"]["site_proofs"] == {"passed": 3, "failed": 0, "not_proved": 0}
+    assert report["verification"]["passed"] is False and report["verification"]["samples"] == 2
+    assert report["verification"]["max_rel_err"] > 1e-2
+    assert [f["rule"] for f in report["findings"]] == ["BN401"]
+    assert not out.exists()
+
+
 def test_refuses_to_overwrite_model(cli, digits, tmp_path):
     before = digits.read_bytes()
     for target in (digits, tmp_path / "." / "digits.onnx"):

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+import bncheck  # noqa: E402
 from bncheck.commands.fold import fold, load_folded_state_dict  # noqa: E402
 
 SHAPE = "4,1,8,8"
@@ -190,3 +191,14 @@ def test_frozen_bn_in_export_and_torchscript_is_reported_kept(tmp_path):
     assert exported.result.verification.passed and scripted.result.verification.passed
     # the eager module is traced with the frozen BN as one call, which folds:
     assert fold(model, input_shape="2,3,6,6", timing=False).result.outcomes["1"]["status"] == "folded"
+
+
+def test_loading_a_folded_state_dict_into_a_non_torch_model_is_refused(tmp_path, tiny_cnn, arch_module, save_model, onnx_bn):
+    src = save_model(tiny_cnn, tmp_path, "state_dict")
+    out = tmp_path / "folded.safetensors"
+    fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False)
+    proto, _ = onnx_bn()
+    with pytest.raises(bncheck.BncheckError, match="a ModelProto cannot load a folded state dict"):
+        load_folded_state_dict(proto, out)
+    with pytest.raises(bncheck.BncheckError, match="a int is not a model bncheck knows"):
+        load_folded_state_dict(3, out)

@@ -29,6 +29,13 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+#: the local engine merges the subsample's eval-mode moments from the per-sample moments of its
+#: main pass (float32 per-sample means, merged in float64), Ray measures them again in batches
+#: (float32 batch means): BN301's refinement movement, a difference of the two in channel
+#: standard deviations, agrees to float32 rounding only
+ABS_TOL = {".drift.train_eval.refinement_movement": 1e-6}
+
+
 def differences(a, b, path="") -> list[str]:
     """Where two JSON reports differ (floats to rtol 1e-5: statistics and outputs of the two
     routes agree to float32 rounding, see statistics_match.py, and the figures derived from
@@ -38,7 +45,7 @@ def differences(a, b, path="") -> list[str]:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (u, v) in enumerate(zip(a, b, strict=True)) for d in differences(u, v, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
-        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7) else [f"{path}: {a} != {b}"]
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=ABS_TOL.get(path, 1e-7)) else [f"{path}: {a} != {b}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 

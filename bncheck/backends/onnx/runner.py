@@ -22,7 +22,7 @@ from bncheck.backends.onnx.graph import static_dims
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.moments_graph import MomentsGraph, MomentsPlan, build_moments_graph
 from bncheck.backends.onnx.naming import NameMaker
-from bncheck.backends.onnx.one_pass import MAX_RECENTRES, shifted_moments
+from bncheck.backends.onnx.one_pass import MAX_RECENTRES, one_pass_statistics, shifted_moments
 from bncheck.backends.onnx.packing import Packing
 from bncheck.backends.onnx.pool_first import find_pool_first
 from bncheck.backends.onnx.row_pool import block_size
@@ -31,7 +31,7 @@ from bncheck.backends.onnx.train_graph import TrainGraph, build_train_graph
 from bncheck.backends.onnx.two_pass import moments_from_outputs
 from bncheck.backends.runner import ModelRunner, dedupe, select_layers
 from bncheck.errors import UsageError
-from bncheck.numerics.moments import Moments
+from bncheck.numerics.moments import Moments, SampleMoments
 
 #: eval passes are split so that the largest BN input of a chunk takes at most this many bytes
 CHUNK_BYTES = 1 << 24
@@ -155,6 +155,12 @@ class OnnxRunner(ModelRunner):
         return np.asarray(self._run(kind, [self._output], x)[0])
 
     def _moments(self, x: np.ndarray):
+        out, result, _ = self._sample_moments(x)
+        return out, result
+
+    def _sample_moments(self, x: np.ndarray):
+        """Outputs, moments and per-sample moments (the one-pass layers': their outputs are per
+        sample; two-pass layers have only the batch's) of one chunk."""
         counts = self._element_counts(x)
         unknown = {name for name in self.layers if counts[name] is None} - self._plan.sized
         if unknown:  # a Size output for them (rare: shapes inference cannot follow)
@@ -168,7 +174,7 @@ class OnnxRunner(ModelRunner):
             values = self._run("moments", self._moments_names(), x)
             result, moved = self._read_moments(values[1:], counts)
             if not moved:
-                return (np.asarray(values[0]) if self._with_outputs else None), result
+                return (np.asarray(values[0]) if self._with_outputs else None), result, self._read_samples(values[1:], counts, len(x))
             self._recentre(moved)
 
     def _read_moments(self, values: list, counts: dict) -> tuple[dict[str, Moments], dict[str, np.ndarray]]:
@@ -198,6 +204,40 @@ class OnnxRunner(ModelRunner):
             if off_centre:
                 moved[name] = result[name].mean
         return {name: result[name] for name in self.layers}, moved
+
+    def _read_samples(self, values: list, counts: dict, n: int) -> dict[str, SampleMoments]:
+        """Per-sample moments of the one-pass layers (packed or not) from the stats outputs: the
+        same float64 step as the batch's, on each sample's row."""
+        graph = self._moments_graph
+        out: dict[str, SampleMoments] = {}
+        position = 0
+        if graph.packing.layers:
+            packing = graph.packing
+            total = packing.shift.size
+            packed = np.asarray(values[0], np.float64)
+            if packed.shape[0] == n:
+                mean, var, _ = one_pass_statistics(packed[:, :total], packed[:, total:], packing.shift, packing.signs)
+                for name, part in packing.layers.items():
+                    per = int(counts[name]) // (n * (part.stop - part.start))
+                    out[name] = SampleMoments.of(per, mean[:, part], var[:, part] * per)
+            position = 1
+        for name in self.layers:
+            if name in graph.packing.layers:
+                continue
+            width = len(graph.outputs[name])
+            first, second, *size = values[position : position + width]
+            position += width
+            shift = self._plan.shifts[name]
+            channels = self.channels[name]
+            if shift is None or np.asarray(first).size != n * channels:
+                continue  # two-pass: the runtime gives the batch's moments only
+            elements = int(np.asarray(size[0])) if size else int(counts[name])
+            pool = self._plan.pool_first.get(name)
+            m, q = (np.asarray(v, np.float64).reshape(n, channels) for v in (first, second))
+            mean, var, _ = one_pass_statistics(m, q, shift.astype(np.float64), pool.signs if pool is not None else None)
+            per = elements // (n * channels)
+            out[name] = SampleMoments.of(per, mean, var * per)
+        return out
 
     def _element_counts(self, x: np.ndarray) -> dict[str, int | None]:
         """Layer -> number of elements of its BN input for batch ``x``, from shape inference

@@ -53,13 +53,17 @@ def open_session(
     device: str = "cpu",
     file: Path | None = None,
     arena: bool = True,
+    spin: bool = True,
 ):
     """An ``onnxruntime.InferenceSession`` for ``model``: every graph optimisation with
     ``optimize`` (none without: the graph runs exactly as written), ``threads`` intra-op
     threads (default: onnxruntime's own), on ``device`` (see :func:`providers`). ``file``: the
     single-file model ``model`` was read from, unchanged, which onnxruntime then reads itself
     (serialising a 45 MB model again costs 0.1-0.3 s). ``arena`` False: no CPU memory arena
-    (tensors are freed as they die instead of the arena growing to the largest set ever alive)."""
+    (tensors are freed as they die instead of the arena growing to the largest set ever alive).
+    ``spin`` False: the intra-op threads sleep between ops instead of spinning (a session that
+    runs a few batches only burns, spinning, CPU that the rest of the process and the machine's
+    other processes need)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -70,6 +74,8 @@ def open_session(
     if threads:
         options.intra_op_num_threads = int(threads)
     options.enable_cpu_mem_arena = arena
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         if file is not None:
             return ort.InferenceSession(str(file), options, providers=providers(device))
@@ -85,10 +91,12 @@ def open_session(
 
 def executable(model: onnx.ModelProto, *, optimize: bool, file: Path | None = None) -> Executable:
     """``batch (tuple of arrays, graph-input order) -> list of outputs`` with onnxruntime on
-    CPU; ``optimize=False`` runs the graph exactly as written (no fusion); ``file`` as for
-    :func:`open_session`."""
+    CPU; ``optimize=False`` runs the graph exactly as written (no fusion), as fold's
+    verification does on a few batches, with threads that do not spin (see
+    :func:`open_session`); ``optimize=True`` keeps onnxruntime's defaults (what fold's timing
+    measures). ``file`` as for :func:`open_session`."""
     try:
-        session = open_session(model, optimize=optimize, file=file)
+        session = open_session(model, optimize=optimize, file=file, spin=optimize)
     except SessionError as exc:
         raise BncheckError(
             f"onnxruntime cannot run the model ({exc.detail}); bncheck verifies with onnxruntime on CPU."

@@ -31,6 +31,7 @@ from bncheck.backends.torch.export_source import ExportSource
 from bncheck.backends.torch.fold_export import example_inputs, fold_export
 from bncheck.backends.torch.fold_module import fold_module
 from bncheck.backends.torch.fold_script import fold_torchscript
+from bncheck.backends.torch.folded_state import load_folded_state_dict
 from bncheck.backends.torch.infer_inputs import infer_module_inputs
 from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.source import (
@@ -231,6 +232,9 @@ class TorchBackend(Backend):
 
     def protected_paths(self, source: ModelSource) -> list[Path]:
         return [Path(source.path)] if source.path is not None else []
+
+    def load_folded_state(self, model: Any, path: Path) -> Any:
+        return load_folded_state_dict(model, path)
 
 
 BACKEND = TorchBackend()

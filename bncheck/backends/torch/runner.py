@@ -51,7 +51,7 @@ from bncheck.backends.torch.observation import (
 )
 from bncheck.backends.torch.tensors import tensor_key
 from bncheck.errors import BncheckError, UsageError
-from bncheck.numerics.moments import Moments, merge
+from bncheck.numerics.moments import Moments, SampleMoments, merge
 
 __all__ = ["FROZEN_REASON", "BN_OP_NAMES", "TorchRunner", "channel_moments"]
 
@@ -69,16 +69,19 @@ BN_OP_NAMES = (
 )
 
 
-def channel_moments(x) -> tuple[int, Any, Any]:
+def channel_moments(x, per_sample: bool = False) -> tuple:
     """``(count, mean, m2)`` of a BN input over every axis but 1 (the channel axis), two-pass:
     ``mean_c`` = the batch's channel mean, ``m2_c = sum (x - mean_c)**2`` (summed in float64
     over samples). Non-contiguous inputs (channels-last activations) are copied to contiguous
-    first: the reductions over the contiguous last axis are what keeps the sums accurate."""
+    first: the reductions over the contiguous last axis are what keeps the sums accurate.
+    ``per_sample``: also each sample's channel means and its sums of squares about the batch
+    mean, ``(N, C)`` (from the same reductions: no extra pass over the input)."""
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     x = x.contiguous()
     t = x.reshape(x.shape[0], x.shape[1], -1)
-    mean = t.mean(2).mean(0)
+    sample_means = t.mean(2)
+    mean = sample_means.mean(0)
     # the norm of the centred values: one read of them and no second write; its float32
     # accumulation loses ~eps * length (2e-5 relative at 1024**2), so long maps are normed in
     # blocks of about sqrt(length) and the blocks' squares summed in float64 (3e-8 at 1024**2)
@@ -87,10 +90,22 @@ def channel_moments(x) -> tuple[int, Any, Any]:
     if length > BLOCKED_ABOVE:
         block = _block(length)
         centred = centred.reshape(t.shape[0], t.shape[1], length // block, block)
-        m2 = torch.linalg.vector_norm(centred, dim=3).double().square().sum((0, 2))
+        squares = torch.linalg.vector_norm(centred, dim=3).double().square()
+        m2, per = squares.sum((0, 2)), (squares.sum(2) if per_sample else None)
     else:
-        m2 = torch.linalg.vector_norm(centred, dim=2).double().square().sum(0)
+        per = torch.linalg.vector_norm(centred, dim=2).double().square()
+        m2 = per.sum(0)
+    if per_sample:
+        return x.numel() // x.shape[1], mean, m2, sample_means, per
     return x.numel() // x.shape[1], mean, m2
+
+
+def _per_sample(count: int, batch_mean, sample_means, squares) -> SampleMoments:
+    """Each sample's moments from its channel means and its sums of squares about the batch
+    mean: ``m2_n = squares_n - count * (mean_n - batch_mean)**2`` (float64)."""
+    means = sample_means.detach().to("cpu", torch.float64).numpy()
+    offset = means - batch_mean.detach().to("cpu", torch.float64).numpy()[None, :]
+    return SampleMoments.of(count, means, squares.detach().to("cpu", torch.float64).numpy() - count * np.square(offset))
 
 
 #: BN inputs with more elements per sample and channel than this are normed in blocks
@@ -118,6 +133,8 @@ class TorchRunner(ModelRunner):
         #: layers whose train-pass forward records its own moments (see fused_batch_norm)
         self._fused: set[str] = set()
         self._collect = False
+        #: per-sample moments of the pass being run (None: not asked for)
+        self._samples: dict[str, SampleMoments | None] | None = None
         self._mode = "eval"
         all_layers = list(source.bn_layers())
         #: the layers whose input is recorded
@@ -150,6 +167,14 @@ class TorchRunner(ModelRunner):
     def _moments(self, x: np.ndarray):
         out = self._run(x, mode="eval", collect=True)
         return out, self._gather()
+
+    def _sample_moments(self, x: np.ndarray):
+        self._samples = {}
+        try:
+            out = self._run(x, mode="eval", collect=True)
+            return out, self._gather(), {name: s for name, s in self._samples.items() if s is not None}
+        finally:
+            self._samples = None
 
     def _forward(self, x: np.ndarray, bn: str) -> np.ndarray:
         return self._run(x, mode=bn, collect=False)
@@ -190,7 +215,13 @@ class TorchRunner(ModelRunner):
     def _record(self, name: str, x) -> None:
         if name not in self._wanted or x.dim() < 2 or x.numel() == 0 or name in self._fused:
             return
-        self._batch.append((name, *channel_moments(x)))
+        if self._samples is None:
+            self._batch.append((name, *channel_moments(x)))
+        else:
+            count, mean, m2, sample_means, squares = channel_moments(x, per_sample=True)
+            self._batch.append((name, count, mean, m2))
+            # a layer run twice in one pass has no single per-sample figure
+            self._samples[name] = None if name in self._samples else _per_sample(count // x.shape[0], mean, sample_means, squares)
         if self._stop_after is not None:
             self._seen.add(name)
             if self._stopped():

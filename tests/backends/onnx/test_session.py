@@ -39,3 +39,16 @@ def test_a_model_onnxruntime_refuses_is_one_clear_error(onnx_bn):
         open_session(model)
     with pytest.raises(BncheckError, match="bncheck verifies with onnxruntime on CPU"):
         executable(model, optimize=True)
+
+
+def test_verification_sessions_do_not_spin_and_give_the_same_outputs(onnx_bn):
+    model, _ = onnx_bn(4)
+    x = np.random.default_rng(1).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    name = model.graph.input[0].name
+    quiet = open_session(model, optimize=False, spin=False)
+    default = open_session(model, optimize=False)
+    key = "session.intra_op.allow_spinning"
+    assert quiet.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: onnxruntime spins
+        default.get_session_options().get_session_config_entry(key)
+    np.testing.assert_array_equal(quiet.run(None, {name: x})[0], default.run(None, {name: x})[0])
