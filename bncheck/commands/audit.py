@@ -4,11 +4,14 @@ audits several models (one report each, the gate failing when any report fails).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from bncheck.backends.detect import ModelFormat, sniff_format
 from bncheck.backends.load import as_source
 from bncheck.commands.progress import step
 from bncheck.config import Settings
+from bncheck.errors import BncheckError
 from bncheck.report.report import Report
 from bncheck.rules import RuleContext, run_rules
 
@@ -52,8 +55,21 @@ def audit_models(
     reports = []
     for number, model in enumerate(models, 1):
         step("loading the model" if len(models) == 1 else f"loading model {number}/{len(models)}: {model}")
-        reports.append(audit(model, settings=settings, arch=arch, trust_pickle=trust_pickle))
+        model_arch = arch if len(models) == 1 else _arch_for(model, arch)
+        reports.append(audit(model, settings=settings, arch=model_arch, trust_pickle=trust_pickle))
     return reports
+
+
+def _arch_for(model: Any, arch: str | None) -> str | None:
+    """With several models (a pre-commit hook's staged files), ``--arch`` is for the state
+    dicts among them: ONNX, TorchScript and torch.export files carry their own graph."""
+    if arch is None or not isinstance(model, (str, Path)):
+        return arch
+    try:
+        fmt = sniff_format(Path(model))
+    except BncheckError:
+        return arch  # loading says what is wrong with the file
+    return arch if fmt in (ModelFormat.TORCH_SAVE, ModelFormat.SAFETENSORS) else None
 
 
 def combined_exit_code(reports: Iterable[Report]) -> int:
