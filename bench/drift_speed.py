@@ -21,9 +21,9 @@ child's own peak RSS from ``wait4``):
 * ``ms0``: ``python -m bncheck drift MODEL FOLDER -f json --mismatch-samples 0``;
 * ``default``: the same with the default ``--mismatch-samples 256``.
 
-Each drift variant runs next to its own plain run in every round (order alternating), and the
-figure is the median over ``--rounds`` of the paired ratios wall(variant) / wall(plain), with
-the peak-RSS ratio beside it. Targets (issue 13): ``ms0`` <= 1.15x at 256 samples, ``default``
+Every round runs the plain script and each drift variant once (the order rotating from round
+to round), and a variant's figure is the median over ``--rounds`` of its ratios wall(variant) /
+wall(plain of the same round), with the peak-RSS ratio beside it. Targets (issue 13): ``ms0`` <= 1.15x at 256 samples, ``default``
 <= 1.3x at 2,000, peak RSS <= 1.5x plain.
 
     python bench/drift_speed.py [--samples 256] [--size 224] [--rounds 1]
@@ -148,26 +148,36 @@ def commands(setup: dict, backend: str, fmt: str, before: Path | None = None) ->
     return cmds
 
 
-def paired(cmds: dict[str, list[str]], variant: str, rounds: int, env: dict, before: Path | None = None) -> dict:
-    runs = {"plain": [], variant: []}
+def paired(cmds: dict[str, list[str]], variants: list[str], rounds: int, env: dict, before: Path | None = None) -> dict:
+    """Every round runs the plain script and each variant once, the order rotating from round
+    to round; each variant's ratios are to its round's plain run."""
+    names = ["plain", *variants]
+    runs: dict[str, list] = {name: [] for name in names}
     for r in range(rounds):
-        order = ["plain", variant] if r % 2 == 0 else [variant, "plain"]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             where = before if name == "before" else ROOT
             run = run_child(cmds[name], cwd=where, env={**env, "PYTHONPATH": str(where)})
             if run.returncode not in (0, 1):
                 raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr[-2000:]}")
             runs[name].append(run)
-    walls = [v.wall_s / p.wall_s for p, v in zip(runs["plain"], runs[variant], strict=True)]
-    rss = [v.max_rss_bytes / p.max_rss_bytes for p, v in zip(runs["plain"], runs[variant], strict=True)]
+            print(f"  round {r + 1} {name}: {run.wall_s:.1f} s, {run.max_rss_bytes / 2**20:.0f} MB, load {load_average()}", flush=True)
+    return {variant: _figures(runs["plain"], runs[variant]) for variant in variants}
+
+
+def _figures(plain: list, variant: list) -> dict:
+    walls = [v.wall_s / p.wall_s for p, v in zip(plain, variant, strict=True)]
+    rss = [v.max_rss_bytes / p.max_rss_bytes for p, v in zip(plain, variant, strict=True)]
+    runs = {"plain": plain, "variant": variant}
     return {
         "ratio_wall_median": median(walls),
         "ratio_rss_median": median(rss),
+        "ratios_wall": [round(w, 3) for w in walls],
         "plain_wall_s": [round(p.wall_s, 2) for p in runs["plain"]],
-        "variant_wall_s": [round(v.wall_s, 2) for v in runs[variant]],
+        "variant_wall_s": [round(v.wall_s, 2) for v in runs["variant"]],
         "plain_rss_mb": [round(p.max_rss_bytes / 2**20) for p in runs["plain"]],
-        "variant_rss_mb": [round(v.max_rss_bytes / 2**20) for v in runs[variant]],
-        "variant_cpu_s": [round(v.user_s + v.sys_s, 2) for v in runs[variant]],
+        "variant_rss_mb": [round(v.max_rss_bytes / 2**20) for v in runs["variant"]],
+        "variant_cpu_s": [round(v.user_s + v.sys_s, 2) for v in runs["variant"]],
         "plain_cpu_s": [round(p.user_s + p.sys_s, 2) for p in runs["plain"]],
     }
 
@@ -190,9 +200,9 @@ def main() -> None:
     for backend in args.backends.split(","):
         for fmt in args.formats.split(","):
             cmds = commands(setup, backend, fmt, args.before)
-            for variant in args.variants.split(","):
-                start = time.perf_counter()
-                figures = paired(cmds, variant, args.rounds, env, args.before)
+            start = time.perf_counter()
+            by_variant = paired(cmds, args.variants.split(","), args.rounds, env, args.before)
+            for variant, figures in by_variant.items():
                 key = f"{backend}/{fmt}/{variant}"
                 results["runs"][key] = figures
                 print(

@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", default="det,rec,cls,mobilenetv2,resnet18")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch side (fold_peers_torch)")
+    parser.add_argument("--from-json", type=Path, help="only write the markdown again from a fold_peers.json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return _render(args.from_json)
     ensure_peers()
     RESULTS.mkdir(parents=True, exist_ok=True)
     run = {"machine": machine(), "uptime_start": _uptime(), "repeat": args.repeat, "commands": COMMANDS}
@@ -381,6 +384,19 @@ def main(argv: list[str] | None = None) -> int:
     table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles, torch_lines=torch_lines)
     write_json(results, RESULTS / "fold_peers.json", run=run, loads=loads, profiles=profiles)
     print(table)
+    return 0
+
+
+def _render(path: Path) -> int:
+    """The results markdown again from a saved JSON (report changes need no new measurement)."""
+    import fold_peers_torch
+    from fold_peers_report import write_markdown
+
+    data = json.loads(path.read_text())
+    results = [Outcome(**{k: v for k, v in d.items() if k != "folded"}) for d in data["results"]]
+    run, torch_side = data["run"], data["run"].get("torch")
+    lines = fold_peers_torch.markdown(torch_side["results"], torch_side["loads"], 1.5) if torch_side else []
+    print(write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=data["loads"], profiles=data["profiles"], torch_lines=lines))
     return 0
 
 

@@ -47,6 +47,7 @@ def goal_rows(results) -> list[dict]:
             "model": model, "bncheck_folded": mine.folded, "best_peer_folded": max(len(f) for t, f in folded.items() if t != "bncheck") if len(folded) > 1 else 0,
             "missed": missed, "only_bncheck": sorted(folded.get("bncheck", set()) - peers_fold), "wrong": wrong,
             "ratio": round(ratio, 3), "fastest_peer": fastest.tool if fastest else None,
+            "cpu_ratio": round(mine.cpu_s / fastest.cpu_s, 3) if fastest is not None and fastest.cpus else None,
             "meets": not missed and not wrong and not mine.error and ratio <= GOAL_RATIO,
         })
     return rows
@@ -59,7 +60,9 @@ def _goal_line(row: dict) -> str:
     if row["only_bncheck"]:
         parts.append(f"folds {len(row['only_bncheck'])} no peer folds")
     parts.append(f"wrong: {', '.join(row['wrong'])}" if row["wrong"] else "0 wrong results")
-    parts.append(f"{row['ratio']:.2f}x the fastest peer ({row['fastest_peer']})")
+    parts.append(f"{row['ratio']:.2f}x the fastest peer's wall time ({row['fastest_peer']})")
+    if row.get("cpu_ratio") is not None:
+        parts.append(f"{row['cpu_ratio']:.2f}x its CPU time")
     return f"- {row['model']}: {verdict}: " + "; ".join(parts)
 
 

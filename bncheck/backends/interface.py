@@ -189,9 +189,15 @@ class FoldOutcome:
     into: str | None = None
     #: why (for ``kept``/``affine``: why it could not be folded)
     reason: str = ""
+    #: ``producer``: into the op feeding the BN; ``consumer``: into the op(s) reading it (BN
+    #: before a conv/linear; ``into`` then names every one of them)
+    side: str = "producer"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "into": self.into, "reason": self.reason}
+        data = {"status": self.status, "into": self.into, "reason": self.reason}
+        if self.side != "producer":
+            data["side"] = self.side
+        return data
 
 
 class SiteCheck(Protocol):
@@ -345,6 +351,12 @@ class Backend(ABC):
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
         """A copy of ``source`` whose BN layers named in ``stats`` carry those running
         statistics (cast to each tensor's dtype); ``num_batches`` sets ``num_batches_tracked``."""
+
+    def statistics_in_place(self, source: ModelSource, stats: Statistics):
+        """A context manager under which ``source`` itself (and every runner open on it) carries
+        ``stats``, restored on exit; None where a backend cannot (then :meth:`with_statistics`
+        gives a copy, run by a runner of its own)."""
+        return None
 
     @abstractmethod
     def counts(self, model: Any) -> tuple[int | None, int | None]:

@@ -64,6 +64,12 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     return backend(family).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
 
 
+def takes_arch(model: Any) -> bool:
+    """Whether ``--arch`` means something for ``model``: a path to anything but an ONNX file
+    (which carries its own graph). Lets one ``--arch`` serve the state dicts among several models."""
+    return isinstance(model, (str, Path)) and sniff_format(Path(model)) is not ModelFormat.ONNX
+
+
 def _families_of(model: Any) -> list[str]:
     """The families an in-memory model object may belong to, from its type."""
     module_name = type(model).__module__

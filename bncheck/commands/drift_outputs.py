@@ -21,6 +21,8 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +92,28 @@ def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
     }
 
 
-def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Eval-mode outputs of ``x`` (batch-first) from a copy of ``source`` carrying ``stats``."""
-    copy = backend_for(source).with_statistics(source, stats)
+@contextmanager
+def runner_with(source: ModelSource, stats: Statistics, runner, layers: list[str]) -> Iterator[Any]:
+    """A runner of ``source`` carrying ``stats``: the main pass's ``runner`` itself with the
+    statistics swapped into the model in place (torch modules: no copy of the model, no new
+    runner; restored on exit), or one of a copy of ``source`` (ONNX, torch.export, no runner)."""
+    backend = backend_for(source)
+    in_place = backend.statistics_in_place(source, stats) if runner is not None else None
+    if in_place is not None:
+        with in_place:
+            yield runner
+        return
+    copy = backend.with_statistics(source, stats)
     copy.device = source.device  # the copy runs where the model runs (--device)
-    with copy.runner(layers=[]) as runner:
-        return np.concatenate([runner.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    with copy.runner(layers=layers) as own:
+        yield own
+
+
+def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> np.ndarray:
+    """Eval-mode outputs of ``x`` (batch-first) from ``source`` carrying ``stats`` (see
+    :func:`runner_with`)."""
+    with runner_with(source, stats, runner, []) as run:
+        return np.concatenate([run.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -231,7 +249,7 @@ def _with_floor(source, runner, layers, result: Measurement, setting: OutputSett
         n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
     else:
         half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
-    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size)
+    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size, runner)
     floor = compare(refined.outputs, halved, setting.class_axis)
     scale = floor_scale(result.samples, n_half)
     out = _figures(effect, floor, scale)
@@ -271,7 +289,7 @@ def refine(
     stats, passes, move = full, 0, math.inf
     out = None
     while passes < max_passes:
-        out, moments = _pass_with(source, stats, setting, names)
+        out, moments = _pass_with(source, runner, stats, setting, names)
         passes += 1
         new = shifted_like(full, {n: (base[n].mean, base[n].var) for n in names if n in base}, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
         move = _movement(stats, new)
@@ -279,7 +297,7 @@ def refine(
             break
         stats = new
     else:
-        out, _ = _pass_with(source, stats, setting, names)
+        out, _ = _pass_with(source, runner, stats, setting, names)
     return Refined(stats, out, passes, move)
 
 
@@ -308,16 +326,15 @@ def _movement(old: Statistics, new: Statistics) -> float:
     return worst
 
 
-def _pass_with(source: ModelSource, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
-    """Outputs and per-layer input moments of the subsample from a copy carrying ``stats``."""
-    copy = backend_for(source).with_statistics(source, stats)
-    copy.device = source.device
+def _pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
+    """Outputs and per-layer input moments of the subsample from ``source`` carrying ``stats``
+    (see :func:`runner_with`)."""
     outs, parts = [], {}
-    with copy.runner(layers=names) as run:
+    with runner_with(source, stats, runner, names) as run:
         for i in range(0, len(setting.sub), setting.batch_size):
             out, moments = run.moments(setting.sub[i : i + setting.batch_size])
             outs.append(out)
-            add_bounded(parts, moments)
+            add_bounded(parts, {name: moments[name] for name in names if name in moments})
     return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
 
 

@@ -149,3 +149,30 @@ def test_the_default_run_measures_the_subsample_once_per_bn301_pass(model, remea
     for key, value in reused["noise_floor"].items():
         assert value == again["noise_floor"][key] or math.isclose(value, again["noise_floor"][key], rel_tol=1e-5), key
     assert reused["significance"] == pytest.approx(again["significance"], rel=1e-5, nan_ok=True)
+
+
+def test_torch_bn301_runs_the_model_itself_with_data_statistics_and_restores_them(monkeypatch):
+    """A torch module gets DATA's statistics swapped in place for BN301's passes (no copy of the
+    model, no second runner) and carries exactly its stored statistics again afterwards, with
+    the figures of the copy route."""
+    from bncheck.backends.torch.backend import TorchBackend
+
+    model = _cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(3).normal(0.5, 1.2, (96, 3, 12, 12)).astype(np.float32)
+    options = DriftOptions(mismatch_samples=64, diagnosis_samples=0)
+    settings = bncheck.Settings(thresholds={"BN301": {"warning_disagreement": 0.0, "warning_rel_err": 0.0}})  # the floor's pass too
+    copies = []
+    original = TorchBackend.with_statistics
+    monkeypatch.setattr(TorchBackend, "with_statistics", lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
+    in_place = bncheck.drift(model, x, options=options, settings=settings).result.train_eval
+    assert copies == [] and in_place["refinement_passes"] >= 1 and in_place["noise_floor"]["measured"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # the copy route (what ONNX and torch.export take) gives the same figures
+    monkeypatch.setattr(TorchBackend, "statistics_in_place", lambda self, source, stats: None)
+    copied = bncheck.drift(model, x, options=options, settings=settings).result.train_eval
+    assert copies
+    for key in ("top1_agreement", "relative_error", "refinement_passes", "significance"):
+        assert in_place[key] == pytest.approx(copied[key], rel=1e-6), key
+    assert in_place["noise_floor"]["relative_error"] == pytest.approx(copied["noise_floor"]["relative_error"], rel=1e-6)

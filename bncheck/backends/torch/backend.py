@@ -214,6 +214,11 @@ class TorchBackend(Backend):
         clone.device = source.device
         return clone
 
+    def statistics_in_place(self, source: ModelSource, stats: Statistics):
+        if not isinstance(source, TorchModuleSource) or source.module is None:
+            return None
+        return statistics.statistics_in_place(source, stats)
+
     def cuda_problem(self, index: int) -> str | None:
         if not torch.cuda.is_available():
             return "torch sees no CUDA device (no GPU, or a CPU-only torch build)"

@@ -4,6 +4,8 @@ its refinement passes run)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -52,3 +54,30 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
     clone = TorchModuleSource(module, path=source.path, format=source.format)
     clone.arch = getattr(source, "arch", None)
     return clone
+
+
+@contextmanager
+def statistics_in_place(source: TorchModuleSource, stats: Statistics) -> Iterator[None]:
+    """``source.module``'s BN buffers named in ``stats`` hold those statistics (copied into the
+    same tensors, so runners observing them by identity keep working) until exit, when the
+    stored values are copied back, whatever happened."""
+    modules = dict(source.module.named_modules())
+    layers = {layer.name: layer for layer in source.bn_layers()}
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, (mean, var) in stats.items():
+                owner = modules.get("" if name == "<root>" else name)
+                buffers = dict(owner.named_buffers(recurse=False)) if owner is not None else {}
+                if "running_mean" not in buffers or "running_var" not in buffers:
+                    raise UsageError(f"BN layer {name} has no running_mean/running_var buffers to rewrite.")
+                check_shapes(name, np.asarray(mean), np.asarray(var), layers[name].num_features)
+                for key, values in (("running_mean", mean), ("running_var", var)):
+                    target = buffers[key]
+                    saved.append((target, target.clone()))
+                    target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for target, original in reversed(saved):
+                target.copy_(original)
