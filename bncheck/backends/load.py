@@ -65,9 +65,10 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
 
 
 def takes_arch(model: Any) -> bool:
-    """Whether ``--arch`` means something for ``model``: a path to anything but an ONNX file
-    (which carries its own graph). Lets one ``--arch`` serve the state dicts among several models."""
-    return isinstance(model, (str, Path)) and sniff_format(Path(model)) is not ModelFormat.ONNX
+    """Whether ``--arch`` means something for ``model``: a path to a torch.save or safetensors
+    file (ONNX, TorchScript and torch.export files carry their own graph). Lets one ``--arch``
+    serve the state dicts among several models."""
+    return isinstance(model, (str, Path)) and sniff_format(Path(model)) in (ModelFormat.TORCH_SAVE, ModelFormat.SAFETENSORS)
 
 
 def _families_of(model: Any) -> list[str]:

@@ -4,11 +4,9 @@ audits several models (one report each, the gate failing when any report fails).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from bncheck.backends.detect import ModelFormat, sniff_format
-from bncheck.backends.load import as_source
+from bncheck.backends.load import as_source, takes_arch
 from bncheck.commands.progress import step
 from bncheck.config import Settings
 from bncheck.errors import BncheckError
@@ -52,24 +50,29 @@ def audit_models(
     """One :func:`audit` report per model, in order (``bncheck audit A.onnx B.onnx``). The
     combined gate fails when any report fails: :func:`combined_exit_code`."""
     models = list(models)
+    archs = _archs(models, arch)
     reports = []
     for number, model in enumerate(models, 1):
         step("loading the model" if len(models) == 1 else f"loading model {number}/{len(models)}: {model}")
-        model_arch = arch if len(models) == 1 else _arch_for(model, arch)
-        reports.append(audit(model, settings=settings, arch=model_arch, trust_pickle=trust_pickle))
+        reports.append(audit(model, settings=settings, arch=archs[number - 1], trust_pickle=trust_pickle))
     return reports
 
 
-def _arch_for(model: Any, arch: str | None) -> str | None:
-    """With several models (a pre-commit hook's staged files), ``--arch`` is for the state
-    dicts among them: ONNX, TorchScript and torch.export files carry their own graph."""
-    if arch is None or not isinstance(model, (str, Path)):
-        return arch
+def _archs(models: list[Any], arch: str | None) -> list[str | None]:
+    """``--arch`` for each model: with several (a pre-commit hook's staged files), the state
+    dicts among them; every model when it means something for none or there is one (whose
+    loading then says so)."""
+    if arch is None or len(models) == 1:
+        return [arch] * len(models)
+    applies = [_takes_arch(model) for model in models]
+    return [arch if ok else None for ok in applies] if any(applies) else [arch] * len(models)
+
+
+def _takes_arch(model: Any) -> bool:
     try:
-        fmt = sniff_format(Path(model))
+        return takes_arch(model)
     except BncheckError:
-        return arch  # loading says what is wrong with the file
-    return arch if fmt in (ModelFormat.TORCH_SAVE, ModelFormat.SAFETENSORS) else None
+        return True  # loading says what is wrong with the file
 
 
 def combined_exit_code(reports: Iterable[Report]) -> int:
