@@ -13,7 +13,7 @@ from typing import Any
 
 from bncheck.backends.detect import ModelFormat, sniff_format
 from bncheck.backends.interface import Backend, ModelSource
-from bncheck.errors import UsageError
+from bncheck.errors import ModelLoadError, UsageError
 
 FAMILIES = ("onnx", "torch")
 
@@ -61,7 +61,11 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     path = Path(path)
     fmt = sniff_format(path)
     family = "onnx" if fmt is ModelFormat.ONNX else "torch"
-    return backend(family).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
+    try:
+        chosen = backend(family)
+    except ModelLoadError as exc:  # name the file: with several models, which one needs torch
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    return chosen.load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
 
 
 def takes_arch(model: Any) -> bool:
