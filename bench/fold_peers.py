@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             torch_results, torch_loads = fold_peers_torch.measure(work, args.repeat, run_child, tool_env, median, load_average)
             run["torch"] = {"results": torch_results, "loads": torch_loads}
             torch_lines = fold_peers_torch.markdown(torch_results, torch_loads, 1.5)
-            for name, (state, arch, _) in fold_peers_torch.models(work).items():
-                out = work / "torch-profiled.safetensors"
+            for k, (name, (state, arch, _)) in enumerate(fold_peers_torch.models(work).items()):
+                out = work / f"torch-profiled-{k}.safetensors"  # a fresh OUT each: fold never overwrites
                 profiles[f"torch {name.split()[0]}"] = profile(fold_peers_torch.argv_for("bncheck", state, arch, out),
                                                              tool_env("bncheck", work), work, out)
         run["import_floors_s"] = import_floors(work, args.repeat)

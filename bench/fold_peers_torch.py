@@ -112,7 +112,13 @@ def measure(work: Path, repeat: int, run_child, tool_env, median, load_average) 
 
 
 def markdown(results: list[dict], loads: dict, goal_ratio: float) -> list[str]:
-    lines = ["| model | BN | " + " | ".join(TOOLS) + " |", "|---|---|" + "---|" * len(TOOLS)]
+    lines = [
+        "Commands (fresh processes, a warm-up round first, then interleaved rounds; cells as above):",
+        "- bncheck: `python -m bncheck fold STATE_DICT --arch ARCH --out OUT.safetensors --no-timing --format json -o REPORT`",
+        "- fx.fuse / fuse_modules: `python bench/torch_fuse.py fx|fuse_modules ARCH STATE_DICT OUT`",
+        "",
+        "| model | BN | " + " | ".join(TOOLS) + " |", "|---|---|" + "---|" * len(TOOLS),
+    ]
     goal = []
     by_model: dict[str, list[dict]] = {}
     for row in results:

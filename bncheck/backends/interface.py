@@ -366,6 +366,10 @@ class Backend(ABC):
     def protected_paths(self, source: ModelSource) -> list[Path]:
         """Files that make up the model on disk (never to be written over)."""
 
+    def files_on_disk(self, path: Path) -> list[Path]:
+        """The files a model file of this family at ``path`` is made of, read before loading it."""
+        return [path]
+
     def companions(self, source: ModelSource, out: Path) -> list[Path]:
         """Files written next to OUT for this source (e.g. ONNX external data)."""
         return []

@@ -219,6 +219,9 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    diagnosis_samples: Annotated[
+        int, typer.Option("--diagnosis-samples", min=0, help="Most samples BN103's input diagnosis reads (default 64; 0 skips it).")
+    ] = 64,
     class_axis: Annotated[
         str | None,
         typer.Option(
@@ -261,6 +264,7 @@ def drift(
         limit=data_opts.limit,
         train_batch_size=settings.train_batch_size or 16,
         mismatch_samples=settings.option("mismatch_samples"),
+        diagnosis_samples=diagnosis_samples,
         save_stats=save_stats,
         layers=_layer_names(layers),
         data_options=data_opts,

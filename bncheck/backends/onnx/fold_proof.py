@@ -28,7 +28,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset
 from bncheck.backends.onnx.session import open_session
-from bncheck.numerics.site_proof import ProducerGeometry, SiteProof, judge, random_input, unproved
+from bncheck.numerics.site_proof import (
+    ProducerGeometry,
+    SiteProof,
+    judge,
+    random_input,
+    unproved,
+    worst_of,
+)
 
 METHOD = "onnxruntime (folded op) vs onnx reference in float64 (original pair)"
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -281,7 +288,7 @@ class _Prepared:
 def _prepare_all(old: _Graphs, new: _Graphs, name: str, seed: int) -> list[_Prepared]:
     """The site's cuts: the producer -> BN pair, or, for a BN folded into the ops after it
     (its output is gone from the folded graph), BN -> consumer for each of them (named
-    ``name`` + :data:`_PART` + k, merged again by :func:`_merged`)."""
+    ``name`` + :data:`_PART` + k, merged again by :func:`~bncheck.numerics.site_proof.worst_of`)."""
     found = old.find_bn(name)
     if found is None:
         raise NotIsolatable("its BatchNormalization node is not in the original graph")
@@ -316,19 +323,6 @@ def _prepare_consumer(index: GraphIndex, new: _Graphs, name: str, bn, node, seed
     elem = target.elem_type(bn.input[0]) or old_elem(index, node)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype("float32")
     return _Prepared(name, cut(index, bn.input[0], out), cut(target, bn.input[0], out), x, dtype)
-
-
-def _merged(name: str, parts: list[SiteProof]) -> SiteProof:
-    """One proof for a BN folded into several consumers: the worst of theirs."""
-    failed = [p for p in parts if p.passed is False]
-    unknown = [p for p in parts if p.passed is None]
-    worst = failed or unknown or parts
-    errs = [p.max_abs_err for p in parts if p.max_abs_err is not None]
-    rels = [p.max_rel_err for p in parts if p.max_rel_err is not None]
-    return SiteProof(
-        name, worst[0].input_shape, max(errs) if errs else None, max(rels) if rels else None,
-        False if failed else (None if unknown else True), METHOD, "; ".join(dict.fromkeys(p.reason for p in worst if p.reason)),
-    )
 
 
 def _prepare(index: GraphIndex, new: _Graphs, name: str, bn: onnx.NodeProto, seed: int) -> _Prepared:
@@ -419,5 +413,5 @@ def prove_sites(original: onnx.ModelProto, folded: onnx.ModelProto, names: list[
     for key in [k for k in proofs if _PART in k]:
         parts.setdefault(key.split(_PART)[0], []).append(proofs.pop(key))
     for name, group in parts.items():
-        proofs[name] = _merged(name, group)
+        proofs[name] = worst_of(name, group, METHOD)
     return proofs

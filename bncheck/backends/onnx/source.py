@@ -24,7 +24,7 @@ from bncheck.backends.onnx.naming import check_names, check_wiring
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, first_line
 from bncheck.layer import BNLayer
 from bncheck.numerics import fold_math
 
@@ -40,11 +40,11 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
-            f"{path} is not a valid ONNX model ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            f"{path} is not a valid ONNX model ({first_line(exc)}); "
             "it is probably truncated or corrupt: export or download it again."
         ) from exc
     except Exception as exc:  # external-data errors come in several kinds
-        raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {exc}).") from exc
+        raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {first_line(exc)}).") from exc
     if not model.graph.node and not model.graph.input:
         raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
     check_names(model, path)

@@ -42,7 +42,7 @@ def import_torch():
         import torch
     except ImportError as exc:  # pragma: no cover - exercised only without torch
         raise ModelLoadError(
-            "it is a PyTorch file, and torch is not installed; install it with "
+            "this is a PyTorch model but torch is not installed; install it with "
             "`pip install 'bncheck[torch]'`."
         ) from exc
     return torch

@@ -266,6 +266,6 @@ def test_without_torch_the_error_names_the_file_that_needs_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
-        "error: sample_models/digits_cnn.pt: it is a PyTorch file, and torch is not installed; "
+        "error: sample_models/digits_cnn.pt: this is a PyTorch model but torch is not installed; "
         "install it with `pip install 'bncheck[torch]'`.\n"
     )
