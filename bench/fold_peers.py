@@ -325,7 +325,7 @@ FLOORS = {
     "onnxoptimizer (its CLI)": "import onnx, onnxoptimizer",
     "onnxslim (its CLI)": "import onnxslim.cli",
     "onnxsim (its CLI)": "import onnxsim",
-    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.backends.onnx.backend, bncheck.commands.fold",
+    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
     "onnx.reference (bncheck's float64 site proofs)": "import onnx.reference",
 }
 

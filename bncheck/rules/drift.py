@@ -152,7 +152,8 @@ def check_variance_ratio(r, ctx: RuleContext):
     normalisation applied twice or not at all, a different resize. Recalibrating would hide a
     bug that is cheaper to fix.""",
     example="""A CRNN trained on [-1, 1] grayscale text lines is fed plain 0-1 pixels: BN103
-    says "in pixels after --scale (the units of --mean/--std), the model expects mean ≈ (0.8205),
+    says "drift starts at the input (cnn.1: drift score 0.132 on 32 samples) ...; in pixels after
+    --scale (the units of --mean/--std), the model expects mean ≈ (0.8205),
     std ≈ (0.6871) under the current `--mean 0 --std 1`; DATA has mean (0.5915), std (0.3052);
     try `--mean 0.2271 --std 0.4441` (normalising to the inferred mean/std): re-measured on 32
     samples, cnn.1's drift score goes from 0.132 to 0.013".""",
@@ -173,7 +174,7 @@ def check_input_mismatch(r, ctx: RuleContext):
     strong = [n for n in nearest if drift[n].score >= limit or best]
     if not strong:
         return
-    msg = f"drift starts at the input ({strong[0]}: drift score {drift[strong[0]].score:.3g}): preprocessing mismatch suspected"
+    msg = f"drift starts at the input ({strong[0]}: drift score {drift[strong[0]].score:.3g} on {ctx.drift.samples} samples): preprocessing mismatch suspected"
     expected = _expectation(diagnosis.get("inference") or {})
     if expected:
         msg += f"; {expected}"

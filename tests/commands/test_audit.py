@@ -268,7 +268,8 @@ def test_terminal_report_ends_with_how_to_fix_each_rule(tmp_path, tiny_cnn, save
 
 
 def test_no_rule_documents_the_old_meaning_of_o():
-    """Since 0.2 `-o` names the report; the model that recalibrate writes is `--out`."""
+    """`--out` names the written model whatever OUT's extension; `-o` does only with a model
+    file's extension, so the fix texts use `--out`."""
     from bncheck.rules import REGISTRY
 
     for rule in REGISTRY.values():

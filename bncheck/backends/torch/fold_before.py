@@ -16,7 +16,7 @@ input (shape metadata, else the example input run).
 from __future__ import annotations
 
 import copy
-from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from bncheck.backends.torch import graph_edits
-from bncheck.backends.torch.fold_proof import PairRun, module_geometry
-from bncheck.backends.torch.fold_sites import Site, _run_ranks
+from bncheck.backends.torch.fold_proof import PairRun, arg_names, functional_call, module_geometry
+from bncheck.backends.torch.fold_sites import FoldProducer, Site, _run_ranks, fold_producer
 from bncheck.backends.torch.fold_weights import scale_shift
-from bncheck.backends.torch.producers import module_kind, shared_weight_blocker
+from bncheck.backends.torch.producers import module_kind, producer_call, shared_weight_blocker
+from bncheck.backends.torch.tensors import resolve_tensor
 from bncheck.numerics import fold_math
 from bncheck.numerics.site_proof import SiteProof, worst_of
 
@@ -47,16 +48,59 @@ class ConsumersRun:
         return worst_of(self.layer, [run.prove(atol, rtol) for run in self.runs], METHOD)
 
 
+@dataclass
+class Consumer:
+    """A conv/linear reading the BN result: a module call, or a functional call (aten conv /
+    linear of a torch.export graph) on stored tensors (``producer`` then describes it)."""
+
+    node: fx.Node
+    kind: str  # conv | linear
+    label: str
+    module: nn.Module | None = None
+    producer: FoldProducer | None = None
+    padding: object = 0
+    padding_mode: str = "zeros"
+    groups: int = 1
+
+    def tensors(self, gm: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.module is not None:
+            return self.module.weight, self.module.bias
+        bias = self.producer.bias_target
+        return resolve_tensor(gm, self.producer.weight_target), resolve_tensor(gm, bias) if bias else None
+
+    def call(self, site: Site):
+        """The consumer as it is now, in float64 (a copy), and its input geometry."""
+        if self.module is not None:
+            module = copy.deepcopy(self.module).double().eval()
+            return module, module_geometry(module, self.kind)
+        return functional_call(replace(site, producer=self.producer))
+
+    def set(self, gm: fx.GraphModule, site: Site, new_w: torch.Tensor, new_b: torch.Tensor) -> None:
+        weight, _ = self.tensors(gm)
+        if self.module is None:
+            graph_edits.set_producer_params(gm, replace(site, producer=self.producer), new_w, new_b, weight)
+            return
+        self.module.weight = nn.Parameter(new_w, requires_grad=weight.requires_grad)
+        self.module.bias = nn.Parameter(new_b, requires_grad=weight.requires_grad)
+
+
 def feeds_modules(gm: fx.GraphModule, site: Site) -> bool:
-    """Whether some user of the BN result is a conv/linear module (worth saying why not)."""
+    """Whether some user of the BN result is a conv/linear (worth saying why not)."""
     if site.node is None:
         return False
     modules = dict(gm.named_modules())
-    return any(u.op == "call_module" and module_kind(modules.get(u.target)) in ("conv", "linear") for u in site.node.users)
+    return any(_kind(u, modules) in ("conv", "linear") for u in site.node.users)
 
 
-def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example) -> tuple[list[tuple[fx.Node, nn.Module, str]], str | None]:
-    """The ``(node, module, kind)`` of every user of the BN result, or why they cannot absorb it."""
+def _kind(node: fx.Node, modules: dict) -> str | None:
+    if node.op == "call_module":
+        return module_kind(modules.get(node.target))
+    call = producer_call(node, modules)
+    return call.kind if call is not None else None
+
+
+def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example) -> tuple[list[Consumer], str | None]:
+    """Every user of the BN result as a :class:`Consumer`, or why they cannot absorb it."""
     if site.blockers:
         return [], "; ".join(site.blockers)
     if site.node is None or not site.node.args or site.style == "tuple":
@@ -67,27 +111,47 @@ def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example
     if not users:
         return [], "nothing reads its result"
     modules = dict(gm.named_modules())
-    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     found = []
     for user in users:
-        module = modules.get(user.target) if user.op == "call_module" else None
-        kind = module_kind(module) if module is not None else None
-        if kind not in ("conv", "linear"):
-            return [], f"its result feeds {user.name}, not only conv/linear modules"
-        if tuple(user.args) != (site.node,) or user.kwargs:
-            return [], f"{user.target} takes more than the BN result"
-        if calls[user.target] != 1:
-            return [], f"{user.target} is called more than once"
-        shared = shared_weight_blocker(gm, user.target)
-        if shared:
-            return [], shared
-        found.append((user, module, kind))
-    if any(kind == "linear" for _, _, kind in found):
+        consumer, why = _consumer(gm, modules, site.node, user, swap_only)
+        if why is not None:
+            return [], why
+        found.append(consumer)
+    if any(c.kind == "linear" for c in found):
         rank = _input_rank(gm, site, example)
         if rank != 2:
             why = "of unknown rank (no shape metadata, no example input ran)" if rank is None else f"{rank}-D"
             return [], f"its input is {why}: a Linear after it multiplies the last axis, not the BN channels"
     return found, None
+
+
+def _consumer(gm: fx.GraphModule, modules: dict, bn: fx.Node, user: fx.Node, swap_only: bool) -> tuple[Consumer | None, str | None]:
+    kind = _kind(user, modules)
+    if kind not in ("conv", "linear"):
+        return None, f"its result feeds {user.name}, not only conv/linear modules"
+    if user.op == "call_module":
+        if tuple(user.args) != (bn,) or user.kwargs:
+            return None, f"{user.target} takes more than the BN result"
+        if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == user.target) != 1:
+            return None, f"{user.target} is called more than once"
+        shared = shared_weight_blocker(gm, user.target)
+        if shared:
+            return None, shared
+        module = modules[user.target]
+        return Consumer(user, kind, user.target, module=module, padding=getattr(module, "padding", 0),
+                        padding_mode=getattr(module, "padding_mode", "zeros"), groups=int(getattr(module, "groups", 1))), None
+    if swap_only:
+        return None, f"{user.name} is a functional call, which a state dict cannot change"
+    prod = fold_producer(modules, user)
+    given = dict(zip(arg_names(user.target), user.args, strict=False)) | dict(user.kwargs)
+    if prod is None or given.get("input") is not bn or any(a is bn for k, a in given.items() if k != "input"):
+        return None, f"{user.name} does not take the BN result as its input alone, with stored weights"
+    for target in (prod.weight_target, prod.bias_target):
+        if target and sum(1 for n in gm.graph.nodes if n.op == "get_attr" and n.target == target) != 1:
+            return None, f"{target} is read by more than one node"
+    if any(len(n.users) != 1 for n in (given.get("weight"), given.get("bias")) if isinstance(n, fx.Node)):
+        return None, f"the weight of {user.name} is shared"
+    return Consumer(user, kind, prod.label, producer=prod, padding=given.get("padding", 0), groups=int(prod.groups)), None
 
 
 def _input_rank(gm: fx.GraphModule, site: Site, example) -> int | None:
@@ -101,24 +165,23 @@ def _input_rank(gm: fx.GraphModule, site: Site, example) -> int | None:
 
 def fold_into_consumers(gm: fx.GraphModule, work: nn.Module, site: Site, *, swap_only: bool, example,
                         changed: set[str], checks: dict) -> tuple[str | None, str | None]:
-    """Fold ``site`` into the modules reading it: ``(label of them, None)``, or ``(None, why not)``."""
+    """Fold ``site`` into the convs/linears reading it: ``(label of them, None)``, or ``(None, why not)``."""
     found, why = consumer_modules(gm, site, swap_only=swap_only, example=example)
     if why is not None:
         return None, why
     scale, shift = scale_shift(site)
     planned = []
-    for node, module, kind in found:
+    for consumer in found:
+        weight, bias = consumer.tensors(gm)
         try:
-            planned.append((node, module, kind, *_new_params(module, kind, scale, shift)))
+            planned.append((consumer, *_new_params(consumer, weight, bias, scale, shift)))
         except ValueError as exc:
-            return None, f"{node.target}: {exc}"
+            return None, f"{consumer.label}: {exc}"
     runs = []
-    for _node, module, kind, new_w, new_b in planned:  # every consumer agreed: now edit them
-        run = _capture(site, module, kind)
-        requires_grad = module.weight.requires_grad
-        module.weight = nn.Parameter(new_w, requires_grad=requires_grad)
-        module.bias = nn.Parameter(new_b, requires_grad=requires_grad)
-        run.folded = copy.deepcopy(module).double().eval()
+    for consumer, new_w, new_b in planned:  # every consumer agreed: now edit them
+        run = _capture(site, consumer)
+        consumer.set(gm, site, new_w, new_b)
+        run.folded, _ = consumer.call(site)
         runs.append(run)
     checks[site.layer.name] = ConsumersRun(site.layer.name, runs)
     if swap_only:
@@ -126,7 +189,7 @@ def fold_into_consumers(gm: fx.GraphModule, work: nn.Module, site: Site, *, swap
     else:
         changed |= graph_edits.bn_attr_targets(site)
         graph_edits.replace_output(site, site.node.args[0])
-    return ", ".join(f"{kind} {node.target}" for node, _, kind, _, _ in planned), None
+    return ", ".join(f"{c.kind} {c.label}" for c, _, _ in planned), None
 
 
 def fold_into_next(work: nn.Module, site: Site, ranks: dict[str, int], checks: dict) -> tuple[str | None, str | None]:
@@ -148,15 +211,15 @@ def fold_into_next(work: nn.Module, site: Site, ranks: dict[str, int], checks: d
     if kind == "linear" and ranks.get(site.layer.name) != 2:
         return None, "its output is not known to be 2-D (N, C): a Linear after it multiplies the last axis"
     scale, shift = scale_shift(site)
+    consumer = Consumer(None, kind, name, module=module, padding=getattr(module, "padding", 0),
+                        padding_mode=getattr(module, "padding_mode", "zeros"), groups=int(getattr(module, "groups", 1)))
     try:
-        new_w, new_b = _new_params(module, kind, scale, shift)
+        new_w, new_b = _new_params(consumer, module.weight, module.bias, scale, shift)
     except ValueError as exc:
         return None, f"{name}: {exc}"
-    run = _capture(site, module, kind)
-    requires_grad = module.weight.requires_grad
-    module.weight = nn.Parameter(new_w, requires_grad=requires_grad)
-    module.bias = nn.Parameter(new_b, requires_grad=requires_grad)
-    run.folded = copy.deepcopy(module).double().eval()
+    run = _capture(site, consumer)
+    consumer.set(work, site, new_w, new_b)
+    run.folded, _ = consumer.call(site)
     checks[site.layer.name] = ConsumersRun(site.layer.name, [run])
     graph_edits.set_submodule(work, site.layer.name, nn.Identity())
     return f"{kind} {name}", None
@@ -181,19 +244,16 @@ def _next_in_sequential(root: nn.Module, bn_name: str) -> tuple[str, nn.Module, 
     return (f"{parent_name}.{nxt}" if parent_name else nxt), module, kind
 
 
-def _new_params(module: nn.Module, kind: str, scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
-    weight, bias = module.weight, module.bias
+def _new_params(consumer: Consumer, weight: torch.Tensor, bias, scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().cpu().numpy()
     b = None if bias is None else bias.detach().cpu().numpy()
-    if kind == "linear":
+    if consumer.kind == "linear":
         new_w, new_b = fold_math.fold_bn_before_linear(w, b, scale, shift)
     else:
-        padding = module.padding
-        mode = module.padding_mode
+        padding, mode = consumer.padding, consumer.padding_mode
         if mode == "zeros" and _padded(padding) and np.any(shift != 0):
             raise ValueError(f"{PADDED_REASON} (it zero-pads its input, padding={padding!r}, and the BN shift is not zero)")
-        new_w, new_b = fold_math.fold_bn_before_conv(w, b, scale, shift, groups=int(module.groups),
-                                                     padding=padding, padding_mode=mode)
+        new_w, new_b = fold_math.fold_bn_before_conv(w, b, scale, shift, groups=consumer.groups, padding=padding, padding_mode=mode)
     return torch.from_numpy(new_w).to(weight.device), torch.from_numpy(new_b).to(weight.device)
 
 
@@ -203,14 +263,14 @@ def _padded(padding) -> bool:
     return any(int(p) != 0 for p in np.ravel(np.asarray(padding)))
 
 
-def _capture(site: Site, module: nn.Module, kind: str) -> PairRun:
+def _capture(site: Site, consumer: Consumer) -> PairRun:
     """The original side: the BN (its own statistics, float64) then a copy of the consumer."""
-    original_module = copy.deepcopy(module).double().eval()
+    before, geometry = consumer.call(site)
     mean, var, weight, bias = (None if t is None else t.detach().double().clone()
                                for t in (site.mean, site.var, site.weight, site.bias))
     eps = float(site.eps)
 
     def original(x: torch.Tensor) -> torch.Tensor:
-        return original_module(F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps))
+        return before(F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps))
 
-    return PairRun(site.layer.name, geometry=module_geometry(module, kind), original=original, method=METHOD)
+    return PairRun(site.layer.name, geometry=geometry, original=original, method=METHOD)

@@ -147,3 +147,17 @@ def test_untraceable_model_folds_a_bn_into_the_next_module_of_its_sequential(ran
     assert out["body.3"].status == "kept" and PADDED_REASON in out["body.3"].reason
     _same(model, folded.model, torch.randn(3, 3, 6, 6))
     assert all(c.prove(1e-5, 1e-5).passed for c in folded.site_checks.values())
+
+
+def test_export_program_input_folds_a_bn_into_the_aten_convs_after_it(tmp_path, randomize_bn):
+    """torch.export graphs call aten conv/linear on stored tensors (functional consumers)."""
+    model = randomize_bn(_Convs())
+    x = torch.randn(2, 4, 8, 8)
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    report = fold(tmp_path / "m.pt2", tmp_path / "f.pt2", timing=False)
+    info = _info(report)
+    assert info["bn"]["status"] == "folded" and info["bn"]["side"] == "consumer", info["bn"]
+    assert info["bn"]["site_proof"]["passed"] is True
+    assert info["bnp"]["status"] == "kept" and PADDED_REASON in info["bnp"]["reason"]
+    folded = torch.export.load(str(tmp_path / "f.pt2")).module()
+    _same(model, folded, torch.randn(2, 4, 8, 8))
