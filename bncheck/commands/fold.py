@@ -254,8 +254,8 @@ def _refusal_message(defects: list[Finding]) -> str:
     first = defects[0]
     more = f" (and {len(defects) - 1} more)" if len(defects) > 1 else ""
     why, fix = {
-        "BN001": ("folding would copy NaN/Inf into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA -o OUT)"),
-        "BN002": ("folding would bake an invalid variance into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA -o OUT)"),
+        "BN001": ("folding would copy NaN/Inf into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA --out OUT)"),
+        "BN002": ("folding would bake an invalid variance into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA --out OUT)"),
         "BN004": (
             "the layer normalises with batch statistics, which no folded weight can reproduce",
             "export in eval mode / with track_running_stats=True and estimate statistics (bncheck recalibrate)",

@@ -68,10 +68,13 @@ def _proofs_line(result: FoldResult) -> list[str]:
     return [line]
 
 
-def site_lines(result: FoldResult) -> list[str]:
-    """One line per proved site: its verdict, errors and the input it ran on."""
+def site_lines(result: FoldResult, *, failed_only: bool = False) -> list[str]:
+    """One line per proved site (``failed_only``: per site that did not pass): its verdict,
+    errors and the input it ran on."""
     lines = []
     for name, proof in result.site_proofs.items():
+        if failed_only and proof.passed:
+            continue
         verdict = {True: "passed", False: "FAILED", None: "not proved"}[proof.passed]
         shape = "×".join(str(d) for d in proof.input_shape) if proof.input_shape else "-"
         errors = (f": max abs error {fmt_num(proof.max_abs_err)}, max relative error {fmt_num(proof.max_rel_err)} on {shape}"
@@ -135,9 +138,11 @@ class FoldSection(Section):
 
     def table_parts(self) -> list[RenderableType]:
         parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
-        sites = site_lines(self.result)
+        # the summary line above has the counts and the worst site; list the sites that did not
+        # pass (every site, each with its errors: --format json, `site_proof` per layer)
+        sites = site_lines(self.result, failed_only=True)
         if sites:
-            parts.append(Text("site proofs (original pair in float64 against the folded op, on its own):"))
+            parts.append(Text("site proofs that did not pass (original pair in float64 against the folded op, on its own):"))
             parts.extend(Text(f"  {line}") for line in sites)
         kept = self.kept_rows()
         if kept:

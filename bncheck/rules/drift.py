@@ -46,7 +46,7 @@ def _graded(value: float, warn: float, error: float) -> Severity | None:
     preprocessing or population silently degrades a model.""",
     example="""Images 20% brighter in production: the first BN layer sees mean |z| = 0.8.""",
     fix="""Find what changed in the input (see BN103 and the first drifting layer); if the new data
-    is the new normal, re-estimate the statistics with `bncheck recalibrate MODEL DATA -o OUT`
+    is the new normal, re-estimate the statistics with `bncheck recalibrate MODEL DATA --out OUT`
     and validate accuracy, or fine-tune.""",
     thresholds={"warning": 0.25, "error": 0.5, "significance": 3.0},
     threshold_docs={"warning": "mean |z| for a warning", "error": "mean |z| for an error", "significance": "sampling-noise levels by which mean |z| must exceed them"},
@@ -378,8 +378,8 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     subject) sees these data statistics plus the noise of its batches.""",
     example="""Top-1 agreement 81% between stored and DATA's statistics (noise floor 99.6%):
     recalibrating on this data would take accuracy from 68.0% to 91.2%.""",
-    fix="""If DATA is what the model will see, recalibrate (`bncheck recalibrate MODEL DATA -o
-    OUT`) and validate accuracy; if it should not be, find what changed in the input (BN103,
+    fix="""If DATA is what the model will see, recalibrate (`bncheck recalibrate MODEL DATA
+    --out OUT`) and validate accuracy; if it should not be, find what changed in the input (BN103,
     the first drifting layer). Make sure inference runs in eval mode.""",
     thresholds={
         "warning_disagreement": 0.02, "error_disagreement": 0.1, "warning_rel_err": 0.1, "error_rel_err": 0.5,
