@@ -306,29 +306,33 @@ def check_small_batch(r, ctx: RuleContext):
     if not sb:
         return
     z = ctx.threshold(r.code, "significance")
-    scatter = sb.get("max_mean_scatter")
+    scatter = sb.max_mean_scatter
     if not isinstance(scatter, (int, float)):  # one batch: not measurable (the result's note says so)
         return
-    if not _significantly_above(scatter, ctx.threshold(r.code, "mean_scatter"), sb.get("mean_scatter_se", math.nan), z):
+    if not _significantly_above(scatter, ctx.threshold(r.code, "mean_scatter"), _or_nan(sb.mean_scatter_se), z):
         return
-    if "flip_rate" in sb:
-        value, se, limit = sb["flip_rate"], sb.get("flip_rate_se", math.nan), ctx.threshold(r.code, "flip_rate")
+    if sb.flip_rate is not None:
+        value, se, limit = sb.flip_rate, _or_nan(sb.flip_rate_se), ctx.threshold(r.code, "flip_rate")
         change = f"{value:.1%} of predictions change with BN in train mode"
     else:
-        value, se, limit = sb["relative_error"], sb.get("relative_error_se", math.nan), ctx.threshold(r.code, "rel_err")
+        value, se, limit = sb.relative_error, _or_nan(sb.relative_error_se), ctx.threshold(r.code, "rel_err")
         change = f"the outputs change by {value:.3g} (relative error) with BN in train mode"
     if not _significantly_above(value, limit, se, z):
         return
     yield r.finding(
         None,
-        f"small-batch risk at batch size {sb['batch_size']}: batch means scatter by {scatter:.2g} std in "
-        f"{sb.get('worst_layer')} and {change} — consider GroupNorm/LayerNorm, SyncBatchNorm or frozen BN",
-        batch_size=sb["batch_size"],
+        f"small-batch risk at batch size {sb.batch_size}: batch means scatter by {scatter:.2g} std in "
+        f"{sb.worst_layer} and {change} — consider GroupNorm/LayerNorm, SyncBatchNorm or frozen BN",
+        batch_size=sb.batch_size,
         max_mean_scatter=scatter,
-        flip_rate=sb.get("flip_rate"),
-        relative_error=sb.get("relative_error"),
-        worst_layer=sb.get("worst_layer"),
+        flip_rate=sb.flip_rate,
+        relative_error=sb.relative_error,
+        worst_layer=sb.worst_layer,
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _significantly_above(value: float, limit: float, se: float, z: float) -> bool:
