@@ -242,7 +242,7 @@ def startup(model: Path, folder: Path, rounds: int, env: dict) -> dict:
     torch_modules = sorted(m for m in times if m == "torch" or m.startswith("torch."))
     heavy = {
         name: round(times[name] / 1000, 1)
-        for name in ("bncheck", "bncheck.cli.app", "onnxruntime", "onnx", "numpy", "PIL.Image",
+        for name in ("bncheck", "bncheck.cli.app", "bncheck.cli.drift", "onnxruntime", "onnx", "numpy", "PIL.Image",
                      "typer", "rich", "pandas", "pyarrow", "torch")
         if name in times
     }

@@ -325,7 +325,7 @@ FLOORS = {
     "onnxoptimizer (its CLI)": "import onnx, onnxoptimizer",
     "onnxslim (its CLI)": "import onnxslim.cli",
     "onnxsim (its CLI)": "import onnxsim",
-    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.backends.onnx.backend, bncheck.commands.fold",
+    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
     "onnx.reference (bncheck's float64 site proofs)": "import onnx.reference",
 }
 
@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", default="det,rec,cls,mobilenetv2,resnet18")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch side (fold_peers_torch)")
+    parser.add_argument("--from-json", type=Path, help="only write the markdown again from a fold_peers.json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return _render(args.from_json)
     ensure_peers()
     RESULTS.mkdir(parents=True, exist_ok=True)
     run = {"machine": machine(), "uptime_start": _uptime(), "repeat": args.repeat, "commands": COMMANDS}
@@ -372,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             torch_results, torch_loads = fold_peers_torch.measure(work, args.repeat, run_child, tool_env, median, load_average)
             run["torch"] = {"results": torch_results, "loads": torch_loads}
             torch_lines = fold_peers_torch.markdown(torch_results, torch_loads, 1.5)
-            for name, (state, arch, _) in fold_peers_torch.models(work).items():
-                out = work / "torch-profiled.safetensors"
+            for k, (name, (state, arch, _)) in enumerate(fold_peers_torch.models(work).items()):
+                out = work / f"torch-profiled-{k}.safetensors"  # a fresh OUT each: fold never overwrites
                 profiles[f"torch {name.split()[0]}"] = profile(fold_peers_torch.argv_for("bncheck", state, arch, out),
                                                              tool_env("bncheck", work), work, out)
         run["import_floors_s"] = import_floors(work, args.repeat)
@@ -381,6 +384,19 @@ def main(argv: list[str] | None = None) -> int:
     table = write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=loads, profiles=profiles, torch_lines=torch_lines)
     write_json(results, RESULTS / "fold_peers.json", run=run, loads=loads, profiles=profiles)
     print(table)
+    return 0
+
+
+def _render(path: Path) -> int:
+    """The results markdown again from a saved JSON (report changes need no new measurement)."""
+    import fold_peers_torch
+    from fold_peers_report import write_markdown
+
+    data = json.loads(path.read_text())
+    results = [Outcome(**{k: v for k, v in d.items() if k != "folded"}) for d in data["results"]]
+    run, torch_side = data["run"], data["run"].get("torch")
+    lines = fold_peers_torch.markdown(torch_side["results"], torch_side["loads"], 1.5) if torch_side else []
+    print(write_markdown(results, RESULTS / "fold_peers.md", run=run, loads=data["loads"], profiles=data["profiles"], torch_lines=lines))
     return 0
 
 

@@ -47,6 +47,7 @@ def goal_rows(results) -> list[dict]:
             "model": model, "bncheck_folded": mine.folded, "best_peer_folded": max(len(f) for t, f in folded.items() if t != "bncheck") if len(folded) > 1 else 0,
             "missed": missed, "only_bncheck": sorted(folded.get("bncheck", set()) - peers_fold), "wrong": wrong,
             "ratio": round(ratio, 3), "fastest_peer": fastest.tool if fastest else None,
+            "cpu_ratio": round(mine.cpu_s / fastest.cpu_s, 3) if fastest is not None and fastest.cpus else None,
             "meets": not missed and not wrong and not mine.error and ratio <= GOAL_RATIO,
         })
     return rows
@@ -59,7 +60,9 @@ def _goal_line(row: dict) -> str:
     if row["only_bncheck"]:
         parts.append(f"folds {len(row['only_bncheck'])} no peer folds")
     parts.append(f"wrong: {', '.join(row['wrong'])}" if row["wrong"] else "0 wrong results")
-    parts.append(f"{row['ratio']:.2f}x the fastest peer ({row['fastest_peer']})")
+    parts.append(f"{row['ratio']:.2f}x the fastest peer's wall time ({row['fastest_peer']})")
+    if row.get("cpu_ratio") is not None:
+        parts.append(f"{row['cpu_ratio']:.2f}x its CPU time")
     return f"- {row['model']}: {verdict}: " + "; ".join(parts)
 
 
@@ -87,6 +90,58 @@ def _profile_lines(profiles: dict[str, dict]) -> list[str]:
     for stage in stages:
         lines.append(f"| {stage} | " + " | ".join(f"{p.get(stage, 0.0):.2f}" for p in profiles.values()) + " |")
     return lines
+
+
+#: profile stages that are parts of others or spread over them (not in the split)
+_NESTED = ("process (profiled)", "fold() in all", "onnxruntime sessions opened (all stages)")
+
+
+def _misses(results, profiles: dict[str, dict], floors: dict[str, float]) -> list[str]:
+    """For every row that misses the goal: its profiled process split into its stages, largest
+    first, and the import floors that bound it."""
+    lines = []
+    for row in goal_rows(results):
+        if row["meets"]:
+            continue
+        prof = profiles.get(row["model"])
+        if not prof:
+            continue
+        total = prof.get("process (profiled)", 0.0) or 1.0
+        parts = [(k, v) for k, v in prof.items() if k not in _NESTED and not k.startswith("  ") and v > 0]
+        parts.sort(key=lambda kv: -kv[1])
+        split = "; ".join(f"{k.strip()} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in parts)
+        lines.append(f"- {row['model']} ({row['ratio']:.2f}x): of {total:.2f} s profiled: {split}.")
+    if lines and floors:
+        bn = next((v for k, v in floors.items() if k.startswith("bncheck")), None)
+        opt = next((v for k, v in floors.items() if k.startswith("onnxoptimizer")), None)
+        if bn and opt:
+            lines.append(f"- Import floor alone: bncheck's CLI with the ONNX backend and onnxruntime {bn:.2f} s against "
+                         f"onnxoptimizer's {opt:.2f} s ({bn / opt:.2f}x) before either reads a byte.")
+    return lines
+
+
+#: what the numbers alone do not say (kept with the code that writes the file)
+NOTES = [
+    "## Reading these numbers",
+    "- The machine (2 cores) was shared with other jobs throughout (load averages above, far over 2).",
+    "  Interleaving spreads the load over every tool alike, but under contention a process's wall time",
+    "  grows with the CPU it asks for, so the CPU ratios in the goal lines are the steadier figure.",
+    "- ONNX rows: the largest share of bncheck's time is fixed, before any work: its import floor (CLI,",
+    "  report layer, onnxruntime; another change cuts the CLI's imports) is 2.3x onnxoptimizer's, and",
+    "  `import onnx.reference` (the float64 site proofs) adds to it. The work itself is the per-site",
+    "  float64 proofs, the whole-model check on 2 samples (original and folded, onnxruntime without",
+    "  graph optimisations), one serialisation shared by onnx.checker, the session and the file, and",
+    "  for dynamic inputs the size search. Verification was not reduced to get here.",
+    "- Torch rows: bncheck runs with `--no-timing` (the speed-up measurement is on by default for",
+    "  PyTorch; it runs both models at least five times and is neither folding nor verifying). 'load",
+    "  MODEL' is mostly `import torch`, which the peers pay too; bncheck's own extra time is the",
+    "  input inference (a forward pass at 224x224: the first size tried, though deep-sort's embedder",
+    "  takes 128x64), the whole-model verification (2 samples at that size, both models), the fx",
+    "  trace and the float64 site proofs. torch.fx cannot trace CREPE (its `if embed:`) and",
+    "  fuse_modules, given the conv/BN pairs as registered, fuses across the ReLU: a wrong model;",
+    "  bncheck keeps all six BN layers there (reason 'fed by relu') and writes nothing.",
+    "",
+]
 
 
 def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dict, notes: list[str] | None = None,
@@ -128,10 +183,15 @@ def write_markdown(results, path: Path, *, run: dict, loads: dict, profiles: dic
         *(kept or ["- none"]),
         "",
         *(["## The torch side: bncheck fold STATE_DICT --arch vs torch.fx fuse / fuse_modules (bench/fold_peers_torch.py)",
-           "", *torch_lines, ""] if torch_lines else []),
+           "", *([run["torch_note"], ""] if run.get("torch_note") else []), *torch_lines, ""] if torch_lines else []),
         "## Where bncheck's time goes (one more run of each row under cProfile)",
         *_profile_lines(profiles),
         "",
+        "Rows that miss the goal, split by stage (the stages above that are not part of another):",
+        *(_misses(results, profiles, run.get("import_floors_s", {})) or ["- none"]),
+        "",
+        *NOTES,
+        *(run.get("notes") or []),
         *(notes or []),
         f"Machine: {json.dumps(run['machine'])} (2 CPUs shared with other jobs: compare ratios, not seconds).",
         "",

@@ -32,6 +32,7 @@ def profile(argv: list[str], env: dict, cwd: Path, out: Path) -> dict[str, float
     ``process`` (the profiled whole) and ``outside fold()`` (interpreter start, imports, CLI,
     report)."""
     prof = out.with_suffix(".prof")
+    out.unlink(missing_ok=True)
     subprocess.run([argv[0], "-m", "cProfile", "-o", str(prof), *argv[1:]], env=env, cwd=cwd, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stats = pstats.Stats(str(prof)).stats

@@ -189,9 +189,15 @@ class FoldOutcome:
     into: str | None = None
     #: why (for ``kept``/``affine``: why it could not be folded)
     reason: str = ""
+    #: ``producer``: into the op feeding the BN; ``consumer``: into the op(s) reading it (BN
+    #: before a conv/linear; ``into`` then names every one of them)
+    side: str = "producer"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "into": self.into, "reason": self.reason}
+        data = {"status": self.status, "into": self.into, "reason": self.reason}
+        if self.side != "producer":
+            data["side"] = self.side
+        return data
 
 
 class SiteCheck(Protocol):
@@ -359,6 +365,10 @@ class Backend(ABC):
     @abstractmethod
     def protected_paths(self, source: ModelSource) -> list[Path]:
         """Files that make up the model on disk (never to be written over)."""
+
+    def files_on_disk(self, path: Path) -> list[Path]:
+        """The files a model file of this family at ``path`` is made of, read before loading it."""
+        return [path]
 
     def companions(self, source: ModelSource, out: Path) -> list[Path]:
         """Files written next to OUT for this source (e.g. ONNX external data)."""

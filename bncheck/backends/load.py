@@ -1,50 +1,70 @@
 """The backend registry: which family a file or an in-memory model belongs to, and the
 :class:`~bncheck.backends.interface.Backend` that serves it.
 
-The families are imported only when chosen, so that an ONNX run never imports torch (an
-optional dependency): these are the only function-level imports of bncheck's own modules
-in the package, by design.
+Each family's backend module is imported by its name in :data:`BACKEND_MODULES` when the family
+is chosen, never before: an ONNX run never imports torch (an optional dependency) and a torch
+run never pays for importing onnx and onnxruntime. The families never import this module (a
+forbidden contract in pyproject.toml), so the edge from here to them runs one way only.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from bncheck.backends.detect import ModelFormat, sniff_format
 from bncheck.backends.interface import Backend, ModelSource
-from bncheck.errors import UsageError
+from bncheck.errors import BncheckError, ModelLoadError, UsageError
 
-FAMILIES = ("onnx", "torch")
+#: family -> the module whose ``BACKEND`` serves it.
+BACKEND_MODULES = {"onnx": "bncheck.backends.onnx.backend", "torch": "bncheck.backends.torch.backend"}
+FAMILIES = tuple(BACKEND_MODULES)
+#: family -> (what its models are called, how to install its runtime).
+_RUNTIMES = {
+    "onnx": ("an ONNX", "`pip install --force-reinstall bncheck`"),
+    "torch": ("a PyTorch", "`pip install 'bncheck[torch]'`"),
+}
 
 
 def backend(family: str) -> Backend:
     """The backend of ``family`` (``onnx`` or ``torch``)."""
-    if family == "onnx":
-        from bncheck.backends.onnx.backend import BACKEND as onnx_backend  # optional: onnx
+    if family not in BACKEND_MODULES:
+        raise UsageError(f"no backend for model family {family!r}; bncheck knows: {', '.join(FAMILIES)}.")
+    try:
+        module = importlib.import_module(BACKEND_MODULES[family])
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] == "bncheck":
+            raise
+        kind, install = _RUNTIMES[family]
+        raise ModelLoadError(
+            f"this is {kind} model but {exc.name.split('.')[0]} is not installed; install it with {install}."
+        ) from exc
+    return module.BACKEND
 
-        return onnx_backend
-    if family == "torch":
-        from bncheck.backends.torch.loading import import_torch  # optional: torch
 
-        import_torch()  # a clear "install torch" message instead of an ImportError
-        from bncheck.backends.torch.backend import BACKEND as torch_backend  # optional: torch
-
-        return torch_backend
-    raise UsageError(f"no backend for model family {family!r}; bncheck knows: {', '.join(FAMILIES)}.")
+def family_of(fmt: ModelFormat) -> str:
+    """The family that reads files of format ``fmt``."""
+    return "onnx" if fmt is ModelFormat.ONNX else "torch"
 
 
 def files_on_disk(path: Path) -> list[Path]:
     """The files a model at ``path`` is made of, before loading it: the file itself and, for
     ONNX, the external-data files it names (so that no output is ever written over them)."""
-    files = [path]
-    if path.is_file() and sniff_format(path) is ModelFormat.ONNX:
-        from bncheck.backends.onnx.external_data import (
-            external_data_files,  # optional: onnx (chosen family)
-        )
+    if not path.is_file():
+        return [path]
+    return backend(family_of(sniff_format(path))).files_on_disk(path)
 
-        files.extend(external_data_files(path))
-    return files
+
+def model_files(model: Path | str | None) -> list[Path]:
+    """A model file and the external-data files it names (ONNX), all of them inputs that no
+    output may be written over."""
+    if model is None or "://" in str(model):
+        return []
+    try:
+        return files_on_disk(Path(model))
+    except BncheckError:
+        return [Path(model)]  # the model's own loader will say what is wrong with it
 
 
 def backend_for(source: ModelSource) -> Backend:
@@ -60,8 +80,13 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     """
     path = Path(path)
     fmt = sniff_format(path)
-    family = "onnx" if fmt is ModelFormat.ONNX else "torch"
-    return backend(family).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
+    return backend(family_of(fmt)).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
+
+
+def takes_arch(model: Any) -> bool:
+    """Whether ``--arch`` means something for ``model``: a path to anything but an ONNX file
+    (which carries its own graph). Lets one ``--arch`` serve the state dicts among several models."""
+    return isinstance(model, (str, Path)) and sniff_format(Path(model)) is not ModelFormat.ONNX
 
 
 def _families_of(model: Any) -> list[str]:

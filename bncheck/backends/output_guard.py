@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from bncheck.backends.load import files_on_disk
-from bncheck.errors import BncheckError, OutputError
+from bncheck.errors import OutputError
 
 #: Output options that take a report (where ``-`` means stdout).
 REPORT_OPTIONS = frozenset({"--output", "-o/--output"})
@@ -39,16 +38,6 @@ def is_special_file(path: Path) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def model_files(model: Path | str | None) -> list[Path]:
-    """A model file and the external-data files it names (ONNX), all of them inputs."""
-    if model is None or "://" in str(model):
-        return []
-    try:
-        return files_on_disk(Path(model))
-    except BncheckError:
-        return [Path(model)]  # the model's own loader will say what is wrong with it
 
 
 def check_outputs(

@@ -19,24 +19,12 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from typer.models import ParameterInfo
 
 from bncheck.cli.common import handle_errors
+from bncheck.cli.group import literal, literal_doc
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
-
-
-def literal(text: str | None) -> str | None:
-    """``text`` with rich markup escaped: help texts are shown as written."""
-    return None if text is None else escape(text)
-
-
-def literal_doc(doc: str | None) -> str | None:
-    """A docstring as command help: literal, each paragraph's lines joined (the terminal wraps)."""
-    if not doc:
-        return None
-    return "\n\n".join(" ".join(line.strip() for line in para.splitlines()) for para in doc.split("\n\n"))
 
 
 def literal_annotation(hint: Any) -> Any:

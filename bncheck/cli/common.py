@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from bncheck.backends.output import write_atomically
+from bncheck.backends.output_guard import interrupt_on_sigterm
+from bncheck.cli.group import State, err
 from bncheck.errors import BncheckError, OutputError, first_line
 from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
 from bncheck.formats.common import headline, package_versions
@@ -28,58 +29,6 @@ from bncheck.formats.ranking import render as render_ranking
 from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.ranking import Ranking
 from bncheck.report.report import Report
-
-
-class State:
-    debug = False
-    verbose = False
-    #: the arguments of this invocation (after ``bncheck``), recorded by RecordingGroup
-    argv: list[str] | None = None
-
-
-#: options of the whole program that may stand anywhere on the line (``bncheck audit m.onnx --debug``)
-GLOBAL_FLAGS = ("--debug", "--verbose")
-
-
-def hoist_global_flags(args: list[str]) -> list[str]:
-    """``args`` with ``--debug``/``--verbose`` moved before the command, where the app reads
-    them; nothing after a ``--`` is touched."""
-    cut = args.index("--") if "--" in args else len(args)
-    head, tail = args[:cut], args[cut:]
-    flags = [flag for flag in GLOBAL_FLAGS if flag in head]
-    return [*flags, *(arg for arg in head if arg not in GLOBAL_FLAGS), *tail]
-
-
-class RecordingGroup(typer.core.TyperGroup):
-    """The app's command group; it records the raw arguments so that reports can state the
-    exact command that made them (``run.command_line``), and reads ``--debug``/``--verbose``
-    wherever they stand."""
-
-    def parse_args(self, ctx, args):
-        State.argv = list(args)
-        return super().parse_args(ctx, hoist_global_flags(list(args)))
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        """As typer's, but a bad option or argument is one sentence on stderr (exit 2), like
-        every other refusal, instead of a usage box."""
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
-        except NoArgsIsHelpError:
-            return super().main(args, prog_name, complete_var, True, **extra)
-        except ClickException as exc:
-            err(f"error: {usage_sentence(exc)}")
-            sys.exit(2)
-        sys.exit(code or 0)
-
-
-def usage_sentence(exc: ClickException) -> str:
-    """click's message for a bad command line as one sentence pointing at ``--help``."""
-    message = exc.format_message().replace("Value error, ", "").strip().rstrip(".")
-    ctx = getattr(exc, "ctx", None)
-    where = f"{ctx.command_path} --help" if ctx is not None else "bncheck --help"
-    return f"{message}; see '{where}'."
 
 
 def report_width() -> int:
@@ -114,10 +63,6 @@ PlotOpt = Annotated[
 ]
 
 
-def err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
 def one_line(message: str) -> str:
     """A refusal is one line on stderr, even when it quotes a library's multi-line message."""
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -129,6 +74,7 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
         try:
             return func(*args, **kwargs)
         except typer.Exit:

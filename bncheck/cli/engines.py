@@ -1,7 +1,7 @@
 """Command-line pieces for scaling out: the options that choose where ``drift`` and
 ``recalibrate`` run (the ``EngineArgs`` bundle: ``--engine``, ``--ray-address``,
 ``--storage-option``, ``--device``; and ``--shard``, ``--stats``) and the ``bncheck merge``
-command (``register(app)`` adds it)."""
+command (declared on this module's ``app``, loaded by the registry in :mod:`bncheck.cli.app`)."""
 
 from __future__ import annotations
 
@@ -96,30 +96,31 @@ def _merge_out(out: Path | None, old_o: Path | None) -> Path:
     return out
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``bncheck merge`` to ``app``."""
+#: ``bncheck merge`` (the app's registry loads this module for it, and drift and recalibrate for EngineArgs)
+app = typer.Typer()
 
-    @command(app)
-    def merge(
-        parts: Annotated[list[Path], typer.Argument(help="Statistics parts written by drift --shard K/N --save-stats PART.npz.", metavar="PART...")],
-        out: Annotated[Path | None, typer.Option("--out", help="Where to write the merged statistics (.npz).")] = None,
-        partial: Annotated[
-            bool, typer.Option("--partial", help="Allow parts that leave files of DATA uncovered (merge a subset now, the rest later).")
-        ] = False,
-        force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
-        old_o: Annotated[Path | None, typer.Option("-o", hidden=True, help="Deprecated spelling of --out.")] = None,
-    ) -> None:
-        """Merge partial BN statistics (one file per shard) exactly into one file for
-        'bncheck drift MODEL --stats OUT'. Refuses parts of another model, other
-        preprocessing or another listing of DATA, and overlapping parts."""
-        out = _merge_out(out, old_o)
-        guard_outputs({"--out": out}, inputs={"part": parts})
-        merged = merge_files(parts, out, partial=partial, force=force)
-        if not quiet:
-            meta = merged.meta
-            covered = sum(b - a for a, b in meta["ranges"])
-            typer.echo(
-                f"merged {len(parts)} part(s): {meta['samples']} samples from {covered} of {meta['listing_files']} files, "
-                f"{len(merged.moments)} BN layer(s) -> {out}"
-            )
+
+@command(app)
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Statistics parts written by drift --shard K/N --save-stats PART.npz.", metavar="PART...")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the merged statistics (.npz).")] = None,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Allow parts that leave files of DATA uncovered (merge a subset now, the rest later).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    old_o: Annotated[Path | None, typer.Option("-o", hidden=True, help="Deprecated spelling of --out.")] = None,
+) -> None:
+    """Merge partial BN statistics (one file per shard) exactly into one file for
+    'bncheck drift MODEL --stats OUT'. Refuses parts of another model, other
+    preprocessing or another listing of DATA, and overlapping parts."""
+    out = _merge_out(out, old_o)
+    guard_outputs({"--out": out}, inputs={"part": parts})
+    merged = merge_files(parts, out, partial=partial, force=force)
+    if not quiet:
+        meta = merged.meta
+        covered = sum(b - a for a, b in meta["ranges"])
+        typer.echo(
+            f"merged {len(parts)} part(s): {meta['samples']} samples from {covered} of {meta['listing_files']} files, "
+            f"{len(merged.moments)} BN layer(s) -> {out}"
+        )

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from bncheck.backends.output_guard import check_outputs, is_stdout, model_files
+from bncheck.backends.load import model_files
+from bncheck.backends.output_guard import check_outputs, is_stdout
 from bncheck.data.discover import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, TABLE_EXTENSIONS
 
 DATA_SUFFIXES = (*IMAGE_EXTENSIONS, *ARRAY_EXTENSIONS, *TABLE_EXTENSIONS)

@@ -1,7 +1,7 @@
 """The commands that work on saved reports, without running a model: ``bncheck report``
 (render a JSON report again, in any format, optionally against a baseline), ``bncheck diff``
 (what changed between two runs) and ``bncheck schema`` (the JSON Schema of the report).
-``register(app)`` adds them to the CLI."""
+The app's registry (:mod:`bncheck.cli.app`) loads this module for any of them."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def schema(
         sys.stdout.write(text)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``bncheck report``, ``diff`` and ``schema`` to ``app``."""
-    for func in (report, diff, schema):
-        command(app)(func)
+#: ``bncheck report``, ``diff`` and ``schema``
+app = typer.Typer()
+for _func in (report, diff, schema):
+    command(app)(_func)

@@ -68,31 +68,32 @@ def _table(settings: Settings, rows: dict[str, tuple[Any, Source]]) -> Table:
     return table
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``bncheck config`` to ``app``."""
-
-    @command(app, "config")
-    def config(
-        fmt: Annotated[choice(("table", "json")), typer.Option("--format", "-f", case_sensitive=False, help="table or json.")] = "table",
-        train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="As for audit and drift.")] = None,
-        mismatch_samples: Annotated[int | None, typer.Option("--mismatch-samples", help="As for drift.")] = None,
-        class_axis: Annotated[str | None, typer.Option("--class-axis", help="As for drift.")] = None,
-        *,
-        gate: GateArgs,
-        data_args: DataArgs,
-    ) -> None:
-        """Print the effective settings and where each came from: a default, the config file
-        ([tool.bncheck] in the nearest pyproject.toml, then bncheck.toml, or --config), a
-        BNCHECK_* environment variable, or an option given here (the options of drift and
-        recalibrate). Precedence: option > environment variable > config file > default."""
-        settings = gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
-        values = {name: getattr(data_args, name) for name in data_args.__dataclass_fields__}
-        values["strict"] = values["strict"] or None  # False: not given
-        rows = effective_settings(settings, values)
-        if fmt == "json":
-            sys.stdout.write(json.dumps(settings_document(settings, rows), indent=2) + "\n")
-            return
-        Console(width=report_width(), highlight=False, soft_wrap=False).print(_table(settings, rows))
+#: ``bncheck config``
+app = typer.Typer()
 
 
-__all__ = ["register", "settings_document"]
+@command(app, "config")
+def config(
+    fmt: Annotated[choice(("table", "json")), typer.Option("--format", "-f", case_sensitive=False, help="table or json.")] = "table",
+    train_batch_size: Annotated[int | None, typer.Option("--train-batch-size", help="As for audit and drift.")] = None,
+    mismatch_samples: Annotated[int | None, typer.Option("--mismatch-samples", help="As for drift.")] = None,
+    class_axis: Annotated[str | None, typer.Option("--class-axis", help="As for drift.")] = None,
+    *,
+    gate: GateArgs,
+    data_args: DataArgs,
+) -> None:
+    """Print the effective settings and where each came from: a default, the config file
+    ([tool.bncheck] in the nearest pyproject.toml, then bncheck.toml, or --config), a
+    BNCHECK_* environment variable, or an option given here (the options of drift and
+    recalibrate). Precedence: option > environment variable > config file > default."""
+    settings = gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
+    values = {name: getattr(data_args, name) for name in data_args.__dataclass_fields__}
+    values["strict"] = values["strict"] or None  # False: not given
+    rows = effective_settings(settings, values)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(settings_document(settings, rows), indent=2) + "\n")
+        return
+    Console(width=report_width(), highlight=False, soft_wrap=False).print(_table(settings, rows))
+
+
+__all__ = ["app", "config", "settings_document"]

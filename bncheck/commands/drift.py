@@ -66,6 +66,9 @@ class DriftOptions:
     class_axis: int | str = "auto"
     #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
     device: str = "cpu"
+    #: passes over the subsample BN301 may make to reach DATA's population statistics
+    #: (:func:`bncheck.commands.drift_outputs.refine`; 1: the one-pass statistics, checked)
+    refinement_passes: int = outputs.REFINE_PASSES
 
 
 @dataclass
@@ -146,6 +149,8 @@ def with_transform(options, transform: Callable[[Any], Any] | None):
 def _check_options(data, options: DriftOptions) -> None:
     if options.batch_size < 1:
         raise BncheckError("--batch-size must be at least 1.")
+    if options.refinement_passes < 1:
+        raise BncheckError("refinement_passes must be at least 1.")
     if (data is None) == (options.stats is None):
         raise UsageError("give DATA, or --stats FILE with statistics measured before, not both." if data is not None else "drift needs DATA (or --stats FILE).")
     if options.stats is not None and options.save_stats is not None:
@@ -230,12 +235,20 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     reach = (float(bn301.get("warning_disagreement", 0.02)), float(bn301.get("warning_rel_err", 0.1)))
     evidence.train_eval = _guarded(
         "BN301's comparison with DATA's own statistics", notes,
-        lambda: outputs.stale_statistics(diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach),
+        lambda: outputs.stale_statistics(
+            diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
+            max_passes=options.refinement_passes,
+        ),
     ) or None  # fmt: skip
+    unsettled = outputs.refinement_note(evidence.train_eval)
+    if unsettled:
+        notes.append(unsettled)
     if options.train_batch_size >= 2:
         evidence.small_batch = _guarded(
             "BN201's train-mode pass", notes, lambda: outputs.small_batch_risk(layers, runner, setting, options.train_batch_size)
         ) or None  # fmt: skip
+        if evidence.small_batch and evidence.small_batch.get("note"):
+            notes.append(f"BN201: {evidence.small_batch['note']}.")
     return evidence
 
 

@@ -13,8 +13,10 @@ Everything runs on the part of the network up to the first BN layers only
 3. each candidate is measured on the first ``verify`` BN layers (the nearest one and the two
    after it, so that corrections the first layer alone cannot tell apart, such as an inverted
    input and a mean shift, are told apart by the non-linearities between them); the best one
-   that halves the drift score is the finding's fix, with its score before -> after.
-"""
+   that halves their mean drift score is the finding's fix, reported with the nearest layer's
+   drift score before -> after (``baseline_first_layer`` -> ``first_layer_score``), the figure
+   the finding's headline gives; what the model expects is said in pixel units (``pixels``:
+   the units of the user's ``--mean``/``--std``)."""
 
 from __future__ import annotations
 
@@ -110,16 +112,19 @@ def _probes(runners: Runners, x: np.ndarray, axis: int, data_mean: np.ndarray) -
     return probes, affine
 
 
-def _score(runners: Runners, by_name: dict, x: np.ndarray) -> float:
+def _score(runners: Runners, by_name: dict, x: np.ndarray) -> tuple[float, float]:
+    """(mean drift score of the ``verify`` layers, which candidates are ranked by; drift score
+    of the nearest layer, the figure the finding reports before -> after)."""
     merged = array_moments(runners.verify, x, runners.batch_size, runners.verify_layers)
-    values = []
+    values = {}
     for name in runners.verify_layers:
         m, layer = merged.get(name), by_name[name]
         if m is None or m.count == 0:
             continue
         d = metrics.layer_drift(m.mean, m.var, layer.running_mean, layer.running_var, layer.eps, samples=len(x), elements=m.count)
-        values.append(d.score)
-    return float(np.mean(values)) if values else float("nan")
+        values[name] = d.score
+    mean = float(np.mean(list(values.values()))) if values else float("nan")
+    return mean, float(values.get(runners.verify_layers[0], float("nan"))) if runners.verify_layers else float("nan")
 
 
 def _channel_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +139,7 @@ def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace)
     if axis is None or space.channels > MAX_INFERRED_CHANNELS:
         return None, None
     mean, std = _channel_stats(x, axis)
+    pixel_mean, pixel_std = _channel_stats(space.to_pixels(x), axis)
     probes, affine = _probes(runners, x, axis, mean)
     if not affine:
         return {"affine": False}, None
@@ -147,6 +153,7 @@ def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace)
         "expected": {"mean": _round(expected_mean), "std": _round(expected_std)},
         "data": {"mean": _round(mean), "std": _round(std)},
         "mean_shift": _round((mean - expected_mean) / np.where(expected_std > 0, expected_std, 1.0)),
+        "pixels": _in_pixels(space, expected_mean, expected_std, pixel_mean, pixel_std),
         "residual": {"log_var": fit.var_residual, "mean_z": fit.mean_residual},
     }
     if np.any(fit.scale <= 0) or not np.all(np.isfinite(fit.scale)):
@@ -165,6 +172,17 @@ def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace)
     return info, (description, options, lambda q: space.normalise(q) * scale_b + offset_b)
 
 
+def _in_pixels(space: PixelSpace, expected_mean, expected_std, data_mean, data_std) -> dict:
+    """What the model expects and what DATA has in the units of the user's options: the scaled
+    pixels (after ``--scale``, before ``--mean``/``--std``), the expectation under the current
+    ``--mean``/``--std`` (``under``); arrays: as stored."""
+    mean, std = space.pixel_moments(expected_mean, expected_std)
+    out: dict[str, Any] = {"expected": {"mean": _round(mean), "std": _round(std)}, "data": {"mean": _round(data_mean), "std": _round(data_std)}}
+    if space.images:
+        out["under"] = {"mean": _round(space.mean), "std": _round(space.std)}
+    return out
+
+
 def _round(values) -> list[float]:
     return [float(f"{float(v):.4g}") for v in np.asarray(values).reshape(-1)]
 
@@ -172,20 +190,20 @@ def _round(values) -> list[float]:
 def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace) -> dict:
     """BN103's diagnosis on the subsample ``sub`` (model inputs as DATA gives them)."""
     by_name = {layer.name: layer for layer in layers}
-    baseline = _score(runners, by_name, sub)
+    baseline, baseline_first = _score(runners, by_name, sub)
     q = space.to_pixels(sub)
     inference, inferred = _inferred(runners, by_name, sub, space)
     candidates = fixed_candidates(space, q) + ([inferred] if inferred else [])
     tried = []
     for description, options, transform in candidates:
         try:
-            value = _score(runners, by_name, np.ascontiguousarray(transform(q), dtype=np.float32))
+            value, first = _score(runners, by_name, np.ascontiguousarray(transform(q), dtype=np.float32))
         except BncheckError:
             continue
-        tried.append({"description": description, "options": options, "score": value})
+        tried.append({"description": description, "options": options, "score": value, "first_layer_score": first})
     tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
     out: dict[str, Any] = {
-        "baseline": baseline, "candidates": tried, "samples": int(len(sub)),
+        "baseline": baseline, "baseline_first_layer": baseline_first, "candidates": tried, "samples": int(len(sub)),
         "layers": list(runners.verify_layers), "inference": inference,
     }  # fmt: skip
     best = _best(tried, baseline)

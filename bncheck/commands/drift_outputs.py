@@ -24,16 +24,27 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
 from bncheck.backends.load import backend_for
+from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
+from bncheck.numerics.recalibration import relative_change
+
+#: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
+#: run again from the subsample through the levels before)
+STAGED_CACHE_MB = 256.0
+#: how little a pass may move DATA's statistics for them to have settled (see :func:`refine`)
+REFINE_TOLERANCE = 0.02
+#: passes :func:`refine` may make by default (``DriftOptions.refinement_passes``)
+REFINE_PASSES = 6
 
 
 @dataclass
@@ -193,19 +204,21 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 
 def stale_statistics(
     source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *,
-    multiple: float, ranking: list[str], reach: tuple[float, float] | None = None,
+    multiple: float, ranking: list[str], reach: tuple[float, float] | None = None, max_passes: int = REFINE_PASSES,
 ) -> dict[str, Any]:
     """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
     ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
     cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
-    false, no significance). None: the floor is always measured."""  # fmt: skip
+    false, no significance). None: the floor is always measured. ``max_passes``: the passes
+    :func:`refine` may make."""  # fmt: skip
     full = population_statistics(layers, result.moments)
     if not full:
         return {}
     # the subsample's moments with the stored statistics upstream: the main pass's (the subsample
     # is all of DATA), or merged from the per-sample moments it kept of the subsample
     base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else setting.stored_moments(list(full))
-    refined = refine(source, runner, full, setting, base=base)
+    eps = {layer.name: float(layer.eps or 1e-5) for layer in layers}
+    refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
     if reach is None or _within_reach(effect, *reach):
         out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple)
@@ -218,6 +231,10 @@ def stale_statistics(
         statistics_samples=int(result.samples),
         refinement_passes=refined.passes,
         refinement_movement=refined.movement,
+        refinement_converged=refined.converged,
+        refinement_tolerance=REFINE_TOLERANCE,
+        refinement_method=refined.how,
+        refinement_levels=refined.levels,
         batch_axis=result.batch_axis,
         class_axis=setting.class_axis,
         noise_multiple=float(multiple),
@@ -265,40 +282,102 @@ class Refined:
 
     statistics: Statistics
     outputs: np.ndarray
-    #: eval passes over the subsample that refined the one-pass statistics
+    #: passes over the subsample: eval passes of the whole model, and the level-by-level one
     passes: int
-    #: the last change of the statistics (channel standard deviations, or log-variance)
+    #: the largest change between ``statistics`` and what the last eval pass measured with them
+    #: (per channel, mean in standard deviations and variance relative, both with the layer's eps)
     movement: float
+    #: whether ``movement`` reached the tolerance within the passes allowed
+    converged: bool = True
+    #: how the statistics were reached: "one pass", "level by level" or "fixed-point passes"
+    how: str = "one pass"
+    #: BN levels of the level-by-level pass (0 without one)
+    levels: int = 0
+    #: why the model could not be run level by level (empty when it was, or did not need to be)
+    unstaged: str = ""
 
 
 def refine(
-    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None, max_passes: int = 4, tolerance: float = 0.02
-) -> Refined:
+    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None,
+    eps: dict[str, float] | None = None, max_passes: int = REFINE_PASSES, tolerance: float = REFINE_TOLERANCE,
+) -> Refined:  # fmt: skip
     """DATA's statistics with every layer measured as it is once the layers before it use DATA's
-    statistics too (what ``recalibrate --method exact`` converges to), from the one-pass
-    statistics of the main pass (layers before on their stored statistics) and passes over the
-    subsample: each pass measures how the subsample's moments move when the layers before use
-    the current estimate, and moves DATA's statistics by as much (mean by the difference,
-    variance by the ratio), until a pass moves them by less than ``tolerance`` (channel standard
-    deviations, or log-variance). On data the statistics fit, the first pass already does (the
-    moments hardly move). ``base``: the subsample's moments with the stored statistics (measured
-    here when not given)."""
+    statistics too: the fixed point of ``recalibrate --method exact``, moved onto all of DATA.
+
+    With ``s`` the statistics and ``F(s)`` the subsample's moments with the model carrying
+    ``s``, the fixed point is ``s = full + (F(s) - base)`` per channel (means by the
+    difference, variances by the ratio; ``base`` = ``F(stored)``, measured here when not
+    given; when the subsample is all of DATA, ``s = F(s)``). A layer's ``F`` depends only on
+    the layers before it, so the system is triangular: the first eval pass checks ``full``
+    (on data the statistics fit it already holds and one pass is all), then one level-by-level
+    pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`, the machinery of
+    ``recalibrate --method exact``: each BN level measured with every level before it final,
+    about one forward pass in all) solves it, and a last eval pass measures the residual
+    and gives the outputs. A model that cannot be cut is iterated with whole-model passes
+    instead, which settle one more BN level each (as many passes as the deepest chain of BN
+    layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
+    channel standard deviations, variance relative, both with the layer's eps, as
+    ``recalibrate`` measures it) or after ``max_passes`` passes, the level-by-level one
+    counted: then ``converged`` is false and the statistics and outputs are those of the last
+    eval pass."""
     names = list(full)
+    eps = eps or {}
     if base is None:
         base = array_moments(runner, setting.sub, setting.batch_size, names)
-    stats, passes, move = full, 0, math.inf
-    out = None
-    while passes < max_passes:
+    before = {n: (base[n].mean, base[n].var) for n in names if n in base}
+    stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
+    while True:
         out, moments = _pass_with(source, runner, stats, setting, names)
         passes += 1
-        new = shifted_like(full, {n: (base[n].mean, base[n].var) for n in names if n in base}, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
-        move = _movement(stats, new)
-        if move < tolerance:
-            break
-        stats = new
-    else:
-        out, _ = _pass_with(source, runner, stats, setting, names)
-    return Refined(stats, out, passes, move)
+        new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
+        move = _movement(stats, new, eps)
+        if move < tolerance or passes >= max_passes:
+            return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
+        if passes == 1 and passes + 1 < max_passes:
+            staged, levels, unstaged = _level_by_level(source, full, before, setting, names)
+            if staged is not None:
+                stats, how, passes = staged, "level by level", passes + 1
+                continue
+        stats, how = new, "fixed-point passes" if how == "one pass" else how
+
+
+def refinement_note(figures: dict[str, Any] | None) -> str | None:
+    """The report's note when BN301's statistics did not settle (None when they did)."""
+    if not figures or figures.get("refinement_converged", True):
+        return None
+    return (
+        f"BN301: DATA's population statistics did not settle in {figures['refinement_passes']} pass(es) over the subsample "
+        f"(last movement {figures['refinement_movement']:.3g}, tolerance {figures['refinement_tolerance']:g}); "
+        "its figures are approximate and it reports at most a warning"
+    )
+
+
+class _Subsample:
+    """The subsample as the data session ``estimate_staged`` reads."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.num_samples = len(x)
+
+    def batches(self, batch_size: int, split=None, samples=None):
+        for i in range(0, len(self.x), batch_size):
+            yield SimpleNamespace(x=self.x[i : i + batch_size])
+
+
+def _level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
+    """The fixed point of :func:`refine` from one level-by-level pass over the subsample (each
+    level's moments moved onto all of DATA before the next level is measured), its number of
+    levels; or (None, 0, why the model cannot be cut)."""
+    staged, why = backend_for(source).staged(source, names)
+    if staged is None:
+        return None, 0, why
+    options = SimpleNamespace(batch_size=setting.batch_size, cache_mb=STAGED_CACHE_MB, prior=0.0)
+    with staged:
+        done = estimate_staged(
+            staged, _Subsample(setting.sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
+            adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
+        )  # fmt: skip
+    return {n: done.stats.get(n, full[n]) for n in names}, staged.plan.depth, ""
 
 
 def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
@@ -315,15 +394,11 @@ def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> S
     return out
 
 
-def _movement(old: Statistics, new: Statistics) -> float:
-    worst = 0.0
-    for name, (mean, var) in new.items():
-        m0, v0 = old[name]
-        sd = np.sqrt(np.maximum(np.asarray(v0, np.float64), 1e-12))
-        shift = np.abs(np.asarray(mean) - m0) / sd
-        ratio = np.abs(np.log(np.maximum(np.asarray(var, np.float64), 1e-12) / np.maximum(np.asarray(v0, np.float64), 1e-12)))
-        worst = max(worst, float(np.max(shift, initial=0.0)), float(np.max(ratio, initial=0.0)))
-    return worst
+def _movement(old: Statistics, new: Statistics, eps: dict[str, float]) -> float:
+    """The largest per-channel change from ``old`` to ``new`` over every layer, as
+    ``recalibrate`` measures it (:func:`~bncheck.numerics.recalibration.relative_change`: the
+    eps keeps channels of near-zero variance from blowing it up)."""
+    return max((relative_change(old[name], values, float(eps.get(name) or 1e-5)) for name, values in new.items()), default=0.0)
 
 
 def _pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
@@ -351,18 +426,14 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
         return {}
     usable = len(outs) * batch_size
     result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
-    worst, worst_value = None, -1.0
-    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
-    for name, ms in per_layer.items():
-        if not ms or ms[0].count == 0:
-            continue
-        pooled = merge_all(ms)
-        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
-        result["layers"][name] = sc
-        if sc["mean_scatter"] > worst_value:
-            worst, worst_value = name, sc["mean_scatter"]
-    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
-    result.update(worst_layer=worst, max_mean_scatter=worst_value, mean_scatter_se=worst_value / math.sqrt(2 * len(outs)))
+    if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
+        result.update(worst_layer=None, max_mean_scatter=None, mean_scatter_se=None)
+        result["note"] = (
+            f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
+            f"({len(setting.sub)} samples); raise --mismatch-samples to at least {2 * batch_size}"
+        )
+    else:
+        result.update(_worst_scatter(layers, per_layer, len(outs), result["layers"]))
     effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
     result["relative_error"] = effect.relative_error
     if effect.agreement is not None and effect.positions and effect.sample_flips is not None:
@@ -371,6 +442,22 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
     else:
         result["relative_error_se"] = _standard_error(effect.sample_errors)
     return result
+
+
+def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, out: dict) -> dict[str, Any]:
+    """Each layer's batch scatter into ``out`` and the worst layer's, with its standard error."""
+    worst, worst_value = None, -1.0
+    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
+    for name, ms in per_layer.items():
+        if not ms or ms[0].count == 0:
+            continue
+        pooled = merge_all(ms)
+        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
+        out[name] = sc
+        if sc["mean_scatter"] > worst_value:
+            worst, worst_value = name, sc["mean_scatter"]
+    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
+    return {"worst_layer": worst, "max_mean_scatter": worst_value, "mean_scatter_se": worst_value / math.sqrt(2 * batches)}
 
 
 def _standard_error(values: np.ndarray) -> float:

@@ -76,6 +76,15 @@ class PixelSpace:
             return x.astype(np.float64)
         return x * self.per_channel(self.std, x.ndim) + self.per_channel(self.mean, x.ndim)
 
+    def pixel_moments(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``mean`` / ``std`` of model inputs said in pixel units (the scaled pixels
+        ``q``, the units of ``--mean``/``--std``) under the user's current ``--mean``/``--std``:
+        ``q = x * std_option + mean_option`` (arrays: as stored)."""
+        mean, std = np.asarray(mean, np.float64).reshape(-1), np.asarray(std, np.float64).reshape(-1)
+        if not self.images:
+            return mean, std
+        return mean * self.std + self.mean, std * np.abs(self.std)
+
     def normalise(self, q: np.ndarray, mean=None, std=None) -> np.ndarray:
         """The model input of scaled pixels ``q`` under ``mean`` / ``std`` (default: the user's)."""
         mean = self.mean if mean is None else mean

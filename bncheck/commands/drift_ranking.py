@@ -4,8 +4,10 @@ stored statistics fit it (label-free model selection).
 Flow: every model is loaded first (a model that fails names itself before any data is read),
 their inputs are compared (models that cannot take the same DATA are refused), then each model
 gets its own :func:`bncheck.commands.drift.drift` run on DATA, as ``bncheck drift MODEL DATA``
-would make it, and :meth:`bncheck.report.ranking.Ranking.of` ranks the reports (the score is
-defined in :mod:`bncheck.numerics.ranking`). DATA is read once per model.
+would make it, and :meth:`bncheck.report.ranking.Ranking.of` ranks the reports (by BN301's
+output change where every model has one, else by the fit score of
+:mod:`bncheck.numerics.ranking`; see :func:`bncheck.report.ranking.ranking_key`). DATA is read
+once per model.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bncheck.backends.interface import InputSpec, ModelSource
-from bncheck.backends.load import as_source
+from bncheck.backends.load import as_source, takes_arch
 from bncheck.commands.drift import DriftOptions, drift, with_transform
 from bncheck.commands.progress import step, steps
 from bncheck.config import Settings
@@ -43,14 +45,24 @@ def rank_models(
     models = list(models)
     data = _check(models, as_data(data), options)
     with steps(options.progress, "drift", first="loading the models"):
-        sources = [_load(model, arch, trust_pickle) for model in models]
+        archs = _archs(models, arch)
+        sources = [_load(model, model_arch, trust_pickle) for model, model_arch in zip(models, archs, strict=True)]
         _same_inputs(models, sources)
         reports = []
-        for number, (model, source) in enumerate(zip(models, sources, strict=True), 1):
+        for number, (model, source, model_arch) in enumerate(zip(models, sources, archs, strict=True), 1):
             step(f"model {number}/{len(models)}: {_name(model)}")
-            run = lambda source=source: drift(source, data, settings=settings, options=options, arch=arch, trust_pickle=trust_pickle)  # noqa: E731
+            run = lambda source=source, a=model_arch: drift(source, data, settings=settings, options=options, arch=a, trust_pickle=trust_pickle)  # noqa: E731
             reports.append(_named(model, run))
     return Ranking.of(reports)
+
+
+def _archs(models: list[Any], arch: str | None) -> list[str | None]:
+    """``--arch`` for each model: the models it means something for (state dicts beside an ONNX
+    file), or every model when it means something for none (whose loading then says so)."""
+    if arch is None:
+        return [None] * len(models)
+    applies = [_named(model, lambda model=model: takes_arch(model)) for model in models]
+    return [arch if ok else None for ok in applies] if any(applies) else [arch] * len(models)
 
 
 def _check(models: list[Any], data: Any, options: DriftOptions) -> Any:

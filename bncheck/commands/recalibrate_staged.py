@@ -18,6 +18,7 @@ pass and every such re-read are counted in ``data_reads``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,14 @@ class _Cache:
         return item[0], item[1]
 
 
-def estimate_staged(staged: StagedModel, session, options, split, samples: int | None, stored: Statistics, population) -> StagedEstimate:
+def estimate_staged(
+    staged: StagedModel, session, options, split, samples: int | None, stored: Statistics, population, adjust: Callable[[Statistics], Statistics] | None = None
+) -> StagedEstimate:
     """The statistics of every layer of ``staged.plan``, level after level (module docstring).
     ``samples``: read at most this many (``--precision``'s count); ``population(moments)``:
-    (mean, variance) to write from a layer's moments (``--variance``)."""
+    (mean, variance) to write from a layer's moments (``--variance``); ``adjust``: what a
+    level's statistics become before the levels after it are measured with them (BN301 moves
+    a subsample's statistics onto all of DATA's, :func:`bncheck.commands.drift_outputs.refine`)."""
     plan = staged.plan
     depth = plan.depth
     budget = int(options.cache_mb * (1 << 20))
@@ -107,6 +112,8 @@ def estimate_staged(staged: StagedModel, session, options, split, samples: int |
         merged = {name: merge_all(ms) for name, ms in parts.items()}
         check_measured(merged)
         level_stats = {name: blend(stored[name], population(m), options.prior, total) for name, m in merged.items() if m.count}
+        if adjust is not None:
+            level_stats = adjust(level_stats)
         staged.set_statistics(level_stats)
         stats.update(level_stats)
         seen.update(merged)

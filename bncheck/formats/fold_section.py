@@ -37,7 +37,7 @@ def _size(value) -> str:
 
 def _verification_line(result: FoldResult) -> str:
     v, tol = result.verification, result.figures.get("tolerance") or {}
-    if v.inputs == "none":
+    if v.samples == 0:
         return "verification: whole model not run (no input could be built); the folded sites were proved on their own"
     return (
         f"verification: {'passed' if v.passed else 'FAILED'} on {v.samples} {v.inputs} sample(s): "

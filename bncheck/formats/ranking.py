@@ -1,7 +1,7 @@
 """A :class:`~bncheck.report.ranking.Ranking` (``bncheck drift M1 M2 ... DATA``) in every format.
 
-table and markdown: the ranking table (rank, model, score, layers, worst layer, accuracy with
-labels, BN301's output change where it ran, verdict), then each model's own report in the order
+table and markdown: the ranking table (rank, model, the ranking key first: BN301's output change
+where it ran, the score, layers, worst layer, accuracy with labels, verdict), then each model's own report in the order
 given. json: :meth:`Ranking.to_json` (each model's report inside it). junit, sarif, github and
 gitlab: each model's findings, combined as for several audited models (they carry findings, not
 an order). html shows one model and is refused.
@@ -10,6 +10,7 @@ an order). html shows one model and is refused.
 from __future__ import annotations
 
 import io
+import math
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -47,8 +48,10 @@ def render(ranking: Ranking, fmt: str, *, color: bool = False, width: int | None
 
 
 def _line(entry: RankedModel) -> str:
-    accuracy = f" accuracy {_percent(entry.accuracy)}" if entry.accuracy is not None else ""
-    return f"#{entry.rank} {entry.model} ({entry.format}): score {fmt_num(entry.score)}{accuracy} — {_verdict(entry)}"
+    change = f"output change {_change(entry)}, " if entry.output_change else ""
+    accuracy = f", accuracy {_percent(entry.accuracy)}" if entry.accuracy is not None else ""
+    score = fmt_num(entry.score) if math.isfinite(entry.score) else "- (no BN layer measured)"
+    return f"#{entry.rank} {entry.model} ({entry.format}): {change}score {score}{accuracy} — {_verdict(entry)}"
 
 
 def _percent(value: float | None) -> str:
@@ -63,23 +66,23 @@ def _verdict(entry: RankedModel) -> str:
 def _change(entry: RankedModel) -> str:
     if not entry.output_change:
         return "-"
-    kind, value = next(iter(entry.output_change.items()))
+    kind, value = entry.output_change["kind"], entry.output_change["value"]
     return f"{_percent(value)} flips" if kind == "top1_disagreement" else f"{fmt_num(value)} rel."
 
 
 def _columns(ranking: Ranking) -> list[str]:
-    names = ["rank", "model", "score", "layers", "worst layer"]
+    """The table's columns, the ranking key first after the model."""
+    change = ["output change"] if any(entry.output_change for entry in ranking.models) else []
+    names = ["rank", "model", *(change if ranking.key == "output_change" else []), "score", "layers", "worst layer"]
     if any(entry.accuracy is not None for entry in ranking.models):
         names.append("accuracy")
-    if any(entry.output_change for entry in ranking.models):
-        names.append("output change")
-    return [*names, "verdict"]
+    return [*names, *(change if ranking.key != "output_change" else []), "verdict"]
 
 
 def _cells(entry: RankedModel) -> dict[str, str]:
     worst = f"{entry.worst_layer} ({fmt_num(entry.worst_layer_score)})" if entry.worst_layer else "-"
     return {
-        "rank": str(entry.rank), "model": entry.model, "score": fmt_num(entry.score),
+        "rank": str(entry.rank), "model": entry.model, "score": fmt_num(entry.score) if math.isfinite(entry.score) else "-",
         "layers": str(entry.layers), "worst layer": worst, "accuracy": _percent(entry.accuracy),
         "output change": _change(entry), "verdict": _verdict(entry),
     }  # fmt: skip
@@ -88,13 +91,22 @@ def _cells(entry: RankedModel) -> dict[str, str]:
 def notes(ranking: Ranking) -> list[str]:
     """The lines under the ranking: what the score is, ties within noise, the gate."""
     data = ranking.data or {}
-    out = [
-        f"score: mean layer drift score on {data.get('path')} ({data.get('samples')} samples); lower = the stored statistics fit DATA better."
-    ]
+    where = f"on {data.get('path')} ({data.get('samples')} samples)"
+    if ranking.key == "output_change":
+        key = (
+            f"ranked by the output change {where}: the share of predictions (or relative output error) that DATA's own "
+            "statistics would change, label-free (BN301); ties by the score, the mean layer drift score. Lower = the stored statistics fit DATA better."
+        )
+    else:
+        key = f"ranked by the score {where}: the mean layer drift score; lower = the stored statistics fit DATA better."
+    out = [key]
     for entry, following in zip(ranking.models, ranking.models[1:], strict=False):
         if entry.separated_from_next is False:
             floor = max(entry.noise, following.noise)
             out.append(f"#{entry.rank} and #{following.rank} differ by less than the sampling noise of this DATA (≈ {fmt_num(floor)}): it does not tell them apart.")
+    for entry in ranking.models:
+        if not math.isfinite(entry.score):
+            out.append(f"#{entry.rank} {entry.model}: no BN layer with running statistics was measured, so it has no score (ranked last).")
     failing = sum(1 for entry in ranking.models if not entry.passed)
     out.append(
         f"gate: each model's own findings (fail-on {ranking.fail_on}): {failing} of {len(ranking.models)} model(s) fail; the order never fails a run."

@@ -1,5 +1,7 @@
 """How well a model's stored statistics fit DATA, as one number per model, for ranking several
-models on the same DATA (``bncheck drift M1 M2 ... DATA``).
+models on the same DATA (``bncheck drift M1 M2 ... DATA``; the ranking leads with BN301's output
+change where every model has one and uses this score for its ties and otherwise:
+:func:`bncheck.report.ranking.ranking_key`).
 
 The fit score of a model is the mean over its measured BN layers of the layer drift score
 (:mod:`bncheck.numerics.drift`): the mean over channels of the squared Hellinger distance

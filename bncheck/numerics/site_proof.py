@@ -173,3 +173,21 @@ def unproved(layer: str, reason: str, method: str = "", *, fails: bool = True) -
     (not provable on its own by construction, e.g. a fold done by the runtime itself)."""
     return SiteProof(layer, None, None, None, False if fails else None, method, reason)
 
+
+def worst_of(layer: str, parts: list[SiteProof], method: str) -> SiteProof:
+    """One proof for a BN folded into several ops (each proved on its own): failed if any
+    failed, not proved if any could not run, with the largest errors."""
+    failed = [p for p in parts if p.passed is False]
+    unknown = [p for p in parts if p.passed is None]
+    worst = failed or unknown or parts
+    abs_errs = [p.max_abs_err for p in parts if p.max_abs_err is not None]
+    rel_errs = [p.max_rel_err for p in parts if p.max_rel_err is not None]
+    return SiteProof(
+        layer,
+        worst[0].input_shape if worst else None,
+        max(abs_errs) if abs_errs else None,
+        max(rel_errs) if rel_errs else None,
+        False if failed else (None if unknown or not parts else True),
+        method,
+        "; ".join(dict.fromkeys(p.reason for p in worst if p.reason)),
+    )

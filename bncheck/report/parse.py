@@ -30,6 +30,11 @@ def check_report(data: Any, source: str) -> dict[str, Any]:
     and the first problem."""
     if not isinstance(data, dict) or "schema_version" not in data or not isinstance(data.get("tool"), dict):
         raise UsageError(f"{source} is not a bncheck JSON report (make one with --format json).")
+    if data.get("kind") == "ranking" and isinstance(data.get("reports"), list):
+        raise UsageError(
+            f"{source} is a ranking of {len(data['reports'])} models (bncheck drift M1 M2 ... DATA), not one report; "
+            "its reports are under \"reports\" (e.g. jq '.reports[0]'), or run bncheck drift MODEL DATA --format json."
+        )
     version = data["schema_version"]
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise UsageError(

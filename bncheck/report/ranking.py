@@ -3,8 +3,10 @@
 
 A :class:`Ranking` holds one drift :class:`~bncheck.report.report.Report` per model (in the
 order given) and, built from them alone, one :class:`RankedModel` per model, best fit first.
-The score is :func:`bncheck.numerics.ranking.fit_score` (the mean layer drift score, lower fits
-better); ties are broken by BN301's output change, then by the order the models were given.
+The key is BN301's output change (what the stored statistics do to the outputs on DATA) where
+every model has one of the same kind, else :func:`bncheck.numerics.ranking.fit_score` (the mean
+layer drift score); the other figure breaks ties, then the order the models were given
+(:func:`ranking_key`). Lower fits better for both.
 The gate is each model's own: the ranking fails when any report fails its ``--fail-on`` gate,
 and the order itself never fails a run.
 """
@@ -24,6 +26,12 @@ from bncheck.report.report import Report, finite
 from bncheck.report.schema import SCHEMA_VERSION
 from bncheck.rules.finding import Severity
 
+#: what ``ranking.output_change`` is, as the JSON report states it
+CHANGE_DEFINITION = (
+    "BN301's comparison on its subsample: the fraction of top-1 predictions (or the relative output error, for outputs "
+    "without classes) that change between the model with its stored statistics and with DATA's own; label-free, lower "
+    "fits better; the ranking key where every model has one of the same kind, the score breaking ties"
+)
 #: what ``ranking.score`` is, as the JSON report states it
 SCORE_DEFINITION = (
     "mean over the measured BN layers of the layer drift score (mean over channels of the squared Hellinger "
@@ -48,9 +56,9 @@ class RankedModel:
     worst_layer_score: float | None
     #: top-1 accuracy on DATA (with labels), else None
     accuracy: float | None
-    #: BN301's output change, stored vs DATA's own statistics: {"top1_disagreement": x} or
-    #: {"relative_error": x}; None where BN301's comparison did not run
-    output_change: dict[str, float] | None
+    #: BN301's output change, stored vs DATA's own statistics: {"kind": "top1_disagreement" or
+    #: "relative_error", "value": x, "noise": its noise floor}; None where BN301's comparison did not run
+    output_change: dict[str, Any] | None
     #: the worst severity among the model's findings ("ok" without any) and their rule codes
     verdict: str
     rules: list[str]
@@ -73,24 +81,32 @@ class Ranking(Gate):
 
     reports: list[Report]
     models: list[RankedModel] = field(default_factory=list)
+    #: what orders the models: "output_change" (BN301's, where every scored model has one of
+    #: the same kind) or "score" (see :func:`ranking_key`)
+    key: str = "score"
 
     @classmethod
     def of(cls, reports: list[Report]) -> Ranking:
         """The ranking of ``reports`` (drift reports of the same DATA)."""
         entries = [_entry(index, report) for index, report in enumerate(reports)]
-        entries.sort(key=lambda e: (math.isnan(e.score), e.score if not math.isnan(e.score) else 0.0, _change(e), e.index))
+        key = ranking_key(entries)
+        if key == "output_change":
+            entries.sort(key=lambda e: (math.isnan(e.score), _figure(e.output_change, "value"), _finite(e.score), e.index))
+        else:
+            entries.sort(key=lambda e: (math.isnan(e.score), _finite(e.score), _figure(e.output_change, "value"), e.index))
         for rank, entry in enumerate(entries, 1):
             entry.rank = rank
         for entry, following in zip(entries, entries[1:], strict=False):
-            entry.separated_from_next = distinguishable(entry.score, following.score, entry.noise, following.noise)
-        return cls(reports=list(reports), models=entries)
+            entry.separated_from_next = _separated(entry, following)
+        return cls(reports=list(reports), models=entries, key=key)
 
     def failing(self) -> list:
         return [finding for report in self.reports for finding in report.failing()]
 
     @property
     def data(self) -> dict[str, Any] | None:
-        return self.reports[0].data if self.reports else None
+        """DATA as the first report that read it describes (a model without BN layers reads none)."""
+        return next((report.data for report in self.reports if report.data), None)
 
     @property
     def fail_on(self) -> str:
@@ -106,7 +122,9 @@ class Ranking(Gate):
             "kind": "ranking",
             "passed": self.passed,
             "ranking": {
+                "key": self.key,
                 "score": SCORE_DEFINITION,
+                "output_change": CHANGE_DEFINITION,
                 "data": self.data,
                 "fail_on": self.fail_on,
                 "models": [entry.to_dict() for entry in self.models],
@@ -117,6 +135,15 @@ class Ranking(Gate):
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(finite(self.to_dict()), indent=indent, allow_nan=False, ensure_ascii=False)
 
+    def to_frame(self):
+        """One row per model, best fit first (the JSON ``ranking.models`` entries), as pandas."""
+        import pandas as pd
+
+        rows = [{k: v for k, v in entry.to_dict().items() if k != "output_change"} for entry in self.models]
+        for row, entry in zip(rows, self.models, strict=True):
+            row.update({f"output_change.{k}": (entry.output_change or {}).get(k) for k in ("kind", "value", "noise")})
+        return pd.DataFrame(rows)
+
     def render(self, format: str = "table", **options: Any) -> str:
         """The ranking as text in ``format``: table, markdown, json, junit, sarif, github or gitlab."""
         return rendering.view("ranking", format)(self, **options)
@@ -126,9 +153,35 @@ class Ranking(Gate):
         return f"<Ranking of {len(self.models)} models on {(self.data or {}).get('path')!r}: {order}>"
 
 
-def _change(entry: RankedModel) -> float:
-    value = next(iter(entry.output_change.values()), None) if entry.output_change else None
-    return float(value) if value is not None and math.isfinite(value) else math.inf
+def ranking_key(entries: list[RankedModel]) -> str:
+    """"output_change" when every model with a score has BN301's output change, all of one kind
+    (top-1 flips of classifiers, or relative errors), else "score". The output change is what
+    the stored statistics do to the outputs on DATA; across copies whose statistics were
+    accumulated on shifted inputs it follows the accuracy more closely than the fit score
+    (bench/ranking_agreement.py), which still breaks its ties and ranks where it is missing."""
+    scored = [e for e in entries if math.isfinite(e.score)]
+    kinds = {e.output_change["kind"] if e.output_change else None for e in scored}
+    return "output_change" if scored and len(kinds) == 1 and None not in kinds else "score"
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+def _figure(change: dict[str, Any] | None, name: str) -> float:
+    value = change.get(name) if change else None
+    return float(value) if value is not None and math.isfinite(float(value)) else math.inf
+
+
+def _separated(entry: RankedModel, following: RankedModel) -> bool:
+    """Whether two neighbours differ beyond the sampling noise in the fit score or, where both
+    have it (of one kind), in BN301's output change."""
+    if distinguishable(entry.score, following.score, entry.noise, following.noise):
+        return True
+    a, b = entry.output_change, following.output_change
+    if not a or not b or a["kind"] != b["kind"]:
+        return False
+    return distinguishable(_figure(a, "value"), _figure(b, "value"), _figure(a, "noise"), _figure(b, "noise"))
 
 
 def _entry(index: int, report: Report) -> RankedModel:
@@ -154,10 +207,13 @@ def _output_change(train_eval: dict[str, Any] | None) -> dict[str, float] | None
     the relative output error."""
     if not train_eval:
         return None
+    floor = train_eval.get("noise_floor") or {}
     if train_eval.get("top1_agreement") is not None:
-        return {"top1_disagreement": 1.0 - float(train_eval["top1_agreement"])}
+        noise = 1.0 - float(floor["top1_agreement"]) if floor.get("top1_agreement") is not None else None
+        return {"kind": "top1_disagreement", "value": 1.0 - float(train_eval["top1_agreement"]), "noise": noise}
     if train_eval.get("relative_error") is not None:
-        return {"relative_error": float(train_eval["relative_error"])}
+        noise = float(floor["relative_error"]) if floor.get("relative_error") is not None else None
+        return {"kind": "relative_error", "value": float(train_eval["relative_error"]), "noise": noise}
     return None
 
 

@@ -176,6 +176,26 @@ def test_small_batch_risk_fires_on_batchnorm1d_at_batch_size_2(tmp_path):
     assert "BN201" in codes and "BN301" not in codes
 
 
+def test_small_batch_scatter_of_a_single_batch_is_not_measurable(tmp_path):
+    """24 samples at B = 16 hold one full batch, which is its own population: the scatter is
+    reported as null with a note (not 0.0), and BN201 cannot fire on it; with two batches it is
+    measured again."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    x = np.random.default_rng(2).normal(size=(24, 8)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    report = bncheck.drift(model, path, options=_opts(mismatch_samples=256, train_batch_size=16))
+    sb = report.result.small_batch
+    assert sb["max_mean_scatter"] is None and sb["mean_scatter_se"] is None and sb["worst_layer"] is None
+    assert "not measurable" in sb["note"] and "one full batch of 16 (24 samples)" in sb["note"]
+    assert any("not measurable" in note for note in report.notes)
+    assert '"max_mean_scatter": null' in report.to_json()
+    assert "BN201" not in {f.rule for f in report.findings}
+    two = bncheck.drift(model, path, options=_opts(mismatch_samples=256, train_batch_size=12)).result.small_batch
+    assert two["max_mean_scatter"] > 0 and "note" not in two
+
+
 def test_small_batch_scatter_shrinks_with_the_batch_size(calibrated):
     model, _, path = calibrated
     small = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))

@@ -11,6 +11,7 @@ import shlex
 
 import numpy as np
 import pytest
+from PIL import Image
 from support.rgb_cnn import (
     OPTIONS,
     TRAIN_MEAN,
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 from bncheck.backends.onnx.backend import OnnxBackend
 from bncheck.backends.torch.backend import TorchBackend
 from bncheck.cli.app import app
+from bncheck.commands import drift_diagnosis as diagnostics
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +74,17 @@ def test_a_forgotten_normalisation_is_inferred_and_the_suggestion_verified(rgb, 
     np.testing.assert_allclose(_floats(best["options"], "--mean"), TRAIN_MEAN, atol=0.02)
     np.testing.assert_allclose(_floats(best["options"], "--std"), TRAIN_STD, rtol=0.06)
     assert f"try `{best['options']}`" in finding["message"]
-    assert "the model expects input mean ≈" in finding["message"] and "DATA has mean" in finding["message"]
+    # what the model expects and what DATA has, in pixels after --scale (the units of --mean/--std)
+    assert "in pixels after --scale (the units of --mean/--std), the model expects mean ≈" in finding["message"]
+    assert "under the current `--mean 0,0,0 --std 1,1,1`; DATA has mean" in finding["message"]
     inference = before["drift"]["input_diagnosis"]["inference"]
     assert inference["affine"] is True and len(inference["expected"]["std"]) == 3
+    pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(folders["same"].glob("*.png"))]) / 255.0
+    np.testing.assert_allclose(inference["pixels"]["data"]["mean"], pixels.mean(axis=(0, 1, 2)), rtol=1e-3)
+    # one quantity before -> after: the nearest layer's drift score, the headline's figure (all 64 samples)
+    diagnosis = before["drift"]["input_diagnosis"]
+    assert np.isclose(diagnosis["baseline_first_layer"], first_score(before), rtol=1e-3)
+    assert f"goes from {first_score(before):.3g} to {best['first_layer_score']:.3g}" in finding["message"]
     after = drift(models[family], folders["same"], *shlex.split(best["options"]))
     assert not bn103(after) and first_score(after) < 0.01 < first_score(before)
     correct = drift(models[family], folders["same"], *OPTIONS)
@@ -109,6 +119,13 @@ def test_a_per_channel_mean_shift_is_named_and_corrected(rgb):
     best = report["drift"]["input_diagnosis"]["best"]
     mean = _floats(best["options"], "--mean")
     np.testing.assert_allclose(mean, np.array(TRAIN_MEAN) + [40 / 255, 0, 0], atol=0.01)
+    # in pixel units under the right --mean/--std the model expects the training pixels' mean
+    # (numpy on the images its statistics were accumulated on); DATA has the shifted one
+    pixels = report["drift"]["input_diagnosis"]["inference"]["pixels"]
+    train = smooth_images(256).astype(np.float64) / 255.0
+    np.testing.assert_allclose(pixels["expected"]["mean"], train.mean(axis=(0, 1, 2)), atol=0.01)
+    np.testing.assert_allclose(pixels["expected"]["std"], train.std(axis=(0, 1, 2)), rtol=0.06)
+    np.testing.assert_allclose(np.array(pixels["data"]["mean"]) - train.mean(axis=(0, 1, 2)), [40 / 255, 0, 0], atol=0.01)
     assert not bn103(drift(models["onnx"], folders["shifted"], *shlex.split(best["options"])))
 
 
@@ -129,3 +146,25 @@ def test_the_diagnosis_does_not_run_when_bn103_is_not_selected(rgb, monkeypatch,
     assert calls == [] and report["drift"]["input_diagnosis"] is None
     assert {f["rule"] for f in report["findings"]} & {"BN101", "BN102"}  # the drift is still there
     assert bn103(drift(models[family], folders["same"])) and calls  # and selected, it runs
+
+
+@pytest.mark.parametrize("cap", [10, 0])
+def test_the_diagnosis_reads_at_most_diagnosis_samples(rgb, monkeypatch, cap):
+    """--diagnosis-samples caps what the diagnosis reads: every batch of samples it measures
+    (bncheck.commands.drift_diagnosis.array_moments, through which all its runs go) holds at
+    most that many; 0 turns it off."""
+    models, folders = rgb
+    seen = []
+    real = diagnostics.array_moments
+
+    def counting(runner, x, batch_size, layers):
+        seen.append(len(x))
+        return real(runner, x, batch_size, layers)
+
+    monkeypatch.setattr(diagnostics, "array_moments", counting)
+    report = drift(models["onnx"], folders["same"], "--diagnosis-samples", str(cap))
+    if cap == 0:
+        assert seen == [] and report["drift"]["input_diagnosis"] is None
+        return
+    assert max(seen) == cap and report["drift"]["input_diagnosis"]["samples"] == cap
+    assert f"re-measured on {cap} samples" in bn103(report)[0]["message"]

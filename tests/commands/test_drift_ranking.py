@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from bncheck.cli.app import app
 from tests.support import stat_variants as sv
+from tests.support.contract_schema import validate_report
 
 #: name -> how the copy's statistics inputs differ from DATA's distribution
 VARIANTS = {"match": {}, "mean": {"shift": 1.0}, "scale": {"scale": 2.0}, "far": {"shift": 2.0}}
@@ -91,10 +92,13 @@ def test_the_model_with_matching_statistics_ranks_first_without_labels(zoo):
         name = Path(entry["model"]).stem
         assert entry["score"] == pytest.approx(reference_score(zoo["copies"][name], zoo["x"]), rel=2e-3, abs=1e-6)
         assert entry["layers"] == 3 and entry["worst_layer"] is not None
-    # each model's report sits in the order given, with the contract's per-layer figures
+    # each model's report sits in the order given, in the published report schema
     assert [Path(r["model"]["path"]).stem for r in body["reports"]] == ["scale", "match", "mean"]
+    for report in body["reports"]:
+        validate_report(report)
     assert [body["reports"][m["report"]]["model"]["path"] for m in models] == [m["model"] for m in models]
     # the gate is each model's own: the stale copies fail, so the run fails; the matching one passes
+    assert body["ranking"]["key"] == "score"  # --mismatch-samples 0: no output change, the score ranks
     assert models[0]["passed"] is True and not all(m["passed"] for m in models)
     assert result.exit_code == 1 and body["passed"] is False
 
@@ -109,9 +113,15 @@ def test_with_labels_the_ranking_agrees_with_the_accuracy_order(zoo):
     for entry in models:  # accuracy against torch on the same samples
         copy = zoo["copies"][Path(entry["model"]).stem]
         assert entry["accuracy"] == pytest.approx(sv.accuracy(copy, zoo["x"], zoo["y"]), abs=1e-9)
-    # BN301's output change (stored vs DATA's own statistics) grows down the ranking too
-    changes = [m["output_change"]["top1_disagreement"] for m in models]
+    # ranked by BN301's output change (stored vs DATA's own statistics), which grows down the ranking
+    body = json.loads(result.stdout)
+    assert body["ranking"]["key"] == "output_change"
+    changes = [m["output_change"]["value"] for m in models]
+    assert {m["output_change"]["kind"] for m in models} == {"top1_disagreement"}
     assert changes[0] < changes[1] < changes[2]
+    for entry in models:  # against the model's own BN301 record
+        train_eval = body["reports"][entry["report"]]["drift"]["train_eval"]
+        assert entry["output_change"]["value"] == pytest.approx(1 - train_eval["top1_agreement"])
 
 
 def test_the_table_shows_rank_score_worst_layer_accuracy_and_verdict(zoo):
@@ -209,6 +219,9 @@ def test_models_with_different_inputs_are_refused():
     samples = Path(__file__).resolve().parents[2] / "sample_models"
     result = run("drift", samples / "digits_cnn.onnx", samples / "cancer_mlp.onnx", samples / "data" / "digits" / "reference")
     _refused(result, "different inputs", "digits_cnn.onnx", "cancer_mlp.onnx")
+    # TorchScript declares no input shape: the model that cannot take DATA says so when it runs, named
+    result = run("drift", samples / "digits_cnn.ts", samples / "cancer_mlp.ts", samples / "data" / "digits" / "reference", "--mismatch-samples", "0")
+    _refused(result, "model ", "cancer_mlp.ts", "cannot run on a batch")
 
 
 def test_only_data_is_refused(zoo):
@@ -238,12 +251,18 @@ def test_sample_models_ranked_on_the_data_each_was_calibrated_for(tmp_path):
     recalibrated = tmp_path / "recalibrated.pt"
     made = run("recalibrate", samples / "digits_cnn.pt", shifted, "--out", recalibrated, "--arch", arch, "-q")
     assert made.exit_code == 0, made.output
-    models = [samples / "broken" / "digits_cnn_uncalibrated.pt", samples / "digits_cnn.pt", recalibrated]
+    # one --arch serves the state dicts; the ONNX export of the same model sits beside them
+    models = [samples / "broken" / "digits_cnn_uncalibrated.pt", samples / "digits_cnn.pt", recalibrated, samples / "digits_cnn.onnx"]
     for data, first in ((shifted, "recalibrated"), (reference, "digits_cnn")):
         ranked = ranking_of(run("drift", *models, data, "--arch", arch, "-f", "json", "--mismatch-samples", "0"))["ranking"]["models"]
         assert Path(ranked[0]["model"]).stem == first and Path(ranked[-1]["model"]).stem == "digits_cnn_uncalibrated"
-        accuracies = [m["accuracy"] for m in ranked]
-        assert accuracies == sorted(accuracies, reverse=True), ranked
+        by_name = {Path(m["model"]).name: m for m in ranked}
+        assert by_name["digits_cnn.onnx"]["score"] == pytest.approx(by_name["digits_cnn.pt"]["score"], rel=1e-4)
+        for better, worse in zip(ranked, ranked[1:], strict=False):  # told apart: the accuracy order
+            if better["separated_from_next"]:
+                assert better["accuracy"] > worse["accuracy"], ranked
+            else:
+                assert better["accuracy"] == pytest.approx(worse["accuracy"], abs=0.01), ranked
 
 
 def test_python_api_ranks_loaded_models_on_an_array(zoo):
@@ -255,7 +274,33 @@ def test_python_api_ranks_loaded_models_on_an_array(zoo):
     assert ranking.reports[0].data["samples"] == len(x) == ranking.reports[1].data["samples"]
     assert "#1 " in repr(ranking) and "match.onnx" in ranking.render("markdown")
     assert json.loads(ranking.render("json"))["kind"] == "ranking"
+    frame = ranking.to_frame()
+    assert list(frame["rank"]) == [1, 2] and frame["score"].is_monotonic_increasing and Path(frame["model"][0]).stem == "match"
     with pytest.raises(bncheck.BncheckError, match="can be read once"):
         bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
     with pytest.raises(bncheck.BncheckError, match="at least two models"):
         bncheck.rank_models([zoo["files"]["mean"]], x)
+
+
+def test_a_model_without_bn_layers_ranks_last_without_a_score(tmp_path):
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    folded, model = samples / "broken" / "digits_cnn_folded.onnx", samples / "digits_cnn.onnx"
+    data = samples / "data" / "digits" / "reference"
+    body = ranking_of(run("drift", folded, model, data, "-f", "json", "--mismatch-samples", "0"))
+    first, last = body["ranking"]["models"]
+    assert Path(first["model"]).name == "digits_cnn.onnx" and last["score"] is None and last["layers"] == 0
+    assert last["verdict"] == "warning" and last["rules"] == ["BN000"]
+    assert body["ranking"]["data"]["samples"] == 540  # DATA as the model that read it says
+    table = run("drift", folded, model, data, "--mismatch-samples", "0", "-o", tmp_path / "ranking.md")
+    assert table.exit_code == 0, table.output
+    text = (tmp_path / "ranking.md").read_text(encoding="utf-8")  # the format from the extension
+    assert text.startswith("## bncheck drift: ranking of 2 models") and "no BN layer with running statistics was measured" in text
+
+
+def test_a_saved_ranking_is_not_mistaken_for_one_report(zoo, tmp_path):
+    files = zoo["files"]
+    saved = tmp_path / "ranking.json"
+    made = run("drift", files["match"], files["mean"], zoo["data"], "-o", saved, "--mismatch-samples", "0")
+    assert made.exit_code == 1 and json.loads(saved.read_text())["kind"] == "ranking"
+    _refused(run("report", saved), "is a ranking of 2 models", "reports")
+    _refused(run("drift", files["match"], zoo["data"], "--baseline", saved), "is a ranking of 2 models")

@@ -45,6 +45,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("drift_mlp_csv_json", ["drift", f"{S}/cancer_mlp.onnx", f"{S}/data/cancer/shifted.csv",
                             "--labels", f"{S}/data/cancer/shifted_labels.csv", "-f", "json"]),
     ("drift_onnx_nomismatch_json", ["drift", f"{S}/digits_cnn.onnx", SHIFTED, "--mismatch-samples", "0", "-f", "json"]),
+    ("drift_rank_markdown", ["drift", f"{S}/broken/digits_cnn_uncalibrated.pt", f"{S}/digits_cnn.pt", SHIFTED, "--arch", ARCH,
+                             "-f", "markdown"]),
     ("fold_onnx_json", ["fold", f"{S}/digits_cnn.onnx", "--out", "{tmp}/f.onnx", "--no-timing", "-f", "json"]),
     ("fold_onnx_table", ["fold", f"{S}/digits_cnn.onnx", "--out", "{tmp}/g.onnx", "--no-timing", "-f", "table"]),
     ("fold_pt2_json", ["fold", f"{S}/digits_cnn.pt2", "--out", "{tmp}/f.pt2", "--no-timing", "-f", "json"]),

@@ -128,9 +128,10 @@ class OnnxBackend(Backend):
         return parameter_count(proto), node_count(proto)
 
     def protected_paths(self, source: ModelSource) -> list[Path]:
-        if source.path is None:
-            return []
-        return [Path(source.path), *external_data_files(source.path)]
+        return [] if source.path is None else self.files_on_disk(Path(source.path))
+
+    def files_on_disk(self, path: Path) -> list[Path]:
+        return [path, *external_data_files(path)]
 
     def companions(self, source: ModelSource, out: Path) -> list[Path]:
         return [write.onnx_data_path(out)] if uses_external_data(source.path) else []

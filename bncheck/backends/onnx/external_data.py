@@ -4,6 +4,7 @@ a model in memory still fits in one message (protobuf refuses 2 GiB and more).""
 from __future__ import annotations
 
 import functools
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,26 @@ def _external_locations(path: Path | None) -> tuple[str, ...]:
     return _read_locations(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+#: how every external-data entry's key serialises: field 1 (``key``, length-delimited), 8 bytes,
+#: ``location`` (a file without these bytes keeps no tensor outside itself)
+_LOCATION_KEY = b"\x0a\x08location"
+
+
+def _may_keep_external_data(path: str) -> bool:
+    """False when the file's bytes cannot hold an external-data entry, so the file need not be
+    parsed here (its loader parses it anyway: 0.1-0.3 s for a 45 MB ResNet-18); True when they
+    might, or the file cannot be mapped (the parse decides)."""
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(_LOCATION_KEY) >= 0
+    except (OSError, ValueError):  # unreadable, or empty (mmap refuses length 0)
+        return True
+
+
 @functools.lru_cache(maxsize=8)
 def _read_locations(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    if not _may_keep_external_data(path):
+        return ()
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception:  # unreadable here: the loader reports it, not this helper

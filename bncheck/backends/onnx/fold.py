@@ -23,9 +23,11 @@ import onnx
 from onnx import helper
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
+from bncheck.backends.onnx.before_sites import CONSUMER_REASON, feeds_consumers, into_consumers
 from bncheck.backends.onnx.bn_params import bn_parameters, type_readers, value_readers
 from bncheck.backends.onnx.external_data import fits_in_one_message
 from bncheck.backends.onnx.fold_affine import InputTypes, affine_rewrite
+from bncheck.backends.onnx.fold_before import fold_before
 from bncheck.backends.onnx.fold_edits import (
     CannotFold,
     GraphEdits,
@@ -107,10 +109,14 @@ class _GraphFolder:
         self.index = GraphIndex(graph, self.opset, outer=outer)
         self.edits = GraphEdits(model, self.index, graph=graph, taken=taken)
         self.types = types
+        self.source = source
 
     def run(self) -> dict[str, FoldOutcome]:
+        """Every BN into its producer first; those left into the ops reading them
+        (:mod:`~bncheck.backends.onnx.fold_before`), from the weights the first pass gave them."""
         outcomes: dict[str, FoldOutcome] = {}
         rewrites: dict[int, Rewrite] = {}
+        left = []
         for node in self.graph.node:
             if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
                 continue
@@ -119,22 +125,48 @@ class _GraphFolder:
             outcomes[name] = outcome
             if rewrite is not None:
                 rewrites[id(node)] = rewrite
+            else:
+                left.append((name, node))
+        for name, node in left:
+            outcome, rewrite = self._plan_after(node, self.layers.get(name), outcomes[name].reason)
+            outcomes[name] = outcome
+            if rewrite is not None:
+                rewrites[id(node)] = rewrite
         if rewrites:
             self.edits.apply(rewrites)
         return outcomes
 
-    def _plan(self, bn: onnx.NodeProto, layer) -> tuple[FoldOutcome, Rewrite | None]:
+    def _problems(self, bn: onnx.NodeProto, layer) -> list[str]:
         problems = self._bn_problems(bn)
         if layer is not None and layer.name in self.keep:
             problems.append(self.keep[layer.name])
-        if layer is not None and layer.foldable and not problems:
+        return problems
+
+    def _plan(self, bn: onnx.NodeProto, layer) -> tuple[FoldOutcome, Rewrite | None]:
+        """Into its producer, or kept with the reason (see :meth:`_plan_after`)."""
+        problems = self._problems(bn, layer)
+        if problems:
+            return FoldOutcome("kept", None, "; ".join(problems)), None
+        if layer is None or not layer.foldable or into_consumers(layer):
+            return FoldOutcome("kept", None, layer.fold_reason if layer is not None else "unknown layer"), None
+        try:
+            rewrite, into = self._fold(bn)
+        except (ValueError, CannotFold) as exc:
+            return FoldOutcome("kept", None, str(exc)), None
+        return FoldOutcome("folded", into, layer.fold_reason or f"into {into}"), rewrite
+
+    def _plan_after(self, bn: onnx.NodeProto, layer, reason: str) -> tuple[FoldOutcome, Rewrite | None]:
+        """A BN its producer did not take: into the Conv/Gemm/MatMul ops reading it when it
+        feeds some, else kept (``affine``: as Mul+Add)."""
+        problems = self._problems(bn, layer)
+        if not problems and layer is not None and layer.uses_running_stats and feeds_consumers(self.index, bn):
             try:
-                rewrite, into = self._fold(bn)
-                return FoldOutcome("folded", into, layer.fold_reason or f"into {into}"), rewrite
+                s, t = self._scale_shift(bn)
+                rewrite, into = fold_before(self.edits, bn, s, t, rank_of=self._rank)
+                return FoldOutcome("folded", into, f"{CONSUMER_REASON}{into} (BN before it)", side="consumer"), rewrite
             except (ValueError, CannotFold) as exc:
-                reason = str(exc)
-        else:
-            reason = "; ".join(problems) if problems else (layer.fold_reason if layer is not None else "unknown layer")
+                if "not into the ops after it" not in reason:  # the inventory said it already
+                    reason = f"{reason}; not into the ops after it either: {exc}"
         if self.affine and not problems:
             try:
                 s, t = self._scale_shift(bn)
@@ -143,6 +175,10 @@ class _GraphFolder:
             except (ValueError, CannotFold) as exc:
                 reason = f"{reason}; no Mul+Add either: {exc}"
         return FoldOutcome("kept", None, reason), None
+
+    def _rank(self, name: str) -> int | None:
+        """The rank of a main-graph value (shape inference, shared with the inventory)."""
+        return self.source.value_types().get(name, (None, None))[1] if not self.path else None
 
     def _bn_problems(self, bn: onnx.NodeProto) -> list[str]:
         attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}

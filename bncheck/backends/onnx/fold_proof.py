@@ -28,7 +28,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset
 from bncheck.backends.onnx.session import open_session
-from bncheck.numerics.site_proof import ProducerGeometry, SiteProof, judge, random_input, unproved
+from bncheck.numerics.site_proof import (
+    ProducerGeometry,
+    SiteProof,
+    judge,
+    random_input,
+    unproved,
+    worst_of,
+)
 
 METHOD = "onnxruntime (folded op) vs onnx reference in float64 (original pair)"
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -278,15 +285,54 @@ class _Prepared:
     dtype: np.dtype
 
 
-def _prepare(old: _Graphs, new: _Graphs, name: str, seed: int) -> _Prepared:
+def _prepare_all(old: _Graphs, new: _Graphs, name: str, seed: int) -> list[_Prepared]:
+    """The site's cuts: the producer -> BN pair, or, for a BN folded into the ops after it
+    (its output is gone from the folded graph), BN -> consumer for each of them (named
+    ``name`` + :data:`_PART` + k, merged again by :func:`~bncheck.numerics.site_proof.worst_of`)."""
     found = old.find_bn(name)
     if found is None:
         raise NotIsolatable("its BatchNormalization node is not in the original graph")
     index, bn = found
+    if new.with_output(bn.output[0]) is not None:
+        return [_prepare(index, new, name, bn, seed)]
+    consumers = [n for n in index.consumers.get(bn.output[0], []) if n.op_type in PRODUCERS]
+    if not consumers:
+        raise NotIsolatable(f"the folded graph does not compute {bn.output[0]}")
+    return [_prepare_consumer(index, new, f"{name}{_PART}{k}", bn, node, seed) for k, node in enumerate(consumers)]
+
+
+_PART = "\x00consumer"
+
+
+def _prepare_consumer(index: GraphIndex, new: _Graphs, name: str, bn, node, seed: int) -> _Prepared:
+    """BN -> ``node`` in the original against ``node`` on the BN input in the folded graph."""
+    x = random_input(geometry(index, node), seed)
+    out = node.output[0]
+    if node.op_type == "MatMul":  # its Linear bias Add (or the Add the fold wrote) is part of the site
+        readers = index.consumers.get(out, [])
+        if len(readers) == 1 and readers[0].op_type == "Add" and out not in index.graph_outputs:
+            out = readers[0].output[0]
+    for _ in range(_MAX_WALK):  # the consumer also absorbed the BN after it: that one's output
+        readers = index.consumers.get(out, [])
+        if new.with_output(out) is not None or len(readers) != 1 or out in index.graph_outputs:
+            break
+        out = readers[0].output[0]
+    target = new.with_output(out)
+    if target is None:
+        raise NotIsolatable(f"the folded graph does not compute {out}")
+    elem = target.elem_type(bn.input[0]) or old_elem(index, node)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype("float32")
+    return _Prepared(name, cut(index, bn.input[0], out), cut(target, bn.input[0], out), x, dtype)
+
+
+def _prepare(index: GraphIndex, new: _Graphs, name: str, bn: onnx.NodeProto, seed: int) -> _Prepared:
     prod = find_producer(index, bn)
     data = _data_input(index, prod)
     if data is None:
         raise NotIsolatable(f"{prod.op_type} {prod.name} has no data input")
+    before = index.producer.get(data)
+    if new.with_output(data) is None and before is not None and before.op_type == "BatchNormalization":
+        data = before.input[0]  # the producer absorbed the BN before it too: the site starts there
     x = random_input(geometry(index, prod), seed)
     target = new.with_output(bn.output[0])
     if target is None:
@@ -349,7 +395,7 @@ def prove_sites(original: onnx.ModelProto, folded: onnx.ModelProto, names: list[
     prepared = []
     for name in names:
         try:
-            prepared.append(_prepare(old, new, name, seed))
+            prepared += _prepare_all(old, new, name, seed)
         except NotIsolatable as exc:
             proofs[name] = unproved(name, f"not provable on its own: {exc}", METHOD, fails=False)
     got = _run_folded(prepared, folded)
@@ -363,4 +409,9 @@ def prove_sites(original: onnx.ModelProto, folded: onnx.ModelProto, names: list[
             proofs[site.name] = unproved(site.name, ref, METHOD, fails=False)
         else:
             proofs[site.name] = judge(site.name, ref, result, atol=atol, rtol=rtol, input_shape=site.x.shape, method=METHOD)
+    parts: dict[str, list[SiteProof]] = {}
+    for key in [k for k in proofs if _PART in k]:
+        parts.setdefault(key.split(_PART)[0], []).append(proofs.pop(key))
+    for name, group in parts.items():
+        proofs[name] = worst_of(name, group, METHOD)
     return proofs

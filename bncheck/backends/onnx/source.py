@@ -10,6 +10,12 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from bncheck.backends.interface import ModelSource
+from bncheck.backends.onnx.before_sites import (
+    CONSUMER_REASON,
+    consumer_blocker,
+    feeds_consumers,
+    label,
+)
 from bncheck.backends.onnx.bn_params import bn_parameters, value_readers
 from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
@@ -18,8 +24,9 @@ from bncheck.backends.onnx.naming import check_names, check_wiring
 from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, first_line
 from bncheck.layer import BNLayer
+from bncheck.numerics import fold_math
 
 PRODUCER_KINDS = {"Conv": "conv", "ConvTranspose": "convtranspose", "Gemm": "gemm", "MatMul": "matmul"}
 #: Ops that read only the shape of their input, not its values.
@@ -33,11 +40,11 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
-            f"{path} is not a valid ONNX model ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            f"{path} is not a valid ONNX model ({first_line(exc)}); "
             "it is probably truncated or corrupt: export or download it again."
         ) from exc
     except Exception as exc:  # external-data errors come in several kinds
-        raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {exc}).") from exc
+        raise ModelLoadError(f"{path} cannot be read as ONNX ({type(exc).__name__}: {first_line(exc)}).") from exc
     if not model.graph.node and not model.graph.input:
         raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
     check_names(model, path)
@@ -161,6 +168,8 @@ class OnnxSource(ModelSource):
             notes=notes,
         )
         self._set_producer(layer, node, index, ranks, path)
+        if not layer.foldable and not training and not missing and attrs.get("spatial", 1) != 0:
+            _consider_consumers(layer, node, index, ranks, values, layer.eps)
         return layer
 
     def _set_producer(
@@ -235,6 +244,26 @@ class OnnxSource(ModelSource):
         if users:
             return [f"the weight {weight} is shared with {users[0].name or users[0].op_type}"]
         return []
+
+
+def _consider_consumers(layer: BNLayer, bn: onnx.NodeProto, index: GraphIndex, ranks, values, eps: float) -> None:
+    """A BN its producer cannot take may fold into the Conv/Gemm/MatMul ops after it
+    (:mod:`~bncheck.backends.onnx.before_sites`): foldable then, else the reason says why not."""
+    if not layer.uses_running_stats or not feeds_consumers(index, bn):
+        return
+    if any(out and (index.consumers.get(out) or out in index.graph_outputs) for out in bn.output[1:]):
+        return
+    scale, bias, mean, var = (np.ravel(v) for v in values)
+    try:
+        _, shift = fold_math.bn_scale_shift(mean, var, eps, weight=scale, bias=bias)
+    except ValueError:
+        return
+    why = consumer_blocker(index, bn, shift_is_zero=not np.any(shift != 0), rank_of=ranks.get)
+    if why is None:
+        into = ", ".join(label(n) for n in value_readers(index, bn.output[0]))
+        layer.foldable, layer.fold_reason = True, f"{CONSUMER_REASON}{into} (BN before it)"
+    else:
+        layer.fold_reason = f"{layer.fold_reason}; not into the ops after it either: {why}"
 
 
 class _LazyRanks:

@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.torch import fold_proof, graph_edits
+from bncheck.backends.torch.fold_before import ConsumersRun, feeds_modules, fold_into_consumers
 from bncheck.backends.torch.fold_sites import Site, find_sites, fold_blocker, propagate_ranks
 from bncheck.backends.torch.fold_weights import affine_module, new_params
 from bncheck.layer import BNLayer
@@ -30,16 +31,28 @@ def fold_graph(
     sites, unmatched = find_sites(gm, layers)
     propagate_ranks(gm, sites, example)
     outcomes: dict[str, FoldOutcome] = {}
-    checks: dict[str, fold_proof.PairRun] = {}
+    checks: dict[str, fold_proof.PairRun | ConsumersRun] = {}
     changed: set[str] = set()
+    left: list[tuple[Site, str]] = []
     for site in sites:
-        reason = (keep or {}).get(site.layer.name) or fold_blocker(site, swap_only)
+        kept = (keep or {}).get(site.layer.name)
+        reason = kept or fold_blocker(site, swap_only)
         if reason is None:
             reason = _fold_site(gm, work, site, swap_only=swap_only, changed=changed, checks=checks)
         if reason is None:
             label = site.producer.label
             outcomes[site.layer.name] = FoldOutcome("folded", label, f"into {site.producer.kind} {label}")
+        elif kept:
+            outcomes[site.layer.name] = _maybe_affine(gm, work, site, reason, affine=affine, swap_only=swap_only, changed=changed)
+        else:
+            left.append((site, reason))
+    for site, reason in left:  # into the modules after it, once every producer took its BN
+        into, why = fold_into_consumers(gm, work, site, swap_only=swap_only, example=example, changed=changed, checks=checks)
+        if into is not None:
+            outcomes[site.layer.name] = FoldOutcome("folded", into, f"into the following {into} (BN before it)", side="consumer")
             continue
+        if feeds_modules(gm, site):
+            reason = f"{reason}; not into the modules after it either: {why}"
         outcomes[site.layer.name] = _maybe_affine(gm, work, site, reason, affine=affine, swap_only=swap_only, changed=changed)
     for layer in layers:
         if layer.name in unmatched:

@@ -19,6 +19,7 @@ from torch import fx, nn
 from bncheck.backends.interface import FoldedModel, FoldOutcome
 from bncheck.backends.torch import fold_proof, graph_edits
 from bncheck.backends.torch.bn_like import behaves_like_bn, foldable_bn_module, standard_bn_forward
+from bncheck.backends.torch.fold_before import ConsumersRun, fold_into_next
 from bncheck.backends.torch.fold_graph import fold_graph
 from bncheck.backends.torch.fold_sites import FoldProducer, module_site
 from bncheck.backends.torch.fold_weights import affine_module, new_params
@@ -85,9 +86,11 @@ def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, ex
     for layer in layers:  # producers the inventory found on a dataflow graph (torch.jit.trace)
         if layer.name not in producers and layer.foldable and layer.producer in modules:
             producers[layer.name] = Producer(name=layer.producer, kind=layer.producer_kind)
-    ranks = _hook_ranks(work, {p.name for p in producers.values() if p.kind == "linear"}, example)
+    bn_modules = {layer.name for layer in layers if layer.name in modules}  # their output ranks: for a Linear after them
+    ranks = _hook_ranks(work, {p.name for p in producers.values() if p.kind == "linear"} | bn_modules, example)
     outcomes: dict[str, FoldOutcome] = {}
-    checks: dict[str, fold_proof.PairRun] = {}
+    checks: dict[str, fold_proof.PairRun | ConsumersRun] = {}
+    left = []
     for layer in layers:
         prod = producers.get(layer.name)
         bn = modules.get(layer.name)
@@ -111,6 +114,17 @@ def _fold_sequential(work: nn.Module, layers: list[BNLayer], *, affine: bool, ex
                 graph_edits.set_submodule(work, layer.name, nn.Identity())
                 outcomes[layer.name] = FoldOutcome("folded", prod.name, f"into {prod.kind} {prod.name}")
                 continue
+        if layer.name in keep or site is None or not foldable_bn_module(bn, layer.eps):
+            outcomes[layer.name] = _swap_or_keep(work, layer, bn, site, reason, affine=affine)
+        else:
+            left.append((layer, bn, site, reason))
+    for layer, bn, site, reason in left:  # into the module after it, once every producer took its BN
+        into, why = fold_into_next(work, site, ranks, checks)
+        if into is not None:
+            outcomes[layer.name] = FoldOutcome("folded", into, f"into the following {into} (BN before it)", side="consumer")
+            continue
+        if not why.startswith("no conv/linear module right after it"):
+            reason = f"{reason}; not into the module after it either: {why}"
         outcomes[layer.name] = _swap_or_keep(work, layer, bn, site, reason, affine=affine)
     return FoldedModel(model=work, outcomes=outcomes, extras={"mode": "module"}, site_checks=dict(checks))
 

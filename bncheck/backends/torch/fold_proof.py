@@ -87,7 +87,7 @@ def _producer_call(site: Site) -> tuple[Call, ProducerGeometry]:
     if prod.module is not None:
         module = copy.deepcopy(prod.module).double().eval()
         return module, module_geometry(module, prod.kind)
-    return _functional_call(site)
+    return functional_call(site)
 
 
 def module_geometry(module, kind: str) -> ProducerGeometry:
@@ -105,7 +105,8 @@ def module_geometry(module, kind: str) -> ProducerGeometry:
     )
 
 
-def _names(target) -> tuple[str, ...]:
+def arg_names(target) -> tuple[str, ...]:
+    """The argument names of a functional conv / transposed conv / linear call target."""
     text = str(getattr(target, "__name__", target))
     if "convolution" in text:
         return _CONVOLUTION
@@ -116,10 +117,10 @@ def _names(target) -> tuple[str, ...]:
     return _CONV
 
 
-def _functional_call(site: Site) -> tuple[Call, ProducerGeometry]:
+def functional_call(site: Site) -> tuple[Call, ProducerGeometry]:
     """The producer's own call target, on float64 copies of its current weight and bias."""
     node = site.producer.node
-    names = _names(node.target)
+    names = arg_names(node.target)
     given = dict(zip(names, node.args, strict=False))
     given.update(node.kwargs)
     rest = {k: v for k, v in given.items() if k not in ("input", "weight", "bias")}

@@ -236,7 +236,8 @@ def test_bn_after_activation_kept_or_affine(randomize_bn):
 
 
 def test_no_foldable_bn(randomize_bn):
-    model = randomize_bn(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 2)))
+    # (a BN right before a Linear folds into it: see test_fold_before; a ReLU in between stops that)
+    model = randomize_bn(nn.Sequential(nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2)))
     report = fold(model, input_shape="4,5", timing=False)
     assert report.exit_code == 0
     assert report.extras["fold"]["layers_folded"] == 0

@@ -97,11 +97,13 @@ def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp
     result = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.safetensors", "-f", "json", "--no-timing")
     assert result.exit_code == 0, result.stderr
     report = _report(result)
-    assert report["verification"]["inputs"] == "none" and report["verification"]["inputs_used"]["origin"] == "none"
+    assert report["verification"]["inputs"] == "random" and report["verification"]["inputs_used"]["origin"] == "none"
     assert "--input-shape" in report["verification"]["inputs_used"]["why"]
     proofs = {layer["name"]: layer["fold"]["site_proof"] for layer in report["layers"]}
     assert proofs["b"]["input_shape"] == [1, 3, 4, 4] and proofs["bt"]["input_shape"][:2] == [1, 4]
     assert all(p["passed"] and p["max_rel_err"] < 1e-6 for p in proofs.values())
+    table = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "g.safetensors", "-f", "table", "--no-timing")
+    assert table.exit_code == 0 and "whole model not run" in table.stdout, table.stdout
     assert (tmp_path / "f.safetensors").exists()
     needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.pt2")
     assert needs.exit_code == 2 and "needs an example input" in needs.stderr and "--input-shape" in needs.stderr

@@ -4,6 +4,7 @@ files in detail: tests/backends/torch/test_loading.py."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bncheck  # noqa: E402
-from bncheck.backends import ModelFormat, load_model, sniff_format  # noqa: E402
+from bncheck.backends import Backend, ModelFormat, load_model, sniff_format  # noqa: E402
+from bncheck.backends.load import BACKEND_MODULES, backend  # noqa: E402
 
 BN_NAMES = ["bn1", "bn2", "bn3"]
 #: save format -> the ``format`` the report gives it
@@ -92,6 +94,29 @@ def test_onnx_path_does_not_import_torch(tmp_path, onnx_bn):
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+
+def test_the_registry_names_each_family_backend():
+    for family, module in BACKEND_MODULES.items():
+        served = backend(family)
+        assert isinstance(served, Backend) and served is importlib.import_module(module).BACKEND
+    with pytest.raises(bncheck.BncheckError, match="no backend for model family 'tf'; bncheck knows: onnx, torch"):
+        backend("tf")
+
+
+def test_a_torch_model_without_torch_installed_says_what_to_install(tmp_path, tiny_cnn, save_model):
+    """torch made unimportable in a fresh process (``sys.modules['torch'] = None``): the registry
+    turns the ImportError into one sentence, also for the guard that runs before loading."""
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['bncheck', 'audit', sys.argv[1]]\n"
+        "from bncheck.cli import main\nmain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["error: this is a PyTorch model but torch is not installed; install it with `pip install 'bncheck[torch]'`."]
 
 
 def test_api_accepts_in_memory_models(tiny_cnn, example, onnx_bn):

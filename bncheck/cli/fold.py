@@ -1,0 +1,62 @@
+"""``bncheck fold``: fold BN layers into the weights that feed them, write and verify the result (:mod:`bncheck.commands.fold`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.command import command
+from bncheck.cli.fold_options import FoldCheckArgs
+from bncheck.cli.guard import guard_outputs
+from bncheck.cli.model_options import ModelArg, ToOpt, model_out
+from bncheck.commands.fold import fold as run_fold
+from bncheck.commands.progress import steps
+
+app = typer.Typer()
+
+
+@command(app)
+def fold(
+    model: ModelArg,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the folded model (.onnx, .pt2, .ts, .safetensors; .pt/.pth = same kind as MODEL)."),
+    ] = None,
+    to: ToOpt = None,
+    affine: Annotated[
+        bool, typer.Option("--affine", help="Turn BN layers that cannot be folded into a per-channel multiply-add.")
+    ] = False,
+    *,
+    check: FoldCheckArgs,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite OUT; fold despite BN001/BN002/BN004; write OUT even if nothing was folded or verification failed."),
+    ] = False,
+    timing: Annotated[
+        bool | None,
+        typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
+    ] = None,
+    model_args: ModelArgs,
+    gate: GateArgs,
+    report: ReportArgs,
+) -> None:
+    """Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and
+    verify that OUT computes the same function (exit 1 when it does not)."""
+    out = model_out(out, report, "folded model")
+    settings = gate.settings()
+    fmt = report.format(settings, "fold")
+    guard_outputs(
+        {"--out": out, "--output": report.output},
+        models=[model],
+        inputs={"DATA": [check.verify], "baseline": [report.baseline]},
+        settings=settings,
+    )
+    with steps(report.progress(settings), "fold"):
+        result = run_fold(
+            model, out, to=to, affine=affine, force=force, timing=timing, settings=settings,
+            **check.fold_kwargs(), **model_args.load_kwargs(),
+        )
+    report.emit(result, fmt)

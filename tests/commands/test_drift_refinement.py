@@ -1,0 +1,87 @@
+"""BN301's population statistics (bncheck.commands.drift_outputs.refine): on a real multi-level
+model they are the fixed point `recalibrate --method exact` writes (checked through
+onnxruntime on the file recalibrate wrote, not through bncheck), reached by one level-by-level
+pass; where they cannot settle within the passes allowed, the report says so and BN301 gives
+no error resting on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import bncheck
+from bncheck.commands.drift import DriftOptions
+from bncheck.commands.recalibrate import RecalibrateOptions
+from tests.commands.test_drift_outputs import _mlp
+from tests.commands.test_drift_real_models import _model, _ppocr_batch
+from tests.support import real_models as rm
+
+
+def _onnx_outputs(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + 8]})[0] for i in range(0, len(x), 8)]).astype(np.float64)
+
+
+def test_ppocr_recogniser_population_statistics_are_what_recalibrate_exact_writes(tmp_path):
+    path = _model(rm.PPOCR_REC)
+    x = _ppocr_batch(16, 48, 160, 1, seed=0)
+    report = bncheck.drift(path, x, options=DriftOptions(batch_size=8, train_batch_size=0, mismatch_samples=16))
+    te = report.result.train_eval
+    # six BN levels: whole-model passes settle one level each, the old four never got there
+    assert te["refinement_method"] == "level by level" and te["refinement_levels"] >= 5
+    assert te["refinement_converged"] is True and te["refinement_passes"] == 3
+    assert te["refinement_movement"] < 1e-3  # the residual the last pass measured: float32 rounding
+    out = tmp_path / "recalibrated.onnx"
+    bncheck.recalibrate(path, x, out, options=RecalibrateOptions(method="exact", holdout=0, batch_size=8))
+    stored, recalibrated = _onnx_outputs(path, x), _onnx_outputs(out, x)
+    rel = np.linalg.norm(recalibrated - stored) / np.linalg.norm(stored)
+    agreement = float(np.mean(recalibrated.argmax(-1) == stored.argmax(-1)))
+    assert rel > 0.1  # the statistics do not fit these images: the comparison means something
+    assert te["relative_error"] == pytest.approx(rel, rel=2e-3)
+    # near-ties may flip under float32 rounding: within two of the 320 positions
+    assert te["top1_agreement"] == pytest.approx(agreement, abs=2 / stored[..., 0].size)
+    assert not any("did not settle" in note for note in report.notes)
+
+
+def _one_pass_labels(model, x: np.ndarray) -> np.ndarray:
+    """The classes the MLP gives with the one-pass statistics (each BN's input measured with the
+    BN before it on its stored statistics), float64 numpy: labels these statistics get right."""
+    p = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    h, measured = x.astype(np.float64), []
+    for lin, bn in (("0", "1"), ("3", "4")):
+        h = h @ p[f"{lin}.weight"].T + p[f"{lin}.bias"]
+        measured.append((h.mean(0), h.var(0)))
+        h = np.maximum((h - p[f"{bn}.running_mean"]) / np.sqrt(p[f"{bn}.running_var"] + 1e-5) * p[f"{bn}.weight"] + p[f"{bn}.bias"], 0)
+    h = x.astype(np.float64)
+    for (lin, bn), (mean, var) in zip((("0", "1"), ("3", "4")), measured, strict=True):
+        h = h @ p[f"{lin}.weight"].T + p[f"{lin}.bias"]
+        h = np.maximum((h - mean) / np.sqrt(var + 1e-5) * p[f"{bn}.weight"] + p[f"{bn}.bias"], 0)
+    return (h @ p["6.weight"].T + p["6.bias"]).argmax(1)
+
+
+def test_unsettled_statistics_give_a_note_and_no_error():
+    model = _mlp()
+    x = np.random.default_rng(0).normal(1.5, 2.0, size=(200, 6)).astype(np.float32)
+    labels = _one_pass_labels(model, x)  # with them the one-pass statistics look like a clear win
+    settled = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200))
+    assert settled.result.train_eval["refinement_converged"] is True and settled.result.train_eval["refinement_passes"] == 3
+    assert not any("did not settle" in note for note in settled.notes)
+    # one pass: the one-pass statistics of the second BN (the first BN on its stored
+    # statistics) are measured to be off, and no pass is left to refine them
+    report = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200, refinement_passes=1))
+    te = report.result.train_eval
+    assert te["refinement_converged"] is False and te["refinement_passes"] == 1 and te["refinement_method"] == "one pass"
+    assert te["refinement_movement"] > te["refinement_tolerance"]
+    # what would be an error on settled statistics: far beyond its thresholds, recalibrating "helps"
+    assert 1 - te["top1_agreement"] > 0.1 and te["significance"] > 3 and te["accuracy_population"] > te["accuracy_stored"]
+    assert any("did not settle in 1 pass(es)" in note and "at most a warning" in note for note in report.notes), report.notes
+    findings = [f for f in report.findings if f.rule == "BN301"]
+    assert [f.severity.value for f in findings] == ["warning"]
+    assert "did not settle in 1 pass(es)" in findings[0].message and "approximate" in findings[0].message
+
+
+def test_refinement_passes_below_one_is_refused():
+    with pytest.raises(bncheck.BncheckError, match="refinement_passes must be at least 1"):
+        bncheck.drift(_mlp(), np.zeros((8, 6), np.float32), options=DriftOptions(refinement_passes=0))
