@@ -87,6 +87,20 @@ def test_several_models_in_one_audit_give_one_document_per_format(tmp_path):
     assert baseline.returncode == 2
 
 
+def test_arch_of_a_hook_applies_to_the_state_dicts_among_several_models(tmp_path):
+    """A pre-commit hook passes the same args (`--arch pkg:net`) with every staged file: the
+    ONNX and TorchScript files among them carry their own graph and must not be refused for it."""
+    arch = "sample_models/architectures.py:digits_cnn"
+    files = [GOOD, "sample_models/digits_cnn.pt", "sample_models/digits_cnn.ts"]
+    run = subprocess.run(["bncheck", "audit", *files, "--arch", arch, "-f", "json"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    reports = json.loads(run.stdout)["reports"]
+    assert [r["model"]["format"] for r in reports] == ["onnx", "state_dict", "torchscript"]
+    assert reports[1]["layers"][0]["producer"] == "conv1"  # the state dict got the architecture
+    alone = subprocess.run(["bncheck", "audit", GOOD, "--arch", arch], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and "--arch is only for PyTorch state dicts" in alone.stderr  # one model: still a mistake
+
+
 # GitHub composite action --------------------------------------------------------------------
 
 

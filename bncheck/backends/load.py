@@ -80,13 +80,18 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     """
     path = Path(path)
     fmt = sniff_format(path)
-    return backend(family_of(fmt)).load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
+    try:
+        chosen = backend(family_of(fmt))
+    except ModelLoadError as exc:  # name the file: with several models, which one needs torch
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    return chosen.load(path, fmt.value, arch=arch, trust_pickle=trust_pickle)
 
 
 def takes_arch(model: Any) -> bool:
-    """Whether ``--arch`` means something for ``model``: a path to anything but an ONNX file
-    (which carries its own graph). Lets one ``--arch`` serve the state dicts among several models."""
-    return isinstance(model, (str, Path)) and sniff_format(Path(model)) is not ModelFormat.ONNX
+    """Whether ``--arch`` means something for ``model``: a path to a torch.save or safetensors
+    file (ONNX, TorchScript and torch.export files carry their own graph). Lets one ``--arch``
+    serve the state dicts among several models."""
+    return isinstance(model, (str, Path)) and sniff_format(Path(model)) in (ModelFormat.TORCH_SAVE, ModelFormat.SAFETENSORS)
 
 
 def _families_of(model: Any) -> list[str]:

@@ -71,6 +71,16 @@ class RecordingGroup(typer.core.TyperGroup):
         State.argv = list(args)
         return super().parse_args(ctx, hoist_global_flags(list(args)))
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            hide_flag_types(command, ctx)
+        return name, command, rest
+
+    def format_help(self, ctx, formatter):
+        hide_flag_types(self, ctx)
+        return super().format_help(ctx, formatter)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """As typer's, but a bad option or argument is one sentence on stderr (exit 2), like
         every other refusal, instead of a usage box."""
@@ -84,6 +94,14 @@ class RecordingGroup(typer.core.TyperGroup):
             err(f"error: {usage_sentence(exc)}")
             sys.exit(2)
         sys.exit(code or 0)
+
+
+def hide_flag_types(command, ctx) -> None:
+    """Flags take no value: their help rows show none (typer prints ``<bool>``, which reads as if
+    ``--trust-pickle`` wanted ``true``/``false`` after it)."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 @dataclass(frozen=True)

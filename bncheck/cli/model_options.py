@@ -10,7 +10,7 @@ import typer
 
 from bncheck.backends.output import OUTPUT_KINDS
 from bncheck.cli.bundles import ReportArgs
-from bncheck.cli.common import choice, err
+from bncheck.cli.common import choice
 from bncheck.errors import UsageError
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")]

@@ -247,8 +247,8 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
         evidence.small_batch = _guarded(
             "BN201's train-mode pass", notes, lambda: outputs.small_batch_risk(layers, runner, setting, options.train_batch_size)
         ) or None  # fmt: skip
-        if evidence.small_batch and evidence.small_batch.get("note"):
-            notes.append(f"BN201: {evidence.small_batch['note']}.")
+        if evidence.small_batch and evidence.small_batch.note:
+            notes.append(f"BN201: {evidence.small_batch.note}.")
     return evidence
 
 

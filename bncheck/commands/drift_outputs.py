@@ -8,7 +8,7 @@ statistics, what ``recalibrate --method exact`` writes: the per-layer moments of
 (each layer measured with the layers before it on their stored statistics: a one-pass
 approximation) refined on the subsample until every layer's statistics are those it sees once
 the layers before it use DATA's statistics too (:func:`refine`; one pass where the statistics
-fit, a few where they do not). Its noise floor is the same comparison between the statistics of
+fit, otherwise one level-by-level pass and a pass measuring the residual). Its noise floor is the same comparison between the statistics of
 one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
 alone as much as DATA's statistics differ from its population's. No train-mode pass.
 
@@ -37,6 +37,7 @@ from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 from bncheck.numerics.recalibration import relative_change
+from bncheck.rules.context import BatchScatter, SmallBatchRisk
 
 #: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
 #: run again from the subsample through the levels before)
@@ -413,7 +414,7 @@ def _pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSe
     return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
 
 
-def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) -> dict[str, Any]:
+def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) -> SmallBatchRisk | None:
     """BN201: scatter of size-B batch statistics around the population statistics and how the
     outputs change, from one train-mode pass over the subsample in full batches of B."""
     outs, per_layer = [], {}
@@ -423,29 +424,38 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) ->
         for name, m in moments.items():
             per_layer.setdefault(name, []).append(m)
     if not outs or batch_size < 2:
-        return {}
+        return None
     usable = len(outs) * batch_size
-    result: dict[str, Any] = {"batch_size": int(batch_size), "samples": int(usable), "layers": {}}
+    scatter: dict[str, BatchScatter] = {}
+    worst, worst_value, worst_se, note = None, None, None, None
     if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
-        result.update(worst_layer=None, max_mean_scatter=None, mean_scatter_se=None)
-        result["note"] = (
+        note = (
             f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
             f"({len(setting.sub)} samples); raise --mismatch-samples to at least {2 * batch_size}"
         )
     else:
-        result.update(_worst_scatter(layers, per_layer, len(outs), result["layers"]))
+        worst, worst_value, worst_se = _worst_scatter(layers, per_layer, len(outs), scatter)
     effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
-    result["relative_error"] = effect.relative_error
-    if effect.agreement is not None and effect.positions and effect.sample_flips is not None:
-        result.update(flip_rate=1.0 - effect.agreement, positions=effect.positions)
-        result["flip_rate_se"] = _standard_error(effect.sample_flips / effect.positions)
-    else:
-        result["relative_error_se"] = _standard_error(effect.sample_errors)
-    return result
+    flips = bool(effect.agreement is not None and effect.positions and effect.sample_flips is not None)
+    return SmallBatchRisk(
+        batch_size=int(batch_size),
+        samples=int(usable),
+        layers=scatter,
+        worst_layer=worst,
+        max_mean_scatter=worst_value,
+        mean_scatter_se=worst_se,
+        note=note,
+        relative_error=effect.relative_error,
+        flip_rate=1.0 - effect.agreement if flips else None,
+        positions=effect.positions if flips else None,
+        flip_rate_se=_standard_error(effect.sample_flips / effect.positions) if flips else None,
+        relative_error_se=None if flips else _standard_error(effect.sample_errors),
+    )
 
 
-def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, out: dict) -> dict[str, Any]:
-    """Each layer's batch scatter into ``out`` and the worst layer's, with its standard error."""
+def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, out: dict[str, BatchScatter]) -> tuple[str | None, float, float]:
+    """Each layer's batch scatter into ``out``; the worst layer, its scatter and the scatter's
+    standard error."""
     worst, worst_value = None, -1.0
     eps = {layer.name: layer.eps or 1e-5 for layer in layers}
     for name, ms in per_layer.items():
@@ -453,11 +463,11 @@ def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, ou
             continue
         pooled = merge_all(ms)
         sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
-        out[name] = sc
+        out[name] = BatchScatter(**sc)
         if sc["mean_scatter"] > worst_value:
             worst, worst_value = name, sc["mean_scatter"]
     # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
-    return {"worst_layer": worst, "max_mean_scatter": worst_value, "mean_scatter_se": worst_value / math.sqrt(2 * batches)}
+    return worst, worst_value, worst_value / math.sqrt(2 * batches)
 
 
 def _standard_error(values: np.ndarray) -> float:

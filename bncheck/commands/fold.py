@@ -32,6 +32,7 @@ Decisions a user should know:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from bncheck.commands.progress import step
 from bncheck.config import Settings
 from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
+from bncheck.report.fold_figures import BeforeAfter, FoldFigures, FoldOutput, FoldTiming
 from bncheck.report.report import Report
 from bncheck.report.results import FoldResult
 from bncheck.rules import FoldEvidence, RuleContext, Verification, run_codes, run_rules
@@ -131,7 +133,7 @@ def fold(
         site_proofs=proofs,
         inputs=plan.used,
     )
-    report.result.figures["site_proofs"] = report.result.proof_counts()
+    report.result.figures = replace(report.result.figures, site_proofs=report.result.proof_counts())
     report.notes.extend(_outcome_notes(source, layers, changed) + notes)
     return report
 
@@ -254,8 +256,8 @@ def _refusal_message(defects: list[Finding]) -> str:
     first = defects[0]
     more = f" (and {len(defects) - 1} more)" if len(defects) > 1 else ""
     why, fix = {
-        "BN001": ("folding would copy NaN/Inf into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA -o OUT)"),
-        "BN002": ("folding would bake an invalid variance into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA -o OUT)"),
+        "BN001": ("folding would copy NaN/Inf into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA --out OUT)"),
+        "BN002": ("folding would bake an invalid variance into the weights", "re-estimate the statistics (bncheck recalibrate MODEL DATA --out OUT)"),
         "BN004": (
             "the layer normalises with batch statistics, which no folded weight can reproduce",
             "export in eval mode / with track_running_stats=True and estimate statistics (bncheck recalibrate)",
@@ -280,18 +282,18 @@ def _timing_choice(backend: Backend, timing: bool | None, changed: bool) -> tupl
     return backend.fold_timing_default, note
 
 
-def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> dict[str, Any]:
+def _timing(backend: Backend, source: ModelSource, folded: FoldedModel, batch: tuple) -> FoldTiming:
     step("timing the original and the folded model")
     a, b, runtime = backend.timing_pair(source, folded, batch)
     t = interleaved_timing(a, b)
-    return {
-        "runtime": runtime,
-        "original_ms": round(t["first_ms"], 4),
-        "folded_ms": round(t["second_ms"], 4),
-        "speedup": round(t["ratio"], 4),
-        "rounds": t["rounds"],
-        "batch": _batch_len(batch),
-    }
+    return FoldTiming(
+        runtime=runtime,
+        original_ms=round(t["first_ms"], 4),
+        folded_ms=round(t["second_ms"], 4),
+        speedup=round(t["ratio"], 4),
+        rounds=t["rounds"],
+        batch=_batch_len(batch),
+    )
 
 
 def _fold_figures(backend, source, folded, kind, out, written, timing_info, atol, rtol, affine):
@@ -300,27 +302,20 @@ def _fold_figures(backend, source, folded, kind, out, written, timing_info, atol
     after_params, after_nodes = backend.counts(folded.model)
     size_before = backend.file_size(source)
     size_after = sum(p.stat().st_size for p in written) if written else None
-    figures: dict[str, Any] = {
-        "output": {
-            "path": str(out) if out is not None else None,
-            "kind": kind,
-            "written": bool(written),
-            "files": [str(p) for p in written],
-        },
-        "layers_folded": folded.count("folded"),
-        "layers_kept": folded.count("kept"),
-        "layers_affine": folded.count("affine"),
-        "affine": bool(affine),
-        "mode": folded.extras.get("mode"),
-        "parameters": {"before": before_params, "after": after_params},
-        "nodes": {"before": before_nodes, "after": after_nodes},
-        "file_size": {"before": size_before, "after": size_after},
-        "speedup": timing_info["speedup"] if timing_info else None,
-        "timing": timing_info,
-        "tolerance": {"atol": atol, "rtol": rtol},
-        "relative_error": "max|original - folded| / max|original|, per output, max over outputs",
-    }
-    return figures
+    return FoldFigures(
+        output=FoldOutput(str(out) if out is not None else None, kind, bool(written), tuple(str(p) for p in written)),
+        layers_folded=folded.count("folded"),
+        layers_kept=folded.count("kept"),
+        layers_affine=folded.count("affine"),
+        affine=bool(affine),
+        mode=folded.extras.get("mode"),
+        parameters=BeforeAfter(before_params, after_params),
+        nodes=BeforeAfter(before_nodes, after_nodes),
+        file_size=BeforeAfter(size_before, size_after),
+        timing=timing_info,
+        atol=atol,
+        rtol=rtol,
+    )
 
 
 def _output_dtype(outputs: list[np.ndarray]) -> str:

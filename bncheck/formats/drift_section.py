@@ -73,12 +73,12 @@ class DriftSection(Section):
         chart = svg.small_batch_chart(self.report) if sb else None
         if chart is None:
             return ""
-        flip = sb.get("flip_rate")
+        flip = sb.flip_rate
         extra = f" {flip:.1%} of predictions change in train mode." if isinstance(flip, (int, float)) else ""
         return (
             "<h2 id=\"small-batch\">Small-batch risk (BN201)</h2><figure>"
             + chart
-            + f"<figcaption>With batches of {esc(sb.get('batch_size'))} (--train-batch-size, {esc(sb.get('samples'))} samples), how far each batch's "
+            + f"<figcaption>With batches of {esc(sb.batch_size)} (--train-batch-size, {esc(sb.samples)} samples), how far each batch's "
             "channel means (in channel standard deviations) and variances (log-ratio) scatter around the whole data's (RMS over batches). "
             f"Large scatter means noisy training statistics and a model that behaves differently in train mode.{extra}"
             "</figcaption></figure>"

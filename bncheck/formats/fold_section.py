@@ -36,13 +36,13 @@ def _size(value) -> str:
 
 
 def _verification_line(result: FoldResult) -> str:
-    v, tol = result.verification, result.figures.get("tolerance") or {}
+    v, f = result.verification, result.figures
     if v.samples == 0:
         return "verification: whole model not run (no input could be built); the folded sites were proved on their own"
     return (
         f"verification: {'passed' if v.passed else 'FAILED'} on {v.samples} {v.inputs} sample(s): "
         f"max abs error {fmt_num(v.max_abs_err)}, max relative error {fmt_num(v.max_rel_err)} "
-        f"(atol {fmt_num(tol.get('atol'))}, rtol {fmt_num(tol.get('rtol'))})"
+        f"(atol {fmt_num(f.atol)}, rtol {fmt_num(f.rtol)})"
     )
 
 
@@ -60,18 +60,21 @@ def _proofs_line(result: FoldResult) -> list[str]:
     counts = result.proof_counts()
     worst = max(result.site_proofs.values(), key=lambda p: p.max_rel_err if p.max_rel_err is not None else -1.0)
     line = (
-        f"site proofs: {counts['passed']} passed, {counts['failed']} failed (kept), "
-        f"{counts['not_proved']} not proved on their own"
+        f"site proofs: {counts.passed} passed, {counts.failed} failed (kept), "
+        f"{counts.not_proved} not proved on their own"
     )
     if worst.max_rel_err is not None:
         line += f"; worst {worst.layer}: max abs error {fmt_num(worst.max_abs_err)}, max relative error {fmt_num(worst.max_rel_err)}"
     return [line]
 
 
-def site_lines(result: FoldResult) -> list[str]:
-    """One line per proved site: its verdict, errors and the input it ran on."""
+def site_lines(result: FoldResult, *, failed_only: bool = False) -> list[str]:
+    """One line per proved site (``failed_only``: per site that did not pass): its verdict,
+    errors and the input it ran on."""
     lines = []
     for name, proof in result.site_proofs.items():
+        if failed_only and proof.passed:
+            continue
         verdict = {True: "passed", False: "FAILED", None: "not proved"}[proof.passed]
         shape = "×".join(str(d) for d in proof.input_shape) if proof.input_shape else "-"
         errors = (f": max abs error {fmt_num(proof.max_abs_err)}, max relative error {fmt_num(proof.max_rel_err)} on {shape}"
@@ -87,25 +90,23 @@ def summary_lines(result: FoldResult) -> list[str]:
         _verification_line(result),
         *_inputs_line(result),
         *_proofs_line(result),
-        f"layers: {f['layers_folded']} folded, {f['layers_kept']} kept"
-        + (f", {f['layers_affine']} affine" if f.get("layers_affine") else ""),
+        f"layers: {f.layers_folded} folded, {f.layers_kept} kept" + (f", {f.layers_affine} affine" if f.layers_affine else ""),
     ]
-    params, nodes, sizes = f.get("parameters") or {}, f.get("nodes") or {}, f.get("file_size") or {}
+    params, nodes, sizes = f.parameters, f.nodes, f.file_size
     lines.append(
-        f"parameters: {fmt_num(params.get('before'))} → {fmt_num(params.get('after'))}; "
-        f"nodes: {fmt_num(nodes.get('before'))} → {fmt_num(nodes.get('after'))}; "
-        f"file size: {_size(sizes.get('before'))} → {_size(sizes.get('after'))}"
+        f"parameters: {fmt_num(params.before)} → {fmt_num(params.after)}; "
+        f"nodes: {fmt_num(nodes.before)} → {fmt_num(nodes.after)}; "
+        f"file size: {_size(sizes.before)} → {_size(sizes.after)}"
     )
-    timing = f.get("timing")
+    timing = f.timing
     if timing:
         lines.append(
-            f"speedup: {timing['speedup']:.2f}x ({fmt_num(timing['original_ms'])} ms → {fmt_num(timing['folded_ms'])} ms "
-            f"per batch of {timing['batch']}, {timing['runtime']})"
+            f"speedup: {timing.speedup:.2f}x ({fmt_num(timing.original_ms)} ms → {fmt_num(timing.folded_ms)} ms "
+            f"per batch of {timing.batch}, {timing.runtime})"
         )
-    output = f.get("output") or {}
-    if output.get("path"):
-        state = "written" if output.get("written") else "not written"
-        lines.append(f"output: {output['path']} ({output.get('kind')}, {state})")
+    if f.output.path:
+        state = "written" if f.output.written else "not written"
+        lines.append(f"output: {f.output.path} ({f.output.kind}, {state})")
     return lines
 
 
@@ -135,9 +136,11 @@ class FoldSection(Section):
 
     def table_parts(self) -> list[RenderableType]:
         parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
-        sites = site_lines(self.result)
+        # the summary line above has the counts and the worst site; list the sites that did not
+        # pass (every site, each with its errors: --format json, `site_proof` per layer)
+        sites = site_lines(self.result, failed_only=True)
         if sites:
-            parts.append(Text("site proofs (original pair in float64 against the folded op, on its own):"))
+            parts.append(Text("site proofs that did not pass (original pair in float64 against the folded op, on its own):"))
             parts.extend(Text(f"  {line}") for line in sites)
         kept = self.kept_rows()
         if kept:

@@ -258,24 +258,24 @@ def _layer_bars(report: Report, per_layer: dict[str, Any], draw: Callable[[Any, 
 
 def small_batch_figure(report: Report):
     """BN201: how far per-batch statistics at the training batch size scatter, per layer."""
-    sb = _drift(report).small_batch or {}
-    per_layer = sb.get("layers") or {}
+    sb = _drift(report).small_batch
+    per_layer = sb.layers if sb is not None else {}
     limit = thresholds(report).get("BN201", {}).get("mean_scatter")
 
     def draw(ax, names: list[str]) -> None:
         xs = range(len(names))
         width = 0.38
-        ms = [_num(per_layer[n].get("mean_scatter")) for n in names]
-        vs = [_num(per_layer[n].get("var_scatter")) for n in names]
+        ms = [_num(per_layer[n].mean_scatter) for n in names]
+        vs = [_num(per_layer[n].var_scatter) for n in names]
         ax.bar([x - width / 2 for x in xs], ms, width, color=Z_COLOR, label="batch-mean scatter (channel std devs)")
         ax.bar([x + width / 2 for x in xs], vs, width, color=R_COLOR, label="batch-variance scatter (log-ratio)")
         if limit is not None:
             ax.axhline(limit, color=ERROR_COLOR, linestyle="--", linewidth=1.3, label=f"BN201 mean-scatter threshold {limit:g}")
         ax.legend(loc="upper left", fontsize=8)
 
-    flip = sb.get("flip_rate")
+    flip = sb.flip_rate if sb is not None else None
     extra = f", {flip:.1%} of predictions change in train mode" if isinstance(flip, (int, float)) else ""
-    title = f"Small-batch risk at batch size {sb.get('batch_size')} ({sb.get('samples')} samples{extra})"
+    title = f"Small-batch risk at batch size {sb.batch_size if sb else None} ({sb.samples if sb else None} samples{extra})"
     return _layer_bars(report, per_layer, draw, title, "RMS over batches")
 
 

@@ -224,11 +224,11 @@ def bar_chart(report: Report, per_layer: dict[str, list[float]], colours: list[s
 def small_batch_chart(report: Report) -> str | None:
     """BN201: the scatter of per-batch statistics at the training batch size, per layer."""
     sb = report.result.small_batch if isinstance(report.result, DriftResult) else None
-    per_layer = (sb or {}).get("layers") or {}
-    values = {name: [_num(v.get("mean_scatter")), _num(v.get("var_scatter"))] for name, v in per_layer.items()}
+    per_layer = sb.layers if sb is not None else {}
+    values = {name: [_num(v.mean_scatter), _num(v.var_scatter)] for name, v in per_layer.items()}
     limit = thresholds(report).get("BN201", {}).get("mean_scatter")
     return bar_chart(report, values, [Z_COLOR, R_COLOR], ["batch-mean scatter (channel std devs)", "batch-variance scatter (log-ratio)"],
-                     f"Small-batch risk at batch size {(sb or {}).get('batch_size')}", limit)  # fmt: skip
+                     f"Small-batch risk at batch size {sb.batch_size if sb is not None else None}", limit)  # fmt: skip
 
 
 def train_eval_chart(report: Report) -> str | None:

@@ -16,6 +16,7 @@ from bncheck.formats.common import fmt_num, foldable_text, headline
 from bncheck.formats.plot import thresholds
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
+from bncheck.rules import REGISTRY
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 RANK = {"info": 1, "warning": 2, "error": 3}
@@ -189,7 +190,23 @@ def _findings(report: Report, width: int | None = None) -> list[RenderableType]:
             f.message,
             *([Text(f.baseline or "", style="bold" if f.baseline in ("new", "worse") else "dim")] if states else []),
         )
-    return [table, Text("`bncheck rules CODE` explains a rule.", style="dim")]
+    return [table, *_fixes(report), Text("`bncheck rules CODE` explains a rule.", style="dim")]
+
+
+def _fixes(report: Report) -> list[RenderableType]:
+    """One "how to fix" line per rule that fired (warnings and errors, by code), from
+    the rule's documentation, so that the terminal report ends with what to do."""
+    codes = sorted({f.rule for f in report.findings if f.severity.value != "info" and f.rule in REGISTRY})
+    # a preprocessing mismatch explains the drift after it: its fix comes first
+    codes.sort(key=lambda code: code != "BN103")
+    if not codes:
+        return []
+    table = Table(title="How to fix", title_justify="left", show_header=False, box=None, padding=(0, 1))
+    table.add_column("rule", no_wrap=True, style="bold")
+    table.add_column("fix", overflow="fold")
+    for code in codes:
+        table.add_row(code, " ".join(REGISTRY[code].fix.split()))
+    return [table]
 
 
 def render(report: Report, *, color: bool = False, width: int | None = None, **_: object) -> str:

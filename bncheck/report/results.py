@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bncheck.numerics.site_proof import SiteProof
-from bncheck.rules.context import Verification
+from bncheck.report.fold_figures import FoldFigures, ProofCounts
+from bncheck.rules.context import SmallBatchRisk, Verification
 
 #: One layer's drift figures as the report writes them (``LayerDrift.to_dict()``).
 DriftFigures = dict[str, Any]
@@ -54,7 +55,7 @@ class DriftResult(CommandResult):
     #: measured layers by descending drift score
     ranking: list[str] | None = None
     input_diagnosis: dict[str, Any] | None = None
-    small_batch: dict[str, Any] | None = None
+    small_batch: SmallBatchRisk | None = None
     train_eval: dict[str, Any] | None = None
     accuracy: float | None = None
     #: layers the runner could not observe, with the reason
@@ -70,7 +71,7 @@ class DriftResult(CommandResult):
         out: dict[str, Any] = {"first_drifting_layer": self.first_drifting_layer}
         if self.ranking is not None:
             out["ranking"] = self.ranking
-        out.update(input_diagnosis=self.input_diagnosis, small_batch=self.small_batch, train_eval=self.train_eval, accuracy=self.accuracy)
+        out.update(input_diagnosis=self.input_diagnosis, small_batch=self.small_batch.to_dict() if self.small_batch else None, train_eval=self.train_eval, accuracy=self.accuracy)
         for key in ("unobserved_layers", "saved_stats", "thresholds"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -99,7 +100,7 @@ class DriftResult(CommandResult):
             first_drifting_layer=run.get("first_drifting_layer"),
             ranking=run.get("ranking"),
             input_diagnosis=run.get("input_diagnosis"),
-            small_batch=run.get("small_batch"),
+            small_batch=SmallBatchRisk.from_dict(run.get("small_batch")),
             train_eval=run.get("train_eval"),
             accuracy=run.get("accuracy"),
             unobserved_layers=run.get("unobserved_layers"),
@@ -140,7 +141,7 @@ class FoldResult(CommandResult):
 
     verification: Verification
     #: counts, sizes, speed, tolerance and output (the report's "fold" record)
-    figures: dict[str, Any]
+    figures: FoldFigures
     #: per layer, its outcome: status (folded, affine, kept), into, reason
     outcomes: dict[str, dict[str, Any]]
     #: per proved layer (folded, or kept because its proof failed), its site proof
@@ -154,7 +155,7 @@ class FoldResult(CommandResult):
             out["verification"]["inputs_used"] = self.inputs.to_dict()
         if self.data is not None:
             out["data"] = self.data
-        out["fold"] = self.figures
+        out["fold"] = self.figures.to_dict()
         return out
 
     def layer_fields(self, name: str) -> dict[str, Any]:
@@ -164,10 +165,10 @@ class FoldResult(CommandResult):
         proof = self.site_proofs.get(name)
         return {"fold": outcome if proof is None else {**outcome, "site_proof": proof.to_dict()}}
 
-    def proof_counts(self) -> dict[str, int]:
+    def proof_counts(self) -> ProofCounts:
         """How many site proofs passed, failed (those layers were kept) and could not run."""
         values = [p.passed for p in self.site_proofs.values()]
-        return {"passed": values.count(True), "failed": values.count(False), "not_proved": values.count(None)}
+        return ProofCounts(passed=values.count(True), failed=values.count(False), not_proved=values.count(None))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], layers: dict[str, dict[str, Any]]) -> FoldResult:
@@ -177,7 +178,7 @@ class FoldResult(CommandResult):
         inputs = VerificationInputs.from_dict(verification.pop("inputs_used", None))
         return cls(
             verification=Verification.from_dict(verification),
-            figures=data["fold"],
+            figures=FoldFigures.from_dict(data["fold"]),
             outcomes=outcomes,
             data=data.get("data"),
             site_proofs=proofs,

@@ -31,7 +31,7 @@ def _channels(mask: np.ndarray, limit: int = 10) -> list[int]:
     explosion or an fp16 overflow during the last training steps.""",
     example="""bn2.running_var[7] = nan  ->  every prediction of the model is NaN.""",
     fix="""Restore an earlier checkpoint, or re-estimate the statistics on clean data with
-    `bncheck recalibrate MODEL DATA -o OUT`; find the cause (learning rate, fp16 loss scaling).""",
+    `bncheck recalibrate MODEL DATA --out OUT`; find the cause (learning rate, fp16 loss scaling).""",
 )
 def check_non_finite(r, ctx: RuleContext):
     for layer in ctx.layers:
@@ -96,7 +96,7 @@ def check_negative_variance(r, ctx: RuleContext):
     happens when weights are trained with BN frozen or in eval mode, when statistics were reset,
     or when a model is assembled from parts.""",
     example="""bn1.running_mean = [0, 0, ...], bn1.running_var = [1, 1, ...] after training.""",
-    fix="""Estimate the statistics on representative data: `bncheck recalibrate MODEL DATA -o OUT`
+    fix="""Estimate the statistics on representative data: `bncheck recalibrate MODEL DATA --out OUT`
     (the same as torch.optim.swa_utils.update_bn with --method cumulative).""",
 )
 def check_uncalibrated(r, ctx: RuleContext):

@@ -11,6 +11,86 @@ from bncheck.layer import BNLayer
 from bncheck.numerics.drift import LayerDrift
 
 
+@dataclass(frozen=True)
+class BatchScatter:
+    """One layer's scatter of size-B batch statistics around the population's (RMS over the
+    batches, mean over channels): means in channel standard deviations, variances as log-ratio."""
+
+    mean_scatter: float
+    var_scatter: float
+    batches: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean_scatter": self.mean_scatter, "var_scatter": self.var_scatter, "batches": self.batches}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchScatter:
+        return cls(data["mean_scatter"], data["var_scatter"], data["batches"])
+
+
+@dataclass(frozen=True)
+class SmallBatchRisk:
+    """BN201's evidence: one train-mode pass over the subsample in full batches of
+    ``batch_size`` (the report's ``drift.small_batch`` record)."""
+
+    batch_size: int
+    #: samples in the full batches
+    samples: int
+    #: per layer, its batch scatter (network order)
+    layers: dict[str, BatchScatter]
+    #: the layer whose batch means scatter most, its scatter and the scatter's standard error
+    #: (None with one batch only: its own population, nothing to measure; ``note`` says so)
+    worst_layer: str | None
+    max_mean_scatter: float | None
+    mean_scatter_se: float | None
+    #: relative output change, train mode vs eval mode
+    relative_error: float | None
+    #: with a class axis: the fraction of positions whose top-1 class changes, its standard
+    #: error and the positions per sample; without one, the relative error's standard error
+    flip_rate: float | None = None
+    positions: int | None = None
+    flip_rate_se: float | None = None
+    relative_error_se: float | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "samples": self.samples,
+            "layers": {name: scatter.to_dict() for name, scatter in self.layers.items()},
+            "worst_layer": self.worst_layer,
+            "max_mean_scatter": self.max_mean_scatter,
+            "mean_scatter_se": self.mean_scatter_se,
+        }
+        if self.note is not None:
+            out["note"] = self.note
+        out["relative_error"] = self.relative_error
+        if self.flip_rate is not None:
+            out.update(flip_rate=self.flip_rate, positions=self.positions, flip_rate_se=self.flip_rate_se)
+        else:
+            out["relative_error_se"] = self.relative_error_se
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SmallBatchRisk | None:
+        if not data:
+            return None
+        return cls(
+            batch_size=data["batch_size"],
+            samples=data["samples"],
+            layers={name: BatchScatter.from_dict(v) for name, v in (data.get("layers") or {}).items()},
+            worst_layer=data.get("worst_layer"),
+            max_mean_scatter=data.get("max_mean_scatter"),
+            mean_scatter_se=data.get("mean_scatter_se"),
+            relative_error=data.get("relative_error"),
+            flip_rate=data.get("flip_rate"),
+            positions=data.get("positions"),
+            flip_rate_se=data.get("flip_rate_se"),
+            relative_error_se=data.get("relative_error_se"),
+            note=data.get("note"),
+        )
+
+
 @dataclass
 class DriftEvidence:
     """What ``bncheck drift`` measured (BN101-BN104, BN201, BN301 read it)."""
@@ -21,8 +101,9 @@ class DriftEvidence:
     #: BN103's candidate input corrections (baseline, candidates, samples, best), or None
     input_diagnosis: dict[str, Any] | None = None
     #: BN201's batch-statistics scatter at --train-batch-size, or None
-    small_batch: dict[str, Any] | None = None
-    #: BN301's train-mode vs eval-mode output agreement, or None
+    small_batch: SmallBatchRisk | None = None
+    #: BN301's comparison of the outputs with the stored statistics against the outputs with
+    #: DATA's own population statistics (agreement, relative error, noise floor), or None
     train_eval: dict[str, Any] | None = None
 
 

@@ -46,7 +46,7 @@ def _graded(value: float, warn: float, error: float) -> Severity | None:
     preprocessing or population silently degrades a model.""",
     example="""Images 20% brighter in production: the first BN layer sees mean |z| = 0.8.""",
     fix="""Find what changed in the input (see BN103 and the first drifting layer); if the new data
-    is the new normal, re-estimate the statistics with `bncheck recalibrate MODEL DATA -o OUT`
+    is the new normal, re-estimate the statistics with `bncheck recalibrate MODEL DATA --out OUT`
     and validate accuracy, or fine-tune.""",
     thresholds={"warning": 0.25, "error": 0.5, "significance": 3.0},
     threshold_docs={"warning": "mean |z| for a warning", "error": "mean |z| for an error", "significance": "sampling-noise levels by which mean |z| must exceed them"},
@@ -306,29 +306,33 @@ def check_small_batch(r, ctx: RuleContext):
     if not sb:
         return
     z = ctx.threshold(r.code, "significance")
-    scatter = sb.get("max_mean_scatter")
+    scatter = sb.max_mean_scatter
     if not isinstance(scatter, (int, float)):  # one batch: not measurable (the result's note says so)
         return
-    if not _significantly_above(scatter, ctx.threshold(r.code, "mean_scatter"), sb.get("mean_scatter_se", math.nan), z):
+    if not _significantly_above(scatter, ctx.threshold(r.code, "mean_scatter"), _or_nan(sb.mean_scatter_se), z):
         return
-    if "flip_rate" in sb:
-        value, se, limit = sb["flip_rate"], sb.get("flip_rate_se", math.nan), ctx.threshold(r.code, "flip_rate")
+    if sb.flip_rate is not None:
+        value, se, limit = sb.flip_rate, _or_nan(sb.flip_rate_se), ctx.threshold(r.code, "flip_rate")
         change = f"{value:.1%} of predictions change with BN in train mode"
     else:
-        value, se, limit = sb["relative_error"], sb.get("relative_error_se", math.nan), ctx.threshold(r.code, "rel_err")
+        value, se, limit = sb.relative_error, _or_nan(sb.relative_error_se), ctx.threshold(r.code, "rel_err")
         change = f"the outputs change by {value:.3g} (relative error) with BN in train mode"
     if not _significantly_above(value, limit, se, z):
         return
     yield r.finding(
         None,
-        f"small-batch risk at batch size {sb['batch_size']}: batch means scatter by {scatter:.2g} std in "
-        f"{sb.get('worst_layer')} and {change} — consider GroupNorm/LayerNorm, SyncBatchNorm or frozen BN",
-        batch_size=sb["batch_size"],
+        f"small-batch risk at batch size {sb.batch_size}: batch means scatter by {scatter:.2g} std in "
+        f"{sb.worst_layer} and {change} — consider GroupNorm/LayerNorm, SyncBatchNorm or frozen BN",
+        batch_size=sb.batch_size,
         max_mean_scatter=scatter,
-        flip_rate=sb.get("flip_rate"),
-        relative_error=sb.get("relative_error"),
-        worst_layer=sb.get("worst_layer"),
+        flip_rate=sb.flip_rate,
+        relative_error=sb.relative_error,
+        worst_layer=sb.worst_layer,
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _significantly_above(value: float, limit: float, se: float, z: float) -> bool:
@@ -378,8 +382,8 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     subject) sees these data statistics plus the noise of its batches.""",
     example="""Top-1 agreement 81% between stored and DATA's statistics (noise floor 99.6%):
     recalibrating on this data would take accuracy from 68.0% to 91.2%.""",
-    fix="""If DATA is what the model will see, recalibrate (`bncheck recalibrate MODEL DATA -o
-    OUT`) and validate accuracy; if it should not be, find what changed in the input (BN103,
+    fix="""If DATA is what the model will see, recalibrate (`bncheck recalibrate MODEL DATA
+    --out OUT`) and validate accuracy; if it should not be, find what changed in the input (BN103,
     the first drifting layer). Make sure inference runs in eval mode.""",
     thresholds={
         "warning_disagreement": 0.02, "error_disagreement": 0.1, "warning_rel_err": 0.1, "error_rel_err": 0.5,

@@ -198,3 +198,16 @@ def test_fold_shows_its_steps_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
     assert b"fold" in seen and (b"writing OUT" in seen or b"verifying" in seen), seen[-500:]
     piped = _bncheck("fold", DIGITS, "--out", tmp_path / "g.onnx", "-f", "json")
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_help_shows_no_value_type_for_flags():
+    """typer printed `--trust-pickle <bool>`, as if the flag wanted true/false after it."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    for args in ([], ["audit"], ["drift"], ["fold"], ["recalibrate"], ["report"], ["config"]):
+        out = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "120", "NO_COLOR": "1"}).stdout
+        assert "<bool>" not in out and "--help" in out, args
+    out = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "120", "NO_COLOR": "1"}).stdout
+    assert "<error|warning|info|never>" in out  # options that take a value still say which

@@ -40,8 +40,9 @@ WORK = {
     "audit": {"bncheck.commands.audit"},
     "drift": {"bncheck.commands.drift", "bncheck.commands.drift_analyses", "bncheck.commands.drift_diagnosis"},
     "fold": {"bncheck.commands.fold", "bncheck.commands.fold_inputs"},
-    "recalibrate": {"bncheck.commands.recalibrate", "bncheck.commands.recalibrate_staged"},
+    "recalibrate": {"bncheck.commands.recalibrate", "bncheck.commands.recalibrate_estimate", "bncheck.commands.recalibrate_guard"},
 }
+# (recalibrate_staged is shared: drift's BN301 estimates the data's own statistics with it)
 #: commands built on another one's work (recalibrate's before/after figures are drift reports)
 BUILT_ON = {"recalibrate": {"drift"}}
 

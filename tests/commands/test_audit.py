@@ -250,5 +250,31 @@ def test_rules_explains_one_rule(cli):
     assert cli("rules", "bn006").stdout.count("BN006.max_initial_weight = 0.01") == 1
 
 
+def test_terminal_report_ends_with_how_to_fix_each_rule(tmp_path, tiny_cnn, save_model, arch_module):
+    """A new user reading "running statistics were never updated" needs the next command."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    for bn in (tiny_cnn.bn1, tiny_cnn.bn2):
+        bn.reset_running_stats()
+    path = save_model(tiny_cnn, tmp_path, "state_dict")
+    result = CliRunner().invoke(app, ["audit", str(path), "--arch", arch_module.spec()], env={"COLUMNS": "100"})
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    fixes = lines[lines.index(next(x for x in lines if x.startswith("How to fix"))) + 1 :]
+    assert fixes[0].split()[0] == "BN003" and "bncheck recalibrate MODEL DATA --out OUT" in " ".join(fixes)
+    assert sum(line.lstrip().startswith("BN003") for line in fixes) == 1  # once per rule, not per layer
+
+
+def test_no_rule_documents_the_old_meaning_of_o():
+    """`--out` names the written model whatever OUT's extension; `-o` does only with a model
+    file's extension, so the fix texts use `--out`."""
+    from bncheck.rules import REGISTRY
+
+    for rule in REGISTRY.values():
+        assert "-o OUT" not in rule.fix and "-o\n" not in rule.fix, rule.code
+
+
 def test_rules_unknown_code(cli, assert_usage_error):
     assert_usage_error(cli("rules", "BN999"), "unknown rule BN999")

@@ -171,7 +171,7 @@ def test_small_batch_risk_fires_on_batchnorm1d_at_batch_size_2(tmp_path):
     np.save(path, x)
     report = bncheck.drift(model.eval(), path, options=_opts(mismatch_samples=128, train_batch_size=2))
     sb = report.result.small_batch
-    assert sb["batch_size"] == 2 and sb["max_mean_scatter"] > 0.4 and sb["flip_rate"] > 0.1
+    assert sb.batch_size == 2 and sb.max_mean_scatter > 0.4 and sb.flip_rate > 0.1
     codes = {f.rule for f in report.findings}
     assert "BN201" in codes and "BN301" not in codes
 
@@ -187,21 +187,21 @@ def test_small_batch_scatter_of_a_single_batch_is_not_measurable(tmp_path):
     np.save(path, x)
     report = bncheck.drift(model, path, options=_opts(mismatch_samples=256, train_batch_size=16))
     sb = report.result.small_batch
-    assert sb["max_mean_scatter"] is None and sb["mean_scatter_se"] is None and sb["worst_layer"] is None
-    assert "not measurable" in sb["note"] and "one full batch of 16 (24 samples)" in sb["note"]
+    assert sb.max_mean_scatter is None and sb.mean_scatter_se is None and sb.worst_layer is None
+    assert "not measurable" in sb.note and "one full batch of 16 (24 samples)" in sb.note
     assert any("not measurable" in note for note in report.notes)
     assert '"max_mean_scatter": null' in report.to_json()
     assert "BN201" not in {f.rule for f in report.findings}
     two = bncheck.drift(model, path, options=_opts(mismatch_samples=256, train_batch_size=12)).result.small_batch
-    assert two["max_mean_scatter"] > 0 and "note" not in two
+    assert two.max_mean_scatter > 0 and two.note is None and "note" not in two.to_dict()
 
 
 def test_small_batch_scatter_shrinks_with_the_batch_size(calibrated):
     model, _, path = calibrated
     small = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))
     large = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=32))
-    s2 = small.result.small_batch["max_mean_scatter"]
-    s32 = large.result.small_batch["max_mean_scatter"]
+    s2 = small.result.small_batch.max_mean_scatter
+    s32 = large.result.small_batch.max_mean_scatter
     assert s2 > 2.5 * s32  # sampling error of a batch mean falls like 1/sqrt(B): 4x here
 
 

@@ -98,6 +98,10 @@ def test_a_forgotten_normalisation_on_ppocr_cls_is_fixed_by_the_suggestion(cls_l
     assert np.isclose(diagnosis["baseline_first_layer"], before, rtol=1e-3)  # the subsample is all 40 samples
     assert f"goes from {before:.3g} to {best['first_layer_score']:.3g}" in finding["message"]
     assert before > 10 * correct["layers"][0]["drift"]["score"]
+    # the [-1, 1] candidate, made in pixel space, is the model's own preprocessing: re-measured
+    # by the diagnosis it gives the correct run's first-layer figure
+    (half,) = [c for c in diagnosis["candidates"] if c["description"].startswith("pixels scaled to [-1, 1]")]
+    assert np.isclose(half["first_layer_score"], correct["layers"][0]["drift"]["score"], rtol=1e-3)
 
     fixed = drift(model, folder, *FORGOTTEN, *shlex.split(best["options"]))
     assert not [f for f in fixed["findings"] if f["rule"] == "BN103"]

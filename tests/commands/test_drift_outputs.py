@@ -135,7 +135,7 @@ def test_time_major_outputs_compare_per_position(steps):
     assert te["batch_axis"] == 1 and te["positions"] == steps and te["class_axis"] == 1
     # float32 against float64: at most one near-tie of the 96 x T positions may differ
     assert te["top1_agreement"] == pytest.approx(_per_position_agreement(model, x), abs=1.01 / (96 * steps))
-    assert sb["positions"] == steps and 0 <= sb["flip_rate"] <= 1
+    assert sb.positions == steps and 0 <= sb.flip_rate <= 1
     assert not any("could not be done" in note for note in report.notes)
 
 

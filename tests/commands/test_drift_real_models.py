@@ -58,7 +58,7 @@ def test_ppocr_ctc_recogniser_compares_per_time_step():
     report = bncheck.drift(path, x, options=DriftOptions(batch_size=16, mismatch_samples=48))
     te, sb = report.result.train_eval, report.result.small_batch
     assert te["batch_axis"] == 0 and te["class_axis"] == 1 and te["positions"] == 20  # (N, 20, 6625) at width 160
-    assert te["top1_agreement"] > 0.5 and sb["positions"] == 20
+    assert te["top1_agreement"] > 0.5 and sb.positions == 20
     # it reads these lines with its stored statistics; their own would make it read garbage
     assert te["confidence_stored"] > te["confidence_population"]
     assert not [f for f in report.findings if f.rule == "BN301" and f.severity.value == "error"], [f.message for f in report.findings]
@@ -84,5 +84,5 @@ def test_khmer_crnn_time_major_output_through_its_architecture_file():
     report = bncheck.drift(weights, x, arch=f"{arch}:CRNN", options=DriftOptions(batch_size=4, train_batch_size=4, mismatch_samples=8))
     te = report.result.train_eval
     assert te["batch_axis"] == 1 and te["class_axis"] == 1 and te["positions"] > 10  # (T, N, 984)
-    assert report.result.small_batch["positions"] == te["positions"]
+    assert report.result.small_batch.positions == te["positions"]
     assert not any("could not be done" in note for note in report.notes)

@@ -37,8 +37,8 @@ def test_state_dict_to_safetensors_loads_into_the_architecture(tmp_path, tiny_cn
     src = save_model(tiny_cnn, tmp_path, "state_dict")
     out = tmp_path / "folded.safetensors"
     report = fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False)
-    assert report.result.figures["layers_folded"] == 3
-    assert report.result.figures["output"]["written"]
+    assert report.result.figures.layers_folded == 3
+    assert report.result.figures.output.written
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -59,7 +59,7 @@ def test_pt_output_of_a_state_dict_is_a_plain_state_dict(tmp_path, tiny_cnn, arc
     src = save_model(tiny_cnn, tmp_path, "state_dict")
     out = tmp_path / "folded.pt"
     report = fold(src, out, arch=arch_module.spec(), input_shape=SHAPE, timing=False, affine=True)
-    assert report.result.figures["output"]["kind"] == "state-dict"
+    assert report.result.figures.output.kind == "state-dict"
     state = torch.load(out, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     rebuilt = load_folded_state_dict(arch_module.module.tiny_cnn(), out).eval()
@@ -99,7 +99,7 @@ def test_state_dict_to_torchscript_and_onnx(tmp_path, tiny_cnn, arch_module, sav
 def test_export_program_input(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "export", example=torch.randn(4, 1, 8, 8))
     report = fold(src, tmp_path / "f.pt2", timing=False)
-    assert report.result.figures["layers_folded"] == 3
+    assert report.result.figures.layers_folded == 3
     assert report.result.verification.inputs == "random"
     program = torch.export.load(str(tmp_path / "f.pt2"))
     assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)
@@ -117,8 +117,8 @@ def test_export_program_input(tmp_path, tiny_cnn, save_model):
 def test_torchscript_input_is_frozen(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "script")
     report = fold(src, tmp_path / "f.ts", input_shape=SHAPE, timing=False)
-    assert report.result.figures["mode"] == "freeze"
-    assert report.result.figures["layers_folded"] == 3
+    assert report.result.figures.mode == "freeze"
+    assert report.result.figures.layers_folded == 3
     frozen = torch.jit.load(str(tmp_path / "f.ts"))
     assert not frozen.graph.findAllNodes("aten::batch_norm")
     x = torch.randn(4, 1, 8, 8)
@@ -139,7 +139,7 @@ def test_torchscript_input_reports_the_bn_freeze_keeps(tmp_path, randomize_bn):
 def test_pickled_module_stays_pickled(tmp_path, tiny_cnn, save_model):
     src = save_model(tiny_cnn, tmp_path, "pickle")
     report = fold(src, tmp_path / "f.pt", input_shape=SHAPE, trust_pickle=True, timing=False)
-    assert report.result.figures["output"]["kind"] == "pickle"
+    assert report.result.figures.output.kind == "pickle"
     module = torch.load(tmp_path / "f.pt", weights_only=False)
     assert isinstance(module.bn1, nn.Identity) and type(module).__name__ == "TinyCNN"
     x = torch.randn(2, 1, 8, 8)

@@ -44,7 +44,8 @@ def test_fold_result_fields(sample_runs):
     result = Report.load(sample_runs["fold_onnx"].path).result
     assert isinstance(result.verification, Verification)
     assert result.verification.passed is data["verification"]["passed"] is True
-    assert result.figures["layers_folded"] == data["fold"]["layers_folded"] > 0
+    assert result.figures.layers_folded == data["fold"]["layers_folded"] > 0
+    assert result.figures.to_dict() == data["fold"]
     assert {name: o["status"] for name, o in result.outcomes.items()} == {layer["name"]: layer["fold"]["status"] for layer in data["layers"]}
     assert result.layer_drift(data["layers"][0]["name"]) is None
 

@@ -50,8 +50,6 @@ def consumer_blocker(index: GraphIndex, bn: onnx.NodeProto, *, shift_is_zero: bo
     y = bn.output[0]
     if y in index.graph_outputs:
         return f"its output ({y}) is also a graph output"
-    if y in _read_by_bodies(index.graph):
-        return f"its output ({y}) is read inside an If/Loop/Scan body"
     readers = value_readers(index, y)
     if not readers:
         return "nothing reads its output"
@@ -59,6 +57,8 @@ def consumer_blocker(index: GraphIndex, bn: onnx.NodeProto, *, shift_is_zero: bo
         why = _reader_blocker(index, node, y, bn.input[0], shift_is_zero, rank_of)
         if why is not None:
             return why
+    if y in _read_by_bodies(index.graph):  # last: it walks the whole graph
+        return f"its output ({y}) is read inside an If/Loop/Scan body"
     return None
 
 

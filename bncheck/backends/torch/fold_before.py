@@ -107,6 +107,8 @@ def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example
         return [], "the BN result is not a single value in the graph"
     if swap_only and site.style != "module":
         return [], "a BN without its own module call cannot be removed in a state dict"
+    if site.style == "module" and sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == site.module_path) != 1:
+        return [], f"{site.module_path} is called more than once"
     users = list(site.node.users)
     if not users:
         return [], "nothing reads its result"

@@ -214,3 +214,18 @@ def test_tampered_consumer_fold_fails_its_site_proof(tmp_path):
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.05), init.name))
     proof = prove_sites(original, folded, ["bn"], atol=1e-5, rtol=1e-5)["bn"]
     assert proof.passed is False and proof.max_abs_err > 1e-2
+
+
+def test_conv_between_two_bns_absorbs_both(tmp_path, ort_run):
+    """BN -> Conv -> BN: the Conv takes the BN after it (producer pass), then the one before it,
+    from its already folded weights; both site proofs run across the composed op."""
+    nodes = [_bn("x", "n", "bn_a"), helper.make_node("Conv", ["n", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3]),
+             _bn("c", "y", "bn_b")]
+    inits = [*_bn_inits("bn_a", 3), *_bn_inits("bn_b", 5, seed=2), _w("w", (5, 3, 3, 3)), _w("b", (5,), 4)]
+    src = _save(nodes, inits, [_f32("x", ["N", 3, 6, 6])], [_f32("y", 4)], tmp_path / "m.onnx")
+    report = fold(src, tmp_path / "f.onnx", timing=False)
+    info = _fold_info(report)
+    assert info["bn_a"]["side"] == "consumer" and info["bn_b"]["status"] == "folded"
+    assert report.extras["fold"]["site_proofs"] == {"passed": 2, "failed": 0, "not_proved": 0}
+    assert _ops(tmp_path / "f.onnx") == ["Conv"]
+    _check(src, tmp_path / "f.onnx", ort_run, RNG.standard_normal((2, 3, 6, 6)).astype(np.float32))

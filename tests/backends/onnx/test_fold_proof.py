@@ -31,3 +31,18 @@ def test_tampered_fold_fails_its_site_proof(tmp_path):
     assert proofs["/bn1/BatchNormalization"].passed and proofs["/bn3/BatchNormalization"].passed
     assert proofs["/bn2/BatchNormalization"].max_rel_err > 1e-3
     assert np.isfinite(proofs["/bn2/BatchNormalization"].max_abs_err)
+
+
+def test_the_table_lists_only_the_sites_that_did_not_pass(tmp_path):
+    """A passing fold of a 35-BN model printed 35 "passed" lines after the summary line that
+    already counts them; the sites that fail are the ones to show."""
+    import dataclasses
+
+    report = fold(SAMPLES / "digits_cnn.onnx", tmp_path / "f.onnx", timing=False)
+    table = report.render("table", width=120)
+    assert "site proofs: 3 passed" in table and ": passed: max abs error" not in table
+    proofs = report.result.site_proofs
+    proofs["/bn2/BatchNormalization"] = dataclasses.replace(proofs["/bn2/BatchNormalization"], passed=False, reason="differs")
+    table = report.render("table", width=120)
+    listed = [line.strip() for line in table.splitlines() if line.startswith("  /bn")]
+    assert len(listed) == 1 and listed[0].startswith("/bn2/BatchNormalization: FAILED: max abs error")

@@ -161,3 +161,18 @@ def test_export_program_input_folds_a_bn_into_the_aten_convs_after_it(tmp_path, 
     assert info["bnp"]["status"] == "kept" and PADDED_REASON in info["bnp"]["reason"]
     folded = torch.export.load(str(tmp_path / "f.pt2")).module()
     _same(model, folded, torch.randn(2, 4, 8, 8))
+
+
+def test_bn_module_called_twice_is_kept(randomize_bn):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.a, self.b = nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.a(self.bn(x)) + self.b(self.bn(x * 2))
+
+    model = randomize_bn(Twice())
+    folded = _folded(model, (1, 3, 4, 4))
+    assert folded.outcomes["bn"].status == "kept" and "called more than once" in folded.outcomes["bn"].reason
+    _same(model, folded.model, torch.randn(2, 3, 4, 4))

@@ -249,3 +249,23 @@ def test_state_dict_shape_mismatch(tmp_path, tiny_cnn, save_model, arch_module, 
 def test_arch_refused_for_formats_that_carry_their_graph(tmp_path, tiny_cnn, save_model, arch_module, example, cli, assert_usage_error, fmt):
     path = save_model(tiny_cnn, tmp_path, fmt, example)
     assert_usage_error(cli("audit", path, "--arch", arch_module.spec()), "--arch")
+
+
+def test_without_torch_the_error_names_the_file_that_needs_it(tmp_path):
+    """An ONNX-only install auditing an ONNX and a .pt file: which one needs torch?"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    code = (
+        "import sys; sys.modules['torch'] = None; "  # as if torch were not installed
+        "sys.argv = ['bncheck', 'audit', 'sample_models/digits_cnn.onnx', 'sample_models/digits_cnn.pt']; "
+        "from bncheck.cli import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "error: sample_models/digits_cnn.pt: this is a PyTorch model but torch is not installed; "
+        "install it with `pip install 'bncheck[torch]'`.\n"
+    )

@@ -1,0 +1,152 @@
+"""The figures of one ``bncheck fold`` run (the report's ``"fold"`` record), typed: counts,
+sizes, speed, tolerance, output. ``to_dict`` writes the JSON keys in the order the report has
+always had them; ``from_dict`` reads a saved report back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: How the fold's relative error is defined (written into every report, for its readers).
+RELATIVE_ERROR = "max|original - folded| / max|original|, per output, max over outputs"
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """A count or a size before and after folding (None where the format does not say)."""
+
+    before: int | None
+    after: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> BeforeAfter:
+        data = data or {}
+        return cls(data.get("before"), data.get("after"))
+
+
+@dataclass(frozen=True)
+class FoldOutput:
+    """Where the folded model went: OUT, its kind, whether it was written and the files."""
+
+    path: str | None
+    kind: str
+    written: bool
+    files: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "written": self.written, "files": list(self.files)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FoldOutput:
+        return cls(data.get("path"), data.get("kind", ""), bool(data.get("written")), tuple(data.get("files") or ()))
+
+
+@dataclass(frozen=True)
+class FoldTiming:
+    """Original and folded model timed interleaved on one batch (``--timing``)."""
+
+    runtime: str
+    original_ms: float
+    folded_ms: float
+    speedup: float
+    rounds: int
+    batch: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "original_ms": self.original_ms,
+            "folded_ms": self.folded_ms,
+            "speedup": self.speedup,
+            "rounds": self.rounds,
+            "batch": self.batch,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> FoldTiming | None:
+        if not data:
+            return None
+        return cls(data["runtime"], data["original_ms"], data["folded_ms"], data["speedup"], data["rounds"], data.get("batch"))
+
+
+@dataclass(frozen=True)
+class ProofCounts:
+    """How many site proofs passed, failed (those layers were kept) and could not run."""
+
+    passed: int
+    failed: int
+    not_proved: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"passed": self.passed, "failed": self.failed, "not_proved": self.not_proved}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ProofCounts | None:
+        return None if data is None else cls(data["passed"], data["failed"], data["not_proved"])
+
+
+@dataclass(frozen=True)
+class FoldFigures:
+    """Counts, sizes, speed, tolerance and output of one fold."""
+
+    output: FoldOutput
+    layers_folded: int
+    layers_kept: int
+    layers_affine: int
+    affine: bool
+    #: how the folded model was produced (e.g. "freeze" for TorchScript), None where only one way
+    mode: str | None
+    parameters: BeforeAfter
+    nodes: BeforeAfter
+    file_size: BeforeAfter
+    #: None unless timing ran
+    timing: FoldTiming | None
+    atol: float
+    rtol: float
+    site_proofs: ProofCounts | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        return self.timing.speedup if self.timing is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "output": self.output.to_dict(),
+            "layers_folded": self.layers_folded,
+            "layers_kept": self.layers_kept,
+            "layers_affine": self.layers_affine,
+            "affine": self.affine,
+            "mode": self.mode,
+            "parameters": self.parameters.to_dict(),
+            "nodes": self.nodes.to_dict(),
+            "file_size": self.file_size.to_dict(),
+            "speedup": self.speedup,
+            "timing": self.timing.to_dict() if self.timing is not None else None,
+            "tolerance": {"atol": self.atol, "rtol": self.rtol},
+            "relative_error": RELATIVE_ERROR,
+        }
+        if self.site_proofs is not None:
+            out["site_proofs"] = self.site_proofs.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FoldFigures:
+        tolerance = data.get("tolerance") or {}
+        return cls(
+            output=FoldOutput.from_dict(data.get("output") or {}),
+            layers_folded=int(data.get("layers_folded", 0)),
+            layers_kept=int(data.get("layers_kept", 0)),
+            layers_affine=int(data.get("layers_affine", 0)),
+            affine=bool(data.get("affine", False)),
+            mode=data.get("mode"),
+            parameters=BeforeAfter.from_dict(data.get("parameters")),
+            nodes=BeforeAfter.from_dict(data.get("nodes")),
+            file_size=BeforeAfter.from_dict(data.get("file_size")),
+            timing=FoldTiming.from_dict(data.get("timing")),
+            atol=tolerance.get("atol"),
+            rtol=tolerance.get("rtol"),
+            site_proofs=ProofCounts.from_dict(data.get("site_proofs")),
+        )
