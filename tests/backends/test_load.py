@@ -116,7 +116,9 @@ def test_a_torch_model_without_torch_installed_says_what_to_install(tmp_path, ti
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == ["error: this is a PyTorch model but torch is not installed; install it with `pip install 'bncheck[torch]'`."]
+    assert len(lines) == 1 and lines[0] == (
+        f"error: {path}: this is a PyTorch model but torch is not installed; install it with `pip install 'bncheck[torch]'`."
+    )
 
 
 def test_api_accepts_in_memory_models(tiny_cnn, example, onnx_bn):
