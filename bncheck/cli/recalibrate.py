@@ -12,8 +12,7 @@ from bncheck.cli.command import command
 from bncheck.cli.common import choice
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs
-from bncheck.cli.guard import guard_outputs
-from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_out
+from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_writing_run
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
 from bncheck.commands.recalibrate import METHODS, VARIANCES, RecalibrateOptions
 from bncheck.commands.recalibrate import recalibrate as run_recalibrate
@@ -47,14 +46,9 @@ def recalibrate(
 ) -> None:
     """Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the
     report compares drift (and accuracy, with labels) before and after."""
-    out = model_out(out, report, "recalibrated model")
-    settings = gate.settings()
-    fmt = report.format(settings, "recalibrate")
-    guard_outputs(
-        {"--out": out, "--output": report.output},
-        models=[model],
+    out, settings, fmt = model_writing_run(
+        "recalibrate", "recalibrated model", model, out, gate=gate, report=report,
         inputs={"DATA": [data], "baseline": [report.baseline], "labels": [data_args.labels_path]},
-        settings=settings,
     )
     data_opts = data_args.options(settings.options)
     options = RecalibrateOptions(
