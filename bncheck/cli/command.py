@@ -1,7 +1,7 @@
 """One way to declare a command: ``@command(app)``.
 
 A command function may take *option bundles*: dataclasses whose fields are typer options
-(:mod:`bncheck.cli.bundles`). ``command`` spreads each bundle's fields into the parameters
+or other bundles (:mod:`bncheck.cli.bundles`). ``command`` spreads each bundle's fields into the parameters
 typer sees, and hands the function one bundle instance per annotation, so that options shared
 by several commands are declared once and a command reads ``data.options(...)`` instead of
 sixteen keyword arguments. It also keeps every help text literal (rich markup would eat
@@ -49,24 +49,57 @@ def _field_default(field: dataclasses.Field) -> Any:
     return inspect.Parameter.empty
 
 
-def _spread(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], dict[str, tuple[type, list[str]]]]:
-    """The parameters typer should see for ``func`` (bundles spread into their fields), and
-    for each bundle parameter its class and field names."""
+def _is_bundle(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+#: how to rebuild one bundle from the options typer hands over: its class, and per field either
+#: the option's name or, for a bundle nested in it, that field's name and its own plan
+_Plan = tuple[type, list[Any]]
+
+
+def _spread_bundle(bundle: type) -> tuple[list[inspect.Parameter], _Plan]:
+    """The options of ``bundle`` (nested bundles spread in their place) and its rebuild plan."""
+    field_hints = typing.get_type_hints(bundle, include_extras=True)
+    params: list[inspect.Parameter] = []
+    plan: list[Any] = []
+    for field in (f for f in dataclasses.fields(bundle) if f.init):
+        hint = field_hints[field.name]
+        if _is_bundle(hint):
+            inner, inner_plan = _spread_bundle(hint)
+            params += inner
+            plan.append((field.name, inner_plan))
+            continue
+        params.append(inspect.Parameter(field.name, _KEYWORD, default=_field_default(field), annotation=literal_annotation(hint)))
+        plan.append(field.name)
+    return params, (bundle, plan)
+
+
+def _rebuild(plan: _Plan, values: dict[str, Any]) -> Any:
+    """The bundle ``plan`` describes, its options popped from ``values``."""
+    bundle, fields = plan
+    kwargs = {}
+    for field in fields:
+        if isinstance(field, tuple):
+            kwargs[field[0]] = _rebuild(field[1], values)
+        else:
+            kwargs[field] = values.pop(field)
+    return bundle(**kwargs)
+
+
+def _spread(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], dict[str, _Plan]]:
+    """The parameters typer should see for ``func`` (bundles spread into their fields, a
+    bundle's bundle fields into theirs), and for each bundle parameter its rebuild plan."""
     hints = typing.get_type_hints(func, include_extras=True)
     params: list[inspect.Parameter] = []
-    bundles: dict[str, tuple[type, list[str]]] = {}
+    bundles: dict[str, _Plan] = {}
     for param in inspect.signature(func).parameters.values():
         hint = hints.get(param.name, param.annotation)
-        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+        if not _is_bundle(hint):
             params.append(param.replace(kind=_KEYWORD, annotation=literal_annotation(hint)))
             continue
-        field_hints = typing.get_type_hints(hint, include_extras=True)
-        fields = [f for f in dataclasses.fields(hint) if f.init]
-        for field in fields:
-            params.append(
-                inspect.Parameter(field.name, _KEYWORD, default=_field_default(field), annotation=literal_annotation(field_hints[field.name]))
-            )
-        bundles[param.name] = (hint, [f.name for f in fields])
+        fields, bundles[param.name] = _spread_bundle(hint)
+        params += fields
     names = [p.name for p in params]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -79,8 +112,8 @@ def bundled(func: Callable[..., Any]) -> Callable[..., Any]:
     params, bundles = _spread(func)
 
     def call(**values: Any) -> Any:
-        for name, (cls, fields) in bundles.items():
-            values[name] = cls(**{field: values.pop(field) for field in fields})
+        for name, plan in bundles.items():
+            values[name] = _rebuild(plan, values)
         return func(**values)
 
     call.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

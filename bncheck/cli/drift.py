@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.bundles import ReportArgs
 from bncheck.cli.command import command
 from bncheck.cli.common import PlotOpt, emit_ranking, parse_class_axis
-from bncheck.cli.data_options import DataArgs
-from bncheck.cli.engines import EngineArgs, ShardOpt, StatsOpt
+from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.model_options import LayersOpt, layer_names
+from bncheck.cli.run_args import RunArgs
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
 from bncheck.commands.drift_ranking import rank_models
@@ -71,27 +71,23 @@ def drift(
     shard: ShardOpt = None,
     stats: StatsOpt = None,
     *,
-    data_args: DataArgs,
-    model_args: ModelArgs,
-    gate: GateArgs,
-    report: ReportArgs,
-    engine_args: EngineArgs,
+    run: RunArgs,
 ) -> None:
     """Run DATA through MODEL and compare what every BN layer sees with its stored statistics.
     With several MODELs (bncheck drift M1 M2 ... DATA), rank them by how well their stored
     statistics fit DATA, best first; each model's own findings still gate the run."""
     models, data = _models_and_data(paths)
-    settings = gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
-    fmt = report.format(settings, "drift", plot=plot)
+    settings = run.gate.settings(train_batch_size=train_batch_size, options={"mismatch_samples": mismatch_samples, "class_axis": class_axis})
+    fmt = run.report.format(settings, "drift", plot=plot)
     if len(models) > 1:
-        check_ranking(fmt, report, plot)
+        check_ranking(fmt, run.report, plot)
     guard_outputs(
-        {"--output": report.output, "--save-stats": save_stats, "--plot": plot},
+        {"--output": run.report.output, "--save-stats": save_stats, "--plot": plot},
         models=models,
-        inputs={"DATA": [data], "statistics": [stats], "baseline": [report.baseline], "labels": [data_args.labels_path]},
+        inputs={"DATA": [data], "statistics": [stats], "baseline": [run.report.baseline], "labels": [run.data.labels_path]},
         settings=settings,
     )
-    data_opts = data_args.options(settings.options)
+    data_opts = run.data.options(settings.options)
     options = DriftOptions(
         batch_size=data_opts.batch_size,
         limit=data_opts.limit,
@@ -101,19 +97,19 @@ def drift(
         save_stats=save_stats,
         layers=layer_names(layers),
         data_options=data_opts,
-        progress=report.progress(settings),
+        progress=run.report.progress(settings),
         channels=channels or fmt == "html",
-        device=engine_args.device or "cpu",
-        engine=engine_args.build(data_args.workers, data_opts),
+        device=run.engine.device or "cpu",
+        engine=run.engine.build(run.data.workers, data_opts),
         shard=parse_shard(shard),
         stats=stats,
-        storage_options=engine_args.storage_options(),
+        storage_options=run.engine.storage_options(),
         class_axis=parse_class_axis(settings.option("class_axis")),
     )
     if len(models) > 1:
-        emit_ranking(rank_models(models, data, settings=settings, options=options, **model_args.load_kwargs()), fmt, report.path, report.quiet)
-    result = run_drift(models[0], data, settings=settings, options=options, **model_args.load_kwargs())
-    report.emit(result, fmt, plot=plot)
+        emit_ranking(rank_models(models, data, settings=settings, options=options, **run.model.load_kwargs()), fmt, run.report.path, run.report.quiet)
+    result = run_drift(models[0], data, settings=settings, options=options, **run.model.load_kwargs())
+    run.report.emit(result, fmt, plot=plot)
 
 
 def check_ranking(fmt: str, report: ReportArgs, plot: Path | None) -> None:

@@ -10,8 +10,7 @@ import typer
 from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command
 from bncheck.cli.fold_options import FoldCheckArgs
-from bncheck.cli.guard import guard_outputs
-from bncheck.cli.model_options import ModelArg, ToOpt, model_out
+from bncheck.cli.model_options import ModelArg, ToOpt, model_writing_run
 from bncheck.commands.fold import fold as run_fold
 from bncheck.commands.progress import steps
 
@@ -45,14 +44,9 @@ def fold(
 ) -> None:
     """Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and
     verify that OUT computes the same function (exit 1 when it does not)."""
-    out = model_out(out, report, "folded model")
-    settings = gate.settings()
-    fmt = report.format(settings, "fold")
-    guard_outputs(
-        {"--out": out, "--output": report.output},
-        models=[model],
+    out, settings, fmt = model_writing_run(
+        "fold", "folded model", model, out, gate=gate, report=report,
         inputs={"DATA": [check.verify], "baseline": [report.baseline]},
-        settings=settings,
     )
     with steps(report.progress(settings), "fold"):
         result = run_fold(

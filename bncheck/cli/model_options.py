@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from bncheck.backends.output import OUTPUT_KINDS
-from bncheck.cli.bundles import ReportArgs
+from bncheck.cli.bundles import GateArgs, ReportArgs
 from bncheck.cli.common import choice
+from bncheck.cli.guard import guard_outputs
+from bncheck.config import Settings
 from bncheck.errors import UsageError
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")]
@@ -38,3 +40,16 @@ def model_out(out: Path | None, report: ReportArgs, what: str) -> Path:
     if out is None:
         raise UsageError(f"give -o OUT (a model file: {', '.join(MODEL_SUFFIXES)}) or --out FILE: where to write the {what}.")
     return out
+
+
+def model_writing_run(
+    command: str, what: str, model: Path, out: Path | None, *, gate: GateArgs, report: ReportArgs, inputs: dict[str, list]
+) -> tuple[Path, Settings, str]:
+    """What fold and recalibrate check before any work: the model file to write (as
+    :func:`model_out`; ``what`` names it in the error), the settings, the report format, and that OUT and the report overwrite
+    none of MODEL, ``inputs`` (role to paths, as for ``guard_outputs``) or each other."""
+    out = model_out(out, report, what)
+    settings = gate.settings()
+    fmt = report.format(settings, command)
+    guard_outputs({"--out": out, "--output": report.output}, models=[model], inputs=inputs, settings=settings)
+    return out, settings, fmt

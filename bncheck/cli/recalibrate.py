@@ -7,14 +7,11 @@ from typing import Annotated
 
 import typer
 
-from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.command import command
 from bncheck.cli.common import choice
-from bncheck.cli.data_options import DataArgs
-from bncheck.cli.engines import EngineArgs
-from bncheck.cli.guard import guard_outputs
-from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_out
+from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_writing_run
 from bncheck.cli.recalibrate_options import ForceWriteOpt, HoldoutOpt, PrecisionOpt, PriorOpt
+from bncheck.cli.run_args import RunArgs
 from bncheck.commands.recalibrate import METHODS, VARIANCES, RecalibrateOptions
 from bncheck.commands.recalibrate import recalibrate as run_recalibrate
 
@@ -39,24 +36,15 @@ def recalibrate(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Full drift reports of MODEL and OUT on all of DATA (two more passes) for the before/after figures.")] = False,
     *,
-    data_args: DataArgs,
-    model_args: ModelArgs,
-    gate: GateArgs,
-    report: ReportArgs,
-    engine_args: EngineArgs,
+    run: RunArgs,
 ) -> None:
     """Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the
     report compares drift (and accuracy, with labels) before and after."""
-    out = model_out(out, report, "recalibrated model")
-    settings = gate.settings()
-    fmt = report.format(settings, "recalibrate")
-    guard_outputs(
-        {"--out": out, "--output": report.output},
-        models=[model],
-        inputs={"DATA": [data], "baseline": [report.baseline], "labels": [data_args.labels_path]},
-        settings=settings,
+    out, settings, fmt = model_writing_run(
+        "recalibrate", "recalibrated model", model, out, gate=run.gate, report=run.report,
+        inputs={"DATA": [data], "baseline": [run.report.baseline], "labels": [run.data.labels_path]},
     )
-    data_opts = data_args.options(settings.options)
+    data_opts = run.data.options(settings.options)
     options = RecalibrateOptions(
         method=method,
         variance=variance,
@@ -71,10 +59,10 @@ def recalibrate(
         precision=precision,
         holdout=holdout,
         force_write=force_write,
-        progress=report.progress(settings),
-        device=engine_args.device or "cpu",
-        engine=engine_args.build(data_args.workers, data_opts),
-        storage_options=engine_args.storage_options(),
+        progress=run.report.progress(settings),
+        device=run.engine.device or "cpu",
+        engine=run.engine.build(run.data.workers, data_opts),
+        storage_options=run.engine.storage_options(),
     )
-    result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **model_args.load_kwargs())
-    report.emit(result, fmt)
+    result = run_recalibrate(model, data, out, settings=settings, options=options, to=to, force=force, **run.model.load_kwargs())
+    run.report.emit(result, fmt)

@@ -52,6 +52,32 @@ def test_bundle_fields_become_options_and_come_back_as_one_instance():
     assert seen[-1] == ("z", Pair())
 
 
+@dataclass
+class Outer:
+    pair: Pair
+    flag: Annotated[bool, typer.Option("--flag", help="A flag.")] = False
+
+
+def test_a_bundle_of_bundles_is_spread_and_rebuilt_nested():
+    app = typer.Typer()
+    seen: list = []
+
+    @command(app)
+    def nested(*, outer: Outer) -> None:
+        """Nested."""
+        seen.append(outer)
+
+    @command(app)
+    def other() -> None:
+        """Another."""
+
+    result = CliRunner().invoke(app, ["nested", "--flag", "--left", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen == [Outer(pair=Pair(left=3), flag=True)]
+    text = CliRunner().invoke(app, ["nested", "--help"], env=WIDE).stdout
+    assert text.index("--left") < text.index("--right") < text.index("--flag")
+
+
 def test_errors_are_one_sentence_and_exit_2():
     app, _ = _toy()
     result = CliRunner().invoke(app, ["show", "bad"])

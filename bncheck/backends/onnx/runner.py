@@ -11,7 +11,9 @@ default intra-op threads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -187,13 +189,7 @@ class OnnxRunner(ModelRunner):
         if graph.packing.layers:  # every packed layer at once: one output, vectorised float64
             result, moved = _read_packed(graph.packing, values[0], counts)
             position = 1
-        for name in self.layers:
-            if name in graph.packing.layers:
-                continue
-            width = len(graph.outputs[name])
-            first, second, *size = values[position : position + width]
-            position += width
-            elements = int(np.asarray(size[0])) if size else int(counts[name])
+        for name, first, second, elements in self._unpacked_outputs(values[position:], counts):
             shift = self._plan.shifts[name]
             if shift is None:
                 result[name] = moments_from_outputs(first, second, elements)
@@ -204,6 +200,20 @@ class OnnxRunner(ModelRunner):
             if off_centre:
                 moved[name] = result[name].mean
         return {name: result[name] for name in self.layers}, moved
+
+    def _unpacked_outputs(self, values: list, counts: dict) -> Iterator[tuple[str, Any, Any, int]]:
+        """``(name, first, second, elements)`` of each layer outside the packing, in order, from
+        the stats outputs that follow the packed one: the element count is the graph's own
+        output when it has one, else ``counts``."""
+        graph = self._moments_graph
+        position = 0
+        for name in self.layers:
+            if name in graph.packing.layers:
+                continue
+            width = len(graph.outputs[name])
+            first, second, *size = values[position : position + width]
+            position += width
+            yield name, first, second, int(np.asarray(size[0])) if size else int(counts[name])
 
     def _read_samples(self, values: list, counts: dict, n: int) -> dict[str, SampleMoments]:
         """Per-sample moments of the one-pass layers (packed or not) from the stats outputs: the
@@ -221,17 +231,11 @@ class OnnxRunner(ModelRunner):
                     per = int(counts[name]) // (n * (part.stop - part.start))
                     out[name] = SampleMoments.of(per, mean[:, part], var[:, part] * per)
             position = 1
-        for name in self.layers:
-            if name in graph.packing.layers:
-                continue
-            width = len(graph.outputs[name])
-            first, second, *size = values[position : position + width]
-            position += width
+        for name, first, second, elements in self._unpacked_outputs(values[position:], counts):
             shift = self._plan.shifts[name]
             channels = self.channels[name]
             if shift is None or np.asarray(first).size != n * channels:
                 continue  # two-pass: the runtime gives the batch's moments only
-            elements = int(np.asarray(size[0])) if size else int(counts[name])
             pool = self._plan.pool_first.get(name)
             m, q = (np.asarray(v, np.float64).reshape(n, channels) for v in (first, second))
             mean, var, _ = one_pass_statistics(m, q, shift.astype(np.float64), pool.signs if pool is not None else None)

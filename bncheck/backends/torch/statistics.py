@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,11 +40,7 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
     modules = dict(module.named_modules())
     layers = {layer.name: layer for layer in source.bn_layers()}
     for name, (mean, var) in stats.items():
-        owner = modules.get("" if name == "<root>" else name)
-        buffers = dict(owner.named_buffers(recurse=False)) if owner is not None else {}
-        if "running_mean" not in buffers or "running_var" not in buffers:
-            raise UsageError(f"BN layer {name} has no running_mean/running_var buffers to rewrite.")
-        check_shapes(name, np.asarray(mean), np.asarray(var), layers[name].num_features)
+        buffers = _bn_buffers(modules, layers, name, mean, var)
         with torch.no_grad():
             for key, values in (("running_mean", mean), ("running_var", var)):
                 target = buffers[key]
@@ -54,6 +51,17 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
     clone = TorchModuleSource(module, path=source.path, format=source.format)
     clone.arch = getattr(source, "arch", None)
     return clone
+
+
+def _bn_buffers(modules: dict, layers: dict, name: str, mean: Any, var: Any) -> dict[str, torch.Tensor]:
+    """The own buffers of BN layer ``name`` (``"<root>"``: the model itself), checked to hold
+    running statistics of the shapes of ``mean`` and ``var``; a usage error otherwise."""
+    owner = modules.get("" if name == "<root>" else name)
+    buffers = dict(owner.named_buffers(recurse=False)) if owner is not None else {}
+    if "running_mean" not in buffers or "running_var" not in buffers:
+        raise UsageError(f"BN layer {name} has no running_mean/running_var buffers to rewrite.")
+    check_shapes(name, np.asarray(mean), np.asarray(var), layers[name].num_features)
+    return buffers
 
 
 @contextmanager
@@ -67,11 +75,7 @@ def statistics_in_place(source: TorchModuleSource, stats: Statistics) -> Iterato
     try:
         with torch.no_grad():
             for name, (mean, var) in stats.items():
-                owner = modules.get("" if name == "<root>" else name)
-                buffers = dict(owner.named_buffers(recurse=False)) if owner is not None else {}
-                if "running_mean" not in buffers or "running_var" not in buffers:
-                    raise UsageError(f"BN layer {name} has no running_mean/running_var buffers to rewrite.")
-                check_shapes(name, np.asarray(mean), np.asarray(var), layers[name].num_features)
+                buffers = _bn_buffers(modules, layers, name, mean, var)
                 for key, values in (("running_mean", mean), ("running_var", var)):
                     target = buffers[key]
                     saved.append((target, target.clone()))
