@@ -239,7 +239,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
             max_passes=options.refinement_passes,
         ),
-    ) or None  # fmt: skip
+    )  # fmt: skip
     unsettled = outputs.refinement_note(evidence.train_eval)
     if unsettled:
         notes.append(unsettled)
@@ -289,7 +289,7 @@ def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: di
         ranking=sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score),
         input_diagnosis=evidence.input_diagnosis,
         small_batch=evidence.small_batch,
-        train_eval=dict(evidence.train_eval) if evidence.train_eval else None,
+        train_eval=evidence.train_eval,
         accuracy=outputs.run_accuracy(run.result),
         unobserved_layers=dict(run.runner.unhookable) if run.runner is not None else {},
         saved_stats=str(options.save_stats) if options.save_stats is not None else None,

@@ -9,6 +9,7 @@ from typing import Any
 
 from bncheck.layer import BNLayer
 from bncheck.numerics.drift import LayerDrift
+from bncheck.rules.stale_statistics import StaleStatistics
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class DriftEvidence:
     small_batch: SmallBatchRisk | None = None
     #: BN301's comparison of the outputs with the stored statistics against the outputs with
     #: DATA's own population statistics (agreement, relative error, noise floor), or None
-    train_eval: dict[str, Any] | None = None
+    train_eval: StaleStatistics | None = None
 
 
 @dataclass

@@ -405,27 +405,27 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
 )
 def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
-    if not mm:
+    if mm is None:
         return
-    floor = mm.get("noise_floor", {})
-    if "top1_agreement" in mm:
-        value, noise = 1.0 - mm["top1_agreement"], 1.0 - floor.get("top1_agreement", 1.0)
+    floor = mm.noise_floor
+    if mm.top1_agreement is not None:
+        value, noise = 1.0 - mm.top1_agreement, 1.0 - (floor.top1_agreement if floor.top1_agreement is not None else 1.0)
         sev = _graded(value, ctx.threshold(r.code, "warning_disagreement"), ctx.threshold(r.code, "error_disagreement"))
-        what = f"top-1 agreement {mm['top1_agreement']:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
+        what = f"top-1 agreement {mm.top1_agreement:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
     else:
-        value, noise = mm["relative_error"], floor.get("relative_error", 0.0)
+        value, noise = mm.relative_error, floor.relative_error if floor.relative_error is not None else 0.0
         sev = _graded(value, ctx.threshold(r.code, "warning_rel_err"), ctx.threshold(r.code, "error_rel_err"))
         what = f"relative output error {value:.3g} between the stored statistics and DATA's own (noise floor {noise:.2g})"
-    significance = mm.get("significance", math.nan)
+    significance = mm.significance
     if not sev or value < ctx.threshold(r.code, "noise_multiple") * noise or not significance >= ctx.threshold(r.code, "significance"):
         return
-    message = f"{what} on {mm['samples']} samples"
-    before, after = mm.get("accuracy_stored"), mm.get("accuracy_population")
+    message = f"{what} on {mm.samples} samples"
+    before, after = mm.accuracy_stored, mm.accuracy_population
     if before is not None and after is not None:
         message += f"; recalibrating on this data would take accuracy from {before:.1%} to {after:.1%}"
         stored_fit = after <= before
     else:
-        sure_before, sure_after = mm.get("confidence_stored"), mm.get("confidence_population")
+        sure_before, sure_after = mm.confidence_stored, mm.confidence_population
         stored_fit = sure_before is not None and sure_after is not None and sure_after < sure_before
         if stored_fit:
             message += (
@@ -434,16 +434,14 @@ def check_train_eval(r, ctx: RuleContext):
             )
     if stored_fit:  # the stored statistics suit DATA at least as well as its own: not an error
         sev = Severity.WARNING
-    if mm.get("refinement_converged") is False:  # DATA's statistics did not settle: approximate figures
+    if mm.refinement_converged is False:  # DATA's statistics did not settle: approximate figures
         sev = Severity.WARNING
-        message += (
-            f"; DATA's statistics did not settle in {mm.get('refinement_passes')} pass(es) (movement "
-            f"{mm.get('refinement_movement', math.nan):.3g}): the figures are approximate"
-        )
-    top = ", ".join(mm.get("top_layers", [])[:3])
+        movement = mm.refinement_movement if mm.refinement_movement is not None else math.nan
+        message += f"; DATA's statistics did not settle in {mm.refinement_passes} pass(es) (movement {movement:.3g}): the figures are approximate"
+    top = ", ".join(mm.top_layers[:3])
     yield r.finding(
         None,
         message + (f"; most drifted: {top}" if top else ""),
         sev,
-        **{k: v for k, v in mm.items() if k not in ("per_layer",)},
+        **{k: v for k, v in mm.to_dict().items() if k != "per_layer"},
     )
