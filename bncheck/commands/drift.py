@@ -36,6 +36,7 @@ from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import check_measured
 from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
+from bncheck.rules.input_diagnosis import InputDiagnosis
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _guarded(what: str, notes: list[str], analysis):
     return None
 
 
-def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> dict:
+def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> InputDiagnosis:
     """BN103's diagnosis on runners of the network up to the first BN layers only."""
     verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
     backend = backend_for(source)

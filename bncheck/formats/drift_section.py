@@ -51,19 +51,19 @@ class DriftSection(Section):
 
     def _diagnosis(self) -> str:
         diagnosis = self.result.input_diagnosis
-        if not diagnosis or not diagnosis.get("candidates"):
+        if diagnosis is None or not diagnosis.candidates:
             return ""
-        best = (diagnosis.get("best") or {}).get("description")
+        best = diagnosis.best.description if diagnosis.best is not None else None
         marked = ' class="flag-warning"'
         cand = "".join(
-            f"<tr{marked if c['description'] == best else ''}><td class=\"name\">{esc(c['description'])}</td>"
-            f"<td class=\"num\">{fmt_num(c['score'])}</td></tr>"
-            for c in diagnosis["candidates"]
+            f"<tr{marked if c.description == best else ''}><td class=\"name\">{esc(c.description)}</td>"
+            f"<td class=\"num\">{fmt_num(c.score)}</td></tr>"
+            for c in diagnosis.candidates
         )
         return (
             "<h3>Input diagnosis (BN103)</h3>"
-            f"<p>Drift score of the first layer(s) as measured: <b>{fmt_num(diagnosis.get('baseline'))}</b>; "
-            f"re-measured on {esc(diagnosis.get('samples'))} samples with each candidate correction:"
+            f"<p>Drift score of the first layer(s) as measured: <b>{fmt_num(diagnosis.baseline)}</b>; "
+            f"re-measured on {esc(diagnosis.samples)} samples with each candidate correction:"
             + (f" <b>{esc(best)}</b> removes most of it." if best else " none removes most of it.")
             + "</p><table><tr><th>correction</th><th class=\"num\">score</th></tr>" + cand + "</table>"
         )

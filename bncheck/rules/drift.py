@@ -169,26 +169,26 @@ def check_input_mismatch(r, ctx: RuleContext):
     first = int(ctx.threshold(r.code, "first_layers"))
     limit = ctx.threshold(r.code, "score")
     nearest = [layer.name for layer in ctx.layers if layer.name in drift][:first]
-    diagnosis = ctx.drift.input_diagnosis or {}
-    best = diagnosis.get("best")
+    diagnosis = ctx.drift.input_diagnosis
+    best = diagnosis.best if diagnosis is not None else None
     strong = [n for n in nearest if drift[n].score >= limit or best]
     if not strong:
         return
     msg = f"drift starts at the input ({strong[0]}: drift score {drift[strong[0]].score:.3g} on {ctx.drift.samples} samples): preprocessing mismatch suspected"
-    expected = _expectation(diagnosis.get("inference") or {})
+    expected = _expectation((diagnosis.inference if diagnosis is not None else None) or {})
     if expected:
         msg += f"; {expected}"
     if best:
-        how = f"try `{best['options']}` ({best['description']})" if best.get("options") else best["description"]
-        layer = (diagnosis.get("layers") or [strong[0]])[0]
-        before, after = diagnosis.get("baseline_first_layer"), best.get("first_layer_score")
+        how = f"try `{best.options}` ({best.description})" if best.options else best.description
+        layer = (diagnosis.layers or [strong[0]])[0]
+        before, after = diagnosis.baseline_first_layer, best.first_layer_score
         if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
-            msg += f"; {how}: re-measured on {diagnosis.get('samples')} samples, {layer}'s drift score goes from {before:.3g} to {after:.3g}"
+            msg += f"; {how}: re-measured on {diagnosis.samples} samples, {layer}'s drift score goes from {before:.3g} to {after:.3g}"
         else:
             msg += f"; {how}"
     else:
         msg += "; check scale (0-1 vs 0-255), mean/std, channel order and resolution against training"
-    yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis)
+    yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis.to_dict() if diagnosis is not None else {})
 
 
 def _numbers(values) -> str:
