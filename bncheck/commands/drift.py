@@ -36,6 +36,7 @@ from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import check_measured
 from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
+from bncheck.rules.input_diagnosis import InputDiagnosis
 
 
 @dataclass
@@ -239,7 +240,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
             max_passes=options.refinement_passes,
         ),
-    ) or None  # fmt: skip
+    )  # fmt: skip
     unsettled = outputs.refinement_note(evidence.train_eval)
     if unsettled:
         notes.append(unsettled)
@@ -264,7 +265,7 @@ def _guarded(what: str, notes: list[str], analysis):
     return None
 
 
-def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> dict:
+def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> InputDiagnosis:
     """BN103's diagnosis on runners of the network up to the first BN layers only."""
     verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
     backend = backend_for(source)
@@ -289,7 +290,7 @@ def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: di
         ranking=sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score),
         input_diagnosis=evidence.input_diagnosis,
         small_batch=evidence.small_batch,
-        train_eval=dict(evidence.train_eval) if evidence.train_eval else None,
+        train_eval=evidence.train_eval,
         accuracy=outputs.run_accuracy(run.result),
         unobserved_layers=dict(run.runner.unhookable) if run.runner is not None else {},
         saved_stats=str(options.save_stats) if options.save_stats is not None else None,

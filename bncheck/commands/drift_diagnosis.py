@@ -38,6 +38,7 @@ from bncheck.numerics.input_fit import (
     fit_correction,
     predicted,
 )
+from bncheck.rules.input_diagnosis import InputDiagnosis, ScoredCandidate
 
 #: BN layers a candidate is judged on (the nearest ones in network order)
 VERIFY_LAYERS = 3
@@ -187,7 +188,7 @@ def _round(values) -> list[float]:
     return [float(f"{float(v):.4g}") for v in np.asarray(values).reshape(-1)]
 
 
-def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace) -> dict:
+def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace) -> InputDiagnosis:
     """BN103's diagnosis on the subsample ``sub`` (model inputs as DATA gives them)."""
     by_name = {layer.name: layer for layer in layers}
     baseline, baseline_first = _score(runners, by_name, sub)
@@ -202,14 +203,12 @@ def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace)
             continue
         tried.append({"description": description, "options": options, "score": value, "first_layer_score": first})
     tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
-    out: dict[str, Any] = {
-        "baseline": baseline, "baseline_first_layer": baseline_first, "candidates": tried, "samples": int(len(sub)),
-        "layers": list(runners.verify_layers), "inference": inference,
-    }  # fmt: skip
     best = _best(tried, baseline)
-    if best is not None:
-        out["best"] = best
-    return out
+    return InputDiagnosis(
+        baseline=baseline, baseline_first_layer=baseline_first, candidates=[ScoredCandidate.from_dict(t) for t in tried],
+        samples=int(len(sub)), layers=list(runners.verify_layers), inference=inference,
+        best=ScoredCandidate.from_dict(best) if best is not None else None,
+    )  # fmt: skip
 
 
 def _best(tried: list[dict], baseline: float) -> dict | None:

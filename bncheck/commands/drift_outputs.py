@@ -38,6 +38,7 @@ from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 from bncheck.numerics.recalibration import relative_change
 from bncheck.rules.context import BatchScatter, SmallBatchRisk
+from bncheck.rules.stale_statistics import StaleStatistics
 
 #: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
 #: run again from the subsample through the levels before)
@@ -206,7 +207,7 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 def stale_statistics(
     source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *,
     multiple: float, ranking: list[str], reach: tuple[float, float] | None = None, max_passes: int = REFINE_PASSES,
-) -> dict[str, Any]:
+) -> StaleStatistics | None:
     """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
     ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
     cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
@@ -214,7 +215,7 @@ def stale_statistics(
     :func:`refine` may make."""  # fmt: skip
     full = population_statistics(layers, result.moments)
     if not full:
-        return {}
+        return None
     # the subsample's moments with the stored statistics upstream: the main pass's (the subsample
     # is all of DATA), or merged from the per-sample moments it kept of the subsample
     base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else setting.stored_moments(list(full))
@@ -248,7 +249,7 @@ def stale_statistics(
     if sure_before is not None and sure_after is not None:
         out.update(confidence_stored=sure_before, confidence_population=sure_after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
-    return out
+    return StaleStatistics.from_dict(out)  # the figures gathered by key above, typed once
 
 
 def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float) -> bool:
@@ -342,13 +343,13 @@ def refine(
         stats, how = new, "fixed-point passes" if how == "one pass" else how
 
 
-def refinement_note(figures: dict[str, Any] | None) -> str | None:
+def refinement_note(figures: StaleStatistics | None) -> str | None:
     """The report's note when BN301's statistics did not settle (None when they did)."""
-    if not figures or figures.get("refinement_converged", True):
+    if figures is None or figures.refinement_converged is not False:
         return None
     return (
-        f"BN301: DATA's population statistics did not settle in {figures['refinement_passes']} pass(es) over the subsample "
-        f"(last movement {figures['refinement_movement']:.3g}, tolerance {figures['refinement_tolerance']:g}); "
+        f"BN301: DATA's population statistics did not settle in {figures.refinement_passes} pass(es) over the subsample "
+        f"(last movement {figures.refinement_movement:.3g}, tolerance {figures.refinement_tolerance:g}); "
         "its figures are approximate and it reports at most a warning"
     )
 

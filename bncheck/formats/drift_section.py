@@ -51,19 +51,19 @@ class DriftSection(Section):
 
     def _diagnosis(self) -> str:
         diagnosis = self.result.input_diagnosis
-        if not diagnosis or not diagnosis.get("candidates"):
+        if diagnosis is None or not diagnosis.candidates:
             return ""
-        best = (diagnosis.get("best") or {}).get("description")
+        best = diagnosis.best.description if diagnosis.best is not None else None
         marked = ' class="flag-warning"'
         cand = "".join(
-            f"<tr{marked if c['description'] == best else ''}><td class=\"name\">{esc(c['description'])}</td>"
-            f"<td class=\"num\">{fmt_num(c['score'])}</td></tr>"
-            for c in diagnosis["candidates"]
+            f"<tr{marked if c.description == best else ''}><td class=\"name\">{esc(c.description)}</td>"
+            f"<td class=\"num\">{fmt_num(c.score)}</td></tr>"
+            for c in diagnosis.candidates
         )
         return (
             "<h3>Input diagnosis (BN103)</h3>"
-            f"<p>Drift score of the first layer(s) as measured: <b>{fmt_num(diagnosis.get('baseline'))}</b>; "
-            f"re-measured on {esc(diagnosis.get('samples'))} samples with each candidate correction:"
+            f"<p>Drift score of the first layer(s) as measured: <b>{fmt_num(diagnosis.baseline)}</b>; "
+            f"re-measured on {esc(diagnosis.samples)} samples with each candidate correction:"
             + (f" <b>{esc(best)}</b> removes most of it." if best else " none removes most of it.")
             + "</p><table><tr><th>correction</th><th class=\"num\">score</th></tr>" + cand + "</table>"
         )
@@ -86,27 +86,27 @@ class DriftSection(Section):
 
     def _train_eval(self) -> str:
         te = self.result.train_eval
-        if not te:
+        if te is None:
             return ""
         chart = svg.train_eval_chart(self.report)
         parts = []
-        if isinstance(te.get("top1_agreement"), (int, float)):
-            parts.append(f"top-1 agreement {te['top1_agreement']:.1%}")
-        if isinstance(te.get("relative_error"), (int, float)):
-            parts.append(f"relative output error {te['relative_error']:.2g}")
+        if isinstance(te.top1_agreement, (int, float)):
+            parts.append(f"top-1 agreement {te.top1_agreement:.1%}")
+        if isinstance(te.relative_error, (int, float)):
+            parts.append(f"relative output error {te.relative_error:.2g}")
         if chart is None:  # the record has no per-layer figures: its facts
             items = [
-                ("samples", te.get("samples")), ("top-1 agreement", _pct(te.get("top1_agreement"))),
-                ("relative output error", fmt_num(te.get("relative_error"))),
-                ("accuracy with stored / population statistics", f"{_pct(te.get('accuracy_stored'))} / {_pct(te.get('accuracy_population'))}"
-                 if te.get("accuracy_stored") is not None else None),
-                ("layers that differ most", ", ".join(te.get("top_layers") or []) or None), ("method", te.get("method")),
+                ("samples", te.samples), ("top-1 agreement", _pct(te.top1_agreement)),
+                ("relative output error", fmt_num(te.relative_error)),
+                ("accuracy with stored / population statistics", f"{_pct(te.accuracy_stored)} / {_pct(te.accuracy_population)}"
+                 if te.accuracy_stored is not None else None),
+                ("layers that differ most", ", ".join(te.top_layers) or None), ("method", te.method),
             ]  # fmt: skip
             return "<h2 id=\"train-eval\">Train/eval mismatch (BN301)</h2>" + facts([(k, v) for k, v in items if v is not None])
         return (
             "<h2 id=\"train-eval\">Train/eval mismatch (BN301)</h2><figure>"
             + chart
-            + f"<figcaption>The model run with BN in train mode (batch statistics, batches of {esc(te.get('batch_size'))}) "
+            + f"<figcaption>The model run with BN in train mode (batch statistics, batches of {esc(te.extra.get('batch_size'))}) "
             f"against eval mode (running statistics) on the same samples ({esc(', '.join(parts)) or 'no output figures'}); per layer, the mean squared Hellinger "
             "distance between batch and running statistics.</figcaption></figure>"
         )

@@ -281,8 +281,9 @@ def small_batch_figure(report: Report):
 
 def train_eval_figure(report: Report):
     """BN301: per layer, how far batch statistics (train mode) are from the running ones."""
-    te = _drift(report).train_eval or {}
-    per_layer = te.get("per_layer") or {}
+    te = _drift(report).train_eval
+    extra = te.extra if te is not None else {}  # per-layer figures: only in reports of older versions
+    per_layer = extra.get("per_layer") or {}
 
     def draw(ax, names: list[str]) -> None:
         values = [_num(per_layer[n]) for n in names]
@@ -292,11 +293,11 @@ def train_eval_figure(report: Report):
             ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8, padding=2)
 
     parts = []
-    if isinstance(te.get("top1_agreement"), (int, float)):
-        parts.append(f"top-1 agreement {te['top1_agreement']:.1%}")
-    if isinstance(te.get("relative_error"), (int, float)):
-        parts.append(f"relative output error {te['relative_error']:.2g}")
-    title = f"Train vs eval mode at batch size {te.get('batch_size')}: " + ", ".join(parts)
+    if te is not None and isinstance(te.top1_agreement, (int, float)):
+        parts.append(f"top-1 agreement {te.top1_agreement:.1%}")
+    if te is not None and isinstance(te.relative_error, (int, float)):
+        parts.append(f"relative output error {te.relative_error:.2g}")
+    title = f"Train vs eval mode at batch size {extra.get('batch_size')}: " + ", ".join(parts)
     return _layer_bars(report, per_layer, draw, title, "batch vs running statistics\n(mean squared Hellinger)")
 
 

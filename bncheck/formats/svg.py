@@ -234,10 +234,11 @@ def small_batch_chart(report: Report) -> str | None:
 def train_eval_chart(report: Report) -> str | None:
     """BN301: per layer, how far batch statistics (train mode) are from the running ones."""
     te = report.result.train_eval if isinstance(report.result, DriftResult) else None
-    per_layer = (te or {}).get("per_layer") or {}
+    extra = te.extra if te is not None else {}  # per-layer figures: only in reports of older versions
+    per_layer = extra.get("per_layer") or {}
     values = {name: [_num(v)] for name, v in per_layer.items()}
     return bar_chart(report, values, [BAR_COLOR], ["batch vs running statistics (mean squared Hellinger)"],
-                     f"Train vs eval mode at batch size {(te or {}).get('batch_size')}")  # fmt: skip
+                     f"Train vs eval mode at batch size {extra.get('batch_size')}")  # fmt: skip
 
 
 def _num(value) -> float:

@@ -25,6 +25,7 @@ from bncheck.report.gate import Gate
 from bncheck.report.report import Report, finite
 from bncheck.report.schema import SCHEMA_VERSION
 from bncheck.rules.finding import Severity
+from bncheck.rules.stale_statistics import StaleStatistics
 
 #: what ``ranking.output_change`` is, as the JSON report states it
 CHANGE_DEFINITION = (
@@ -202,18 +203,18 @@ def _entry(index: int, report: Report) -> RankedModel:
     )  # fmt: skip
 
 
-def _output_change(train_eval: dict[str, Any] | None) -> dict[str, float] | None:
+def _output_change(train_eval: StaleStatistics | None) -> dict[str, float] | None:
     """BN301's effect as one figure: the top-1 disagreement where the output has classes, else
     the relative output error."""
-    if not train_eval:
+    if train_eval is None:
         return None
-    floor = train_eval.get("noise_floor") or {}
-    if train_eval.get("top1_agreement") is not None:
-        noise = 1.0 - float(floor["top1_agreement"]) if floor.get("top1_agreement") is not None else None
-        return {"kind": "top1_disagreement", "value": 1.0 - float(train_eval["top1_agreement"]), "noise": noise}
-    if train_eval.get("relative_error") is not None:
-        noise = float(floor["relative_error"]) if floor.get("relative_error") is not None else None
-        return {"kind": "relative_error", "value": float(train_eval["relative_error"]), "noise": noise}
+    floor = train_eval.noise_floor
+    if train_eval.top1_agreement is not None:
+        noise = 1.0 - float(floor.top1_agreement) if floor.top1_agreement is not None else None
+        return {"kind": "top1_disagreement", "value": 1.0 - float(train_eval.top1_agreement), "noise": noise}
+    if train_eval.relative_error is not None:
+        noise = float(floor.relative_error) if floor.relative_error is not None else None
+        return {"kind": "relative_error", "value": float(train_eval.relative_error), "noise": noise}
     return None
 
 

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from bncheck.numerics.site_proof import SiteProof
 from bncheck.report.fold_figures import FoldFigures, ProofCounts
 from bncheck.rules.context import SmallBatchRisk, Verification
+from bncheck.rules.input_diagnosis import InputDiagnosis
+from bncheck.rules.stale_statistics import StaleStatistics
 
 #: One layer's drift figures as the report writes them (``LayerDrift.to_dict()``).
 DriftFigures = dict[str, Any]
@@ -54,9 +56,9 @@ class DriftResult(CommandResult):
     first_drifting_layer: str | None
     #: measured layers by descending drift score
     ranking: list[str] | None = None
-    input_diagnosis: dict[str, Any] | None = None
+    input_diagnosis: InputDiagnosis | None = None
     small_batch: SmallBatchRisk | None = None
-    train_eval: dict[str, Any] | None = None
+    train_eval: StaleStatistics | None = None
     accuracy: float | None = None
     #: layers the runner could not observe, with the reason
     unobserved_layers: dict[str, str] | None = None
@@ -71,7 +73,7 @@ class DriftResult(CommandResult):
         out: dict[str, Any] = {"first_drifting_layer": self.first_drifting_layer}
         if self.ranking is not None:
             out["ranking"] = self.ranking
-        out.update(input_diagnosis=self.input_diagnosis, small_batch=self.small_batch.to_dict() if self.small_batch else None, train_eval=self.train_eval, accuracy=self.accuracy)
+        out.update(input_diagnosis=self.input_diagnosis.to_dict() if self.input_diagnosis else None, small_batch=self.small_batch.to_dict() if self.small_batch else None, train_eval=self.train_eval.to_dict() if self.train_eval else None, accuracy=self.accuracy)
         for key in ("unobserved_layers", "saved_stats", "thresholds"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -99,9 +101,9 @@ class DriftResult(CommandResult):
             layers={name: rest["drift"] for name, rest in layers.items() if "drift" in rest},
             first_drifting_layer=run.get("first_drifting_layer"),
             ranking=run.get("ranking"),
-            input_diagnosis=run.get("input_diagnosis"),
+            input_diagnosis=InputDiagnosis.from_dict(run.get("input_diagnosis")),
             small_batch=SmallBatchRisk.from_dict(run.get("small_batch")),
-            train_eval=run.get("train_eval"),
+            train_eval=StaleStatistics.from_dict(run.get("train_eval")),
             accuracy=run.get("accuracy"),
             unobserved_layers=run.get("unobserved_layers"),
             saved_stats=run.get("saved_stats"),

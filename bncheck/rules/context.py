@@ -9,6 +9,8 @@ from typing import Any
 
 from bncheck.layer import BNLayer
 from bncheck.numerics.drift import LayerDrift
+from bncheck.rules.input_diagnosis import InputDiagnosis
+from bncheck.rules.stale_statistics import StaleStatistics
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,12 @@ class DriftEvidence:
     layers: dict[str, LayerDrift]
     samples: int
     #: BN103's candidate input corrections (baseline, candidates, samples, best), or None
-    input_diagnosis: dict[str, Any] | None = None
+    input_diagnosis: InputDiagnosis | None = None
     #: BN201's batch-statistics scatter at --train-batch-size, or None
     small_batch: SmallBatchRisk | None = None
     #: BN301's comparison of the outputs with the stored statistics against the outputs with
     #: DATA's own population statistics (agreement, relative error, noise floor), or None
-    train_eval: dict[str, Any] | None = None
+    train_eval: StaleStatistics | None = None
 
 
 @dataclass

@@ -169,26 +169,26 @@ def check_input_mismatch(r, ctx: RuleContext):
     first = int(ctx.threshold(r.code, "first_layers"))
     limit = ctx.threshold(r.code, "score")
     nearest = [layer.name for layer in ctx.layers if layer.name in drift][:first]
-    diagnosis = ctx.drift.input_diagnosis or {}
-    best = diagnosis.get("best")
+    diagnosis = ctx.drift.input_diagnosis
+    best = diagnosis.best if diagnosis is not None else None
     strong = [n for n in nearest if drift[n].score >= limit or best]
     if not strong:
         return
     msg = f"drift starts at the input ({strong[0]}: drift score {drift[strong[0]].score:.3g} on {ctx.drift.samples} samples): preprocessing mismatch suspected"
-    expected = _expectation(diagnosis.get("inference") or {})
+    expected = _expectation((diagnosis.inference if diagnosis is not None else None) or {})
     if expected:
         msg += f"; {expected}"
     if best:
-        how = f"try `{best['options']}` ({best['description']})" if best.get("options") else best["description"]
-        layer = (diagnosis.get("layers") or [strong[0]])[0]
-        before, after = diagnosis.get("baseline_first_layer"), best.get("first_layer_score")
+        how = f"try `{best.options}` ({best.description})" if best.options else best.description
+        layer = (diagnosis.layers or [strong[0]])[0]
+        before, after = diagnosis.baseline_first_layer, best.first_layer_score
         if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
-            msg += f"; {how}: re-measured on {diagnosis.get('samples')} samples, {layer}'s drift score goes from {before:.3g} to {after:.3g}"
+            msg += f"; {how}: re-measured on {diagnosis.samples} samples, {layer}'s drift score goes from {before:.3g} to {after:.3g}"
         else:
             msg += f"; {how}"
     else:
         msg += "; check scale (0-1 vs 0-255), mean/std, channel order and resolution against training"
-    yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis)
+    yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis.to_dict() if diagnosis is not None else {})
 
 
 def _numbers(values) -> str:
@@ -405,27 +405,27 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
 )
 def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
-    if not mm:
+    if mm is None:
         return
-    floor = mm.get("noise_floor", {})
-    if "top1_agreement" in mm:
-        value, noise = 1.0 - mm["top1_agreement"], 1.0 - floor.get("top1_agreement", 1.0)
+    floor = mm.noise_floor
+    if mm.top1_agreement is not None:
+        value, noise = 1.0 - mm.top1_agreement, 1.0 - (floor.top1_agreement if floor.top1_agreement is not None else 1.0)
         sev = _graded(value, ctx.threshold(r.code, "warning_disagreement"), ctx.threshold(r.code, "error_disagreement"))
-        what = f"top-1 agreement {mm['top1_agreement']:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
+        what = f"top-1 agreement {mm.top1_agreement:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
     else:
-        value, noise = mm["relative_error"], floor.get("relative_error", 0.0)
+        value, noise = mm.relative_error, floor.relative_error if floor.relative_error is not None else 0.0
         sev = _graded(value, ctx.threshold(r.code, "warning_rel_err"), ctx.threshold(r.code, "error_rel_err"))
         what = f"relative output error {value:.3g} between the stored statistics and DATA's own (noise floor {noise:.2g})"
-    significance = mm.get("significance", math.nan)
+    significance = mm.significance
     if not sev or value < ctx.threshold(r.code, "noise_multiple") * noise or not significance >= ctx.threshold(r.code, "significance"):
         return
-    message = f"{what} on {mm['samples']} samples"
-    before, after = mm.get("accuracy_stored"), mm.get("accuracy_population")
+    message = f"{what} on {mm.samples} samples"
+    before, after = mm.accuracy_stored, mm.accuracy_population
     if before is not None and after is not None:
         message += f"; recalibrating on this data would take accuracy from {before:.1%} to {after:.1%}"
         stored_fit = after <= before
     else:
-        sure_before, sure_after = mm.get("confidence_stored"), mm.get("confidence_population")
+        sure_before, sure_after = mm.confidence_stored, mm.confidence_population
         stored_fit = sure_before is not None and sure_after is not None and sure_after < sure_before
         if stored_fit:
             message += (
@@ -434,16 +434,14 @@ def check_train_eval(r, ctx: RuleContext):
             )
     if stored_fit:  # the stored statistics suit DATA at least as well as its own: not an error
         sev = Severity.WARNING
-    if mm.get("refinement_converged") is False:  # DATA's statistics did not settle: approximate figures
+    if mm.refinement_converged is False:  # DATA's statistics did not settle: approximate figures
         sev = Severity.WARNING
-        message += (
-            f"; DATA's statistics did not settle in {mm.get('refinement_passes')} pass(es) (movement "
-            f"{mm.get('refinement_movement', math.nan):.3g}): the figures are approximate"
-        )
-    top = ", ".join(mm.get("top_layers", [])[:3])
+        movement = mm.refinement_movement if mm.refinement_movement is not None else math.nan
+        message += f"; DATA's statistics did not settle in {mm.refinement_passes} pass(es) (movement {movement:.3g}): the figures are approximate"
+    top = ", ".join(mm.top_layers[:3])
     yield r.finding(
         None,
         message + (f"; most drifted: {top}" if top else ""),
         sev,
-        **{k: v for k, v in mm.items() if k not in ("per_layer",)},
+        **{k: v for k, v in mm.to_dict().items() if k != "per_layer"},
     )

@@ -151,8 +151,8 @@ def test_train_eval_and_small_batch_large_when_stats_are_stale(calibrated):
         model.bn1.running_mean += 2.0
     report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=2))
     te = report.result.train_eval
-    assert te["top_layers"][0] == "bn1" and te["method"] == "population statistics"
-    assert te["top1_agreement"] < 0.9 and te["noise_floor"]["top1_agreement"] > 0.95
+    assert te.top_layers[0] == "bn1" and te.method == "population statistics"
+    assert te.top1_agreement < 0.9 and te.noise_floor.top1_agreement > 0.95
     assert "BN301" in {f.rule for f in report.findings}
 
 
@@ -209,7 +209,7 @@ def test_train_eval_small_when_stats_match(calibrated):
     model, _, path = calibrated
     report = bncheck.drift(model, path, options=_opts(mismatch_samples=96, train_batch_size=32))
     te = report.result.train_eval
-    assert te["relative_error"] < 0.2
+    assert te.relative_error < 0.2
     assert "BN301" not in {f.rule for f in report.findings}
     # the stored statistics were not touched by the train-mode passes
     again = bncheck.drift(model, path, options=_opts())
@@ -238,7 +238,7 @@ def test_only_bn201_runs_a_train_mode_pass(calibrated, monkeypatch):
     large = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=32, train_batch_size=16))
     assert calls == [16] * 6
     assert small.result.small_batch == large.result.small_batch  # the same subsample and batches
-    assert small.result.train_eval["top1_agreement"] == pytest.approx(large.result.train_eval["top1_agreement"])
+    assert small.result.train_eval.top1_agreement == pytest.approx(large.result.train_eval.top1_agreement)
 
 
 def test_save_stats_npz_and_parquet(calibrated, tmp_path):

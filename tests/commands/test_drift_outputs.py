@@ -60,11 +60,11 @@ def test_bn301_compares_with_the_float64_population_fixed_point():
     report = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200))
     te = report.result.train_eval
     rel = np.linalg.norm(population - stored) / np.linalg.norm(stored)
-    assert te["relative_error"] == pytest.approx(rel, rel=1e-4)
-    assert te["top1_agreement"] == pytest.approx(np.mean(population.argmax(1) == stored.argmax(1)), abs=1e-12)
-    assert te["accuracy_stored"] == pytest.approx(np.mean(stored.argmax(1) == labels), abs=1e-12)
-    assert te["accuracy_population"] == 1.0
-    assert te["refinement_passes"] >= 2  # the one-pass statistics of the second BN were not exact
+    assert te.relative_error == pytest.approx(rel, rel=1e-4)
+    assert te.top1_agreement == pytest.approx(np.mean(population.argmax(1) == stored.argmax(1)), abs=1e-12)
+    assert te.accuracy_stored == pytest.approx(np.mean(stored.argmax(1) == labels), abs=1e-12)
+    assert te.accuracy_population == 1.0
+    assert te.refinement_passes >= 2  # the one-pass statistics of the second BN were not exact
     finding = next(f for f in report.findings if f.rule == "BN301")
     assert "recalibrating on this data would take accuracy from" in finding.message and "to 100.0%" in finding.message
 
@@ -79,15 +79,15 @@ def test_bn301_quiet_where_the_statistics_are_data_s_own():
             bn.running_var.copy_(torch.from_numpy(var))
     report = bncheck.drift(model, x, options=DriftOptions())
     te = report.result.train_eval
-    assert te["relative_error"] < 1e-5 and te["top1_agreement"] == 1.0
+    assert te.relative_error < 1e-5 and te.top1_agreement == 1.0
     # an effect below BN301's warning thresholds cannot fire: its noise-floor pass is skipped
-    assert te["noise_floor"] == {"measured": False} and math.isnan(te["significance"])
+    assert te.noise_floor.to_dict() == {"measured": False} and math.isnan(te.significance)
     assert not [f for f in report.findings if f.rule in ("BN101", "BN102", "BN301")]
     # with thresholds that any effect reaches, the floor is measured, and dwarfs the effect
     reached = bncheck.drift(model, x, options=DriftOptions(), settings=Settings(thresholds={"BN301": {"warning_disagreement": 0.0, "warning_rel_err": 0.0}}))
     te = reached.result.train_eval
-    assert te["noise_floor"]["measured"] and te["noise_floor"]["relative_error"] > 10 * te["relative_error"]
-    assert te["significance"] < 0
+    assert te.noise_floor.measured and te.noise_floor.relative_error > 10 * te.relative_error
+    assert te.significance < 0
     assert not [f for f in reached.findings if f.rule == "BN301"]
 
 
@@ -132,9 +132,9 @@ def test_time_major_outputs_compare_per_position(steps):
     x = np.random.default_rng(3).normal(size=(96, 4, steps)).astype(np.float32)
     report = bncheck.drift(model, x, options=DriftOptions(mismatch_samples=96))
     te, sb = report.result.train_eval, report.result.small_batch
-    assert te["batch_axis"] == 1 and te["positions"] == steps and te["class_axis"] == 1
+    assert te.batch_axis == 1 and te.positions == steps and te.class_axis == 1
     # float32 against float64: at most one near-tie of the 96 x T positions may differ
-    assert te["top1_agreement"] == pytest.approx(_per_position_agreement(model, x), abs=1.01 / (96 * steps))
+    assert te.top1_agreement == pytest.approx(_per_position_agreement(model, x), abs=1.01 / (96 * steps))
     assert sb.positions == steps and 0 <= sb.flip_rate <= 1
     assert not any("could not be done" in note for note in report.notes)
 
@@ -144,7 +144,7 @@ def test_dense_maps_compare_by_relative_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 1, 1), nn.Sigmoid()).eval()
     x = np.random.default_rng(4).normal(size=(64, 3, 16, 16)).astype(np.float32)
     te = bncheck.drift(model, x, options=DriftOptions(mismatch_samples=64)).result.train_eval
-    assert te["class_axis"] is None and "top1_agreement" not in te and te["relative_error"] > 0
+    assert te.class_axis is None and te.top1_agreement is None and te.relative_error > 0
 
 
 class Pairwise(nn.Module):

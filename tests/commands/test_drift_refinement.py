@@ -30,18 +30,18 @@ def test_ppocr_recogniser_population_statistics_are_what_recalibrate_exact_write
     report = bncheck.drift(path, x, options=DriftOptions(batch_size=8, train_batch_size=0, mismatch_samples=16))
     te = report.result.train_eval
     # six BN levels: whole-model passes settle one level each, the old four never got there
-    assert te["refinement_method"] == "level by level" and te["refinement_levels"] >= 5
-    assert te["refinement_converged"] is True and te["refinement_passes"] == 3
-    assert te["refinement_movement"] < 1e-3  # the residual the last pass measured: float32 rounding
+    assert te.refinement_method == "level by level" and te.refinement_levels >= 5
+    assert te.refinement_converged is True and te.refinement_passes == 3
+    assert te.refinement_movement < 1e-3  # the residual the last pass measured: float32 rounding
     out = tmp_path / "recalibrated.onnx"
     bncheck.recalibrate(path, x, out, options=RecalibrateOptions(method="exact", holdout=0, batch_size=8))
     stored, recalibrated = _onnx_outputs(path, x), _onnx_outputs(out, x)
     rel = np.linalg.norm(recalibrated - stored) / np.linalg.norm(stored)
     agreement = float(np.mean(recalibrated.argmax(-1) == stored.argmax(-1)))
     assert rel > 0.1  # the statistics do not fit these images: the comparison means something
-    assert te["relative_error"] == pytest.approx(rel, rel=2e-3)
+    assert te.relative_error == pytest.approx(rel, rel=2e-3)
     # near-ties may flip under float32 rounding: within two of the 320 positions
-    assert te["top1_agreement"] == pytest.approx(agreement, abs=2 / stored[..., 0].size)
+    assert te.top1_agreement == pytest.approx(agreement, abs=2 / stored[..., 0].size)
     assert not any("did not settle" in note for note in report.notes)
 
 
@@ -66,16 +66,16 @@ def test_unsettled_statistics_give_a_note_and_no_error():
     x = np.random.default_rng(0).normal(1.5, 2.0, size=(200, 6)).astype(np.float32)
     labels = _one_pass_labels(model, x)  # with them the one-pass statistics look like a clear win
     settled = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200))
-    assert settled.result.train_eval["refinement_converged"] is True and settled.result.train_eval["refinement_passes"] == 3
+    assert settled.result.train_eval.refinement_converged is True and settled.result.train_eval.refinement_passes == 3
     assert not any("did not settle" in note for note in settled.notes)
     # one pass: the one-pass statistics of the second BN (the first BN on its stored
     # statistics) are measured to be off, and no pass is left to refine them
     report = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200, refinement_passes=1))
     te = report.result.train_eval
-    assert te["refinement_converged"] is False and te["refinement_passes"] == 1 and te["refinement_method"] == "one pass"
-    assert te["refinement_movement"] > te["refinement_tolerance"]
+    assert te.refinement_converged is False and te.refinement_passes == 1 and te.refinement_method == "one pass"
+    assert te.refinement_movement > te.refinement_tolerance
     # what would be an error on settled statistics: far beyond its thresholds, recalibrating "helps"
-    assert 1 - te["top1_agreement"] > 0.1 and te["significance"] > 3 and te["accuracy_population"] > te["accuracy_stored"]
+    assert 1 - te.top1_agreement > 0.1 and te.significance > 3 and te.accuracy_population > te.accuracy_stored
     assert any("did not settle in 1 pass(es)" in note and "at most a warning" in note for note in report.notes), report.notes
     findings = [f for f in report.findings if f.rule == "BN301"]
     assert [f.severity.value for f in findings] == ["warning"]

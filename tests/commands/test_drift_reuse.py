@@ -133,7 +133,7 @@ def test_the_default_run_measures_the_subsample_once_per_bn301_pass(model, remea
     reused, eval_samples = report.result.train_eval, counted.samples
     assert report.result.data["samples"] == 540
     # the level-by-level pass (counted in refinement_passes) runs segments, not ModelRunner.moments
-    passes = reused["refinement_passes"] - (1 if reused["refinement_method"] == "level by level" else 0)
+    passes = reused.refinement_passes - (1 if reused.refinement_method == "level by level" else 0)
     # BN301's own eval passes with DATA's statistics, and no pass re-measuring the subsample's
     # stored-statistics moments where the main pass kept them
     assert eval_samples == passes * 64 + remeasured
@@ -144,12 +144,13 @@ def test_the_default_run_measures_the_subsample_once_per_bn301_pass(model, remea
     again = bncheck.drift(path, data, options=options).result.train_eval
     assert counted.samples == passes * 64 + 64
     for key in ("top1_agreement", "flips", "refinement_passes", "accuracy_stored", "accuracy_population"):
-        assert reused.get(key) == again.get(key), key
-    assert math.isclose(reused["relative_error"], again["relative_error"], rel_tol=1e-5)
-    assert reused["noise_floor"].keys() == again["noise_floor"].keys()
-    for key, value in reused["noise_floor"].items():
-        assert value == again["noise_floor"][key] or math.isclose(value, again["noise_floor"][key], rel_tol=1e-5), key
-    assert reused["significance"] == pytest.approx(again["significance"], rel=1e-5, nan_ok=True)
+        assert getattr(reused, key) == getattr(again, key), key
+    assert math.isclose(reused.relative_error, again.relative_error, rel_tol=1e-5)
+    floor, floor_again = reused.noise_floor.to_dict(), again.noise_floor.to_dict()
+    assert floor.keys() == floor_again.keys()
+    for key, value in floor.items():
+        assert value == floor_again[key] or math.isclose(value, floor_again[key], rel_tol=1e-5), key
+    assert reused.significance == pytest.approx(again.significance, rel=1e-5, nan_ok=True)
 
 
 def test_torch_bn301_runs_the_model_itself_with_data_statistics_and_restores_them(monkeypatch):
@@ -167,7 +168,7 @@ def test_torch_bn301_runs_the_model_itself_with_data_statistics_and_restores_the
     original = TorchBackend.with_statistics
     monkeypatch.setattr(TorchBackend, "with_statistics", lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
     in_place = bncheck.drift(model, x, options=options, settings=settings).result.train_eval
-    assert copies == [] and in_place["refinement_passes"] >= 1 and in_place["noise_floor"]["measured"]
+    assert copies == [] and in_place.refinement_passes >= 1 and in_place.noise_floor.measured
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     # the copy route (what ONNX and torch.export take) gives the same figures
@@ -175,5 +176,5 @@ def test_torch_bn301_runs_the_model_itself_with_data_statistics_and_restores_the
     copied = bncheck.drift(model, x, options=options, settings=settings).result.train_eval
     assert copies
     for key in ("top1_agreement", "relative_error", "refinement_passes", "significance"):
-        assert in_place[key] == pytest.approx(copied[key], rel=1e-6), key
-    assert in_place["noise_floor"]["relative_error"] == pytest.approx(copied["noise_floor"]["relative_error"], rel=1e-6)
+        assert getattr(in_place, key) == pytest.approx(getattr(copied, key), rel=1e-6), key
+    assert in_place.noise_floor.relative_error == pytest.approx(copied.noise_floor.relative_error, rel=1e-6)

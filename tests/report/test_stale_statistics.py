@@ -1,0 +1,60 @@
+"""BN301's typed evidence: a real drift run carries a StaleStatistics whose to_dict() is the
+report's train_eval record, and a saved record (either floor shape, a record of an older
+version with keys this one does not write) reads back to the same dict, keys in order."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bncheck.report import Report
+from bncheck.rules.stale_statistics import NoiseFloor, StaleStatistics
+
+TAIL = {
+    "method": "population statistics", "statistics_samples": 400, "refinement_passes": 2, "refinement_movement": 0.001,
+    "refinement_converged": True, "refinement_tolerance": 0.02, "refinement_method": "one pass", "refinement_levels": 0,
+    "batch_axis": 0, "class_axis": 1, "noise_multiple": 2.0,
+}  # fmt: skip
+
+
+def test_a_saved_drift_report_reads_back_its_typed_bn301_record(sample_runs):
+    saved = sample_runs["drift_shifted"]
+    record = saved.data["drift"]["train_eval"]
+    te = Report.load(saved.path).result.train_eval
+    assert isinstance(te, StaleStatistics) and isinstance(te.noise_floor, NoiseFloor)
+    assert te.top1_agreement == record["top1_agreement"] and te.disagreement == pytest.approx(1 - record["top1_agreement"])
+    assert json.dumps(te.to_dict()) == json.dumps(record)  # same keys, same order, same values
+    assert te.extra == {}
+
+
+def test_a_measured_floor_puts_the_flips_before_it():
+    record = {
+        "samples": 64, "relative_error": 0.3, "positions": 1, "top1_agreement": 0.8, "flips": 13,
+        "noise_floor": {"relative_error": 0.01, "top1_agreement": 0.99, "measured": True, "halves": "even samples of the subsample",
+                        "half_samples": 32, "scale": 0.5},
+        "significance": 7.5, **TAIL, "accuracy_stored": 0.7, "accuracy_population": 0.9, "top_layers": ["bn1", "bn2"],
+    }  # fmt: skip
+    te = StaleStatistics.from_dict(record)
+    assert list(te.to_dict()) == list(record) and te.to_dict() == record
+    assert te.noise_floor.measured and te.flips == 13 and te.confidence_stored is None
+
+
+def test_an_unmeasured_floor_puts_the_flips_after_the_significance_and_keeps_unknown_keys():
+    record = {
+        "samples": 64, "relative_error": 0.001, "positions": 1, "top1_agreement": 1.0, "noise_floor": {"measured": False},
+        "significance": math.nan, "flips": 0, **TAIL, "top_layers": [], "per_layer": {"bn1": 0.2}, "batch_size": 8,
+    }  # fmt: skip
+    te = StaleStatistics.from_dict(record)
+    assert list(te.to_dict()) == list(record)
+    assert not te.noise_floor.measured and te.noise_floor.relative_error is None
+    assert te.extra == {"per_layer": {"bn1": 0.2}, "batch_size": 8} and math.isnan(te.significance)
+
+
+def test_without_classes_there_is_no_agreement_and_an_empty_record_is_none():
+    record = {"samples": 10, "relative_error": 0.2, "noise_floor": {"relative_error": 0.05, "measured": True, "halves": "h",
+              "half_samples": 5, "scale": 0.7}, "significance": 2.0, **TAIL, "top_layers": ["bn1"]}  # fmt: skip
+    te = StaleStatistics.from_dict(record)
+    assert te.top1_agreement is None and te.disagreement is None and te.to_dict() == record
+    assert StaleStatistics.from_dict({}) is None and StaleStatistics.from_dict(None) is None
