@@ -126,8 +126,10 @@ def test_with_labels_the_ranking_agrees_with_the_accuracy_order(zoo):
 
 def test_the_table_shows_rank_score_worst_layer_accuracy_and_verdict(zoo):
     files = zoo["files"]
-    # a wide terminal: below ~120 columns the table gives up the worst-layer column first
-    result = CliRunner(env={"COLUMNS": "160"}).invoke(app, [str(a) for a in ("drift", files["mean"], files["match"], zoo["data"], "--labels", zoo["labels"], "--mismatch-samples", "0"))])
+    # a wide terminal: below ~120 columns the worst-layer column gives way first, and pytest-xdist's
+    # long tmp paths wrap inside their cells below ~250
+    argv = ("drift", files["mean"], files["match"], zoo["data"], "--labels", zoo["labels"], "--mismatch-samples", "0")
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(app, [str(a) for a in argv])
     assert result.exit_code == 1, result.output
     head = result.stdout.split("bncheck drift ")[0]  # the ranking comes before the models' own reports
     for column in ("rank", "model", "score", "layers", "worst layer", "accuracy", "verdict"):
