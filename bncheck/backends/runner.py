@@ -110,6 +110,11 @@ class ModelRunner(Closing):
     def close(self) -> None:
         """Release the runtime and restore what the runner changed on the model; idempotent."""
 
+    def release(self) -> None:
+        """Let go of what the runner rebuilds when next needed (an onnxruntime session and its
+        memory arena): called between the passes of a command, so that one pass's runtime
+        memory is not held through the next. The runner stays usable."""
+
     # ------------------------------------------------------------------ for subclasses
 
     @abstractmethod

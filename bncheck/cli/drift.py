@@ -52,6 +52,14 @@ def drift(
     mismatch_samples: Annotated[
         int | None, typer.Option("--mismatch-samples", help="Samples for the train-mode analyses BN201/BN301 (default 256; 0 skips them).")
     ] = None,
+    train_pass: Annotated[
+        str,
+        typer.Option(
+            "--train-pass",
+            metavar="auto|always",
+            help="BN201's train-mode pass: auto (default) skips it where the batch scatter estimated from the main pass is too small for BN201 to fire; always runs it (the report then has the output figures).",
+        ),
+    ] = "auto",
     diagnosis_samples: Annotated[
         int, typer.Option("--diagnosis-samples", min=0, help="Most samples BN103's input diagnosis reads (default 64; 0 skips it).")
     ] = 64,
@@ -94,6 +102,7 @@ def drift(
         train_batch_size=settings.train_batch_size or 16,
         mismatch_samples=settings.option("mismatch_samples"),
         diagnosis_samples=diagnosis_samples,
+        train_pass=train_pass,
         save_stats=save_stats,
         layers=layer_names(layers),
         data_options=data_opts,

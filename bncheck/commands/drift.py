@@ -17,11 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
 from bncheck.commands import drift_diagnosis as diagnostics
 from bncheck.commands import drift_outputs as outputs
+from bncheck.commands import drift_small_batch as small_batch
 from bncheck.commands.drift_pixels import PixelSpace
 from bncheck.commands.progress import step, steps
 from bncheck.config import Settings
@@ -70,6 +73,9 @@ class DriftOptions:
     #: passes over the subsample BN301 may make to reach DATA's population statistics
     #: (:func:`bncheck.commands.drift_outputs.refine`; 1: the one-pass statistics, checked)
     refinement_passes: int = outputs.REFINE_PASSES
+    #: BN201's train-mode pass: "auto" skips it where the batch scatter estimated from the main
+    #: pass is too small for BN201 to fire, "always" runs it (the output figures are then there)
+    train_pass: str = "auto"
 
 
 @dataclass
@@ -150,6 +156,8 @@ def with_transform(options, transform: Callable[[Any], Any] | None):
 def _check_options(data, options: DriftOptions) -> None:
     if options.batch_size < 1:
         raise BncheckError("--batch-size must be at least 1.")
+    if options.train_pass not in ("auto", "always"):
+        raise UsageError(f"--train-pass must be auto or always, not {options.train_pass!r}.")
     if options.refinement_passes < 1:
         raise BncheckError("refinement_passes must be at least 1.")
     if (data is None) == (options.stats is None):
@@ -211,6 +219,8 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
     check_measured(result.moments, layers)
+    if runner is not None:  # the main pass's runtime memory is not held through the analyses
+        runner.release()
     halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None or result.halves is not None else None
     drift_by_layer = analyses.compute_drift(layers, result.moments, result.samples, halves)
     evidence = DriftEvidence(layers=drift_by_layer, samples=result.samples)
@@ -220,7 +230,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
         diagnosis.wanted and first_names and result.subsample is not None and options.diagnosis_samples > 0
         and analyses.input_drift_is_strong(first_names, drift_by_layer, thresholds)
     ):  # fmt: skip
-        sub = result.subsample[: options.diagnosis_samples]
+        sub = np.asarray(result.subsample[: options.diagnosis_samples])  # read once (a file-kept subsample)
         evidence.input_diagnosis = _guarded(
             "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
         )  # fmt: skip
@@ -241,12 +251,18 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             max_passes=options.refinement_passes,
         ),
     )  # fmt: skip
+    if runner is not None:
+        runner.release()
     unsettled = outputs.refinement_note(evidence.train_eval)
     if unsettled:
         notes.append(unsettled)
     if options.train_batch_size >= 2:
+        # where the batch scatter the main pass lets estimate is far below BN201's threshold the
+        # rule cannot fire: its train-mode pass is skipped (DriftOptions.train_pass "always" runs it)
+        limit = float(thresholds.get("BN201", {}).get("mean_scatter", 0.25))
+        skip = None if options.train_pass == "always" else limit * small_batch.SKIP_SCATTER_FRACTION
         evidence.small_batch = _guarded(
-            "BN201's train-mode pass", notes, lambda: outputs.small_batch_risk(layers, runner, setting, options.train_batch_size)
+            "BN201's train-mode pass", notes, lambda: small_batch.small_batch_risk(layers, runner, setting, options.train_batch_size, skip_below=skip)
         ) or None  # fmt: skip
         if evidence.small_batch and evidence.small_batch.note:
             notes.append(f"BN201: {evidence.small_batch.note}.")

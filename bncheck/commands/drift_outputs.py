@@ -12,7 +12,8 @@ fit, otherwise one level-by-level pass and a pass measuring the residual). Its n
 one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
 alone as much as DATA's statistics differ from its population's. No train-mode pass.
 
-BN201 runs the subsample with BN in train mode in batches of ``--train-batch-size`` (one pass).
+BN201 (:mod:`bncheck.commands.drift_small_batch`) runs the subsample with BN in train mode in
+batches of ``--train-batch-size`` (one pass), or estimates it from the main pass.
 
 Outputs of any structure (:mod:`bncheck.numerics.outputs`): batch-first, per position over the
 class axis, relative error without one.
@@ -33,11 +34,9 @@ from bncheck.backends.interface import ModelSource, Statistics
 from bncheck.backends.load import backend_for
 from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
-from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 from bncheck.numerics.recalibration import relative_change
-from bncheck.rules.context import BatchScatter, SmallBatchRisk
 from bncheck.rules.stale_statistics import StaleStatistics
 
 #: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
@@ -355,7 +354,8 @@ def refinement_note(figures: StaleStatistics | None) -> str | None:
 
 
 class _Subsample:
-    """The subsample as the data session ``estimate_staged`` reads."""
+    """The subsample (an array, or a :class:`~bncheck.numerics.rows.RowsView` of a file-kept
+    one: read a batch at a time) as the data session ``estimate_staged`` reads."""
 
     def __init__(self, x: np.ndarray) -> None:
         self.x = x
@@ -363,7 +363,7 @@ class _Subsample:
 
     def batches(self, batch_size: int, split=None, samples=None):
         for i in range(0, len(self.x), batch_size):
-            yield SimpleNamespace(x=self.x[i : i + batch_size])
+            yield SimpleNamespace(x=np.asarray(self.x[i : i + batch_size]))
 
 
 def _level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
@@ -413,68 +413,6 @@ def _pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSe
             outs.append(out)
             add_bounded(parts, {name: moments[name] for name in names if name in moments})
     return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
-
-
-def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int) -> SmallBatchRisk | None:
-    """BN201: scatter of size-B batch statistics around the population statistics and how the
-    outputs change, from one train-mode pass over the subsample in full batches of B."""
-    outs, per_layer = [], {}
-    for start in range(0, len(setting.sub) - batch_size + 1, batch_size):
-        out, moments = runner.train_moments(setting.sub[start : start + batch_size])
-        outs.append(out)
-        for name, m in moments.items():
-            per_layer.setdefault(name, []).append(m)
-    if not outs or batch_size < 2:
-        return None
-    usable = len(outs) * batch_size
-    scatter: dict[str, BatchScatter] = {}
-    worst, worst_value, worst_se, note = None, None, None, None
-    if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
-        note = (
-            f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
-            f"({len(setting.sub)} samples); raise --mismatch-samples to at least {2 * batch_size}"
-        )
-    else:
-        worst, worst_value, worst_se = _worst_scatter(layers, per_layer, len(outs), scatter)
-    effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
-    flips = bool(effect.agreement is not None and effect.positions and effect.sample_flips is not None)
-    return SmallBatchRisk(
-        batch_size=int(batch_size),
-        samples=int(usable),
-        layers=scatter,
-        worst_layer=worst,
-        max_mean_scatter=worst_value,
-        mean_scatter_se=worst_se,
-        note=note,
-        relative_error=effect.relative_error,
-        flip_rate=1.0 - effect.agreement if flips else None,
-        positions=effect.positions if flips else None,
-        flip_rate_se=_standard_error(effect.sample_flips / effect.positions) if flips else None,
-        relative_error_se=None if flips else _standard_error(effect.sample_errors),
-    )
-
-
-def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, out: dict[str, BatchScatter]) -> tuple[str | None, float, float]:
-    """Each layer's batch scatter into ``out``; the worst layer, its scatter and the scatter's
-    standard error."""
-    worst, worst_value = None, -1.0
-    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
-    for name, ms in per_layer.items():
-        if not ms or ms[0].count == 0:
-            continue
-        pooled = merge_all(ms)
-        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
-        out[name] = BatchScatter(**sc)
-        if sc["mean_scatter"] > worst_value:
-            worst, worst_value = name, sc["mean_scatter"]
-    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
-    return worst, worst_value, worst_value / math.sqrt(2 * batches)
-
-
-def _standard_error(values: np.ndarray) -> float:
-    """Standard error of the mean of per-sample ``values``."""
-    v = np.asarray(values, np.float64)
-    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
 
 
 def run_accuracy(result: Measurement) -> float | None:

@@ -32,6 +32,7 @@ from bncheck.errors import BncheckError, DataError, ModelLoadError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.outputs import sample_predictions
 from bncheck.numerics.reservoir import Reservoir
+from bncheck.numerics.rows import row_store
 
 
 @dataclass
@@ -267,7 +268,7 @@ class ReplayReservoir(Reservoir):
         without labels leaves the subsample unlabelled: see :meth:`unlabelled`)."""
         outputs = np.asarray(outputs)
         if self._x is None:
-            self._x = np.empty((self.size, *x.shape[1:]), dtype=x.dtype)
+            self._x = row_store(self.size, x.shape[1:], x.dtype)
             self._out = np.empty((self.size, *outputs.shape[1:]), dtype=outputs.dtype)
         if y is None:
             self.labelled = False

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from bncheck.numerics.moments import SampleMoments
+from bncheck.numerics.rows import ordered, row_store
 
 
 class Reservoir:
     """A uniform random sample of at most ``size`` items of a stream (Vitter's algorithm R),
     with the eval-mode outputs of each kept sample: the bounded subsample of the train-mode
-    analyses. Memory is ``size`` samples whatever the length of the stream; a fixed seed makes
-    runs reproducible."""
+    analyses. Memory is ``size`` samples whatever the length of the stream (their inputs in a
+    temporary file when they would take more than :data:`~bncheck.numerics.rows.SPILL_BYTES`:
+    the subsample is then a :class:`~bncheck.numerics.rows.RowsView`); a fixed seed makes runs
+    reproducible."""
 
     def __init__(self, size: int, seed: int = 0):
         self.size = int(size)
@@ -43,7 +46,7 @@ class Reservoir:
         if y is None:
             self.labelled = False
         if self._x is None:
-            self._x = np.empty((self.size, *x.shape[1:]), dtype=x.dtype)
+            self._x = row_store(self.size, x.shape[1:], x.dtype)
             self._out = np.empty((self.size, *outputs.shape[1:]), dtype=outputs.dtype)
             if y is not None:
                 y = np.asarray(y)
@@ -101,5 +104,5 @@ class Reservoir:
         labels = self._y[:n][order] if self.labelled and self._y is not None else None
         kept = {name: v for name, v in (self._moments or {}).items() if v is not None}
         moments = {name: SampleMoments(c[:n][order], m[:n][order], q[:n][order]) for name, (c, m, q) in kept.items()}
-        return self._x[:n][order], self._out[:n][order], labels, moments
+        return ordered(self._x, n, order), self._out[:n][order], labels, moments
 

@@ -33,7 +33,8 @@ class BatchScatter:
 @dataclass(frozen=True)
 class SmallBatchRisk:
     """BN201's evidence: one train-mode pass over the subsample in full batches of
-    ``batch_size`` (the report's ``drift.small_batch`` record)."""
+    ``batch_size``, or, where the batch scatter estimated from the main pass is far below
+    BN201's threshold, that estimate alone (the report's ``drift.small_batch`` record)."""
 
     batch_size: int
     #: samples in the full batches
@@ -54,6 +55,10 @@ class SmallBatchRisk:
     flip_rate_se: float | None = None
     relative_error_se: float | None = None
     note: str | None = None
+    #: whether the train-mode pass ran: False when the batch scatter estimated from the main
+    #: pass was too small for BN201 to fire (the scatter figures are that estimate, the output
+    #: figures None)
+    train_pass: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -66,6 +71,7 @@ class SmallBatchRisk:
         }
         if self.note is not None:
             out["note"] = self.note
+        out["train_pass"] = self.train_pass
         out["relative_error"] = self.relative_error
         if self.flip_rate is not None:
             out.update(flip_rate=self.flip_rate, positions=self.positions, flip_rate_se=self.flip_rate_se)
@@ -90,6 +96,7 @@ class SmallBatchRisk:
             flip_rate_se=data.get("flip_rate_se"),
             relative_error_se=data.get("relative_error_se"),
             note=data.get("note"),
+            train_pass=bool(data.get("train_pass", True)),
         )
 
 

@@ -276,7 +276,12 @@ def check_few_samples(r, ctx: RuleContext):
     (per position over the class axis; see `--class-axis`), or the relative output error for
     outputs without classes. Fires when the worst layer's mean scatter exceeds `mean_scatter`
     AND the outputs change by more than `flip_rate` (or `rel_err`), each by `significance`
-    standard errors (over the batches, over the samples). BatchNorm1d sees one value per sample,
+    standard errors (over the batches, over the samples). The pass is skipped (`--train-pass
+    auto`, the default; `always` runs it) when the scatter of every layer, estimated without a
+    pass from the per-sample statistics the main pass keeps of the subsample, is below half of
+    `mean_scatter`: the estimate is exact for the first BN layer and measured within 1.1x of the
+    pass's worst layer on the sample and real trained models, so there the rule cannot fire;
+    the report then carries the estimate (`train_pass` false) and no output figures. BatchNorm1d sees one value per sample,
     so its batch means scatter by 1/sqrt(B) std: 0.25 at B = 16, the threshold itself, which
     therefore does not fire on noise alone. False-alarm rule: a change that sampling alone (the subsample is finite) could
     make look as large is not reported; bench/results/false_alarms.md has the measured rates
@@ -310,6 +315,8 @@ def check_small_batch(r, ctx: RuleContext):
     if not isinstance(scatter, (int, float)):  # one batch: not measurable (the result's note says so)
         return
     if not _significantly_above(scatter, ctx.threshold(r.code, "mean_scatter"), _or_nan(sb.mean_scatter_se), z):
+        return
+    if not sb.train_pass:  # skipped only where the estimated scatter is far below the threshold
         return
     if sb.flip_rate is not None:
         value, se, limit = sb.flip_rate, _or_nan(sb.flip_rate_se), ctx.threshold(r.code, "flip_rate")

@@ -232,10 +232,10 @@ def test_only_bn201_runs_a_train_mode_pass(calibrated, monkeypatch):
         return original(self, x)
 
     monkeypatch.setattr(TorchRunner, "train_moments", counted)
-    small = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=16, train_batch_size=16))
+    small = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=16, train_batch_size=16, train_pass="always"))
     assert calls == [16] * 6
     calls.clear()
-    large = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=32, train_batch_size=16))
+    large = bncheck.drift(model, path, options=_opts(mismatch_samples=96, batch_size=32, train_batch_size=16, train_pass="always"))
     assert calls == [16] * 6
     assert small.result.small_batch == large.result.small_batch  # the same subsample and batches
     assert small.result.train_eval.top1_agreement == pytest.approx(large.result.train_eval.top1_agreement)

@@ -81,7 +81,7 @@ def test_khmer_crnn_time_major_output_through_its_architecture_file():
     rng = np.random.default_rng(2)
     gray = np.stack([_text_image(rng, 48, 256, 1)[:, :, 0] for _ in range(8)]).astype(np.float32)
     x = ((gray / 255.0 - 0.5) / 0.5)[:, None]  # (N, 1, 48, W), [-1, 1] as the CRNN expects
-    report = bncheck.drift(weights, x, arch=f"{arch}:CRNN", options=DriftOptions(batch_size=4, train_batch_size=4, mismatch_samples=8))
+    report = bncheck.drift(weights, x, arch=f"{arch}:CRNN", options=DriftOptions(batch_size=4, train_batch_size=4, mismatch_samples=8, train_pass="always"))
     te = report.result.train_eval
     assert te.batch_axis == 1 and te.class_axis == 1 and te.positions > 10  # (T, N, 984)
     assert report.result.small_batch.positions == te.positions
