@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 import torch.nn.functional as F  # noqa: E402
+from support.bn_modules import Plain, Residual  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bncheck.backends import load_model  # noqa: E402
@@ -223,19 +224,6 @@ def test_bn_on_the_model_input():
     assert "model input" in layers[0].fold_reason
 
 
-class Residual(nn.Module):
-    """conv's output feeds the BN and a residual add."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-
-    def forward(self, x):
-        y = self.conv(x)
-        return self.bn(y) + y
-
-
 class CalledTwice(nn.Module):
     """One conv module used for two BN layers."""
 
@@ -264,16 +252,6 @@ class SharedWeight(nn.Module):
 
     def forward(self, x):
         return self.bn_a(self.conv_a(x)) + self.bn_b(self.conv_b(x))
-
-
-class Plain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-
-    def forward(self, x):
-        return torch.relu(self.bn(self.conv(x)))
 
 
 FOLD_CASES = {
