@@ -57,17 +57,19 @@ def _blended(measured: Statistics, stored: Statistics, prior: float, samples: in
 
 
 def check_estimable(moments: dict[str, Moments], names: list[str], samples: int, split) -> None:
-    """DataError, before anything is written, when the samples an estimate read leave a layer of
-    ``names`` fewer than 2 values per channel: it has no variance to estimate (DATA too small,
-    or the held-out split took what there was)."""
+    """DataError, before anything is written, when the samples an estimate rests on leave a
+    layer of ``names`` fewer than 2 values per channel: it has no variance to estimate (DATA too
+    small, the held-out split took what there was, or a train-mode pass had no batch of 2)."""
     counts = {n: int(moments[n].count) if n in moments else 0 for n in names}
     thin = next((n for n in names if counts[n] < 2), None)
     if thin is None:
         return
     held = getattr(split, "held", 0)
     kept = f" ({held} more held out for the check; --holdout 0 estimates on all of DATA)" if held else ""
+    if not held and samples == 0:
+        kept = " (a train-mode pass reads batches of 2 or more samples)"
     raise DataError(
-        f"DATA is too small to estimate the statistics: the estimate read {samples} sample(s){kept}, which give BN layer "
+        f"DATA is too small to estimate the statistics: the estimate rests on {samples} of its samples{kept}, which give BN layer "
         f"{thin} {counts[thin]} value(s) per channel, and a variance needs at least 2; give more DATA."
     )
 

@@ -123,12 +123,13 @@ def _one_sentence(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("method", ["exact", "cumulative"])
-def test_data_too_small_to_estimate_a_variance_is_refused(tmp_path, tiny, method):
-    """One sample gives the fully connected BN layer one value per channel: no variance. The old
-    exact run wrote running_var 0 there and passed."""
-    out = tmp_path / "o.onnx"
-    line = _one_sentence(run("recalibrate", SAMPLES / "digits_cnn.onnx", tiny(1), "-o", out, "--method", method))
+@pytest.mark.parametrize(("model", "method"), [("digits_cnn.onnx", "exact"), ("digits_cnn.ts", "exact"), ("digits_cnn.onnx", "cumulative")])
+def test_data_too_small_to_estimate_a_variance_is_refused(tmp_path, tiny, model, method):
+    """One sample gives the fully connected BN layer one value per channel (ONNX: the staged
+    estimate), and a train-mode pass no batch at all (TorchScript): no variance. The old exact
+    run wrote running_var 0 there and passed."""
+    out = tmp_path / f"o{Path(model).suffix}"
+    line = _one_sentence(run("recalibrate", SAMPLES / model, tiny(1), "-o", out, "--method", method))
     assert ("too small to estimate" in line) if method == "exact" else ("no batch of at least 2 samples" in line)
     assert not out.exists()
 
