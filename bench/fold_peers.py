@@ -311,9 +311,25 @@ def run_tool(tool: str, src: Path, out: Path, work: Path):
     out.unlink(missing_ok=True)
     out.with_suffix(".json").unlink(missing_ok=True)
     child = run_child(tool_argv(tool, src, out), cwd=work, env=tool_env(tool, work))
+    if child.returncode == 0 and not out.exists() and tool == "bncheck" and _nothing_to_fold(out.with_suffix(".json")):
+        return child, ""  # bncheck writes no OUT that would be IN again (CREPE: no BN can fold)
     if child.returncode != 0 or not out.exists():
         return child, (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1][:200]
     return child, ""
+
+
+def _nothing_to_fold(report: Path) -> bool:
+    """Whether bncheck's JSON report says it folded nothing and so wrote no OUT."""
+    try:
+        fold = json.loads(report.read_text())["fold"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return fold.get("layers_folded") == 0 and fold.get("layers_affine", 0) == 0 and not fold["output"].get("written")
+
+
+def output_of(tool: str, src: Path, out: Path) -> Path:
+    """The file a run left to check: OUT, or IN itself when bncheck folded nothing (and said so)."""
+    return src if tool == "bncheck" and not out.exists() and _nothing_to_fold(out.with_suffix(".json")) else out
 
 
 def check_output(path: Path) -> str:
@@ -363,13 +379,14 @@ def measure(name: str, src: Path, inputs: list[np.ndarray], work: Path, repeat: 
     for tool, outcome in outcomes.items():
         outcome.wall_s = median(outcome.walls) if outcome.walls else float("nan")
         outcome.cpu_s = median(outcome.cpus) if outcome.cpus else float("nan")
+        result = output_of(tool, src, outs[tool])
         if not outcome.error:
-            outcome.error = check_output(outs[tool])
+            outcome.error = check_output(result)
         if not outcome.error:
-            left = bn_nodes(outs[tool])
+            left = bn_nodes(result)
             outcome.bn_left = len(left)
             outcome.left = [n for n, _ in left]
-            outcome.max_rel_err = max_rel_err(src, outs[tool], inputs)
+            outcome.max_rel_err = max_rel_err(src, result, inputs)
             if tool == "bncheck":
                 outcome.kept = _bncheck_reasons(json.loads(outs[tool].with_suffix(".json").read_text()))
             else:
@@ -389,7 +406,9 @@ FLOORS = {
     "onnxoptimizer (its CLI)": "import onnx, onnxoptimizer",
     "onnxslim (its CLI)": "import onnxslim.cli",
     "onnxsim (its CLI)": "import onnxsim",
-    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
+    "onnx + onnxruntime (any tool that runs an ONNX model)": "import onnx, onnxruntime",
+    "typer + the pydantic it coerces every option with (typer 0.29)": "import typer, typer._adapters",
+    "bncheck fold (CLI with typer's pydantic, ONNX backend, onnxruntime)": "import onnx, onnxruntime, typer._adapters, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
     "onnx.reference (bncheck's float64 site proofs)": "import onnx.reference",
 }
 
