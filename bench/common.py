@@ -103,9 +103,10 @@ def calibrate(model, batches) -> None:
     model.eval()
 
 
-def export_onnx(model, sample_shape: tuple[int, ...], path: Path) -> Path:
+def export_onnx(model, sample_shape: tuple[int, ...], path: Path, dynamic_axes: dict | None = None) -> Path:
     """Legacy exporter in EVAL mode without constant folding, so that the BatchNormalization
-    nodes stay in the graph; dynamic batch axis."""
+    nodes stay in the graph; dynamic batch axis (axis 0 of input and logits) unless
+    ``dynamic_axes`` says otherwise."""
     import torch
 
     model.eval()
@@ -121,7 +122,7 @@ def export_onnx(model, sample_shape: tuple[int, ...], path: Path) -> Path:
             training=torch.onnx.TrainingMode.EVAL,
             input_names=["input"],
             output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes=dynamic_axes or {"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path
 

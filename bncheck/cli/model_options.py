@@ -31,15 +31,22 @@ def layer_names(layers: str | None) -> list[str] | None:
     return [name.strip() for name in layers.split(",") if name.strip()] if layers else None
 
 
-def model_out(out: Path | None, report: ReportArgs, what: str) -> Path:
-    """The model file to write: ``--out``, else ``-o`` when it names a model file. The contract
-    spells these commands ``bncheck fold MODEL -o OUT`` / ``recalibrate MODEL DATA -o OUT``, so
-    that form is kept for good (no warning); ``-o run.json`` names the report as in every command."""
-    if out is None and report.output is not None and Path(report.output).suffix.lower() in MODEL_SUFFIXES:
+#: how refusals name OUT when it came from ``-o``: click does not say which of ``-o`` and
+#: ``--output`` was typed, so both forms
+OUTPUT_FLAGS = "-o/--output"
+
+
+def model_out(out: Path | None, report: ReportArgs, what: str) -> tuple[Path, str]:
+    """The model file to write and the option that named it, for refusals: ``--out``, else
+    ``-o`` when it names a model file. The contract spells these commands ``bncheck fold MODEL
+    -o OUT`` / ``recalibrate MODEL DATA -o OUT``, so that form is kept for good (no warning);
+    ``-o run.json`` names the report as in every command."""
+    if out is not None:
+        return out, "--out"
+    if report.output is not None and Path(report.output).suffix.lower() in MODEL_SUFFIXES:
         out, report.output = Path(report.output), None
-    if out is None:
-        raise UsageError(f"give -o OUT (a model file: {', '.join(MODEL_SUFFIXES)}) or --out FILE: where to write the {what}.")
-    return out
+        return out, OUTPUT_FLAGS
+    raise UsageError(f"give -o OUT (a model file: {', '.join(MODEL_SUFFIXES)}) or --out FILE: where to write the {what}.")
 
 
 def model_writing_run(
@@ -48,8 +55,8 @@ def model_writing_run(
     """What fold and recalibrate check before any work: the model file to write (as
     :func:`model_out`; ``what`` names it in the error), the settings, the report format, and that OUT and the report overwrite
     none of MODEL, ``inputs`` (role to paths, as for ``guard_outputs``) or each other."""
-    out = model_out(out, report, what)
+    out, flag = model_out(out, report, what)
     settings = gate.settings()
     fmt = report.format(settings, command)
-    guard_outputs({"--out": out, "--output": report.output}, models=[model], inputs=inputs, settings=settings)
+    guard_outputs({flag: out, "--output": report.output}, models=[model], inputs=inputs, settings=settings)
     return out, settings, fmt

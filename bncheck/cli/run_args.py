@@ -5,10 +5,12 @@ the command line (:mod:`bncheck.cli.command` spreads a bundle's bundles in their
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs
+from bncheck.config import Settings
 
 
 @dataclass
@@ -20,3 +22,15 @@ class RunArgs:
     gate: GateArgs
     report: ReportArgs
     engine: EngineArgs
+
+    def pass_options(self, settings: Settings) -> dict[str, Any]:
+        """The fields of :class:`~bncheck.commands.drift.DriftOptions` and
+        :class:`~bncheck.commands.recalibrate.RecalibrateOptions` these bundles set: how DATA is
+        read (in batches of what size, how much of it), the progress, and where the model and
+        the passes run."""
+        data = self.data.options(settings.options)
+        engine = self.engine.build(self.data.workers, data)
+        return {
+            "batch_size": data.batch_size, "limit": data.limit, "data_options": data, "progress": self.report.progress(settings),
+            "device": self.engine.device or "cpu", "engine": engine, "storage_options": self.engine.storage_options(),
+        }

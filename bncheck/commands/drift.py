@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -88,6 +88,18 @@ class DataPass:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: the runner of the pass (None with --stats: no model run)
     runner: Any = None
+
+
+class DriftArguments(TypedDict, total=False):
+    """The keyword arguments of :func:`drift`, for a function that takes them on its behalf
+    (``**kwargs: Unpack[DriftArguments]``: :func:`bncheck.commands.drift_ranking.rank_models`
+    hands them to the run of every model)."""
+
+    settings: Settings | None
+    options: DriftOptions | None
+    arch: str | None
+    trust_pickle: bool
+    transform: Callable[[Any], Any] | None
 
 
 def drift(

@@ -12,36 +12,32 @@ once per model.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bncheck.backends.interface import InputSpec, ModelSource
 from bncheck.backends.load import as_source, takes_arch
-from bncheck.commands.drift import DriftOptions, drift, with_transform
+from bncheck.commands.drift import DriftArguments, DriftOptions, drift, with_transform
 from bncheck.commands.progress import step, steps
-from bncheck.config import Settings
 from bncheck.data.memory import InMemoryData, as_data
 from bncheck.errors import BncheckError, UsageError
 from bncheck.report.ranking import Ranking
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-def rank_models(
-    models: Sequence[Any],
-    data: Any,
-    *,
-    settings: Settings | None = None,
-    options: DriftOptions | None = None,
-    arch: str | None = None,
-    trust_pickle: bool = False,
-    transform: Callable[[Any], Any] | None = None,
-) -> Ranking:
+
+def rank_models(models: Sequence[Any], data: Any, **drift_args: Unpack[DriftArguments]) -> Ranking:
     """Drift reports of every model in ``models`` on ``data`` and their ranking, best fit first
     (:class:`~bncheck.report.ranking.Ranking`). ``models``: two or more paths or loaded models;
-    ``data`` and the options as for :func:`bncheck.commands.drift.drift`."""
-    settings = settings or Settings()
-    options = with_transform(options or DriftOptions(), transform)
+    ``data`` and the keyword arguments (settings, options, arch, trust_pickle, transform) as for
+    :func:`bncheck.commands.drift.drift`, which runs every model with them."""
+    inspect.signature(drift).bind(None, None, **drift_args)  # a keyword drift() does not take: TypeError before any work
+    options = with_transform(drift_args.pop("options", None) or DriftOptions(), drift_args.pop("transform", None))
+    arch, trust_pickle = drift_args.pop("arch", None), drift_args.get("trust_pickle", False)
     models = list(models)
     data = _check(models, as_data(data), options)
     with steps(options.progress, "drift", first="loading the models"):
@@ -51,7 +47,7 @@ def rank_models(
         reports = []
         for number, (model, source, model_arch) in enumerate(zip(models, sources, archs, strict=True), 1):
             step(f"model {number}/{len(models)}: {_name(model)}")
-            run = lambda source=source, a=model_arch: drift(source, data, settings=settings, options=options, arch=a, trust_pickle=trust_pickle)  # noqa: E731
+            run = lambda source=source, a=model_arch: drift(source, data, options=options, arch=a, **drift_args)  # noqa: E731
             reports.append(_named(model, run))
     return Ranking.of(reports)
 

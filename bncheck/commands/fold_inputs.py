@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bncheck import data  # the package: its readers load on first use (--verify DATA)
 from bncheck.backends.interface import Backend, InputSpec, ModelSource
 from bncheck.commands.progress import step
-from bncheck.data import build_options, open_data
 from bncheck.errors import DataError, UsageError
 from bncheck.report.results import VerificationInputs
 
@@ -180,8 +180,8 @@ def _data_batches(backend, source, specs, verify, samples, batch_size, settings)
     if specs is not None and len(specs) != 1:
         raise UsageError("--verify DATA works for single-input models; this one has several inputs: use --input-shape.")
     spec = specs[0] if specs else None
-    options = build_options(settings.options, {"limit": int(samples or DEFAULT_DATA_SAMPLES)})
-    dataset = open_data(verify, options, expected_shape=spec.shape if spec else None)
+    options = data.build_options(settings.options, {"limit": int(samples or DEFAULT_DATA_SAMPLES)})
+    dataset = data.open_data(verify, options, expected_shape=spec.shape if spec else None)
     fixed = spec.batch if spec is not None else None
     size = fixed or int(batch_size)
     dtype = np.dtype(spec.dtype) if spec is not None else backend.float_dtype(source)

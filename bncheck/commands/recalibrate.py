@@ -56,6 +56,7 @@ from bncheck.data.holdout import HoldoutSplit
 from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
+from bncheck.numerics.recalibration import fewest_flagged
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
 from bncheck.report.stats_checks import check_measured
@@ -64,6 +65,9 @@ from bncheck.rules import DriftEvidence, RecalibrationEvidence, RuleContext, run
 METHODS = ("exact", "cumulative", "ema")
 #: the fraction of DATA held out for the guard by default (local engine)
 DEFAULT_HOLDOUT = 0.1
+#: the held-out check is called weak when it fails only if more than this fraction of its
+#: samples get worse (fewer than 40 samples: 4 or more of them must)
+WEAK_CHECK = 0.10
 VARIANCES = ("population", "unbiased")
 
 
@@ -202,6 +206,7 @@ def _recalibrate(
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if split is None and options.holdout is None:
         report.notes.append(f"no held-out check of the result: --engine {engine.name} reads no split (--engine local holds one out)")
+    report.notes.extend(_guard_notes(split, checked, est.samples))
     report.notes.extend(est.notes)
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
@@ -222,6 +227,31 @@ def _split(options: RecalibrateOptions, num_samples: int | None, engine: str) ->
     if num_samples:  # hold out at most holdout_samples: no sample is left out for nothing
         fraction = min(fraction, options.holdout_samples / num_samples)
     return HoldoutSplit(fraction, keep=options.holdout_samples)
+
+
+def _guard_notes(split: HoldoutSplit | None, checked: dict[str, Any] | None, estimated: int) -> list[str]:
+    """What the report says when the held-out check is missing or weak because DATA is small:
+    no sample held out, or so few that only a large harm could fail it (the fewest that must
+    get worse for the paired test, :func:`~bncheck.numerics.recalibration.fewest_flagged`,
+    more than ``WEAK_CHECK`` of them)."""
+    if split is None:
+        return []
+    evaluated = checked["samples"] if checked else 0
+    if evaluated == 0:
+        why = f"{split.held} held out, none usable (batches of one sample without labels)" if split.held else "none was held out"
+        return [f"no held-out check of the result: DATA's {estimated + split.held} sample(s) are too few for one ({why}, --holdout {split.fraction:g}); OUT was written unchecked: give more DATA or a larger --holdout"]
+    fewest = fewest_flagged(evaluated)
+    if fewest is not None and fewest / evaluated <= WEAK_CHECK:
+        return []
+    if fewest is None:
+        can = "one sample has no standard error, so it cannot fail"
+    elif checked and checked["basis"].startswith("distance"):
+        can = "it can fail only on a large harm"
+    elif fewest == evaluated:
+        can = f"it fails only when all {evaluated} get worse"
+    else:
+        can = f"it fails only when {fewest} or more of them ({fewest / evaluated:.0%}) get worse"
+    return [f"the held-out check of the result is weak: it ran on only {evaluated} sample(s) of DATA, and {can}; give more DATA or a larger --holdout for a stronger check"]
 
 
 def _estimate(source: ModelSource, session, names: list[str], options: RecalibrateOptions, split) -> Estimate:

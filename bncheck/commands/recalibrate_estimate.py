@@ -21,7 +21,7 @@ from bncheck.commands.progress import step
 from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines import PassRequest
 from bncheck.engines.measure import Measurement, add_bounded
-from bncheck.errors import BncheckError
+from bncheck.errors import DataError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.recalibration import PrecisionTracker, blend, relative_change
 from bncheck.report.stats_checks import check_measured
@@ -56,6 +56,24 @@ def _blended(measured: Statistics, stored: Statistics, prior: float, samples: in
     return {n: blend(stored[n], v, prior, samples) for n, v in measured.items()}
 
 
+def check_estimable(moments: dict[str, Moments], names: list[str], samples: int, split) -> None:
+    """DataError, before anything is written, when the samples an estimate rests on leave a
+    layer of ``names`` fewer than 2 values per channel: it has no variance to estimate (DATA too
+    small, the held-out split took what there was, or a train-mode pass had no batch of 2)."""
+    counts = {n: int(moments[n].count) if n in moments else 0 for n in names}
+    thin = next((n for n in names if counts[n] < 2), None)
+    if thin is None:
+        return
+    held = getattr(split, "held", 0)
+    kept = f" ({held} more held out for the check; --holdout 0 estimates on all of DATA)" if held else ""
+    if not held and samples == 0:
+        kept = " (a train-mode pass reads batches of 2 or more samples)"
+    raise DataError(
+        f"DATA is too small to estimate the statistics: the estimate rests on {samples} of its samples{kept}, which give BN layer "
+        f"{thin} {counts[thin]} value(s) per channel, and a variance needs at least 2; give more DATA."
+    )
+
+
 def tracker(source: ModelSource, tolerance: float | None) -> PrecisionTracker:
     return PrecisionTracker(tolerance, eps={la.name: float(la.eps or 1e-5) for la in source.bn_layers()})
 
@@ -79,7 +97,9 @@ def _train_stream(source: ModelSource, session, names: list[str], options, split
                 if until.done:
                     break
     if batches == 0:
-        raise BncheckError("no batch of at least 2 samples: use more data or a larger --batch-size.")
+        held = getattr(split, "held", 0)
+        kept = f" ({held} held out for the check; --holdout 0 estimates on all of DATA)" if held else ""
+        raise DataError(f"no batch of at least 2 samples to estimate on{kept}: use more data or a larger --batch-size.")
 
 
 def estimate_in_order(source: ModelSource, session, names: list[str], options, split) -> Estimate:
@@ -167,6 +187,7 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         advance = step("pass 1: train-mode statistics", total=session.num_samples)
         merged = session.measure(PassRequest(names, options.batch_size, mode="train", split=split, until=until), on_batch=advance)
         check_measured(merged.moments)
+        check_estimable(merged.moments, names, merged.samples, split)
         first = merged.moments
         samples_cap = merged.samples if until is not None else None
         samples = merged.samples
@@ -179,6 +200,7 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
     if staged is not None:
         with staged:
             done = estimate_staged(staged, session, options, split, samples_cap, stored, lambda m: population(m, options.variance))
+        check_estimable(done.moments, names, done.samples, split)
         stats = {n: done.stats.get(n, stored[n]) for n in names}
         first, samples = first or done.moments, done.samples
         history.append({"pass": len(history) + 1, "mode": "staged", "movement": None, **done.record})
@@ -191,6 +213,7 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         advance = step(f"pass {len(history) + 1}: what the model with the estimate sees", total=session.num_samples)
         result = session.measure(request, on_batch=advance)  # the model with `stats`
         check_measured(result.moments)
+        check_estimable(result.moments, names, result.samples, split)
         if not first:
             first = result.moments
         seen = {n: population(result.moments[n], options.variance) for n in names if result.moments[n].count}

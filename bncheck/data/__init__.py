@@ -12,12 +12,44 @@ Modules: ``spec`` (options), ``discover`` (which files), ``images`` / ``arrays``
 ``loader`` (background decoding, bounded batching), ``dataset`` (open_data, Dataset).
 """
 
-from bncheck.data.dataset import Dataset, open_data
-from bncheck.data.discover import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, TABLE_EXTENSIONS
-from bncheck.data.images import ImagePlan, preprocess_image
-from bncheck.data.labels import Labels
-from bncheck.data.loader import Batch, DataIssues, StreamStats, UnreadableFile
-from bncheck.data.spec import DataOptions, ImageOptions, build_options
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bncheck.data.dataset import Dataset, open_data
+    from bncheck.data.discover import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, TABLE_EXTENSIONS
+    from bncheck.data.images import ImagePlan, preprocess_image
+    from bncheck.data.labels import Labels
+    from bncheck.data.loader import Batch, DataIssues, StreamStats, UnreadableFile
+    from bncheck.data.spec import DataOptions, ImageOptions, build_options
+
+#: each public name -> the module that defines it, imported on first use (PEP 562): a process
+#: that only asks which file extensions are data (every command's output guard, ``bncheck
+#: fold``) does not pay for the readers, the loader and numpy's image code (issue 14)
+_WHERE = {
+    "Dataset": "dataset", "open_data": "dataset",
+    "ARRAY_EXTENSIONS": "discover", "IMAGE_EXTENSIONS": "discover", "TABLE_EXTENSIONS": "discover",
+    "ImagePlan": "images", "preprocess_image": "images",
+    "Labels": "labels",
+    "Batch": "loader", "DataIssues": "loader", "StreamStats": "loader", "UnreadableFile": "loader",
+    "DataOptions": "spec", "ImageOptions": "spec", "build_options": "spec",
+}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bncheck.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bncheck.data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "ARRAY_EXTENSIONS",

@@ -150,6 +150,16 @@ class PrecisionTracker:
         return max(figures["mean"], figures["variance"]) <= self.tolerance
 
 
+def fewest_flagged(samples: int, z: float = Z95) -> int | None:
+    """The fewest of ``samples`` paired 0/1 losses that must get worse (the others unchanged)
+    for :func:`paired_worse` to flag the change: the smallest k with ``k (n - 1 + z²) > z² n``
+    (the mean difference k/n beyond z standard errors). None where no k can: one sample has
+    no standard error."""
+    if samples < 2:
+        return None
+    return math.floor(z * z * samples / (samples - 1 + z * z)) + 1
+
+
 def paired_worse(before: np.ndarray, after: np.ndarray, z: float = Z95) -> dict[str, float | bool]:
     """Whether the per-sample losses ``after`` are worse than ``before`` (same samples) beyond
     noise: the mean paired difference exceeds ``z`` standard errors of it."""

@@ -29,7 +29,6 @@ from bncheck.errors import DataError, UsageError
 from bncheck.numerics.drift import layer_drift
 from bncheck.report import parse
 from bncheck.report.results import DriftResult
-from bncheck.report.stats_file import read_stats
 from bncheck.rules import default_thresholds, get_rule
 from bncheck.rules.context import DriftEvidence, RuleContext
 from bncheck.rules.finding import Finding
@@ -224,6 +223,8 @@ def _check_command(command: str, report: Report, what: str) -> None:
 def _read_stats(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """{layer: {data_mean, data_var, running_mean, running_var}} and the metadata of a file
     written by ``drift --save-stats`` (the one reader of :mod:`bncheck.report.stats_file`)."""
+    from bncheck.report.stats_file import read_stats  # optional: the engines
+
     if not path.exists():
         raise UsageError(f"baseline file {path} does not exist.")
     try:

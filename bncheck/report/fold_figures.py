@@ -1,34 +1,29 @@
 """The figures of one ``bncheck fold`` run (the report's ``"fold"`` record), typed: counts,
 sizes, speed, tolerance, output. ``to_dict`` writes the JSON keys in the order the report has
-always had them; ``from_dict`` reads a saved report back."""
+always had them (a :class:`~bncheck.records.Record`: its fields in order); ``from_dict`` reads
+a saved report back."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from bncheck.records import Record
+
 #: How the fold's relative error is defined (written into every report, for its readers).
 RELATIVE_ERROR = "max|original - folded| / max|original|, per output, max over outputs"
 
 
 @dataclass(frozen=True)
-class BeforeAfter:
+class BeforeAfter(Record):
     """A count or a size before and after folding (None where the format does not say)."""
 
     before: int | None
     after: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> BeforeAfter:
-        data = data or {}
-        return cls(data.get("before"), data.get("after"))
-
 
 @dataclass(frozen=True)
-class FoldOutput:
+class FoldOutput(Record):
     """Where the folded model went: OUT, its kind, whether it was written and the files."""
 
     path: str | None
@@ -36,16 +31,13 @@ class FoldOutput:
     written: bool
     files: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "written": self.written, "files": list(self.files)}
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FoldOutput:
+    def read(cls, data: dict[str, Any]) -> FoldOutput:
         return cls(data.get("path"), data.get("kind", ""), bool(data.get("written")), tuple(data.get("files") or ()))
 
 
 @dataclass(frozen=True)
-class FoldTiming:
+class FoldTiming(Record):
     """Original and folded model timed interleaved on one batch (``--timing``)."""
 
     runtime: str
@@ -55,37 +47,14 @@ class FoldTiming:
     rounds: int
     batch: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "original_ms": self.original_ms,
-            "folded_ms": self.folded_ms,
-            "speedup": self.speedup,
-            "rounds": self.rounds,
-            "batch": self.batch,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> FoldTiming | None:
-        if not data:
-            return None
-        return cls(data["runtime"], data["original_ms"], data["folded_ms"], data["speedup"], data["rounds"], data.get("batch"))
-
 
 @dataclass(frozen=True)
-class ProofCounts:
+class ProofCounts(Record):
     """How many site proofs passed, failed (those layers were kept) and could not run."""
 
     passed: int
     failed: int
     not_proved: int
-
-    def to_dict(self) -> dict[str, int]:
-        return {"passed": self.passed, "failed": self.failed, "not_proved": self.not_proved}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> ProofCounts | None:
-        return None if data is None else cls(data["passed"], data["failed"], data["not_proved"])
 
 
 @dataclass(frozen=True)
@@ -136,15 +105,15 @@ class FoldFigures:
     def from_dict(cls, data: dict[str, Any]) -> FoldFigures:
         tolerance = data.get("tolerance") or {}
         return cls(
-            output=FoldOutput.from_dict(data.get("output") or {}),
+            output=FoldOutput.read(data.get("output") or {}),
             layers_folded=int(data.get("layers_folded", 0)),
             layers_kept=int(data.get("layers_kept", 0)),
             layers_affine=int(data.get("layers_affine", 0)),
             affine=bool(data.get("affine", False)),
             mode=data.get("mode"),
-            parameters=BeforeAfter.from_dict(data.get("parameters")),
-            nodes=BeforeAfter.from_dict(data.get("nodes")),
-            file_size=BeforeAfter.from_dict(data.get("file_size")),
+            parameters=BeforeAfter.read(data.get("parameters") or {}),
+            nodes=BeforeAfter.read(data.get("nodes") or {}),
+            file_size=BeforeAfter.read(data.get("file_size") or {}),
             timing=FoldTiming.from_dict(data.get("timing")),
             atol=tolerance.get("atol"),
             rtol=tolerance.get("rtol"),

@@ -9,12 +9,13 @@ from typing import Any
 
 from bncheck.layer import BNLayer
 from bncheck.numerics.drift import LayerDrift
+from bncheck.records import Record
 from bncheck.rules.input_diagnosis import InputDiagnosis
 from bncheck.rules.stale_statistics import StaleStatistics
 
 
 @dataclass(frozen=True)
-class BatchScatter:
+class BatchScatter(Record):
     """One layer's scatter of size-B batch statistics around the population's (RMS over the
     batches, mean over channels): means in channel standard deviations, variances as log-ratio."""
 
@@ -22,16 +23,9 @@ class BatchScatter:
     var_scatter: float
     batches: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean_scatter": self.mean_scatter, "var_scatter": self.var_scatter, "batches": self.batches}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchScatter:
-        return cls(data["mean_scatter"], data["var_scatter"], data["batches"])
-
 
 @dataclass(frozen=True)
-class SmallBatchRisk:
+class SmallBatchRisk(Record):
     """BN201's evidence: one train-mode pass over the subsample in full batches of
     ``batch_size``, or, where the batch scatter estimated from the main pass is far below
     BN201's threshold, that estimate alone (the report's ``drift.small_batch`` record)."""
@@ -79,26 +73,6 @@ class SmallBatchRisk:
             out["relative_error_se"] = self.relative_error_se
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> SmallBatchRisk | None:
-        if not data:
-            return None
-        return cls(
-            batch_size=data["batch_size"],
-            samples=data["samples"],
-            layers={name: BatchScatter.from_dict(v) for name, v in (data.get("layers") or {}).items()},
-            worst_layer=data.get("worst_layer"),
-            max_mean_scatter=data.get("max_mean_scatter"),
-            mean_scatter_se=data.get("mean_scatter_se"),
-            relative_error=data.get("relative_error"),
-            flip_rate=data.get("flip_rate"),
-            positions=data.get("positions"),
-            flip_rate_se=data.get("flip_rate_se"),
-            relative_error_se=data.get("relative_error_se"),
-            note=data.get("note"),
-            train_pass=bool(data.get("train_pass", True)),
-        )
-
 
 @dataclass
 class DriftEvidence:
@@ -117,7 +91,7 @@ class DriftEvidence:
 
 
 @dataclass
-class Verification:
+class Verification(Record):
     """The outcome of running the original and the folded model on the same inputs."""
 
     #: "random" or "data"
@@ -126,19 +100,6 @@ class Verification:
     max_abs_err: float | None
     max_rel_err: float | None
     passed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "inputs": self.inputs,
-            "samples": self.samples,
-            "max_abs_err": self.max_abs_err,
-            "max_rel_err": self.max_rel_err,
-            "passed": self.passed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Verification:
-        return cls(data["inputs"], data["samples"], data.get("max_abs_err"), data.get("max_rel_err"), data["passed"])
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from bncheck.numerics.drift import LayerDrift
+from bncheck.rules import references as papers
 from bncheck.rules.context import RuleContext
 from bncheck.rules.finding import Severity
 from bncheck.rules.registry import rule
@@ -104,10 +105,7 @@ def _graded_findings(r, ctx: RuleContext, figure, describe):
     fine-tune on the new data.""",
     thresholds={"warning": 0.25, "error": 0.5, "significance": 3.0},
     threshold_docs={"warning": "mean |r| for a warning", "error": "mean |r| for an error", "significance": "sampling-noise levels by which mean |r| must exceed them"},
-    references=(
-        "Li et al., Revisiting Batch Normalization for Practical Domain Adaptation (AdaBN), 2016, arXiv:1603.04779",
-        "Schneider et al., Improving robustness against common corruptions by covariate shift adaptation, NeurIPS 2020, arXiv:2006.16971",
-    ),
+    references=(papers.ADABN_2016, papers.COVARIATE_SHIFT_ADAPTATION_2020),
 )
 def check_variance_ratio(r, ctx: RuleContext):
     yield from _graded_findings(
@@ -300,11 +298,7 @@ def check_few_samples(r, ctx: RuleContext):
         "rel_err": "relative output error (outputs without classes)",
         "significance": "standard errors by which the change must exceed its threshold",
     },
-    references=(
-        "Wu & He, Group Normalization, ECCV 2018, arXiv:1803.08494",
-        "Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017, arXiv:1702.03275",
-        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
-    ),
+    references=(papers.GROUP_NORM_2018, papers.BATCH_RENORM_2017, papers.RETHINKING_BATCH_2021),
 )
 def check_small_batch(r, ctx: RuleContext):
     sb = ctx.drift.small_batch if ctx.drift is not None else None
@@ -404,11 +398,7 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
         "noise_multiple": "how many times the noise floor the effect must reach",
         "significance": "standard errors by which the effect must exceed noise_multiple x floor",
     },
-    references=(
-        "Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift, ICML 2015, arXiv:1502.03167",
-        "Li et al., Revisiting Batch Normalization for Practical Domain Adaptation (AdaBN), 2016, arXiv:1603.04779",
-        "Wu & Johnson, Rethinking \"Batch\" in BatchNorm, 2021, arXiv:2105.07576",
-    ),
+    references=(papers.IOFFE_SZEGEDY_2015, papers.ADABN_2016, papers.RETHINKING_BATCH_2021),
 )
 def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None

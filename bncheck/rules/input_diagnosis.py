@@ -1,6 +1,6 @@
 """BN103's evidence as typed records: :class:`InputDiagnosis` (the report's
 ``drift.input_diagnosis``) and its :class:`ScoredCandidate` corrections. ``to_dict`` writes the keys
-of the old dict in the old order; ``from_dict`` reads it back.
+of the old dict in the old order; ``from_dict`` (:class:`~bncheck.records.Record`) reads it back.
 
 ``inference`` (what the model expects of its input, inferred from the first BN layer) stays a
 dict: its shape varies with the input (``affine`` false or true, ``suggested`` as
@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bncheck.records import Record
+
 
 @dataclass(frozen=True)
-class ScoredCandidate:
+class ScoredCandidate(Record):
     """One input correction re-measured on the subsample: what it is, the options that apply it
     (None where no option does), and the drift score of the first layers / the first layer."""
 
@@ -22,16 +24,9 @@ class ScoredCandidate:
     score: float
     first_layer_score: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"description": self.description, "options": self.options, "score": self.score, "first_layer_score": self.first_layer_score}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScoredCandidate:
-        return cls(data["description"], data.get("options"), data["score"], data.get("first_layer_score"))
-
 
 @dataclass(frozen=True)
-class InputDiagnosis:
+class InputDiagnosis(Record):
     """BN103's evidence: the first BN layers re-measured under candidate input corrections."""
 
     #: drift score of the first layers (and of the first layer) as measured
@@ -50,28 +45,7 @@ class InputDiagnosis:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "baseline": self.baseline, "baseline_first_layer": self.baseline_first_layer,
-            "candidates": [c.to_dict() for c in self.candidates], "samples": self.samples,
-            "layers": list(self.layers), "inference": self.inference,
-        }  # fmt: skip
-        if self.best is not None:
-            out["best"] = self.best.to_dict()
-        out.update(self.extra)
+        out = super().to_dict()
+        if self.best is None:
+            del out["best"]
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> InputDiagnosis | None:
-        if not data:
-            return None
-        known = ("baseline", "baseline_first_layer", "candidates", "samples", "layers", "inference", "best")
-        return cls(
-            baseline=data.get("baseline"),
-            baseline_first_layer=data.get("baseline_first_layer"),
-            candidates=[ScoredCandidate.from_dict(c) for c in data.get("candidates") or []],
-            samples=data.get("samples"),
-            layers=list(data.get("layers") or []),
-            inference=data.get("inference"),
-            best=ScoredCandidate.from_dict(data["best"]) if data.get("best") else None,
-            extra={k: v for k, v in data.items() if k not in known},
-        )

@@ -1,6 +1,6 @@
 """BN301's evidence as typed records: :class:`StaleStatistics` (the report's
 ``drift.train_eval``) and its :class:`NoiseFloor`. ``to_dict`` writes the keys of the old
-dict in the old order; ``from_dict`` reads it back."""
+dict in the old order; ``from_dict`` (:class:`~bncheck.records.Record`) reads it back."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from bncheck.records import Record
+
 
 @dataclass(frozen=True)
-class NoiseFloor:
+class NoiseFloor(Record):
     """The effect's figures between half of DATA's statistics and all of them, scaled to the
     sampling noise of all of DATA (``measured`` false: the effect could not reach BN301's
     warning thresholds and the floor's pass was skipped; the other fields are then None)."""
@@ -34,32 +36,21 @@ class NoiseFloor:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> NoiseFloor:
-        data = data or {}
-        return cls(
-            measured=bool(data.get("measured", "relative_error" in data)),
-            relative_error=data.get("relative_error"),
-            top1_agreement=data.get("top1_agreement"),
-            halves=data.get("halves"),
-            half_samples=data.get("half_samples"),
-            scale=data.get("scale"),
-        )
+    def read(cls, data: dict[str, Any]) -> NoiseFloor:
+        # a record without "measured" (an older version) was measured when it has figures
+        return super().read({"measured": "relative_error" in data, **data})
 
 
-#: the keys :class:`StaleStatistics` types; any other key of a saved record goes to ``extra``
+#: the figures written after the effect and its floor, in this order
 _TAIL = (
     "method", "statistics_samples", "refinement_passes", "refinement_movement", "refinement_converged",
     "refinement_tolerance", "refinement_method", "refinement_levels", "batch_axis", "class_axis", "noise_multiple",
 )  # fmt: skip
 _PAIRS = (("accuracy_stored", "accuracy_population"), ("confidence_stored", "confidence_population"))
-_KNOWN = frozenset(
-    ("samples", "relative_error", "positions", "top1_agreement", "flips", "noise_floor", "significance", "top_layers", *_TAIL)
-    + tuple(k for pair in _PAIRS for k in pair)
-)
 
 
 @dataclass(frozen=True)
-class StaleStatistics:
+class StaleStatistics(Record):
     """BN301's evidence: the subsample's eval outputs with the stored statistics against the
     same model normalised with DATA's own population statistics (what ``recalibrate --method
     exact`` writes), with the noise floor of DATA's statistics."""
@@ -126,19 +117,6 @@ class StaleStatistics:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> StaleStatistics | None:
-        if not data:
-            return None
-        return cls(
-            samples=data["samples"],
-            relative_error=data["relative_error"],
-            noise_floor=NoiseFloor.from_dict(data.get("noise_floor")),
-            significance=data.get("significance", math.nan),
-            **{key: data.get(key) for key in _TAIL},
-            top_layers=list(data.get("top_layers") or []),
-            positions=data.get("positions"),
-            top1_agreement=data.get("top1_agreement"),
-            flips=data.get("flips"),
-            **{key: data.get(key) for pair in _PAIRS for key in pair},
-            extra={k: v for k, v in data.items() if k not in _KNOWN},
-        )
+    def read(cls, data: dict[str, Any]) -> StaleStatistics:
+        # NaN: no significance (a record of an older version)
+        return super().read({"significance": math.nan, **data})

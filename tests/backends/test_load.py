@@ -31,11 +31,6 @@ REPORTED = {
 }
 
 
-@pytest.fixture
-def example():
-    return torch.rand(2, 1, 8, 8)
-
-
 def _torch_stats(model):
     return [
         (m.running_mean.double().numpy(), m.running_var.double().numpy(), m.weight.double().detach().numpy())

@@ -10,7 +10,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from support.runner_checks import (  # noqa: E402
-    ARCH,
     DIGITS,
     SAMPLES,
     assert_moments,
@@ -28,18 +27,6 @@ from bncheck.backends import load_model  # noqa: E402
 from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
 from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
 from bncheck.errors import DataError, UsageError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def digits_x() -> np.ndarray:
-    with np.load(SAMPLES / "data" / "digits" / "reference.npz") as data:
-        return np.ascontiguousarray(data["x"][:48], dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def digits_eager():
-    return load_model(SAMPLES / "digits_cnn.pt", arch=ARCH).module
-
 
 # ----------------------------------------------------------------------------- digits CNN
 

@@ -108,6 +108,28 @@ def test_a_torch_fold_imports_no_onnx_and_no_other_command(tmp_path):
     assert not modules & others("fold"), sorted(modules & others("fold"))
 
 
+#: what measuring DATA needs and folding never does: the readers and loader, the measuring
+#: engines, the stats-file reader (for --baseline), drift's ONNX runner and staged model
+DRIFT_MACHINERY = {
+    "bncheck.data.dataset", "bncheck.data.loader", "bncheck.data.images", "bncheck.engines", "bncheck.engines.local",
+    "bncheck.report.stats_file", "bncheck.backends.onnx.runner", "bncheck.backends.onnx.staged",
+    "bncheck.backends.onnx.statistics",
+}
+
+
+def test_an_onnx_fold_imports_none_of_drift_s_machinery(tmp_path):
+    """Issue 14: ``bncheck fold`` pays only for folding and verifying (a fixed cost of every
+    process, measured in bench/results/fold_peers.md)."""
+    proc, modules = imported(tmp_path, "fold", SAMPLES / "digits_cnn.onnx", "--out", tmp_path / "f.onnx", "-f", "json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["verification"]["passed"] is True and report["fold"]["layers_folded"] == 3
+    assert {"bncheck.commands.fold", "onnxruntime", "onnx.reference"} <= modules  # it did fold, prove and verify
+    assert not modules & DRIFT_MACHINERY, sorted(modules & DRIFT_MACHINERY)
+    assert not modules & others("fold"), sorted(modules & others("fold"))
+    assert not tops(modules) & HEAVY, sorted(tops(modules) & HEAVY)
+
+
 def test_a_torch_drift_imports_no_onnx(tmp_path):
     proc, modules = imported(
         tmp_path, "drift", SAMPLES / "digits_cnn.ts", REFERENCE, "-f", "json", "--mismatch-samples", "0"

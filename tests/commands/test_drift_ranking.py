@@ -307,3 +307,31 @@ def test_a_saved_ranking_is_not_mistaken_for_one_report(zoo, tmp_path):
     assert made.exit_code == 1 and json.loads(saved.read_text())["kind"] == "ranking"
     _refused(run("report", saved), "is a ranking of 2 models", "reports")
     _refused(run("drift", files["match"], zoo["data"], "--baseline", saved), "is a ranking of 2 models")
+
+
+def test_rank_models_takes_drifts_keyword_arguments_and_hands_them_to_every_run(zoo):
+    import inspect
+
+    import bncheck
+    from bncheck.commands.drift import DriftArguments
+
+    keywords = [p.name for p in inspect.signature(bncheck.drift).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert list(DriftArguments.__annotations__) == keywords  # the TypedDict mirrors drift()'s keywords
+    with pytest.raises(TypeError, match="trust_pikle"):  # refused before any model is read
+        bncheck.rank_models(["missing-a.onnx", "missing-b.onnx"], zoo["x"], trust_pikle=True)
+    seen = []
+
+    def transform(item):
+        seen.append(1)
+        return item
+
+    x = zoo["x"][:64]
+    options = bncheck.DriftOptions(mismatch_samples=0, diagnosis_samples=0)
+    plain = bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], x, options=options)
+    bncheck.drift(zoo["files"]["mean"], x, options=options, transform=transform)
+    one_run = len(seen)
+    ranking = bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], x, options=options, transform=transform,
+                                  settings=bncheck.Settings(fail_on="info"))
+    assert one_run > 0 and len(seen) == 3 * one_run  # each model's run read DATA through the transform
+    assert [m.model for m in ranking.models] == [m.model for m in plain.models]
+    assert all(report.fail_on == "info" for report in ranking.reports)

@@ -95,3 +95,79 @@ def test_table_and_markdown_show_before_and_after(tmp_path):
     assert "85.0% -> 98.7%" in table.stdout and "before" in table.stdout
     md = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "b.onnx", "-f", "markdown")
     assert "### Recalibration" in md.stdout
+
+
+# ----------------------------------------------------------------------------- tiny DATA
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """``tiny(n)``: the first n reference digits as an array file."""
+    import numpy as np
+
+    with np.load(SAMPLES / "data" / "digits" / "reference.npz") as data:
+        x = data["x"].astype(np.float32)
+
+    def make(n: int) -> Path:
+        path = tmp_path / f"x{n}.npy"
+        np.save(path, x[:n])
+        return path
+
+    return make
+
+
+def _one_sentence(result) -> str:
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("model", "method"), [("digits_cnn.onnx", "exact"), ("digits_cnn.ts", "exact"), ("digits_cnn.onnx", "cumulative")])
+def test_data_too_small_to_estimate_a_variance_is_refused(tmp_path, tiny, model, method):
+    """One sample gives the fully connected BN layer one value per channel (ONNX: the staged
+    estimate), and a train-mode pass no batch at all (TorchScript): no variance. The old exact
+    run wrote running_var 0 there and passed."""
+    out = tmp_path / f"o{Path(model).suffix}"
+    line = _one_sentence(run("recalibrate", SAMPLES / model, tiny(1), "-o", out, "--method", method))
+    assert ("too small to estimate" in line) if method == "exact" else ("no batch of at least 2 samples" in line)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["exact", "cumulative"])
+def test_a_held_out_split_that_takes_all_of_tiny_data_is_refused(tmp_path, tiny, method):
+    """--holdout 0.9 on 3 samples leaves nothing to estimate on (exact used to crash with a KeyError)."""
+    out = tmp_path / "o.onnx"
+    line = _one_sentence(run("recalibrate", SAMPLES / "digits_cnn.onnx", tiny(3), "-o", out, "--holdout", "0.9", "--method", method))
+    assert "held out for the check" in line and "--holdout 0" in line
+    assert not out.exists()
+
+
+def test_tiny_data_says_that_nothing_was_held_out(tmp_path, tiny):
+    out = tmp_path / "o.onnx"
+    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", tiny(5), "-o", out, "-f", "json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["recalibration"]["holdout"]["evaluated"] == 0 and body["recalibration"].get("guard") is None
+    assert any(n.startswith("no held-out check of the result: DATA's 5 sample(s) are too few") and "unchecked" in n for n in body["notes"])
+    assert out.exists()
+
+
+def test_small_data_says_how_weak_the_held_out_check_is(tmp_path, tiny):
+    out = tmp_path / "o.onnx"
+    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", tiny(50), "-o", out, "-f", "json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    evaluated = body["recalibration"]["guard"]["samples"]
+    assert 0 < evaluated < 40
+    weak = [n for n in body["notes"] if n.startswith("the held-out check of the result is weak")]
+    assert len(weak) == 1 and f"only {evaluated} sample(s)" in weak[0] and "get worse" in weak[0], body["notes"]
+
+
+def test_enough_held_out_samples_give_no_weak_note(tmp_path):
+    """The shifted digits hold out over 40 samples: the check can fail on a harm of 4 of them."""
+    result = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "o.onnx", "-f", "json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["recalibration"]["guard"]["samples"] >= 40
+    assert not any("held-out check" in n for n in body.get("notes", []))

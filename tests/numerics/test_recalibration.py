@@ -13,6 +13,7 @@ from bncheck.numerics.recalibration import (
     Z95,
     PrecisionTracker,
     blend,
+    fewest_flagged,
     paired_worse,
     relative_change,
 )
@@ -89,3 +90,13 @@ def test_paired_worse_matches_mcnemar():
     assert not paired_worse(after, before)["worse"]  # better is never worse
     small = paired_worse(np.array([0] * 4 + [1] * 3 + [0] * 193, float), np.array([1] * 4 + [0] * 3 + [0] * 193, float))
     assert not small["worse"]  # 4 against 3: noise
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 39, 40, 55, 512])
+def test_fewest_flagged_is_the_smallest_harm_the_paired_test_flags(n):
+    k = fewest_flagged(n)
+    before = np.zeros(n)
+    worse_k, worse_fewer = before.copy(), before.copy()
+    worse_k[:k], worse_fewer[: k - 1] = 1.0, 1.0  # k (or k-1) samples newly wrong, none fixed
+    assert paired_worse(before, worse_k)["worse"] and not paired_worse(before, worse_fewer)["worse"]
+    assert fewest_flagged(1) is None and not paired_worse(np.zeros(1), np.ones(1))["worse"]

@@ -70,32 +70,28 @@ def pt2_pickled_weight(dst: Path, marker: Path) -> Path:
     return _rewrite(PT2, dst, edit)
 
 
-def pt2_pickled_constant(dst: Path, marker: Path) -> Path:
-    """A tensor constant whose config says ``use_pickle``."""
+def _pickled_constant(dst: Path, path_name: str, payload: bytes) -> Path:
+    """A constant ``c_evil`` at ``path_name`` whose config says ``use_pickle``, holding ``payload``."""
 
     def edit(members):
         root = _root(members)
         config_name = f"{root}/data/constants/model_constants_config.json"
         config = json.loads(members[config_name])
-        config["config"]["c_evil"] = {"path_name": "tensor_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
-        members[f"{root}/data/constants/tensor_0"] = payload_torch_save(marker)
+        config["config"]["c_evil"] = {"path_name": path_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
+        members[f"{root}/data/constants/{path_name}"] = payload
         members[config_name] = json.dumps(config).encode()
 
     return _rewrite(PT2, dst, edit)
+
+
+def pt2_pickled_constant(dst: Path, marker: Path) -> Path:
+    """A tensor constant whose config says ``use_pickle``."""
+    return _pickled_constant(dst, "tensor_0", payload_torch_save(marker))
 
 
 def pt2_opaque_constant(dst: Path, marker: Path) -> Path:
     """An opaque (custom-object) constant: torch calls ``pickle.loads`` on it."""
-
-    def edit(members):
-        root = _root(members)
-        config_name = f"{root}/data/constants/model_constants_config.json"
-        config = json.loads(members[config_name])
-        config["config"]["c_evil"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
-        members[f"{root}/data/constants/opaque_obj_0"] = payload_pickle(marker)
-        members[config_name] = json.dumps(config).encode()
-
-    return _rewrite(PT2, dst, edit)
+    return _pickled_constant(dst, "opaque_obj_0", payload_pickle(marker))
 
 
 def pt2_sample_inputs(dst: Path, marker: Path) -> Path:

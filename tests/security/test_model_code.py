@@ -7,29 +7,13 @@ its payload writes a marker file. bncheck must refuse it (exit 2, one sentence n
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bncheck.backends.torch.pt2_inspect import unsafe_expression
 from security import crafted
+from security.process import ROOT, bncheck
 
-ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "sample_models" / "data" / "digits" / "reference.npz"
-
-
-def bncheck(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bncheck", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 @pytest.mark.parametrize("attack", sorted(crafted.PT2_ATTACKS))

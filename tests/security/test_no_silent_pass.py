@@ -4,9 +4,6 @@ a user's sys.exit; now each is exit 2 with one sentence naming the layer, key or
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,21 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from security.process import ROOT, bncheck
+
 SAMPLES = ROOT / "sample_models"
 ONNX = SAMPLES / "digits_cnn.onnx"
 DATA = SAMPLES / "data" / "digits" / "reference.npz"
-
-
-def bncheck(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bncheck", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def one_sentence(result) -> str:

@@ -39,7 +39,7 @@ def randomize_bn():
     return _randomize_bn
 
 
-def _export_onnx(model, example, path: Path, *, opset: int = 17, dynamo: bool = False, optimize: bool = True) -> Path:
+def export_keeping_bn(model, example, path: Path, *, opset: int = 17, dynamo: bool = False, optimize: bool = True) -> Path:
     """ONNX export that keeps BN nodes: the legacy exporter without constant folding and with
     TrainingMode.PRESERVE, or the dynamo exporter (``optimize=False`` keeps BN too)."""
     import torch
@@ -68,7 +68,7 @@ def _export_onnx(model, example, path: Path, *, opset: int = 17, dynamo: bool = 
 def export_onnx():
     """``export_onnx(model, example, path, opset=17, dynamo=False, optimize=True) -> path``."""
     pytest.importorskip("torch")
-    return _export_onnx
+    return export_keeping_bn
 
 
 def _ort(model, *inputs: np.ndarray) -> list[np.ndarray]:

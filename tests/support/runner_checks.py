@@ -4,7 +4,6 @@ with plain torch hooks, float64 reference moments, and the digits sample models.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from torch import nn
 from bncheck.backends import load_model
 from bncheck.backends.torch.export_source import ExportSource
 from bncheck.numerics.moments import Moments
+from support.fold_fixtures import export_keeping_bn
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 ARCH = f"{SAMPLES / 'architectures.py'}:digits_cnn"
@@ -75,21 +75,8 @@ def assert_same_state(before: dict, after: dict) -> None:
 
 
 def export_onnx(model, example, path: Path, *, opset: int = 17) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            do_constant_folding=False,
-            training=torch.onnx.TrainingMode.PRESERVE,
-            input_names=["input"],
-            output_names=["out"],
-            dynamic_axes={"input": {0: "batch"}, "out": {0: "batch"}},
-        )
-    return path
+    """ONNX export of an eager model that keeps its BN nodes (as the fold tests export)."""
+    return export_keeping_bn(model, example, path, opset=opset)
 
 
 def randomise_bn(model, seed: int = 0):

@@ -4,7 +4,7 @@ onnx, run with onnxruntime, folded by graph rewrites, written back as ONNX only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -19,20 +19,22 @@ from bncheck.backends.interface import (
     ModelSource,
     Statistics,
 )
-from bncheck.backends.onnx import fold_proof, input_sizes, statistics, write
+from bncheck.backends.onnx import fold_proof, input_sizes, write
 from bncheck.backends.onnx.counts import node_count, parameter_count
 from bncheck.backends.onnx.external_data import external_data_files, uses_external_data
 from bncheck.backends.onnx.fold import fold_onnx
 from bncheck.backends.onnx.inputs import input_specs
-from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import cuda_problem, executable
 from bncheck.backends.onnx.source import OnnxSource
-from bncheck.backends.onnx.staged import onnx_staged
 from bncheck.backends.onnx.truncate import truncated_model
-from bncheck.backends.runner import ModelRunner
-from bncheck.backends.staged import StagedModel
 from bncheck.errors import ModelLoadError
 from bncheck.numerics.site_proof import SiteProof
+
+# drift's runner and staged model and recalibrate's statistics writer are imported where used:
+# a fold process never loads them (issue 14: its fixed cost, tests/cli/test_startup.py)
+if TYPE_CHECKING:  # annotations only
+    from bncheck.backends.runner import ModelRunner
+    from bncheck.backends.staged import StagedModel
 
 
 class OnnxBackend(Backend):
@@ -54,12 +56,18 @@ class OnnxBackend(Backend):
         return OnnxSource(model, path=None) if isinstance(model, onnx.ModelProto) else None
 
     def runner(self, source: ModelSource, *, layers: list[str] | None = None, threads: int | None = None) -> ModelRunner:
+        from bncheck.backends.onnx.runner import OnnxRunner  # optional: drift's machinery
+
         return OnnxRunner(source, layers=layers, intra_op_threads=int(threads) if threads else None)
 
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
+        from bncheck.backends.onnx.runner import OnnxRunner  # optional: drift's machinery
+
         return OnnxRunner(OnnxSource(truncated_model(_proto(source), layers), path=None), layers=layers, outputs=False)
 
     def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
+        from bncheck.backends.onnx.staged import onnx_staged  # optional: drift's machinery
+
         return onnx_staged(source, layers)
 
     def input_specs(self, source: ModelSource) -> list[InputSpec]:
@@ -116,6 +124,8 @@ class OnnxBackend(Backend):
         return write.write_onnx(_proto(source), out)
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
+        from bncheck.backends.onnx import statistics  # optional: recalibrate's writer
+
         clone = statistics.with_statistics(source, stats)
         clone.device = source.device
         return clone

@@ -21,7 +21,6 @@ from bncheck.backends.onnx.external_data import uses_external_data
 from bncheck.backends.onnx.graph import GraphIndex, iter_graphs, model_opset, value_types
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.naming import check_names, check_wiring
-from bncheck.backends.onnx.runner import OnnxRunner
 from bncheck.backends.onnx.session import executable
 from bncheck.backends.onnx.through import THROUGH_OPS, chain_through
 from bncheck.errors import ModelLoadError, first_line
@@ -55,7 +54,14 @@ def read_onnx(path: Path) -> onnx.ModelProto:
 class OnnxSource(ModelSource):
     family = "onnx"
     format = "onnx"
-    runner_class = OnnxRunner
+
+    @property
+    def runner_class(self):
+        """:class:`~bncheck.backends.onnx.runner.OnnxRunner`, imported when a command runs the
+        model with it (drift, recalibrate): fold and audit never do (issue 14: per-process cost)."""
+        from bncheck.backends.onnx.runner import OnnxRunner  # optional: drift's machinery
+
+        return OnnxRunner
 
     def __init__(self, model: onnx.ModelProto, *, path: Path | None):
         super().__init__(path)

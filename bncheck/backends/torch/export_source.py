@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck.backends.interface import ModelSource
+from bncheck.backends.torch import inventory_consumers
 from bncheck.backends.torch.input_spec import export_input_spec
 from bncheck.backends.torch.inventory import apply_producer
 from bncheck.backends.torch.ops import EXPORT_BN_OPS
@@ -89,6 +90,8 @@ class ExportSource(ModelSource):
             layers.append(layer)
             positions[layer.name] = position
         layers.sort(key=lambda layer: positions[layer.name])
+        if inventory_consumers.candidates(layers):  # on the unlifted module, which fold edits
+            inventory_consumers.consider_consumers(self.program.module(), layers)
         return layers
 
     def _frozen_layers(self, seen: set[str]) -> list[tuple[BNLayer, int]]:

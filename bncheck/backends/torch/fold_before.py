@@ -35,6 +35,8 @@ from bncheck.numerics.site_proof import SiteProof, worst_of
 #: what a BN before a zero-padded conv is kept with (as the ONNX backend says it)
 PADDED_REASON = "BN before a padded Conv: folding would change the border"
 METHOD = "torch float64: F.batch_norm then the consumer, against the folded consumer"
+#: why a Linear after a BN of unknown input rank is not folded into
+UNKNOWN_RANK = "of unknown rank (no shape metadata, no example input ran)"
 
 
 class ConsumersRun:
@@ -99,7 +101,8 @@ def _kind(node: fx.Node, modules: dict) -> str | None:
     return call.kind if call is not None else None
 
 
-def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example) -> tuple[list[Consumer], str | None]:
+def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example,
+                     rank: int | None = None) -> tuple[list[Consumer], str | None]:
     """Every user of the BN result as a :class:`Consumer`, or why they cannot absorb it."""
     if site.blockers:
         return [], "; ".join(site.blockers)
@@ -120,9 +123,9 @@ def consumer_modules(gm: fx.GraphModule, site: Site, *, swap_only: bool, example
             return [], why
         found.append(consumer)
     if any(c.kind == "linear" for c in found):
-        rank = _input_rank(gm, site, example)
+        rank = _input_rank(gm, site, example) if rank is None else rank
         if rank != 2:
-            why = "of unknown rank (no shape metadata, no example input ran)" if rank is None else f"{rank}-D"
+            why = UNKNOWN_RANK if rank is None else f"{rank}-D"
             return [], f"its input is {why}: a Linear after it multiplies the last axis, not the BN channels"
     return found, None
 
@@ -163,6 +166,26 @@ def _input_rank(gm: fx.GraphModule, site: Site, example) -> int | None:
     if example is None:
         return None
     return _run_ranks(gm, {site.node.name}, example).get(site.node.name)
+
+
+def consumer_verdict(gm: fx.GraphModule, site: Site, *, rank: int | None = None) -> tuple[str | None, str | None]:
+    """What :func:`fold_into_consumers` would do with ``site``, editing nothing: ``(label of the
+    modules it would fold into, None)`` or ``(None, why not)``. ``rank``: the BN input's rank
+    when the graph has no shape metadata (a Linear after the BN needs it 2-D); with neither,
+    a Linear consumer answers ``(None, why)`` with :data:`UNKNOWN_RANK` in ``why``."""
+    found, why = consumer_modules(gm, site, swap_only=False, example=None)
+    if why is not None and UNKNOWN_RANK in why and rank is not None:
+        found, why = consumer_modules(gm, site, swap_only=False, example=None, rank=rank)
+    if why is not None:
+        return None, why
+    scale, shift = scale_shift(site)
+    for consumer in found:
+        weight, bias = consumer.tensors(gm)
+        try:
+            _new_params(consumer, weight, bias, scale, shift)
+        except ValueError as exc:
+            return None, f"{consumer.label}: {exc}"
+    return ", ".join(f"{c.kind} {c.label}" for c in found), None
 
 
 def fold_into_consumers(gm: fx.GraphModule, work: nn.Module, site: Site, *, swap_only: bool, example,

@@ -42,7 +42,7 @@ def fold_module(
     (name -> reason) stay."""
     work = copy.deepcopy(module).eval()
     try:
-        gm = _trace(work, layers)
+        gm = fold_trace(work, layers)
     except Exception as exc:  # untraceable Python in forward()
         result = _fold_sequential(work, layers, affine=affine, example=example, keep=keep or {})
         result.notes.append(
@@ -66,7 +66,8 @@ class _FoldTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _trace(work: nn.Module, layers: list[BNLayer]) -> fx.GraphModule:
+def fold_trace(work: nn.Module, layers: list[BNLayer]) -> fx.GraphModule:
+    """The GraphModule graph-mode folding edits (``work`` itself is not changed by tracing)."""
     modules = dict(work.named_modules())
     leaves = set()
     for layer in layers:

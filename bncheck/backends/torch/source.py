@@ -11,7 +11,9 @@ import torch
 from bncheck.backends.detect import ModelFormat
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.torch import graph as torch_graph
+from bncheck.backends.torch import inventory_consumers
 from bncheck.backends.torch.export_source import ExportSource
+from bncheck.backends.torch.fold_module import fold_trace
 from bncheck.backends.torch.infer_inputs import jit_traced
 from bncheck.backends.torch.input_spec import module_input_spec, script_input_spec
 from bncheck.backends.torch.inventory import (
@@ -110,7 +112,19 @@ class TorchModuleSource(ModelSource):
         for layer, (n, _) in zip(layers, bn_modules, strict=True):
             apply_producer(layer, producers.get(n), reason or "not called in forward()")
         layers.extend(functional_layers(self.module, functional))
+        if self.format != "torchscript" and reason is None and inventory_consumers.candidates(layers):
+            self._consider_consumers(layers)
         return layers
+
+    def _consider_consumers(self, layers: list[BNLayer]) -> None:
+        """The consumer side (:mod:`~bncheck.backends.torch.inventory_consumers`) on the graph
+        graph-mode folding traces; a model fx traced for the producers traces for it too.
+        (TorchScript folds through ``torch.jit.freeze``, which folds no BN into what follows.)"""
+        try:
+            gm = fold_trace(self.module, layers)
+        except Exception:  # pragma: no cover - defensive: the producers' trace succeeded
+            return
+        inventory_consumers.consider_consumers(gm, layers)
 
     def _producers(self, names: set[str]):
         if self.format == "torchscript":

@@ -101,16 +101,7 @@ def test_convtranspose_1d_grouped(tmp_path, export_onnx, randomize_bn, ort_run):
 
 def test_conv_feeding_bn_and_residual_is_not_folded(tmp_path, export_onnx, randomize_bn, ort_run):
     torch = pytest.importorskip("torch")
-
-    class Residual(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-            self.bn = torch.nn.BatchNorm2d(3)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return self.bn(y) + y
+    from support.bn_modules import Residual
 
     src = export_onnx(randomize_bn(Residual()), torch.randn(1, 3, 6, 6), tmp_path / "m.onnx")
     report = fold(src, tmp_path / "f.onnx", timing=False, affine=False)

@@ -10,21 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from support.bn_modules import Plain  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bncheck.backends import load_model  # noqa: E402
 from bncheck.backends.onnx.source import OnnxSource  # noqa: E402
 from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
-
-
-class Plain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
-
-    def forward(self, x):
-        return torch.relu(self.bn(self.conv(x)))
 
 
 @pytest.mark.parametrize("opset", [6, 7, 9, 13, 14, 15, 17, 21])

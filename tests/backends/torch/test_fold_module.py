@@ -8,6 +8,7 @@ import copy
 import pytest
 
 torch = pytest.importorskip("torch")
+from support.bn_modules import Residual  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval  # noqa: E402
@@ -80,16 +81,6 @@ def test_convtranspose_with_groups(randomize_bn):
 
 
 def test_conv_with_residual_is_kept(randomize_bn):
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.bn = nn.BatchNorm2d(3)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return self.bn(y) + y
-
     model = randomize_bn(Residual())
     report, folded = _fold(model, (1, 3, 5, 5))
     assert _status(report) == {"bn": "kept"}

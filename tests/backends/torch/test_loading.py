@@ -17,18 +17,6 @@ from bncheck.errors import ModelLoadError  # noqa: E402
 BN_NAMES = ["bn1", "bn2", "bn3"]
 
 
-@pytest.fixture
-def example():
-    return torch.rand(2, 1, 8, 8)
-
-
-def _torch_stats(model):
-    return [
-        (m.running_mean.double().numpy(), m.running_var.double().numpy(), m.weight.double().detach().numpy())
-        for m in (model.bn1, model.bn2, model.bn3)
-    ]
-
-
 def test_traced_torchscript_reads_eps_and_momentum_from_the_graph(tmp_path, save_model, calibrate, example):
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 3, 3, bias=False),

@@ -10,7 +10,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from support.runner_checks import (  # noqa: E402
-    ARCH,
     SAMPLES,
     assert_moments,
     assert_same_state,
@@ -29,17 +28,6 @@ from bncheck.backends.torch.runner import channel_moments  # noqa: E402
 from bncheck.backends.torch.source import TorchModuleSource  # noqa: E402
 from bncheck.errors import DataError, UsageError  # noqa: E402
 from bncheck.numerics.moments import Moments  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def digits_x() -> np.ndarray:
-    with np.load(SAMPLES / "data" / "digits" / "reference.npz") as data:
-        return np.ascontiguousarray(data["x"][:48], dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def digits_eager():
-    return load_model(SAMPLES / "digits_cnn.pt", arch=ARCH).module
 
 
 def test_runner_restores_the_train_flag_it_found(digits_x):
@@ -128,11 +116,20 @@ class FrozenBN(nn.Module):
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
+class FrozenBatchNormCall(FrozenBN):
+    """detectron2-style frozen BN: ``F.batch_norm`` with ``training=False`` hard-wired."""
+
+    def forward(self, x):
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, 1e-5
+        )
+
+
 class WithFrozen(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, frozen: type[FrozenBN] = FrozenBN) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 4, 3)
-        self.frozen = FrozenBN(4)
+        self.frozen = frozen(4)
         self.bn = nn.BatchNorm2d(4)
 
     def forward(self, x):
@@ -145,68 +142,27 @@ def with_frozen():
     return randomise_bn(WithFrozen(), seed=2)
 
 
-@pytest.mark.parametrize("flavour", ["module", "export"])
-def test_frozen_bn_is_observed_and_keeps_its_statistics_in_train_mode(flavour, with_frozen):
-    x = np.random.default_rng(2).normal(size=(6, 2, 6, 6)).astype(np.float32)
-    reference = bn_inputs(with_frozen, x)
-    train_reference = bn_inputs(with_frozen, x, train=True)  # a frozen BN has no train mode
-    if flavour == "export":
-        source = ExportSource(torch.export.export(with_frozen, (torch.from_numpy(x),)), path=None)
-    else:
-        source = TorchModuleSource(with_frozen, path=None, format="module")
-    with source.runner() as runner:
-        assert set(runner.layers) == {"frozen", "bn"} and runner.unhookable == {}
-        assert set(runner.frozen) == {"frozen"}
-        out, moments = runner.moments(x)
-        train_out, train_moments = runner.train_moments(x)
-    np.testing.assert_allclose(out, reference["<output>"], atol=1e-5)
-    np.testing.assert_allclose(train_out, train_reference["<output>"], atol=1e-5)
-    for name in ("frozen", "bn"):
-        assert_moments(moments[name], reference[name], rtol=1e-6)
-        assert_moments(train_moments[name], train_reference[name], rtol=1e-6)
+#: the frozen BN, the form of the model it is observed in, the seed of its statistics and
+#: inputs (TorchScript of FrozenBN's plain arithmetic is unhookable: the test after these)
+FROZEN = [(FrozenBN, "module", 2), (FrozenBN, "export", 2), (FrozenBatchNormCall, "module", 3),
+          (FrozenBatchNormCall, "torchscript", 3), (FrozenBatchNormCall, "export", 3)]  # fmt: skip
 
 
-class FrozenBatchNormCall(nn.Module):
-    """detectron2-style frozen BN: ``F.batch_norm`` with ``training=False`` hard-wired."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.register_buffer("weight", torch.rand(c) + 0.5)
-        self.register_buffer("bias", torch.randn(c))
-        self.register_buffer("running_mean", torch.randn(c))
-        self.register_buffer("running_var", torch.rand(c) + 0.5)
-
-    def forward(self, x):
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, 1e-5
-        )
-
-
-class WithFrozenCall(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3)
-        self.frozen = FrozenBatchNormCall(4)
-        self.bn = nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return self.bn(torch.relu(self.frozen(self.conv(x)))).mean(dim=(2, 3))
-
-
-@pytest.mark.parametrize("flavour", ["module", "torchscript", "export"])
-def test_frozen_bn_calling_batch_norm_stays_frozen_in_train_mode(flavour):
-    torch.manual_seed(3)
-    model = randomise_bn(WithFrozenCall(), seed=3)
-    x = np.random.default_rng(3).normal(size=(6, 2, 6, 6)).astype(np.float32)
+@pytest.mark.parametrize(("frozen", "flavour", "seed"), FROZEN, ids=[f"{f.__name__}-{flavour}" for f, flavour, _ in FROZEN])
+def test_frozen_bn_is_observed_and_keeps_its_statistics_in_train_mode(frozen, flavour, seed):
+    torch.manual_seed(seed)
+    model = randomise_bn(WithFrozen(frozen), seed=seed)
+    x = np.random.default_rng(seed).normal(size=(6, 2, 6, 6)).astype(np.float32)
     reference = bn_inputs(model, x)
-    train_reference = bn_inputs(model, x, train=True)  # the frozen call ignores train mode
+    train_reference = bn_inputs(model, x, train=True)  # a frozen BN has no train mode
     if flavour == "export":
         source = ExportSource(torch.export.export(model, (torch.from_numpy(x),)), path=None)
     else:
         module = torch.jit.script(model) if flavour == "torchscript" else model
         source = TorchModuleSource(module, path=None, format=flavour)
     with source.runner() as runner:
-        assert set(runner.layers) == {"frozen", "bn"} and set(runner.frozen) == {"frozen"}
+        assert set(runner.layers) == {"frozen", "bn"} and runner.unhookable == {}
+        assert set(runner.frozen) == {"frozen"}
         out, moments = runner.moments(x)
         train_out, train_moments = runner.train_moments(x)
     np.testing.assert_allclose(out, reference["<output>"], atol=1e-5)
