@@ -46,7 +46,18 @@ def model_out(out: Path | None, report: ReportArgs, what: str) -> tuple[Path, st
     if report.output is not None and Path(report.output).suffix.lower() in MODEL_SUFFIXES:
         out, report.output = Path(report.output), None
         return out, OUTPUT_FLAGS
-    raise UsageError(f"give -o OUT (a model file: {', '.join(MODEL_SUFFIXES)}) or --out FILE: where to write the {what}.")
+    suffixes = ", ".join(MODEL_SUFFIXES)
+    if report.output is not None and Path(report.output).is_dir():
+        raise UsageError(
+            f"-o/--output {report.output} is a directory, not a model file; name a file in it ({suffixes}) "
+            f"to write the {what} to, or give --out FILE."
+        )
+    if report.output is not None and str(report.output) != "-":
+        raise UsageError(
+            f"-o/--output {report.output} names the report, not a model file ({suffixes}); give -o OUT with one of "
+            f"those extensions, or --out FILE beside it, for where to write the {what}."
+        )
+    raise UsageError(f"give -o OUT (a model file: {suffixes}) or --out FILE: where to write the {what}.")
 
 
 def model_writing_run(

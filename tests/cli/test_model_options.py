@@ -33,3 +33,14 @@ def test_a_report_file_after_o_is_no_out(cli, assert_usage_error, command, tmp_p
     result = cli(command, SAMPLES / "digits_cnn.onnx", *COMMANDS[command], "-o", tmp_path / "run.json")
     assert_usage_error(result, "give -o OUT", "--out FILE")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_o_naming_a_directory_or_a_report_says_so(cli, assert_usage_error, command, tmp_path):
+    """``fold MODEL -o some/dir`` said "give -o OUT" as though no -o had been typed."""
+    model = SAMPLES / "digits_cnn.onnx"
+    line = assert_usage_error(cli(command, model, *COMMANDS[command], "-o", tmp_path), f"-o/--output {tmp_path} is a directory", "--out FILE")
+    assert ".safetensors" in line
+    line = assert_usage_error(cli(command, model, *COMMANDS[command], "-o", tmp_path / "run.json"), "names the report, not a model file")
+    assert "--out FILE" in line and ".onnx" in line
+    assert list(tmp_path.iterdir()) == []
