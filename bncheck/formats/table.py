@@ -115,12 +115,16 @@ def _layer_cells(report: Report, section: Section) -> tuple[list[str], list[dict
 
 
 def _layer_table(names: list[str], rows: list[dict[str, RenderableType]], *, whole: bool = False) -> Table:
-    """The table of ``names``; ``whole``: only the WRAPPING columns may wrap (the table fits)."""
+    """The table of ``names``; ``whole``: only the WRAPPING columns may wrap (the table fits),
+    and the layer column keeps names up to LAYER_WIDTH whole (rich would otherwise narrow it
+    together with the running statistics, breaking a 24-character name that fits)."""
     table = Table(title="BN layers", title_justify="left", expand=False)
+    longest = max((len(str(row["layer"])) for row in rows), default=0)
     for name in names:
         table.add_column(
             name, justify="right" if name in RIGHT else "left", style="dim" if name == "#" else "",
             no_wrap=whole and name not in WRAPPING,
+            width=max(len(name), min(longest, LAYER_WIDTH)) if whole and name == "layer" else None,
         )
     for row in rows:
         table.add_row(*(row[name] for name in names))
@@ -143,8 +147,11 @@ def _needed_width(names: list[str], rows: list[dict[str, RenderableType]]) -> in
 
 def _uninformative(names: list[str], rows: list[dict[str, RenderableType]]) -> list[str]:
     """Columns that say "?" on every row: producer and fold of a state dict without --arch (the
-    note above the table says producers are unknown), running statistics of a saved report."""
-    return [n for n in ("producer", "fold", "running stats") if n in names and rows and all(str(r[n]) == "?" for r in rows)]
+    note above the table says producers are unknown), running statistics of a saved report;
+    and the findings count when no layer has a finding (an empty column)."""
+    unknown = [n for n in ("producer", "fold", "running stats") if n in names and rows and all(str(r[n]) == "?" for r in rows)]
+    empty = ["findings"] if "findings" in names and rows and not any(str(r["findings"]) for r in rows) else []
+    return unknown + empty
 
 
 def _layers(report: Report, section: Section, width: int | None) -> list[RenderableType]:
@@ -154,7 +161,10 @@ def _layers(report: Report, section: Section, width: int | None) -> list[Rendera
     unknown = _uninformative(names, rows)
     names = [n for n in names if n not in unknown]
     dropped = []
-    for name in NARROW_DROPS:
+    # a fold report's fold column is its outcome: the last static column given up
+    folding = any(section.fold_cell(layer) is not None for layer in report.layers)
+    drops = (*(n for n in NARROW_DROPS if n != "fold"), "fold") if folding else NARROW_DROPS
+    for name in drops:
         if _needed_width(names, rows) <= (width or 160):
             break
         if name in names:

@@ -211,3 +211,41 @@ def test_help_shows_no_value_type_for_flags():
         assert "<bool>" not in out and "--help" in out, args
     out = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "120", "NO_COLOR": "1"}).stdout
     assert "<error|warning|info|never>" in out  # options that take a value still say which
+
+
+def _renamed_digits(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The digits model with its BN nodes named as paddle2onnx names them (24 characters)."""
+    model = onnx.load(str(DIGITS))
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            node.name = f"p2o.BatchNormalization.{len(names)}"
+            names.append(node.name)
+    path = tmp_path / "p2o.onnx"
+    onnx.save(model, str(path))
+    return path, names
+
+
+def test_layer_names_that_fit_are_never_broken_and_fold_keeps_its_outcome(tmp_path):
+    """rich narrowed the layer column together with the running statistics: at 100 columns
+    PP-OCR's `p2o.BatchNormalization.0` showed as `p2o.BatchNormalization` / `.0` while a
+    narrower terminal showed it whole. A fold report at 60 columns gave up its fold column (the
+    command's outcome) before the running statistics; a column with no finding on any row is
+    not drawn."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    model, names = _renamed_digits(tmp_path)
+    for width in (60, 70, 80, 90, 100, 120):
+        for args in (["audit", model], ["fold", model, "--out", tmp_path / f"f{width}.onnx", "--no-timing"]):
+            result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(width), "NO_COLOR": "1"})
+            assert result.exit_code == 0, result.output
+            out = result.stdout
+            rows = _layer_rows(out)
+            cells = [[cell.strip() for cell in row.split("│")[1:-1]] for row in rows]
+            assert [c[1] for c in cells if c[1]] == names, (width, out)  # each name whole, on one line
+            heading = next(line for line in out.splitlines() if line.startswith("┃"))
+            assert "findings" not in heading, out
+            if args[0] == "fold":
+                assert "fold" in heading and out.count("folded →") == len(names), (width, out)
