@@ -35,7 +35,7 @@ class DataArgs:
     grayscale: Annotated[
         bool | None, _data("--grayscale/--color", help="Force 1-channel or 3-channel images (default: from the model input).")
     ] = None
-    layout: Annotated[choice(LAYOUTS) | None, _data("--layout", case_sensitive=False, help="Array layout (default: nchw).")] = None
+    layout: Annotated[choice(LAYOUTS) | None, _data("--layout", case_sensitive=False, help="Layout of the image tensors fed to the model (default: from the model's input shape, else nchw).")] = None
     columns: Annotated[
         str | None, _data("--columns", help="CSV/parquet columns to use (comma-separated; default: every numeric column).")
     ] = None
@@ -57,7 +57,7 @@ class DataArgs:
     ] = None
     arrays: Annotated[
         choice(ARRAY_MODES) | None,
-        _data("--arrays", case_sensitive=False, help="How .npy/.npz/.pt arrays are read: auto (default), batch or sample."),
+        _data("--arrays", case_sensitive=False, help="How .npy/.npz/.pt arrays are read: auto (default: by the model's input rank; a batch where the model declares none), batch or sample."),
     ] = None
 
     @property

@@ -390,6 +390,14 @@ class ArrayReader(ManySamplesPerFile):
         self.parts = [part for path in files for part in inspect_file(Path(path), options.arrays, expected)]
         self.sample_shape: Shape = check_sample_shapes(self.parts, expected)
         self.mode = options.arrays
+        if self.mode == "auto" and expected is None and self.sample_shape == () and self.parts:
+            # a batch of single numbers feeds no BN model: 1-D files are one sample each, as a rule
+            first = self.parts[0]
+            raise DataError(
+                f"{first.name} of shape {shape_text(first.shape)} would be read as a batch of {first.shape[0]} single "
+                "numbers (the model does not declare its input shape, so --arrays auto reads every array as a batch); "
+                "pass --arrays sample if each array is one sample, or --arrays batch if it is a batch of numbers."
+            )
 
     def count(self) -> int:
         return sum(part.count for part in self.parts)

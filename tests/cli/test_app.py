@@ -249,3 +249,16 @@ def test_layer_names_that_fit_are_never_broken_and_fold_keeps_its_outcome(tmp_pa
             assert "findings" not in heading, out
             if args[0] == "fold":
                 assert "fold" in heading and out.count("folded →") == len(names), (width, out)
+
+
+def test_data_help_says_where_layout_and_arrays_defaults_come_from():
+    """--help said "--layout ... (default: nchw)" while the layout comes from the model's input
+    shape (README), and "--arrays auto (default)" without saying what auto does."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    for command in ("drift", "recalibrate"):
+        text = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"}).stdout.split())
+        assert "(default: from the model's input shape, else nchw)" in text and "(default: nchw)" not in text
+        assert "a batch where the model declares none" in text

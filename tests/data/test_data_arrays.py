@@ -3,6 +3,7 @@ shape checks against the model input, and broken files."""
 
 from __future__ import annotations
 
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -184,3 +185,25 @@ def test_overflowing_float64_becomes_inf_and_is_excluded(tmp_path):
     np.save(tmp_path / "x.npy", x)
     dataset, got, _ = collect(tmp_path / "x.npy")
     assert len(got) == 3 and dataset.describe()["nonfinite_samples"] == 1
+
+
+def test_one_dimensional_arrays_without_the_model_shape_ask_for_arrays_sample(tmp_path, cli, assert_usage_error):
+    """Audio frames saved one per .npy, shape (1024,), for a torch model that declares no input
+    shape (torchcrepe's CREPE): auto read each file as a batch of 1024 numbers and the run died
+    with "the model cannot run on a batch of shape (32,)", the fix (--arrays sample) unnamed."""
+    for i in range(3):
+        np.save(tmp_path / f"f{i}.npy", np.zeros(1024, np.float32))
+    with pytest.raises(DataError, match=r"f0\.npy of shape \(1024,\) would be read as a batch of 1024 single numbers.*--arrays sample"):
+        open_data(tmp_path, DataOptions())
+    assert open_data(tmp_path, DataOptions(arrays="sample")).sample_shape == (1024,)
+    assert open_data(tmp_path, DataOptions(arrays="batch")).sample_shape == ()  # asked for: kept
+    assert open_data(tmp_path, DataOptions(), expected_shape=(1024,)).sample_shape == (1024,)  # the model says so
+    torch = pytest.importorskip("torch")
+    arch = ROOT / "tests" / "support" / "real_arch" / "crepe.py"
+    spec = importlib.util.spec_from_file_location("bncheck_test_arrays_crepe", arch)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = tmp_path.parent / f"{tmp_path.name}_crepe.pt"
+    torch.save(module.tiny().state_dict(), model)  # CREPE declares no input shape (its first op pads)
+    result = cli("drift", model, tmp_path, "--arch", f"{arch}:tiny", "--mismatch-samples", "0")
+    assert_usage_error(result, "would be read as a batch of 1024 single numbers", "--arrays sample")
