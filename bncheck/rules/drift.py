@@ -54,7 +54,7 @@ def _graded(value: float, warn: float, error: float) -> Severity | None:
 )
 def check_mean_shift(r, ctx: RuleContext):
     yield from _graded_findings(
-        r, ctx, lambda d: (d.mean_shift, d.z_se, d.noise()[0]), lambda s: f"mean shift: mean |z| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel})"
+        r, ctx, lambda d: (d.mean_shift, d.z_se, d.noise()[0]), lambda s, d: f"mean shift: mean |z| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel})"
     )
 
 
@@ -65,7 +65,7 @@ def _layers(ctx: RuleContext) -> dict[str, LayerDrift]:
 def _graded_findings(r, ctx: RuleContext, figure, describe):
     """One finding per layer whose ``figure(drift) -> (Summary, standard error, noise level)``
     mean exceeds the rule's warning or error threshold by ``significance`` times the level
-    sampling noise alone gives; ``describe(summary)`` words it."""
+    sampling noise alone gives; ``describe(summary, drift)`` words it."""
     warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
     z = ctx.threshold(r.code, "significance")
     for name, d in _layers(ctx).items():
@@ -75,7 +75,7 @@ def _graded_findings(r, ctx: RuleContext, figure, describe):
         if sev:
             yield r.finding(
                 name,
-                f"{describe(summary)} ≥ {warn if sev is Severity.WARNING else error:g} + {z:g} x noise level {noise:.2g}",
+                f"{describe(summary, d)} ≥ {warn if sev is Severity.WARNING else error:g} + {z:g} x noise level {noise:.2g}",
                 sev,
                 mean=summary.mean,
                 max=summary.max,
@@ -112,9 +112,16 @@ def check_variance_ratio(r, ctx: RuleContext):
         r,
         ctx,
         lambda d: (d.var_log_ratio, d.r_se, d.noise()[1]),
-        lambda s: f"variance ratio: mean |r| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel}, "
-        f"i.e. x{math.exp(s.max):.3g} or x{math.exp(-s.max):.3g})",
+        lambda s, d: f"variance ratio: mean |r| {s.mean:.3g} (max {s.max:.3g} at channel {s.channel}{_variance_factor(d.r, s.channel)})",
     )
+
+
+def _variance_factor(r, channel: int) -> str:
+    """``: data variance x2.13 the stored one`` for the channel of the largest |r| (its sign
+    says which way: the message said "x2.13 or x0.47", as if the direction were unknown)."""
+    if not 0 <= channel < len(r) or not math.isfinite(float(r[channel])):
+        return ""
+    return f": data variance x{math.exp(float(r[channel])):.3g} the stored one"
 
 
 @rule(

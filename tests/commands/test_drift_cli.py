@@ -110,3 +110,20 @@ def test_wrong_shape_exits_2(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
     result = run("drift", SAMPLES / "digits_cnn.onnx", tmp_path / "x.npy")
     assert result.exit_code == 2 and "shape" in result.output.lower()
+
+
+def test_bn102_says_which_way_the_variance_moved():
+    """The shifted digits have less contrast: BN102 said "i.e. x2.13 or x0.47" for channel 6,
+    the wrong direction first; it names the data's variance against the stored one."""
+    import math
+
+    body = report_of(run("drift", SAMPLES / "digits_cnn.onnx", DIGITS / "shifted", "-f", "json", "--mismatch-samples", "0", "--channels"))
+    findings = [f for f in body["findings"] if f["rule"] == "BN102"]
+    assert findings
+    for finding in findings:
+        layer = next(layer for layer in body["layers"] if layer["name"] == finding["layer"])
+        channel = layer["drift"]["var_log_ratio"]["channel"]
+        stats = body["channels"][finding["layer"]]
+        ratio = (stats["var"][channel] + layer["eps"]) / (stats["running_var"][channel] + layer["eps"])
+        assert f"at channel {channel}: data variance x{ratio:.3g} the stored one" in finding["message"], finding
+        assert " or x" not in finding["message"] and math.isclose(abs(math.log(ratio)), layer["drift"]["var_log_ratio"]["max"], rel_tol=1e-4)
