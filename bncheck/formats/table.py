@@ -186,9 +186,13 @@ def _findings(report: Report, width: int | None = None) -> list[RenderableType]:
     table = Table(title="Findings", title_justify="left")
     for col in ("severity", "rule"):
         table.add_column(col, no_wrap=True)
-    # long layer names fold within a quarter of the width, so that the message keeps the rest
-    table.add_column("layer", max_width=max(12, (width or 160) // 4))
-    table.add_column("message")
+    # layer names get at most a quarter of the width, so that the message keeps the rest; a name
+    # longer than that goes whole on the message's first line instead of being broken in a column
+    layer_width = max(12, (width or 160) // 4)
+    inline = any(len(f.layer or "(model)") > layer_width for f in report.findings)
+    if not inline:
+        table.add_column("layer", max_width=layer_width)
+    table.add_column("layer: message" if inline else "message")
     states = any(f.baseline for f in report.findings)
     if states:
         table.add_column("baseline")
@@ -196,8 +200,8 @@ def _findings(report: Report, width: int | None = None) -> list[RenderableType]:
         table.add_row(
             Text(f.severity.value, style=STYLE[f.severity.value]),
             f.rule,
-            f.layer or "(model)",
-            f.message,
+            *([] if inline else [f.layer or "(model)"]),
+            Text.assemble((f.layer or "(model)", "bold"), ":\n", f.message) if inline else f.message,
             *([Text(f.baseline or "", style="bold" if f.baseline in ("new", "worse") else "dim")] if states else []),
         )
     return [table, *_fixes(report), Text("`bncheck rules CODE` explains a rule.", style="dim")]

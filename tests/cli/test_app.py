@@ -262,3 +262,24 @@ def test_data_help_says_where_layout_and_arrays_defaults_come_from():
         text = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"}).stdout.split())
         assert "(default: from the model's input shape, else nchw)" in text and "(default: nchw)" not in text
         assert "a batch where the model declares none" in text
+
+
+def test_findings_keep_long_layer_names_whole_on_a_narrow_terminal():
+    """At 60 columns the findings table gave layer names a quarter of the width and broke
+    them (`/bn1/BatchNorma` / `lization`); a name that does not fit goes whole on the first
+    line of the message cell."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    data = str(ROOT / "sample_models/data/digits/shifted")
+    for width, inline in ((60, True), (160, False)):
+        result = CliRunner().invoke(app, ["drift", str(DIGITS), data, "--mismatch-samples", "0"], env={"COLUMNS": str(width), "NO_COLOR": "1"})
+        assert result.exit_code == 1, result.output
+        lines = result.stdout.splitlines()
+        table = lines[lines.index(next(x for x in lines if x.startswith("Findings"))) :]
+        table = table[: table.index(next(x for x in table if x.startswith("└")))]
+        cells = [cell.strip() for line in table if line.startswith("│") for cell in line.split("│")[1:-1]]
+        for name in ("/bn1/BatchNormalization", "/bn2/BatchNormalization", "/bn3/BatchNormalization"):
+            assert (f"{name}:" in cells) is inline and (name in cells) is not inline, (width, result.stdout)
+        assert max(len(line) for line in lines[1:]) <= width
