@@ -22,11 +22,29 @@ def resolve_callable(spec: str, *, option: str, noun: str, error: type[BncheckEr
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise error(f"{option} {spec!r}: {target} has no attribute {attr!r}.")
+            message = f"{option} {spec!r}: {target} has no attribute {attr!r}{_defined_here(module, attr)}"
+            raise error(message if message.endswith("?") else message + ".")
         obj = getattr(obj, part)
     if not callable(obj):
         raise error(f"{option} {spec!r}: {attr} is not callable.")
     return obj
+
+
+def _defined_here(module: Any, attr: str) -> str:
+    """``; it defines a, b (did you mean a?)``: the public callables a module defines itself
+    (functions and classes, not what it imports), the nearest to ``attr`` (any case) named; for
+    a package, which re-exports what it holds, only the nearest public callable."""
+    import difflib
+
+    public = {name: value for name, value in vars(module).items() if not name.startswith("_") and callable(value)}
+    package = hasattr(module, "__path__")
+    names = sorted(n for n, v in public.items() if package or getattr(v, "__module__", None) == module.__name__)
+    by_lower = {n.lower(): n for n in names}
+    near = [by_lower[n] for n in difflib.get_close_matches(attr.lower(), list(by_lower), n=1)]
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    if package or not names:
+        return f"; did you mean {near[0]}?" if near else ""
+    return f"; it defines {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}{hint}"
 
 
 def import_target(target: str, spec: str, *, option: str, error: type[BncheckError]):

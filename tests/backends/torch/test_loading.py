@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,19 @@ def test_without_torch_the_error_names_the_file_that_needs_it(tmp_path):
         "error: sample_models/digits_cnn.pt: this is a PyTorch model but torch is not installed; "
         "install it with `pip install 'bncheck[torch]'`.\n"
     )
+
+
+def test_a_misspelt_arch_factory_names_what_the_module_defines(tmp_path, cli, assert_usage_error):
+    """`--arch architectures.py:digit_cnn` said only "has no attribute 'digit_cnn'"; the sentence
+    lists the callables the file defines (not what it imports) and the nearest, in any case
+    (`khmer_ocr_ocm.model:crnn` for its class `CRNN`); a package suggests only the nearest."""
+    samples = Path(__file__).resolve().parents[3] / "sample_models"
+    model, arch = samples / "digits_cnn.pt", samples / "architectures.py"
+    line = assert_usage_error(cli("audit", model, "--arch", f"{arch}:digit_cnn"), "has no attribute 'digit_cnn'; it defines ")
+    assert line.endswith("(did you mean digits_cnn?).") and "cancer_mlp" in line
+    assert "Path" not in line and "torch" not in line  # imported names are not its own
+    (tmp_path / "nets.py").write_text("import torch\n\nclass CRNN(torch.nn.Module):\n    pass\n")
+    line = assert_usage_error(cli("audit", model, "--arch", f"{tmp_path / 'nets.py'}:crnn"), "it defines CRNN (did you mean CRNN?).")
+    assert "Module" not in line
+    line = assert_usage_error(cli("audit", model, "--arch", "torch.nn:Conv3x"), "torch.nn has no attribute 'Conv3x'; did you mean Conv3d?")
+    assert line.endswith("?")
