@@ -162,8 +162,10 @@ def _variance_factor(r, channel: int) -> str:
     std ≈ (0.6871) under the current `--mean 0 --std 1`; DATA has mean (0.5915), std (0.3052);
     try `--mean 0.2271 --std 0.4441` (normalising to the inferred mean/std): re-measured on 32
     samples, cnn.1's drift score goes from 0.132 to 0.013".""",
-    fix="""Apply the suggested options (or the matching change in your own pipeline), then run
-    drift again; `--select`/`--ignore BN103` turns the diagnosis off entirely.""",
+    fix="""Apply the options the finding suggests (or the matching change in your own pipeline),
+    then run drift again; where it suggests none, compare the scale (0-1 or 0-255), mean/std,
+    channel order and resolution with the training pipeline's. `--select`/`--ignore BN103`
+    turns the diagnosis off entirely.""",
     thresholds={"first_layers": 1, "score": 0.3},
     threshold_docs={"first_layers": "how many BN layers count as nearest the input", "score": "drift score that triggers the diagnosis"},
 )

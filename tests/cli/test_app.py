@@ -283,3 +283,11 @@ def test_findings_keep_long_layer_names_whole_on_a_narrow_terminal():
         for name in ("/bn1/BatchNormalization", "/bn2/BatchNormalization", "/bn3/BatchNormalization"):
             assert (f"{name}:" in cells) is inline and (name in cells) is not inline, (width, result.stdout)
         assert max(len(line) for line in lines[1:]) <= width
+
+
+def test_bn103_fix_covers_a_finding_that_suggests_no_option(cli):
+    """PP-OCRv4's recogniser on grayscale text lines: BN103 said "check scale (0-1 vs 0-255),
+    mean/std, ..." and suggested no option, while its "How to fix" said "Apply the suggested
+    options"."""
+    out = " ".join(cli("rules", "BN103").stdout.split())
+    assert "Apply the options the finding suggests" in out and "where it suggests none, compare the scale" in out
