@@ -6,6 +6,7 @@ terminal's per-layer drift bars and sparkline."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from support.reports_support import DIGITS, SAMPLES, invoke
@@ -128,3 +129,21 @@ def test_table_shows_bars_and_shape(sample_runs, monkeypatch):
     exit_zero = invoke("report", sample_runs["drift_shifted"].path, "--exit-zero", "--quiet")
     assert exit_zero.exit_code == 0 and "FAILED" in exit_zero.stdout
     assert invoke("report", SAMPLES / "missing.json", "--exit-zero").exit_code == 2
+
+
+def test_drift_shape_of_a_recalibrated_model_is_flat(tmp_path):
+    """After recalibrate every layer's score is rounding noise (1e-13 to 1e-16), and the shape,
+    scaled to its own maximum, drew full bars (▁▃█) as if the last layer drifted."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    assert sparkline([1e-16, 1e-13], floor=1e-3) == "▁▁" and sparkline([0.0, 0.5, 1.0], floor=1e-3) == "▁▅█"
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    result = CliRunner().invoke(
+        app, ["recalibrate", str(samples / "digits_cnn.onnx"), str(samples / "data/digits/shifted"), "-o", str(tmp_path / "r.onnx")],
+        env={"COLUMNS": "200", "NO_COLOR": "1"},
+    )
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("drift shape:"))
+    assert line.startswith("drift shape: ▁▁▁ ") and "bars on a 0-0.001 scale" in line, line
