@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -114,16 +115,77 @@ def notes(ranking: Ranking) -> list[str]:
     return out
 
 
-def _table_text(ranking: Ranking, color: bool, width: int | None) -> str:
-    names = _columns(ranking)
+#: the ranking's figures: never broken over lines (`0.068` / `9` at 60 columns)
+FIGURES = ("rank", "score", "layers", "accuracy", "output change")
+#: model names shown whole up to this length (longer ones fold within it)
+MODEL_WIDTH = 40
+#: columns given up, in this order, when the table cannot fit the width with every figure and word whole
+RANKING_DROPS = ("layers", "worst layer", "accuracy", "verdict")
+
+
+def _folder(ranking: Ranking) -> str | None:
+    """The folder every model is in, when there are several and it is not the working one: the
+    table names them relative to it (full paths wrapped over five rows at 100 columns)."""
+    if len(ranking.models) < 2:
+        return None
+    parents = {str(Path(entry.model).parent) for entry in ranking.models}
+    return parents.pop() if len(parents) == 1 and parents != {"."} else None
+
+
+def _ranking_table(ranking: Ranking, names: list[str], folder: str | None) -> Table:
+    """The table of ``names``; model names of up to MODEL_WIDTH characters are kept whole."""
+    models = [Path(entry.model).name if folder is not None else entry.model for entry in ranking.models]
+    worst = [word for entry in ranking.models for word in _cells(entry)["worst layer"].split()]
+    # rich narrows the widest wrapping columns first, breaking names that fit: these keep their width
+    widths = {
+        "model": max(len("model"), min(max(map(len, models)), MODEL_WIDTH)),
+        "worst layer": max(len("worst layer"), min(max(map(len, worst)), MODEL_WIDTH)),
+    }
     table = Table(title=f"Ranking of {len(ranking.models)} models (best fit first)", title_justify="left")
     for name in names:
-        table.add_column(name, justify="right" if name in ("rank", "score", "layers", "accuracy", "output change") else "left", overflow="fold")
-    for entry in ranking.models:
+        table.add_column(
+            name, justify="right" if name in FIGURES else "left", overflow="fold", no_wrap=name in FIGURES,
+            width=widths.get(name),
+        )
+    for entry, model in zip(ranking.models, models, strict=True):
         cells = _cells(entry)
+        cells["model"] = model
         style = STYLE.get(entry.verdict, "")
         table.add_row(*(Text(cells[name], style=style) if name == "verdict" else cells[name] for name in names))
-    parts: list[RenderableType] = [table, *(Text(line, style="dim") for line in notes(ranking))]
+    return table
+
+
+def _min_width(table: Table) -> int:
+    """The width ``table`` needs with no figure, fixed-width cell, word or heading word broken:
+    per column its fixed width, the widest figure, or the longest word, plus padding and rules."""
+    total = 1
+    for column in table.columns:
+        cells = [str(cell) for cell in column.cells]
+        if column.width is not None:
+            need = column.width
+        elif column.no_wrap:
+            need = max(len(cell) for cell in [*cells, str(column.header)])
+        else:
+            need = max(len(word) for cell in [*cells, str(column.header)] for word in cell.split() or [""])
+        total += need + 3
+    return total
+
+
+def _table_text(ranking: Ranking, color: bool, width: int | None) -> str:
+    names = _columns(ranking)
+    folder = _folder(ranking)
+    dropped = []
+    for name in RANKING_DROPS:
+        if _min_width(_ranking_table(ranking, names, folder)) <= (width or 160):
+            break
+        if name in names:
+            names = [n for n in names if n != name]
+            dropped.append(name)
+    table = _ranking_table(ranking, names, folder)
+    where = [Text(f"models in {folder}/", style="dim")] if folder is not None else []
+    if dropped:  # each model's own report below has them
+        where.append(Text(f"(narrow terminal: {', '.join(dropped)} not shown; each model's report below has them)", style="dim"))
+    parts: list[RenderableType] = [table, *where, *(Text(line, style="dim") for line in notes(ranking))]
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 160, soft_wrap=False)
     console.print(Group(*parts), crop=False)
