@@ -119,3 +119,21 @@ class ReportArgs:
         if self.baseline is not None:
             raise UsageError("--baseline judges one model; give one MODEL with it.")
         emit_many(reports, fmt, self.path, self.quiet)
+
+
+ModelOutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o",
+        help="Write the report to FILE instead of stdout; a FILE with a model file's extension (.onnx, .pt, .pth, .pt2, "
+        ".ts, .safetensors) is the model to write instead, as --out (bncheck fold MODEL -o OUT.onnx).",
+    ),
+]
+
+
+@dataclass
+class ModelReportArgs(ReportArgs):
+    """The report bundle of fold and recalibrate, whose ``-o OUT.onnx`` names the written model
+    (the contract's form); only ``--help`` says it differently."""
+
+    output: ModelOutputOpt = None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.bundles import GateArgs, ModelArgs, ModelReportArgs
 from bncheck.cli.command import command
 from bncheck.cli.fold_options import FoldCheckArgs
 from bncheck.cli.model_options import ModelArg, ToOpt, model_writing_run
@@ -40,7 +40,7 @@ def fold(
     ] = None,
     model_args: ModelArgs,
     gate: GateArgs,
-    report: ReportArgs,
+    report: ModelReportArgs,
 ) -> None:
     """Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and
     verify that OUT computes the same function (exit 1 when it does not)."""

@@ -10,7 +10,7 @@ import typer
 from bncheck.cli.command import command
 from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_writing_run
 from bncheck.cli.recalibrate_options import EstimateArgs
-from bncheck.cli.run_args import RunArgs
+from bncheck.cli.run_args import ModelRunArgs
 from bncheck.commands.recalibrate import RecalibrateOptions
 from bncheck.commands.recalibrate import recalibrate as run_recalibrate
 
@@ -28,7 +28,7 @@ def recalibrate(
     to: ToOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Full drift reports of MODEL and OUT on all of DATA (two more passes) for the before/after figures.")] = False,
-    run: RunArgs,
+    run: ModelRunArgs,
 ) -> None:
     """Re-estimate the running statistics of MODEL on DATA and write the result to OUT; the
     report compares drift (and accuracy, with labels) before and after."""

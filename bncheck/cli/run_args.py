@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bncheck.cli.bundles import GateArgs, ModelArgs, ReportArgs
+from bncheck.cli.bundles import GateArgs, ModelArgs, ModelReportArgs, ReportArgs
 from bncheck.cli.data_options import DataArgs
 from bncheck.cli.engines import EngineArgs
 from bncheck.config import Settings
@@ -34,3 +34,10 @@ class RunArgs:
             "batch_size": data.batch_size, "limit": data.limit, "data_options": data, "progress": self.report.progress(settings),
             "device": self.engine.device or "cpu", "engine": engine, "storage_options": self.engine.storage_options(),
         }
+
+
+@dataclass
+class ModelRunArgs(RunArgs):
+    """RunArgs of ``recalibrate``, which writes a model: its ``-o OUT.onnx`` names it."""
+
+    report: ModelReportArgs

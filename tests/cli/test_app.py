@@ -291,3 +291,17 @@ def test_bn103_fix_covers_a_finding_that_suggests_no_option(cli):
     options"."""
     out = " ".join(cli("rules", "BN103").stdout.split())
     assert "Apply the options the finding suggests" in out and "where it suggests none, compare the scale" in out
+
+
+def test_o_help_of_fold_and_recalibrate_says_it_can_name_the_model():
+    """`bncheck fold --help` said "-o: Write the report to FILE instead of stdout." while the
+    contract's `bncheck fold MODEL -o OUT` writes the model there; audit and drift keep it."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    for command, models in (("fold", True), ("recalibrate", True), ("drift", False), ("audit", False)):
+        out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"}).stdout
+        text = " ".join(out.replace("│", " ").split())
+        assert ("is the model to write instead, as --out" in text) is models, command
+        assert "Write the report to FILE instead of stdout" in text
