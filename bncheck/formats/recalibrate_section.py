@@ -80,8 +80,11 @@ class RecalibrationSection(Section):
     def table_parts(self) -> list[RenderableType]:
         parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
         table = Table(title="Drift before -> after", title_justify="left")
-        for col in ("layer", "mean|z| before", "after", "mean|r| before", "after"):
-            table.add_column(col, justify="left" if col == "layer" else "right")
+        # figures never wrap and their headings take two short lines, so that a narrow terminal
+        # narrows the layer column, not the numbers (`/bn1/Batc` / `hNormaliz` / `ation` at 60)
+        table.add_column("layer", justify="left", overflow="fold")
+        for col in ("mean|z|\nbefore", "\nafter", "mean|r|\nbefore", "\nafter"):
+            table.add_column(col, justify="right", no_wrap=True)
         for row in self.layer_rows():
             table.add_row(*row)
         parts.append(table)

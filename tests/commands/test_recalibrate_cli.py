@@ -171,3 +171,27 @@ def test_enough_held_out_samples_give_no_weak_note(tmp_path):
     body = json.loads(result.stdout)
     assert body["recalibration"]["guard"]["samples"] >= 40
     assert not any("held-out check" in n for n in body.get("notes", []))
+
+
+def test_before_after_table_keeps_figures_whole_on_a_narrow_terminal(tmp_path):
+    """At 60 columns the before -> after table broke its headings and cut the layer names into
+    three rows of nine characters (`/bn1/Batc` / `hNormaliz` / `ation`); the figures never
+    wrap, their headings take two short lines, and the layer column gets the rest."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    argv = ["recalibrate", str(samples / "digits_cnn.onnx"), str(samples / "data/digits/shifted"), "-o", str(tmp_path / "r.onnx")]
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "60", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("Drift before -> after"))) :]
+    table = table[: table.index(next(x for x in table if x.startswith("└"))) + 1]
+    assert max(len(line) for line in table) <= 60, "\n".join(table)
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table if line.startswith("│")]
+    figures = [row[1:] for row in rows if row[1]]
+    assert len(figures) == 3 and all(len(cells) == 4 and all(cells) for cells in figures), "\n".join(table)
+    names = "".join(row[0] for row in rows)
+    assert all(f"/bn{i}/BatchNormalization" in names for i in (1, 2, 3))
+    assert len(rows) <= 6, "\n".join(table)  # at most two lines a layer
