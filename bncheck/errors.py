@@ -30,9 +30,11 @@ class OutputError(BncheckError):
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (without a closing period, at most
-    ``limit`` characters), or its class name when the message is empty: the part of a
+    ``limit`` characters, ending in "…" where cut), or its class name when the message is empty: the part of a
     library's error that goes into one of bncheck's sentences."""
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip().rstrip(".")[:limit]
+            text = line.strip().rstrip(".")
+            # a cut line says so: onnxruntime's "... axis == largest was fals" read as a typo
+            return text if len(text) <= limit else text[: limit - 1] + "…"
     return type(exc).__name__

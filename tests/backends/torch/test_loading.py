@@ -274,3 +274,12 @@ def test_a_misspelt_arch_factory_names_what_the_module_defines(tmp_path, cli, as
     assert "Module" not in line
     line = assert_usage_error(cli("audit", model, "--arch", "torch.nn:Conv3x"), "torch.nn has no attribute 'Conv3x'; did you mean Conv3d?")
     assert line.endswith("?")
+
+
+def test_a_long_library_message_is_cut_with_an_ellipsis(tmp_path, cli, assert_usage_error):
+    """Library messages are cut at 300 characters: onnxruntime's broadcast failure on PP-OCR's
+    detector ended "... axis == largest was fals", as if misspelt; a cut line ends in "…"."""
+    (tmp_path / "arch.py").write_text("def make():\n    raise ValueError('shape mismatch ' + 'x' * 400 + ' END')\n")
+    samples = Path(__file__).resolve().parents[3] / "sample_models"
+    line = assert_usage_error(cli("audit", samples / "digits_cnn.pt", "--arch", f"{tmp_path / 'arch.py'}:make"), "ValueError: shape mismatch x")
+    assert "xxx…" in line and "END" not in line
