@@ -17,13 +17,23 @@ from bncheck._version import __version__
 from bncheck.cli.group import LazyCommand, LazyGroup, State, literal
 from bncheck.cli.quiet import quiet_libraries
 
+#: ``bncheck fold``'s threads, where the user has not chosen: OpenBLAS (numpy: the float64 site
+#: proofs, the fold arithmetic) on the calling thread, and torch's OpenMP threads sleeping, not
+#: spinning, while they wait. A fold runs a few small passes: on a machine whose cores are busy
+#: with other processes (CI runners, shared machines) a spinning thread waits for one that is not
+#: running, and a PyTorch fold took about 4x as long, in CPU time as in wall time; an ONNX fold
+#: ~15% more CPU (bench/results/fold_peers.md). onnxruntime's verification sessions do not spin
+#: either (bncheck.backends.onnx.session). Set before numpy and torch load: they read them once.
+QUIET_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
 #: every command, in the order of ``bncheck --help``: the module that declares it and the first
 #: paragraph of its docstring (tests/cli/test_startup.py checks both against the modules)
 COMMANDS = {
     "audit": LazyCommand(
         "bncheck.cli.audit", "Static checks of every batch-norm layer of MODEL (no data needed); several MODELs give one report each."
     ),
-    "fold": LazyCommand("bncheck.cli.fold", "Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and verify that OUT computes the same function (exit 1 when it does not)."),
+    "fold": LazyCommand("bncheck.cli.fold", "Fold BN layers of MODEL into the conv/linear weights that feed them, write OUT, and verify that OUT computes the same function (exit 1 when it does not).",
+                        env=QUIET_THREADS),
     "rules": LazyCommand("bncheck.cli.rules", "List the rules, or explain one (bncheck rules BN003)."),
     "drift": LazyCommand(
         "bncheck.cli.drift",

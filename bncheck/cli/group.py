@@ -9,9 +9,10 @@ process)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import typer
 from rich.markup import escape
@@ -113,6 +114,9 @@ class LazyCommand:
 
     module: str
     summary: str
+    #: environment defaults set (where the user has set none) before the module is imported,
+    #: hence before numpy and torch read them (see :data:`bncheck.cli.app.QUIET_THREADS`)
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class LazyGroup(RecordingGroup):
@@ -134,6 +138,8 @@ class LazyGroup(RecordingGroup):
         entry = self.lazy_commands[cmd_name]
         if self._listing:  # the group's help: the name and the summary are all it shows
             return typer.core.TyperCommand(name=cmd_name, help=literal(entry.summary))
+        for name, value in entry.env.items():
+            os.environ.setdefault(name, value)
         declared = typer.main.get_group(importlib.import_module(entry.module).app)
         command = declared.commands.get(cmd_name)
         if command is None:
