@@ -168,9 +168,11 @@ def paired(cmds: dict[str, list[str]], variants: list[str], rounds: int, env: di
 def _figures(plain: list, variant: list) -> dict:
     walls = [v.wall_s / p.wall_s for p, v in zip(plain, variant, strict=True)]
     rss = [v.max_rss_bytes / p.max_rss_bytes for p, v in zip(plain, variant, strict=True)]
+    cpu = [(v.user_s + v.sys_s) / (p.user_s + p.sys_s) for p, v in zip(plain, variant, strict=True)]
     runs = {"plain": plain, "variant": variant}
     return {
         "ratio_wall_median": median(walls),
+        "ratio_cpu_median": median(cpu),
         "ratio_rss_median": median(rss),
         "ratios_wall": [round(w, 3) for w in walls],
         "plain_wall_s": [round(p.wall_s, 2) for p in runs["plain"]],
@@ -206,7 +208,7 @@ def main() -> None:
                 key = f"{backend}/{fmt}/{variant}"
                 results["runs"][key] = figures
                 print(
-                    f"{key:22s} wall x{figures['ratio_wall_median']:.3f} (plain {figures['plain_wall_s']} s, "
+                    f"{key:22s} wall x{figures['ratio_wall_median']:.3f} CPU x{figures['ratio_cpu_median']:.3f} (plain {figures['plain_wall_s']} s, "
                     f"drift {figures['variant_wall_s']} s)  peak RSS x{figures['ratio_rss_median']:.2f} "
                     f"({figures['plain_rss_mb']} -> {figures['variant_rss_mb']} MB)  [{time.perf_counter() - start:.0f} s]",
                     flush=True,

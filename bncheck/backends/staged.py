@@ -53,6 +53,10 @@ class StagedModel(ABC):
     def close(self) -> None:
         """Release the runtime; idempotent."""
 
+    def release_below(self, k: int) -> None:  # noqa: B027 (an optional hook: nothing to let go of by default)
+        """Let go of what runs the segments before ``k`` (their sessions: rebuilt should a
+        batch need them again); called once every frontier of level ``k`` is kept."""
+
     def __enter__(self) -> StagedModel:
         return self
 

@@ -42,6 +42,15 @@ from bncheck.rules.stale_statistics import StaleStatistics
 #: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
 #: run again from the subsample through the levels before)
 STAGED_CACHE_MB = 256.0
+#: fewest samples of the subsample the level-by-level pass runs on (more where they fit half
+#: of STAGED_CACHE_MB, see _staged_samples), in batches of at most STAGED_BATCH: its values
+#: between levels (a ResNet-18 at 224 x 224: 3.2 MB per sample at the first cut) then stay in
+#: the cache and each level opens one segment of the model at a time
+STAGED_SAMPLES = 32
+STAGED_BATCH = 16
+#: batch of the eval passes that need outputs only (BN301's noise floor): onnxruntime's arena
+#: then holds the activations of 8 samples, not of a whole --batch-size
+OUTPUTS_BATCH = 8
 #: how little a pass may move DATA's statistics for them to have settled (see :func:`refine`)
 REFINE_TOLERANCE = 0.02
 #: passes :func:`refine` may make by default (``DriftOptions.refinement_passes``)
@@ -124,8 +133,9 @@ def runner_with(source: ModelSource, stats: Statistics, runner, layers: list[str
 def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> np.ndarray:
     """Eval-mode outputs of ``x`` (batch-first) from ``source`` carrying ``stats`` (see
     :func:`runner_with`)."""
+    size = min(batch_size, OUTPUTS_BATCH)  # the plain session's arena grows to its largest batch
     with runner_with(source, stats, runner, []) as run:
-        return np.concatenate([run.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate([run.forward(x[i : i + size]) for i in range(0, len(x), size)])
 
 
 @dataclass
@@ -219,7 +229,8 @@ def stale_statistics(
     # is all of DATA), or merged from the per-sample moments it kept of the subsample
     base = {name: result.moments[name] for name in full} if len(setting.sub) == result.samples else setting.stored_moments(list(full))
     eps = {layer.name: float(layer.eps or 1e-5) for layer in layers}
-    refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes)
+    stored = {layer.name: (np.asarray(layer.running_mean, np.float64), np.asarray(layer.running_var, np.float64)) for layer in layers if layer.name in full}
+    refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes, stored=stored)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
     if reach is None or _within_reach(effect, *reach):
         out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple)
@@ -301,6 +312,7 @@ class Refined:
 def refine(
     source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None,
     eps: dict[str, float] | None = None, max_passes: int = REFINE_PASSES, tolerance: float = REFINE_TOLERANCE,
+    stored: Statistics | None = None,
 ) -> Refined:  # fmt: skip
     """DATA's statistics with every layer measured as it is once the layers before it use DATA's
     statistics too: the fixed point of ``recalibrate --method exact``, moved onto all of DATA.
@@ -320,13 +332,19 @@ def refine(
     channel standard deviations, variance relative, both with the layer's eps, as
     ``recalibrate`` measures it) or after ``max_passes`` passes, the level-by-level one
     counted: then ``converged`` is false and the statistics and outputs are those of the last
-    eval pass."""
+    eval pass. ``stored``: the stored statistics; where ``full`` differs from them by more than
+    ``tolerance`` somewhere, the first eval pass could hardly settle and the level-by-level pass
+    comes first (its result checked by the eval pass that follows, as always)."""
     names = list(full)
     eps = eps or {}
     if base is None:
         base = array_moments(runner, setting.sub, setting.batch_size, names)
     before = {n: (base[n].mean, base[n].var) for n in names if n in base}
     stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
+    if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
+        staged, levels, unstaged = _level_by_level(source, full, before, setting, names)
+        if staged is not None:
+            stats, how, passes = staged, "level by level", 1
     while True:
         out, moments = _pass_with(source, runner, stats, setting, names)
         passes += 1
@@ -334,7 +352,7 @@ def refine(
         move = _movement(stats, new, eps)
         if move < tolerance or passes >= max_passes:
             return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
-        if passes == 1 and passes + 1 < max_passes:
+        if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
             staged, levels, unstaged = _level_by_level(source, full, before, setting, names)
             if staged is not None:
                 stats, how, passes = staged, "level by level", passes + 1
@@ -367,19 +385,43 @@ class _Subsample:
 
 
 def _level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
-    """The fixed point of :func:`refine` from one level-by-level pass over the subsample (each
-    level's moments moved onto all of DATA before the next level is measured), its number of
-    levels; or (None, 0, why the model cannot be cut)."""
+    """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
+    the subsample (:func:`_staged_samples`; each level's moments moved onto all of
+    DATA, as those samples' moments with the stored statistics moved, before the next level is
+    measured), its number of levels; or (None, 0, why the model cannot be cut). The move is a
+    difference on the same samples, so a few dozen give it to well within the tolerance the
+    last eval pass then checks on the whole subsample. ``before``: the whole subsample's moments
+    with the stored statistics, used (with the whole subsample) where the main pass kept no
+    per-sample moments to take those samples' from."""
     staged, why = backend_for(source).staged(source, names)
     if staged is None:
         return None, 0, why
-    options = SimpleNamespace(batch_size=setting.batch_size, cache_mb=STAGED_CACHE_MB, prior=0.0)
+    k = _staged_samples(setting, names)
+    base = setting.stored_moments(names, slice(0, k)) if k < len(setting.sub) else None
+    if base is None:  # the whole subsample, whose moments with the stored statistics are known
+        k = len(setting.sub)
+    else:
+        before = {n: (base[n].mean, base[n].var) for n in names if n in base}
+    sub = setting.sub[:k]
+    options = SimpleNamespace(batch_size=min(setting.batch_size, STAGED_BATCH), cache_mb=STAGED_CACHE_MB, prior=0.0)
     with staged:
         done = estimate_staged(
-            staged, _Subsample(setting.sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
+            staged, _Subsample(sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
             adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
         )  # fmt: skip
     return {n: done.stats.get(n, full[n]) for n in names}, staged.plan.depth, ""
+
+
+def _staged_samples(setting: OutputSetting, names: list[str]) -> int:
+    """Samples of the subsample the level-by-level pass runs on: as many as keep the largest BN
+    input of all of them within half of :data:`STAGED_CACHE_MB` (the values between two levels
+    then stay in the cache), at least :data:`STAGED_SAMPLES`; all of them where the main pass
+    kept no per-sample moments to tell the size by."""
+    sizes = [int(m.counts[0]) * m.means.shape[1] * 4 for n in names if (m := setting.sub_moments.get(n)) is not None and len(m)]
+    if not sizes:
+        return len(setting.sub)
+    fits = int(STAGED_CACHE_MB * (1 << 20) / 2) // max(sizes)
+    return min(len(setting.sub), max(STAGED_SAMPLES, fits))
 
 
 def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:

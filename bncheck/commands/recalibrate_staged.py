@@ -107,6 +107,8 @@ def estimate_staged(
                 take(index, len(batch.x), frontier)
                 batches, total = index + 1, total + len(batch.x)
         peak, kept = max(peak, nxt.peak), max(kept, len(nxt.items))
+        if level < depth and len(nxt.items) == batches:  # the next level reads the cache only
+            staged.release_below(level)
         cache = nxt
         cache.older = None
         merged = {name: merge_all(ms) for name, ms in parts.items()}

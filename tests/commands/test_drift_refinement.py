@@ -31,7 +31,9 @@ def test_ppocr_recogniser_population_statistics_are_what_recalibrate_exact_write
     te = report.result.train_eval
     # six BN levels: whole-model passes settle one level each, the old four never got there
     assert te.refinement_method == "level by level" and te.refinement_levels >= 5
-    assert te.refinement_converged is True and te.refinement_passes == 3
+    # DATA's statistics are far from the stored ones: the level-by-level pass first, then the one
+    # eval pass that checks it (no first eval pass that could not have settled)
+    assert te.refinement_converged is True and te.refinement_passes == 2
     assert te.refinement_movement < 1e-3  # the residual the last pass measured: float32 rounding
     out = tmp_path / "recalibrated.onnx"
     bncheck.recalibrate(path, x, out, options=RecalibrateOptions(method="exact", holdout=0, batch_size=8))
@@ -66,7 +68,9 @@ def test_unsettled_statistics_give_a_note_and_no_error():
     x = np.random.default_rng(0).normal(1.5, 2.0, size=(200, 6)).astype(np.float32)
     labels = _one_pass_labels(model, x)  # with them the one-pass statistics look like a clear win
     settled = bncheck.drift(model, (x, labels), options=DriftOptions(mismatch_samples=200))
-    assert settled.result.train_eval.refinement_converged is True and settled.result.train_eval.refinement_passes == 3
+    # the statistics are far from DATA's: the level-by-level pass first, then the eval pass checking it
+    assert settled.result.train_eval.refinement_converged is True and settled.result.train_eval.refinement_passes == 2
+    assert settled.result.train_eval.refinement_method == "level by level"
     assert not any("did not settle" in note for note in settled.notes)
     # one pass: the one-pass statistics of the second BN (the first BN on its stored
     # statistics) are measured to be off, and no pass is left to refine them

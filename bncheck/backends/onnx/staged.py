@@ -62,13 +62,11 @@ class OnnxStaged(StagedModel):
         self._bn = bn
         self._level_of = {name: k for k, names in enumerate(plan.levels, start=1) for name in names}
         self._stats: dict[str, np.ndarray] = {}
-        self._sessions = []
-        for k in range(plan.depth):
-            if not plan.produced(k):  # nothing computed between the cuts (a BN on the input)
-                self._sessions.append(None)
-                continue
-            session = open_session(_segment(model, plan, k, types, self._level_of), device=device, arena=False)
-            self._sessions.append((session, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]))
+        self._model, self._types, self._device = model, types, device
+        #: segment -> (session, its inputs, its outputs), opened when a segment first runs (a
+        #: pass whose frontiers all stay in the cache never opens the first segments twice)
+        self._sessions: dict[int, tuple] = {}
+        self._closed = False
         self._dtypes = {name: np.dtype(helper.tensor_dtype_to_np_dtype(_elem(types, bn.node(name).input[3], model))) for name in self._level_of}
         self._input_dtype = np.dtype(input_spec(model).dtype)
 
@@ -87,10 +85,26 @@ class OnnxStaged(StagedModel):
     def advance(self, k: int, frontier: Frontier) -> Frontier:
         return self._run(k, frontier)
 
+    def _session(self, k: int):
+        """Segment ``k``'s session, its inputs and outputs (None: it computes nothing)."""
+        if not self.plan.produced(k):  # nothing computed between the cuts (a BN on the input)
+            return None
+        if k not in self._sessions:
+            if self._closed:
+                raise RuntimeError("the staged model is closed")
+            session = open_session(_segment(self._model, self.plan, k, self._types, self._level_of), device=self._device, arena=False)
+            self._sessions[k] = (session, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        return self._sessions[k]
+
+    def release_below(self, k: int) -> None:
+        for index in [i for i in self._sessions if i < k]:
+            del self._sessions[index]
+
     def _run(self, k: int, frontier: Frontier) -> Frontier:
         out = {}
-        if self._sessions[k] is not None:
-            session, inputs, outputs = self._sessions[k]
+        segment = self._session(k)
+        if segment is not None:
+            session, inputs, outputs = segment
             feeds = {name: frontier[name] if name in frontier else self._stats[name] for name in inputs}
             out = dict(zip(outputs, session.run(outputs, feeds), strict=True))
         return {v: out[v] if v in out else frontier[v] for v in self.plan.frontiers[k + 1]}
@@ -108,7 +122,8 @@ class OnnxStaged(StagedModel):
         return sum({id(a): np.asarray(a).nbytes for a in frontier.values()}.values())
 
     def close(self) -> None:
-        self._sessions = []
+        self._sessions = {}
+        self._closed = True
 
 
 def _moments(x: np.ndarray) -> Moments:
