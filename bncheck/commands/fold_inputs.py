@@ -74,9 +74,9 @@ def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, s
     if specs is not None:
         sized, how = backend.concrete_inputs(source, specs)
         if all(_static(spec) for spec in sized):
-            plan = _random_plan(sized, total, seed, "inferred", how or "dynamic dimensions set to sizes the model accepts")
-            plan.notes.extend([how] if how else [])
-            return plan
+            # the sizes and where they came from are the verification record's reason (the
+            # report prints it once, on the verification-inputs line)
+            return _random_plan(sized, total, seed, "inferred", how or "dynamic dimensions set to sizes the model accepts")
     inferred = backend.infer_inputs(source, specs)
     if inferred is not None:
         found, why = inferred

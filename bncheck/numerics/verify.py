@@ -106,7 +106,9 @@ def interleaved_timing(
     """Median wall time of ``first`` and ``second``, measured alternately (ABBA order, after
     one warm-up call each) so that load from other processes hits both alike.
 
-    Returns ``{"first_ms", "second_ms", "ratio" (first/second), "rounds"}``.
+    Returns ``{"first_ms", "second_ms", "ratio" (first/second), "rounds"}``. Where ``min_rounds``
+    rounds would take more than four times ``budget_s`` (a large model on a guessed input
+    size), one round is measured: the timing is an extra, it must not cost more than the fold.
     """
     first()
     second()
@@ -114,7 +116,8 @@ def interleaved_timing(
     first()
     second()
     once = max(time.perf_counter() - t0, 1e-6)
-    rounds = int(min(max_rounds, max(min_rounds, budget_s / once)))
+    fewest = min_rounds if once * min_rounds <= 4 * budget_s else 1
+    rounds = int(min(max_rounds, max(fewest, budget_s / once)))
     a: list[float] = []
     b: list[float] = []
     for r in range(rounds):

@@ -86,3 +86,16 @@ def test_khmer_crnn_time_major_output_through_its_architecture_file():
     assert te.batch_axis == 1 and te.class_axis == 1 and te.positions > 10  # (T, N, 984)
     assert report.result.small_batch.positions == te.positions
     assert not any("could not be done" in note for note in report.notes)
+
+
+def test_ppocr_detector_on_sides_it_cannot_join_names_the_sizes_that_fit():
+    """PP-OCR's DBNet adds up maps of 1/4 to 1/32 of its input: 48-pixel text lines break it
+    inside onnxruntime; the sentence names the down-sampling and sides that fit, not only the
+    runtime's broadcast error."""
+    path = _model(rm.PPOCR_DET)
+    x = _ppocr_batch(2, 48, 320, 1, seed=3)
+    with pytest.raises(bncheck.BncheckError) as caught:
+        bncheck.drift(path, x, options=DriftOptions(batch_size=2, mismatch_samples=0))
+    message = str(caught.value)
+    assert "down-samples its input by 32x32" in message and "--size 64,320" in message, message
+    assert "\n" not in message

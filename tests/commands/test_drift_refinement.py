@@ -89,3 +89,29 @@ def test_unsettled_statistics_give_a_note_and_no_error():
 def test_refinement_passes_below_one_is_refused():
     with pytest.raises(bncheck.BncheckError, match="refinement_passes must be at least 1"):
         bncheck.drift(_mlp(), np.zeros((8, 6), np.float32), options=DriftOptions(refinement_passes=0))
+
+
+def test_diverging_whole_model_passes_stop_at_the_least_moved_statistics(monkeypatch):
+    """A model that cannot be cut into levels (TorchScript) is refined with whole-model passes;
+    where they move the statistics more with every pass (a random-init ResNet-18 whose stored
+    statistics came from 256 of 2,000 images went 0.14, 0.58, 1.6, 3.1, 3.5, 7.1 and BN301 read
+    16% agreement), the passes stop and the least-moved statistics and their outputs stand,
+    marked unsettled."""
+    from bncheck.commands import drift_outputs as do
+    from bncheck.numerics.moments import Moments
+
+    means = iter([0.1, 0.5, 1.5, 4.0])
+    outputs = iter([np.full((4, 3), k, np.float32) for k in range(4)])
+
+    def fake_pass(source, runner, stats, setting, names):
+        return next(outputs), {"bn": Moments(400, np.array([next(means)]), np.array([400.0]))}
+
+    monkeypatch.setattr(do, "_pass_with", fake_pass)
+    monkeypatch.setattr(do, "_level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
+    setting = do.OutputSetting(np.zeros((4, 2), np.float32), np.zeros((4, 3), np.float32), None, 1, 2)
+    base = {"bn": Moments(400, np.array([0.0]), np.array([400.0]))}
+    refined = do.refine(None, None, {"bn": (np.array([0.0]), np.array([1.0]))}, setting, base=base, eps={"bn": 1e-5}, max_passes=6)
+    assert refined.converged is False and refined.passes == 2 and "diverging" in refined.how and "torch.fx" in refined.unstaged
+    assert np.array_equal(refined.outputs, np.zeros((4, 3), np.float32))  # the first pass's: the least moved
+    assert refined.statistics["bn"][0] == pytest.approx([0.0])
+    assert refined.movement == pytest.approx(0.1, rel=1e-3)

@@ -56,3 +56,14 @@ def test_interleaved_timing_ratio():
     assert result["rounds"] >= 4
     assert result["first_ms"] > result["second_ms"]
     assert result["ratio"] == pytest.approx(result["first_ms"] / result["second_ms"])
+
+
+def test_interleaved_timing_of_a_slow_pair_measures_one_round():
+    """Three rounds would take more than four times the budget: one round, not min_rounds."""
+    import time
+
+    calls = []
+    result = interleaved_timing(lambda: (calls.append(1), time.sleep(0.05)), lambda: time.sleep(0.05), budget_s=0.02, min_rounds=3)
+    assert result["rounds"] == 1 and len(calls) == 3  # two warm-up calls, one measured
+    fast = interleaved_timing(lambda: None, lambda: None, budget_s=0.02, min_rounds=3)
+    assert fast["rounds"] >= 3

@@ -21,6 +21,7 @@ import onnx
 from bncheck.backends.onnx import bn_nodes
 from bncheck.backends.onnx.bn_nodes import BnGraph
 from bncheck.backends.onnx.graph import static_dims
+from bncheck.backends.onnx.input_sizes import total_strides
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.moments_graph import MomentsGraph, MomentsPlan, build_moments_graph
 from bncheck.backends.onnx.naming import NameMaker
@@ -32,7 +33,7 @@ from bncheck.backends.onnx.session import open_session
 from bncheck.backends.onnx.train_graph import TrainGraph, build_train_graph
 from bncheck.backends.onnx.two_pass import moments_from_outputs
 from bncheck.backends.runner import ModelRunner, dedupe, select_layers
-from bncheck.errors import UsageError
+from bncheck.errors import DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments, SampleMoments
 
 #: eval passes are split so that the largest BN input of a chunk takes at most this many bytes
@@ -157,6 +158,25 @@ class OnnxRunner(ModelRunner):
             return session.run(names, {self.input_spec.name: x})
         except Exception as exc:  # onnxruntime raises its own exception types
             raise self._run_failed(exc, x) from exc
+
+    def _run_failed(self, exc: BaseException, x: np.ndarray):
+        """The runtime's refusal of a batch; where the batch's spatial sides are not multiples
+        of the model's total down-sampling (a detector or segmenter whose skip connections add
+        maps of halved sides), the sentence says so and names sides that fit."""
+        error = super()._run_failed(exc, x)
+        if x.ndim < 4:
+            return error
+        strides = total_strides(self._model)
+        sides = [int(d) for d in x.shape[2:]]
+        strides = (strides + [strides[-1]] * len(sides))[: len(sides)]
+        if all(s <= 1 or side % s == 0 for side, s in zip(sides, strides, strict=True)):
+            return error
+        fit = [max(s, -(-side // s) * s) for side, s in zip(sides, strides, strict=True)]
+        return DataError(
+            f"the model cannot run on a batch of shape {tuple(x.shape)} ({first_line(exc)}); it down-samples its input by "
+            f"{'x'.join(str(s) for s in strides)}, and sides that are not multiples of that break models that join maps of "
+            f"several scales: resize DATA to fit (e.g. --size {','.join(str(f) for f in fit)})."
+        )
 
     def _forward(self, x: np.ndarray, bn: str) -> np.ndarray:
         kind = "train" if bn == "train" else "plain"
