@@ -342,12 +342,12 @@ def refine(
     before = {n: (base[n].mean, base[n].var) for n in names if n in base}
     stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
     if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
-        staged, levels, unstaged = _level_by_level(source, full, before, setting, names)
+        staged, levels, unstaged = level_by_level(source, full, before, setting, names)
         if staged is not None:
             stats, how, passes = staged, "level by level", 1
     best: Refined | None = None
     while True:
-        out, moments = _pass_with(source, runner, stats, setting, names)
+        out, moments = pass_with(source, runner, stats, setting, names)
         passes += 1
         new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
         move = _movement(stats, new, eps)
@@ -361,7 +361,7 @@ def refine(
         if best is None or move < best.movement:
             best = Refined(stats, out, passes, move, False, how, levels, unstaged)
         if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
-            staged, levels, unstaged = _level_by_level(source, full, before, setting, names)
+            staged, levels, unstaged = level_by_level(source, full, before, setting, names)
             if staged is not None:
                 stats, how, passes = staged, "level by level", passes + 1
                 continue
@@ -392,7 +392,7 @@ class _Subsample:
             yield SimpleNamespace(x=np.asarray(self.x[i : i + batch_size]))
 
 
-def _level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
+def level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
     """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
     the subsample (:func:`_staged_samples`; each level's moments moved onto all of
     DATA, as those samples' moments with the stored statistics moved, before the next level is
@@ -453,7 +453,7 @@ def _movement(old: Statistics, new: Statistics, eps: dict[str, float]) -> float:
     return max((relative_change(old[name], values, float(eps.get(name) or 1e-5)) for name, values in new.items()), default=0.0)
 
 
-def _pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
+def pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
     """Outputs and per-layer input moments of the subsample from ``source`` carrying ``stats``
     (see :func:`runner_with`)."""
     outs, parts = [], {}

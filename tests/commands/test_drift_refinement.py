@@ -106,8 +106,8 @@ def test_diverging_whole_model_passes_stop_at_the_least_moved_statistics(monkeyp
     def fake_pass(source, runner, stats, setting, names):
         return next(outputs), {"bn": Moments(400, np.array([next(means)]), np.array([400.0]))}
 
-    monkeypatch.setattr(do, "_pass_with", fake_pass)
-    monkeypatch.setattr(do, "_level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
+    monkeypatch.setattr(do, "pass_with", fake_pass)
+    monkeypatch.setattr(do, "level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
     setting = do.OutputSetting(np.zeros((4, 2), np.float32), np.zeros((4, 3), np.float32), None, 1, 2)
     base = {"bn": Moments(400, np.array([0.0]), np.array([400.0]))}
     refined = do.refine(None, None, {"bn": (np.array([0.0]), np.array([1.0]))}, setting, base=base, eps={"bn": 1e-5}, max_passes=6)
