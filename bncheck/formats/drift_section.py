@@ -75,6 +75,11 @@ class DriftSection(Section):
             return ""
         flip = sb.flip_rate
         extra = f" {flip:.1%} of predictions change in train mode." if isinstance(flip, (int, float)) else ""
+        if not sb.train_pass:
+            extra = (
+                " The train-mode pass was skipped (--train-pass auto): every layer's scatter, estimated from the per-sample "
+                "statistics of the main pass, is below half of BN201's threshold, where the rule cannot fire; --train-pass always runs it."
+            )
         return (
             "<h2 id=\"small-batch\">Small-batch risk (BN201)</h2><figure>"
             + chart

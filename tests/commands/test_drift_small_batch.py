@@ -185,3 +185,12 @@ def test_cli_train_pass_option(tmp_path):
     ok = runner.invoke(app, ["drift", str(model), str(data), "--train-pass", "always", "-f", "json", "-o", str(out)])
     assert ok.exit_code in (0, 1), ok.output
     assert json.loads(out.read_text())["drift"]["small_batch"]["train_pass"] is True
+
+
+def test_the_html_report_says_the_pass_was_skipped(fitted):
+    model, x = fitted
+    report = bncheck.drift(model, x, options=DriftOptions(mismatch_samples=128, channels=True))
+    from bncheck.formats import get_renderer
+
+    html = get_renderer("html")(report)
+    assert "The train-mode pass was skipped (--train-pass auto)" in html
