@@ -34,18 +34,14 @@ def estimated_scatter(layers, setting: OutputSetting, batch_size: int, observed:
     batches = len(setting.sub) // batch_size
     if batches < 2 or batch_size < 2:
         return None
-    eps = {layer.name: layer.eps or 1e-5 for layer in layers}
-    out: dict[str, BatchScatter] = {}
+    per_layer: dict[str, list[Moments]] = {}
     for name in observed:
         kept = setting.sub_moments.get(name)
         if kept is None or len(kept) < batches * batch_size:
             return None
-        ms = [kept.take(slice(k * batch_size, (k + 1) * batch_size)).merged() for k in range(batches)]
-        if ms[0].count == 0:
-            continue
-        pooled = merge_all(ms)
-        sc = metrics.batch_scatter(np.stack([m.mean for m in ms]), np.stack([m.var for m in ms]), pooled.mean, pooled.var, eps.get(name, 1e-5))
-        out[name] = BatchScatter(**sc)
+        per_layer[name] = [kept.take(slice(k * batch_size, (k + 1) * batch_size)).merged() for k in range(batches)]
+    out: dict[str, BatchScatter] = {}
+    _worst_scatter(layers, per_layer, batches, out)
     return out
 
 
@@ -64,7 +60,7 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int, sk
             value = estimate[worst].mean_scatter
             return SmallBatchRisk(
                 batch_size=int(batch_size), samples=int(batches * batch_size), layers=estimate, worst_layer=worst,
-                max_mean_scatter=value, mean_scatter_se=value / math.sqrt(2 * batches), relative_error=None, train_pass=False,
+                max_mean_scatter=value, mean_scatter_se=_scatter_se(value, batches), relative_error=None, train_pass=False,
             )  # fmt: skip
     outs, per_layer = [], {}
     for start in range(0, len(setting.sub) - batch_size + 1, batch_size):
@@ -116,8 +112,12 @@ def _worst_scatter(layers, per_layer: dict[str, list[Moments]], batches: int, ou
         out[name] = BatchScatter(**sc)
         if sc["mean_scatter"] > worst_value:
             worst, worst_value = name, sc["mean_scatter"]
-    # the scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)
-    return worst, worst_value, worst_value / math.sqrt(2 * batches)
+    return worst, worst_value, _scatter_se(worst_value, batches)
+
+
+def _scatter_se(scatter: float, batches: int) -> float:
+    """The scatter is an RMS over the batches: its standard error is about scatter / sqrt(2 batches)."""
+    return scatter / math.sqrt(2 * batches)
 
 
 def _standard_error(values: np.ndarray) -> float:

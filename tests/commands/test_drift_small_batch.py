@@ -22,25 +22,11 @@ from bncheck.cli.app import app
 from bncheck.commands import drift_small_batch as outputs
 from bncheck.commands.drift import DriftOptions
 from bncheck.config import Settings
+from tests.commands.test_drift import Net
 from tests.commands.test_drift_real_models import _ppocr_batch, _text_image
 from tests.support import real_models as rm
 
 SAMPLE_MODELS = Path(__file__).resolve().parents[2] / "sample_models"
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 @pytest.fixture
