@@ -48,12 +48,14 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics.verify import ErrorAccumulator, default_tolerances, interleaved_timing
 from bncheck.report.fold_figures import BeforeAfter, FoldFigures, FoldOutput, FoldTiming
 from bncheck.report.report import Report
-from bncheck.report.results import FoldResult
+from bncheck.report.results import FoldResult, VerificationInputs
 from bncheck.rules import FoldEvidence, RuleContext, Verification, run_codes, run_rules
 from bncheck.rules.finding import Finding
 
 #: Audit rules whose findings make folding refuse (it would bake the defect into weights).
 REFUSING_RULES = ("BN001", "BN002", "BN004")
+#: the verification record's reason when nothing was folded and nothing is written
+UNCHANGED = "nothing was folded and nothing is written: the model is unchanged, so no whole-model run was needed"
 __all__ = ["fold", "load_folded_state_dict", "parse_input_shape", "FoldRefused"]
 
 
@@ -114,6 +116,8 @@ def fold(
     folded, proofs = _fold_proved(backend, source, kind, affine, plan, site_atol, site_rtol)
     changed = folded.count("folded") + folded.count("affine") > 0
     converted = changed or (out is not None and force)
+    if not converted:  # nothing folded and nothing written: a run of the model against itself proves nothing
+        plan = replace(plan, batches=None, data_info=None, used=VerificationInputs("none", None, UNCHANGED))
     if converted:
         step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")
     artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])

@@ -37,6 +37,8 @@ def _size(value) -> str:
 
 def _verification_line(result: FoldResult) -> str:
     v, f = result.verification, result.figures
+    if v.samples == 0 and not _changed(result):
+        return "verification: not needed: nothing was folded, the model is unchanged"
     if v.samples == 0:
         return "verification: whole model not run (no input could be built); the folded sites were proved on their own"
     return (
@@ -46,9 +48,13 @@ def _verification_line(result: FoldResult) -> str:
     )
 
 
+def _changed(result: FoldResult) -> bool:
+    return any(outcome.get("status") in ("folded", "affine") for outcome in result.outcomes.values())
+
+
 def _inputs_line(result: FoldResult) -> list[str]:
     used = result.inputs
-    if used is None:
+    if used is None or (used.origin == "none" and not _changed(result)):
         return []
     shapes = "; ".join("×".join(str(d) for d in s) for s in used.shapes or [])
     return [f"verification inputs: {used.origin}{f' ({shapes})' if shapes else ''}: {used.why}"]

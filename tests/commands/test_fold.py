@@ -176,6 +176,30 @@ def test_nothing_to_fold(cli, tmp_path):
     assert any("nothing to fold" in n for n in report["notes"])
 
 
+def test_kept_layers_only_need_no_whole_model_run(cli, tmp_path, export_onnx, randomize_bn):
+    """Every BN kept (fed by a ReLU) and nothing written: the model is unchanged, so no
+    verification inputs are built or run; --force writes the copy and verifies it."""
+    import torch
+    from torch import nn
+
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(4)))
+    model(torch.zeros(1, 3, 12, 12))
+    path = export_onnx(model.eval(), torch.zeros(1, 3, 12, 12), tmp_path / "kept.onnx")
+    out = tmp_path / "f.onnx"
+    result = cli("fold", path, "--out", out, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    report = _json(result)
+    assert report["fold"]["layers_folded"] == 0 and not out.exists()
+    assert report["verification"]["samples"] == 0 and report["verification"]["passed"] is True
+    assert report["verification"]["inputs_used"]["origin"] == "none"
+    assert "model is unchanged" in report["verification"]["inputs_used"]["why"]
+    table = cli("fold", path, "--out", out)
+    assert "verification: not needed: nothing was folded" in table.stdout
+    assert "verification inputs" not in table.stdout and "proved on their own" not in table.stdout
+    forced = _json(cli("fold", path, "--out", out, "-f", "json", "--force"))
+    assert out.exists() and forced["verification"]["samples"] > 0 and forced["verification"]["inputs_used"]["origin"] == "graph"
+
+
 def test_verify_on_data_and_human_formats(cli, digits, tmp_path):
     out = tmp_path / "f.onnx"
     data = SAMPLES / "data" / "digits" / "reference"
