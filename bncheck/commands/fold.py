@@ -32,7 +32,8 @@ Decisions a user should know:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,9 @@ def fold(
     if plan.example is None and backend.needs_example(source, kind):
         raise UsageError(_needs_example_message(kind, plan))
     site_atol, site_rtol = _site_tolerances(backend.float_dtype(source).name, atol, rtol)
-    folded, proofs = _fold_proved(backend, source, kind, affine, plan, site_atol, site_rtol)
-    changed = folded.count("folded") + folded.count("affine") > 0
-    converted = changed or (out is not None and force)
-    if not converted:  # nothing folded and nothing written: a run of the model against itself proves nothing
-        plan = replace(plan, batches=None, data_info=None, used=VerificationInputs("none", None, UNCHANGED))
-    if converted:
-        step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")
-    artifact, artifact_notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
-    evidence = _verify(backend, source, artifact, kind, plan, atol, rtol, site_atol, site_rtol)
+    check = _Check(backend, source, kind, plan, out, force, atol, rtol, site_atol, site_rtol)
+    folded, proofs, checked = _fold_proved(check, affine)
+    changed, plan, artifact, artifact_notes, evidence = checked
     timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
     written = _write(backend, source, folded, artifact, kind, out, changed=changed, passed=evidence.verification.passed, force=force, notes=notes)
@@ -157,13 +152,53 @@ def _outcome_notes(source: ModelSource, layers, changed: bool) -> list[str]:
     return []
 
 
-def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool, plan: InputPlan, atol: float, rtol: float):
+@dataclass(frozen=True)
+class _Check:
+    """What converting and verifying a folded model needs besides the model."""
+
+    backend: Backend
+    source: ModelSource
+    kind: str
+    plan: InputPlan
+    out: Path | None
+    force: bool
+    atol: float | None
+    rtol: float | None
+    site_atol: float
+    site_rtol: float
+
+    def run(self, folded: FoldedModel) -> tuple[bool, InputPlan, Any, list[str], FoldEvidence]:
+        """(changed, the plan verified on, the converted artifact, its notes, the evidence)."""
+        backend, source, kind, plan = self.backend, self.source, self.kind, self.plan
+        changed = folded.count("folded") + folded.count("affine") > 0
+        converted = changed or (self.out is not None and self.force)
+        if not converted:  # nothing folded and nothing written: a run of the model against itself proves nothing
+            plan = replace(plan, batches=None, data_info=None, used=VerificationInputs("none", None, UNCHANGED))
+        if converted:
+            step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")
+        artifact, notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
+        evidence = _verify(backend, source, artifact, kind, plan, self.atol, self.rtol, self.site_atol, self.site_rtol)
+        return changed, plan, artifact, notes, evidence
+
+
+def _fold_proved(check: _Check, affine: bool):
     """Fold, prove every folded site on its own, and fold again keeping the sites whose proof
-    failed (and, with no whole-model verification to cover them, those not provable alone)."""
+    failed (and, with no whole-model verification to cover them, those not provable alone);
+    convert and verify what is kept. Where the backend's proofs may run alongside
+    (``proofs_alongside``), the first fold is converted and verified while they run: it is the
+    final model unless a proof fails (then the second fold is checked again)."""
+    backend, source, kind, plan = check.backend, check.source, check.kind, check.plan
     step("folding BN into the conv/linear weights")
     folded = backend.fold(source, kind, affine=affine, example=plan.example)
     step(f"proving each folded site on its own ({folded.count('folded') + folded.count('affine')} sites)")
-    proofs = backend.prove_sites(source, folded, atol=atol, rtol=rtol)
+    checked = None
+    if backend.proofs_alongside:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncheck-proofs") as pool:
+            proving = pool.submit(backend.prove_sites, source, folded, atol=check.site_atol, rtol=check.site_rtol)
+            checked = check.run(folded)
+            proofs = proving.result()
+    else:
+        proofs = backend.prove_sites(source, folded, atol=check.site_atol, rtol=check.site_rtol)
     keep = {name: f"its site proof failed: {p.reason}" for name, p in proofs.items() if p.passed is False}
     if plan.batches is None:
         keep.update({name: f"not proved on its own ({p.reason}) and no input to verify the whole model (pass --input-shape)"
@@ -171,7 +206,8 @@ def _fold_proved(backend: Backend, source: ModelSource, kind: str, affine: bool,
     if keep:
         step(f"folding again, keeping {len(keep)} site(s) not proved")
         folded = backend.fold(source, kind, affine=affine, example=plan.example, keep=keep)
-    return folded, proofs
+        checked = None
+    return folded, proofs, checked or check.run(folded)
 
 
 def _needs_example_message(kind: str, plan: InputPlan) -> str:

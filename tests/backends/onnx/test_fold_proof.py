@@ -46,3 +46,33 @@ def test_the_table_lists_only_the_sites_that_did_not_pass(tmp_path):
     table = report.render("table", width=120)
     listed = [line.strip() for line in table.splitlines() if line.startswith("  /bn")]
     assert len(listed) == 1 and listed[0].startswith("/bn2/BatchNormalization: FAILED: max abs error")
+
+
+def test_a_failed_site_proof_refolds_and_the_refold_is_what_is_verified_and_written(tmp_path, monkeypatch):
+    """The first fold is verified while its proofs run (``proofs_alongside``); when a proof
+    fails, the site is kept and the second fold is the one verified and written."""
+    from bncheck.backends.onnx import backend as onnx_backend
+
+    real = onnx_backend.fold_onnx
+    calls = []
+
+    def tampered_first(source, **kwargs):
+        folded = real(source, **kwargs)
+        calls.append(kwargs.get("keep"))
+        if len(calls) == 1:
+            conv2 = next(n for n in folded.model.graph.node if n.name == "/conv2/Conv")
+            init = next(i for i in folded.model.graph.initializer if i.name == conv2.input[1])
+            w = numpy_helper.to_array(init).copy()
+            w[3] *= 1.01
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+        return folded
+
+    monkeypatch.setattr(onnx_backend, "fold_onnx", tampered_first)
+    out = tmp_path / "f.onnx"
+    report = fold(SAMPLES / "digits_cnn.onnx", out, timing=False)
+    assert len(calls) == 2 and "/bn2/BatchNormalization" in calls[1]
+    assert report.result.site_proofs["/bn2/BatchNormalization"].passed is False
+    assert report.result.outcomes["/bn2/BatchNormalization"]["status"] == "kept"
+    assert report.result.verification.passed and report.result.verification.max_rel_err < 1e-4
+    written = onnx.load(str(out))
+    assert [n.name for n in written.graph.node if n.op_type == "BatchNormalization"] == ["/bn2/BatchNormalization"]
