@@ -288,7 +288,7 @@ def one_pass_error(models: dict) -> list[str]:
         lines.append(
             f"| {name} | 0.5 sd | {rel(exact_out, stored_out):.3g} / {agree(exact_out, stored_out):.1%} | "
             f"{rel(one_pass_out, stored_out):.3g} / {agree(one_pass_out, stored_out):.1%} | "
-            f"{te['relative_error']:.3g} / {te['top1_agreement']:.1%} ({te['refinement_passes']} passes) |"
+            f"{te.relative_error:.3g} / {te.top1_agreement:.1%} ({te.refinement_passes} passes) |"
         )
         print(lines[-1], flush=True)
     return lines
