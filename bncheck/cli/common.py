@@ -6,6 +6,7 @@ The CLI only parses and renders; the work happens in the Python API.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import platform
 import shlex
@@ -14,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -24,11 +25,11 @@ from bncheck.cli.group import State, err
 from bncheck.errors import BncheckError, OutputError, first_line
 from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
 from bncheck.formats.common import headline, package_versions
-from bncheck.formats.plot import plot_bytes, plot_format, require_matplotlib
-from bncheck.formats.ranking import render as render_ranking
 from bncheck.report.baseline import apply_baseline, check_baseline_file
-from bncheck.report.ranking import Ranking
 from bncheck.report.report import Report
+
+if TYPE_CHECKING:
+    from bncheck.report.ranking import Ranking
 
 
 def report_width() -> int:
@@ -141,14 +142,20 @@ def choose_format(
     if fmt not in FORMATS:
         raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     if plot is not None:
-        plot_format(plot)
+        _plot().plot_format(plot)
         if output is not None and plot.resolve() == output.resolve():
             raise OutputError(f"--plot and --output both name {plot}; give the chart its own file.")
     if plot is not None:  # --plot draws with matplotlib; --format html needs nothing extra
-        require_matplotlib()
+        _plot().require_matplotlib()
     if baseline is not None and command is not None:
         check_baseline_file(baseline, command)
     return fmt
+
+
+def _plot():
+    """:mod:`bncheck.formats.plot`, imported only by a run with ``--plot`` (like the ranking
+    view for ``drift M1 M2 ... DATA``): a plain run does not pay for loading them."""
+    return importlib.import_module("bncheck.formats.plot")
 
 
 def run_info() -> dict:
@@ -203,7 +210,7 @@ def emit(
         text = renderer(report, color=color, **({"width": report_width()} if fmt == "table" else {}), **(options or {}))
     chart = None
     if plot is not None:
-        chart = plot_bytes(report, plot)
+        chart = _plot().plot_bytes(report, plot)
     if output is not None:
         atomic_write_text(output, text)
         if not quiet:
@@ -252,6 +259,6 @@ def emit_ranking(ranking: Ranking, fmt: str, output: Path | None, quiet: bool = 
         report.run = report.run or info
         say_on_stderr(report, quiet)
     width = report_width() if fmt == "table" else None
-    text = render_ranking(ranking, fmt, color=stdout_color(output), width=width, quiet=quiet)
+    text = importlib.import_module("bncheck.formats.ranking").render(ranking, fmt, color=stdout_color(output), width=width, quiet=quiet)
     write_text(text, output, quiet, f"ranking of {len(ranking.reports)} models")
     raise typer.Exit(ranking.exit_code)

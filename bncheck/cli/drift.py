@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -16,10 +17,8 @@ from bncheck.cli.model_options import LayersOpt, layer_names
 from bncheck.cli.run_args import RunArgs
 from bncheck.commands.drift import DriftOptions
 from bncheck.commands.drift import drift as run_drift
-from bncheck.commands.drift_ranking import rank_models
 from bncheck.data.shards import parse_shard
 from bncheck.errors import UsageError
-from bncheck.formats.ranking import check_format as check_ranking_format
 
 app = typer.Typer()
 
@@ -109,15 +108,21 @@ def drift(
         class_axis=parse_class_axis(settings.option("class_axis")),
     )
     if len(models) > 1:
-        emit_ranking(rank_models(models, data, settings=settings, options=options, **run.model.load_kwargs()), fmt, run.report.path, run.report.quiet)
+        emit_ranking(_ranking("bncheck.commands.drift_ranking").rank_models(models, data, settings=settings, options=options, **run.model.load_kwargs()), fmt, run.report.path, run.report.quiet)
     result = run_drift(models[0], data, settings=settings, options=options, **run.model.load_kwargs())
     run.report.emit(result, fmt, plot=plot)
 
 
 def check_ranking(fmt: str, report: ReportArgs, plot: Path | None) -> None:
     """Refuse, before any work, what a ranking of several models cannot show."""
-    check_ranking_format(fmt)
+    _ranking("bncheck.formats.ranking").check_format(fmt)
     if report.baseline is not None:
         raise UsageError("--baseline judges one model; give one MODEL with it.")
     if plot is not None:
         raise UsageError("--plot draws the chart of one model; give one MODEL with it.")
+
+
+def _ranking(module: str):
+    """A module of the ranking of several models, imported only by ``drift M1 M2 ... DATA`` (one
+    model's drift need not load it)."""
+    return importlib.import_module(module)

@@ -2,8 +2,9 @@
 by writing one module with a ``render(report, **options) -> str`` function and listing it here.
 
 The human-readable formats place the section of the report's result type
-(:mod:`bncheck.formats.section`); the section modules are imported once, here, and register
-themselves (add a command's section by writing one module and importing it here)."""
+(:mod:`bncheck.formats.section`); a section module is imported when a report first needs it
+(add a command's section by writing one module and naming it in
+:data:`bncheck.formats.section.SECTION_MODULES`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bncheck.errors import UsageError
-from bncheck.formats import drift_section, fold_section, recalibrate_section  # noqa: F401  (registration)
 from bncheck.formats.common import encodable
 from bncheck.report import rendering
 

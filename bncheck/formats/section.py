@@ -4,21 +4,31 @@ A :class:`Section` subclass is the part of the report that belongs to one result
 (:class:`~bncheck.report.results.DriftResult`, ``FoldResult``, ``RecalibrationResult``): its
 summary lines, its terminal tables, its Markdown and its HTML. The formats ask
 :func:`section_for` and place what it gives; they never ask which command made the report.
-A subclass registers itself for its ``result_type`` (``bncheck.formats`` imports the section
-modules once, like ``bncheck.rules`` does for the rules).
+A subclass registers itself for its ``result_type``; :func:`section_for` imports the module of a
+report's result type (:data:`SECTION_MODULES`) when it is first asked, so that a command whose
+report needs no section (``-f json``) loads none of them.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from rich.console import RenderableType
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
-from bncheck.layer import BNLayer
-from bncheck.report.report import Report
+    from bncheck.layer import BNLayer
+    from bncheck.report.report import Report
 
-#: result type -> the section that renders it
+#: result type -> the section that renders it (filled as the section modules are imported)
 SECTIONS: dict[type, type[Section]] = {}
+
+#: name of a result type -> the module of its section (add a command's section here)
+SECTION_MODULES = {
+    "DriftResult": "bncheck.formats.drift_section",
+    "FoldResult": "bncheck.formats.fold_section",
+    "RecalibrationResult": "bncheck.formats.recalibrate_section",
+}
 
 
 class Section:
@@ -69,5 +79,8 @@ class Section:
 
 
 def section_for(report: Report) -> Section:
-    """The section of ``report``'s result type."""
-    return SECTIONS.get(type(report.result), Section)(report)
+    """The section of ``report``'s result type (its module imported on first use)."""
+    result_type = type(report.result)
+    if result_type not in SECTIONS and result_type.__name__ in SECTION_MODULES:
+        importlib.import_module(SECTION_MODULES[result_type.__name__])
+    return SECTIONS.get(result_type, Section)(report)

@@ -157,3 +157,37 @@ def test_the_group_resolves_a_listed_command_to_its_real_declaration(cli):
     """``bncheck fold --help`` goes through the registry to the command itself (its options)."""
     result = cli("fold", "--help")
     assert result.exit_code == 0 and "--input-shape" in result.stdout and "--affine" in result.stdout
+
+
+#: what a report needs only when it is drawn or read for a table, Markdown or HTML, a chart, a
+#: ranking or a progress line: a ``-f json`` run loads none of it (the sections are imported by
+#: :func:`bncheck.formats.section.section_for`, rich.progress when a line is drawn)
+DRAWING = {
+    "bncheck.formats.drift_section", "bncheck.formats.fold_section", "bncheck.formats.recalibrate_section",
+    "bncheck.formats.plot", "bncheck.formats.svg", "bncheck.formats.html_parts", "bncheck.formats.ranking",
+    "bncheck.report.ranking", "bncheck.commands.progress_line", "rich.console", "rich.progress", "rich.table",
+}
+
+
+def test_a_json_fold_to_a_file_loads_no_section_chart_ranking_or_progress_line(tmp_path):
+    report = tmp_path / "r.json"
+    proc, modules = imported(tmp_path, "fold", SAMPLES / "digits_cnn.onnx", "--out", tmp_path / "f.onnx", "-f", "json", "-o", report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(report.read_text())["fold"]["layers_folded"] == 3
+    assert "bncheck.formats.json" in modules
+    assert not modules & DRAWING, sorted(modules & DRAWING)
+
+
+def test_a_json_drift_loads_no_section_chart_ranking_or_progress_line(tmp_path):
+    proc, modules = imported(tmp_path, "drift", SAMPLES / "digits_cnn.onnx", REFERENCE, "-f", "json", "--mismatch-samples", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["data"]["samples"] == 540
+    assert not modules & DRAWING, sorted(modules & DRAWING)
+
+
+def test_a_table_fold_loads_its_own_section_only(tmp_path):
+    """The lazy lookup still finds the section: the table of a fold shows fold's part."""
+    proc, modules = imported(tmp_path, "fold", SAMPLES / "digits_cnn.onnx", "--out", tmp_path / "f.onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bncheck.formats.fold_section" in modules and "rich.table" in modules
+    assert not modules & {"bncheck.formats.drift_section", "bncheck.formats.recalibrate_section"}
