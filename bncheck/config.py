@@ -25,12 +25,6 @@ from bncheck.errors import UsageError
 from bncheck.rules.finding import FAIL_ON
 from bncheck.rules.registry import REGISTRY, default_thresholds
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
 #: keys of the config table that set the gate or a command option (the DATA options below too)
 GATE_KEYS = ("fail_on", "select", "ignore", "thresholds", "train_batch_size")
 COMMAND_KEYS = ("format", "mismatch_samples", "class_axis", "progress", "data")
@@ -106,12 +100,22 @@ class Settings:
         return self.options.get(key, OPTION_DEFAULTS[key])
 
 
+def _toml():
+    """The TOML reader, imported when a config file is read (a folder without one never loads it)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
+
+
 def find_config(start: Path | None = None) -> Path | None:
     """The nearest pyproject.toml with a [tool.bncheck] table, else the nearest bncheck.toml."""
     start = (start or Path.cwd()).resolve()
     for folder in [start, *start.parents]:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
+            tomllib = _toml()
             try:
                 data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -130,6 +134,7 @@ def find_config(start: Path | None = None) -> Path | None:
 
 
 def _read_table(path: Path) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

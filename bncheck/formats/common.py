@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import re
 
 from bncheck.report.report import Report
@@ -51,6 +50,8 @@ def md_cell(text) -> str:
     """``text`` safe inside a Markdown table cell: no raw HTML (``<``, ``>``, ``&`` as entities,
     so a layer named ``<img onerror=...>`` stays text), no cell break (``|``), one line. The
     backticks of bncheck's own messages still make code spans."""
+    import html  # here: a JSON report need not load html.entities
+
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 

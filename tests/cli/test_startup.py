@@ -47,12 +47,13 @@ WORK = {
 BUILT_ON = {"recalibrate": {"drift"}}
 
 
-def imported(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """Run ``bncheck ARGS`` in a fresh interpreter: the process and every module it imported."""
+def imported(tmp_path: Path, *args: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``bncheck ARGS`` in a fresh interpreter (in folder ``cwd``): the process and every
+    module it imported."""
     out = tmp_path / "modules.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(out), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PROBE, str(out), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     return proc, set(json.loads(out.read_text()))
 
@@ -166,6 +167,7 @@ DRAWING = {
     "bncheck.formats.drift_section", "bncheck.formats.fold_section", "bncheck.formats.recalibrate_section",
     "bncheck.formats.plot", "bncheck.formats.svg", "bncheck.formats.html_parts", "bncheck.formats.ranking",
     "bncheck.report.ranking", "bncheck.commands.progress_line", "rich.console", "rich.progress", "rich.table",
+    "html",  # Markdown cells' escaping
 }
 
 
@@ -176,6 +178,21 @@ def test_a_json_fold_to_a_file_loads_no_section_chart_ranking_or_progress_line(t
     assert json.loads(report.read_text())["fold"]["layers_folded"] == 3
     assert "bncheck.formats.json" in modules
     assert not modules & DRAWING, sorted(modules & DRAWING)
+
+
+def test_a_run_outside_a_project_reads_no_toml(tmp_path):
+    """No pyproject.toml or bncheck.toml above the working folder: the TOML reader is not loaded
+    (in the project's folder, whose pyproject.toml is read, it is)."""
+    args = ("fold", SAMPLES / "digits_cnn.onnx", "--out", "f.onnx", "-f", "json", "-o", "r.json")
+    proc, outside = imported(tmp_path, *args, cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "r.json").is_file(), proc.stderr[-3000:]
+    assert "tomllib" not in outside and "tomli" not in outside
+    inside = tmp_path / "project"
+    inside.mkdir()
+    (inside / "pyproject.toml").write_text("[project]\nname = 'x'\n", encoding="utf-8")
+    proc, modules = imported(tmp_path, *args, cwd=inside)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tomllib" in modules or "tomli" in modules
 
 
 def test_a_json_drift_loads_no_section_chart_ranking_or_progress_line(tmp_path):
