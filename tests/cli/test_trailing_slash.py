@@ -23,6 +23,7 @@ DATA = SAMPLES / "data" / "digits" / "shifted"
         (["audit", MODEL, "--output"], "report.json/", "'--output'"),
         (["drift", MODEL, DATA, "--save-stats"], "stats.npz/", "'--save-stats'"),
         (["drift", MODEL, DATA, "--plot"], "drift.png/", "'--plot'"),
+        (["merge", SAMPLES / "missing.npz", "--out"], "merged.npz/", "'--out'"),
     ],
 )
 def test_a_trailing_slash_names_a_directory_and_is_refused(cli, assert_usage_error, tmp_path, args, typed, option):
