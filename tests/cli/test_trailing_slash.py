@@ -38,3 +38,18 @@ def test_the_same_file_without_the_slash_is_written(cli, tmp_path):
     result = cli("audit", MODEL, "-o", f"{tmp_path}/report.json")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "report.json").is_file()
+
+
+def test_the_python_api_refuses_a_trailing_slash_too(tmp_path):
+    """``bncheck.fold(model, "dir/x.onnx/")`` (and recalibrate) said nothing and wrote dir/x.onnx."""
+    from bncheck.commands.fold import fold
+    from bncheck.commands.recalibrate import recalibrate
+    from bncheck.errors import UsageError
+
+    samples = Path(__file__).resolve().parents[2] / "sample_models"
+    target = f"{tmp_path}/x.onnx/"
+    with pytest.raises(UsageError, match="ends in a slash"):
+        fold(samples / "digits_cnn.onnx", target)
+    with pytest.raises(UsageError, match="ends in a slash"):
+        recalibrate(samples / "digits_cnn.onnx", samples / "data" / "digits" / "reference", target)
+    assert not (tmp_path / "x.onnx").exists()
