@@ -149,6 +149,16 @@ def output_kind(out: Path, to: str | None, input_format: str) -> str:
     )
 
 
+def file_path(out: str | Path, option: str = "out") -> Path:
+    """``out`` as a Path; a string ending in a path separator names a directory (which Path
+    would silently drop): UsageError naming the fix."""
+    text = os.fspath(out)
+    separators = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    if isinstance(text, str) and text.endswith(separators) and text.rstrip("".join(separators)):
+        raise UsageError(f"{option} {text} ends in a slash, so it names a directory; name the file to write (without the slash).")
+    return Path(text)
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name the same file (after resolving links, or the same inode)."""
     a, b = Path(a), Path(b)

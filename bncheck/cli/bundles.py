@@ -24,6 +24,7 @@ from bncheck.cli.common import (
     emit,
     emit_many,
     err,
+    output_file,
 )
 from bncheck.cli.guard import report_path
 from bncheck.commands.progress import ALWAYS
@@ -123,7 +124,7 @@ class ReportArgs:
 
 ModelOutputOpt = Annotated[
     Path | None,
-    typer.Option(
+    output_file(
         "--output", "-o",
         help="Write the report to FILE instead of stdout; a FILE with a model file's extension (.onnx, .pt, .pth, .pt2, "
         ".ts, .safetensors) is the model to write instead, as --out (bncheck fold MODEL -o OUT.onnx).",

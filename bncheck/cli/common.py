@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from typer.models import TyperPath
 
 from bncheck.backends.output import write_atomically
 from bncheck.backends.output_guard import interrupt_on_sigterm
@@ -44,12 +45,31 @@ def choice(values: Iterable[str]) -> Any:
     return Literal[tuple(values)]
 
 
+class OutputFile(TyperPath):
+    """The type of an option that names a file to write. pathlib drops a trailing slash
+    (``Path("out/x.onnx/")`` is ``out/x.onnx``), so it is checked on the typed string: a
+    trailing slash names a directory, and writing the file beside it would not be what was asked."""
+
+    #: what ends a directory's name: "/" everywhere, and the platform's own separators
+    SEPARATORS = tuple({"/", os.sep, *([os.altsep] if os.altsep else [])})
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value.endswith(self.SEPARATORS) and value.rstrip("".join(self.SEPARATORS)):
+            self.fail(f"{value} ends in a slash, so it names a directory; name the file to write (without the slash)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def output_file(*names: str, **kwargs: Any) -> Any:
+    """``typer.Option(*names, **kwargs)`` for a file to write (:class:`OutputFile`)."""
+    return typer.Option(*names, click_type=OutputFile(), **kwargs)
+
+
 FormatOpt = Annotated[
     choice(FORMATS) | None,
     typer.Option("--format", "-f", case_sensitive=False, help="Report format (default: table, or from --output's extension)."),
 ]
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
+    Path | None, output_file("--output", "-o", help="Write the report to FILE instead of stdout.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; a one-line table.")]
 BaselineOpt = Annotated[
@@ -60,7 +80,7 @@ BaselineOpt = Annotated[
     ),
 ]
 PlotOpt = Annotated[
-    Path | None, typer.Option("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
+    Path | None, output_file("--plot", help="Also write the per-layer drift chart to FILE.png or FILE.svg (needs bncheck[report]).")
 ]
 
 

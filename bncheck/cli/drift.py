@@ -10,7 +10,7 @@ import typer
 
 from bncheck.cli.bundles import ReportArgs
 from bncheck.cli.command import command
-from bncheck.cli.common import PlotOpt, emit_ranking, parse_class_axis
+from bncheck.cli.common import PlotOpt, emit_ranking, output_file, parse_class_axis
 from bncheck.cli.engines import ShardOpt, StatsOpt
 from bncheck.cli.guard import guard_outputs
 from bncheck.cli.model_options import LayersOpt, layer_names
@@ -70,7 +70,7 @@ def drift(
         ),
     ] = None,
     layers: LayersOpt = None,
-    save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
+    save_stats: Annotated[Path | None, output_file("--save-stats", help="Write the per-channel statistics to FILE.npz or FILE.parquet.")] = None,
     plot: PlotOpt = None,
     channels: Annotated[
         bool, typer.Option("--channels", help="Keep the per-channel statistics in the report (always with --format html).")

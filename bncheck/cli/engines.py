@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from bncheck.cli.command import command
-from bncheck.cli.common import choice, err
+from bncheck.cli.common import choice, err, output_file
 from bncheck.cli.guard import guard_outputs
 from bncheck.data import DataOptions
 from bncheck.data.remote import parse_storage_options
@@ -103,13 +103,13 @@ app = typer.Typer()
 @command(app)
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="Statistics parts written by drift --shard K/N --save-stats PART.npz.", metavar="PART...")],
-    out: Annotated[Path | None, typer.Option("--out", help="Where to write the merged statistics (.npz).")] = None,
+    out: Annotated[Path | None, output_file("--out", help="Where to write the merged statistics (.npz).")] = None,
     partial: Annotated[
         bool, typer.Option("--partial", help="Allow parts that leave files of DATA uncovered (merge a subset now, the rest later).")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
-    old_o: Annotated[Path | None, typer.Option("-o", hidden=True, help="Deprecated spelling of --out.")] = None,
+    old_o: Annotated[Path | None, output_file("-o", hidden=True, help="Deprecated spelling of --out.")] = None,
 ) -> None:
     """Merge partial BN statistics (one file per shard) exactly into one file for
     'bncheck drift MODEL --stats OUT'. Refuses parts of another model, other

@@ -9,6 +9,7 @@ import typer
 
 from bncheck.cli.bundles import GateArgs, ModelArgs, ModelReportArgs
 from bncheck.cli.command import command
+from bncheck.cli.common import output_file
 from bncheck.cli.fold_options import FoldCheckArgs
 from bncheck.cli.model_options import ModelArg, ToOpt, model_writing_run
 from bncheck.commands.fold import fold as run_fold
@@ -22,7 +23,7 @@ def fold(
     model: ModelArg,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the folded model (.onnx, .pt2, .ts, .safetensors; .pt/.pth = same kind as MODEL)."),
+        output_file("--out", help="Where to write the folded model (.onnx, .pt2, .ts, .safetensors; .pt/.pth = same kind as MODEL)."),
     ] = None,
     to: ToOpt = None,
     affine: Annotated[

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bncheck.cli.command import command
+from bncheck.cli.common import output_file
 from bncheck.cli.model_options import ModelArg, ToOpt, layer_names, model_writing_run
 from bncheck.cli.recalibrate_options import EstimateArgs
 from bncheck.cli.run_args import ModelRunArgs
@@ -21,7 +22,7 @@ app = typer.Typer()
 def recalibrate(
     model: ModelArg,
     data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift: a folder, a file or an s3://... URL).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")] = None,
+    out: Annotated[Path | None, output_file("--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")] = None,
     *,
     estimate: EstimateArgs,
     layers: Annotated[str | None, typer.Option("--layers", help="Only recalibrate these BN layers (comma-separated names).")] = None,

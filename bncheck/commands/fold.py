@@ -98,7 +98,7 @@ def fold(
     settings = settings or Settings()
     source = as_source(model, arch=arch, trust_pickle=trust_pickle)
     backend = backend_for(source)
-    out = Path(out) if out is not None else None
+    out = output.file_path(out) if out is not None else None
     kind = backend.output_kind(source, out, to)
     if out is not None:
         output.check_output_path(
@@ -172,7 +172,7 @@ class _Check:
         backend, source, kind, plan = self.backend, self.source, self.kind, self.plan
         changed = folded.count("folded") + folded.count("affine") > 0
         converted = changed or (self.out is not None and self.force)
-        if not converted:  # nothing folded and nothing written: a run of the model against itself proves nothing
+        if not converted and plan.batches is not None:  # nothing folded or written: a run against itself proves nothing
             plan = replace(plan, batches=None, data_info=None, used=VerificationInputs("none", None, UNCHANGED))
         if converted:
             step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")

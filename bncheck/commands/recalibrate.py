@@ -152,7 +152,7 @@ def recalibrate(
     several times: pass a list, array, DataLoader or Dataset, not a one-shot iterator)."""
     options = with_transform(options or RecalibrateOptions(), transform)
     with steps(options.progress, "recalibrate"):
-        return _recalibrate(model, data, Path(out), settings or Settings(), options, to=to, force=force, arch=arch, trust_pickle=trust_pickle)
+        return _recalibrate(model, data, output.file_path(out), settings or Settings(), options, to=to, force=force, arch=arch, trust_pickle=trust_pickle)
 
 
 def _recalibrate(

@@ -20,6 +20,20 @@ def fmt_num(value, digits: int = 3) -> str:
         return str(value)
 
 
+#: how a layer's value that the model file does not store (a state dict's eps and momentum,
+#: ``BNLayer.assumed``) is marked in a table, and the line under the table that says so
+ASSUMED_MARK = "*"
+ASSUMED_LEGEND = "* assumed: PyTorch's default, not stored in the model"
+
+
+def layer_num(layer, field: str, mark: str = ASSUMED_MARK) -> str:
+    """``layer.<field>`` as :func:`fmt_num` writes it, followed by ``mark`` when the value was
+    assumed rather than read from the model, so that no table presents a default as a fact."""
+    value = getattr(layer, field)
+    text = fmt_num(value)
+    return text + mark if value is not None and field in (getattr(layer, "assumed", None) or ()) else text
+
+
 def verdict(report: Report) -> str:
     s = report.summary()
     if report.fail_on == "never":

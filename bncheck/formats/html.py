@@ -12,7 +12,7 @@ import datetime as _dt
 import sys
 
 from bncheck.errors import UsageError
-from bncheck.formats.common import fmt_num, foldable_text, package_versions, verdict
+from bncheck.formats.common import fmt_num, foldable_text, layer_num, package_versions, verdict
 from bncheck.formats.html_layers import CSS as LAYERS_CSS
 from bncheck.formats.html_layers import SCRIPT, chosen_layer, findings_by_rule, layer_table
 from bncheck.formats.html_parts import cell_class, chip, esc, facts, inline
@@ -289,7 +289,7 @@ def _static_cells(section: Section):
         fold_text = section.fold_cell(layer) or foldable_text(layer)
         producer = f"{layer.producer_kind or '?'}: {layer.producer}" if layer.producer else "?"
         return (
-            f"<td class=\"num\">{fmt_num(layer.eps)}</td><td class=\"num\">{fmt_num(layer.momentum)}</td>"
+            f"<td class=\"num\">{layer_num(layer, 'eps', ' (assumed)')}</td><td class=\"num\">{layer_num(layer, 'momentum', ' (assumed)')}</td>"
             f"<td>{esc(producer)}</td><td>{esc(fold_text)}</td>"
         )
 

@@ -11,7 +11,7 @@ Each layer is one ``<tbody>`` (its row and its detail row), so sorting moves who
 from __future__ import annotations
 
 from bncheck.errors import UsageError
-from bncheck.formats.common import fmt_num, foldable_text
+from bncheck.formats.common import fmt_num, foldable_text, layer_num
 from bncheck.formats.html_parts import cell_class, chip, esc, inline
 from bncheck.formats.plot import drift_rows, thresholds
 from bncheck.formats.section import Section
@@ -241,7 +241,7 @@ def _detail(report: Report, name: str, findings: list[Finding], layer, opened: b
         parts.append("<p class=\"sub\">No findings on this layer.</p>")
     if layer is not None:
         producer = f"{layer.producer_kind or '?'}: {layer.producer}" if layer.producer else "?"
-        facts = [("eps", fmt_num(layer.eps)), ("momentum", fmt_num(layer.momentum)), ("producer", producer), ("fold", foldable_text(layer))]
+        facts = [("eps", layer_num(layer, "eps", " (assumed)")), ("momentum", layer_num(layer, "momentum", " (assumed)")), ("producer", producer), ("fold", foldable_text(layer))]
         d = report.layer_drift(name) or {}
         for key, label in (("mean_shift", "max |z|"), ("var_log_ratio", "max |r|")):
             if d.get(key):

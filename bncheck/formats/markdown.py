@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bncheck.formats.common import fmt_num, foldable_text, md_cell, md_code, verdict
+from bncheck.formats.common import fmt_num, foldable_text, layer_num, md_cell, md_code, verdict
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
 
@@ -59,7 +59,7 @@ def _layers(report: Report, section: Section) -> list[str]:
     for layer in report.layers:
         fold = section.fold_cell(layer, reason=True)
         row = (
-            f"| {md_code(layer.name)} | {layer.kind} | {layer.num_features} | {fmt_num(layer.eps)} | "
+            f"| {md_code(layer.name)} | {layer.kind} | {layer.num_features} | {layer_num(layer, 'eps', ' (assumed)')} | "
             f"{md_cell(layer.producer or '-')} | {md_cell(fold) if fold else foldable_text(layer)} |"
         )
         if drift:

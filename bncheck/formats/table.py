@@ -12,7 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from bncheck.formats.bars import bar, drift_level, drift_shape
-from bncheck.formats.common import fmt_num, foldable_text, headline
+from bncheck.formats.common import (
+    ASSUMED_LEGEND,
+    ASSUMED_MARK,
+    fmt_num,
+    foldable_text,
+    headline,
+    layer_num,
+)
 from bncheck.formats.plot import thresholds
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
@@ -96,8 +103,8 @@ def _layer_cells(report: Report, section: Section) -> tuple[list[str], list[dict
             "layer": Text(layer.name, style=STYLE.get(sev, "")),
             "kind": layer.kind,
             "C": str(layer.num_features),
-            "eps": fmt_num(layer.eps),
-            "mom.": fmt_num(layer.momentum),
+            "eps": layer_num(layer, "eps"),
+            "mom.": layer_num(layer, "momentum"),
             "producer": f"{layer.producer_kind or '?'}:{layer.producer}" if layer.producer else "?",
             "fold": section.fold_cell(layer) or foldable_text(layer),
             "findings": Text(str(counts.get(layer.name, 0)) if layer.name in counts else "", style=STYLE.get(sev, "")),
@@ -174,6 +181,8 @@ def _layers(report: Report, section: Section, width: int | None) -> list[Rendera
     # wraps its cells rather than cutting them
     table = _layer_table(names, rows, whole=_needed_width(names, rows) <= (width or 160))
     parts: list[RenderableType] = [table]
+    if any(str(row[n]).endswith(ASSUMED_MARK) for row in rows for n in ("eps", "mom.") if n in names):
+        parts.append(Text(ASSUMED_LEGEND, style="dim"))
     if dropped:
         parts.append(Text(f"(narrow terminal: {', '.join(dropped)} not shown; --format json has every column)", style="dim"))
     shape = drift_shape(report) if "score" in names or any(report.layer_drift(layer.name) for layer in report.layers) else None

@@ -44,9 +44,13 @@ def render_rule_list(fmt: str = "table", width: int | None = None) -> str:
     table = Table(title="bncheck rules")
     # narrow terminals: the phase goes first (the codes' hundreds say it), names fold, never cut
     cols = ("code", "name", "default", "phase", "what it catches") if (width or 140) >= 100 else ("code", "name", "default", "what it catches")
-    for col in cols:
-        table.add_column(col, no_wrap=col in ("code", "default"), overflow="fold")
     keys = {"code": "code", "name": "name", "default": "severity", "phase": "phase", "what it catches": "summary"}
+    # code, name and severity are words looked up and copied (--select, --ignore): never broken
+    # across lines; only the explanation wraps (folding a word only where it cannot fit)
+    for col in cols:
+        whole = col != "what it catches"
+        widest = max((len(row[keys[col]]) for row in rows), default=0)
+        table.add_column(col, no_wrap=whole, min_width=max(len(col), widest) if whole else None, overflow="ellipsis" if whole else "fold")
     for row in rows:
         table.add_row(*(row[keys[col]] for col in cols))
     buffer = io.StringIO()

@@ -44,6 +44,16 @@ NEEDS_ARCH = (
 #: PyTorch's defaults, assumed when a state dict does not say.
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
+#: the report's note on a state dict read without --arch: its layers' eps and momentum are
+#: these defaults (``BNLayer.assumed`` says which, and the tables mark them), not the model's
+ASSUMED_NOTE = (
+    "the state dict stores no eps or momentum: eps 1e-5 and momentum 0.1 (PyTorch's defaults) are assumed; "
+    "pass --arch FILE.py:Factory to read them from the model"
+)
+#: the same for a state dict whose BN layers are all frozen (no num_batches_tracked: no momentum)
+ASSUMED_EPS_NOTE = (
+    "the state dict stores no eps: eps 1e-5 (PyTorch's default) is assumed; pass --arch FILE.py:Factory to read it from the model"
+)
 
 
 def load_torch_model(
@@ -166,7 +176,10 @@ class StateDictSource(ModelSource):
     def __init__(self, state: dict[str, Any], *, path: Path | None):
         super().__init__(path)
         self.state = state
-        self.notes.append("state dict without --arch: eps/momentum assumed at PyTorch defaults, producers unknown")
+        keys = [str(key) for key in state]
+        if any(key.endswith(".running_mean") for key in keys):  # frozen BN (no num_batches_tracked) has no momentum
+            self.notes.append(ASSUMED_NOTE if any(key.endswith(".num_batches_tracked") for key in keys) else ASSUMED_EPS_NOTE)
+        self.notes.append("state dict without --arch: the producers of the BN layers, and so whether they fold, are unknown")
 
     def op_count(self) -> int:
         return len({k.rsplit(".", 1)[0] for k in self.state if "." in k})

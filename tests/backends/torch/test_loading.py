@@ -70,6 +70,19 @@ def test_state_dict_without_arch_has_unknown_producers_and_assumed_eps(tmp_path,
     assert any("--arch" in note for note in source.notes)
 
 
+
+def test_a_frozen_state_dict_is_said_to_assume_eps_only(tmp_path, tiny_cnn):
+    """Without num_batches_tracked (frozen BN) there is no momentum: the note says only eps is assumed."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "frozen.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_cnn.state_dict().items() if not k.endswith("num_batches_tracked")}, str(path))
+    source = load_model(path)
+    assert all(layer.assumed == ["eps"] and layer.momentum is None for layer in source.bn_layers())
+    assert "the state dict stores no eps: eps 1e-5 (PyTorch's default) is assumed; pass --arch FILE.py:Factory" in " ".join(source.notes)
+    assert not any("momentum" in note for note in source.notes)
+
+
 @pytest.mark.parametrize("by", ["module", "file"])
 @pytest.mark.parametrize("fmt", ["state_dict", "safetensors", "checkpoint"])
 def test_arch_rebuilds_the_graph(tmp_path, tiny_cnn, save_model, arch_module, by, fmt):
