@@ -235,9 +235,11 @@ class Backend(ABC):
     fold_timing_default: bool = True
     #: why it does not by default (a report note), when ``fold_timing_default`` is False
     fold_timing_note: str = ""
-    #: whether ``prove_sites`` may run in a thread while the folded model is converted and
-    #: verified (it touches no state the verification uses, and the runtime releases the GIL)
-    proofs_alongside: bool = False
+    #: whether fold's checks may run in threads beside its other work: the verification inputs
+    #: are planned, and the original run on them, while the model is rewritten (the rewrite
+    #: needs no example input), and ``prove_sites`` runs while the folded model is converted
+    #: and verified (they share no state, and the runtime releases the GIL)
+    checks_alongside: bool = False
 
     @abstractmethod
     def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:

@@ -31,6 +31,7 @@ Decisions a user should know:
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -109,13 +110,14 @@ def fold(
     if defects and not force:
         raise FoldRefused(_refusal_message(defects))
 
-    plan = plan_inputs(backend, source, input_shape=input_shape, verify=verify, samples=samples,
-                       batch_size=batch_size, seed=seed, settings=settings)
+    planning = functools.partial(plan_inputs, backend, source, input_shape=input_shape, verify=verify, samples=samples,
+                                 batch_size=batch_size, seed=seed, settings=settings)
+    plan, expected, first = _planned(backend, source, kind, affine, planning, any(la.foldable for la in layers))
     if plan.example is None and backend.needs_example(source, kind):
         raise UsageError(_needs_example_message(kind, plan))
     site_atol, site_rtol = _site_tolerances(backend.float_dtype(source).name, atol, rtol)
-    check = _Check(backend, source, kind, plan, out, force, atol, rtol, site_atol, site_rtol)
-    folded, proofs, checked = _fold_proved(check, affine)
+    check = _Check(backend, source, kind, plan, out, force, atol, rtol, site_atol, site_rtol, expected)
+    folded, proofs, checked = _fold_proved(check, affine, first)
     changed, plan, artifact, artifact_notes, evidence = checked
     timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
@@ -166,6 +168,8 @@ class _Check:
     rtol: float | None
     site_atol: float
     site_rtol: float
+    #: the original's outputs on ``plan``'s batches, when they were computed beforehand
+    expected: list | None = None
 
     def run(self, folded: FoldedModel) -> tuple[bool, InputPlan, Any, list[str], FoldEvidence]:
         """(changed, the plan verified on, the converted artifact, its notes, the evidence)."""
@@ -177,22 +181,50 @@ class _Check:
         if converted:
             step(f"converting to {output.OUTPUT_KINDS.get(kind, kind)}")
         artifact, notes = backend.convert(source, folded, kind, plan.example) if converted else (None, [])
-        evidence = _verify(backend, source, artifact, kind, plan, self.atol, self.rtol, self.site_atol, self.site_rtol)
+        expected = self.expected if plan is self.plan else None
+        evidence = _verify(backend, source, artifact, kind, plan, self.atol, self.rtol, self.site_atol, self.site_rtol, expected)
         return changed, plan, artifact, notes, evidence
 
 
-def _fold_proved(check: _Check, affine: bool):
-    """Fold, prove every folded site on its own, and fold again keeping the sites whose proof
-    failed (and, with no whole-model verification to cover them, those not provable alone);
-    convert and verify what is kept. Where the backend's proofs may run alongside
-    (``proofs_alongside``), the first fold is converted and verified while they run: it is the
-    final model unless a proof fails (then the second fold is checked again)."""
+def _planned(backend: Backend, source: ModelSource, kind: str, affine: bool, planning, foldable: bool):
+    """(plan, the original's outputs on it or None, the first fold or None). Where the backend's
+    checks run alongside, the rewrite needs no example input: the inputs are planned, and the
+    original is run on them, while the model is rewritten."""
+    step("reading the verification inputs")
+    if not backend.checks_alongside:
+        return planning(), None, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncheck-inputs") as pool:
+        pending = pool.submit(_plan_and_reference, backend, source, planning, foldable)
+        step("folding BN into the conv/linear weights")
+        first = backend.fold(source, kind, affine=affine, example=None)
+        plan, expected = pending.result()
+    return plan, expected, first
+
+
+def _plan_and_reference(backend: Backend, source: ModelSource, planning, foldable: bool) -> tuple[InputPlan, list | None]:
+    """The verification plan and, for random inputs of a model with a foldable layer, the
+    original's outputs on them (DATA's batches run beside the folded model's as they come)."""
+    plan = planning()
+    if not foldable or plan.batches is None or plan.used.origin == "data":
+        return plan, None
+    run = backend.executable(source)
+    return plan, [run(batch) for batch in plan.batches]
+
+
+def _fold_proved(check: _Check, affine: bool, first: FoldedModel | None = None):
+    """Fold (``first``: the fold made already), prove every folded site on its own, and fold
+    again keeping the sites whose proof failed (and, with no whole-model verification to cover
+    them, those not provable alone); convert and verify what is kept. Where the backend's checks
+    may run alongside (``checks_alongside``), the first fold is converted and verified while the
+    proofs run: it is the final model unless a proof fails (then the second fold is checked again)."""
     backend, source, kind, plan = check.backend, check.source, check.kind, check.plan
-    step("folding BN into the conv/linear weights")
-    folded = backend.fold(source, kind, affine=affine, example=plan.example)
+    folded = first
+    if folded is None:
+        step("folding BN into the conv/linear weights")
+        folded = backend.fold(source, kind, affine=affine, example=plan.example)
     step(f"proving each folded site on its own ({folded.count('folded') + folded.count('affine')} sites)")
     checked = None
-    if backend.proofs_alongside:
+    if backend.checks_alongside:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncheck-proofs") as pool:
             proving = pool.submit(backend.prove_sites, source, folded, atol=check.site_atol, rtol=check.site_rtol)
             checked = check.run(folded)
@@ -234,10 +266,12 @@ def _outcome(folded: FoldedModel, layer) -> FoldOutcome:
     return folded.outcomes.get(layer.name) or FoldOutcome("kept", None, layer.fold_reason or "not found in the model graph")
 
 
-def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: InputPlan, atol, rtol, site_atol, site_rtol) -> FoldEvidence:
-    """Run the original and what will be written (the converted artifact; an unchanged model
-    is compared with itself only when nothing is converted or written) on every batch; with
-    no batches, the site proofs are the evidence (sites that failed were kept)."""
+def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: InputPlan, atol, rtol, site_atol, site_rtol,
+            expected: list | None = None) -> FoldEvidence:
+    """Run the original (``expected``: its outputs, computed already) and what will be written
+    (the converted artifact; an unchanged model is compared with itself only when it is
+    written anyway, with ``--force``) on every batch; with no batches, the site proofs are the
+    evidence (sites that failed were kept)."""
     batches = plan.batches
     total = sum(_batch_len(batch) for batch in batches) if isinstance(batches, (list, tuple)) else None
     advance = step("verifying the whole folded model against the original", total=total)
@@ -251,10 +285,10 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
     acc = ErrorAccumulator()
     count = 0
     out_dtype = None
-    for batch in batches:
-        expected = reference(batch)
-        out_dtype = out_dtype or _output_dtype(expected)
-        acc.add(expected, candidate(batch))
+    for k, batch in enumerate(batches):
+        want = expected[k] if expected is not None else reference(batch)
+        out_dtype = out_dtype or _output_dtype(want)
+        acc.add(want, candidate(batch))
         count += _batch_len(batch)
         if advance is not None:
             advance(_batch_len(batch))

@@ -17,7 +17,6 @@ import numpy as np
 
 from bncheck import data  # the package: its readers load on first use (--verify DATA)
 from bncheck.backends.interface import Backend, InputSpec, ModelSource
-from bncheck.commands.progress import step
 from bncheck.errors import DataError, UsageError
 from bncheck.report.results import VerificationInputs
 
@@ -55,8 +54,8 @@ class InputPlan:
 
 
 def plan_inputs(backend: Backend, source: ModelSource, *, input_shape, verify, samples, batch_size, seed, settings) -> InputPlan:
-    """The inputs to verify on, and why (see the module docstring for the order)."""
-    step("reading the verification inputs")
+    """The inputs to verify on, and why (see the module docstring for the order). The caller
+    says the step (``fold`` may run this in a thread beside the rewrite)."""
     specs = _input_specs(backend, source, input_shape)
     if verify is not None:
         batches, info = _data_batches(backend, source, specs, verify, samples, batch_size, settings)

@@ -46,10 +46,11 @@ class OnnxBackend(Backend):
         "speedup not measured: onnxruntime fuses Conv+BN itself when it loads a model, so folding "
         "rarely changes an ONNX model's speed; --timing measures it"
     )
-    # the float64 references (onnx's numpy evaluator) run while onnxruntime verifies the whole
-    # model (PP-OCR classifier, 35 sites: -0.07 s of a 0.55 s fold); torch's proofs set torch's
-    # global thread count, which a verification running beside them would share
-    proofs_alongside = True
+    # the size search and the original's run (onnxruntime) go on while the graph is rewritten,
+    # and the float64 references (onnx's numpy evaluator) while onnxruntime verifies the whole
+    # model; torch's rewrite needs the example input, and its proofs set torch's global thread
+    # count, which a verification running beside them would share
+    checks_alongside = True
 
     def load(self, path: Path, fmt: str, *, arch: str | None, trust_pickle: bool) -> ModelSource:
         if arch:

@@ -49,7 +49,7 @@ def test_the_table_lists_only_the_sites_that_did_not_pass(tmp_path):
 
 
 def test_a_failed_site_proof_refolds_and_the_refold_is_what_is_verified_and_written(tmp_path, monkeypatch):
-    """The first fold is verified while its proofs run (``proofs_alongside``); when a proof
+    """The first fold is verified while its proofs run (``checks_alongside``); when a proof
     fails, the site is kept and the second fold is the one verified and written."""
     from bncheck.backends.onnx import backend as onnx_backend
 
