@@ -25,7 +25,10 @@ DATA (F of it, at most ``holdout_samples``) out of the estimate, and the guard
 (BN501, exit 1; ``--force-write`` writes anyway). OUT is written atomically or not at all.
 
 The report's figures reuse the estimate's passes: "before" compares the stored statistics with
-those of the first pass over DATA, "after" is the last pass of ``exact`` (the written model on
+those of the estimate's first pass over DATA, and the report says which pass that was
+(``Estimate.first_basis``): for the default level-by-level ``exact``, each layer's input with
+the layers before it recalibrated, so deeper layers differ from ``bncheck drift``, which keeps
+the stored statistics upstream; "after" is the last pass of ``exact`` (the written model on
 DATA), or for the in-order methods the written model on the held-out split (a full pass of its
 own when there is none). ``--verify`` runs full drift reports of MODEL and OUT on DATA instead.
 
@@ -213,7 +216,7 @@ def _recalibrate(
     after_figures = compute_drift(new_layers, after_moments, after_samples)
     report.findings = _findings(new_layers, settings, after, after_figures, after_samples, checked, bool(written))
     summary = _summary(options, est, out, kind, written, before, after, checked, split)
-    summary["figures"] = {"before": "the stored statistics against the first pass over DATA", "after": after_on}
+    summary["figures"] = {"before": est.first_basis if before is None else "bncheck drift of MODEL on DATA (--verify)", "after": after_on}
     record = {"path": str(data), "samples": int(est.samples), "batch_size": int(options.batch_size), **{k: v for k, v in data_info.items() if k not in ("path", "samples")}}
     entries = _layer_entries(layers, est, before_figures, after_figures, before, after)
     report.result = RecalibrationResult(data=before.data if before is not None else record, summary=summary, layers=entries)

@@ -27,6 +27,15 @@ from bncheck.numerics.recalibration import PrecisionTracker, blend, relative_cha
 from bncheck.report.stats_checks import check_measured
 
 
+#: the "before" figures' basis, by the pass ``Estimate.first`` comes from
+TRAIN_BASIS = "the stored statistics against DATA's in the train-mode pass (batch statistics in every layer before)"
+STAGED_BASIS = (
+    "the stored statistics against DATA's, each layer's input measured with the layers before it recalibrated "
+    "(the statistics written; bncheck drift measures each layer with the stored ones before it)"
+)
+EVAL_BASIS = "the stored statistics against DATA's, the model as stored (as bncheck drift measures them)"
+
+
 @dataclass
 class Estimate:
     stats: Statistics
@@ -42,6 +51,8 @@ class Estimate:
     #: --precision: the half-widths reached ({"mean", "variance", "layer"}), else None
     precision: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: what ``first`` measured each layer's input with upstream: the report's "before" basis
+    first_basis: str = TRAIN_BASIS
 
 
 def population(m: Moments, variance: str) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +191,7 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
     all_layers = [layer.name for layer in source.bn_layers() if layer.has_running_stats]
     until = tracker(source, options.precision) if options.precision else None
     first: dict[str, Moments] = {}
+    basis = TRAIN_BASIS
     samples_cap = None
     samples = 0
     staged, why = _staged(source, session, names)
@@ -202,7 +214,9 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
             done = estimate_staged(staged, session, options, split, samples_cap, stored, lambda m: population(m, options.variance))
         check_estimable(done.moments, names, done.samples, split)
         stats = {n: done.stats.get(n, stored[n]) for n in names}
-        first, samples = first or done.moments, done.samples
+        if not first:
+            first, basis = done.moments, STAGED_BASIS
+        samples = done.samples
         history.append({"pass": len(history) + 1, "mode": "staged", "movement": None, **done.record})
     last, converged = None, False
     while len(history) < options.max_passes:
@@ -214,8 +228,8 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         result = session.measure(request, on_batch=advance)  # the model with `stats`
         check_measured(result.moments)
         check_estimable(result.moments, names, result.samples, split)
-        if not first:
-            first = result.moments
+        if not first:  # the first pass runs the stored statistics (`stats` starts as them)
+            first, basis = result.moments, EVAL_BASIS
         seen = {n: population(result.moments[n], options.variance) for n in names if result.moments[n].count}
         new = _blended(seen, stored, options.prior, result.samples)
         moved = _movement(stats, new, layers)
@@ -229,7 +243,7 @@ def estimate_exact(source: ModelSource, session, names: list[str], options, spli
         last = None  # `stats` is the newest estimate, not the one the last pass ran with
     return Estimate(
         stats=stats, samples=samples, batches=-(-samples // options.batch_size), passes=history, first=first, last=last,
-        converged=converged, precision=until.reached() if until is not None else None, notes=notes,
+        converged=converged, precision=until.reached() if until is not None else None, notes=notes, first_basis=basis,
     )  # fmt: skip
 
 

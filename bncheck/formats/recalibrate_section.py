@@ -79,7 +79,9 @@ class RecalibrationSection(Section):
 
     def table_parts(self) -> list[RenderableType]:
         parts: list[RenderableType] = [Text(line) for line in self.summary_lines()]
-        table = Table(title="Drift before -> after", title_justify="left")
+        basis = (self.result.summary.get("figures") or {}).get("before")
+        table = Table(title="Drift before -> after", title_justify="left", caption=f"before: {basis}" if basis else None,
+                      caption_justify="left")
         # figures never wrap and their headings take two short lines, so that a narrow terminal
         # narrows the layer column, not the numbers (`/bn1/Batc` / `hNormaliz` / `ation` at 60)
         table.add_column("layer", justify="left", overflow="fold")
@@ -94,7 +96,8 @@ class RecalibrationSection(Section):
         lines = ["### Recalibration", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
         lines += ["| layer | mean \\|z\\| before | after | mean \\|r\\| before | after |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {md_code(r[0])} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in self.layer_rows()] + [""]
-        return lines
+        basis = (self.result.summary.get("figures") or {}).get("before")
+        return lines + ([f"Before: {basis}.", ""] if basis else [])
 
     def html_top(self) -> str:
         rec = self.result.summary

@@ -195,3 +195,28 @@ def test_before_after_table_keeps_figures_whole_on_a_narrow_terminal(tmp_path):
     names = "".join(row[0] for row in rows)
     assert all(f"/bn{i}/BatchNormalization" in names for i in (1, 2, 3))
     assert len(rows) <= 6, "\n".join(table)  # at most two lines a layer
+
+
+def test_the_before_figures_say_what_they_measure(tmp_path):
+    """recalibrate's "before" column differs from `bncheck drift` for deeper layers (each layer
+    is measured with the layers before it recalibrated); the table and JSON say so."""
+    out = tmp_path / "r.onnx"
+    table = CliRunner().invoke(app, ["recalibrate", str(SAMPLES / "digits_cnn.onnx"), str(SHIFTED), "-o", str(out)], env={"COLUMNS": "120"})
+    assert table.exit_code == 0, table.output
+    assert "before: the stored statistics against DATA's, each layer's input measured with the layers before" in " ".join(table.output.split())
+    report = json.loads(run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "s.onnx", "-f", "json").stdout)
+    assert "bncheck drift measures each layer with the stored ones" in _figures(report)["before"]
+    verified = json.loads(run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "v.onnx", "-f", "json", "--verify").stdout)
+    assert _figures(verified)["before"] == "bncheck drift of MODEL on DATA (--verify)"
+
+
+def _figures(report: dict) -> dict:
+    """The recalibration summary's ``figures`` record, wherever the report nests it."""
+    if isinstance(report, dict):
+        if "figures" in report and isinstance(report["figures"], dict) and "before" in report["figures"]:
+            return report["figures"]
+        for value in report.values():
+            found = _figures(value)
+            if found:
+                return found
+    return {}
