@@ -26,7 +26,6 @@ from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.recalibration import PrecisionTracker, blend, relative_change
 from bncheck.report.stats_checks import check_measured
 
-
 #: the "before" figures' basis, by the pass ``Estimate.first`` comes from
 TRAIN_BASIS = "the stored statistics against DATA's in the train-mode pass (batch statistics in every layer before)"
 STAGED_BASIS = (
