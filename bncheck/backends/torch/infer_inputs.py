@@ -48,20 +48,42 @@ def candidates(layer) -> list[tuple[int, ...]]:
     """Per-sample shapes to try for a model whose first layer is ``layer``."""
     kind = _kind(layer)
     shapes: list[tuple[int, ...]] = []
-    if kind == "Linear":
-        shapes.append((int(layer.in_features),))
+    width = _input_width(layer, kind)
+    if width is None:
+        pass
+    elif kind == "Linear":
+        shapes.append((width,))
     elif kind in _CONV_RANK:
         rank = _CONV_RANK[kind]
-        shapes += [(int(layer.in_channels), *(s,) * rank) for s in SPATIAL_SIZES]
+        shapes += [(width, *(s,) * rank) for s in SPATIAL_SIZES]
     elif kind in _BN_RANK:
-        c, rank = int(layer.num_features), _BN_RANK[kind]
-        shapes += [(c,), *[(c, s) for s in LENGTHS]] if rank is None else [(c, *(s,) * rank) for s in SPATIAL_SIZES]
+        rank = _BN_RANK[kind]
+        shapes += [(width,), *[(width, s) for s in LENGTHS]] if rank is None else [(width, *(s,) * rank) for s in SPATIAL_SIZES]
     shapes += [(n,) for n in LENGTHS]
     unique = []
     for shape in shapes:
         if shape not in unique:
             unique.append(shape)
     return unique
+
+
+def _input_width(layer, kind: str) -> int | None:
+    """The input width of ``layer``: its ``in_features`` / ``in_channels`` / ``num_features``,
+    else (a traced TorchScript submodule keeps its parameters but not those attributes) read
+    from its weight or running mean: a conv's ``weight.shape[1]`` (groups are not stored, so 1
+    is assumed), a transposed conv's ``weight.shape[0]``; None when neither is there."""
+    name = "in_features" if kind == "Linear" else "in_channels" if kind in _CONV_RANK else "num_features"
+    value = getattr(layer, name, None)
+    if value is not None:
+        return int(value)
+    if kind in _BN_RANK:
+        stored = getattr(layer, "running_mean", None)
+        stored = getattr(layer, "weight", None) if stored is None else stored
+        return int(stored.shape[0]) if stored is not None and stored.dim() == 1 else None
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.dim() < 2:
+        return None
+    return int(weight.shape[0] if kind.startswith("ConvTranspose") else weight.shape[1])
 
 
 def _accepts(call, shape: tuple[int, ...], dtype: torch.dtype) -> bool:

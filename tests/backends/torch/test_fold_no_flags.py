@@ -111,3 +111,20 @@ def test_no_inferable_input_proves_sites_only_and_asks_only_when_needed(cli, tmp
     needs = cli("fold", tmp_path / "two.pt", "--arch", arch, "--out", tmp_path / "f.pt2")
     assert needs.exit_code == 2 and "needs an example input" in needs.stderr and "--input-shape" in needs.stderr
     assert "Traceback" not in needs.stderr
+
+
+def test_traced_torchscript_without_layer_attributes_gets_inferred_inputs(cli, tmp_path):
+    # a traced TorchScript submodule keeps its weights but not in_channels / num_features:
+    # fold read layer.in_channels and died with an AttributeError
+    from bncheck.backends.torch.infer_inputs import candidates, first_layer  # noqa: PLC0415
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
+    path = tmp_path / "traced.ts"
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, 32, 32)), str(path))
+    traced = torch.jit.load(str(path))
+    assert not hasattr(dict(traced.named_modules())["0"], "in_channels")
+    assert candidates(first_layer(traced)[1])[0] == (3, 224, 224)
+    result = cli("fold", path, "--out", tmp_path / "f.ts", "-f", "json", "--no-timing")
+    assert result.exit_code == 0, result.stderr
+    assert "AttributeError" not in result.stderr
+    assert [layer["fold"]["status"] for layer in _report(result)["layers"]] == ["kept"]
