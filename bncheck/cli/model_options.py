@@ -15,7 +15,7 @@ from bncheck.cli.guard import guard_outputs
 from bncheck.config import Settings
 from bncheck.errors import UsageError
 
-ModelArg = Annotated[Path, typer.Argument(help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")]
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Model file: .onnx, .pt/.pth (+ --arch), .pt2, .ts, .safetensors (+ --arch).")]
 ToOpt = Annotated[
     choice(OUTPUT_KINDS) | None, typer.Option("--to", case_sensitive=False, help="Output kind (default: from OUT's extension).")
 ]

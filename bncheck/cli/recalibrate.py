@@ -21,7 +21,7 @@ app = typer.Typer()
 @command(app)
 def recalibrate(
     model: ModelArg,
-    data: Annotated[str, typer.Argument(help="DATA to estimate the statistics on (as for drift: a folder, a file or an s3://... URL).")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="DATA to estimate the statistics on (as for drift: a folder, a file or an s3://... URL).")],
     out: Annotated[Path | None, output_file("--out", help="Where to write the recalibrated model (.pt/.pth: same kind as MODEL).")] = None,
     *,
     estimate: EstimateArgs,

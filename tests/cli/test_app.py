@@ -305,3 +305,21 @@ def test_o_help_of_fold_and_recalibrate_says_it_can_name_the_model():
         text = " ".join(out.replace("│", " ").split())
         assert ("is the model to write instead, as --out" in text) is models, command
         assert "Write the report to FILE instead of stdout" in text
+
+
+def test_usage_line_names_the_arguments_as_the_help_text_does(cli):
+    """fold and recalibrate printed `Usage: bncheck recalibrate [OPTIONS] {model} {data}` (and
+    "Missing argument 'data'") while their help text speaks of MODEL, DATA and OUT."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    env = {"COLUMNS": "120", "NO_COLOR": "1"}
+    usage = {
+        name: next(line for line in CliRunner().invoke(app, [name, "--help"], env=env).stdout.splitlines() if "Usage:" in line)
+        for name in ("fold", "recalibrate")
+    }
+    assert "[OPTIONS] {MODEL}" in usage["fold"] and "[OPTIONS] {MODEL} {DATA}" in usage["recalibrate"], usage
+    missing = cli("recalibrate", DIGITS)
+    assert missing.exit_code == 2 and "Missing argument 'DATA'" in missing.stderr, missing.stderr
+    assert "Missing argument 'MODEL'" in cli("fold").stderr
