@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -20,11 +22,21 @@ def _mean(figures, key: str):
 def _guard_lines(guard) -> list[str]:
     if not guard:
         return []
-    verdict = "worse beyond noise" if guard.get("worse") else "not worse"
+    verdict = "worse beyond noise" if guard.get("worse") else "better beyond noise" if _better(guard) else "not worse"
     return [
         f"check on {guard.get('samples')} held-out samples ({guard.get('basis')}): loss {fmt_num(guard.get('loss_before'))} -> "
         f"{fmt_num(guard.get('loss_after'))}, {verdict}"
     ]
+
+
+def _better(guard) -> bool:
+    """The loss fell by more than the guard's margin (z standard errors, or every sample by the
+    same amount): the mirror of :func:`bncheck.numerics.recalibration.paired_worse`, so that a
+    clear gain does not read "not worse"."""
+    difference, se, z = guard.get("difference"), guard.get("standard_error"), guard.get("z")
+    if difference is None or se is None or z is None or not math.isfinite(se):
+        return False
+    return difference < 0 and (se == 0 or -difference > z * se)
 
 
 class RecalibrationSection(Section):
