@@ -120,6 +120,11 @@ class RecalibrateOptions:
             raise UsageError(f"--variance {self.variance!r} must be one of: {', '.join(VARIANCES)}.")
         if self.momentum is not None and not 0 < self.momentum <= 1:
             raise UsageError("--momentum must be in (0, 1] (PyTorch convention).")
+        if self.momentum is not None and self.method != "ema":
+            raise UsageError(
+                f"--momentum only applies to --method ema; --method {self.method} does not use one: "
+                "add --method ema or drop --momentum."
+            )
         if self.batch_size < 2 and self.method != "exact":
             raise UsageError("train-mode methods need --batch-size 2 or more (batch statistics of one sample are undefined).")
         if self.prior < 0:

@@ -84,7 +84,17 @@ def test_onnx_cannot_become_torch_and_state_dict_needs_arch(tmp_path):
     assert b.exit_code == 2 and "--arch" in b.output
 
 
-@pytest.mark.parametrize("args,needle", [(["--method", "magic"], "--method"), (["--variance", "x"], "--variance"), (["--layers", "nope"], "nope")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--method", "magic"], "--method"),
+        (["--variance", "x"], "--variance"),
+        (["--layers", "nope"], "nope"),
+        # --momentum was silently ignored by the exact and cumulative methods
+        (["--momentum", "0.1"], "--momentum only applies to --method ema; --method exact does not use one"),
+        (["--momentum", "0.1", "--method", "cumulative"], "--method cumulative does not use one"),
+    ],
+)
 def test_bad_options(tmp_path, args, needle):
     result = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "--out", tmp_path / "o.onnx", *args)
     assert result.exit_code == 2 and needle in result.output
