@@ -304,9 +304,30 @@ def _chosen_names(source: ModelSource, layers, chosen: list[str] | None) -> list
         if unknown:
             raise UsageError(f"--layers names unknown BN layer(s): {', '.join(unknown[:5])}; `bncheck audit` lists them.")
         names = [n for n in names if n in set(chosen)]
+    _refuse_unused_statistics(layers, names)
     if not names:
         raise BncheckError("no BN layer with running statistics to recalibrate (see `bncheck audit`, rule BN004).")
     return names
+
+
+def _refuse_unused_statistics(layers, names: list[str]) -> None:
+    """A usage error when a layer to recalibrate normalises with batch statistics at inference
+    (an ONNX node with training_mode=1, a torch BN with track_running_stats=False: BN004): the
+    statistics written to it would never be used, and OUT would compute what MODEL does."""
+    unused = [layer for layer in layers if layer.name in set(names) and not layer.uses_running_stats]
+    if not unused:
+        return
+    shown = ", ".join(layer.name for layer in unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+    onnx = any(layer.kind == "BatchNormalization" for layer in unused)
+    how = (
+        "export the model in eval mode (torch.onnx.export(..., training=torch.onnx.TrainingMode.EVAL))"
+        if onnx
+        else "build the layers with track_running_stats=True"
+    )
+    raise UsageError(
+        f"BN layer(s) {shown} normalise with batch statistics at inference ({'training_mode=1' if onnx else 'track_running_stats=False'}; "
+        f"BN004), so recalibrated statistics would never be used: {how} and recalibrate that, or leave them out with --layers."
+    )
 
 
 def _summary(options: RecalibrateOptions, est: Estimate, out: Path, kind: str, written, before, after, checked, split) -> dict[str, Any]:

@@ -248,3 +248,17 @@ def test_a_clear_gain_on_the_held_out_split_reads_better_not_just_not_worse(tmp_
     table = run("recalibrate", SAMPLES / "cancer_mlp.ts", cancer / "shifted.csv", "--labels", cancer / "shifted_labels.csv",
                 "-o", tmp_path / "c2.ts")
     assert "not worse" in table.stdout and "better beyond noise" not in table.stdout, table.stdout
+
+
+def test_layers_that_normalise_with_batch_statistics_are_refused(tmp_path):
+    """An ONNX export with training_mode=1 (BN004) ignores its running statistics: recalibrate
+    wrote OUT with new ones and reported drift 0.283 -> 1.9e-08 while the held-out accuracy
+    stayed 94.5% -> 94.5% (OUT computes what MODEL does). Now exit 2, nothing written."""
+    out = tmp_path / "o.onnx"
+    line = _one_sentence(run("recalibrate", SAMPLES / "broken" / "digits_cnn_no_running_stats.onnx", SHIFTED, "-o", out))
+    assert "normalise with batch statistics at inference (training_mode=1; BN004)" in line, line
+    assert "/bn1/BatchNormalization" in line and "TrainingMode.EVAL" in line and "--layers" in line
+    assert not out.exists()
+    # a TorchScript model saved in train mode still has statistics bncheck's eval run uses
+    kept = run("recalibrate", SAMPLES / "broken" / "digits_cnn_trainmode.ts", SHIFTED, "-o", tmp_path / "t.ts", "-q")
+    assert kept.exit_code == 0, kept.output
