@@ -214,6 +214,9 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
         result = session.measure(request, on_batch=advance, runner=runner)
     except MemoryError as exc:
         raise DataError("ran out of memory; lower --batch-size.") from exc
+    if result.samples == 1:  # no spread to compare, nor to tell noise by (a BatchNorm1d sees one value)
+        raise DataError("DATA gave 1 sample: drift compares the spread of what each BN layer sees with its stored "
+                        "statistics and needs at least 2 samples (a few hundred for reliable figures); give more DATA.")
     provenance = session.provenance() if options.save_stats is not None else {}
     return DataPass(result, session.describe(), provenance, runner)
 

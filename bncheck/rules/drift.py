@@ -58,6 +58,11 @@ def check_mean_shift(r, ctx: RuleContext):
     )
 
 
+#: samples below which BN101/BN102 report nothing: from one sample neither the noise level nor,
+#: for a layer that sees one value per channel (BatchNorm1d), a variance can be measured
+MIN_DRIFT_SAMPLES = 2
+
+
 def _layers(ctx: RuleContext) -> dict[str, LayerDrift]:
     return ctx.drift.layers if ctx.drift is not None else {}
 
@@ -69,6 +74,8 @@ def _graded_findings(r, ctx: RuleContext, figure, describe):
     warn, error = ctx.threshold(r.code, "warning"), ctx.threshold(r.code, "error")
     z = ctx.threshold(r.code, "significance")
     for name, d in _layers(ctx).items():
+        if d.samples < MIN_DRIFT_SAMPLES:  # one sample has no spread to tell sampling noise by (BN104 says so)
+            continue
         summary, se, noise = figure(d)
         margin = z * noise if math.isfinite(noise) else 0.0
         sev = _graded(summary.mean - margin, warn, error)
@@ -260,6 +267,10 @@ def check_few_samples(r, ctx: RuleContext):
     samples = ctx.drift.samples
     minimum = ctx.threshold(r.code, "min_samples")
     max_se = ctx.threshold(r.code, "max_se")
+    if samples < MIN_DRIFT_SAMPLES:
+        yield r.finding(None, f"only {samples} sample: drift cannot be measured from one sample (no spread to tell noise by), "
+                        f"so BN101/BN102 report nothing; run on at least {minimum:g}", samples=samples)
+        return
     if samples < minimum:
         yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples)
         return

@@ -127,3 +127,21 @@ def test_bn102_says_which_way_the_variance_moved():
         ratio = (stats["var"][channel] + layer["eps"]) / (stats["running_var"][channel] + layer["eps"])
         assert f"at channel {channel}: data variance x{ratio:.3g} the stored one" in finding["message"], finding
         assert " or x" not in finding["message"] and math.isclose(abs(math.log(ratio)), layer["drift"]["var_log_ratio"]["max"], rel_tol=1e-4)
+
+
+def test_one_sample_is_refused_not_judged(tmp_path, cli, assert_usage_error):
+    """One image: the fully connected BN sees one value per channel (variance 0), and no noise
+    level can be measured; drift gave BN101/BN102 errors it cannot back up. Now exit 2."""
+    import shutil
+
+    image = sorted((SAMPLES / "data" / "digits" / "reference").rglob("*.png"))[0]
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(image, folder / image.name)
+    line = assert_usage_error(cli("drift", SAMPLES / "digits_cnn.onnx", folder), "1 sample", "at least 2")
+    assert "BN101" not in line
+    two = tmp_path / "two"
+    two.mkdir()
+    for path in sorted((SAMPLES / "data" / "digits" / "reference").rglob("*.png"))[:2]:
+        shutil.copy(path, two / path.name)
+    assert cli("drift", SAMPLES / "digits_cnn.onnx", two).exit_code in (0, 1)
