@@ -178,7 +178,7 @@ def _variance_factor(r, channel: int) -> str:
 )
 def check_input_mismatch(r, ctx: RuleContext):
     drift = _layers(ctx)
-    if not drift:
+    if not drift or ctx.drift.samples < MIN_DRIFT_SAMPLES:
         return
     first = int(ctx.threshold(r.code, "first_layers"))
     limit = ctx.threshold(r.code, "score")
@@ -269,7 +269,7 @@ def check_few_samples(r, ctx: RuleContext):
     max_se = ctx.threshold(r.code, "max_se")
     if samples < MIN_DRIFT_SAMPLES:
         yield r.finding(None, f"only {samples} sample: drift cannot be measured from one sample (no spread to tell noise by), "
-                        f"so BN101/BN102 report nothing; run on at least {minimum:g}", samples=samples)
+                        f"so BN101-BN103 report nothing; run on at least {minimum:g}", samples=samples)
         return
     if samples < minimum:
         yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples)

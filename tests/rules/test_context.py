@@ -54,3 +54,16 @@ def test_rules_cite_their_references():
     text = get_rule("BN201").documentation()
     assert "References" in text and "arXiv:1803.08494" in text
     assert "References" not in get_rule("BN101").documentation()
+
+
+def test_one_sample_gives_no_drift_finding_and_bn104_says_why():
+    """From one sample (a --stats file of one) a BatchNorm1d's variance is 0 and no noise level
+    exists: BN101/BN102 stay silent, BN104 says drift cannot be measured."""
+    layer = _layer()
+    one = layer_drift(np.full(4, 2.0), np.zeros(4), layer.running_mean, layer.running_var, 1e-5, samples=1, elements=4)
+    ctx = RuleContext(layers=[layer], thresholds=default_thresholds(), drift=DriftEvidence(layers={"bn": one}, samples=1))
+    findings = run_rules("drift", ctx)
+    assert [f.rule for f in findings] == ["BN104"] and "cannot be measured from one sample" in findings[0].message
+    two = layer_drift(np.full(4, 2.0), np.zeros(4), layer.running_mean, layer.running_var, 1e-5, samples=2, elements=8)
+    ctx = RuleContext(layers=[layer], thresholds=default_thresholds(), drift=DriftEvidence(layers={"bn": two}, samples=2))
+    assert "BN101" in {f.rule for f in run_rules("drift", ctx)}
