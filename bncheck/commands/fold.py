@@ -135,7 +135,9 @@ def fold(
         inputs=plan.used,
     )
     report.result.figures = replace(report.result.figures, site_proofs=report.result.proof_counts())
-    report.notes.extend(_outcome_notes(source, layers, changed) + notes)
+    # with no BN layer at all, BN000's finding says so (the note would say it a second time)
+    said = not layers and any(finding.rule == "BN000" for finding in findings)
+    report.notes.extend(([] if said else _outcome_notes(source, layers, changed)) + notes)
     return report
 
 

@@ -174,6 +174,9 @@ def test_nothing_to_fold(cli, tmp_path):
     assert report["fold"]["layers_folded"] == 0 and report["fold"]["output"]["written"] is False
     assert not out.exists()
     assert any("nothing to fold" in n for n in report["notes"])
+    # BN000's finding says there is no BN layer; the notes do not say it again
+    assert [f["rule"] for f in report["findings"]] == ["BN000"]
+    assert not any("no batch-norm layers found" in n for n in report["notes"])
 
 
 def test_kept_layers_only_need_no_whole_model_run(cli, tmp_path, export_onnx, randomize_bn):
