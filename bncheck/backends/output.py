@@ -149,13 +149,25 @@ def output_kind(out: Path, to: str | None, input_format: str) -> str:
     )
 
 
+#: what ends a directory's name: "/" everywhere, and the platform's own separators
+SEPARATORS = tuple({"/", os.sep, *([os.altsep] if os.altsep else [])})
+
+
+def names_a_directory(text: object) -> bool:
+    """Whether ``text``, a path as typed, ends in a separator (pathlib would drop it)."""
+    return isinstance(text, str) and text.endswith(SEPARATORS) and bool(text.rstrip("".join(SEPARATORS)))
+
+
+def slash_problem(text: str) -> str:
+    return f"{text} ends in a slash, so it names a directory; name the file to write (without the slash)"
+
+
 def file_path(out: str | Path, option: str = "out") -> Path:
     """``out`` as a Path; a string ending in a path separator names a directory (which Path
     would silently drop): UsageError naming the fix."""
     text = os.fspath(out)
-    separators = (os.sep, os.altsep) if os.altsep else (os.sep,)
-    if isinstance(text, str) and text.endswith(separators) and text.rstrip("".join(separators)):
-        raise UsageError(f"{option} {text} ends in a slash, so it names a directory; name the file to write (without the slash).")
+    if names_a_directory(text):
+        raise UsageError(f"{option} {slash_problem(text)}.")
     return Path(text)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.models import TyperPath
 
-from bncheck.backends.output import write_atomically
+from bncheck.backends.output import names_a_directory, slash_problem, write_atomically
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.group import State, err
 from bncheck.errors import BncheckError, OutputError, first_line
@@ -50,12 +50,9 @@ class OutputFile(TyperPath):
     (``Path("out/x.onnx/")`` is ``out/x.onnx``), so it is checked on the typed string: a
     trailing slash names a directory, and writing the file beside it would not be what was asked."""
 
-    #: what ends a directory's name: "/" everywhere, and the platform's own separators
-    SEPARATORS = tuple({"/", os.sep, *([os.altsep] if os.altsep else [])})
-
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, str) and value.endswith(self.SEPARATORS) and value.rstrip("".join(self.SEPARATORS)):
-            self.fail(f"{value} ends in a slash, so it names a directory; name the file to write (without the slash)", param, ctx)
+        if names_a_directory(value):
+            self.fail(slash_problem(value), param, ctx)
         return super().convert(value, param, ctx)
 
 
