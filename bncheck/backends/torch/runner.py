@@ -6,23 +6,11 @@ forward pre-hook, or this runner's ``TorchDispatchMode``, which sees every batch
 its arguments and recognises the layer by the identity of its ``running_mean`` (or
 ``weight``) tensor.
 
-The moments of a BN input ``x`` (N, C, ...) are computed by torch ops, two-pass, with every
-reduction over a contiguous last axis (see :func:`channel_moments`)::
-
-    t = x.flatten(2)                         # (N, C, L) view
-    m = t.mean(2).mean(0)                    # channel mean of the batch
-    m2 = (norm(t - m, dim=2) ** 2).sum(0)   # centred sum of squares (float64 over N)
-
-(maps of more than ``BLOCKED_ABOVE`` elements are normed in blocks of about sqrt(L) along the
-last axis, the blocks' squares summed in float64: one float32 norm over a 1024x1024 map is
-2e-5 relative off, the blocked one 3e-8)
-
-Centring every element at the batch's channel mean keeps the variance exact to float32
-rounding at any mean/std ratio (the rounding of ``m`` enters squared only); only (C,) vectors
-leave torch. Measured inside a ResNet-18 this is the cheapest exact form: ``torch.var_mean``
-over (N, H, W) costs 4-5x more (Welford over a strided reduction) in float32 and more in
-float64, the fused ``torch.batch_norm_update_stats`` a little more, and reductions over the
-strided (N, H, W) axes are slower than over the contiguous L axis.
+The moments of a BN input are :func:`~bncheck.backends.torch.moments.channel_moments`': each
+row of ``x`` two-pass about its own mean, in cache-sized chunks, merged in float64; only (N, C)
+and (C,) vectors leave torch. Measured inside a ResNet-18 this is the cheapest exact form:
+``torch.var_mean`` over (N, H, W) costs 4-5x more (Welford over a strided reduction) in
+float32 and more in float64, the fused ``torch.batch_norm_update_stats`` a little more.
 
 "train" passes: the same dispatch mode replaces every batch-norm op by one normalising with
 the batch statistics (``aten.native_batch_norm`` with ``training=True`` and no running
@@ -34,7 +22,6 @@ batch-norm op that would update running statistics in place (a module saved in t
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bncheck.backends.runner import ModelRunner, dedupe, select_layers
+from bncheck.backends.torch.moments import channel_moments
 from bncheck.backends.torch.observation import (
     FROZEN_REASON,
     observe_eager,
@@ -69,55 +57,9 @@ BN_OP_NAMES = (
 )
 
 
-def channel_moments(x, per_sample: bool = False) -> tuple:
-    """``(count, mean, m2)`` of a BN input over every axis but 1 (the channel axis), two-pass:
-    ``mean_c`` = the batch's channel mean, ``m2_c = sum (x - mean_c)**2`` (summed in float64
-    over samples). Non-contiguous inputs (channels-last activations) are copied to contiguous
-    first: the reductions over the contiguous last axis are what keeps the sums accurate.
-    ``per_sample``: also each sample's channel means and its sums of squares about the batch
-    mean, ``(N, C)`` (from the same reductions: no extra pass over the input)."""
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    x = x.contiguous()
-    t = x.reshape(x.shape[0], x.shape[1], -1)
-    sample_means = t.mean(2)
-    mean = sample_means.mean(0)
-    # the norm of the centred values: one read of them and no second write; its float32
-    # accumulation loses ~eps * length (2e-5 relative at 1024**2), so long maps are normed in
-    # blocks of about sqrt(length) and the blocks' squares summed in float64 (3e-8 at 1024**2)
-    centred = t - mean[:, None]
-    length = centred.shape[2]
-    if length > BLOCKED_ABOVE:
-        block = _block(length)
-        centred = centred.reshape(t.shape[0], t.shape[1], length // block, block)
-        squares = torch.linalg.vector_norm(centred, dim=3).double().square()
-        m2, per = squares.sum((0, 2)), (squares.sum(2) if per_sample else None)
-    else:
-        per = torch.linalg.vector_norm(centred, dim=2).double().square()
-        m2 = per.sum(0)
-    if per_sample:
-        return x.numel() // x.shape[1], mean, m2, sample_means, per
-    return x.numel() // x.shape[1], mean, m2
-
-
-def _per_sample(count: int, batch_mean, sample_means, squares) -> SampleMoments:
-    """Each sample's moments from its channel means and its sums of squares about the batch
-    mean: ``m2_n = squares_n - count * (mean_n - batch_mean)**2`` (float64)."""
+def _per_sample(count: int, sample_means, squares) -> SampleMoments:
     means = sample_means.detach().to("cpu", torch.float64).numpy()
-    offset = means - batch_mean.detach().to("cpu", torch.float64).numpy()[None, :]
-    return SampleMoments.of(count, means, squares.detach().to("cpu", torch.float64).numpy() - count * np.square(offset))
-
-
-#: BN inputs with more elements per sample and channel than this are normed in blocks
-BLOCKED_ABOVE = 4096
-
-
-def _block(length: int) -> int:
-    """The divisor of ``length`` nearest its square root (1 only for a prime length: then the
-    whole map is one block of ``length``)."""
-    small = [d for d in range(1, math.isqrt(length) + 1) if length % d == 0]
-    best = max(small)
-    return best if best > 1 else length
+    return SampleMoments.of(count, means, squares.detach().to("cpu", torch.float64).numpy())
 
 
 class TorchRunner(ModelRunner):
@@ -162,6 +104,8 @@ class TorchRunner(ModelRunner):
         self._plain_bn = _plain_bn_modules(source, all_layers, obs) if not self._dispatch_always else None
         #: layers that end the pass once all have been recorded (``stop_after``), and those seen
         self._stop_after = set(self.layers) if stop_after else None
+        #: whether 4-D inputs go in channels-last: None until a first pass tells (CPU only)
+        self._channels_last: bool | None = None
         self._seen: set[str] = set()
 
     def _moments(self, x: np.ndarray):
@@ -185,6 +129,31 @@ class TorchRunner(ModelRunner):
 
     def _run(self, x: np.ndarray, *, mode: str, collect: bool) -> np.ndarray:
         tensor = torch.from_numpy(x).to(device=self._obs.device, dtype=self._obs.dtype)
+        # oneDNN convolutions run about a quarter faster on channels-last maps; train passes
+        # stay contiguous (torch's batch-statistics kernel accumulates channels-last maps in
+        # float32 along the whole batch)
+        laid_out = tensor.dim() == 4 and tensor.device.type == "cpu" and mode != "train"
+        trial = laid_out and self._channels_last is None
+        if trial or (laid_out and self._channels_last):
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        try:
+            out = self._attempt(tensor, mode, collect)
+        except BncheckError:
+            raise
+        except Exception as exc:  # whatever the model raises on a bad batch
+            if not trial:
+                raise self._run_failed(exc, x) from exc
+            # e.g. a model that views its maps as contiguous: run them as given from now on
+            self._channels_last = False
+            if self._samples is not None:
+                self._samples = {}
+            return self._run(x, mode=mode, collect=collect)
+        if trial:
+            self._channels_last = True
+        return out
+
+    def _attempt(self, tensor, mode: str, collect: bool):
+        """One forward pass: its first output, or None where a truncated pass ended early."""
         self._mode, self._collect, self._batch = mode, collect, []
         self._seen = set()
         if mode == "train" and self._plain_bn is not None:
@@ -196,12 +165,10 @@ class TorchRunner(ModelRunner):
         try:
             with torch.inference_mode(), dispatch:
                 out = self._obs.call(tensor)
-        except BncheckError:
-            raise
-        except Exception as exc:  # whatever the model raises on a bad batch
+        except Exception:
             if self._stopped():  # the truncated pass ended (TorchScript wraps the exception)
                 return None
-            raise self._run_failed(exc, x) from exc
+            raise
         finally:
             self._mode, self._collect = "eval", False
         return _first_output(out)
@@ -221,7 +188,7 @@ class TorchRunner(ModelRunner):
             count, mean, m2, sample_means, squares = channel_moments(x, per_sample=True)
             self._batch.append((name, count, mean, m2))
             # a layer run twice in one pass has no single per-sample figure
-            self._samples[name] = None if name in self._samples else _per_sample(count // x.shape[0], mean, sample_means, squares)
+            self._samples[name] = None if name in self._samples else _per_sample(count // x.shape[0], sample_means, squares)
         if self._stop_after is not None:
             self._seen.add(name)
             if self._stopped():

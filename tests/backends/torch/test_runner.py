@@ -53,6 +53,77 @@ def test_channels_last_activations(digits_x, digits_eager):
         assert_moments(moments[name], reference[name], rtol=1e-6)
 
 
+class ViewsItsMaps(nn.Module):
+    """conv -> BN -> ``x.view(N, -1)`` of a 4x4 map: a view that only a contiguous map allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.head(h.view(h.shape[0], -1))
+
+
+def test_conv_models_run_channels_last_and_keep_float64_precision():
+    """4-D inputs go in channels-last (oneDNN's faster layout); the BN inputs are read where
+    they lie, and their moments match float64 hooks on the model run as given."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        model[0].bias += 500.0  # mean/std ~1e3 at the first BN input
+    x = np.random.default_rng(3).normal(size=(6, 3, 20, 20)).astype(np.float32)
+    reference = bn_inputs(model, x)
+    seen = []
+    model[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    with TorchModuleSource(model, path=None, format="module").runner() as runner:
+        out, moments = runner.moments(x)
+    assert seen and all(seen)
+    np.testing.assert_allclose(out, reference["<output>"], rtol=1e-4, atol=1e-4)
+    for name in ("1", "4"):
+        assert_moments(moments[name], reference[name], rtol=1e-6)
+
+
+def test_a_model_that_needs_contiguous_maps_falls_back_and_stays_exact():
+    torch.manual_seed(0)
+    model = ViewsItsMaps().eval()
+    x = np.random.default_rng(4).normal(size=(5, 3, 4, 4)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="view"):  # what channels-last alone would do
+        with torch.no_grad():
+            model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+    reference = bn_inputs(model, x)
+    with TorchModuleSource(model, path=None, format="module").runner() as runner:
+        for _ in range(2):  # the fallback is for good: the second batch runs contiguous at once
+            out, samples = runner.sample_moments(x)[0::2]
+            assert set(samples) == {"bn"} and samples["bn"] is not None and len(samples["bn"]) == 5
+        moments = runner.moments(x)[1]
+        assert runner._channels_last is False
+    np.testing.assert_allclose(out, reference["<output>"], rtol=1e-5, atol=1e-5)
+    assert_moments(moments["bn"], reference["bn"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (8, 16, 13, 17), (2, 3, 96, 96)])
+def test_torch_per_sample_moments_of_either_layout_within_1e6_of_float64(layout, shape):
+    from bncheck.backends.torch.moments import channel_moments as moments_of
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(1e3, 1.0, shape).astype(np.float32)
+    t = torch.from_numpy(x)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    count, mean, m2, sample_means, squares = moments_of(t, per_sample=True)
+    x64 = x.astype(np.float64)
+    per_mean = x64.mean((2, 3))
+    per_m2 = np.square(x64 - per_mean[:, :, None, None]).sum((2, 3))
+    np.testing.assert_allclose(squares.numpy(), per_m2, rtol=1e-6)
+    np.testing.assert_allclose(sample_means.numpy(), per_mean, rtol=1e-9)
+    np.testing.assert_allclose(m2.numpy() / count, x64.var((0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(mean.numpy(), x64.mean((0, 2, 3)), rtol=1e-9)
+
+
 class FunctionalBN(nn.Module):
     """conv -> F.batch_norm with the module's own buffers; a second call always in training mode
     with running statistics (it would update them in place if run as written)."""
