@@ -44,7 +44,8 @@ class Labels:
             if len(self.classes) <= 50:
                 out["class_indices"] = dict(self.classes)
         elif self.values is not None and len(self.values):
-            out["classes"] = int(len(np.unique(self.values)))
+            ordered = np.sort(np.asarray(self.values).ravel())  # np.unique would import numpy.ma (20 ms)
+            out["classes"] = int(np.count_nonzero(ordered[1:] != ordered[:-1]) + 1)
             out["range"] = [int(self.values.min()), int(self.values.max())]
         return out
 

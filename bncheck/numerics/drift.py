@@ -116,6 +116,17 @@ class LayerDrift:
         }
 
 
+def median(values) -> float:
+    """``np.median`` of a 1-D array without its import of ``numpy.ma`` (20 ms of every run):
+    NaN when any value is NaN, as ``np.median``."""
+    a = np.asarray(values, np.float64).ravel()
+    if a.size == 0 or np.isnan(a).any():
+        return float("nan")
+    low, high = (a.size - 1) // 2, a.size // 2
+    part = np.partition(a, [low, high])
+    return float((part[low] + part[high]) / 2)
+
+
 def uncertainty(var: np.ndarray, running_var: np.ndarray, eps: float, samples: int) -> tuple[float, float]:
     """Sampling standard errors of z and r, conservatively counting one independent value per
     sample and channel (neighbouring positions of one image are strongly correlated, so the
@@ -126,7 +137,7 @@ def uncertainty(var: np.ndarray, running_var: np.ndarray, eps: float, samples: i
     """
     n = max(int(samples), 1)
     ratio = np.asarray(var, np.float64) / (np.asarray(running_var, np.float64) + eps)
-    z_se = float(np.median(np.sqrt(np.maximum(ratio, 0.0) / n))) if ratio.size else float("nan")
+    z_se = median(np.sqrt(np.maximum(ratio, 0.0) / n)) if ratio.size else float("nan")
     r_se = float(np.sqrt(2.0 / max(n - 1, 1)))
     return z_se, r_se
 

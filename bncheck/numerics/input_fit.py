@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bncheck.numerics.drift import median
+
 #: up to this many input channels the covariance between channels is measured (pairs)
 FULL_COVARIANCE_CHANNELS = 4
 
@@ -107,7 +109,7 @@ def fit_correction(
         return np.concatenate([(mu - rm) / sd, np.log(var + eps) - np.log(rv + eps)])
 
     current = np.einsum("ocd->o", probes.covariance)
-    ratio = float(np.median((rv + eps) / (np.maximum(current, 0.0) + eps)))
+    ratio = median((rv + eps) / (np.maximum(current, 0.0) + eps))
     start = np.concatenate([np.full(channels, np.sqrt(max(ratio, 1e-30))), np.asarray(data_mean, np.float64)])
     p = _levenberg_marquardt(residual, start)
     if np.sum(p[:channels] < 0) > channels / 2:  # the variance fixes a only up to its sign

@@ -81,3 +81,12 @@ def test_noise_level_never_below_normal_theory():
     d.z_noise, d.r_noise = 1e-6, 1e-6  # two halves that happen to agree
     z, r = d.noise()
     assert z == pytest.approx(np.sqrt(2 / np.pi) * d.z_se) and r == pytest.approx(np.sqrt(2 / np.pi) * d.r_se)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 10, 1001])
+def test_median_is_numpys_without_numpy_ma(size):
+    from bncheck.numerics.drift import median
+
+    values = np.random.default_rng(size).standard_normal(size) * 1e3
+    assert median(values) == np.median(values)
+    assert np.isnan(median(np.append(values, np.nan))) and np.isnan(median(np.array([])))
