@@ -70,9 +70,12 @@ def _pieces(x) -> int | None:
     if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return None
     positions = x.shape[2] * x.shape[3]
-    for pieces in range(-(-positions // PIECE), positions + 1):
+    fewest = -(-positions // PIECE)
+    # pieces of at least a quarter of PIECE, or the map is read as contiguous rows (a prime
+    # number of positions would otherwise give pieces of one position, found by a long search)
+    for pieces in range(fewest, 4 * fewest + 1):
         if positions % pieces == 0:
-            return pieces if positions // pieces <= PIECE else None
+            return pieces
     return None
 
 

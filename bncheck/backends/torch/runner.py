@@ -6,7 +6,7 @@ forward pre-hook, or this runner's ``TorchDispatchMode``, which sees every batch
 its arguments and recognises the layer by the identity of its ``running_mean`` (or
 ``weight``) tensor.
 
-The moments of a BN input are :func:`~bncheck.backends.torch.moments.channel_moments`': each
+The moments of a BN input are :func:`~bncheck.backends.torch.moments.channel_moments`: each
 row of ``x`` two-pass about its own mean, in cache-sized chunks, merged in float64; only (N, C)
 and (C,) vectors leave torch. Measured inside a ResNet-18 this is the cheapest exact form:
 ``torch.var_mean`` over (N, H, W) costs 4-5x more (Welford over a strided reduction) in
@@ -134,7 +134,7 @@ class TorchRunner(ModelRunner):
         # float32 along the whole batch)
         laid_out = tensor.dim() == 4 and tensor.device.type == "cpu" and mode != "train"
         trial = laid_out and self._channels_last is None
-        if trial or (laid_out and self._channels_last):
+        if laid_out and self._channels_last is not False:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         try:
             out = self._attempt(tensor, mode, collect)
