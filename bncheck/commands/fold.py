@@ -112,12 +112,15 @@ def fold(
 
     planning = functools.partial(plan_inputs, backend, source, input_shape=input_shape, verify=verify, samples=samples,
                                  batch_size=batch_size, seed=seed, settings=settings)
-    plan, expected, first = _planned(backend, source, kind, affine, planning, any(la.foldable for la in layers))
-    if plan.example is None and backend.needs_example(source, kind):
-        raise UsageError(_needs_example_message(kind, plan))
     site_atol, site_rtol = _site_tolerances(backend.float_dtype(source).name, atol, rtol)
-    check = _Check(backend, source, kind, plan, out, force, atol, rtol, site_atol, site_rtol, expected)
-    folded, proofs, checked = _fold_proved(check, affine, first)
+    prove = functools.partial(backend.prove_sites, source, atol=site_atol, rtol=site_rtol)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bncheck-fold") as pool:
+        plan, expected, first, proving = _planned(pool, backend, source, kind, affine, planning, prove,
+                                                  any(la.foldable for la in layers))
+        if plan.example is None and backend.needs_example(source, kind):
+            raise UsageError(_needs_example_message(kind, plan))
+        check = _Check(backend, source, kind, plan, out, force, atol, rtol, site_atol, site_rtol, expected)
+        folded, proofs, checked = _fold_proved(check, affine, prove, first, proving)
     changed, plan, artifact, artifact_notes, evidence = checked
     timing_info, timing_note = _timing_if_asked(backend, source, folded, plan, timing, changed)
     notes: list[str] = [*folded.notes, *artifact_notes, *backend.fold_notes(source), *plan.notes, *timing_note]
@@ -188,19 +191,21 @@ class _Check:
         return changed, plan, artifact, notes, evidence
 
 
-def _planned(backend: Backend, source: ModelSource, kind: str, affine: bool, planning, foldable: bool):
-    """(plan, the original's outputs on it or None, the first fold or None). Where the backend's
-    checks run alongside, the rewrite needs no example input: the inputs are planned, and the
-    original is run on them, while the model is rewritten."""
+def _planned(pool: ThreadPoolExecutor, backend: Backend, source: ModelSource, kind: str, affine: bool, planning,
+             prove, foldable: bool):
+    """(plan, the original's outputs on it or None, the first fold or None, its site proofs under
+    way or None). Where the backend's checks run alongside, the rewrite needs no example input:
+    the inputs are planned, and the original is run on them, while the model is rewritten, and
+    the rewrite's sites are proved as soon as it exists."""
     step("reading the verification inputs")
     if not backend.checks_alongside:
-        return planning(), None, None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncheck-inputs") as pool:
-        pending = pool.submit(_plan_and_reference, backend, source, planning, foldable)
-        step("folding BN into the conv/linear weights")
-        first = backend.fold(source, kind, affine=affine, example=None)
-        plan, expected = pending.result()
-    return plan, expected, first
+        return planning(), None, None, None
+    pending = pool.submit(_plan_and_reference, backend, source, planning, foldable)
+    step("folding BN into the conv/linear weights")
+    first = backend.fold(source, kind, affine=affine, example=None)
+    proving = pool.submit(prove, first)
+    plan, expected = pending.result()
+    return plan, expected, first, proving
 
 
 def _plan_and_reference(backend: Backend, source: ModelSource, planning, foldable: bool) -> tuple[InputPlan, list | None]:
@@ -213,12 +218,13 @@ def _plan_and_reference(backend: Backend, source: ModelSource, planning, foldabl
     return plan, [run(batch) for batch in plan.batches]
 
 
-def _fold_proved(check: _Check, affine: bool, first: FoldedModel | None = None):
-    """Fold (``first``: the fold made already), prove every folded site on its own, and fold
-    again keeping the sites whose proof failed (and, with no whole-model verification to cover
-    them, those not provable alone); convert and verify what is kept. Where the backend's checks
-    may run alongside (``checks_alongside``), the first fold is converted and verified while the
-    proofs run: it is the final model unless a proof fails (then the second fold is checked again)."""
+def _fold_proved(check: _Check, affine: bool, prove, first: FoldedModel | None = None, proving=None):
+    """Fold (``first``: the fold made already, ``proving``: its site proofs under way), prove
+    every folded site on its own, and fold again keeping the sites whose proof failed (and, with
+    no whole-model verification to cover them, those not provable alone); convert and verify what
+    is kept. Where the backend's checks may run alongside (``checks_alongside``), the first fold
+    is converted and verified while the proofs run: it is the final model unless a proof fails
+    (then the second fold is checked again)."""
     backend, source, kind, plan = check.backend, check.source, check.kind, check.plan
     folded = first
     if folded is None:
@@ -226,13 +232,11 @@ def _fold_proved(check: _Check, affine: bool, first: FoldedModel | None = None):
         folded = backend.fold(source, kind, affine=affine, example=plan.example)
     step(f"proving each folded site on its own ({folded.count('folded') + folded.count('affine')} sites)")
     checked = None
-    if backend.checks_alongside:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncheck-proofs") as pool:
-            proving = pool.submit(backend.prove_sites, source, folded, atol=check.site_atol, rtol=check.site_rtol)
-            checked = check.run(folded)
-            proofs = proving.result()
+    if proving is not None:
+        checked = check.run(folded)
+        proofs = proving.result()
     else:
-        proofs = backend.prove_sites(source, folded, atol=check.site_atol, rtol=check.site_rtol)
+        proofs = prove(folded)
     keep = {name: f"its site proof failed: {p.reason}" for name, p in proofs.items() if p.passed is False}
     if plan.batches is None:
         keep.update({name: f"not proved on its own ({p.reason}) and no input to verify the whole model (pass --input-shape)"
