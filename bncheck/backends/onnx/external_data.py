@@ -4,6 +4,7 @@ a model in memory still fits in one message (protobuf refuses 2 GiB and more).""
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 from pathlib import Path
 
@@ -100,13 +101,20 @@ def _read_locations(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
 def _stored_bytes(tensor: onnx.TensorProto) -> int | None:
     if tensor.data_location == TensorProto.EXTERNAL:
         return 0  # not stored in the message
-    if tensor.data_type == TensorProto.STRING:
+    itemsize = _itemsize(tensor.data_type)
+    return None if itemsize is None else math.prod(tensor.dims) * itemsize
+
+
+@functools.lru_cache(maxsize=64)
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of an ONNX element type (None: strings and unknown types). Asked for
+    every tensor of a model three times a fold: numpy's dtype lookup, once per type."""
+    if data_type == TensorProto.STRING:
         return None
     try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
     except (KeyError, TypeError, ValueError):
         return None
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
 
 
 def _model_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -35,10 +35,17 @@ def op_registry(table: dict[str, _F]) -> Callable[..., Callable[[_F], _F]]:
     return for_ops
 
 
+#: the standard ops that hold graphs (attributes of type GRAPH); ops of other domains are looked into
+_WITH_SUBGRAPHS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+_STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+
+
 def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
     """The graph and every subgraph (If/Loop/Scan bodies), with a readable path."""
     yield path, graph
     for node in graph.node:
+        if node.domain in _STANDARD_DOMAINS and node.op_type not in _WITH_SUBGRAPHS:
+            continue  # no other standard op has a graph attribute (reading every attribute's type costs)
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 yield from iter_graphs(attr.g, f"{path}{node.name or node.op_type}/{attr.name}/")

@@ -79,3 +79,24 @@ def test_bn_in_if_branches_and_loop_body_fold(tmp_path, ort_run):
         flag = np.array(cond)
         (ref,), (got,) = ort_run(src, x, flag), ort_run(out, x, flag)
         assert np.abs(ref - got).max() <= 1e-5 * np.abs(ref).max(), cond
+
+
+def test_iter_graphs_skips_exactly_the_standard_ops_without_graph_attributes():
+    """iter_graphs reads the attributes only of the standard ops that can hold a graph, and of
+    every op of another domain: the list it keeps is what onnx's own schemas say."""
+    from bncheck.backends.onnx import graph as graph_module
+
+    kinds = {onnx.defs.OpSchema.AttrType.GRAPH, onnx.defs.OpSchema.AttrType.GRAPHS}
+    holding = {(s.domain, s.name) for s in onnx.defs.get_all_schemas_with_history() if any(a.type in kinds for a in s.attributes.values())}
+    standard = {name for domain, name in holding if domain in graph_module._STANDARD_DOMAINS}
+    assert standard == set(graph_module._WITH_SUBGRAPHS)
+
+
+def test_iter_graphs_finds_a_body_under_a_custom_domain_op():
+    body = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "inner",
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                             [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    node = helper.make_node("Wrapper", ["x"], ["y"], domain="com.example", name="wrap", body=body)
+    outer = helper.make_graph([node], "outer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    assert [path for path, _ in iter_graphs(outer)] == ["", "wrap/body/"]
