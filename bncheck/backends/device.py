@@ -9,12 +9,9 @@ and otherwise falls back to the CPU with one sentence on stderr. The backends de
 
 from __future__ import annotations
 
-import logging
 import re
 
 from bncheck.errors import UsageError
-
-log = logging.getLogger("bncheck.device")
 
 _PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
 
@@ -38,6 +35,8 @@ def resolve(text: str | None, problem) -> str:
     if why is None:
         return f"cuda:{index}"
     if kind == "auto":
-        log.warning("bncheck: --device auto runs on the CPU: %s.", why)
+        import logging  # 2 ms a process: only for the fallback's warning
+
+        logging.getLogger("bncheck.device").warning("bncheck: --device auto runs on the CPU: %s.", why)
         return "cpu"
     raise UsageError(f"--device {text} cannot be used: {why}; use --device cpu, or --device auto to fall back to the CPU.")

@@ -11,34 +11,18 @@ sixteen keyword arguments. It also keeps every help text literal (rich markup wo
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import typer
-from typer.models import ParameterInfo
 
 from bncheck.cli.common import handle_errors
 from bncheck.cli.group import literal, literal_doc
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
-
-
-def literal_annotation(hint: Any) -> Any:
-    """``Annotated[T, typer.Option(help=...)]`` with its help text made literal."""
-    if typing.get_origin(hint) is not Annotated:
-        return hint
-    base, *metadata = typing.get_args(hint)
-    kept = []
-    for item in metadata:
-        if isinstance(item, ParameterInfo) and item.help:
-            item = copy.copy(item)
-            item.help = literal(item.help)
-        kept.append(item)
-    return Annotated[(base, *kept)]
 
 
 def _field_default(field: dataclasses.Field) -> Any:
@@ -70,7 +54,7 @@ def _spread_bundle(bundle: type) -> tuple[list[inspect.Parameter], _Plan]:
             params += inner
             plan.append((field.name, inner_plan))
             continue
-        params.append(inspect.Parameter(field.name, _KEYWORD, default=_field_default(field), annotation=literal_annotation(hint)))
+        params.append(inspect.Parameter(field.name, _KEYWORD, default=_field_default(field), annotation=hint))
         plan.append(field.name)
     return params, (bundle, plan)
 
@@ -96,7 +80,7 @@ def _spread(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], dict[str
     for param in inspect.signature(func).parameters.values():
         hint = hints.get(param.name, param.annotation)
         if not _is_bundle(hint):
-            params.append(param.replace(kind=_KEYWORD, annotation=literal_annotation(hint)))
+            params.append(param.replace(kind=_KEYWORD, annotation=hint))
             continue
         fields, bundles[param.name] = _spread_bundle(hint)
         params += fields
@@ -125,12 +109,29 @@ def bundled(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+class LiteralHelpCommand(typer.core.TyperCommand):
+    """A command whose help texts, its own and its options', are shown as written: they are
+    escaped for rich markup when the help is shown, not when the command is declared (the
+    escape needs rich.markup, 10 ms of every process that shows no help)."""
+
+    _literal = False
+
+    def format_help(self, ctx, formatter):
+        if not self._literal:
+            self.help = literal(self.help)
+            for param in self.params:
+                if getattr(param, "help", None):
+                    param.help = literal(param.help)
+            self._literal = True
+        return super().format_help(ctx, formatter)
+
+
 def command(app: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as a command of ``app`` (bundles spread, help literal, errors one
     sentence). Returns ``func`` unchanged, so it can still be called from Python."""
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
-        app.command(name, help=literal(literal_doc(inspect.getdoc(func))))(handle_errors(bundled(func)))
+        app.command(name, cls=LiteralHelpCommand, help=literal_doc(inspect.getdoc(func)))(handle_errors(bundled(func)))
         return func
 
     return register

@@ -30,7 +30,6 @@ NaN in the same place of both outputs counts as equal; anywhere else it is an in
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,5 +125,7 @@ def interleaved_timing(
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
+    import statistics  # 3 ms a process (decimal, fractions): only when timing
+
     ma, mb = statistics.median(a), statistics.median(b)
     return {"first_ms": ma * 1e3, "second_ms": mb * 1e3, "ratio": ma / mb if mb > 0 else float("inf"), "rounds": rounds}

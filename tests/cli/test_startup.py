@@ -18,7 +18,6 @@ import pytest
 import typer
 
 from bncheck.cli.app import COMMANDS
-from bncheck.cli.group import literal
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
@@ -150,7 +149,7 @@ def test_the_registry_names_each_command_s_module_and_summary():
         group = typer.main.get_group(importlib.import_module(module).app)
         for name, command in group.commands.items():
             declared[name] = module
-            assert literal(COMMANDS[name].summary) == command.help.split("\n\n")[0], name
+            assert COMMANDS[name].summary == command.help.split("\n\n")[0], name
     assert declared == {name: entry.module for name, entry in COMMANDS.items()}
 
 
