@@ -1,3 +1,3 @@
-from bncheck.cli import main
+from bncheck.cli import console
 
-main()
+console()
