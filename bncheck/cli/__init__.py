@@ -57,7 +57,9 @@ def exit_now(code: object) -> None:
     of an ONNX fold or drift (numpy, onnx, onnxruntime, onnx.reference) and does nothing a
     finished run needs: every file bncheck writes is closed (and synced) before the command
     returns. Where a thread that Python would wait for is still running, or a stream cannot be
-    flushed (a closed pipe), the exit is Python's own."""
+    flushed (a closed pipe), or a profiler or tracer watches the process (``python -m cProfile
+    -m bncheck``, coverage, a debugger: they write their results after the program returns),
+    the exit is Python's own."""
     if code is None:
         status = 0
     elif isinstance(code, int):
@@ -66,7 +68,8 @@ def exit_now(code: object) -> None:
         sys.stderr.write(f"{code}\n")
         status = 1
     main_thread = threading.main_thread()
-    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if watched or any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
         raise SystemExit(status)
     atexit._run_exitfuncs()
     try:

@@ -62,8 +62,10 @@ def test_a_refusal_keeps_exit_2_and_its_sentence(tmp_path):
 
 @pytest.fixture
 def exits(monkeypatch):
-    """os._exit replaced: the statuses it was called with."""
+    """os._exit replaced: the statuses it was called with (no tracer seen, even under coverage)."""
     calls: list[int] = []
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    monkeypatch.setattr(sys, "getprofile", lambda: None)
     monkeypatch.setattr(cli.os, "_exit", calls.append)
     monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
     return calls
@@ -103,6 +105,23 @@ def test_a_daemon_thread_does_not_hold_the_exit(exits):
         assert exits == ["atexit", 0]
     finally:
         release.set()
+
+
+def test_a_profiler_gets_its_results(tmp_path):
+    """``python -m cProfile -o FILE -m bncheck ...`` writes FILE after bncheck returns: the
+    exit is Python's own while a profiler is on."""
+    prof = tmp_path / "run.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "bncheck", "audit", str(MODEL), "--format", "json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert prof.is_file() and prof.stat().st_size > 0
+
+
+def test_a_tracer_means_python_s_own_exit(exits, monkeypatch):
+    monkeypatch.setattr(sys, "gettrace", lambda: (lambda *a: None))
+    with pytest.raises(SystemExit) as raised:
+        cli.exit_now(0)
+    assert raised.value.code == 0 and exits == []
 
 
 class _ClosedPipe(io.StringIO):
