@@ -24,6 +24,7 @@ from bncheck.backends.load import as_source, backend_for
 from bncheck.commands import drift_analyses as analyses
 from bncheck.commands import drift_diagnosis as diagnostics
 from bncheck.commands import drift_outputs as outputs
+from bncheck.commands import drift_refine as refinement
 from bncheck.commands import drift_small_batch as small_batch
 from bncheck.commands.drift_pixels import PixelSpace
 from bncheck.commands.progress import step, steps
@@ -71,8 +72,8 @@ class DriftOptions:
     #: where the model runs: cpu, cuda, cuda:N or auto (see Backend.place)
     device: str = "cpu"
     #: passes over the subsample BN301 may make to reach DATA's population statistics
-    #: (:func:`bncheck.commands.drift_outputs.refine`; 1: the one-pass statistics, checked)
-    refinement_passes: int = outputs.REFINE_PASSES
+    #: (:func:`bncheck.commands.drift_refine.refine`; 1: the one-pass statistics, checked)
+    refinement_passes: int = refinement.REFINE_PASSES
     #: BN201's train-mode pass: "auto" skips it where the batch scatter estimated from the main
     #: pass is too small for BN201 to fire, "always" runs it (the output figures are then there)
     train_pass: str = "auto"
@@ -268,7 +269,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     )  # fmt: skip
     if runner is not None:
         runner.release()
-    unsettled = outputs.refinement_note(evidence.train_eval)
+    unsettled = refinement.refinement_note(evidence.train_eval)
     if unsettled:
         notes.append(unsettled)
     if options.train_batch_size >= 2:

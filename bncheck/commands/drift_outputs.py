@@ -7,10 +7,10 @@ BN301 compares, on the kept subsample, the model normalised with its stored runn
 statistics, what ``recalibrate --method exact`` writes: the per-layer moments of the main pass
 (each layer measured with the layers before it on their stored statistics: a one-pass
 approximation) refined on the subsample until every layer's statistics are those it sees once
-the layers before it use DATA's statistics too (:func:`refine`; one pass where the statistics
-fit, otherwise one level-by-level pass and a pass measuring the residual). Its noise floor is the same comparison between the statistics of
-one half of DATA (the even batches of the main pass) and of all of it, which differ by sampling
-alone as much as DATA's statistics differ from its population's. No train-mode pass.
+the layers before it use DATA's statistics too (:func:`bncheck.commands.drift_refine.refine`).
+Its noise floor is the same comparison between the statistics of one half of DATA (the even
+batches of the main pass) and of all of it, which differ by sampling alone as much as DATA's
+statistics differ from its population's. No train-mode pass.
 
 BN201 (:mod:`bncheck.commands.drift_small_batch`) runs the subsample with BN in train mode in
 batches of ``--train-batch-size`` (one pass), or estimates it from the main pass.
@@ -22,39 +22,27 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
-from bncheck.backends.load import backend_for
-from bncheck.commands.recalibrate_staged import estimate_staged
-from bncheck.engines.measure import Measurement, add_bounded, array_moments, output_class_axis
-from bncheck.numerics.moments import Moments, SampleMoments, merge_all
+from bncheck.commands.drift_refine import (
+    REFINE_PASSES,
+    REFINE_TOLERANCE,
+    refine,
+    runner_with,
+    shifted_like,
+)
+from bncheck.engines.measure import Measurement, array_moments, output_class_axis
+from bncheck.numerics.moments import Moments, SampleMoments
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
-from bncheck.numerics.recalibration import relative_change
 from bncheck.rules.stale_statistics import StaleStatistics
 
-#: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
-#: run again from the subsample through the levels before)
-STAGED_CACHE_MB = 256.0
-#: fewest samples of the subsample the level-by-level pass runs on (more where they fit half
-#: of STAGED_CACHE_MB, see _staged_samples), in batches of at most STAGED_BATCH: its values
-#: between levels (a ResNet-18 at 224 x 224: 3.2 MB per sample at the first cut) then stay in
-#: the cache and each level opens one segment of the model at a time
-STAGED_SAMPLES = 32
-STAGED_BATCH = 16
 #: batch of the eval passes that need outputs only (BN301's noise floor): onnxruntime's arena
 #: then holds the activations of 8 samples, not of a whole --batch-size
 OUTPUTS_BATCH = 8
-#: how little a pass may move DATA's statistics for them to have settled (see :func:`refine`)
-REFINE_TOLERANCE = 0.02
-#: passes :func:`refine` may make by default (``DriftOptions.refinement_passes``)
-REFINE_PASSES = 6
 
 
 @dataclass
@@ -111,23 +99,6 @@ def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
         for layer in layers
         if layer.has_running_stats and layer.name in moments and moments[layer.name].count > 0
     }
-
-
-@contextmanager
-def runner_with(source: ModelSource, stats: Statistics, runner, layers: list[str]) -> Iterator[Any]:
-    """A runner of ``source`` carrying ``stats``: the main pass's ``runner`` itself with the
-    statistics swapped into the model in place (torch modules: no copy of the model, no new
-    runner; restored on exit), or one of a copy of ``source`` (ONNX, torch.export, no runner)."""
-    backend = backend_for(source)
-    in_place = backend.statistics_in_place(source, stats) if runner is not None else None
-    if in_place is not None:
-        with in_place:
-            yield runner
-        return
-    copy = backend.with_statistics(source, stats)
-    copy.device = source.device  # the copy runs where the model runs (--device)
-    with copy.runner(layers=layers) as own:
-        yield own
 
 
 def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> np.ndarray:
@@ -286,183 +257,6 @@ def _with_floor(source, runner, layers, result: Measurement, setting: OutputSett
     out["significance"] = excess_t(per_effect, per_floor, multiple)
     out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale)
     return out
-
-
-@dataclass
-class Refined:
-    """DATA's population statistics as BN301 uses them, and the subsample's outputs with them."""
-
-    statistics: Statistics
-    outputs: np.ndarray
-    #: passes over the subsample: eval passes of the whole model, and the level-by-level one
-    passes: int
-    #: the largest change between ``statistics`` and what the last eval pass measured with them
-    #: (per channel, mean in standard deviations and variance relative, both with the layer's eps)
-    movement: float
-    #: whether ``movement`` reached the tolerance within the passes allowed
-    converged: bool = True
-    #: how the statistics were reached: "one pass", "level by level" or "fixed-point passes"
-    how: str = "one pass"
-    #: BN levels of the level-by-level pass (0 without one)
-    levels: int = 0
-    #: why the model could not be run level by level (empty when it was, or did not need to be)
-    unstaged: str = ""
-
-
-def refine(
-    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None,
-    eps: dict[str, float] | None = None, max_passes: int = REFINE_PASSES, tolerance: float = REFINE_TOLERANCE,
-    stored: Statistics | None = None,
-) -> Refined:  # fmt: skip
-    """DATA's statistics with every layer measured as it is once the layers before it use DATA's
-    statistics too: the fixed point of ``recalibrate --method exact``, moved onto all of DATA.
-
-    With ``s`` the statistics and ``F(s)`` the subsample's moments with the model carrying
-    ``s``, the fixed point is ``s = full + (F(s) - base)`` per channel (means by the
-    difference, variances by the ratio; ``base`` = ``F(stored)``, measured here when not
-    given; when the subsample is all of DATA, ``s = F(s)``). A layer's ``F`` depends only on
-    the layers before it, so the system is triangular: the first eval pass checks ``full``
-    (on data the statistics fit it already holds and one pass is all), then one level-by-level
-    pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`, the machinery of
-    ``recalibrate --method exact``: each BN level measured with every level before it final,
-    about one forward pass in all) solves it, and a last eval pass measures the residual
-    and gives the outputs. A model that cannot be cut is iterated with whole-model passes
-    instead, which settle one more BN level each (as many passes as the deepest chain of BN
-    layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
-    channel standard deviations, variance relative, both with the layer's eps, as
-    ``recalibrate`` measures it) or after ``max_passes`` passes, the level-by-level one
-    counted: then ``converged`` is false and the statistics and outputs are those of the last
-    eval pass. ``stored``: the stored statistics; where ``full`` differs from them by more than
-    ``tolerance`` somewhere, the first eval pass could hardly settle and the level-by-level pass
-    comes first (its result checked by the eval pass that follows, as always)."""
-    names = list(full)
-    eps = eps or {}
-    if base is None:
-        base = array_moments(runner, setting.sub, setting.batch_size, names)
-    before = {n: (base[n].mean, base[n].var) for n in names if n in base}
-    stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
-    if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
-        staged, levels, unstaged = level_by_level(source, full, before, setting, names)
-        if staged is not None:
-            stats, how, passes = staged, "level by level", 1
-    best: Refined | None = None
-    while True:
-        out, moments = pass_with(source, runner, stats, setting, names)
-        passes += 1
-        new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
-        move = _movement(stats, new, eps)
-        if move < tolerance or passes >= max_passes:
-            return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
-        if best is not None and how == "fixed-point passes" and move >= best.movement:
-            # whole-model passes that move the statistics more than the pass before diverge
-            # (a random-init ResNet-18 went 0.14, 0.58, 1.6, 3.1 ...): the least-moved
-            # statistics and their outputs stand, unsettled (a note; BN301 at most warns)
-            return replace(best, passes=passes, converged=False, how="fixed-point passes (diverging: stopped)", unstaged=unstaged)
-        if best is None or move < best.movement:
-            best = Refined(stats, out, passes, move, False, how, levels, unstaged)
-        if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
-            staged, levels, unstaged = level_by_level(source, full, before, setting, names)
-            if staged is not None:
-                stats, how, passes = staged, "level by level", passes + 1
-                continue
-        stats, how = new, "fixed-point passes" if how == "one pass" else how
-
-
-def refinement_note(figures: StaleStatistics | None) -> str | None:
-    """The report's note when BN301's statistics did not settle (None when they did)."""
-    if figures is None or figures.refinement_converged is not False:
-        return None
-    return (
-        f"BN301: DATA's population statistics did not settle in {figures.refinement_passes} pass(es) over the subsample "
-        f"(last movement {figures.refinement_movement:.3g}, tolerance {figures.refinement_tolerance:g}); "
-        "its figures are approximate and it reports at most a warning"
-    )
-
-
-class _Subsample:
-    """The subsample (an array, or a :class:`~bncheck.numerics.rows.RowsView` of a file-kept
-    one: read a batch at a time) as the data session ``estimate_staged`` reads."""
-
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-        self.num_samples = len(x)
-
-    def batches(self, batch_size: int, split=None, samples=None):
-        for i in range(0, len(self.x), batch_size):
-            yield SimpleNamespace(x=np.asarray(self.x[i : i + batch_size]))
-
-
-def level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
-    """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
-    the subsample (:func:`_staged_samples`; each level's moments moved onto all of
-    DATA, as those samples' moments with the stored statistics moved, before the next level is
-    measured), its number of levels; or (None, 0, why the model cannot be cut). The move is a
-    difference on the same samples, so a few dozen give it to well within the tolerance the
-    last eval pass then checks on the whole subsample. ``before``: the whole subsample's moments
-    with the stored statistics, used (with the whole subsample) where the main pass kept no
-    per-sample moments to take those samples' from."""
-    staged, why = backend_for(source).staged(source, names)
-    if staged is None:
-        return None, 0, why
-    k = _staged_samples(setting, names)
-    base = setting.stored_moments(names, slice(0, k)) if k < len(setting.sub) else None
-    if base is None:  # the whole subsample, whose moments with the stored statistics are known
-        k = len(setting.sub)
-    else:
-        before = {n: (base[n].mean, base[n].var) for n in names if n in base}
-    sub = setting.sub[:k]
-    options = SimpleNamespace(batch_size=min(setting.batch_size, STAGED_BATCH), cache_mb=STAGED_CACHE_MB, prior=0.0)
-    with staged:
-        done = estimate_staged(
-            staged, _Subsample(sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
-            adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
-        )  # fmt: skip
-    return {n: done.stats.get(n, full[n]) for n in names}, staged.plan.depth, ""
-
-
-def _staged_samples(setting: OutputSetting, names: list[str]) -> int:
-    """Samples of the subsample the level-by-level pass runs on: as many as keep the largest BN
-    input of all of them within half of :data:`STAGED_CACHE_MB` (the values between two levels
-    then stay in the cache), at least :data:`STAGED_SAMPLES`; all of them where the main pass
-    kept no per-sample moments to tell the size by."""
-    sizes = [int(m.counts[0]) * m.means.shape[1] * 4 for n in names if (m := setting.sub_moments.get(n)) is not None and len(m)]
-    if not sizes:
-        return len(setting.sub)
-    fits = int(STAGED_CACHE_MB * (1 << 20) / 2) // max(sizes)
-    return min(len(setting.sub), max(STAGED_SAMPLES, fits))
-
-
-def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
-    """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
-    the ratio (layers missing from ``before``/``after`` are kept)."""
-    out = {}
-    for name, (mean, var) in target.items():
-        if name in before and name in after:
-            (m0, v0), (m1, v1) = before[name], after[name]
-            ratio = np.where(np.asarray(v0) > 0, np.asarray(v1, np.float64) / np.where(np.asarray(v0) > 0, v0, 1.0), 1.0)
-            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.asarray(var, np.float64) * ratio)
-        else:
-            out[name] = (mean, var)
-    return out
-
-
-def _movement(old: Statistics, new: Statistics, eps: dict[str, float]) -> float:
-    """The largest per-channel change from ``old`` to ``new`` over every layer, as
-    ``recalibrate`` measures it (:func:`~bncheck.numerics.recalibration.relative_change`: the
-    eps keeps channels of near-zero variance from blowing it up)."""
-    return max((relative_change(old[name], values, float(eps.get(name) or 1e-5)) for name, values in new.items()), default=0.0)
-
-
-def pass_with(source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str]) -> tuple[np.ndarray, dict[str, Moments]]:
-    """Outputs and per-layer input moments of the subsample from ``source`` carrying ``stats``
-    (see :func:`runner_with`)."""
-    outs, parts = [], {}
-    with runner_with(source, stats, runner, names) as run:
-        for i in range(0, len(setting.sub), setting.batch_size):
-            out, moments = run.moments(setting.sub[i : i + setting.batch_size])
-            outs.append(out)
-            add_bounded(parts, {name: moments[name] for name in names if name in moments})
-    return np.concatenate(outs), {name: merge_all(ms) for name, ms in parts.items()}
 
 
 def run_accuracy(result: Measurement) -> float | None:

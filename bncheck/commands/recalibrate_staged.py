@@ -74,7 +74,7 @@ def estimate_staged(
     ``samples``: read at most this many (``--precision``'s count); ``population(moments)``:
     (mean, variance) to write from a layer's moments (``--variance``); ``adjust``: what a
     level's statistics become before the levels after it are measured with them (BN301 moves
-    a subsample's statistics onto all of DATA's, :func:`bncheck.commands.drift_outputs.refine`)."""
+    a subsample's statistics onto all of DATA's, :func:`bncheck.commands.drift_refine.refine`)."""
     plan = staged.plan
     depth = plan.depth
     budget = int(options.cache_mb * (1 << 20))

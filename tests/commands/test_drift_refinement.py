@@ -1,10 +1,12 @@
-"""BN301's population statistics (bncheck.commands.drift_outputs.refine): on a real multi-level
+"""BN301's population statistics (bncheck.commands.drift_refine.refine): on a real multi-level
 model they are the fixed point `recalibrate --method exact` writes (checked through
 onnxruntime on the file recalibrate wrote, not through bncheck), reached by one level-by-level
 pass; where they cannot settle within the passes allowed, the report says so and BN301 gives
 no error resting on them."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import onnxruntime as ort
@@ -98,20 +100,76 @@ def test_diverging_whole_model_passes_stop_at_the_least_moved_statistics(monkeyp
     16% agreement), the passes stop and the least-moved statistics and their outputs stand,
     marked unsettled."""
     from bncheck.commands import drift_outputs as do
+    from bncheck.commands import drift_refine as dr
     from bncheck.numerics.moments import Moments
 
     means = iter([0.1, 0.5, 1.5, 4.0])
     outputs = iter([np.full((4, 3), k, np.float32) for k in range(4)])
 
-    def fake_pass(source, runner, stats, setting, names):
-        return next(outputs), {"bn": Moments(400, np.array([next(means)]), np.array([400.0]))}
+    def fake_pass(source, runner, stats, setting, names, prefix=0, stop=None):
+        return next(outputs), {"bn": Moments(400, np.array([next(means)]), np.array([400.0]))}, None
 
-    monkeypatch.setattr(do, "pass_with", fake_pass)
-    monkeypatch.setattr(do, "level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
+    monkeypatch.setattr(dr, "pass_with", fake_pass)
+    monkeypatch.setattr(dr, "level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
     setting = do.OutputSetting(np.zeros((4, 2), np.float32), np.zeros((4, 3), np.float32), None, 1, 2)
     base = {"bn": Moments(400, np.array([0.0]), np.array([400.0]))}
-    refined = do.refine(None, None, {"bn": (np.array([0.0]), np.array([1.0]))}, setting, base=base, eps={"bn": 1e-5}, max_passes=6)
+    refined = dr.refine(None, None, {"bn": (np.array([0.0]), np.array([1.0]))}, setting, base=base, eps={"bn": 1e-5}, max_passes=6)
     assert refined.converged is False and refined.passes == 2 and "diverging" in refined.how and "torch.fx" in refined.unstaged
     assert np.array_equal(refined.outputs, np.zeros((4, 3), np.float32))  # the first pass's: the least moved
     assert refined.statistics["bn"][0] == pytest.approx([0.0])
     assert refined.movement == pytest.approx(0.1, rel=1e-3)
+
+
+class _AffineLayerRunner:
+    """A one-BN 'model' whose BN input mean, on every sample, is ``offset + gain *`` the mean
+    its BN carries: whole-model passes diverge for gain > 1 and settle for gain < 1. Counts the
+    batches it runs."""
+
+    def __init__(self, offset: float, gain: float):
+        self.offset, self.gain, self.batches = offset, gain, 0
+        self.carried = 0.0
+
+    @contextlib.contextmanager
+    def carrying(self, stats):
+        self.carried = float(np.asarray(stats["bn"][0])[0])
+        yield self
+
+    def moments(self, batch):
+        from bncheck.numerics.moments import Moments
+
+        self.batches += 1
+        n = len(batch)
+        mean = self.offset + self.gain * self.carried
+        return np.full((n, 3), mean, np.float32), {"bn": Moments(100 * n, np.array([mean]), np.array([100.0 * n]))}
+
+
+def _fixed_point_setting(samples: int = 128, batch: int = 32):
+    from bncheck.commands import drift_outputs as do
+    from bncheck.numerics.moments import SampleMoments
+
+    kept = {"bn": SampleMoments.of(100, np.zeros((samples, 1)), np.full((samples, 1), 100.0))}
+    return do.OutputSetting(np.zeros((samples, 2), np.float32), np.zeros((samples, 3), np.float32), None, 1, batch, kept)
+
+
+@pytest.mark.parametrize(("gain", "batches", "passes", "converged"), [(3.0, 4 + 1, 2, False), (0.3, 4 + 4 + 4, 3, True)])
+def test_whole_model_passes_are_judged_on_their_first_samples(monkeypatch, gain, batches, passes, converged):
+    """Where the fixed-point passes diverge (BN input mean 0.1 + 3 x the carried mean: moves
+    0.1, then 0.3), the second pass stops after its first batch, which moved the statistics 3x
+    more than the same samples did in the first pass: 5 batches instead of 8, the first pass's
+    statistics and outputs stand. Where they settle (gain 0.3: moves 0.1, 0.03, 0.009) every
+    pass runs the whole subsample, as before."""
+    from bncheck.commands import drift_refine as dr
+
+    model = _AffineLayerRunner(0.1, gain)
+    monkeypatch.setattr(dr, "runner_with", lambda source, stats, runner, names: model.carrying(stats))
+    monkeypatch.setattr(dr, "level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut"))
+    full = {"bn": (np.array([0.0]), np.array([1.0]))}
+    base = {"bn": _fixed_point_setting().stored_moments(["bn"])["bn"]}
+    refined = dr.refine(None, None, full, _fixed_point_setting(), base=base, eps={"bn": 1e-5}, max_passes=6)
+    assert model.batches == batches
+    assert refined.passes == passes and refined.converged is converged
+    if not converged:
+        assert "diverging" in refined.how and refined.statistics["bn"][0] == pytest.approx([0.0])
+        assert refined.movement == pytest.approx(0.1, rel=1e-4)  # 0.1 over sqrt(var + eps)
+    else:
+        assert refined.how == "fixed-point passes" and refined.movement < dr.REFINE_TOLERANCE

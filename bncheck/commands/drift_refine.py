@@ -1,0 +1,290 @@
+"""BN301's population statistics (:func:`refine`): DATA's own statistics with every layer
+measured as it is once the layers before it use DATA's statistics too, what ``recalibrate
+--method exact`` writes, reached on the kept subsample from the main pass's one-pass moments:
+one eval pass where they fit, otherwise one level-by-level pass and a pass measuring the
+residual, or whole-model fixed-point passes for a model that cannot be cut into levels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bncheck.backends.interface import ModelSource, Statistics
+from bncheck.backends.load import backend_for
+from bncheck.commands.recalibrate_staged import estimate_staged
+from bncheck.engines.measure import add_bounded, array_moments
+from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.recalibration import relative_change
+from bncheck.rules.stale_statistics import StaleStatistics
+
+if TYPE_CHECKING:
+    from bncheck.commands.drift_outputs import OutputSetting
+
+#: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
+#: run again from the subsample through the levels before)
+STAGED_CACHE_MB = 256.0
+#: fewest samples of the subsample the level-by-level pass runs on (more where they fit half
+#: of STAGED_CACHE_MB, see _staged_samples), in batches of at most STAGED_BATCH: its values
+#: between levels (a ResNet-18 at 224 x 224: 3.2 MB per sample at the first cut) then stay in
+#: the cache and each level opens one segment of the model at a time
+STAGED_SAMPLES = 32
+STAGED_BATCH = 16
+#: how little a pass may move DATA's statistics for them to have settled (see :func:`refine`)
+REFINE_TOLERANCE = 0.02
+#: passes :func:`refine` may make by default (``DriftOptions.refinement_passes``)
+REFINE_PASSES = 6
+#: a whole-model pass after the first is judged on its first samples (at least this many, in
+#: whole batches, at most half the subsample) before it runs the rest: where they move the
+#: statistics by more than :data:`DIVERGING_RATIO` times what the same samples moved them in
+#: the least-moved pass before, the passes diverge and the rest of the pass is not run
+PREFIX_SAMPLES = 32
+DIVERGING_RATIO = 1.25
+
+
+
+@contextmanager
+def runner_with(source: ModelSource, stats: Statistics, runner, layers: list[str]) -> Iterator[Any]:
+    """A runner of ``source`` carrying ``stats``: the main pass's ``runner`` itself with the
+    statistics swapped into the model in place (torch modules: no copy of the model, no new
+    runner; restored on exit), or one of a copy of ``source`` (ONNX, torch.export, no runner)."""
+    backend = backend_for(source)
+    in_place = backend.statistics_in_place(source, stats) if runner is not None else None
+    if in_place is not None:
+        with in_place:
+            yield runner
+        return
+    copy = backend.with_statistics(source, stats)
+    copy.device = source.device  # the copy runs where the model runs (--device)
+    with copy.runner(layers=layers) as own:
+        yield own
+
+
+@dataclass
+class Refined:
+    """DATA's population statistics as BN301 uses them, and the subsample's outputs with them."""
+
+    statistics: Statistics
+    outputs: np.ndarray
+    #: passes over the subsample: eval passes of the whole model, and the level-by-level one
+    passes: int
+    #: the largest change between ``statistics`` and what the last eval pass measured with them
+    #: (per channel, mean in standard deviations and variance relative, both with the layer's eps)
+    movement: float
+    #: whether ``movement`` reached the tolerance within the passes allowed
+    converged: bool = True
+    #: how the statistics were reached: "one pass", "level by level" or "fixed-point passes"
+    how: str = "one pass"
+    #: BN levels of the level-by-level pass (0 without one)
+    levels: int = 0
+    #: why the model could not be run level by level (empty when it was, or did not need to be)
+    unstaged: str = ""
+
+
+def refine(
+    source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None,
+    eps: dict[str, float] | None = None, max_passes: int = REFINE_PASSES, tolerance: float = REFINE_TOLERANCE,
+    stored: Statistics | None = None,
+) -> Refined:  # fmt: skip
+    """DATA's statistics with every layer measured as it is once the layers before it use DATA's
+    statistics too: the fixed point of ``recalibrate --method exact``, moved onto all of DATA.
+
+    With ``s`` the statistics and ``F(s)`` the subsample's moments with the model carrying
+    ``s``, the fixed point is ``s = full + (F(s) - base)`` per channel (means by the
+    difference, variances by the ratio; ``base`` = ``F(stored)``, measured here when not
+    given; when the subsample is all of DATA, ``s = F(s)``). A layer's ``F`` depends only on
+    the layers before it, so the system is triangular: the first eval pass checks ``full``
+    (on data the statistics fit it already holds and one pass is all), then one level-by-level
+    pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`, the machinery of
+    ``recalibrate --method exact``: each BN level measured with every level before it final,
+    about one forward pass in all) solves it, and a last eval pass measures the residual
+    and gives the outputs. A model that cannot be cut is iterated with whole-model passes
+    instead, which settle one more BN level each (as many passes as the deepest chain of BN
+    layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
+    channel standard deviations, variance relative, both with the layer's eps, as
+    ``recalibrate`` measures it) or after ``max_passes`` passes, the level-by-level one
+    counted: then ``converged`` is false and the statistics and outputs are those of the last
+    eval pass. ``stored``: the stored statistics; where ``full`` differs from them by more than
+    ``tolerance`` somewhere, the first eval pass could hardly settle and the level-by-level pass
+    comes first (its result checked by the eval pass that follows, as always)."""
+    names = list(full)
+    eps = eps or {}
+    if base is None:
+        base = array_moments(runner, setting.sub, setting.batch_size, names)
+    before = {n: (base[n].mean, base[n].var) for n in names if n in base}
+    stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
+    if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
+        staged, levels, unstaged = level_by_level(source, full, before, setting, names)
+        if staged is not None:
+            stats, how, passes = staged, "level by level", 1
+    best: Refined | None = None
+    prefix = _Prefix.of(setting, names, full, eps)
+    while True:
+        judged = prefix is not None and best is not None and how == "fixed-point passes"
+        stop = (lambda first, s=stats: prefix.movement(s, first) >= DIVERGING_RATIO * prefix.best) if judged else None
+        out, moments, first = pass_with(source, runner, stats, setting, names, prefix=prefix.size if prefix else 0, stop=stop)
+        passes += 1
+        if out is None:  # its first samples moved the statistics clearly more than the least-moved pass did
+            return replace(best, passes=passes, converged=False, how="fixed-point passes (diverging: stopped)", unstaged=unstaged)
+        new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
+        move = _movement(stats, new, eps)
+        if move < tolerance or passes >= max_passes:
+            return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
+        if best is not None and how == "fixed-point passes" and move >= best.movement:
+            # whole-model passes that move the statistics more than the pass before diverge
+            # (a random-init ResNet-18 went 0.14, 0.58, 1.6, 3.1 ...): the least-moved
+            # statistics and their outputs stand, unsettled (a note; BN301 at most warns)
+            return replace(best, passes=passes, converged=False, how="fixed-point passes (diverging: stopped)", unstaged=unstaged)
+        if best is None or move < best.movement:
+            best = Refined(stats, out, passes, move, False, how, levels, unstaged)
+            if prefix is not None:
+                prefix.best = prefix.movement(stats, first)
+        if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
+            staged, levels, unstaged = level_by_level(source, full, before, setting, names)
+            if staged is not None:
+                stats, how, passes = staged, "level by level", passes + 1
+                continue
+        stats, how = new, "fixed-point passes" if how == "one pass" else how
+
+
+def refinement_note(figures: StaleStatistics | None) -> str | None:
+    """The report's note when BN301's statistics did not settle (None when they did)."""
+    if figures is None or figures.refinement_converged is not False:
+        return None
+    return (
+        f"BN301: DATA's population statistics did not settle in {figures.refinement_passes} pass(es) over the subsample "
+        f"(last movement {figures.refinement_movement:.3g}, tolerance {figures.refinement_tolerance:g}); "
+        "its figures are approximate and it reports at most a warning"
+    )
+
+
+class _Subsample:
+    """The subsample (an array, or a :class:`~bncheck.numerics.rows.RowsView` of a file-kept
+    one: read a batch at a time) as the data session ``estimate_staged`` reads."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.num_samples = len(x)
+
+    def batches(self, batch_size: int, split=None, samples=None):
+        for i in range(0, len(self.x), batch_size):
+            yield SimpleNamespace(x=np.asarray(self.x[i : i + batch_size]))
+
+
+def level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
+    """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
+    the subsample (:func:`_staged_samples`; each level's moments moved onto all of
+    DATA, as those samples' moments with the stored statistics moved, before the next level is
+    measured), its number of levels; or (None, 0, why the model cannot be cut). The move is a
+    difference on the same samples, so a few dozen give it to well within the tolerance the
+    last eval pass then checks on the whole subsample. ``before``: the whole subsample's moments
+    with the stored statistics, used (with the whole subsample) where the main pass kept no
+    per-sample moments to take those samples' from."""
+    staged, why = backend_for(source).staged(source, names)
+    if staged is None:
+        return None, 0, why
+    k = _staged_samples(setting, names)
+    base = setting.stored_moments(names, slice(0, k)) if k < len(setting.sub) else None
+    if base is None:  # the whole subsample, whose moments with the stored statistics are known
+        k = len(setting.sub)
+    else:
+        before = {n: (base[n].mean, base[n].var) for n in names if n in base}
+    sub = setting.sub[:k]
+    options = SimpleNamespace(batch_size=min(setting.batch_size, STAGED_BATCH), cache_mb=STAGED_CACHE_MB, prior=0.0)
+    with staged:
+        done = estimate_staged(
+            staged, _Subsample(sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
+            adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
+        )  # fmt: skip
+    return {n: done.stats.get(n, full[n]) for n in names}, staged.plan.depth, ""
+
+
+def _staged_samples(setting: OutputSetting, names: list[str]) -> int:
+    """Samples of the subsample the level-by-level pass runs on: as many as keep the largest BN
+    input of all of them within half of :data:`STAGED_CACHE_MB` (the values between two levels
+    then stay in the cache), at least :data:`STAGED_SAMPLES`; all of them where the main pass
+    kept no per-sample moments to tell the size by."""
+    sizes = [int(m.counts[0]) * m.means.shape[1] * 4 for n in names if (m := setting.sub_moments.get(n)) is not None and len(m)]
+    if not sizes:
+        return len(setting.sub)
+    fits = int(STAGED_CACHE_MB * (1 << 20) / 2) // max(sizes)
+    return min(len(setting.sub), max(STAGED_SAMPLES, fits))
+
+
+def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
+    """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
+    the ratio (layers missing from ``before``/``after`` are kept)."""
+    out = {}
+    for name, (mean, var) in target.items():
+        if name in before and name in after:
+            (m0, v0), (m1, v1) = before[name], after[name]
+            ratio = np.where(np.asarray(v0) > 0, np.asarray(v1, np.float64) / np.where(np.asarray(v0) > 0, v0, 1.0), 1.0)
+            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.asarray(var, np.float64) * ratio)
+        else:
+            out[name] = (mean, var)
+    return out
+
+
+def _movement(old: Statistics, new: Statistics, eps: dict[str, float]) -> float:
+    """The largest per-channel change from ``old`` to ``new`` over every layer, as
+    ``recalibrate`` measures it (:func:`~bncheck.numerics.recalibration.relative_change`: the
+    eps keeps channels of near-zero variance from blowing it up)."""
+    return max((relative_change(old[name], values, float(eps.get(name) or 1e-5)) for name, values in new.items()), default=0.0)
+
+
+def pass_with(
+    source: ModelSource, runner, stats: Statistics, setting: OutputSetting, names: list[str], *, prefix: int = 0, stop=None,
+) -> tuple[np.ndarray | None, dict[str, Moments] | None, dict[str, Moments] | None]:  # fmt: skip
+    """Outputs and per-layer input moments of the subsample from ``source`` carrying ``stats``
+    (see :func:`runner_with`), and the moments of its first ``prefix`` samples (whole batches;
+    None without). ``stop(those moments)`` true ends the pass after them: (None, None, them)."""
+    outs, parts, first = [], {}, None
+    with runner_with(source, stats, runner, names) as run:
+        for i in range(0, len(setting.sub), setting.batch_size):
+            if prefix and first is None and i >= prefix:
+                first = {name: merge_all(ms) for name, ms in parts.items()}
+                if stop is not None and stop(first):
+                    return None, None, first
+            out, moments = run.moments(setting.sub[i : i + setting.batch_size])
+            outs.append(out)
+            add_bounded(parts, {name: moments[name] for name in names if name in moments})
+    merged = {name: merge_all(ms) for name, ms in parts.items()}
+    return np.concatenate(outs), merged, (merged if prefix and first is None else first)
+
+
+@dataclass
+class _Prefix:
+    """The first samples of the subsample that judge a whole-model pass before the rest runs
+    (see :data:`PREFIX_SAMPLES`): their count, their moments with the stored statistics, and
+    how much they moved the statistics in the least-moved pass so far."""
+
+    size: int
+    before: Statistics
+    full: Statistics
+    eps: dict[str, float]
+    best: float = math.inf
+
+    @classmethod
+    def of(cls, setting: OutputSetting, names: list[str], full: Statistics, eps: dict[str, float]) -> _Prefix | None:
+        """None where the subsample is too small to judge on part of it, or the main pass kept
+        no per-sample moments to take the first samples' from."""
+        size = -(-PREFIX_SAMPLES // setting.batch_size) * setting.batch_size
+        if 2 * size > len(setting.sub):
+            return None
+        kept = setting.stored_moments(names, slice(0, size))
+        if kept is None:
+            return None
+        return cls(size, {n: (m.mean, m.var) for n, m in kept.items()}, full, eps)
+
+    def movement(self, stats: Statistics, first: dict[str, Moments] | None) -> float:
+        """How far the first samples' moments with ``stats`` move ``stats`` (as :func:`refine`
+        measures a pass on the whole subsample)."""
+        if not first:
+            return math.inf
+        new = shifted_like(self.full, self.before, {n: (m.mean, m.var) for n, m in first.items()})
+        return _movement(stats, {n: v for n, v in new.items() if n in first}, self.eps)
