@@ -62,7 +62,7 @@ from bncheck.errors import BncheckError, UsageError
 from bncheck.numerics.recalibration import fewest_flagged
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
-from bncheck.report.stats_checks import check_measured
+from bncheck.report.stats_checks import NonFiniteMeasurement, check_measured, kept_nonfinite
 from bncheck.rules import DriftEvidence, RecalibrationEvidence, RuleContext, run_rules
 
 METHODS = ("exact", "cumulative", "ema")
@@ -192,7 +192,10 @@ def _recalibrate(
     step(f"opening DATA ({engine.name})")
     with engine.session(source, where, data_options, layers=names, model=model_spec) as session:
         split = _split(options, session.num_samples, engine.name)
-        est = _estimate(source, session, names, options, split)
+        try:
+            est = _estimate(source, session, names, options, split)
+        except NonFiniteMeasurement as exc:  # NaN samples kept on purpose are the cause, not an overflow
+            raise (kept_nonfinite(session.describe()) or exc) from None
         updated = backend.with_statistics(source, est.stats, num_batches=est.batches if options.method != "ema" else None)
         x_held, y_held = split.samples() if split is not None else (None, None)
         checked, held_moments = (None, None)

@@ -184,7 +184,7 @@ def _table_text(ranking: Ranking, color: bool, width: int | None) -> str:
     table = _ranking_table(ranking, names, folder)
     where = [Text(f"models in {folder}/", style="dim")] if folder is not None else []
     if dropped:  # each model's own report below has them
-        where.append(Text(f"(narrow terminal: {', '.join(dropped)} not shown; each model's report below has them)", style="dim"))
+        where.append(Text(f"({', '.join(dropped)} not shown at {width or 160} columns; each model's report below has them)", style="dim"))
     parts: list[RenderableType] = [table, *where, *(Text(line, style="dim") for line in notes(ranking))]
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 160, soft_wrap=False)

@@ -184,7 +184,7 @@ def _layers(report: Report, section: Section, width: int | None) -> list[Rendera
     if any(str(row[n]).endswith(ASSUMED_MARK) for row in rows for n in ("eps", "mom.") if n in names):
         parts.append(Text(ASSUMED_LEGEND, style="dim"))
     if dropped:
-        parts.append(Text(f"(narrow terminal: {', '.join(dropped)} not shown; --format json has every column)", style="dim"))
+        parts.append(Text(f"({', '.join(dropped)} not shown at {width or 160} columns; a wider terminal or COLUMNS, or --format json, has every column)", style="dim"))
     shape = drift_shape(report) if "score" in names or any(report.layer_drift(layer.name) for layer in report.layers) else None
     return parts if shape is None else [*parts, shape]
 

@@ -110,6 +110,24 @@ def check_same_width(path: Path, name: str, have: Moments, other: Moments) -> No
         )
 
 
+class NonFiniteMeasurement(DataError):
+    """A data pass measured NaN or Inf statistics (not from the stored statistics)."""
+
+
+def kept_nonfinite(info: Mapping[str, Any]) -> NonFiniteMeasurement | None:
+    """Where DATA's description ``info`` says samples with NaN or Inf were kept (``--nan
+    keep``), the error that names them as the cause of a non-finite measurement."""
+    count = int(info.get("nonfinite_samples") or 0)
+    if count <= 0 or info.get("nonfinite_policy") != "keep":
+        return None
+    examples = list(info.get("nonfinite_examples") or [])
+    first = f" (first: {examples[0]})" if examples else ""
+    return NonFiniteMeasurement(
+        f"DATA has {count} sample(s) with NaN or Inf values{first}, kept by --nan keep, so the statistics the "
+        "BN layers measure are not finite; leave --nan out (its default, exclude, skips those samples) or fix them."
+    )
+
+
 def check_measured(moments: Mapping[str, Moments], layers: Sequence[Any] = ()) -> None:
     """Statistics a data pass measured are finite; otherwise the data overflowed inside the
     model (e.g. values near the float32 limit), or one of ``layers`` (BN layers with
@@ -125,7 +143,7 @@ def check_measured(moments: Mapping[str, Moments], layers: Sequence[Any] = ()) -
                     f"BN layer {stored} stores non-finite running statistics (NaN or Inf), so the layers "
                     f"after it measure NaN (first {name}); see bncheck audit, then recalibrate or re-export the model."
                 )
-            raise DataError(
+            raise NonFiniteMeasurement(
                 f"the statistics measured at BN layer {name} are not finite (NaN or Inf at channel "
                 f"{int(np.argmax(bad))}): the data overflowed inside the model; check its scale and "
                 "preprocessing (--scale, --mean, --std)."

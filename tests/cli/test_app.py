@@ -116,7 +116,7 @@ def test_tables_fit_the_width_and_fold_long_layer_names(tmp_path):
     drift = CliRunner().invoke(
         app, ["drift", str(DIGITS), str(ROOT / "sample_models/data/digits/shifted"), "--mismatch-samples", "0"], env={"COLUMNS": "80"}
     ).stdout
-    assert max(len(line) for line in drift.splitlines()[1:]) <= 80 and "narrow terminal" in drift
+    assert max(len(line) for line in drift.splitlines()[1:]) <= 80 and "not shown at 80 columns" in drift
 
 
 def _layer_rows(out: str) -> list[str]:
@@ -323,3 +323,24 @@ def test_usage_line_names_the_arguments_as_the_help_text_does(cli):
     missing = cli("recalibrate", DIGITS)
     assert missing.exit_code == 2 and "Missing argument 'DATA'" in missing.stderr, missing.stderr
     assert "Missing argument 'MODEL'" in cli("fold").stderr
+
+
+def test_nan_samples_kept_on_purpose_are_named_as_the_cause(cli, tmp_path):
+    """``--nan keep`` with a NaN sample: drift and recalibrate exit 2 naming the kept samples
+    (not "the data overflowed inside the model"), and recalibrate writes nothing."""
+    import numpy as np
+
+    data = tmp_path / "mixed"
+    data.mkdir()
+    x = np.random.default_rng(0).random((20, 1, 8, 8)).astype(np.float32)
+    x[3, 0, 2, 2] = np.nan
+    np.save(data / "x.npy", x)
+    out = tmp_path / "recalibrated.onnx"
+    for args in (("drift", DIGITS, data, "--nan", "keep"), ("recalibrate", DIGITS, data, "--nan", "keep", "--out", out)):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: DATA has 1 sample(s) with NaN or Inf values") and "row 3 of" in error, error
+        assert "--nan keep" in error and "overflowed" not in error
+    assert not out.exists()
+    assert cli("drift", DIGITS, data).exit_code in (0, 1)  # the default excludes the sample
