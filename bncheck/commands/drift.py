@@ -27,6 +27,7 @@ from bncheck.commands import drift_outputs as outputs
 from bncheck.commands import drift_refine as refinement
 from bncheck.commands import drift_small_batch as small_batch
 from bncheck.commands.drift_pixels import PixelSpace
+from bncheck.commands.drift_setting import output_setting
 from bncheck.commands.progress import step, steps
 from bncheck.config import Settings
 from bncheck.data import DataOptions
@@ -38,7 +39,7 @@ from bncheck.numerics import drift as metrics
 from bncheck.report import stats_file
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
-from bncheck.report.stats_checks import check_measured
+from bncheck.report.stats_checks import NonFiniteMeasurement, check_measured, kept_nonfinite
 from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
 from bncheck.rules.input_diagnosis import InputDiagnosis
 
@@ -234,7 +235,10 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     """The per-layer drift and, on the kept subsample, the analyses the drift rules judge. An
     analysis that fails after the measurement leaves a note; the measurement is kept."""
     result, runner = run.result, run.runner
-    check_measured(result.moments, layers)
+    try:
+        check_measured(result.moments, layers)
+    except NonFiniteMeasurement as exc:  # NaN samples kept on purpose are the cause, not an overflow
+        raise (kept_nonfinite(run.data_info) or exc) from None
     if runner is not None:  # the main pass's runtime memory is not held through the analyses
         runner.release()
     halves = _guarded("the split-half noise floor", notes, lambda: outputs.data_halves(runner, layers, result, options.batch_size)) if runner is not None or result.halves is not None else None
@@ -252,7 +256,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
         )  # fmt: skip
     if options.mismatch_samples <= 0 or result.subsample is None:
         return evidence
-    setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: outputs.output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
+    setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
     if setting is None:
         return evidence
     ranking = sorted(drift_by_layer, key=lambda n: -drift_by_layer[n].score)

@@ -22,7 +22,7 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,61 +35,15 @@ from bncheck.commands.drift_refine import (
     runner_with,
     shifted_like,
 )
-from bncheck.engines.measure import Measurement, array_moments, output_class_axis
-from bncheck.numerics.moments import Moments, SampleMoments
+from bncheck.commands.drift_setting import OutputSetting, kept_moments
+from bncheck.engines.measure import Measurement, array_moments
+from bncheck.numerics.moments import Moments
 from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
 from bncheck.rules.stale_statistics import StaleStatistics
 
 #: batch of the eval passes that need outputs only (BN301's noise floor): onnxruntime's arena
 #: then holds the activations of 8 samples, not of a whole --batch-size
 OUTPUTS_BATCH = 8
-
-
-@dataclass
-class OutputSetting:
-    """How the outputs of a run are compared: the subsample, its eval outputs and labels."""
-
-    sub: np.ndarray
-    #: eval-mode (stored statistics) outputs of ``sub``, batch-first
-    reference: np.ndarray
-    labels: np.ndarray | None
-    #: the per-sample class axis (None: compare by relative error)
-    class_axis: int | None
-    batch_size: int
-    #: layer -> the per-sample eval-mode (stored statistics) moments of ``sub``, kept by the
-    #: main pass (layers its runner gave none for are missing)
-    sub_moments: dict[str, SampleMoments] = field(default_factory=dict)
-
-    def stored_moments(self, names: list[str], index=slice(None)) -> dict[str, Moments] | None:
-        """See :func:`kept_moments`."""
-        return kept_moments(self.sub_moments, names, index)
-
-
-def kept_moments(sub_moments: dict[str, SampleMoments], names: list[str], index=slice(None)) -> dict[str, Moments] | None:
-    """The eval-mode moments of the subsample's samples ``index`` for every layer of ``names``,
-    merged from the main pass's per-sample moments; None when some layer has none (then a pass
-    over the samples measures them)."""
-    kept = {name: sub_moments[name].take(index) for name in names if name in sub_moments}
-    if len(kept) < len(names) or any(len(m) == 0 for m in kept.values()):
-        return None
-    return {name: m.merged() for name, m in kept.items()}
-
-
-def output_setting(result: Measurement, samples: int, class_axis: int | str, batch_size: int) -> OutputSetting | None:
-    """The subsample of the main pass (its first ``samples``) and how to compare its outputs;
-    None when the pass kept none or the model's outputs have no batch axis."""
-    if result.subsample is None or result.sub_outputs is None or samples <= 0:
-        return None
-    ref = result.sub_outputs[:samples]
-    if ref.ndim < 1 or ref.size == 0:
-        raise ValueError(
-            "the model's first output has no axis that follows the batch size, or its per-sample shape changes between batches, "
-            "so outputs cannot be compared per sample"
-        )
-    labels = result.sub_labels[:samples] if result.sub_labels is not None else None
-    axis = output_class_axis(ref, class_axis, result.batch_axis)
-    kept = {name: m.take(slice(0, len(ref))) for name, m in result.sub_moments.items() if len(m) == len(result.subsample)}
-    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size, kept)
 
 
 def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
@@ -219,7 +173,7 @@ def stale_statistics(
         refinement_method=refined.how,
         refinement_levels=refined.levels,
         batch_axis=result.batch_axis,
-        class_axis=setting.class_axis,
+        class_axis=output_axis(setting.class_axis, result.batch_axis),
         noise_multiple=float(multiple),
     )
     before = accuracy(setting.reference, setting.labels, setting.class_axis)
@@ -231,6 +185,16 @@ def stale_statistics(
         out.update(confidence_stored=sure_before, confidence_population=sure_after)
     out["top_layers"] = [name for name in ranking if name in full][:5]
     return StaleStatistics.from_dict(out)  # the figures gathered by key above, typed once
+
+
+def output_axis(per_sample_axis: int | None, batch_axis: int | None) -> int | None:
+    """The class axis of the model's output as ``--class-axis`` counts it (the batch axis
+    included) from the axis of the per-sample output (the batch axis taken out): (N, C) class
+    axis 0 per sample is the output's axis 1; (T, N, C) axis 1 per sample is the output's 2."""
+    if per_sample_axis is None:
+        return None
+    batch = batch_axis or 0
+    return per_sample_axis if per_sample_axis < batch else per_sample_axis + 1
 
 
 def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float) -> bool:

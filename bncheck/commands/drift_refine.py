@@ -11,20 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bncheck.backends.interface import ModelSource, Statistics
 from bncheck.backends.load import backend_for
+from bncheck.commands.drift_setting import OutputSetting
 from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines.measure import add_bounded, array_moments
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.recalibration import relative_change
 from bncheck.rules.stale_statistics import StaleStatistics
-
-if TYPE_CHECKING:
-    from bncheck.commands.drift_outputs import OutputSetting
 
 #: memory the level-by-level pass may keep of the values between levels (beyond it, batches are
 #: run again from the subsample through the levels before)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from bncheck.commands.drift_outputs import OutputSetting
+from bncheck.commands.drift_setting import OutputSetting
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.outputs import compare

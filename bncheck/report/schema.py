@@ -16,7 +16,7 @@ from typing import Any
 
 #: Version of the JSON report shape (2: BN201/BN301 output comparisons of any structure, BN301
 #: against DATA's own statistics with a noise floor; see CHANGELOG.md)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA_RESOURCE = "report_schema.json"
 

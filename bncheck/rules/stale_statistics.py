@@ -75,7 +75,8 @@ class StaleStatistics(Record):
     refinement_method: str
     refinement_levels: int
     batch_axis: int | None
-    #: class axis of the per-sample output (None: compared by relative error)
+    #: class axis of the model's output, the batch axis included, as --class-axis counts it
+    #: (None: compared by relative error; schema_version 2 counted the per-sample output's axes)
     class_axis: int | None
     noise_multiple: float | None
     #: the most drifted layers (by drift score)

@@ -132,11 +132,21 @@ def test_time_major_outputs_compare_per_position(steps):
     x = np.random.default_rng(3).normal(size=(96, 4, steps)).astype(np.float32)
     report = bncheck.drift(model, x, options=DriftOptions(mismatch_samples=96, train_pass="always"))
     te, sb = report.result.train_eval, report.result.small_batch
-    assert te.batch_axis == 1 and te.positions == steps and te.class_axis == 1
+    assert te.batch_axis == 1 and te.positions == steps and te.class_axis == 2  # (T, N, C): C is the output's axis 2
     # float32 against float64: at most one near-tie of the 96 x T positions may differ
     assert te.top1_agreement == pytest.approx(_per_position_agreement(model, x), abs=1.01 / (96 * steps))
     assert sb.positions == steps and 0 <= sb.flip_rate <= 1
     assert not any("could not be done" in note for note in report.notes)
+    # the reported class axis, handed back as --class-axis, is the same comparison
+    again = bncheck.drift(model, x, options=DriftOptions(mismatch_samples=96, class_axis=te.class_axis)).result.train_eval
+    assert again.class_axis == te.class_axis and again.top1_agreement == te.top1_agreement
+
+
+@pytest.mark.parametrize(("per_sample", "batch_axis", "expected"), [(0, 0, 1), (1, 0, 2), (1, 1, 2), (0, 1, 0), (None, 0, None)])
+def test_the_reported_class_axis_counts_the_batch_axis(per_sample, batch_axis, expected):
+    from bncheck.commands.drift_outputs import output_axis
+
+    assert output_axis(per_sample, batch_axis) == expected
 
 
 def test_dense_maps_compare_by_relative_error():
@@ -184,7 +194,7 @@ def test_time_major_torchscript_through_the_cli(tmp_path):
     result = _cli("drift", path, data, "-f", "json")
     assert result.exit_code in (0, 1), result.output
     body = json.loads(result.stdout)
-    assert body["schema_version"] == 2
+    assert body["schema_version"] == 3
     te = body["drift"]["train_eval"]
     assert te["batch_axis"] == 1 and te["positions"] == 24 and "noise_floor" in te
     none = json.loads(_cli("drift", path, data, "-f", "json", "--class-axis", "none").stdout)["drift"]["train_eval"]

@@ -57,7 +57,7 @@ def test_ppocr_ctc_recogniser_compares_per_time_step():
     x = _ppocr_batch(48, 48, 160, 1, seed=0)
     report = bncheck.drift(path, x, options=DriftOptions(batch_size=16, mismatch_samples=48))
     te, sb = report.result.train_eval, report.result.small_batch
-    assert te.batch_axis == 0 and te.class_axis == 1 and te.positions == 20  # (N, 20, 6625) at width 160
+    assert te.batch_axis == 0 and te.class_axis == 2 and te.positions == 20  # (N, 20, 6625) at width 160
     assert te.top1_agreement > 0.5 and sb.positions == 20
     # it reads these lines with its stored statistics; their own would make it read garbage
     assert te.confidence_stored > te.confidence_population
@@ -83,7 +83,7 @@ def test_khmer_crnn_time_major_output_through_its_architecture_file():
     x = ((gray / 255.0 - 0.5) / 0.5)[:, None]  # (N, 1, 48, W), [-1, 1] as the CRNN expects
     report = bncheck.drift(weights, x, arch=f"{arch}:CRNN", options=DriftOptions(batch_size=4, train_batch_size=4, mismatch_samples=8, train_pass="always"))
     te = report.result.train_eval
-    assert te.batch_axis == 1 and te.class_axis == 1 and te.positions > 10  # (T, N, 984)
+    assert te.batch_axis == 1 and te.class_axis == 2 and te.positions > 10  # (T, N, 984)
     assert report.result.small_batch.positions == te.positions
     assert not any("could not be done" in note for note in report.notes)
 

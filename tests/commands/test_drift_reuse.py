@@ -19,7 +19,7 @@ import bncheck
 from bncheck.backends.load import as_source
 from bncheck.backends.runner import ModelRunner
 from bncheck.commands.drift import DriftOptions
-from bncheck.commands.drift_outputs import kept_moments
+from bncheck.commands.drift_setting import kept_moments
 from bncheck.engines.measure import measure
 from bncheck.numerics.moments import Moments
 from bncheck.numerics.reservoir import Reservoir
