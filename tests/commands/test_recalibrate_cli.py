@@ -51,7 +51,7 @@ def test_state_dict_output_loads_with_weights_only(tmp_path):
     out = tmp_path / "re.pt"
     assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--out", out, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
     state = torch.load(out, weights_only=True)
-    assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 17
+    assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 132  # 17 batches; see exact_counter
 
 
 def test_refuses_to_overwrite_model_or_out(tmp_path):
@@ -262,3 +262,40 @@ def test_layers_that_normalise_with_batch_statistics_are_refused(tmp_path):
     # a TorchScript model saved in train mode still has statistics bncheck's eval run uses
     kept = run("recalibrate", SAMPLES / "broken" / "digits_cnn_trainmode.ts", SHIFTED, "-o", tmp_path / "t.ts", "-q")
     assert kept.exit_code == 0, kept.output
+
+
+@pytest.mark.parametrize(
+    "model,out,extra",
+    [
+        ("broken/digits_cnn_uncalibrated.pt", "out.pt", ["--arch", ARCH]),
+        ("digits_cnn.safetensors", "out.safetensors", ["--arch", ARCH]),
+        ("digits_cnn.ts", "out.ts", []),
+        ("digits_cnn.pt2", "out.pt2", []),
+    ],
+)
+def test_a_recalibrated_model_passes_its_own_audit(tmp_path, model, out, extra):
+    """The exact statistics recalibrate writes hold no initial value: the counter it writes says
+    so (at least the 132 updates after which an EMA at momentum 0.1 has forgotten its initial
+    values, never fewer than the batches averaged), so the audit of the result raises no BN006
+    at --fail-on warning (it did: "only 16 updates at momentum 0.1: initial statistics still
+    weigh 18.5%")."""
+    import torch
+
+    target = tmp_path / out
+    result = run("recalibrate", SAMPLES / model, SAMPLES / "data" / "digits" / "reference", "--out", target, *extra)
+    assert result.exit_code == 0, result.output
+    audit = run("audit", target, *extra, "-f", "json", "--fail-on", "warning")
+    findings = json.loads(audit.stdout)["findings"]
+    assert not [f for f in findings if f["rule"] == "BN006"], findings
+    assert audit.exit_code == 0, audit.stdout
+    if out == "out.pt":
+        state = torch.load(target, weights_only=True)
+        counters = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+        assert counters and set(counters.values()) == {132}  # 17 batches of 32, momentum 0.1
+
+
+@pytest.mark.parametrize(("batches", "momentum", "expected"), [(17, 0.1, 132), (500, 0.1, 500), (17, None, 17), (3, 0.01, 1375), (5, 1.0, 5)])
+def test_the_exact_counter(batches, momentum, expected):
+    from bncheck.backends.torch.statistics import exact_counter
+
+    assert exact_counter(batches, momentum) == expected

@@ -4,6 +4,7 @@ its refinement passes run)."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,9 +17,33 @@ from bncheck.backends.torch.export_source import ExportSource
 from bncheck.backends.torch.source import TorchModuleSource
 from bncheck.errors import UsageError
 
+#: the weight below which an EMA's initial values count as forgotten (see :func:`exact_counter`)
+FORGOTTEN = 1e-6
+
+
+def exact_counter(num_batches: int, momentum: float | None) -> int:
+    """``num_batches_tracked`` for statistics that are exact averages over ``num_batches``
+    batches (``recalibrate``'s estimate: no initial value is left in them). A layer that
+    averages cumulatively (momentum None) weighs later batches by the counter: it gets the batch
+    count. An EMA layer (0 < momentum < 1) reads the counter only as the updates made so far,
+    and ``(1 - momentum) ** n`` is then the weight its initial values would still have (what
+    BN006 checks): it gets at least the updates after which that weight is below
+    :data:`FORGOTTEN` (132 at momentum 0.1), which exact statistics have by construction."""
+    n = int(num_batches)
+    if momentum is None or not 0.0 < float(momentum) < 1.0:
+        return n
+    return max(n, math.ceil(math.log(FORGOTTEN) / math.log(1.0 - float(momentum))))
+
+
+def _momenta(source: ModelSource) -> dict[str, float | None]:
+    return {layer.name: layer.momentum for layer in source.bn_layers()}
+
 
 def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | None = None) -> ModelSource:
-    """A copy of ``source`` whose BN layers named in ``stats`` carry those running statistics."""
+    """A copy of ``source`` whose BN layers named in ``stats`` carry those running statistics;
+    ``num_batches``: the batches those (exact) statistics average, written as each layer's
+    ``num_batches_tracked`` as :func:`exact_counter` says."""
+    momenta = _momenta(source) if num_batches is not None else {}
     if isinstance(source, ExportSource):
         program = copy.deepcopy(source.program)
         state = program.state_dict
@@ -30,7 +55,7 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
                 target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
             counter = state.get(f"{name}.num_batches_tracked")
             if counter is not None and num_batches is not None:
-                counter.fill_(int(num_batches))
+                counter.fill_(exact_counter(num_batches, momenta.get(name)))
         return ExportSource(program, path=source.path)
     if not isinstance(source, TorchModuleSource):
         raise UsageError(
@@ -47,7 +72,7 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
                 target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
             counter = buffers.get("num_batches_tracked")
             if counter is not None and num_batches is not None:
-                counter.fill_(int(num_batches))
+                counter.fill_(exact_counter(num_batches, momenta.get(name)))
     clone = TorchModuleSource(module, path=source.path, format=source.format)
     clone.arch = getattr(source, "arch", None)
     return clone
