@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from bncheck.report.report import Report
 
@@ -106,3 +107,11 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def data_summary(data: dict[str, Any]) -> str:
+    """``PATH — N samples, batch size B`` and, for images, the preprocessing they went through
+    (the pipeline the options and defaults gave: scale, mean/std, channel order, layout)."""
+    text = f"{data.get('path')} — {data.get('samples')} samples, batch size {data.get('batch_size')}"
+    pipeline = (data.get("preprocessing") or {}).get("pipeline") if isinstance(data.get("preprocessing"), dict) else None
+    return f"{text}; preprocessing: {pipeline}" if pipeline else text

@@ -25,7 +25,9 @@ def render(report: Report, **_: object) -> str:
         lines.append("")
     data = report.data
     if data:
-        lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples, batch size {data.get('batch_size')}.", ""]
+        pipeline = (data.get("preprocessing") or {}).get("pipeline") if isinstance(data.get("preprocessing"), dict) else None
+        tail = f"; preprocessing: {md_code(pipeline)}" if pipeline else ""
+        lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples, batch size {data.get('batch_size')}{tail}.", ""]
     lines += section.markdown_lines()
     lines += _findings(report)
     if report.layers:

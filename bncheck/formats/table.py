@@ -15,6 +15,7 @@ from bncheck.formats.bars import bar, drift_level, drift_shape
 from bncheck.formats.common import (
     ASSUMED_LEGEND,
     ASSUMED_MARK,
+    data_summary,
     fmt_num,
     foldable_text,
     headline,
@@ -48,7 +49,7 @@ def build(report: Report, width: int | None = None) -> Group:
         parts.append(Text(f"note: {note}", style="dim"))
     data = report.data
     if data:
-        parts.append(Text(f"data: {data.get('path')} — {data.get('samples')} samples, batch size {data.get('batch_size')}"))
+        parts.append(Text(f"data: {data_summary(data)}"))
     if report.layers:
         parts += _layers(report, section, width)
     parts += section.table_parts()

@@ -344,3 +344,14 @@ def test_nan_samples_kept_on_purpose_are_named_as_the_cause(cli, tmp_path):
         assert "--nan keep" in error and "overflowed" not in error
     assert not out.exists()
     assert cli("drift", DIGITS, data).exit_code in (0, 1)  # the default excludes the sample
+
+
+def test_the_text_report_prints_the_preprocessing_used(cli):
+    """The contract: image preprocessing comes from options or defaults, and the report prints
+    it; the data line ends with the pipeline the samples went through."""
+    shifted = ROOT / "sample_models/data/digits/shifted"
+    default = cli("drift", DIGITS, shifted, "--mismatch-samples", "0").stdout
+    assert "batch size 32; preprocessing: grayscale -> x * 0.00392157 -> (C, H, W)" in default.replace("\n", "")
+    chosen = cli("drift", DIGITS, shifted, "--mismatch-samples", "0", "--mean", "0.5", "--std", "0.25", "-f", "markdown").stdout
+    line = next(line for line in chosen.splitlines() if line.startswith("**Data**"))
+    assert "preprocessing: `" in line and "0.5" in line and "0.25" in line, line
