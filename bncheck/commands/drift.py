@@ -41,6 +41,7 @@ from bncheck.report.report import Report
 from bncheck.report.results import DriftResult
 from bncheck.report.stats_checks import NonFiniteMeasurement, check_measured, kept_nonfinite
 from bncheck.rules import REGISTRY, DriftEvidence, RuleContext, run_rules, select_rules
+from bncheck.rules.drift import train_eval_held_back
 from bncheck.rules.input_diagnosis import InputDiagnosis
 
 
@@ -276,6 +277,9 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     unsettled = refinement.refinement_note(evidence.train_eval)
     if unsettled:
         notes.append(unsettled)
+    held_back = train_eval_held_back(evidence.train_eval, {**REGISTRY["BN301"].thresholds, **bn301})
+    if held_back:
+        notes.append(held_back)
     if options.train_batch_size >= 2:
         # where the batch scatter the main pass lets estimate is far below BN201's threshold the
         # rule cannot fire: its train-mode pass is skipped (DriftOptions.train_pass "always" runs it)

@@ -364,6 +364,37 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     return not math.isfinite(se) or value - z * se >= limit
 
 
+def _train_eval_effect(mm, threshold) -> tuple[float, float, Severity | None, str]:
+    """BN301's effect, its noise floor, the severity its size alone reaches and its words;
+    ``threshold(name)`` reads BN301's thresholds."""
+    floor = mm.noise_floor
+    if mm.top1_agreement is not None:
+        value, noise = 1.0 - mm.top1_agreement, 1.0 - (floor.top1_agreement if floor.top1_agreement is not None else 1.0)
+        sev = _graded(value, threshold("warning_disagreement"), threshold("error_disagreement"))
+        what = f"top-1 agreement {mm.top1_agreement:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
+    else:
+        value, noise = mm.relative_error, floor.relative_error if floor.relative_error is not None else 0.0
+        sev = _graded(value, threshold("warning_rel_err"), threshold("error_rel_err"))
+        what = f"relative output error {value:.3g} between the stored statistics and DATA's own (noise floor {noise:.2g})"
+    return value, noise, sev, what
+
+
+def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
+    """The report's note where BN301's effect is beyond its thresholds and its noise floor
+    but not significant on this many samples (the rule stays silent then): what was seen and
+    that more samples decide. None otherwise."""
+    if mm is None:
+        return None
+    value, noise, sev, what = _train_eval_effect(mm, lambda name: float(thresholds[name]))
+    significance, needed = mm.significance, float(thresholds["significance"])
+    if not sev or value < float(thresholds["noise_multiple"]) * noise or not math.isfinite(significance) or significance >= needed:
+        return None
+    return (
+        f"BN301 held back: {what} on {mm.samples} samples, but only {significance:.2g} standard errors beyond "
+        f"{thresholds['noise_multiple']:g}x the floor (it needs {needed:g}); more samples (--mismatch-samples, more DATA) decide"
+    )
+
+
 @rule(
     code="BN301",
     name="train-eval-mismatch",
@@ -424,15 +455,7 @@ def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
     if mm is None:
         return
-    floor = mm.noise_floor
-    if mm.top1_agreement is not None:
-        value, noise = 1.0 - mm.top1_agreement, 1.0 - (floor.top1_agreement if floor.top1_agreement is not None else 1.0)
-        sev = _graded(value, ctx.threshold(r.code, "warning_disagreement"), ctx.threshold(r.code, "error_disagreement"))
-        what = f"top-1 agreement {mm.top1_agreement:.1%} between the stored statistics and DATA's own (noise floor {1.0 - noise:.1%})"
-    else:
-        value, noise = mm.relative_error, floor.relative_error if floor.relative_error is not None else 0.0
-        sev = _graded(value, ctx.threshold(r.code, "warning_rel_err"), ctx.threshold(r.code, "error_rel_err"))
-        what = f"relative output error {value:.3g} between the stored statistics and DATA's own (noise floor {noise:.2g})"
+    value, noise, sev, what = _train_eval_effect(mm, lambda name: ctx.threshold(r.code, name))
     significance = mm.significance
     if not sev or value < ctx.threshold(r.code, "noise_multiple") * noise or not significance >= ctx.threshold(r.code, "significance"):
         return

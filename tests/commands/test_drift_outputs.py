@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,19 @@ def test_bad_class_axis_exits_2_with_one_sentence(tmp_path, value, message):
     result = _cli("drift", path, data, "--class-axis", value)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_bn301_held_back_for_want_of_samples_says_so(tmp_path):
+    """19 samples of uniform noise into the digits CNN: top-1 agreement far below the noise
+    floor's, yet not significant on so few samples, so BN301 stays silent; a note says what
+    was seen and that more samples decide. On the reference digits there is no such note."""
+    data = tmp_path / "noise"
+    data.mkdir()
+    np.save(data / "x.npy", np.random.default_rng(1).random((19, 1, 8, 8)).astype(np.float32))
+    model = Path(__file__).resolve().parents[2] / "sample_models" / "digits_cnn.onnx"
+    report = bncheck.drift(model, data)
+    assert not [f for f in report.findings if f.rule == "BN301"]
+    note = next(n for n in report.notes if n.startswith("BN301 held back: top-1 agreement"))
+    assert "on 19 samples" in note and "more samples" in note
+    reference = bncheck.drift(model, Path(__file__).resolve().parents[2] / "sample_models" / "data" / "digits" / "reference")
+    assert not any(n.startswith("BN301 held back") for n in reference.notes)
