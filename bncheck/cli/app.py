@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from bncheck._version import __version__
-from bncheck.cli.group import LazyCommand, LazyGroup, State, literal
+from bncheck.cli.group import LazyCommand, LazyGroup, State
 from bncheck.cli.quiet import quiet_libraries
 
 #: ``bncheck fold``'s threads, where the user has not chosen: OpenBLAS (numpy: the float64 site
@@ -64,7 +64,7 @@ class BncheckGroup(LazyGroup):
 app = typer.Typer(
     cls=BncheckGroup,
     name="bncheck",
-    help=literal("Diagnostics for the batch-normalization layers of trained networks."),
+    help="Diagnostics for the batch-normalization layers of trained networks.",
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,

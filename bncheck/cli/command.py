@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from bncheck.cli.common import handle_errors
-from bncheck.cli.group import literal, literal_doc
+from bncheck.cli.group import literal_doc, literal_help
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -110,19 +110,11 @@ def bundled(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class LiteralHelpCommand(typer.core.TyperCommand):
-    """A command whose help texts, its own and its options', are shown as written: they are
-    escaped for rich markup when the help is shown, not when the command is declared (the
-    escape needs rich.markup, 10 ms of every process that shows no help)."""
-
-    _literal = False
+    """A command whose help texts, its own and its options', are escaped for rich markup when
+    its help is shown (:func:`~bncheck.cli.group.literal_help`), not when it is declared."""
 
     def format_help(self, ctx, formatter):
-        if not self._literal:
-            self.help = literal(self.help)
-            for param in self.params:
-                if getattr(param, "help", None):
-                    param.help = literal(param.help)
-            self._literal = True
+        literal_help(self)
         return super().format_help(ctx, formatter)
 
 

@@ -109,9 +109,15 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def preprocessing_pipeline(data: dict[str, Any]) -> str | None:
+    """For images, the preprocessing they went through (the pipeline the options and defaults
+    gave: scale, mean/std, channel order, layout); None for other data."""
+    pre = data.get("preprocessing")
+    return pre.get("pipeline") if isinstance(pre, dict) else None
+
+
 def data_summary(data: dict[str, Any]) -> str:
-    """``PATH — N samples, batch size B`` and, for images, the preprocessing they went through
-    (the pipeline the options and defaults gave: scale, mean/std, channel order, layout)."""
+    """``PATH — N samples, batch size B`` and, for images, ``; preprocessing: PIPELINE``."""
     text = f"{data.get('path')} — {data.get('samples')} samples, batch size {data.get('batch_size')}"
-    pipeline = (data.get("preprocessing") or {}).get("pipeline") if isinstance(data.get("preprocessing"), dict) else None
+    pipeline = preprocessing_pipeline(data)
     return f"{text}; preprocessing: {pipeline}" if pipeline else text

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from bncheck.formats.common import fmt_num, foldable_text, layer_num, md_cell, md_code, verdict
+from bncheck.formats.common import (
+    fmt_num,
+    foldable_text,
+    layer_num,
+    md_cell,
+    md_code,
+    preprocessing_pipeline,
+    verdict,
+)
 from bncheck.formats.section import Section, section_for
 from bncheck.report.report import Report
 
@@ -25,7 +33,7 @@ def render(report: Report, **_: object) -> str:
         lines.append("")
     data = report.data
     if data:
-        pipeline = (data.get("preprocessing") or {}).get("pipeline") if isinstance(data.get("preprocessing"), dict) else None
+        pipeline = preprocessing_pipeline(data)
         tail = f"; preprocessing: {md_code(pipeline)}" if pipeline else ""
         lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples, batch size {data.get('batch_size')}{tail}.", ""]
     lines += section.markdown_lines()

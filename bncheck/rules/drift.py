@@ -364,9 +364,10 @@ def _significantly_above(value: float, limit: float, se: float, z: float) -> boo
     return not math.isfinite(se) or value - z * se >= limit
 
 
-def _train_eval_effect(mm, threshold) -> tuple[float, float, Severity | None, str]:
-    """BN301's effect, its noise floor, the severity its size alone reaches and its words;
-    ``threshold(name)`` reads BN301's thresholds."""
+def _train_eval_effect(mm, threshold) -> tuple[Severity | None, str]:
+    """The severity BN301's effect reaches by its size where it is also ``noise_multiple`` times
+    its noise floor (None otherwise), and its words; ``threshold(name)`` reads BN301's
+    thresholds. Significance is the caller's (the rule fires on it, the note names its lack)."""
     floor = mm.noise_floor
     if mm.top1_agreement is not None:
         value, noise = 1.0 - mm.top1_agreement, 1.0 - (floor.top1_agreement if floor.top1_agreement is not None else 1.0)
@@ -376,7 +377,7 @@ def _train_eval_effect(mm, threshold) -> tuple[float, float, Severity | None, st
         value, noise = mm.relative_error, floor.relative_error if floor.relative_error is not None else 0.0
         sev = _graded(value, threshold("warning_rel_err"), threshold("error_rel_err"))
         what = f"relative output error {value:.3g} between the stored statistics and DATA's own (noise floor {noise:.2g})"
-    return value, noise, sev, what
+    return (sev if value >= threshold("noise_multiple") * noise else None), what
 
 
 def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
@@ -385,9 +386,9 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
     that more samples decide. None otherwise."""
     if mm is None:
         return None
-    value, noise, sev, what = _train_eval_effect(mm, lambda name: float(thresholds[name]))
+    sev, what = _train_eval_effect(mm, lambda name: float(thresholds[name]))
     significance, needed = mm.significance, float(thresholds["significance"])
-    if not sev or value < float(thresholds["noise_multiple"]) * noise or not math.isfinite(significance) or significance >= needed:
+    if not sev or not math.isfinite(significance) or significance >= needed:
         return None
     return (
         f"BN301 held back: {what} on {mm.samples} samples, but only {significance:.2g} standard errors beyond "
@@ -455,9 +456,8 @@ def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
     if mm is None:
         return
-    value, noise, sev, what = _train_eval_effect(mm, lambda name: ctx.threshold(r.code, name))
-    significance = mm.significance
-    if not sev or value < ctx.threshold(r.code, "noise_multiple") * noise or not significance >= ctx.threshold(r.code, "significance"):
+    sev, what = _train_eval_effect(mm, lambda name: ctx.threshold(r.code, name))
+    if not sev or not mm.significance >= ctx.threshold(r.code, "significance"):
         return
     message = f"{what} on {mm.samples} samples"
     before, after = mm.accuracy_stored, mm.accuracy_population
