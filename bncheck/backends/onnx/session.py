@@ -1,7 +1,9 @@
 """The one way bncheck opens an onnxruntime session: the CPU execution provider (or CUDA's,
-for a runner placed on ``cuda:N`` with onnxruntime-gpu installed), quiet logs, and
-models of 2 GiB or more (which protobuf cannot serialise into one message) saved with their
-tensors as external data into a temporary folder that onnxruntime loads from."""
+for a runner placed on ``cuda:N`` with onnxruntime-gpu installed), quiet logs, the model's
+weights handed over in memory (:mod:`.in_memory`: no serialised copy of them), and, where
+onnxruntime refuses that, the model serialised whole, or, from 2 GiB on (which protobuf cannot
+serialise into one message), saved with its tensors as external data into a temporary folder
+that onnxruntime loads from."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import onnx
 
 from bncheck.backends.interface import Executable
 from bncheck.backends.onnx.external_data import fits_in_one_message
+from bncheck.backends.onnx.in_memory import open_light
 from bncheck.backends.onnx.serialized import serialized
 from bncheck.errors import BncheckError, ModelLoadError, first_line
 
@@ -66,27 +69,43 @@ def open_session(
     other processes need)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors reach the caller as exceptions
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.enable_cpu_mem_arena = arena
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    def options():
+        made = ort.SessionOptions()
+        made.log_severity_level = 4  # errors reach the caller as exceptions
+        made.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        if threads:
+            made.intra_op_num_threads = int(threads)
+        made.enable_cpu_mem_arena = arena
+        if not spin:
+            made.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return made
+
     try:
         if file is not None:
-            return ort.InferenceSession(str(file), options, providers=providers(device))
+            return ort.InferenceSession(str(file), options(), providers=providers(device))
+        session = _in_memory(model, options(), providers(device))
+        if session is not None:
+            return session
         if fits_in_one_message(model):
-            return ort.InferenceSession(serialized(model), options, providers=providers(device))
+            return ort.InferenceSession(serialized(model), options(), providers=providers(device))
         with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin")
-            return ort.InferenceSession(str(path), options, providers=providers(device))
+            return ort.InferenceSession(str(path), options(), providers=providers(device))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise SessionError(first_line(exc)) from exc
+
+
+def _in_memory(model: onnx.ModelProto, options, chosen: list):
+    """A session of ``model`` with its weights handed over in memory (:mod:`.in_memory`), or
+    None where onnxruntime refuses that form (the caller then serialises the model whole, and a
+    model onnxruntime cannot load is refused there, with its own message)."""
+    try:
+        return open_light(model, options, chosen)
+    except Exception:  # onnxruntime raises its own exception types; protobuf a ValueError past 2 GiB
+        return None
 
 
 def executable(model: onnx.ModelProto, *, optimize: bool, file: Path | None = None) -> Executable:

@@ -61,3 +61,15 @@ def test_an_empty_or_foreign_file_names_no_external_data(tmp_path, content):
     path = tmp_path / "m.onnx"
     path.write_bytes(content)
     assert external_data.external_data_files(path) == []
+
+
+@pytest.mark.parametrize("cut", range(1, 11))
+def test_the_key_is_found_across_a_block_boundary(tmp_path, monkeypatch, cut):
+    """The file is scanned in blocks: a key split ``cut`` bytes into it by a boundary is found."""
+    key = external_data._LOCATION_KEY
+    monkeypatch.setattr(external_data, "SCAN_BLOCK", 64)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x00" * (128 - cut) + key + b"\x00" * 50)
+    assert external_data._may_keep_external_data(str(path))
+    path.write_bytes(b"\x00" * (128 - cut) + key[:-1] + b"\x01" + b"\x00" * 50)
+    assert not external_data._may_keep_external_data(str(path))

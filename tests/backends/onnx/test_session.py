@@ -1,13 +1,14 @@
-"""The one onnxruntime session factory: a model over protobuf's 2 GiB goes through a temporary
-file with external data, and gives what the in-memory session gives. (The limit is lowered
-for the test: the same code path without writing 2 GiB.)"""
+"""The one onnxruntime session factory: a model over protobuf's 2 GiB whose weights cannot be
+handed over in memory goes through a temporary file with external data, and gives what the
+in-memory session gives. (The limit is lowered for the test: the same code path without
+writing 2 GiB.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bncheck.backends.onnx import external_data
+from bncheck.backends.onnx import external_data, session
 from bncheck.backends.onnx.session import SessionError, executable, open_session
 from bncheck.errors import BncheckError
 
@@ -18,11 +19,16 @@ def test_a_model_over_the_message_limit_runs_from_external_data(onnx_bn, monkeyp
     name = model.graph.input[0].name
     in_memory = open_session(model).run(None, {name: x})
     monkeypatch.setattr(external_data, "PROTO_LIMIT", 64)
+    monkeypatch.setattr(session, "open_light", _refused)
     assert not external_data.fits_in_one_message(model)
     from_file = open_session(model).run(None, {name: x})
     for a, b in zip(in_memory, from_file, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(executable(model, optimize=False)((x,))[0], in_memory[0], rtol=1e-5, atol=1e-6)
+
+
+def _refused(*args, **kwargs):
+    raise RuntimeError("onnxruntime refuses in-memory initializers here")
 
 
 def test_tensor_data_bytes_counts_initializers_and_constants(onnx_bn):
