@@ -45,7 +45,7 @@ class DataArgs:
     labels: Annotated[
         str | None, _data("--labels", help="Labels CSV (one per sample), 'folders' or 'none' (default: class folders when present).")
     ] = None
-    limit: Annotated[int | None, _data("--limit", help="Use at most N samples.")] = None
+    limit: Annotated[int | None, _data("--limit", help="Use at most N samples: of a folder of images, N files spread evenly over its sorted files (every class folder gets its share); of array or table files, the first N samples.")] = None
     strict: Annotated[bool, _data("--strict", help="Fail on an unreadable file instead of skipping it.")] = False
     nan: Annotated[
         choice(NAN_POLICIES) | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def open_data(
     options = options or DataOptions()
     expected = normalize_expected(expected_shape)
     where: Path | InMemoryData
+    chosen: list[int] | None = None
     if isinstance(path, InMemoryData):  # the API's Python objects: the memory reader
         reader = open_reader(MemoryReader.kind, [path], options, expected)
         where, kind, files, ignored = path, reader.kind, [], {}
@@ -53,7 +55,14 @@ def open_data(
         reader = open_reader(found.kind, found.files, options, expected)
         where, kind, files, ignored = Path(path), found.kind, found.files, found.ignored
         labels = resolve_labels(options, found.root, found.is_folder, found.kind, found.files, reader)
-    return Dataset(
+        chosen = spread_files(len(files), options.limit) if reader.one_per_file else None
+        if chosen is not None:  # --limit on one-sample files: every k-th file, all of DATA covered
+            in_data = len(files)
+            files = [files[i] for i in chosen]
+            reader = open_reader(found.kind, files, options, expected)
+            if labels is not None and labels.values is not None:
+                labels = replace(labels, values=np.asarray(labels.values)[chosen])
+    dataset = Dataset(
         path=where,
         kind=kind,
         files=files,
@@ -63,6 +72,19 @@ def open_data(
         options=options,
         expected_shape=expected,
     )
+    if not isinstance(path, InMemoryData) and chosen is not None:
+        dataset.files_in_data = in_data
+    return dataset
+
+
+def spread_files(count: int, limit: int | None) -> list[int] | None:
+    """The indices of the ``limit`` files ``--limit`` reads out of ``count`` one-sample files
+    in sorted order: evenly spread over all of them (the middle one of each of ``limit`` equal
+    runs), so that DATA sorted by class folder gives every class its share, not the first
+    classes only; None when the limit takes every file."""
+    if limit is None or limit >= count or limit < 1:
+        return None
+    return [(2 * i + 1) * count // (2 * limit) for i in range(limit)]
 
 
 def label_file(labels: str | Path | None) -> Path | None:
@@ -133,6 +155,8 @@ class Dataset:
         self.sample_shape: Shape = tuple(reader.sample_shape)
         #: counters of the most recent pass (bounded-memory evidence)
         self.stream_stats = StreamStats()
+        #: one-sample files in DATA where ``--limit`` chose ``files`` spread over them (None: all read)
+        self.files_in_data: int | None = None
         self._passes: list[DataIssues] = []
         self._reported = False
 
@@ -236,7 +260,7 @@ class Dataset:
             "kind": self.kind,
             "files": len(self.files),
             "samples": max(p.delivered for p in done) if done else self.num_samples,
-            "samples_available": self.total_samples,
+            "samples_available": self.total_samples if self.files_in_data is None else self.files_in_data,
             "limit": self.options.limit,
             "sample_shape": list(self.sample_shape),
             "batch_size": self.options.batch_size,
@@ -245,6 +269,8 @@ class Dataset:
             "labels": self.labels.describe() if self.labels is not None else None,
             **issues.describe(),
         }
+        if self.files_in_data is not None:
+            out["limit_spread"] = {"files": len(self.files), "of": self.files_in_data}
         if self.ignored:
             out["ignored_files"] = dict(self.ignored)
         if self.expected_shape is not None:

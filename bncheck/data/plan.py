@@ -180,7 +180,7 @@ class DataPlan:
         out = dict(self.base_describe)
         out["path"] = self.data
         out["files"] = len(self.files)
-        if self.counts is not None:
+        if self.counts is not None and "limit_spread" not in out:  # else: DATA's files, not those --limit read
             out["samples_available"] = int(sum(self.counts))
         out["limit"] = self.limit
         if self.shard is not None:

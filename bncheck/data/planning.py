@@ -70,8 +70,8 @@ def _local_plan(data: Path, options: DataOptions, limit, expected, shard, batch_
     labels) but only the shard's files are inspected, except for one-sample files, where a
     reader over all of them costs one decoded file and makes the same choices for every shard
     (and for a labels file, which needs every file's sample count)."""
-    if shard is None:
-        dataset = open_data(data, options, expected_shape=expected)
+    if shard is None:  # --limit picks one-sample files spread over DATA, as a one-process run does
+        dataset = open_data(data, replace(options, limit=limit), expected_shape=expected)
         files, kind, reader, labels = dataset.files, dataset.kind, dataset.reader, dataset.labels
         keep = range(len(files))
         covering = files

@@ -116,8 +116,18 @@ def preprocessing_pipeline(data: dict[str, Any]) -> str | None:
     return pre.get("pipeline") if isinstance(pre, dict) else None
 
 
+def limit_note(data: dict[str, Any]) -> str:
+    """`` (--limit N: N of its M files, spread evenly over it)`` where ``--limit`` chose files
+    spread over DATA; empty otherwise."""
+    spread = data.get("limit_spread")
+    if not isinstance(spread, dict):
+        return ""
+    return f" (--limit {data.get('limit')}: {spread.get('files')} of its {spread.get('of')} files, spread evenly over it)"
+
+
 def data_summary(data: dict[str, Any]) -> str:
     """``PATH — N samples, batch size B`` and, for images, ``; preprocessing: PIPELINE``."""
     text = f"{data.get('path')} — {data.get('samples')} samples, batch size {data.get('batch_size')}"
+    text += limit_note(data)
     pipeline = preprocessing_pipeline(data)
     return f"{text}; preprocessing: {pipeline}" if pipeline else text

@@ -6,6 +6,7 @@ from bncheck.formats.common import (
     fmt_num,
     foldable_text,
     layer_num,
+    limit_note,
     md_cell,
     md_code,
     preprocessing_pipeline,
@@ -35,7 +36,7 @@ def render(report: Report, **_: object) -> str:
     if data:
         pipeline = preprocessing_pipeline(data)
         tail = f"; preprocessing: {md_code(pipeline)}" if pipeline else ""
-        lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples, batch size {data.get('batch_size')}{tail}.", ""]
+        lines += [f"**Data** {md_code(data.get('path'))} — {data.get('samples')} samples{limit_note(data)}, batch size {data.get('batch_size')}{tail}.", ""]
     lines += section.markdown_lines()
     lines += _findings(report)
     if report.layers:

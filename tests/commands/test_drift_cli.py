@@ -145,3 +145,20 @@ def test_one_sample_is_refused_not_judged(tmp_path, cli, assert_usage_error):
     for path in sorted((SAMPLES / "data" / "digits" / "reference").rglob("*.png"))[:2]:
         shutil.copy(path, two / path.name)
     assert cli("drift", SAMPLES / "digits_cnn.onnx", two).exit_code in (0, 1)
+
+
+@pytest.mark.parametrize("limit", ["8", "20", "50", "100"])
+def test_limit_on_the_clean_class_folders_passes(limit):
+    """``--limit`` on the clean digits folder (class folders 0-9 in sorted order) reads files
+    spread over all of them: the gate passes as on the whole folder (its first 50 files are all
+    zeros, which failed BN101/BN102 with errors), every class is present, and the text report
+    says how the files were chosen."""
+    result = run("drift", SAMPLES / "digits_cnn.onnx", DIGITS / "reference", "--limit", limit, "-f", "json")
+    assert result.exit_code == 0, result.output
+    body = report_of(result)
+    assert not [f for f in body["findings"] if f["severity"] in ("warning", "error")], body["findings"]
+    data = body["data"]
+    assert data["samples"] == int(limit) and data["samples_available"] == 540
+    assert data["limit_spread"] == {"files": int(limit), "of": 540}
+    text = run("drift", SAMPLES / "digits_cnn.onnx", DIGITS / "reference", "--limit", limit)
+    assert f"--limit {limit}: {limit} of its 540 files, spread evenly over it" in " ".join(text.stdout.split())

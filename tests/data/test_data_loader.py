@@ -77,10 +77,15 @@ def test_limit_below_and_above_the_data(mixed_arrays):
     dataset, parts = batches(DIGITS, 32, (1, 8, 8), limit=50)
     x, y = joined(parts)
     full, full_y = open_data(DIGITS, DataOptions(), expected_shape=(1, 8, 8)).collect()
-    np.testing.assert_array_equal(x, full[:50])
-    np.testing.assert_array_equal(y, full_y[:50])
+    # one-sample files: 50 files spread over the 540 sorted ones (the middle of each run of 10.8)
+    chosen = [(2 * i + 1) * 540 // 100 for i in range(50)]
+    np.testing.assert_array_equal(x, full[chosen])
+    np.testing.assert_array_equal(y, full_y[chosen])
+    assert sorted(set(y.tolist())) == list(range(10))  # every class folder, not class 0 only
     assert [len(b) for b in parts] == [32, 18]
-    assert dataset.num_samples == 50 and dataset.describe()["samples"] == 50
+    described = dataset.describe()
+    assert dataset.num_samples == 50 and described["samples"] == 50
+    assert described["samples_available"] == 540 and described["limit_spread"] == {"files": 50, "of": 540}
     dataset, parts = batches(DIGITS, 32, (1, 8, 8), limit=10_000)
     described = dataset.describe()
     assert described["samples"] == 540 < described["limit"] == 10_000
@@ -88,6 +93,33 @@ def test_limit_below_and_above_the_data(mixed_arrays):
     dataset, parts = batches(mixed_arrays, 4, None, limit=20, workers=0)
     # 0.npy: 3 usable of 5, 1.npy: 1, 2.npy: 11 of 13, 3.npy: the first 5 usable of rows 0-5
     assert sum(map(len, parts)) == 20 and dataset.issues.nonfinite == 5
+
+
+def test_spread_files_takes_the_middle_of_equal_runs():
+    from bncheck.data.dataset import spread_files
+
+    assert spread_files(10, None) is None and spread_files(10, 10) is None and spread_files(10, 20) is None
+    assert spread_files(10, 2) == [2, 7] and spread_files(10, 5) == [1, 3, 5, 7, 9] and spread_files(3, 1) == [1]
+    for count, limit in [(540, 50), (1000, 999), (7, 3), (12_000, 256)]:
+        chosen = spread_files(count, limit)
+        assert len(set(chosen)) == limit == len(chosen) and chosen == sorted(chosen) and 0 <= chosen[0] and chosen[-1] < count
+        gaps = np.diff(chosen)  # evenly spread, half a run left at each end
+        assert gaps.max() - gaps.min() <= 1 and abs(chosen[0] - (count - 1 - chosen[-1])) <= 1
+
+
+def test_limit_on_a_labels_file_keeps_each_file_with_its_label(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        Image.fromarray(np.full((4, 4), 10 * k, np.uint8)).save(tmp_path / f"{k:02d}.png")
+    labels = tmp_path.parent / f"{tmp_path.name}-labels.csv"
+    values = rng.integers(0, 5, 20)
+    labels.write_text("".join(f"{v}\n" for v in values))
+    dataset, parts = batches(tmp_path, 8, (1, 4, 4), limit=4, labels=str(labels))
+    x, y = joined(parts)
+    chosen = [2, 7, 12, 17]
+    np.testing.assert_allclose(x[:, 0, 0, 0], [10 * k / 255 for k in chosen], rtol=1e-6)
+    np.testing.assert_array_equal(y, values[chosen])
+    assert dataset.describe()["limit_spread"] == {"files": 4, "of": 20}
 
 
 def test_nan_policies(mixed_arrays):
