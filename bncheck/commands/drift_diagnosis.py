@@ -46,6 +46,22 @@ VERIFY_LAYERS = 3
 MAX_INFERRED_CHANNELS = 16
 #: a named candidate within this factor of the best score is preferred to the inferred one
 NAMED_PREFERENCE = 1.25
+#: a named candidate that lowers the score by this fraction is named beside the inferred fix
+NAMED_GAIN = 0.1
+#: channels whose correlation reaches this (and whose spreads agree) are copies of one another
+COPIED_CORRELATION = 0.9999
+#: values per channel that check (every k-th)
+COPIED_VALUES = 1 << 18
+#: how the inferred mean/std candidates' descriptions start, and how the one of a single
+#: mean/std for every channel ends
+INFERRED = "normalising to the inferred"
+ONE_FOR_ALL = "one for all channels"
+#: a per-channel fit whose scales differ by more than this across channels that DATA spreads
+#: alike (their stds within ALIKE_RATIO) is no plausible preprocessing
+IMPLAUSIBLE_RATIO = 3.0
+ALIKE_RATIO = 1.5
+COPIED = "DATA's channels are copies of one another (grey images stored as RGB): one mean and std fitted for all of them"
+ONE_FOR_ALL_WHY = "one mean and std for all channels fits the stored statistics nearly as well as one per channel (re-measured)"
 
 
 @dataclass
@@ -134,23 +150,58 @@ def _channel_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return x64.mean(axis=axes), x64.std(axis=axes)
 
 
-def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace) -> tuple[dict | None, Candidate | None]:
-    """What the model expects of its input (the fit of the probes) and the candidate that gives it."""
+def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace) -> tuple[dict | None, list[Candidate]]:
+    """What the model expects of its input (the fit of the probes) and the candidates that give
+    it: one mean/std per channel and, for several channels, one for all of them (the
+    re-measurement decides; where DATA's channels are copies of one another only the latter)."""
     axis = space.channel_axis
     if axis is None or space.channels > MAX_INFERRED_CHANNELS:
-        return None, None
+        return None, []
     mean, std = _channel_stats(x, axis)
     pixel_mean, pixel_std = _channel_stats(space.to_pixels(x), axis)
     probes, affine = _probes(runners, x, axis, mean)
     if not affine:
-        return {"affine": False}, None
+        return {"affine": False}, []
     layer = by_name[runners.probe_layer]
-    fit = fit_correction(probes, layer.running_mean, layer.running_var, float(layer.eps or 0.0), mean)
+    eps = float(layer.eps or 0.0)
+    info: dict[str, Any] = {"affine": True, "layer": runners.probe_layer}
+    own = None if copied_channels(x, axis) else fit_correction(probes, layer.running_mean, layer.running_var, eps, mean)
+    if space.channels == 1:
+        figures, candidate = _fitted(own, space, x, mean, std, pixel_mean, pixel_std, False)
+        return {**info, **figures}, [candidate] if candidate else []
+    one = fit_correction(probes, layer.running_mean, layer.running_var, eps, mean, tied=True)
+    tied, tied_candidate = _fitted(one, space, x, mean, std, pixel_mean, pixel_std, True)
+    why = COPIED if own is None else _implausible(own.scale, std)
+    if why:  # one map for all channels only
+        per_channel = {"per_channel_fit": _fitted(own, space, x, mean, std, pixel_mean, pixel_std, False)[0]} if own is not None else {}
+        return {**info, **tied, "tied": why, **per_channel}, [tied_candidate] if tied_candidate else []
+    figures, candidate = _fitted(own, space, x, mean, std, pixel_mean, pixel_std, False)
+    return {**info, **figures, "tied_fit": tied}, [c for c in (candidate, tied_candidate) if c]
+
+
+def _implausible(scale: np.ndarray, data_std: np.ndarray) -> str:
+    """Why a per-channel fit is no preprocessing a pipeline would have (empty when it could be):
+    its scales differ across channels by more than :data:`IMPLAUSIBLE_RATIO` where DATA's own
+    channels spread alike (grey or near-grey images: the fit turns the channels' small
+    differences into the match, a std of 6.4 for one channel and 0.34 for the next)."""
+    a = np.abs(np.asarray(scale, np.float64))
+    spread = np.asarray(data_std, np.float64)
+    if a.size < 2 or not np.all(np.isfinite(a)) or np.min(a) <= 0 or np.min(spread) <= 0:
+        return ""
+    if np.max(a) / np.min(a) <= IMPLAUSIBLE_RATIO or np.max(spread) / np.min(spread) > ALIKE_RATIO:
+        return ""
+    return (
+        f"a fit per channel needs scales {np.max(a) / np.min(a):.3g}x apart on channels that DATA spreads alike, "
+        "which no preprocessing does: one mean and std fitted for all channels"
+    )
+
+
+def _fitted(fit, space: PixelSpace, x: np.ndarray, mean, std, pixel_mean, pixel_std, tied: bool) -> tuple[dict, Candidate | None]:
+    """The figures of one fit (what the model expects, the suggestion) and its candidate (None
+    where the fit's scale is not positive and finite)."""
     expected_mean, expected_std = fit.mean, np.abs(fit.scale) * std
     offset = fit.mean - fit.scale * mean  # x' = a (x - m) + mu = a x + offset
-    info: dict[str, Any] = {
-        "affine": True,
-        "layer": runners.probe_layer,
+    figures: dict[str, Any] = {
         "expected": {"mean": _round(expected_mean), "std": _round(expected_std)},
         "data": {"mean": _round(mean), "std": _round(std)},
         "mean_shift": _round((mean - expected_mean) / np.where(expected_std > 0, expected_std, 1.0)),
@@ -158,19 +209,38 @@ def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace)
         "residual": {"log_var": fit.var_residual, "mean_z": fit.mean_residual},
     }
     if np.any(fit.scale <= 0) or not np.all(np.isfinite(fit.scale)):
-        return info, None
+        return figures, None
     scale_b = space.per_channel(fit.scale, x.ndim)
     offset_b = space.per_channel(offset, x.ndim)
     if space.images:  # x' = a x + d = (q - M') / S' with S' = S / a, M' = M - d S / a
         new_std = space.std / fit.scale
         new_mean = space.mean - offset * space.std / fit.scale
         options = space.options(mean=_round(new_mean), std=_round(new_std))
-        info["suggested"] = {"mean": _round(new_mean), "std": _round(new_std)}
+        figures["suggested"] = {"mean": _round(new_mean), "std": _round(new_std)}
     else:
         options = None
-        info["suggested"] = {"scale": _round(fit.scale), "offset": _round(offset)}
-    description = "normalising to the inferred mean/std"
-    return info, (description, options, lambda q: space.normalise(q) * scale_b + offset_b)
+        figures["suggested"] = {"scale": _round(fit.scale), "offset": _round(offset)}
+    description = INFERRED + (" mean/std, one for all channels" if tied else " mean/std")
+    return figures, (description, options, lambda q: space.normalise(q) * scale_b + offset_b)
+
+
+def copied_channels(x: np.ndarray, axis: int) -> bool:
+    """Whether DATA's channels are (to within :data:`COPIED_CORRELATION`) copies of one another,
+    as grey images stored as RGB are: the separate contribution of each channel to the first
+    layer cannot be told apart then, and the expected input is inferred with one mean and one
+    std for every channel."""
+    channels = x.shape[axis]
+    if channels < 2:
+        return False
+    flat = np.moveaxis(np.asarray(x), axis, 0).reshape(channels, -1)
+    flat = flat[:, :: max(1, flat.shape[1] // COPIED_VALUES)].astype(np.float64)  # evenly thinned: a check, not a figure
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", centred, centred))
+    if np.any(norms == 0):
+        return bool(np.all(norms == 0) and np.ptp(flat.mean(axis=1)) == 0)
+    correlation = (centred @ centred.T) / np.outer(norms, norms)
+    spread = norms.max() / norms.min()
+    return bool(np.min(correlation) >= COPIED_CORRELATION and spread <= 1.0 + (1.0 - COPIED_CORRELATION) * 100)
 
 
 def _in_pixels(space: PixelSpace, expected_mean, expected_std, data_mean, data_std) -> dict:
@@ -194,7 +264,7 @@ def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace)
     baseline, baseline_first = _score(runners, by_name, sub)
     q = space.to_pixels(sub)
     inference, inferred = _inferred(runners, by_name, sub, space)
-    candidates = fixed_candidates(space, q) + ([inferred] if inferred else [])
+    candidates = fixed_candidates(space, q) + inferred
     tried = []
     for description, options, transform in candidates:
         try:
@@ -204,11 +274,31 @@ def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace)
         tried.append({"description": description, "options": options, "score": value, "first_layer_score": first})
     tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
     best = _best(tried, baseline)
+    also = _named_alternative(tried, best, baseline, baseline_first)
+    if best is not None and best["description"].endswith(ONE_FOR_ALL) and inference and "tied_fit" in inference:
+        inference = {**inference, **inference.pop("tied_fit"), "tied": ONE_FOR_ALL_WHY}  # the figures of the fit that won
     return InputDiagnosis(
         baseline=baseline, baseline_first_layer=baseline_first, candidates=[ScoredCandidate.from_dict(t) for t in tried],
         samples=int(len(sub)), layers=list(runners.verify_layers), inference=inference,
         best=ScoredCandidate.from_dict(best) if best is not None else None,
+        also=ScoredCandidate.from_dict(also) if also is not None else None, images=space.images,
     )  # fmt: skip
+
+
+def _named_alternative(tried: list[dict], best: dict | None, baseline: float, first: float) -> dict | None:
+    """Where the fix is the inferred mean/std (fitted to DATA, so it nearly always wins): the
+    best named correction with options that lowers both the score and the nearest layer's score
+    (the figure the finding reports) by at least :data:`NAMED_GAIN` (a channel order swapped,
+    /255 ...), which says what went wrong where the fit only undoes it."""
+    if best is None or not best["description"].startswith(INFERRED) or not (math.isfinite(baseline) and math.isfinite(first)):
+        return None
+    keep = 1.0 - NAMED_GAIN
+    for t in tried:
+        if t["options"] and not t["description"].startswith(INFERRED) and math.isfinite(t["score"]):
+            lower = t["first_layer_score"] is not None and t["first_layer_score"] <= keep * first
+            if lower and t["score"] <= keep * baseline:
+                return t
+    return None
 
 
 def _best(tried: list[dict], baseline: float) -> dict | None:
@@ -218,8 +308,12 @@ def _best(tried: list[dict], baseline: float) -> dict | None:
     if not finite or not math.isfinite(baseline) or finite[0]["score"] >= 0.5 * baseline:
         return None
     top = finite[0]
-    if top["description"].startswith("normalising to the inferred"):
-        named = [t for t in finite[1:] if t["score"] <= NAMED_PREFERENCE * top["score"] + 1e-3]
+    if top["description"].startswith(INFERRED):
+        near = [t for t in finite[1:] if t["score"] <= NAMED_PREFERENCE * top["score"] + 1e-3]
+        named = [t for t in near if not t["description"].startswith(INFERRED)]
         if named:
             return named[0]
+        fewer = [t for t in near if t["description"].endswith(ONE_FOR_ALL)]  # two numbers rather than 2C
+        if fewer:
+            return fewer[0]
     return top

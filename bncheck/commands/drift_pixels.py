@@ -27,7 +27,16 @@ def _vector(values, channels: int, default: float) -> np.ndarray:
 
 
 def _numbers(values) -> str:
-    return ",".join(f"{float(v):.4g}" for v in np.asarray(values).reshape(-1))
+    """Comma-separated, 4 significant digits; one value where every channel has the same (the
+    options take one value for all channels)."""
+    texts = [f"{float(v):.4g}" for v in np.asarray(values).reshape(-1)]
+    return texts[0] if texts and all(t == texts[0] for t in texts) else ",".join(texts)
+
+
+def _flag(name: str, value: str) -> str:
+    """``--name value``, or ``--name=value`` for a value that starts with a minus sign (which a
+    shell-split command line would otherwise read as an option)."""
+    return f"{name}={value}" if value.startswith("-") else f"{name} {value}"
 
 
 @dataclass
@@ -108,9 +117,9 @@ class PixelSpace:
         """The command-line options that give this preprocessing (only those that change)."""
         parts = []
         if scale is not None and not np.isclose(scale, self.scale, rtol=1e-4):
-            parts.append(f"--scale {scale:.6g}")
+            parts.append(_flag("--scale", f"{scale:.6g}"))
         if mean is not None:
-            parts += [f"--mean {_numbers(mean)}", f"--std {_numbers(std)}"]
+            parts += [_flag("--mean", _numbers(mean)), _flag("--std", _numbers(std))]
         if order is not None and order != self.order:
             parts.append(f"--channel-order {order}")
         return " ".join(parts)
@@ -137,7 +146,9 @@ def fixed_candidates(space: PixelSpace, q: np.ndarray) -> list[Candidate]:
     white = space.full_range(q)
     if white is not None:
         what = "255 - pixel" if images else (f"{white:g} - x" if white else "-x")
-        out.append((f"inverting the input ({what})", None, lambda v: space.normalise(white - v)))
+        # (white - q - M) / S = (q * -1 - (M - white)) / S: the scale negated, the mean moved by white
+        inverted = space.options(scale=-space.scale, mean=space.mean - white, std=space.std) if images else None
+        out.append((f"inverting the input ({what})", inverted, lambda v: space.normalise(white - v)))
     if space.channels == 3 and space.channel_axis is not None:
         other = "bgr" if space.order == "rgb" else "rgb"
         axis = space.channel_axis

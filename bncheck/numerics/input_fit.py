@@ -94,27 +94,40 @@ def predicted(probes: Probes, scale: np.ndarray, mean: np.ndarray) -> tuple[np.n
 
 
 def fit_correction(
-    probes: Probes, running_mean: np.ndarray, running_var: np.ndarray, eps: float, data_mean: np.ndarray
+    probes: Probes, running_mean: np.ndarray, running_var: np.ndarray, eps: float, data_mean: np.ndarray, *, tied: bool = False
 ) -> Correction:
     """The per-channel correction of the input under which the BN input's mean and variance
     match ``running_mean`` / ``running_var`` best (see the module docstring), started from
-    one common scale and DATA's own means."""
+    one common scale and DATA's own means. ``tied``: one affine map ``x' = a x + d`` for every
+    channel (two numbers instead of 2C: where DATA's channels are copies of one another, grey
+    images stored as RGB, their separate contributions cannot be told apart and a per-channel
+    fit is ill-posed; with one ``--mean``/``--std`` for all channels it is one ``--mean``/``--std``)."""
     rm = np.asarray(running_mean, np.float64).reshape(-1)
     rv = np.asarray(running_var, np.float64).reshape(-1)
     sd = np.sqrt(rv + eps)
     channels = probes.response.shape[1]
 
-    def residual(p: np.ndarray) -> np.ndarray:
+    means = np.asarray(data_mean, np.float64).reshape(-1)
+
+    def expand(p: np.ndarray) -> np.ndarray:
+        """Tied: (a, d) -> a for every channel, mu_c = d + a m_c (x' = a x + d, one map for all)."""
+        return np.concatenate([np.full(channels, p[0]), p[1] + p[0] * means]) if tied else p
+
+    def full_residual(p: np.ndarray) -> np.ndarray:
         mu, var = predicted(probes, p[:channels], p[channels:])
         return np.concatenate([(mu - rm) / sd, np.log(var + eps) - np.log(rv + eps)])
 
+    def residual(p: np.ndarray) -> np.ndarray:
+        return full_residual(expand(p))
+
     current = np.einsum("ocd->o", probes.covariance)
     ratio = median((rv + eps) / (np.maximum(current, 0.0) + eps))
-    start = np.concatenate([np.full(channels, np.sqrt(max(ratio, 1e-30))), np.asarray(data_mean, np.float64)])
-    p = _levenberg_marquardt(residual, start)
+    a0 = np.sqrt(max(ratio, 1e-30))
+    start = np.array([a0, float(np.mean(means)) * (1.0 - a0)]) if tied else np.concatenate([np.full(channels, a0), means])
+    p = expand(_levenberg_marquardt(residual, start))
     if np.sum(p[:channels] < 0) > channels / 2:  # the variance fixes a only up to its sign
         p[:channels] = -p[:channels]
-    r = residual(p)
+    r = full_residual(p)
     return Correction(
         p[:channels], p[channels:], float(np.sqrt(np.mean(r[rm.size :] ** 2))), float(np.sqrt(np.mean(r[: rm.size] ** 2)))
     )

@@ -145,13 +145,18 @@ def _variance_factor(r, channel: int) -> str:
     is E[y] = W E[x] + b and Var[y] = a^T K a with K the measured covariance of the channels'
     contributions, spatial correlation included; beyond 4 input channels the channels are
     taken as independent) it infers the per-channel mean and std the model expects of its
-    input; (2) it re-measures the first three BN layers with candidate corrections made in
+    input, and one mean and std for all channels beside it (the only fit where DATA's channels
+    are copies of one another, grey stored as RGB, or where the per-channel fit needs scales
+    more than 3x apart on channels DATA spreads alike, which no preprocessing does); (2) it
+    re-measures the first three BN layers with candidate corrections made in
     pixel space (the user's --scale/--mean/--std/--channel-order undone, then redone): the
     inferred --mean/--std, /255, x255, an inverted input, the channel order swapped, ImageNet
     mean/std, [-1, 1] and plain [0, 1] pixels. It reports a preprocessing mismatch when one
     correction removes at least half of the drift (and names it, in the options that apply
     it, with the nearest layer's drift score before and after on the diagnosis' subsample),
-    or when the score alone reaches `score`. The finding states what the model expects and
+    or when the score alone reaches `score`; where that correction is the inferred mean/std,
+    the named one that helps most (by a tenth at least) is said beside it, since it says what
+    went wrong. An inverted input is said as `--scale=-S --mean=M-1`. The finding states what the model expects and
     what DATA has in the units of the options (pixels after --scale, the units of
     --mean/--std; the expectation under the current --mean/--std), and the per-channel mean
     shift. False-alarm rate: in bench/false_alarms.py (six models, 200 in-distribution subsets
@@ -200,6 +205,11 @@ def check_input_mismatch(r, ctx: RuleContext):
             msg += f"; {how}: re-measured on {diagnosis.samples} samples, {layer}'s drift score goes from {before:.3g} to {after:.3g}"
         else:
             msg += f"; {how}"
+        also = diagnosis.also
+        if also is not None and also.first_layer_score is not None and before is not None and math.isfinite(before):
+            msg += f"; of the usual slips, {also.description} (`{also.options}`) helps most: {before:.3g} to {also.first_layer_score:.3g}"
+    elif diagnosis is not None and diagnosis.images is False:
+        msg += "; check how DATA's arrays were made against training: scale, offset or normalisation, layout, and the features themselves (sample rate, window, mel bins ...)"
     else:
         msg += "; check scale (0-1 vs 0-255), mean/std, channel order and resolution against training"
     yield r.finding(strong[0], msg, layers=strong, diagnosis=diagnosis.to_dict() if diagnosis is not None else {})
@@ -226,6 +236,8 @@ def _expectation(inference: dict) -> str:
     else:
         text = f"the model expects input mean ≈ {_numbers(expected['mean'])}, std ≈ {_numbers(expected['std'])}; "
     text += f"DATA has mean {_numbers(data['mean'])}, std {_numbers(data['std'])}"
+    if inference.get("tied"):
+        text += f" ({inference['tied']})"
     shift = inference.get("mean_shift") or []
     ratios = [e / d for e, d in zip(expected["std"], data["std"], strict=False) if d > 0]
     if shift and ratios and all(0.8 <= q <= 1.25 for q in ratios):  # the spread fits: a mean shift

@@ -41,11 +41,17 @@ class InputDiagnosis(Record):
     inference: dict[str, Any] | None
     #: the candidate that halves the drift, if one does
     best: ScoredCandidate | None = None
+    #: where ``best`` is the inferred mean/std: the named correction (channel order, /255,
+    #: inverted ...) that lowers the score most, if it lowers it by at least a tenth
+    also: ScoredCandidate | None = None
+    #: whether DATA is images (the finding's advice is said in image terms), None: not known
+    images: bool | None = None
     #: keys of a saved record this version does not write, kept so that it reads back as it was
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        if self.best is None:
-            del out["best"]
+        for key in ("best", "also", "images"):
+            if out.get(key) is None:
+                del out[key]
         return out

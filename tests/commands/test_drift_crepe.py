@@ -70,5 +70,11 @@ def test_crepe_tiny_on_normalised_and_raw_audio_frames():
         alarms = {f.rule for f in report.findings if f.severity.value in ("warning", "error")}
         if drifts:
             assert "BN103" in alarms and first["drift"]["score"] > 0.3, alarms
+            (finding,) = [f for f in report.findings if f.rule == "BN103"]
+            diagnosis = report.to_dict()["drift"]["input_diagnosis"]
+            assert diagnosis["images"] is False
+            assert "best" not in diagnosis  # no correction halves it: the advice is said for arrays, not images
+            assert "check how DATA's arrays were made against training" in finding.message
+            assert "channel order" not in finding.message and "0-255" not in finding.message
         else:
             assert not alarms and first["drift"]["score"] < 0.05, alarms

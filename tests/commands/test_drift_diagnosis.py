@@ -104,8 +104,68 @@ def test_swapped_channels_are_named_with_the_option(rgb, family):
 
 def test_an_inverted_input_is_named(rgb):
     models, folders = rgb
-    (finding,) = bn103(drift(models["onnx"], folders["inverted"], *OPTIONS))
+    report = drift(models["onnx"], folders["inverted"], *OPTIONS)
+    (finding,) = bn103(report)
     assert "inverting the input (255 - pixel)" in finding["message"]
+    # the inversion in the user's own options: --scale negated, --mean moved by a white pixel
+    (inverted,) = [c for c in report["drift"]["input_diagnosis"]["candidates"] if c["description"].startswith("inverting")]
+    words = shlex.split(inverted["options"])
+    assert words[0] == "--scale=-0.00392157" and words[1].startswith("--mean=-")
+    mean = np.array([float(v) for v in words[1].split("=", 1)[1].split(",")])
+    np.testing.assert_allclose(mean, np.array(TRAIN_MEAN) - 1.0, atol=1e-4)
+    assert words[2:] == ["--std", ",".join(f"{v:.4g}" for v in TRAIN_STD)]
+    fixed = drift(models["onnx"], folders["inverted"], *words)  # applied, the inverted images fit again
+    assert not bn103(fixed) and first_score(fixed) < 0.01 < first_score(report)
+
+
+def test_a_named_slip_is_said_beside_the_inferred_fix(rgb, tmp_path):
+    """Channels swapped AND the red one brightened: the inferred --mean/--std fixes more than
+    the channel swap alone, and the finding names the swap too, with its option and its score."""
+    models, folders = rgb
+    test = smooth_images(64, seed=1)[..., ::-1].astype(np.int64)
+    test[..., 0] += 30
+    both = write_images(tmp_path / "bgr_brighter", np.clip(test, 0, 255).astype(np.uint8))
+    report = drift(models["onnx"], both, *OPTIONS)
+    (finding,) = bn103(report)
+    diagnosis = report["drift"]["input_diagnosis"]
+    assert diagnosis["best"]["description"].startswith(diagnostics.INFERRED)
+    also = diagnosis["also"]
+    assert also["options"] == "--channel-order bgr" and also["score"] <= 0.9 * diagnosis["baseline"]
+    assert also["first_layer_score"] <= 0.9 * diagnosis["baseline_first_layer"]
+    assert (
+        f"of the usual slips, swapping the channel order (RGB -> BGR) (`--channel-order bgr`) helps most: "
+        f"{diagnosis['baseline_first_layer']:.3g} to {also['first_layer_score']:.3g}"
+    ) in finding["message"]
+
+
+def test_grey_images_stored_as_rgb_get_one_mean_and_std(rgb, tmp_path):
+    """DATA's three channels copies of one another: a per-channel fit cannot tell them apart, so
+    the expected input is fitted with one map for all channels and said with one value each."""
+    models, _ = rgb
+    grey = smooth_images(64, seed=2).astype(np.float64).mean(axis=-1)
+    folder = write_images(tmp_path / "grey", np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8))
+    report = drift(models["onnx"], folder)  # --mean/--std forgotten as well
+    inference = report["drift"]["input_diagnosis"]["inference"]
+    assert inference["tied"] == diagnostics.COPIED and "tied_fit" not in inference
+    inferred = [c for c in report["drift"]["input_diagnosis"]["candidates"] if c["description"].startswith(diagnostics.INFERRED)]
+    assert [c["description"] for c in inferred] == [diagnostics.INFERRED + " mean/std, one for all channels"]
+    words = shlex.split(inferred[0]["options"])
+    assert words[0] == "--mean" and "," not in words[1] and words[2] == "--std" and "," not in words[3]
+    assert len(set(inference["suggested"]["std"])) == 1
+    (finding,) = bn103(report)
+    assert diagnostics.COPIED in finding["message"]
+
+
+def test_a_per_channel_fit_no_pipeline_would_have_is_not_offered():
+    """Scales 19x apart on channels DATA spreads alike (grey text lines, slightly tinted) are
+    no preprocessing: the per-channel fit is replaced by one for all channels; scales close
+    together, or channels DATA spreads differently, keep it."""
+    alike = np.array([0.2286, 0.2286, 0.2235])
+    why = diagnostics._implausible(np.array([0.078, 1.45, 0.15]), alike)
+    assert why.startswith("a fit per channel needs scales 18.6x apart")
+    assert diagnostics._implausible(np.array([1.0, 1.2, 0.9]), alike) == ""
+    assert diagnostics._implausible(np.array([0.078, 1.45, 0.15]), np.array([0.05, 0.2, 0.1])) == ""
+    assert diagnostics._implausible(np.array([1.0]), np.array([0.2])) == ""
 
 
 def test_a_per_channel_mean_shift_is_named_and_corrected(rgb):

@@ -76,3 +76,28 @@ def test_without_border_or_correlation_it_is_the_textbook_formula():
     fit = fit_correction(probes, running_mean, np.array([4.0, 0.25]) * 9.0, 0.0, np.zeros(1))
     np.testing.assert_allclose(fit.scale, [3.0], rtol=1e-6)
     np.testing.assert_allclose(fit.mean, [3.0], atol=1e-6)
+
+
+def test_the_tied_fit_recovers_one_map_for_all_channels():
+    """Statistics accumulated under one affine map ``x' = a x + d`` of every channel (one
+    ``--mean``/``--std`` for all of them): the tied fit finds ``a`` and ``d`` (two numbers) and
+    matches the stored statistics exactly; the per-channel fit agrees, as it must when the
+    channels can be told apart."""
+    rng = np.random.default_rng(1)
+    x = _data(rng)
+    weight = torch.from_numpy(rng.normal(0, 0.3, (16, 3, 5, 5)))
+    bias = torch.from_numpy(rng.normal(0, 0.1, 16))
+    mean = x.mean(axis=(0, 2, 3))
+    a, d = 2.5, -0.7
+    running_mean, running_var = _conv(a * x + d, weight, bias)
+    probes = _probes(x, weight, bias)
+    tied = fit_correction(probes, running_mean, running_var, 0.0, mean, tied=True)
+    np.testing.assert_allclose(tied.scale, [a, a, a], rtol=1e-6)
+    np.testing.assert_allclose(tied.mean, d + a * mean, atol=1e-6)  # x' = a (x - m) + mu
+    assert tied.var_residual < 1e-8 and tied.mean_residual < 1e-8
+    own = fit_correction(probes, running_mean, running_var, 0.0, mean)
+    np.testing.assert_allclose(own.scale, tied.scale, rtol=1e-5)
+    # a map per channel that one map cannot give: the tied fit is left with a residual
+    scale = np.array([4.0, 1.0, 2.0])
+    running_mean, running_var = _conv(scale.reshape(1, 3, 1, 1) * x, weight, bias)
+    assert fit_correction(probes, running_mean, running_var, 0.0, mean, tied=True).var_residual > 1e-3
