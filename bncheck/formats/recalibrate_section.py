@@ -23,9 +23,29 @@ def _guard_lines(guard) -> list[str]:
     if not guard:
         return []
     verdict = "worse beyond noise" if guard.get("worse") else "better beyond noise" if _better(guard) else "not worse"
-    return [
-        f"check on {guard.get('samples')} held-out samples ({guard.get('basis')}): loss {fmt_num(guard.get('loss_before'))} -> "
+    samples = guard.get("samples") or 0
+    if verdict == "better beyond noise" and samples < FEW_HELD_OUT:
+        verdict = f"better, but on {samples} samples only, too few to tell"
+    line = (
+        f"check on {samples} held-out samples ({guard.get('basis')}): loss {fmt_num(guard.get('loss_before'))} -> "
         f"{fmt_num(guard.get('loss_after'))}, {verdict}"
+    )
+    return [line, *_confidence_lines(guard)]
+
+
+#: a held-out check on fewer samples than this says "better" without "beyond noise"
+FEW_HELD_OUT = 30
+
+
+def _confidence_lines(guard) -> list[str]:
+    """Without labels, where the recalibrated outputs are less confident on the held-out samples:
+    what drift's BN301 says of the same sign (DATA narrower than what the model was trained on)."""
+    before, after = guard.get("confidence_before"), guard.get("confidence_after")
+    if guard.get("basis") == "labels" or before is None or after is None or not after < before:
+        return []
+    return [
+        f"the outputs are less confident after recalibration ({before:.1%} -> {after:.1%}): DATA may be narrower than what the "
+        "model was trained on, and BN301 advises against recalibrating on such data; validate on labelled data before deploying OUT"
     ]
 
 
