@@ -91,10 +91,11 @@ class Ranking(Gate):
         """The ranking of ``reports`` (drift reports of the same DATA)."""
         entries = [_entry(index, report) for index, report in enumerate(reports)]
         key = ranking_key(entries)
+        fit = {e.index: _fit_severity(reports[e.index]) for e in entries}
         if key == "output_change":
-            entries.sort(key=lambda e: (math.isnan(e.score), _figure(e.output_change, "value"), _finite(e.score), e.index))
+            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _figure(e.output_change, "value"), _finite(e.score), e.index))
         else:
-            entries.sort(key=lambda e: (math.isnan(e.score), _finite(e.score), _figure(e.output_change, "value"), e.index))
+            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _finite(e.score), _figure(e.output_change, "value"), e.index))
         for rank, entry in enumerate(entries, 1):
             entry.rank = rank
         for entry, following in zip(entries, entries[1:], strict=False):
@@ -216,6 +217,21 @@ def _output_change(train_eval: StaleStatistics | None) -> dict[str, float] | Non
         noise = float(floor.relative_error) if floor.relative_error is not None else None
         return {"kind": "relative_error", "value": float(train_eval.relative_error), "noise": noise}
     return None
+
+
+#: the rules that judge how the stored statistics fit DATA (the ranking's own question)
+FIT_RULES = frozenset({"BN101", "BN102", "BN103", "BN301"})
+
+
+def _fit_severity(report: Report) -> int:
+    """2 where a fit rule (:data:`FIT_RULES`) reports an error on the model, 1 a warning, else 0:
+    the first key of the ranking, so that a model the gate finds unfit on DATA never ranks
+    above one it finds fitter, whatever a single figure says (a CTC recogniser whose statistics
+    came from darkened lines, BN101/BN102 errors and a fit score 8x worse, changed fewer of its
+    near-constant outputs than the original)."""
+    ranks = [f.severity.rank for f in report.findings if f.rule in FIT_RULES]
+    worst = max(ranks, default=0)
+    return 2 if worst >= Severity.ERROR.rank else 1 if worst >= Severity.WARNING.rank else 0
 
 
 def _verdict(report: Report) -> tuple[str, list[str]]:

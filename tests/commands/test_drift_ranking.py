@@ -357,3 +357,25 @@ def test_the_table_fits_narrow_terminals_with_names_and_figures_whole():
         assert all(column in heading for column in shown), (width, head)
         if width == 100:
             assert "/bn3/BatchNormalization" in [c for row in rows for c in row]
+
+
+def test_a_model_the_gate_finds_unfit_never_ranks_above_a_fitter_one(zoo, monkeypatch):
+    """The gate's verdict on the fit comes before any single figure: the copy whose statistics
+    came from inputs shifted by 2 (BN101/BN102 errors) ranks after the matching copy even where
+    its output change is made the smaller (as a CTC recogniser's near-constant outputs made it:
+    8.1% flips against 12.7% for the original, whose fit score was 8x better); without that
+    first key the output change alone would put it first."""
+    import bncheck
+    from bncheck.report import ranking as ranking_module
+
+    ranking = bncheck.rank_models([zoo["files"]["far"], zoo["files"]["match"]], zoo["data"])
+    far = next(r for r in ranking.reports if Path(str(r.model.path)).stem == "far")
+    assert {f.rule for f in far.findings if f.severity.value == "error"} & {"BN101", "BN102"}
+    fewer = {"kind": "top1_disagreement", "value": 0.02, "noise": 0.01}
+    more = {"kind": "top1_disagreement", "value": 0.2, "noise": 0.01}
+    monkeypatch.setattr(ranking_module, "_output_change", lambda te: fewer if te is far.result.train_eval else more)
+    reordered = ranking_module.Ranking.of(ranking.reports)
+    assert reordered.key == "output_change"
+    assert [Path(m.model).stem for m in reordered.models] == ["match", "far"]
+    monkeypatch.setattr(ranking_module, "_fit_severity", lambda report: 0)
+    assert [Path(m.model).stem for m in ranking_module.Ranking.of(ranking.reports).models] == ["far", "match"]
