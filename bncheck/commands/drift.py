@@ -280,6 +280,9 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     held_back = train_eval_held_back(evidence.train_eval, {**REGISTRY["BN301"].thresholds, **bn301})
     if held_back:
         notes.append(held_back)
+    no_classes = outputs.class_axis_note(evidence.train_eval)
+    if no_classes:
+        notes.append(no_classes)
     if options.train_batch_size >= 2:
         # where the batch scatter the main pass lets estimate is far below BN201's threshold the
         # rule cannot fire: its train-mode pass is skipped (DriftOptions.train_pass "always" runs it)

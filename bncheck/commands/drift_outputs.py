@@ -197,6 +197,26 @@ def output_axis(per_sample_axis: int | None, batch_axis: int | None) -> int | No
     return per_sample_axis if per_sample_axis < batch else per_sample_axis + 1
 
 
+#: without labels, a top-1 agreement below this makes the report say that the output may hold
+#: no class scores (a re-identification embedder's 1,280 features agreed 0.0%)
+CLASS_AXIS_HINT_BELOW = 0.5
+
+
+def class_axis_note(figures: StaleStatistics | None) -> str | None:
+    """The report's note where BN301 compared top-1 predictions without labels and found them
+    to agree less than :data:`CLASS_AXIS_HINT_BELOW`: an output that is an embedding or features,
+    not class scores, is compared by relative error with ``--class-axis none`` (None otherwise)."""
+    if figures is None or figures.accuracy_stored is not None or figures.top1_agreement is None:
+        return None
+    if not figures.top1_agreement < CLASS_AXIS_HINT_BELOW:
+        return None
+    axis = f"axis {figures.class_axis}" if figures.class_axis is not None else "its class axis"
+    return (
+        f"BN201/BN301 take top-1 predictions over the output's {axis} (top-1 agreement {figures.top1_agreement:.1%}); "
+        "if that axis holds no class scores (an embedding, features), `--class-axis none` compares the outputs by relative error"
+    )
+
+
 def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float) -> bool:
     """Whether the effect reaches BN301's warning threshold (as the rule reads it)."""
     if effect.agreement is not None:

