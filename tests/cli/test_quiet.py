@@ -105,3 +105,19 @@ def test_a_pt2_torch_cannot_deserialise_is_one_sentence_with_the_real_reason(tmp
     assert_clean(result.stderr)
     assert result.stderr.startswith("error: bad.pt2 cannot be loaded") and result.stderr.count("\n") == 1, result.stderr
     assert "no_such_op" in result.stderr and "warnings above" not in result.stderr
+
+
+def test_quiet_keeps_the_data_notes_off_stderr(tmp_path):
+    """``-q`` promises no notes on stderr: the loader's "N sample(s) contain NaN or Inf and were
+    excluded" went there all the same. Without ``-q`` it is said; with it, stderr stays empty
+    and the report still counts the excluded sample."""
+    x = np.load(REFERENCE)["x"][:64].astype(np.float32)
+    x[3, 0, 0, 0] = np.nan
+    np.save(tmp_path / "data.npy", x)
+    args = ("drift", str(SAMPLES / "digits_cnn.onnx"), str(tmp_path / "data.npy"), "-f", "json", "--mismatch-samples", "0")
+    loud = bncheck(*args, cwd=tmp_path)
+    assert loud.returncode in (0, 1), loud.stderr
+    assert "contain NaN or Inf and were excluded" in loud.stderr
+    quiet = bncheck(*args, "-q", cwd=tmp_path)
+    assert quiet.returncode == loud.returncode and quiet.stderr == "", quiet.stderr
+    assert json.loads(quiet.stdout)["data"]["nonfinite_samples"] == 1
