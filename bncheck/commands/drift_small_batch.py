@@ -76,8 +76,8 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int, sk
     if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
         note = (
             f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
-            f"({len(setting.sub)} samples); it needs {2 * batch_size}: raise --mismatch-samples (and give DATA as many "
-            f"samples) or lower --train-batch-size to at most {max(2, len(setting.sub) // 2)}"
+            f"({len(setting.sub)} samples); it needs {2 * batch_size}, which DATA and --mismatch-samples must both allow, "
+            f"or --train-batch-size at most {max(2, len(setting.sub) // 2)}"
         )
     else:
         worst, worst_value, worst_se = _worst_scatter(layers, per_layer, len(outs), scatter)
