@@ -101,7 +101,8 @@ def refine(
     pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`, the machinery of
     ``recalibrate --method exact``: each BN level measured with every level before it final,
     about one forward pass in all) solves it, and a last eval pass measures the residual
-    and gives the outputs. A model that cannot be cut is iterated with whole-model passes
+    and gives the outputs (where the level-by-level pass ran on the first samples only and its
+    move did not carry to the rest, once more level by level on every sample, then the check). A model that cannot be cut is iterated with whole-model passes
     instead, which settle one more BN level each (as many passes as the deepest chain of BN
     layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
     channel standard deviations, variance relative, both with the layer's eps, as
@@ -121,6 +122,7 @@ def refine(
         if staged is not None:
             stats, how, passes = staged, "level by level", 1
     best: Refined | None = None
+    widened = False
     prefix = _Prefix.of(setting, names, full, eps)
     while True:
         judged = prefix is not None and best is not None and how == "fixed-point passes"
@@ -142,6 +144,15 @@ def refine(
             best = Refined(stats, out, passes, move, False, how, levels, unstaged)
             if prefix is not None:
                 prefix.best = prefix.movement(stats, first)
+        if how == "level by level" and not widened and passes + 1 < max_passes and _staged_samples(setting, names) < len(setting.sub):
+            # the move measured on the first samples did not carry to the rest (sparse channels:
+            # a MobileNetV2's near-dead ReLU6 channels moved 0.1-0.3 and the fixed-point passes
+            # then diverged): once more level by level, on every sample the check runs on
+            staged, levels, unstaged = level_by_level(source, full, before, setting, names, every=True)
+            widened = True
+            if staged is not None:
+                stats, passes = staged, passes + 1
+                continue
         if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
             staged, levels, unstaged = level_by_level(source, full, before, setting, names)
             if staged is not None:
@@ -174,7 +185,9 @@ class _Subsample:
             yield SimpleNamespace(x=np.asarray(self.x[i : i + batch_size]))
 
 
-def level_by_level(source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str]) -> tuple[Statistics | None, int, str]:
+def level_by_level(
+    source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str], *, every: bool = False,
+) -> tuple[Statistics | None, int, str]:  # fmt: skip
     """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
     the subsample (:func:`_staged_samples`; each level's moments moved onto all of
     DATA, as those samples' moments with the stored statistics moved, before the next level is
@@ -182,11 +195,12 @@ def level_by_level(source: ModelSource, full: Statistics, before: Statistics, se
     difference on the same samples, so a few dozen give it to well within the tolerance the
     last eval pass then checks on the whole subsample. ``before``: the whole subsample's moments
     with the stored statistics, used (with the whole subsample) where the main pass kept no
-    per-sample moments to take those samples' from."""
+    per-sample moments to take those samples' from, or where ``every`` asks for every sample of
+    the subsample (the check's own samples: the fixed point is then exact on them)."""
     staged, why = backend_for(source).staged(source, names)
     if staged is None:
         return None, 0, why
-    k = _staged_samples(setting, names)
+    k = len(setting.sub) if every else _staged_samples(setting, names)
     base = setting.stored_moments(names, slice(0, k)) if k < len(setting.sub) else None
     if base is None:  # the whole subsample, whose moments with the stored statistics are known
         k = len(setting.sub)
