@@ -93,10 +93,10 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
-        if kwargs.get("quiet"):  # --quiet: no notes on stderr, the data loader's warnings among them
+        if kwargs.get("quiet"):  # --quiet: no notes on stderr, the data loader's among them (the device fallback stays)
             import logging
 
-            logging.getLogger("bncheck").setLevel(logging.ERROR)
+            logging.getLogger("bncheck.data").setLevel(logging.ERROR)
         try:
             return func(*args, **kwargs)
         except typer.Exit:

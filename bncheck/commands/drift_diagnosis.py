@@ -61,7 +61,7 @@ ONE_FOR_ALL = "one for all channels"
 IMPLAUSIBLE_RATIO = 3.0
 ALIKE_RATIO = 1.5
 COPIED = "DATA's channels are copies of one another (grey images stored as RGB): one mean and std fitted for all of them"
-ONE_FOR_ALL_WHY = "one mean and std for all channels fits the stored statistics nearly as well as one per channel (re-measured)"
+ONE_FOR_ALL_WHY = "one mean and std for all channels, re-measured, does as well as one per channel or nearly: the simpler fix"
 
 
 @dataclass
@@ -275,14 +275,23 @@ def diagnose_input(runners: Runners, layers, sub: np.ndarray, space: PixelSpace)
     tried.sort(key=lambda t: t["score"] if math.isfinite(t["score"]) else math.inf)
     best = _best(tried, baseline)
     also = _named_alternative(tried, best, baseline, baseline_first)
-    if best is not None and best["description"].endswith(ONE_FOR_ALL) and inference and "tied_fit" in inference:
-        inference = {**inference, **inference.pop("tied_fit"), "tied": ONE_FOR_ALL_WHY}  # the figures of the fit that won
+    inference = _winning_fit(inference, best)
     return InputDiagnosis(
         baseline=baseline, baseline_first_layer=baseline_first, candidates=[ScoredCandidate.from_dict(t) for t in tried],
         samples=int(len(sub)), layers=list(runners.verify_layers), inference=inference,
         best=ScoredCandidate.from_dict(best) if best is not None else None,
         also=ScoredCandidate.from_dict(also) if also is not None else None, images=space.images,
     )  # fmt: skip
+
+
+def _winning_fit(inference: dict | None, best: dict | None) -> dict | None:
+    """``inference`` saying what the fit that won says: where the one mean/std for all channels
+    is the fix, its figures replace the per-channel fit's (kept under ``per_channel_fit``)."""
+    if best is None or not best["description"].endswith(ONE_FOR_ALL) or not inference or "tied_fit" not in inference:
+        return inference
+    rest = {k: v for k, v in inference.items() if k != "tied_fit"}
+    own = {k: rest[k] for k in ("expected", "data", "mean_shift", "pixels", "residual", "suggested") if k in rest}
+    return {**rest, **inference["tied_fit"], "tied": ONE_FOR_ALL_WHY, "per_channel_fit": own}
 
 
 def _named_alternative(tried: list[dict], best: dict | None, baseline: float, first: float) -> dict | None:

@@ -189,7 +189,8 @@ def test_small_batch_scatter_of_a_single_batch_is_not_measurable(tmp_path):
     sb = report.result.small_batch
     assert sb.max_mean_scatter is None and sb.mean_scatter_se is None and sb.worst_layer is None
     assert "not measurable" in sb.note and "one full batch of 16 (24 samples)" in sb.note
-    assert "lower --train-batch-size to at most 12" in sb.note  # DATA itself may hold no more samples
+    assert "--train-batch-size at most 12" in sb.note  # DATA itself may hold no more samples
+    assert "which DATA and --mismatch-samples must both allow" in sb.note and "raise --mismatch-samples" not in sb.note
     assert any("not measurable" in note for note in report.notes)
     assert '"max_mean_scatter": null' in report.to_json()
     assert "BN201" not in {f.rule for f in report.findings}

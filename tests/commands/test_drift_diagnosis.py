@@ -228,3 +228,22 @@ def test_the_diagnosis_reads_at_most_diagnosis_samples(rgb, monkeypatch, cap):
         return
     assert max(seen) == cap and report["drift"]["input_diagnosis"]["samples"] == cap
     assert f"re-measured on {cap} samples" in bn103(report)[0]["message"]
+
+
+def test_the_simpler_fit_is_preferred_and_then_said():
+    """The choice among the inferred fixes: a named correction within 1.25x of the best score
+    first, then one mean/std for all channels within 1.25x of the per-channel fit; where the
+    latter wins, the inference says its figures (the per-channel ones kept beside)."""
+    per_channel = {"description": diagnostics.INFERRED + " mean/std", "options": "--mean 0.1,0.2,0.3 --std 1,2,3", "score": 0.010, "first_layer_score": 0.01}
+    one = {"description": diagnostics.INFERRED + " mean/std, one for all channels", "options": "--mean 0.2 --std 2", "score": 0.012, "first_layer_score": 0.01}
+    swap = {"description": "swapping the channel order (RGB -> BGR)", "options": "--channel-order bgr", "score": 0.0124, "first_layer_score": 0.01}
+    far = {**one, "score": 0.02}
+    assert diagnostics._best([per_channel, one, swap], 0.1) is swap
+    assert diagnostics._best([per_channel, one], 0.1) is one
+    assert diagnostics._best([per_channel, far], 0.1) is per_channel
+    assert diagnostics._best([per_channel, one], 0.015) is None  # nothing halves the drift
+    inference = {"affine": True, "expected": {"std": [1, 2, 3]}, "suggested": {"std": [1, 2, 3]}, "tied_fit": {"expected": {"std": [2, 2, 2]}, "suggested": {"std": [2, 2, 2]}}}
+    said = diagnostics._winning_fit(inference, one)
+    assert said["suggested"] == {"std": [2, 2, 2]} and said["tied"] == diagnostics.ONE_FOR_ALL_WHY and "tied_fit" not in said
+    assert said["per_channel_fit"]["suggested"] == {"std": [1, 2, 3]}
+    assert diagnostics._winning_fit(inference, per_channel) is inference
