@@ -38,6 +38,8 @@ def rank_models(models: Sequence[Any], data: Any, **drift_args: Unpack[DriftArgu
     inspect.signature(drift).bind(None, None, **drift_args)  # a keyword drift() does not take: TypeError before any work
     options = with_transform(drift_args.pop("options", None) or DriftOptions(), drift_args.pop("transform", None))
     arch, trust_pickle = drift_args.pop("arch", None), drift_args.get("trust_pickle", False)
+    if isinstance(models, (str, os.PathLike)):
+        raise UsageError(f"rank_models takes a list of models, not one path ({os.fspath(models)}); give [model_a, model_b, ...].")
     models = list(models)
     data = _check(models, as_data(data), options)
     with steps(options.progress, "drift", first="loading the models"):

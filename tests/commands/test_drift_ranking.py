@@ -283,6 +283,9 @@ def test_python_api_ranks_loaded_models_on_an_array(zoo):
         bncheck.rank_models([zoo["files"]["mean"], zoo["files"]["match"]], iter(list(x)))
     with pytest.raises(bncheck.BncheckError, match="at least two models"):
         bncheck.rank_models([zoo["files"]["mean"]], x)
+    for one in (str(zoo["files"]["mean"]), zoo["files"]["mean"]):  # a path, not a list: not its characters
+        with pytest.raises(bncheck.BncheckError, match=r"^rank_models takes a list of models, not one path .+; give \[model_a"):
+            bncheck.rank_models(one, x)
 
 
 def test_a_model_without_bn_layers_ranks_last_without_a_score(tmp_path):

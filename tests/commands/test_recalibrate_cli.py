@@ -51,7 +51,8 @@ def test_state_dict_output_loads_with_weights_only(tmp_path):
     out = tmp_path / "re.pt"
     assert run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--out", out, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
     state = torch.load(out, weights_only=True)
-    assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 132  # 17 batches; see exact_counter
+    # 17 batches; see exact_counter (132), and the 600 updates the sample model's EMA layers had stay
+    assert "bn1.running_mean" in state and int(state["bn1.num_batches_tracked"]) == 600
 
 
 def test_refuses_to_overwrite_model_or_out(tmp_path):
@@ -319,3 +320,35 @@ def test_a_gain_on_a_few_held_out_samples_is_not_called_beyond_noise_and_lost_co
     assert _guard_lines(many) == [f"check on {FEW_HELD_OUT} held-out samples (agreement with batch-statistics outputs): loss 1 -> 0.5, better beyond noise"]
     labelled = {**few, "samples": 64, "basis": "labels"}  # with labels the accuracy decides; no confidence advice
     assert len(_guard_lines(labelled)) == 1
+
+
+def test_a_checkpoint_comes_back_in_its_own_container(tmp_path):
+    """A state dict inside a training checkpoint ({"epoch", "state_dict": {"module.…"},
+    "optimizer"}): the recalibrated file is the same checkpoint, its other entries and the
+    ``module.`` prefix kept, only the BN buffers new (it came back as a bare state dict, the
+    vocabulary of a real OCR checkpoint lost with the rest); an EMA layer's counter keeps the
+    updates it had where they exceed exact_counter's."""
+    import torch
+
+    plain = torch.load(SAMPLES / "digits_cnn.pt", weights_only=True)
+    state = {f"module.{k}": (torch.tensor(50_000) if k.endswith("num_batches_tracked") else v) for k, v in plain.items()}
+    checkpoint = {"epoch": 12, "state_dict": state, "optimizer": {"lr": 0.01}, "idx2char": ["a", "b"]}
+    source = tmp_path / "ckpt.pt"
+    torch.save(checkpoint, source)
+    out = tmp_path / "re.pt"
+    result = run("recalibrate", source, SHIFTED, "--out", out, "--arch", ARCH, "-q", "--holdout", "0")
+    assert result.exit_code == 0, result.output
+    back = torch.load(out, weights_only=True)
+    assert list(back) == list(checkpoint) and back["epoch"] == 12 and back["optimizer"] == {"lr": 0.01} and back["idx2char"] == ["a", "b"]
+    assert list(back["state_dict"]) == list(state)
+    changed = {k for k in state if not torch.equal(state[k], back["state_dict"][k])}
+    assert changed == {f"module.{n}.running_{s}" for n in ("bn1", "bn2", "bn3") for s in ("mean", "var")}
+    assert int(back["state_dict"]["module.bn1.num_batches_tracked"]) == 50_000
+    assert run("audit", out, "--arch", ARCH, "--fail-on", "warning", "-q").exit_code == 0
+    again = run("drift", out, SHIFTED, "--arch", ARCH, "-f", "json", "--mismatch-samples", "0")
+    assert again.exit_code == 0, again.output
+    bare = tmp_path / "re.safetensors"  # safetensors hold tensors only: the state dict, bare
+    assert run("recalibrate", source, SHIFTED, "--out", bare, "--arch", ARCH, "-q", "--holdout", "0").exit_code == 0
+    from safetensors.torch import load_file
+
+    assert set(load_file(bare)) == set(plain)

@@ -33,6 +33,7 @@ from bncheck.backends.torch.fold_module import fold_module
 from bncheck.backends.torch.fold_script import fold_torchscript
 from bncheck.backends.torch.folded_state import load_folded_state_dict
 from bncheck.backends.torch.infer_inputs import infer_module_inputs
+from bncheck.backends.torch.loading import rewrapped
 from bncheck.backends.torch.runner import TorchRunner
 from bncheck.backends.torch.source import (
     NEEDS_ARCH,
@@ -195,7 +196,11 @@ class TorchBackend(Backend):
         if kind == "state-dict":
             if source.format == "torchscript":
                 raise UsageError("a TorchScript model is written back as TorchScript (.ts or .pt), not as a state dict.")
-            return write.write_state_dict(module.state_dict(), out, {"bncheck": "recalibrated"})
+            state = module.state_dict()
+            wrapped = rewrapped(source.path, state) if Path(out).suffix.lower() != ".safetensors" else None
+            if wrapped is not None:  # the checkpoint it came from: same container, entries and key prefixes
+                return write.write_checkpoint(wrapped, out)
+            return write.write_state_dict(state, out, {"bncheck": "recalibrated"})
         if kind == "torchscript":
             if source.format != "torchscript":
                 try:

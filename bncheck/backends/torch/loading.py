@@ -222,6 +222,49 @@ def unwrap_checkpoint(obj: Any, path: Path) -> Any:
     )
 
 
+def rewrapped(path: Path | None, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (``torch.load`` with ``weights_only``) with the model's state
+    dict inside it replaced by ``state``: the same container (``model_state_dict``, ``state_dict``
+    ...), its other entries (vocabularies, epoch, metrics, optimizer) and the key prefixes
+    (``module.``) that loading stripped. None where ``path`` holds no such checkpoint (a bare state
+    dict without prefixes, a whole module, safetensors) or cannot be read again without pickle."""
+    if path is None or Path(path).suffix.lower() == ".safetensors":
+        return None
+    torch = import_torch()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a pickled checkpoint: its wrapper cannot be re-read safely, the state dict is written bare
+        return None
+    out = _rewrap(obj, state)
+    return out if out is not None and (not is_tensor_mapping(obj) or list(out) != list(state)) else None
+
+
+def _rewrap(obj: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+    torch = import_torch()
+    if is_tensor_mapping(obj):
+        prefix = _wrapper_prefix([k for k, v in obj.items() if isinstance(v, torch.Tensor)])
+        out = {k: (state.get(k[len(prefix) :], v) if isinstance(v, torch.Tensor) and k.startswith(prefix) else v) for k, v in obj.items()}
+        out.update({prefix + k: v for k, v in state.items() if prefix + k not in out})
+        return out
+    if isinstance(obj, Mapping):
+        for key in CHECKPOINT_KEYS:
+            inner = _rewrap(obj[key], state) if key in obj else None
+            if inner is not None:
+                return {**obj, key: inner}
+    return None
+
+
+def _wrapper_prefix(keys: list[str]) -> str:
+    """The ``module.``/``_orig_mod.`` prefixes every key carries, as :func:`strip_wrapper_prefixes` strips them."""
+    prefix, changed = "", True
+    while changed and keys:
+        changed = False
+        for candidate in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix + candidate) for k in keys):
+                prefix, changed = prefix + candidate, True
+    return prefix
+
+
 def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes carried by every key."""
     changed = True

@@ -55,7 +55,7 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
                 target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
             counter = state.get(f"{name}.num_batches_tracked")
             if counter is not None and num_batches is not None:
-                counter.fill_(exact_counter(num_batches, momenta.get(name)))
+                counter.fill_(_counter(counter, num_batches, momenta.get(name)))
         return ExportSource(program, path=source.path)
     if not isinstance(source, TorchModuleSource):
         raise UsageError(
@@ -72,10 +72,20 @@ def with_statistics(source: ModelSource, stats: Statistics, num_batches: int | N
                 target.copy_(torch.as_tensor(np.asarray(values, np.float64), dtype=target.dtype))
             counter = buffers.get("num_batches_tracked")
             if counter is not None and num_batches is not None:
-                counter.fill_(exact_counter(num_batches, momenta.get(name)))
+                counter.fill_(_counter(counter, num_batches, momenta.get(name)))
     clone = TorchModuleSource(module, path=source.path, format=source.format)
     clone.arch = getattr(source, "arch", None)
     return clone
+
+
+def _counter(counter, num_batches: int, momentum: float | None) -> int:
+    """The counter written: :func:`exact_counter`, and for an EMA layer never below the one it
+    had (a checkpoint trained for 3.9 million updates keeps them; its counter only says the
+    initial values are forgotten, which they are)."""
+    exact = exact_counter(num_batches, momentum)
+    if momentum is None or not 0.0 < float(momentum) < 1.0:
+        return exact
+    return max(exact, int(counter.item()))
 
 
 def _bn_buffers(modules: dict, layers: dict, name: str, mean: Any, var: Any) -> dict[str, torch.Tensor]:

@@ -39,3 +39,20 @@ def write_state_dict(state: dict, out: Path, metadata: dict[str, str] | None = N
     else:
         write_atomically(out, lambda tmp: torch.save(plain, tmp))
     return [out]
+
+
+def write_checkpoint(checkpoint: dict, out: Path) -> list[Path]:
+    """A checkpoint container (``torch.save``; loads with ``weights_only=True`` as the one it
+    came from did), its tensors with their own contiguous storage."""
+    out = Path(out)
+
+    def own(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().contiguous().clone()
+        if isinstance(value, dict):
+            return {k: own(v) for k, v in value.items()}
+        return value
+
+    plain = own(checkpoint)
+    write_atomically(out, lambda tmp: torch.save(plain, tmp))
+    return [out]
