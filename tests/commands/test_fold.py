@@ -226,3 +226,25 @@ def test_report_to_file_and_torch_speedup(cli, tmp_path):
     assert report["fold"]["timing"]["runtime"] == "torch eager"
     assert report["fold"]["speedup"] > 0
     assert report["fold"]["parameters"]["after"] < report["fold"]["parameters"]["before"]
+
+
+@pytest.mark.parametrize("shape", [None, "1,1,8,8"])
+def test_a_torch_model_folded_to_onnx_keeps_a_dynamic_batch_and_says_which_sizes_it_takes(cli, tmp_path, shape):
+    """A state dict folded to ONNX: the batch axis stays dynamic, also where --input-shape gives a
+    batch of one (torch.export specialised it to 1 and torch warned on stderr), and the report
+    says that the other axes are fixed to the verification input's, pointing to --input-shape."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    out = tmp_path / "folded.onnx"
+    extra = ["--input-shape", shape] if shape else []
+    result = cli("fold", SAMPLES / "digits_cnn.pt", "--arch", DIGITS_ARCH, "--out", out, "-f", "json", "--no-timing", *extra)
+    assert result.exit_code == 0, result.stderr
+    assert "specialized" not in result.stderr and "Dim.AUTO" not in result.stderr
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [1, 8, 8]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
+    notes = _json(result)["notes"]
+    assert any("takes any batch size but only per-sample inputs of 1x8x8" in n and "--input-shape" in n for n in notes), notes

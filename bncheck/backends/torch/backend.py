@@ -139,7 +139,7 @@ class TorchBackend(Backend):
         if kind in ("module", "state-dict", "pickle"):
             return folded.model, []
         try:
-            return convert(folded.model, kind, execute.as_tensors(example))
+            artifact, notes = convert(folded.model, kind, execute.as_tensors(example))
         except BncheckError:
             raise
         except Exception as exc:
@@ -147,6 +147,9 @@ class TorchBackend(Backend):
                 f"the folded model cannot be converted to {output.OUTPUT_KINDS.get(kind, kind)} "
                 f"({type(exc).__name__}: {first_line(exc, 200)}); choose another output kind with --to."
             ) from exc
+        if kind in ("onnx", "export") and source.format != "export":
+            notes = [*notes, _fixed_sizes_note(kind, example)]
+        return artifact, notes
 
     def executable(self, model: Any, kind: str | None = None, *, optimize: bool = False) -> Executable:
         if kind == "onnx":  # a torch model folded to ONNX: the onnx package only for that
@@ -248,3 +251,15 @@ class TorchBackend(Backend):
 
 
 BACKEND = TorchBackend()
+
+
+def _fixed_sizes_note(kind: str, example: Batch) -> str:
+    """What a torch model converted to ONNX or torch.export keeps of its input sizes: the batch
+    stays dynamic, every other axis is the verification input's (torch.export traces the model's
+    own size arithmetic, a CRNN's sequence length among it, at that size)."""
+    shapes = ", ".join("x".join(str(d) for d in tuple(getattr(x, "shape", ()))[1:]) for x in example)
+    what = output.OUTPUT_KINDS.get(kind, kind)
+    return (
+        f"the {what} output takes any batch size but only per-sample inputs of {shapes} (the verification input's): "
+        "fold with --input-shape at the size the model runs at in production"
+    )

@@ -56,7 +56,15 @@ def _drop_string_annotations(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def _two_samples(example: tuple) -> tuple:
+    """``example`` with a batch of one sample doubled: torch.export specialises an axis whose
+    example size is 0 or 1 (``--input-shape 1,1,48,512`` gave an ONNX graph of batch 1 only and a
+    warning from torch on stderr), so the batch is traced at 2."""
+    return tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in example)
+
+
 def _export(model, example: tuple):
+    example = _two_samples(example)
     dynamic = tuple({0: Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in example)
     try:
         return torch.export.export(model, example, dynamic_shapes=dynamic)
@@ -72,7 +80,7 @@ def _to_onnx(model, example: tuple):
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            onnx_program = torch.onnx.export(program, example, dynamo=True, optimize=True, verbose=False)
+            onnx_program = torch.onnx.export(program, _two_samples(example), dynamo=True, optimize=True, verbose=False)
     finally:
         quiet.setLevel(level)
     return onnx_program.model_proto
