@@ -6,7 +6,8 @@ A part is the ``--save-stats`` ``.npz`` file: per layer ``LAYER/data_count``,
 ``LAYER/data_mean``, ``LAYER/data_m2`` (Chan's moments, float64), ``LAYER/data_var`` and the
 model's ``LAYER/running_mean``/``running_var``, plus ``__meta__`` (JSON) saying where the
 numbers come from (with ``LAYER/even_count|mean|m2`` and ``LAYER/odd_...``, the moments of
-the even and odd batches: BN101/BN102's split-half noise floor, in ``.npz`` files):
+the even and odd batches: BN101/BN102's split-half noise floor; in ``.parquet`` files the
+columns ``even_count|mean|m2`` and ``odd_...``, -1/NaN where a layer has none):
 
 * ``model_sha256``, ``layers`` (names and channels), ``bncheck_version``;
 * ``signature``: how samples were made (kind, per-sample shape, model input, the reader's
@@ -201,6 +202,11 @@ def _read_parquet(path: Path, arrays: bool) -> tuple[dict[str, Any], dict[str, d
             fields["data_count"] = int(group["data_count"].iloc[0])
             if np.isnan(fields["running_mean"]).all():
                 del fields["running_mean"], fields["running_var"]
+            for half in ("even", "odd"):  # the split-half moments (BN101/BN102's noise floor), where saved
+                if f"{half}_count" in group and int(group[f"{half}_count"].iloc[0]) >= 0:
+                    fields[f"{half}_count"] = int(group[f"{half}_count"].iloc[0])
+                    fields[f"{half}_mean"] = group[f"{half}_mean"].to_numpy(np.float64)
+                    fields[f"{half}_m2"] = group[f"{half}_m2"].to_numpy(np.float64)
             columns[str(name)] = fields
     return meta, columns
 
@@ -247,10 +253,11 @@ def _frame(stats: StatsFile):
     import pandas as pd
 
     rows = []
+    halves = tuple(zip(stats.halves or (), ("even", "odd"), strict=False))
     for name, m in stats.moments.items():
         mean, var = stats.running.get(name, (None, None))
         for c in range(len(m.mean)):
-            rows.append({
+            row = {
                 "layer": name,
                 "channel": c,
                 "data_count": int(m.count),
@@ -259,7 +266,13 @@ def _frame(stats: StatsFile):
                 "data_m2": float(m.m2[c]),
                 "running_mean": float(mean[c]) if mean is not None else np.nan,
                 "running_var": float(var[c]) if var is not None else np.nan,
-            })  # fmt: skip
+            }
+            for half, key in halves:  # -1 / NaN: this layer has no such half
+                part = half.get(name)
+                row[f"{key}_count"] = int(part.count) if part is not None else -1
+                row[f"{key}_mean"] = float(part.mean[c]) if part is not None else np.nan
+                row[f"{key}_m2"] = float(part.m2[c]) if part is not None else np.nan
+            rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs["bncheck"] = stats.meta
     return frame
