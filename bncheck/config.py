@@ -214,6 +214,7 @@ def load_settings(
     for spec in thresholds or []:
         code, name, number = parse_threshold(spec)
         _set_threshold(settings, code, name, number, Source("flag", "--threshold"))
+    _check_order(settings)
     return settings
 
 
@@ -242,7 +243,11 @@ def _value(key: str, value: Any) -> Any:
             raise UsageError(f"must be one of: {', '.join(allowed)}, not {value!r}.")
         return text
     if key in ("select", "ignore"):
-        return _split([value] if isinstance(value, str) else [str(v) for v in value])
+        codes = _split([value] if isinstance(value, str) else [str(v) for v in value])
+        for pattern in codes:  # refused here, where the message can say which file or option gave it
+            if not any(code.startswith(pattern.strip().upper()) for code in REGISTRY):
+                raise UsageError(f"{pattern} matches no rule; `bncheck rules` lists them.")
+        return codes
     if key in ("train_batch_size", "mismatch_samples"):
         minimum = 1 if key == "train_batch_size" else 0
         try:
@@ -321,13 +326,32 @@ def _unknown_variable(name: str) -> str:
 
 
 def _set_threshold(settings: Settings, code: str, name: str, number: Any, source: Source) -> None:
-    _validate_threshold(code, name)
+    where = f"{source.where}: " if source.kind == "file" else ""
+    try:
+        _validate_threshold(code, name)
+    except UsageError as exc:
+        raise UsageError(f"{where}{exc}") from None
     try:
         settings.thresholds.setdefault(code, {})[name] = float(number)
     except (TypeError, ValueError) as exc:
-        where = f"{source.where}: " if source.kind == "file" else ""
         raise UsageError(f"{where}threshold {code}.{name} must be a number, not {number!r}.") from exc
     settings.sources[f"thresholds.{code}.{name}"] = source
+
+
+def _check_order(settings: Settings) -> None:
+    """A rule's warning threshold above its error threshold (the defaults filled in) is refused,
+    naming where each came from: the warning would never come before the error."""
+    for code, table in settings.thresholds.items():
+        merged = {**REGISTRY[code].thresholds, **table}
+        warning, error = merged.get("warning"), merged.get("error")
+        if warning is None or error is None or warning <= error:
+            continue
+        where = {name: settings.sources.get(f"thresholds.{code}.{name}") for name in ("warning", "error")}
+        said = "; ".join(f"{code}.{name} = {merged[name]:g} from {src.where}" for name, src in where.items() if src is not None)
+        raise UsageError(
+            f"threshold {code}.warning ({warning:g}) is above {code}.error ({error:g}) ({said}): a warning would never come "
+            "before the error; lower the warning or raise the error."
+        )
 
 
 def _split(values: list[str]) -> list[str]:

@@ -95,3 +95,29 @@ def test_an_unknown_bncheck_variable_warns_with_the_nearest_name(cli, monkeypatc
 def test_every_setting_has_its_variable():
     assert set(ENV_NAMES.values()) == set(CONFIG_KEYS) - {"data"}
     assert ENV_NAMES["BNCHECK_TRAIN_BATCH_SIZE"] == "train_batch_size" and ENV_NAMES["BNCHECK_CHANNEL_ORDER"] == "channel_order"
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ('[tool.bncheck]\nignore = "BN999"\n', ["'ignore'", "BN999 matches no rule"]),
+        ('[tool.bncheck]\nselect = ["BN1", "XX"]\n', ["'select'", "XX matches no rule"]),
+        ("[tool.bncheck]\nthresholds = { BN101 = { warnign = 0.3 } }\n", ["rule BN101 has no threshold 'warnign'"]),
+        (
+            "[tool.bncheck]\nthresholds = { BN101 = { warning = 2.0, error = 0.5 } }\n",
+            ["threshold BN101.warning (2) is above BN101.error (0.5)", "lower the warning or raise the error"],
+        ),
+    ],
+)
+def test_a_bad_rule_setting_in_the_file_names_the_file(cli, assert_usage_error, tmp_path, text, needles):
+    """Unknown rule codes in select/ignore, an unknown threshold name, and a warning threshold
+    above the error one: each refused with the config file named (they were said as if given on
+    the command line, and the inverted thresholds were taken silently)."""
+    config = tmp_path / "bncheck.toml"
+    config.write_text(text)
+    assert_usage_error(cli("audit", DIGITS, "--config", config), str(config), *needles)
+
+
+def test_inverted_thresholds_on_the_command_line_are_refused_too(cli, assert_usage_error):
+    assert_usage_error(cli("audit", DIGITS, "-t", "BN101.warning=3"), "BN101.warning (3) is above BN101.error (0.5)", "--threshold")
+    assert cli("audit", DIGITS, "-t", "BN101.warning=3", "-t", "BN101.error=4").exit_code == 0

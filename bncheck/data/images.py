@@ -162,7 +162,7 @@ def resolve_image_plan(
         if values is not None and len(values) not in (1, channels):
             raise UsageError(
                 f"--{name} has {len(values)} values but the images have {channels} channel(s) "
-                f"({'grayscale' if grayscale else 'RGB'}); give 1 or {channels} values."
+                f"({'grayscale' if grayscale else 'RGB'}); give {'one value' if channels == 1 else f'1 or {channels} values'}."
             )
     return ImagePlan(
         size=options.size,
