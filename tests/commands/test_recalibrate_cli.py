@@ -352,3 +352,12 @@ def test_a_checkpoint_comes_back_in_its_own_container(tmp_path):
     from safetensors.torch import load_file
 
     assert set(load_file(bare)) == set(plain)
+
+
+def test_a_state_dict_to_onnx_is_refused_with_the_way_there(tmp_path):
+    """recalibrate writes PyTorch models back as PyTorch; asked for .onnx it says how to get one
+    (recalibrate, then fold converts and verifies), exits 2 and writes nothing."""
+    out = tmp_path / "r.onnx"
+    result = run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--arch", ARCH, "--out", out)
+    assert result.exit_code == 2 and not out.exists()
+    assert "then `bncheck fold OUT -o model.onnx` converts it" in " ".join(result.output.split())

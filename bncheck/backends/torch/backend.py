@@ -215,6 +215,11 @@ class TorchBackend(Backend):
             return write.write_pickle(module, out)
         if kind == "export":
             raise UsageError("recalibrate writes PyTorch models back in the same family: use .pt/.pth or .safetensors for a state dict.")
+        if kind == "onnx":
+            raise UsageError(
+                f"recalibrate writes a {source.format} model back as PyTorch (.pt/.pth, .safetensors or .ts); for ONNX, "
+                "recalibrate to one of those, then `bncheck fold OUT -o model.onnx` converts it (verified)."
+            )
         raise UsageError(f"cannot write a {source.format} model as {kind}.")
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
