@@ -75,6 +75,12 @@ def test_several_models_in_one_audit_give_one_document_per_format(tmp_path):
     body = json.loads(run("-f", "json").stdout)
     assert body["passed"] is False and [r["model"]["path"] for r in body["reports"]] == [GOOD, BROKEN]
     assert [r["summary"]["passed"] for r in body["reports"]] == [True, False]
+    assert body["kind"] == "reports" and body["tool"]["name"] == "bncheck" and isinstance(body["schema_version"], int)
+    # the readers of one report say what the document is and how to take one out
+    (tmp_path / "multi.json").write_text(json.dumps(body))
+    for command in (["report", str(tmp_path / "multi.json")], ["audit", GOOD, "--baseline", str(tmp_path / "multi.json")]):
+        refused = subprocess.run(["bncheck", *command], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and "holds 2 reports" in refused.stderr and "jq '.reports[0]'" in refused.stderr, refused.stderr
     sarif = json.loads(run("-f", "sarif").stdout)
     (only,) = sarif["runs"]
     assert [a["location"]["uri"] for a in only["artifacts"]] == [GOOD, BROKEN]

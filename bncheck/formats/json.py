@@ -12,7 +12,18 @@ def render(report: Report, **_: object) -> str:
 
 
 def combine(texts: list[str], reports: list[Report]) -> str:
-    """Several reports: ``{"passed": all passed, "reports": [report, ...]}`` (each one the
-    contract's shape)."""
-    body = {"passed": all(r.passed for r in reports), "reports": [json.loads(text) for text in texts]}
+    """Several reports (``audit A B ...``): ``{"schema_version", "tool", "kind": "reports",
+    "passed": all passed, "reports": [report, ...]}``, each one the contract's shape; the first
+    keys say what the document is, so that a reader (``bncheck report``, ``diff``,
+    ``--baseline``) can tell it from one report and say how to take one out."""
+    from bncheck._version import __version__
+    from bncheck.report.schema import SCHEMA_VERSION
+
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "bncheck", "version": __version__},
+        "kind": "reports",
+        "passed": all(r.passed for r in reports),
+        "reports": [json.loads(text) for text in texts],
+    }
     return json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False) + "\n"

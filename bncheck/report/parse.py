@@ -28,6 +28,12 @@ LAYER_FIELDS = (
 def check_report(data: Any, source: str) -> dict[str, Any]:
     """``data`` when it is a valid bncheck report; else :class:`UsageError` naming ``source``
     and the first problem."""
+    several = isinstance(data, dict) and isinstance(data.get("reports"), list) and data.get("kind") in ("reports", None)
+    if several and "passed" in data:  # audit A B ... --format json: one document of several reports
+        raise UsageError(
+            f"{source} holds {len(data['reports'])} reports (one per model of a run on several models), not one; "
+            "take one out (jq '.reports[0]') or write each model's report with its own --format json run."
+        )
     if not isinstance(data, dict) or "schema_version" not in data or not isinstance(data.get("tool"), dict):
         raise UsageError(f"{source} is not a bncheck JSON report (make one with --format json).")
     if data.get("kind") == "ranking" and isinstance(data.get("reports"), list):
