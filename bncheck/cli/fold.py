@@ -10,10 +10,11 @@ import typer
 from bncheck.cli.bundles import GateArgs, ModelArgs, ModelReportArgs
 from bncheck.cli.command import command
 from bncheck.cli.common import output_file
-from bncheck.cli.fold_options import FoldCheckArgs
+from bncheck.cli.fold_options import FoldCheckArgs, VerifyDataArgs
 from bncheck.cli.model_options import ModelArg, ToOpt, model_writing_run
 from bncheck.commands.fold import fold as run_fold
 from bncheck.commands.progress import steps
+from bncheck.errors import BncheckError
 
 app = typer.Typer()
 
@@ -39,6 +40,7 @@ def fold(
         bool | None,
         typer.Option("--timing/--no-timing", help="Measure the inference speedup (default: on for PyTorch; off for ONNX, which onnxruntime fuses itself)."),
     ] = None,
+    data: VerifyDataArgs,
     model_args: ModelArgs,
     gate: GateArgs,
     report: ModelReportArgs,
@@ -49,6 +51,10 @@ def fold(
         "fold", "folded model", model, out, gate=gate, report=report,
         inputs={"DATA": [check.verify], "baseline": [report.baseline]},
     )
+    given = data.given()
+    if given and check.verify is None:
+        raise BncheckError(f"--{next(iter(given)).replace('_', '-')} says how --verify DATA is read; give --verify DATA, or drop it.")
+    settings.options.update(given)  # over the config file's data options, as drift's options are
     with steps(report.progress(settings), "fold"):
         result = run_fold(
             model, out, to=to, affine=affine, force=force, timing=timing, settings=settings,

@@ -5,11 +5,19 @@ tolerances it must meet. One bundle (:mod:`bncheck.cli.bundles`), handed to
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from bncheck.cli.data_options import DataArgs
+
+#: the image options of drift and recalibrate, the same flags and help, for ``--verify DATA``
+_DATA = typing.get_type_hints(DataArgs, include_extras=True)
+SizeOpt, CropOpt, ScaleOpt, MeanOpt, StdOpt = (_DATA[name] for name in ("size", "crop", "scale", "mean", "std"))
+ChannelOrderOpt, GrayscaleOpt, LayoutOpt = (_DATA[name] for name in ("channel_order", "grayscale", "layout"))
 
 
 @dataclass
@@ -35,3 +43,22 @@ class FoldCheckArgs:
     def fold_kwargs(self) -> dict[str, Any]:
         """The keywords of :func:`bncheck.commands.fold.fold` these options set."""
         return asdict(self)
+
+
+@dataclass
+class VerifyDataArgs:
+    """How ``--verify DATA``'s images are read: the image options of drift and recalibrate
+    (a whole-model check on real data ran with the default x/255 whatever the model expects)."""
+
+    size: SizeOpt = None
+    crop: CropOpt = None
+    scale: ScaleOpt = None
+    mean: MeanOpt = None
+    std: StdOpt = None
+    channel_order: ChannelOrderOpt = None
+    grayscale: GrayscaleOpt = None
+    layout: LayoutOpt = None
+
+    def given(self) -> dict[str, Any]:
+        """The options given, as settings of the data (over the config file's)."""
+        return {name: value for name, value in asdict(self).items() if value is not None}

@@ -117,12 +117,12 @@ def preprocessing_pipeline(data: dict[str, Any]) -> str | None:
 
 
 def limit_note(data: dict[str, Any]) -> str:
-    """`` (--limit N: N of its M files, spread evenly over it)`` where ``--limit`` chose files
-    spread over DATA; empty otherwise."""
+    """`` (N of its M files, spread evenly over it)`` where a limit (drift's and recalibrate's
+    ``--limit``, fold's ``--samples``) chose files spread over DATA; empty otherwise."""
     spread = data.get("limit_spread")
     if not isinstance(spread, dict):
         return ""
-    return f" (--limit {data.get('limit')}: {spread.get('files')} of its {spread.get('of')} files, spread evenly over it)"
+    return f" ({spread.get('files')} of its {spread.get('of')} files, spread evenly over it)"
 
 
 def data_summary(data: dict[str, Any]) -> str:

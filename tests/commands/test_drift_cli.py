@@ -161,4 +161,4 @@ def test_limit_on_the_clean_class_folders_passes(limit):
     assert data["samples"] == int(limit) and data["samples_available"] == 540
     assert data["limit_spread"] == {"files": int(limit), "of": 540}
     text = run("drift", SAMPLES / "digits_cnn.onnx", DIGITS / "reference", "--limit", limit)
-    assert f"--limit {limit}: {limit} of its 540 files, spread evenly over it" in " ".join(text.stdout.split())
+    assert f"{limit} samples, batch size 32 ({limit} of its 540 files, spread evenly over it)" in " ".join(text.stdout.split())

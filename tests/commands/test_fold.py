@@ -248,3 +248,19 @@ def test_a_torch_model_folded_to_onnx_keeps_a_dynamic_batch_and_says_which_sizes
     assert session.run(None, {session.get_inputs()[0].name: np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
     notes = _json(result)["notes"]
     assert any("takes any batch size but only per-sample inputs of 1x8x8" in n and "--input-shape" in n for n in notes), notes
+
+
+def test_verify_data_is_read_with_the_image_options_given(cli, digits, tmp_path):
+    """``fold --verify DATA`` takes drift's image options (it refused --mean: the whole-model
+    check on real data always ran with the default x/255); they need --verify."""
+    out = tmp_path / "folded.onnx"
+    reference = SAMPLES / "data" / "digits" / "reference"
+    result = cli("fold", digits, "--out", out, "-f", "json", "--no-timing", "--verify", reference, "--samples", "16", "--scale", "1", "--mean", "3", "--std", "2")
+    assert result.exit_code == 0, result.stderr
+    body = _json(result)
+    pre = body["data"]["preprocessing"]
+    assert pre["scale"] == 1 and pre["mean"] == [3.0] and pre["std"] == [2.0]
+    assert body["verification"]["inputs_used"]["origin"] == "data" and body["verification"]["passed"] is True
+    alone = cli("fold", digits, "--out", tmp_path / "other.onnx", "--mean", "0.5")
+    assert alone.exit_code == 2 and "--mean says how --verify DATA is read" in alone.stderr
+    assert not (tmp_path / "other.onnx").exists()
