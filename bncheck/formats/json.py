@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from bncheck._version import __version__
 from bncheck.report.report import Report
+from bncheck.report.schema import SCHEMA_VERSION
 
 
 def render(report: Report, **_: object) -> str:
@@ -16,9 +18,6 @@ def combine(texts: list[str], reports: list[Report]) -> str:
     "passed": all passed, "reports": [report, ...]}``, each one the contract's shape; the first
     keys say what the document is, so that a reader (``bncheck report``, ``diff``,
     ``--baseline``) can tell it from one report and say how to take one out."""
-    from bncheck._version import __version__
-    from bncheck.report.schema import SCHEMA_VERSION
-
     body = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "bncheck", "version": __version__},
