@@ -5,6 +5,7 @@ The CLI only parses and renders; the work happens in the Python API.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -86,6 +87,25 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+@contextlib.contextmanager
+def quiet_data_notes(quiet: bool):
+    """Under ``--quiet``, the data loader's logged notes (NaN/Inf samples excluded) stay off
+    stderr for the command (restored after it: one process may run several, as the tests do);
+    the ``--device auto`` fallback warning stays."""
+    if not quiet:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("bncheck.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def handle_errors(func):
     """Turn BncheckError into one line on stderr and exit 2; unexpected errors too (with the
     traceback only under --debug)."""
@@ -93,12 +113,9 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         interrupt_on_sigterm()  # temporary files are removed on SIGTERM as on Ctrl-C
-        if kwargs.get("quiet"):  # --quiet: no notes on stderr, the data loader's among them (the device fallback stays)
-            import logging
-
-            logging.getLogger("bncheck.data").setLevel(logging.ERROR)
         try:
-            return func(*args, **kwargs)
+            with quiet_data_notes(bool(kwargs.get("quiet"))):
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except BncheckError as exc:

@@ -121,3 +121,21 @@ def test_quiet_keeps_the_data_notes_off_stderr(tmp_path):
     quiet = bncheck(*args, "-q", cwd=tmp_path)
     assert quiet.returncode == loud.returncode and quiet.stderr == "", quiet.stderr
     assert json.loads(quiet.stdout)["data"]["nonfinite_samples"] == 1
+
+
+def test_quiet_restores_the_data_logger_after_the_command(tmp_path):
+    """One process may run several commands (the API, the tests): ``-q`` silences the data
+    loader's notes for its own command only."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    logger = logging.getLogger("bncheck.data")
+    before = logger.level
+    x = np.load(REFERENCE)["x"][:40].astype(np.float32)
+    np.save(tmp_path / "data.npy", x)
+    result = CliRunner().invoke(app, ["drift", str(SAMPLES / "digits_cnn.onnx"), str(tmp_path / "data.npy"), "-q", "--mismatch-samples", "0"])
+    assert result.exit_code in (0, 1), result.output
+    assert logger.level == before
