@@ -349,8 +349,9 @@ class Backend(ABC):
         """Write a folded model; returns the files written."""
 
     @abstractmethod
-    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
-        """Write ``source`` (e.g. one carrying recalibrated statistics) as ``kind``."""
+    def write_model(self, source: ModelSource, kind: str, out: Path, example: Batch | None = None) -> list[Path]:
+        """Write ``source`` (e.g. one carrying recalibrated statistics) as ``kind``;
+        ``example`` (samples of DATA) for a kind the model is converted to on an input."""
 
     @abstractmethod
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bncheck.backends import output
 from bncheck.backends.interface import ModelSource
 from bncheck.backends.load import as_source, backend_for, load_model
@@ -203,10 +205,11 @@ def _recalibrate(
             step("checking the result on the held-out split")
             checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
+        example = _example(session, x_held, options.batch_size) if kind in ("onnx", "export") else None
         data_info = session.describe()
     refused = bool(checked and checked["worse"] and not options.force_write)
     step("writing OUT")
-    written = [] if refused else backend.write_model(updated, kind, out)
+    written = [] if refused else backend.write_model(updated, kind, out, example)
     after = None
     if options.verify and written:
         trusted = trust_pickle or kind == "pickle"
@@ -215,10 +218,7 @@ def _recalibrate(
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
     step("the before/after figures")
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
-    if split is None and options.holdout is None:
-        report.notes.append(f"no held-out check of the result: --engine {engine.name} reads no split (--engine local holds one out)")
-    report.notes.extend(_guard_notes(split, checked, est.samples))
-    report.notes.extend(est.notes)
+    report.notes.extend(_report_notes(split, options, engine.name, checked, est, converted=bool(written) and kind in CONVERTED_NOTE and backend.family == "torch", kind=kind))
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)
@@ -391,3 +391,33 @@ def _matching(after: Report, name: str, index: int) -> dict | None:
     if figures is None and index < len(after.layers):
         figures = after.layer_drift(after.layers[index].name)
     return figures
+
+
+def _report_notes(split, options: RecalibrateOptions, engine: str, checked, est, *, converted: bool, kind: str) -> list[str]:
+    """The report's notes: a missing or weak held-out check, the estimate's, a conversion's."""
+    notes = []
+    if split is None and options.holdout is None:
+        notes.append(f"no held-out check of the result: --engine {engine} reads no split (--engine local holds one out)")
+    notes += _guard_notes(split, checked, est.samples)
+    notes += est.notes
+    if converted:
+        notes.append(CONVERTED_NOTE[kind])
+    return notes
+
+
+#: what a torch model recalibrated to ONNX or torch.export holds (converted as fold converts)
+CONVERTED_NOTE = {
+    "onnx": "OUT was converted to ONNX as fold converts (checked on two samples of DATA); the exporter folds BN into the "
+    "convolutions, so OUT holds the recalibrated statistics in its weights and drift or audit of OUT see no BN layers",
+    "export": "OUT was converted to torch.export as fold converts (checked on two samples of DATA), with the recalibrated statistics",
+}
+
+
+def _example(session, x_held, batch_size: int) -> tuple | None:
+    """Two samples of DATA (the held-out ones where kept) for a conversion that runs the model
+    on an input (a torch model written as ONNX or torch.export, as fold converts)."""
+    if x_held is not None and len(x_held) >= 1:
+        return (np.ascontiguousarray(x_held[:2]),)
+    for batch in session.batches(min(2, batch_size)):
+        return (np.ascontiguousarray(batch.x[:2]),)
+    return None

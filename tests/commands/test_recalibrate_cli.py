@@ -354,10 +354,23 @@ def test_a_checkpoint_comes_back_in_its_own_container(tmp_path):
     assert set(load_file(bare)) == set(plain)
 
 
-def test_a_state_dict_to_onnx_is_refused_with_the_way_there(tmp_path):
-    """recalibrate writes PyTorch models back as PyTorch; asked for .onnx it says how to get one
-    (recalibrate, then fold converts and verifies), exits 2 and writes nothing."""
-    out = tmp_path / "r.onnx"
-    result = run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--arch", ARCH, "--out", out)
-    assert result.exit_code == 2 and not out.exists()
-    assert "then `bncheck fold OUT -o model.onnx` converts it" in " ".join(result.output.split())
+def test_a_state_dict_recalibrated_to_onnx_or_pt2_is_converted_as_fold_converts(tmp_path):
+    """The contract: recalibrate follows fold's rule for the output kind. A state dict asked for
+    as .onnx or .pt2 is converted (checked on samples of DATA) and written; the .onnx output has
+    its BN folded by the exporter and the report says so; the .pt2 keeps BN layers carrying the
+    recalibrated statistics, which fit DATA."""
+    import numpy as np
+    import onnxruntime as ort
+
+    for suffix in ("onnx", "pt2"):
+        out = tmp_path / f"r.{suffix}"
+        result = run("recalibrate", SAMPLES / "digits_cnn.pt", SHIFTED, "--arch", ARCH, "--out", out, "-f", "json")
+        assert result.exit_code == 0 and out.exists(), result.output
+        notes = json.loads(result.stdout)["notes"]
+        assert any(n.startswith(f"OUT was converted to {'ONNX' if suffix == 'onnx' else 'torch.export'}") for n in notes), notes
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    x = np.load(SAMPLES / "data" / "digits" / "reference.npz")["x"][:5].astype(np.float32)
+    assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (5, 10)  # any batch size
+    again = run("drift", tmp_path / "r.pt2", SHIFTED, "-f", "json", "--mismatch-samples", "0")
+    assert again.exit_code == 0, again.output
+    assert all(layer["drift"]["mean_shift"]["mean"] < 0.1 for layer in json.loads(again.stdout)["layers"])

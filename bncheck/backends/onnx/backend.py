@@ -124,7 +124,7 @@ class OnnxBackend(Backend):
     def write_folded(self, source: ModelSource, folded: FoldedModel, artifact: Any, kind: str, out: Path) -> list[Path]:
         return write.write_onnx(artifact, out, external_data=uses_external_data(source.path))
 
-    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
+    def write_model(self, source: ModelSource, kind: str, out: Path, example: Batch | None = None) -> list[Path]:
         self.output_kind(source, out, kind)
         return write.write_onnx(_proto(source), out)
 

@@ -188,7 +188,9 @@ class TorchBackend(Backend):
             return write.write_state_dict(state, out, metadata=meta)
         raise UsageError(f"cannot write output kind {kind}.")
 
-    def write_model(self, source: ModelSource, kind: str, out: Path) -> list[Path]:
+    def write_model(self, source: ModelSource, kind: str, out: Path, example: Batch | None = None) -> list[Path]:
+        if kind in ("onnx", "export") and isinstance(source, TorchModuleSource) and source.format != "torchscript":
+            return self._converted(source, kind, out, example)
         if isinstance(source, ExportSource):
             if kind != "export":
                 raise UsageError(f"a torch.export program is written back as .pt2, not {kind}.")
@@ -213,14 +215,36 @@ class TorchBackend(Backend):
             return write.write_torchscript(module, out)
         if kind == "pickle":
             return write.write_pickle(module, out)
-        if kind == "export":
-            raise UsageError("recalibrate writes PyTorch models back in the same family: use .pt/.pth or .safetensors for a state dict.")
-        if kind == "onnx":
-            raise UsageError(
-                f"recalibrate writes a {source.format} model back as PyTorch (.pt/.pth, .safetensors or .ts); for ONNX, "
-                "recalibrate to one of those, then `bncheck fold OUT -o model.onnx` converts it (verified)."
-            )
         raise UsageError(f"cannot write a {source.format} model as {kind}.")
+
+    def _converted(self, source: TorchModuleSource, kind: str, out: Path, example: Batch | None) -> list[Path]:
+        """``source`` converted to ONNX or torch.export as fold converts (the rule the contract
+        gives both commands), on ``example`` (samples of DATA), and checked on it: the converted
+        model's outputs within 1e-4 of the module's (relative to their largest magnitude)."""
+        if example is None:
+            raise UsageError(f"writing {output.OUTPUT_KINDS.get(kind, kind)} needs samples of DATA to convert on; none were read.")
+        module = source.module.eval()
+        try:
+            artifact, _ = convert(module, kind, execute.as_tensors(example))
+        except Exception as exc:
+            raise OutputError(
+                f"the recalibrated model cannot be converted to {output.OUTPUT_KINDS.get(kind, kind)} "
+                f"({type(exc).__name__}: {first_line(exc, 200)}); write .pt/.pth, .safetensors or .ts instead."
+            ) from exc
+        expected = self.executable(source)(example)[0]
+        got = self.executable(artifact, kind)(example)[0]
+        scale = float(np.max(np.abs(expected))) if np.size(expected) else 0.0
+        error = float(np.max(np.abs(np.asarray(got, np.float64) - expected))) if np.size(expected) else 0.0
+        if not error <= 1e-4 * max(scale, 1.0):
+            raise OutputError(
+                f"the {output.OUTPUT_KINDS.get(kind, kind)} conversion of the recalibrated model differs from it by {error:.3g} "
+                f"(outputs up to {scale:.3g}); nothing was written: write .pt/.pth, .safetensors or .ts instead."
+            )
+        if kind == "onnx":
+            from bncheck.backends.onnx.write import write_onnx  # optional: onnx
+
+            return write_onnx(artifact, out)
+        return write.write_export(artifact, out)
 
     def with_statistics(self, source: ModelSource, stats: Statistics, *, num_batches: int | None = None) -> ModelSource:
         clone = statistics.with_statistics(source, stats, num_batches)
