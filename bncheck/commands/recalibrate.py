@@ -205,7 +205,7 @@ def _recalibrate(
             step("checking the result on the held-out split")
             checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
-        example = _example(session, x_held, options.batch_size) if kind in ("onnx", "export") else None
+        example = _example(session, x_held, options.batch_size) if kind in CONVERTED_NOTE and backend.family == "torch" else None
         data_info = session.describe()
     refused = bool(checked and checked["worse"] and not options.force_write)
     step("writing OUT")
@@ -418,6 +418,7 @@ def _example(session, x_held, batch_size: int) -> tuple | None:
     on an input (a torch model written as ONNX or torch.export, as fold converts)."""
     if x_held is not None and len(x_held) >= 1:
         return (np.ascontiguousarray(x_held[:2]),)
-    for batch in session.batches(min(2, batch_size)):
+    batches = getattr(session, "batches", None)  # an engine that streams no batches here (ray) keeps none
+    for batch in batches(min(2, batch_size)) if batches is not None else ():
         return (np.ascontiguousarray(batch.x[:2]),)
     return None
