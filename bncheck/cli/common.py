@@ -25,7 +25,7 @@ from bncheck.backends.output import names_a_directory, slash_problem, write_atom
 from bncheck.backends.output_guard import interrupt_on_sigterm
 from bncheck.cli.group import State, err
 from bncheck.errors import BncheckError, OutputError, first_line
-from bncheck.formats import EXTENSIONS, FORMATS, get_renderer, render_many
+from bncheck.formats import EXTENSIONS, FITS_EXTENSION, FORMATS, get_renderer, render_many
 from bncheck.formats.common import headline, package_versions
 from bncheck.report.baseline import apply_baseline, check_baseline_file
 from bncheck.report.report import Report
@@ -179,6 +179,12 @@ def choose_format(
     fmt = fmt or "table"
     if fmt not in FORMATS:
         raise OutputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    fits = FITS_EXTENSION.get(output.suffix.lower()) if output is not None else None
+    if fits is not None and fmt not in fits:  # -o report.json -f markdown wrote Markdown into a .json file
+        raise OutputError(
+            f"--output {output} is a {output.suffix.lower()} file but the format is {fmt}; name the file for its format "
+            f"or give --format {'/'.join(sorted(fits))}."
+        )
     if plot is not None:
         _plot().plot_format(plot)
         if output is not None and plot.resolve() == output.resolve():

@@ -29,6 +29,12 @@ FORMATS = {
 
 #: The format a report file's extension names (``--output report.html`` needs no ``--format``).
 EXTENSIONS = {".json": "json", ".md": "markdown", ".xml": "junit", ".html": "html", ".htm": "html", ".sarif": "sarif"}
+#: The formats a report file of each of those extensions may hold (SARIF and GitLab's code
+#: quality report are JSON; GitHub's job summary is Markdown)
+FITS_EXTENSION = {
+    ".json": {"json", "sarif", "gitlab"}, ".md": {"markdown", "github"}, ".xml": {"junit"},
+    ".html": {"html"}, ".htm": {"html"}, ".sarif": {"sarif"},
+}  # fmt: skip
 
 
 def format_for_path(path) -> str:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "sample_models" / "digits_cnn.onnx"
@@ -355,3 +356,25 @@ def test_the_text_report_prints_the_preprocessing_used(cli):
     chosen = cli("drift", DIGITS, shifted, "--mismatch-samples", "0", "--mean", "0.5", "--std", "0.25", "-f", "markdown").stdout
     line = next(line for line in chosen.splitlines() if line.startswith("**Data**"))
     assert "preprocessing: `" in line and "0.5" in line and "0.25" in line, line
+
+
+@pytest.mark.parametrize(
+    ("out", "fmt", "ok"),
+    [("r.json", "markdown", False), ("r.json", "table", False), ("r.md", "json", False), ("r.xml", "json", False),
+     ("r.json", "sarif", True), ("r.json", "gitlab", True), ("r.md", "github", True), ("r.json", "json", True)],
+)  # fmt: skip
+def test_a_format_that_contradicts_the_output_extension_is_refused(tmp_path, out, fmt, ok):
+    """``-o r.json -f markdown`` wrote Markdown into a .json file; a format the extension cannot
+    hold is refused before any work (exit 2, nothing written), JSON dialects into .json and
+    GitHub's Markdown summary into .md still go."""
+    from typer.testing import CliRunner
+
+    from bncheck.cli.app import app
+
+    model = Path(__file__).resolve().parents[2] / "sample_models" / "digits_cnn.onnx"
+    result = CliRunner().invoke(app, ["audit", str(model), "-o", str(tmp_path / out), "-f", fmt])
+    if ok:
+        assert result.exit_code == 0 and (tmp_path / out).exists(), result.output
+    else:
+        assert result.exit_code == 2 and not (tmp_path / out).exists()
+        assert f"is a {Path(out).suffix} file but the format is {fmt}" in " ".join(result.output.split())
