@@ -23,7 +23,7 @@ from bncheck.data import DataOptions, ImageOptions, build_options
 from bncheck.data.spec import parse_int
 from bncheck.errors import UsageError
 from bncheck.rules.finding import FAIL_ON
-from bncheck.rules.registry import REGISTRY, default_thresholds
+from bncheck.rules.registry import REGISTRY, default_thresholds, unmatched
 
 #: keys of the config table that set the gate or a command option (the DATA options below too)
 GATE_KEYS = ("fail_on", "select", "ignore", "thresholds", "train_batch_size")
@@ -244,9 +244,9 @@ def _value(key: str, value: Any) -> Any:
         return text
     if key in ("select", "ignore"):
         codes = _split([value] if isinstance(value, str) else [str(v) for v in value])
-        for pattern in codes:  # refused here, where the message can say which file or option gave it
-            if not any(code.startswith(pattern.strip().upper()) for code in REGISTRY):
-                raise UsageError(f"{pattern} matches no rule; `bncheck rules` lists them.")
+        pattern = unmatched(codes)  # refused here, where the message can say which file or option gave it
+        if pattern is not None:
+            raise UsageError(f"{pattern} matches no rule; `bncheck rules` lists them.")
         return codes
     if key in ("train_batch_size", "mismatch_samples"):
         minimum = 1 if key == "train_batch_size" else 0

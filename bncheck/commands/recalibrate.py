@@ -205,7 +205,8 @@ def _recalibrate(
             step("checking the result on the held-out split")
             checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
-        example = _example(session, x_held, options.batch_size) if kind in CONVERTED_NOTE and backend.family == "torch" else None
+        converts = kind in CONVERTED_NOTE and backend.family == "torch"  # a torch model written as ONNX / torch.export
+        example = _example(session, x_held, options.batch_size) if converts else None
         data_info = session.describe()
     refused = bool(checked and checked["worse"] and not options.force_write)
     step("writing OUT")
@@ -218,7 +219,7 @@ def _recalibrate(
         after = run_drift(reloaded, data, settings=settings, options=drift_options, arch=arch, trust_pickle=trusted)
     step("the before/after figures")
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
-    report.notes.extend(_report_notes(split, options, engine.name, checked, est, converted=bool(written) and kind in CONVERTED_NOTE and backend.family == "torch", kind=kind))
+    report.notes.extend(_report_notes(split, options, engine.name, checked, est, converted=bool(written) and converts, kind=kind))
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)

@@ -130,14 +130,19 @@ def _matches(code: str, patterns: Iterable[str]) -> bool:
     return any(code.startswith(p) for p in patterns)
 
 
+def unmatched(patterns: Iterable[str]) -> str | None:
+    """The first code prefix of ``patterns`` that matches no rule (None when all match)."""
+    return next((p for p in patterns if not any(code.startswith(p.strip().upper()) for code in REGISTRY)), None)
+
+
 def select_rules(phase: str | Iterable[str], select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:
     """Rules of ``phase`` filtered by code prefixes (``BN0`` selects all audit rules)."""
     phases = {phase} if isinstance(phase, str) else set(phase)
     select = [s.strip().upper() for s in select if s.strip()]
     ignore = [s.strip().upper() for s in ignore if s.strip()]
-    for pattern in [*select, *ignore]:
-        if not any(code.startswith(pattern) for code in REGISTRY):
-            raise UsageError(f"--select/--ignore: {pattern} matches no rule; `bncheck rules` lists them.")
+    pattern = unmatched([*select, *ignore])
+    if pattern is not None:
+        raise UsageError(f"--select/--ignore: {pattern} matches no rule; `bncheck rules` lists them.")
     chosen = []
     for code in sorted(REGISTRY):
         r = REGISTRY[code]

@@ -267,14 +267,8 @@ def _wrapper_prefix(keys: list[str]) -> str:
 
 def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes carried by every key."""
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
+    prefix = _wrapper_prefix(list(state))
+    return {k[len(prefix) :]: v for k, v in state.items()} if prefix else state
 
 
 def build_from_arch(spec: str):

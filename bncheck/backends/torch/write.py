@@ -29,8 +29,7 @@ def write_state_dict(state: dict, out: Path, metadata: dict[str, str] | None = N
     """A state dict: safetensors for ``.safetensors`` (with ``metadata`` in its header),
     ``torch.save`` of the plain dict otherwise (loads with ``weights_only=True``)."""
     out = Path(out)
-    # Own, contiguous storage per tensor: safetensors refuses shared or strided storage.
-    plain = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    plain = _owned({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     if out.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 
@@ -45,14 +44,16 @@ def write_checkpoint(checkpoint: dict, out: Path) -> list[Path]:
     """A checkpoint container (``torch.save``; loads with ``weights_only=True`` as the one it
     came from did), its tensors with their own contiguous storage."""
     out = Path(out)
-
-    def own(value):
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu().contiguous().clone()
-        if isinstance(value, dict):
-            return {k: own(v) for k, v in value.items()}
-        return value
-
-    plain = own(checkpoint)
+    plain = _owned(checkpoint)
     write_atomically(out, lambda tmp: torch.save(plain, tmp))
     return [out]
+
+
+def _owned(value):
+    """``value`` with every tensor (in nested dicts too) on its own contiguous CPU storage:
+    safetensors refuses shared or strided storage, and a checkpoint must not pin the model's."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous().clone()
+    if isinstance(value, dict):
+        return {k: _owned(v) for k, v in value.items()}
+    return value
