@@ -9,7 +9,10 @@ initializers' values as arrays over the protobuf's own bytes; the session gets t
 ``SessionOptions.add_external_initializers`` and opens in about the time a session from the file
 does (same graph, same optimisations: onnxruntime replaces the declarations by the values before
 it resolves the graph). Initializers that are also graph inputs (overridable) and tensors
-without raw data or of types numpy cannot hold stay in the message.
+without raw data or of types numpy cannot hold stay in the message. Initializers no node reads
+(the moments graph's BN nodes read a moved running mean instead of the model's own) are left
+out: onnxruntime drops them before it takes the external values, and then refuses a value it
+no longer has an initializer for.
 """
 
 from __future__ import annotations
@@ -41,12 +44,15 @@ def light(model: onnx.ModelProto) -> LightModel:
     and their values (read-only arrays sharing the protobuf's bytes)."""
     graph = model.graph
     inputs = {value.name for value in graph.input}
+    read = _read_names(graph)
     lean = onnx.GraphProto()
     for field, value in graph.ListFields():
         if field.name != "initializer":
             _copy_field(lean, field, value)
     names, arrays = [], []
     for init in graph.initializer:
+        if init.name not in read and init.name not in inputs:
+            continue  # unused: onnxruntime would drop it, then refuse its value
         array = _array(init) if init.name not in inputs else None
         if array is None:
             lean.initializer.append(init)
@@ -60,6 +66,17 @@ def light(model: onnx.ModelProto) -> LightModel:
             _copy_field(out, field, value)
     out.graph.CopyFrom(lean)
     return LightModel(out.SerializeToString(), names, arrays)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
+    names = {value.name for value in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
+                names |= _read_names(sub)
+    return names
 
 
 def _copy_field(target, field, value) -> None:

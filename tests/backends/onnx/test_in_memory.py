@@ -12,9 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support.onnx_graphs import assert_exact_moments, bn_input, conv_bn_model
 
 from bncheck.backends.onnx import in_memory, session
 from bncheck.backends.onnx.session import open_session
+from bncheck.backends.onnx.source import OnnxSource
 from tests.support.real_models import PPOCR_CLS, model_file
 
 SAMPLES = Path(__file__).resolve().parents[3] / "sample_models"
@@ -106,3 +108,30 @@ def test_where_onnxruntime_refuses_weights_in_memory_the_serialised_model_runs(m
     assert not hasattr(plain, "_bncheck_weights")
     for a, b in zip(_outputs(plain, x), expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_initializer_no_node_reads_is_left_out_and_the_rest_still_moves():
+    values = np.arange(1024, dtype=np.float32).reshape(4, 256)
+    model = _typed_model(TensorProto.FLOAT, values)
+    model.graph.initializer.append(numpy_helper.from_array(values * 2, "unused"))
+    parts = in_memory.light(model)
+    assert parts.names == ["W"]
+    assert "unused" not in {i.name for i in onnx.load_from_string(parts.data).graph.initializer}
+    fast = open_session(model)
+    assert hasattr(fast, "_bncheck_weights")
+    np.testing.assert_array_equal(_outputs(fast, np.ones((4, 256), np.float32))[0], values + 1)
+
+
+def test_the_moments_session_opens_with_its_weights_in_memory(monkeypatch):
+    """The moments graph's BN nodes read moved running means, leaving the model's own unused:
+    onnxruntime refused the in-memory form for it and every moments session was serialised."""
+    def serialise(*args, **kwargs):
+        raise AssertionError("the moments session was serialised")
+
+    model = conv_bn_model(channels=300)  # every BN vector 1,200 bytes: they move
+    assert {i.name for i in model.graph.initializer} == set(in_memory.light(model).names)
+    monkeypatch.setattr(session, "serialized", serialise)
+    x = np.random.default_rng(5).normal(0, 1, (4, 3, 6, 6)).astype(np.float32)
+    with OnnxSource(model, path=None).runner() as runner:
+        _, moments = runner.moments(x)
+    assert_exact_moments(moments["bn"], bn_input(model, x))
