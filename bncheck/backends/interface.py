@@ -277,6 +277,13 @@ class Backend(ABC):
         up to them: an ONNX graph cut after them, a torch forward stopped once they were
         seen) and observes those layers; its ``moments`` return ``None`` for the outputs."""
 
+    def cut_cost(self, source: ModelSource, layers: list[str], sample: np.ndarray) -> tuple[int, int] | None:
+        """Multiply-adds of the network up to the BN ``layers`` (what :meth:`first_layers_runner`
+        runs) and of the whole forward pass, on the one-sample batch ``sample``; None where
+        this family cannot tell. BN103's diagnosis re-measures only the layers whose cut stays
+        cheap."""
+        return None
+
     @abstractmethod
     def input_specs(self, source: ModelSource) -> list[InputSpec] | None:
         """Every input the model declares, or None where the format does not say."""

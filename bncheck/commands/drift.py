@@ -310,11 +310,25 @@ def _guarded(what: str, notes: list[str], analysis):
 
 def _diagnose(source: ModelSource, layers, order: list[str], sub, data_info: dict, batch_size: int) -> InputDiagnosis:
     """BN103's diagnosis on runners of the network up to the first BN layers only."""
-    verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
     backend = backend_for(source)
+    verify = _verify_layers(backend, source, order, np.ascontiguousarray(sub[:1], dtype=np.float32))
     with backend.first_layers_runner(source, verify[:1]) as probe, backend.first_layers_runner(source, verify) as check:
         runners = diagnostics.Runners(probe, check, verify[0], [n for n in verify if n in check.layers], batch_size)
         return diagnostics.diagnose_input(runners, layers, sub, PixelSpace.of(data_info, tuple(sub.shape[1:])))
+
+
+def _verify_layers(backend, source: ModelSource, order: list[str], sample: np.ndarray) -> list[str]:
+    """The nearest :data:`~.drift_diagnosis.VERIFY_LAYERS` BN layers, less those after the
+    first whose cut holds more than :data:`~.drift_diagnosis.MAX_VERIFY_SHARE` of the network's
+    multiply-adds and more than :data:`~.drift_diagnosis.CHEAP_VERIFY_MACS` a sample (PP-OCR's
+    second BN node ends its backbone: every candidate re-measured there cost a forward pass)."""
+    verify = order[: max(1, diagnostics.VERIFY_LAYERS)]
+    while len(verify) > 1:
+        cost = backend.cut_cost(source, verify, sample)
+        if cost is None or cost[0] <= diagnostics.CHEAP_VERIFY_MACS or cost[0] <= diagnostics.MAX_VERIFY_SHARE * cost[1]:
+            break
+        verify = verify[:-1]
+    return verify
 
 
 def _result(data, run: DataPass, layers, evidence: DriftEvidence, thresholds: dict, options: DriftOptions) -> DriftResult:

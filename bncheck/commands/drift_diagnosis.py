@@ -12,7 +12,10 @@ Everything runs on the part of the network up to the first BN layers only
    inverted, channel order swapped, ImageNet, [-1, 1] and plain [0, 1] inputs;
 3. each candidate is measured on the first ``verify`` BN layers (the nearest one and the two
    after it, so that corrections the first layer alone cannot tell apart, such as an inverted
-   input and a mean shift, are told apart by the non-linearities between them); the best one
+   input and a mean shift, are told apart by the non-linearities between them), as far as the
+   network up to them holds at most a third of a forward pass's multiply-adds or is cheap in
+   itself (where the second BN node comes late in a large network, as in PP-OCR's recogniser,
+   the nearest layer alone); the best one
    that halves their mean drift score is the finding's fix, reported with the nearest layer's
    drift score before -> after (``baseline_first_layer`` -> ``first_layer_score``), the figure
    the finding's headline gives; what the model expects is said in pixel units (``pixels``:
@@ -42,6 +45,11 @@ from bncheck.rules.input_diagnosis import InputDiagnosis, ScoredCandidate
 
 #: BN layers a candidate is judged on (the nearest ones in network order)
 VERIFY_LAYERS = 3
+#: ... of which those after the first only while the network up to them holds at most this
+#: share of a forward pass's multiply-adds (``Backend.cut_cost``), or this many a sample
+#: (64 samples x a dozen candidates: a few seconds on a laptop core at most)
+MAX_VERIFY_SHARE = 1 / 3
+CHEAP_VERIFY_MACS = 50_000_000
 #: largest number of input channels whose expected mean/std is inferred
 MAX_INFERRED_CHANNELS = 16
 #: a named candidate within this factor of the best score is preferred to the inferred one

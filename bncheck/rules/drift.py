@@ -148,8 +148,9 @@ def _variance_factor(r, channel: int) -> str:
     input, and one mean and std for all channels beside it (the only fit where DATA's channels
     are copies of one another, grey stored as RGB, or where the per-channel fit needs scales
     more than 3x apart on channels DATA spreads alike, which no preprocessing does); (2) it
-    re-measures the first three BN layers with candidate corrections made in
-    pixel space (the user's --scale/--mean/--std/--channel-order undone, then redone): the
+    re-measures the first three BN layers (those after the first while the network up to
+    them is cheap: a third of a forward pass or 5e7 multiply-adds a sample at most) with
+    candidate corrections made in pixel space (the user's --scale/--mean/--std/--channel-order undone, then redone): the
     inferred --mean/--std, /255, x255, an inverted input, the channel order swapped, ImageNet
     mean/std, [-1, 1] and plain [0, 1] pixels. It reports a preprocessing mismatch when one
     correction removes at least half of the drift (and names it, in the options that apply

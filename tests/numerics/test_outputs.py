@@ -65,7 +65,9 @@ def _reference(a: np.ndarray, b: np.ndarray, class_axis: int | None):
     ("shape", "class_axis"),
     [((16, 10), 0), ((8, 40, 30), 1), ((6, 5, 7, 9), 0), ((6, 1, 12, 12), None), ((20, 1), None)],
 )
-def test_compare_matches_float64_loops(shape, class_axis):
+@pytest.mark.parametrize("chunk", [o.COMPARE_CHUNK, 7, 1])  # one chunk, several, one sample each
+def test_compare_matches_float64_loops(shape, class_axis, chunk, monkeypatch):
+    monkeypatch.setattr(o, "COMPARE_CHUNK", chunk)
     rng = np.random.default_rng(3)
     a = rng.normal(size=shape).astype(np.float32)
     b = (a + 0.4 * rng.normal(size=shape)).astype(np.float32)
@@ -80,6 +82,20 @@ def test_compare_matches_float64_loops(shape, class_axis):
         assert got.flips == round((1 - agreement) * a.size / a.shape[class_axis + 1])
     # per-sample errors: ||diff_i|| / rms ||a_i||, whose root mean square is the relative error
     assert float(np.sqrt(np.mean(got.sample_errors**2))) == pytest.approx(rel, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1 << 19, 50, 1])
+@pytest.mark.parametrize("kind", ["logits", "probabilities", "log-probabilities"])
+def test_confidence_in_chunks_matches_the_whole_softmax(kind, chunk, monkeypatch):
+    monkeypatch.setattr(o, "COMPARE_CHUNK", chunk)
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, (9, 12, 25))  # (N, T, classes), the class axis last
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = float(np.mean(probs.max(-1)))
+    given = {"logits": logits, "probabilities": probs, "log-probabilities": np.log(probs)}[kind]
+    assert o.confidence(given.astype(np.float32), 1) == pytest.approx(expected, rel=1e-6)
+    assert o.confidence(np.moveaxis(given, 2, 1), 0) == pytest.approx(expected, rel=1e-12)  # classes first
 
 
 def test_compare_refuses_different_shapes():

@@ -20,6 +20,7 @@ from bncheck.backends.interface import (
     Statistics,
 )
 from bncheck.backends.onnx import fold_proof, input_sizes, write
+from bncheck.backends.onnx.cost import cut_cost
 from bncheck.backends.onnx.counts import node_count, parameter_count
 from bncheck.backends.onnx.external_data import external_data_files, uses_external_data
 from bncheck.backends.onnx.fold import fold_onnx
@@ -27,7 +28,7 @@ from bncheck.backends.onnx.inputs import input_specs
 from bncheck.backends.onnx.session import cuda_problem, executable
 from bncheck.backends.onnx.source import OnnxSource
 from bncheck.backends.onnx.truncate import truncated_model
-from bncheck.errors import ModelLoadError
+from bncheck.errors import ModelLoadError, UsageError
 from bncheck.numerics.site_proof import SiteProof
 
 # drift's runner and staged model and recalibrate's statistics writer are imported where used:
@@ -69,6 +70,12 @@ class OnnxBackend(Backend):
         from bncheck.backends.onnx.runner import OnnxRunner  # optional: drift's machinery
 
         return OnnxRunner(OnnxSource(truncated_model(_proto(source), layers), path=None), layers=layers, outputs=False)
+
+    def cut_cost(self, source: ModelSource, layers: list[str], sample: np.ndarray) -> tuple[int, int] | None:
+        try:
+            return cut_cost(_proto(source), layers, tuple(int(d) for d in sample.shape))
+        except UsageError:  # none of ``layers`` is a BN node of the main graph: nothing to cut
+            return None
 
     def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
         from bncheck.backends.onnx.staged import onnx_staged  # optional: drift's machinery

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bncheck.backends import output
 from bncheck.backends.detect import ModelFormat
@@ -66,6 +67,14 @@ class TorchBackend(Backend):
 
     def first_layers_runner(self, source: ModelSource, layers: list[str]) -> ModelRunner:
         return TorchRunner(source, layers=layers, stop_after=True)
+
+    def cut_cost(self, source: ModelSource, layers: list[str], sample: np.ndarray) -> tuple[int, int] | None:
+        with TorchRunner(source, layers=layers, stop_after=True) as cut, FlopCounterMode(display=False) as part:
+            cut.moments(sample)
+        with source.runner(layers=[]) as runner, FlopCounterMode(display=False) as whole:
+            runner.forward(sample)
+        # torch counts a multiply-add as two FLOPs
+        return part.get_total_flops() // 2, max(part.get_total_flops(), whole.get_total_flops()) // 2
 
     def staged(self, source: ModelSource, layers: list[str]) -> tuple[StagedModel | None, str]:
         return fx_staged(source, layers)
