@@ -146,8 +146,8 @@ def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arc
         run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
-        diagnose = "BN103" in {r.code for r in select_rules("drift", settings.select, settings.ignore)}
-        evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, diagnose), report.notes)
+        selected = frozenset(r.code for r in select_rules("drift", settings.select, settings.ignore))
+        evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, selected), report.notes)
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
@@ -226,10 +226,15 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
 
 @dataclass
 class Diagnosis:
-    """What BN103's input diagnosis needs: the model, and whether BN103 is selected at all."""
+    """What the analyses need: the model, and the drift rules selected (an analysis whose rules
+    are all selected off does not run: BN103's diagnosis, BN301's comparison, BN201's pass)."""
 
     source: ModelSource
-    wanted: bool
+    selected: frozenset[str]
+
+    @property
+    def wanted(self) -> bool:
+        return "BN103" in self.selected
 
 
 def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, diagnosis: Diagnosis, notes: list[str]) -> DriftEvidence:
@@ -255,7 +260,8 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
         evidence.input_diagnosis = _guarded(
             "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
         )  # fmt: skip
-    if options.mismatch_samples <= 0 or result.subsample is None:
+    stale, small = "BN301" in diagnosis.selected, "BN201" in diagnosis.selected and options.train_batch_size >= 2
+    if options.mismatch_samples <= 0 or result.subsample is None or not (stale or small):
         return evidence
     setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
     if setting is None:
@@ -265,13 +271,14 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     multiple = float(bn301.get("noise_multiple", 2.0))
     # below BN301's warning thresholds the rule cannot fire whatever the noise floor: its pass is skipped
     reach = (float(bn301.get("warning_disagreement", 0.02)), float(bn301.get("warning_rel_err", 0.1)))
-    evidence.train_eval = _guarded(
-        "BN301's comparison with DATA's own statistics", notes,
-        lambda: outputs.stale_statistics(
-            diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
-            max_passes=options.refinement_passes,
-        ),
-    )  # fmt: skip
+    if stale:
+        evidence.train_eval = _guarded(
+            "BN301's comparison with DATA's own statistics", notes,
+            lambda: outputs.stale_statistics(
+                diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
+                max_passes=options.refinement_passes,
+            ),
+        )  # fmt: skip
     if runner is not None:
         runner.release()
     unsettled = refinement.refinement_note(evidence.train_eval)
@@ -283,7 +290,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
     no_classes = outputs.class_axis_note(evidence.train_eval)
     if no_classes:
         notes.append(no_classes)
-    if options.train_batch_size >= 2:
+    if small:
         # where the batch scatter the main pass lets estimate is far below BN201's threshold the
         # rule cannot fire: its train-mode pass is skipped (DriftOptions.train_pass "always" runs it)
         limit = float(thresholds.get("BN201", {}).get("mean_scatter", 0.25))

@@ -284,3 +284,38 @@ def test_a_parquet_statistics_file_reports_what_the_npz_one_does(tmp_path):
         )
     assert reports["npz"] == reports["parquet"]
     assert ("BN101", "warning", "/bn3/BatchNormalization") not in reports["parquet"][0]
+
+
+@pytest.mark.parametrize(
+    ("ignore", "runs"),
+    [([], {"BN301", "BN201"}), (["BN301"], {"BN201"}), (["BN201"], {"BN301"}), (["BN201", "BN301"], set())],
+)
+def test_an_analysis_whose_rule_is_selected_off_does_not_run(calibrated, monkeypatch, ignore, runs):
+    """`--ignore BN301` skips BN301's comparison with DATA's own statistics (its refinement and
+    noise-floor passes: 7 of PP-OCR's 12 s), `--ignore BN201` its train-mode pass; the other
+    still runs, and the per-layer drift is the same."""
+    from bncheck.commands import drift as drift_command
+
+    model, _, path = calibrated
+    with torch.no_grad():
+        model.bn1.running_mean += 1.0
+    called: set[str] = set()
+    stale, small = drift_command.outputs.stale_statistics, drift_command.small_batch.small_batch_risk
+
+    def counted(rule, real):
+        def wrapper(*args, **kwargs):
+            called.add(rule)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(drift_command.outputs, "stale_statistics", counted("BN301", stale))
+    monkeypatch.setattr(drift_command.small_batch, "small_batch_risk", counted("BN201", small))
+    options = _opts(mismatch_samples=96, train_batch_size=2, train_pass="always")
+    report = bncheck.drift(model, path, settings=bncheck.Settings(ignore=ignore), options=options)
+    assert called == runs
+    assert (report.result.train_eval is not None) == ("BN301" in runs)
+    assert (report.result.small_batch is not None) == ("BN201" in runs)
+    assert not {f.rule for f in report.findings} & set(ignore)
+    full = bncheck.drift(model, path, options=options)
+    assert report.result.layers == full.result.layers
