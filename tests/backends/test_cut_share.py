@@ -95,3 +95,18 @@ def test_ppocr_recogniser_verifies_on_its_first_layer_only():
     backbone, _ = backend.cut_cost(source, names[:2], sample)
     assert stem < 0.01 * whole and backbone > 0.9 * whole > drift_diagnosis.CHEAP_VERIFY_MACS  # the next BN ends the backbone
     assert _verify_layers(backend, source, names, sample) == names[:1]
+
+
+def test_where_torch_cannot_count_there_is_no_figure_and_the_layers_stay(sources, monkeypatch):
+    torch_source = sources[0]
+
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("no counter for this op")
+
+    monkeypatch.setattr("bncheck.backends.torch.backend.FlopCounterMode", Refusing)
+    sample = np.zeros((1, 3, 16, 16), np.float32)
+    backend = backend_for(torch_source)
+    assert backend.cut_cost(torch_source, ["1", "4"], sample) is None
+    monkeypatch.setattr(drift_diagnosis, "CHEAP_VERIFY_MACS", 0)
+    assert _verify_layers(backend, torch_source, ["1", "4", "7"], sample) == ["1", "4", "7"]

@@ -69,10 +69,13 @@ class TorchBackend(Backend):
         return TorchRunner(source, layers=layers, stop_after=True)
 
     def cut_cost(self, source: ModelSource, layers: list[str], sample: np.ndarray) -> tuple[int, int] | None:
-        with TorchRunner(source, layers=layers, stop_after=True) as cut, FlopCounterMode(display=False) as part:
-            cut.moments(sample)
-        with source.runner(layers=[]) as runner, FlopCounterMode(display=False) as whole:
-            runner.forward(sample)
+        try:
+            with TorchRunner(source, layers=layers, stop_after=True) as cut, FlopCounterMode(display=False) as part:
+                cut.moments(sample)
+            with source.runner(layers=[]) as runner, FlopCounterMode(display=False) as whole:
+                runner.forward(sample)
+        except Exception:  # a cost estimate only: where torch's counter cannot follow the model, no figure
+            return None
         # torch counts a multiply-add as two FLOPs
         return part.get_total_flops() // 2, max(part.get_total_flops(), whole.get_total_flops()) // 2
 
