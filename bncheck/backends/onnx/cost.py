@@ -10,7 +10,7 @@ import math
 import onnx
 
 from bncheck.backends.onnx.graph import static_dims
-from bncheck.backends.onnx.truncate import truncated_model
+from bncheck.backends.onnx.truncate import kept_nodes
 
 _CONV = {"Conv", "ConvInteger", "QLinearConv"}
 _MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "FusedMatMul"}
@@ -18,26 +18,28 @@ _MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "FusedMatMul"}
 _WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3}
 
 
-def multiply_adds(model: onnx.ModelProto, input_dims: tuple[int, ...], *, known_only: bool = False) -> int | None:
-    """Multiply-adds of one run of the main graph of ``model`` (a single input of shape
-    ``input_dims``), or None when the graph has several inputs or a weighted op's shapes
-    cannot be inferred (``known_only``: those ops count zero, a lower bound)."""
+def node_costs(model: onnx.ModelProto, input_dims: tuple[int, ...]) -> dict[int, int | None] | None:
+    """Multiply-adds of each weighted node of the main graph of ``model`` (by index; None where
+    its shapes cannot be inferred) for one run at the single input shape ``input_dims``; None
+    when the graph has several inputs."""
     inits = {init.name for init in model.graph.initializer}
     inputs = [vi.name for vi in model.graph.input if vi.name not in inits]
     if len(inputs) != 1:
         return None
     dims = static_dims(model, inputs[0], input_dims)
     dims.update({init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer})
-    total = 0
-    for node in model.graph.node:
-        op = node.op_type
-        if op not in _CONV and op not in _MATMUL and op != "ConvTranspose":
-            continue
-        count = _node_cost(node, dims)
-        if count is None and not known_only:
-            return None
-        total += count or 0
-    return total
+    weighted = _CONV | _MATMUL | {"ConvTranspose"}
+    return {i: _node_cost(node, dims) for i, node in enumerate(model.graph.node) if node.op_type in weighted}
+
+
+def multiply_adds(model: onnx.ModelProto, input_dims: tuple[int, ...]) -> int | None:
+    """Multiply-adds of one run of the main graph of ``model`` (a single input of shape
+    ``input_dims``), or None when the graph has several inputs or a weighted op's shapes
+    cannot be inferred."""
+    costs = node_costs(model, input_dims)
+    if costs is None or any(c is None for c in costs.values()):
+        return None
+    return sum(costs.values())
 
 
 def _node_cost(node: onnx.NodeProto, dims: dict) -> int | None:
@@ -62,12 +64,16 @@ def _node_cost(node: onnx.NodeProto, dims: dict) -> int | None:
 
 
 def cut_cost(model: onnx.ModelProto, layers: list[str], input_dims: tuple[int, ...]) -> tuple[int, int] | None:
-    """Multiply-adds of one run of the graph cut after the BN ``layers``
-    (:func:`~bncheck.backends.onnx.truncate.truncated_model`) and of the whole ``model``, or
-    None where the cut's own count is unknown. Ops of the rest whose shapes inference cannot
-    follow (an attention block's reshapes) count zero: the whole is then a lower bound."""
-    part = multiply_adds(truncated_model(model, layers), input_dims)
-    if part is None:
+    """Multiply-adds of one run of the graph cut after the BN ``layers`` (the nodes
+    :func:`~bncheck.backends.onnx.truncate.truncated_model` keeps) and of the whole ``model``,
+    from one shape inference of the whole; None where the cut's own count is unknown. Ops of
+    the rest whose shapes inference cannot follow (an attention block's reshapes) count zero:
+    the whole is then a lower bound."""
+    costs = node_costs(model, input_dims)
+    if costs is None:
         return None
-    whole = multiply_adds(model, input_dims, known_only=True)
-    return part, max(int(whole or 0), part)
+    _, keep, _ = kept_nodes(model.graph, layers)
+    cut = [costs[i] for i in keep if i in costs]
+    if any(c is None for c in cut):
+        return None
+    return sum(cut), sum(c or 0 for c in costs.values())

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from bncheck.backends.onnx.graph import iter_graphs
+
 #: initializers of fewer bytes than this stay in the message (their copy costs nothing)
 SMALL_BYTES = 1024
 #: declared location of the initializers given in memory (onnxruntime never opens it)
@@ -70,13 +72,11 @@ def light(model: onnx.ModelProto) -> LightModel:
 
 def _read_names(graph: onnx.GraphProto) -> set[str]:
     """Every value a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
-    names = {value.name for value in graph.output}
-    for node in graph.node:
-        names.update(node.input)
-        for attribute in node.attribute:
-            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
-                names |= _read_names(sub)
-    return names
+    read = {value.name for value in graph.output}
+    for _, sub in iter_graphs(graph):
+        for node in sub.node:
+            read.update(node.input)
+    return read
 
 
 def _copy_field(target, field, value) -> None:

@@ -27,11 +27,10 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def truncated_model(model: onnx.ModelProto, layers: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are the first outputs of the BatchNormalization nodes of
-    ``layers`` (named as ``bn_layers`` names them), holding only the nodes and initializers
-    those outputs depend on. The nodes keep their names, so the BN layers keep theirs."""
-    graph = model.graph
+def kept_nodes(graph: onnx.GraphProto, layers: list[str]) -> tuple[list[int], set[int], set[str]]:
+    """The indices of the BatchNormalization nodes of ``layers``, of every node their outputs
+    depend on (them included), and the values read on the way (UsageError where none of
+    ``layers`` is a BN node of the main graph)."""
     indices = bn_node_indices(graph)
     wanted = [indices[name] for name in layers if name in indices]
     if not wanted:
@@ -52,6 +51,15 @@ def truncated_model(model: onnx.ModelProto, layers: list[str]) -> onnx.ModelProt
         node = graph.node[index]
         stack.extend(v for v in node.input if v)
         stack.extend(subgraph_inputs(node))
+    return wanted, keep, seen
+
+
+def truncated_model(model: onnx.ModelProto, layers: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are the first outputs of the BatchNormalization nodes of
+    ``layers`` (named as ``bn_layers`` names them), holding only the nodes and initializers
+    those outputs depend on. The nodes keep their names, so the BN layers keep theirs."""
+    graph = model.graph
+    wanted, keep, seen = kept_nodes(graph, layers)
     nodes = [graph.node[i] for i in sorted(keep)]
     used = seen | {v for node in nodes for v in node.input}
     # one scalar output (the mean of the first layer's output): the runner observes the BN
