@@ -64,6 +64,7 @@ class ModelRunner(Closing):
         per-channel moments of the BN layer's *input* over this batch (count 0 when the layer
         was not reached)."""
         x = self._prepare(x)
+        self._before_moments(x)
         outs, stats = [], []
         for chunk in self._chunks(x):
             out, moments = self._moments(chunk)
@@ -76,6 +77,7 @@ class ModelRunner(Closing):
         (layers left out have none: a two-pass ONNX layer, a layer run twice in one pass).
         The batch moments are those :meth:`moments` returns."""
         x = self._prepare(x)
+        self._before_moments(x)
         outs, stats, samples = [], [], []
         for chunk in self._chunks(x):
             out, moments, per_sample = self._sample_moments(chunk)
@@ -120,6 +122,10 @@ class ModelRunner(Closing):
     @abstractmethod
     def _moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
         """One chunk (already cast, batch size acceptable to the model)."""
+
+    def _before_moments(self, x: np.ndarray) -> None:  # noqa: B027 (an optional hook)
+        """Called with each batch of :meth:`moments` and :meth:`sample_moments` before it is cut
+        into chunks (the ONNX runner places its shifts on a few of the first batch's samples)."""
 
     def _sample_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments], dict[str, SampleMoments]]:
         """One chunk's :meth:`_moments` and per-sample moments (none by default)."""

@@ -142,11 +142,12 @@ def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arc
         report.findings = run_rules("model", ctx, select=settings.select, ignore=settings.ignore)
         return report
     thresholds = settings.threshold_table()
+    selected = frozenset(r.code for r in select_rules("drift", settings.select, settings.ignore))
     with ExitStack() as stack:
-        run = _data_pass(stack, source, data, layers, options, ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None, report.notes)
+        spec = ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None
+        run = _data_pass(stack, source, data, layers, options, spec, report.notes, outputs=_compares_outputs(options, selected))
         if run.result.samples == 0:
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
-        selected = frozenset(r.code for r in select_rules("drift", settings.select, settings.ignore))
         evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, selected), report.notes)
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
     report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
@@ -191,8 +192,17 @@ def _chosen_layers(source: ModelSource, names: list[str] | None):
     return [layer for layer in layers if layer.name in set(names)]
 
 
-def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: DriftOptions, model_spec, notes: list[str]) -> DataPass:
-    """The moments of every layer: one pass over DATA on the engine, or the ``--stats`` file."""
+def _compares_outputs(options: DriftOptions, selected: frozenset[str]) -> bool:
+    """Whether an analysis compares the subsample's outputs (BN301, BN201): the main pass keeps
+    them only then."""
+    return options.mismatch_samples > 0 and ("BN301" in selected or ("BN201" in selected and options.train_batch_size >= 2))
+
+
+def _data_pass(
+    stack: ExitStack, source: ModelSource, data, layers, options: DriftOptions, model_spec, notes: list[str], *, outputs: bool = True
+) -> DataPass:
+    """The moments of every layer: one pass over DATA on the engine, or the ``--stats`` file.
+    ``outputs``: keep the subsample's outputs (see :func:`_compares_outputs`)."""
     if options.stats is not None:  # measured elsewhere (shards + bncheck merge): no data pass
         result, data_info, stats_notes = stats_file.load_measurement(options.stats, source, layers)
         notes.extend(stats_notes)
@@ -210,7 +220,7 @@ def _data_pass(stack: ExitStack, source: ModelSource, data, layers, options: Dri
         bad = ", ".join(f"{k} ({v})" for k, v in list(runner.unhookable.items())[:5])
         notes.append(f"{len(runner.unhookable)} BN layer(s) cannot be observed: {bad}")
     request = PassRequest(
-        names, options.batch_size, keep=max(options.mismatch_samples, options.diagnosis_samples), keep_predictions=True, class_axis=options.class_axis
+        names, options.batch_size, keep=max(options.mismatch_samples, options.diagnosis_samples), keep_outputs=outputs, keep_predictions=True, class_axis=options.class_axis
     )
     advance = step("reading DATA", total=session.num_samples)
     try:

@@ -22,6 +22,7 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,13 @@ from bncheck.commands.drift_refine import (
 from bncheck.commands.drift_setting import OutputSetting, kept_moments
 from bncheck.engines.measure import Measurement, array_moments
 from bncheck.numerics.moments import Moments
-from bncheck.numerics.outputs import OutputComparison, accuracy, compare, confidence
+from bncheck.numerics.outputs import (
+    OutputComparison,
+    accuracy,
+    compare,
+    compare_batches,
+    confidence,
+)
 from bncheck.rules.stale_statistics import StaleStatistics
 
 #: batch of the eval passes that need outputs only (BN301's noise floor): onnxruntime's arena
@@ -55,12 +62,13 @@ def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
     }
 
 
-def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> np.ndarray:
-    """Eval-mode outputs of ``x`` (batch-first) from ``source`` carrying ``stats`` (see
-    :func:`runner_with`)."""
+def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> Iterator[np.ndarray]:
+    """Eval-mode outputs of ``x`` (batch-first), a batch at a time, from ``source`` carrying
+    ``stats`` (see :func:`runner_with`)."""
     size = min(batch_size, OUTPUTS_BATCH)  # the plain session's arena grows to its largest batch
     with runner_with(source, stats, runner, []) as run:
-        return np.concatenate([run.forward(x[i : i + size]) for i in range(0, len(x), size)])
+        for i in range(0, len(x), size):
+            yield run.forward(x[i : i + size])
 
 
 @dataclass
@@ -234,7 +242,7 @@ def _with_floor(source, runner, layers, result: Measurement, setting: OutputSett
     else:
         half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
     halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size, runner)
-    floor = compare(refined.outputs, halved, setting.class_axis)
+    floor = compare_batches(refined.outputs, halved, setting.class_axis)  # each batch compared as it comes
     scale = floor_scale(result.samples, n_half)
     out = _figures(effect, floor, scale)
     per_effect, per_floor = out.pop("_per_sample")

@@ -265,18 +265,21 @@ def pass_with(
     """Outputs and per-layer input moments of the subsample from ``source`` carrying ``stats``
     (see :func:`runner_with`), and the moments of its first ``prefix`` samples (whole batches;
     None without). ``stop(those moments)`` true ends the pass after them: (None, None, them)."""
-    outs, parts, first = [], {}, None
+    outs, parts, first = None, {}, None
+    n = len(setting.sub)
     with runner_with(source, stats, runner, names) as run:
-        for i in range(0, len(setting.sub), setting.batch_size):
+        for i in range(0, n, setting.batch_size):
             if prefix and first is None and i >= prefix:
                 first = {name: merge_all(ms) for name, ms in parts.items()}
                 if stop is not None and stop(first):
                     return None, None, first
             out, moments = run.moments(setting.sub[i : i + setting.batch_size])
-            outs.append(out)
+            if outs is None:  # one array for the pass's outputs (no list of batches joined at the end)
+                outs = np.empty((n, *np.shape(out)[1:]), np.asarray(out).dtype)
+            outs[i : i + len(out)] = out
             add_bounded(parts, {name: moments[name] for name in names if name in moments})
     merged = {name: merge_all(ms) for name, ms in parts.items()}
-    return np.concatenate(outs), merged, (merged if prefix and first is None else first)
+    return outs, merged, (merged if prefix and first is None else first)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 from bncheck.commands.drift_setting import OutputSetting
 from bncheck.numerics import drift as metrics
 from bncheck.numerics.moments import Moments, merge_all
-from bncheck.numerics.outputs import compare
+from bncheck.numerics.outputs import ComparisonParts
 from bncheck.rules.context import BatchScatter, SmallBatchRisk
 
 #: BN201's train-mode pass is skipped when the batch-mean scatter estimated from the main pass
@@ -62,26 +62,26 @@ def small_batch_risk(layers, runner, setting: OutputSetting, batch_size: int, sk
                 batch_size=int(batch_size), samples=int(batches * batch_size), layers=estimate, worst_layer=worst,
                 max_mean_scatter=value, mean_scatter_se=_scatter_se(value, batches), relative_error=None, train_pass=False,
             )  # fmt: skip
-    outs, per_layer = [], {}
+    parts, per_layer = [], {}
     for start in range(0, len(setting.sub) - batch_size + 1, batch_size):
         out, moments = runner.train_moments(setting.sub[start : start + batch_size])
-        outs.append(out)
+        parts.append(ComparisonParts.of(setting.reference[start : start + len(out)], out, setting.class_axis))  # not kept
         for name, m in moments.items():
             per_layer.setdefault(name, []).append(m)
-    if not outs or batch_size < 2:
+    if not parts or batch_size < 2:
         return None
-    usable = len(outs) * batch_size
+    usable = len(parts) * batch_size
     scatter: dict[str, BatchScatter] = {}
     worst, worst_value, worst_se, note = None, None, None, None
-    if len(outs) < 2:  # one batch is its own population: a scatter of 0 would say nothing
+    if len(parts) < 2:  # one batch is its own population: a scatter of 0 would say nothing
         note = (
             f"batch-statistics scatter not measurable: the subsample holds one full batch of {batch_size} "
             f"({len(setting.sub)} samples); it needs {2 * batch_size}, which DATA and --mismatch-samples must both allow, "
             f"or --train-batch-size at most {max(2, len(setting.sub) // 2)}"
         )
     else:
-        worst, worst_value, worst_se = _worst_scatter(layers, per_layer, len(outs), scatter)
-    effect = compare(setting.reference[:usable], np.concatenate(outs), setting.class_axis)
+        worst, worst_value, worst_se = _worst_scatter(layers, per_layer, len(parts), scatter)
+    effect = ComparisonParts.join(parts).comparison()
     flips = bool(effect.agreement is not None and effect.positions and effect.sample_flips is not None)
     return SmallBatchRisk(
         batch_size=int(batch_size),

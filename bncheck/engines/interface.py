@@ -48,6 +48,9 @@ class PassRequest:
     batch_size: int = 32
     mode: str = "eval"
     keep: int = 0
+    #: keep the subsample's outputs too (False: only its inputs, for analyses that re-run the
+    #: model on them; in-process engines only)
+    keep_outputs: bool = True
     keep_predictions: bool = False
     statistics: dict[str, tuple[Any, Any]] | None = None
     seed: int = 0

@@ -72,7 +72,7 @@ class LocalSession(Session):
             batches = self.batches(request.batch_size, split=request.split, samples=request.samples)
             if request.mode == "eval":
                 return measure(
-                    runner, batches, keep=request.keep, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
+                    runner, batches, keep=request.keep, keep_outputs=request.keep_outputs, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
                     class_axis=request.class_axis, until=request.until,
                 )  # fmt: skip
             return train_pass(runner, batches, request.layers, on_batch, until=request.until)

@@ -68,6 +68,7 @@ def measure(
     batches,
     *,
     keep: int,
+    keep_outputs: bool = True,
     on_batch: Callable[[int], None] | None = None,
     keep_predictions: bool = False,
     seed: int = 0,
@@ -77,13 +78,14 @@ def measure(
     """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64),
     for the whole pass and for its even and odd batches apart; keep a uniform random subsample
     of ``keep`` samples, their eval outputs and labels for the train-mode analyses (a folder
-    sorted by class must not give single-class batches). Memory does not grow with the data:
+    sorted by class must not give single-class batches; ``keep_outputs`` False: the inputs
+    only). Memory does not grow with the data:
     per-layer moments are merged every ``_MERGE_EVERY`` batches and predictions are only
     counted (one class per sample over ``class_axis``; outputs with several positions per sample
     have no per-sample accuracy)."""
     parts: dict[str, list[Moments]] = {}
     halves: tuple[dict[str, list[Moments]], dict[str, list[Moments]]] = ({}, {})
-    reservoir = Reservoir(keep, seed)
+    reservoir = Reservoir(keep, seed, outputs=keep_outputs)
     samples = batches_seen = 0
     counts = _Counts()
     per_sample = keep > 0 and hasattr(runner, "sample_moments")

@@ -128,23 +128,67 @@ COMPARE_CHUNK = 1 << 19
 def compare(reference: np.ndarray, other: np.ndarray, class_axis: int | None) -> OutputComparison:
     """Compare two batch-first output arrays of the same shape (ValueError when they differ);
     the sums of squares in float64, a few samples at a time."""
-    a, b = np.asarray(reference), np.asarray(other)
-    if a.shape != b.shape:
-        raise ValueError(f"outputs of shapes {a.shape} and {b.shape} cannot be compared")
-    n = a.shape[0]
-    ref_sq, diff_sq = _square_sums(a.reshape(n, -1), b.reshape(n, -1))
-    norm = float(np.sqrt(ref_sq.sum()))
-    diff_norm = float(np.sqrt(diff_sq.sum()))
-    rel = diff_norm / norm if norm > 0 else diff_norm
-    rms = norm / np.sqrt(n) if norm > 0 else 1.0
-    result = OutputComparison(n, None, rel, np.sqrt(diff_sq) / rms)
-    pa, pb = predictions(a, class_axis), predictions(b, class_axis)  # float32 -> float64 keeps the order
-    if pa is not None and pb is not None:
-        flips = np.count_nonzero(pa != pb, axis=1)
-        result.positions = int(pa.shape[1])
-        result.sample_flips = flips
-        result.agreement = float(1.0 - flips.sum() / pa.size) if pa.size else 1.0
-    return result
+    return ComparisonParts.of(reference, other, class_axis).comparison()
+
+
+@dataclass
+class ComparisonParts:
+    """What :func:`compare` sums, per sample: a comparison gathered a batch at a time (the
+    batches of a pass compared as they come, none of them kept), then joined (:meth:`join`)."""
+
+    ref_sq: np.ndarray
+    diff_sq: np.ndarray
+    #: per sample, the positions whose argmax differs (None without classes)
+    flips: np.ndarray | None
+    positions: int | None
+
+    @classmethod
+    def of(cls, reference: np.ndarray, other: np.ndarray, class_axis: int | None) -> ComparisonParts:
+        a, b = np.asarray(reference), np.asarray(other)
+        if a.shape != b.shape:
+            raise ValueError(f"outputs of shapes {a.shape} and {b.shape} cannot be compared")
+        n = a.shape[0]
+        ref_sq, diff_sq = _square_sums(a.reshape(n, -1), b.reshape(n, -1))
+        pa, pb = predictions(a, class_axis), predictions(b, class_axis)  # float32 -> float64 keeps the order
+        if pa is None or pb is None:
+            return cls(ref_sq, diff_sq, None, None)
+        return cls(ref_sq, diff_sq, np.count_nonzero(pa != pb, axis=1), int(pa.shape[1]))
+
+    @classmethod
+    def join(cls, parts: list[ComparisonParts]) -> ComparisonParts:
+        """The parts of consecutive batches as one (ValueError for none)."""
+        if not parts:
+            raise ValueError("no outputs to compare")
+        flips = None if any(p.flips is None for p in parts) else np.concatenate([p.flips for p in parts])
+        return cls(np.concatenate([p.ref_sq for p in parts]), np.concatenate([p.diff_sq for p in parts]), flips, parts[0].positions)
+
+    def comparison(self) -> OutputComparison:
+        n = len(self.ref_sq)
+        norm = float(np.sqrt(self.ref_sq.sum()))
+        diff_norm = float(np.sqrt(self.diff_sq.sum()))
+        rel = diff_norm / norm if norm > 0 else diff_norm
+        rms = norm / np.sqrt(n) if norm > 0 else 1.0
+        result = OutputComparison(n, None, rel, np.sqrt(self.diff_sq) / rms)
+        if self.flips is not None and self.positions is not None:
+            total = n * self.positions
+            result.positions = self.positions
+            result.sample_flips = self.flips
+            result.agreement = float(1.0 - self.flips.sum() / total) if total else 1.0
+        return result
+
+
+def compare_batches(reference: np.ndarray, batches, class_axis: int | None) -> OutputComparison:
+    """:func:`compare` of ``reference`` with the outputs that ``batches`` yields in order (each
+    batch-first, compared with the rows of ``reference`` it follows, then let go): the other
+    side is never held whole."""
+    parts, start = [], 0
+    for out in batches:
+        out = np.asarray(out)
+        parts.append(ComparisonParts.of(reference[start : start + len(out)], out, class_axis))
+        start += len(out)
+    if start != len(reference):
+        raise ValueError(f"{start} outputs to compare with {len(reference)}")
+    return ComparisonParts.join(parts).comparison()
 
 
 def _square_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

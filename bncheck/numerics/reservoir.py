@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncheck.numerics.moments import SampleMoments
-from bncheck.numerics.rows import ordered, row_store
+from bncheck.numerics.rows import ordered, permute_rows, row_store
 
 
 class Reservoir:
@@ -14,10 +14,14 @@ class Reservoir:
     analyses. Memory is ``size`` samples whatever the length of the stream (their inputs in a
     temporary file when they would take more than :data:`~bncheck.numerics.rows.SPILL_BYTES`:
     the subsample is then a :class:`~bncheck.numerics.rows.RowsView`); a fixed seed makes runs
-    reproducible."""
+    reproducible. ``outputs`` False keeps none of the outputs (a pass whose analyses need only
+    the inputs: BN103's diagnosis; a CTC recogniser's 96 x 40 x 6,625 scores are 102 MB)."""
 
-    def __init__(self, size: int, seed: int = 0):
+    def __init__(self, size: int, seed: int = 0, *, outputs: bool = True):
         self.size = int(size)
+        self.keeps_outputs = bool(outputs)
+        #: what :meth:`sample_all` handed out (its arrays are the reservoir's own, reordered)
+        self._sampled: tuple | None = None
         self.seen = 0
         self._rng = np.random.default_rng(seed)
         self._x: np.ndarray | None = None
@@ -38,6 +42,8 @@ class Reservoir:
         slots = self._slots(len(x))
         self._keep_moments(moments or {}, slots)
         outputs = np.asarray(outputs)
+        if not self.keeps_outputs:
+            outputs = np.zeros((len(x), 0), np.float32)
         if outputs.ndim == 0 or outputs.shape[0] != len(x) or (self._out is not None and outputs.shape[1:] != self._out.shape[1:]):
             # no axis follows the batch size, or the per-sample shape changes between batches:
             # the outputs cannot be kept per sample (the analyses that need them say so)
@@ -96,13 +102,18 @@ class Reservoir:
 
     def sample_all(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, SampleMoments]]:
         """:meth:`sample_labelled` and, in the same order, the kept samples' per-sample moments
-        of every layer that had them in every batch."""
+        of every layer that had them in every batch. The kept inputs and outputs are put in
+        that order where they lie (no second copy of them at the peak): the end of the stream,
+        and every later call returns the same."""
         if self._x is None or self._out is None:
             return None, None, None, {}
+        if self._sampled is not None:
+            return self._sampled
         n = min(self.seen, self.size)
         order = self._rng.permutation(n)
         labels = self._y[:n][order] if self.labelled and self._y is not None else None
         kept = {name: v for name, v in (self._moments or {}).items() if v is not None}
         moments = {name: SampleMoments(c[:n][order], m[:n][order], q[:n][order]) for name, (c, m, q) in kept.items()}
-        return ordered(self._x, n, order), self._out[:n][order], labels, moments
+        self._sampled = (ordered(self._x, n, order), permute_rows(self._out[:n], order), labels, moments)
+        return self._sampled
 

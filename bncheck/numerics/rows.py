@@ -131,8 +131,30 @@ def row_store(capacity: int, row_shape: tuple[int, ...], dtype, *, spill_bytes: 
 
 
 def ordered(store, n: int, order: np.ndarray):
-    """The first ``n`` rows of ``store`` (an array or a :class:`SpilledRows`) in ``order``: a
-    copy for an array, a :class:`RowsView` (nothing read) for a file."""
+    """The first ``n`` rows of ``store`` (an array or a :class:`SpilledRows`) in ``order``: those
+    rows of the array reordered in place (:func:`permute_rows`), a :class:`RowsView` (nothing
+    read) for a file."""
     if isinstance(store, SpilledRows):
         return store.view(np.arange(n)[order])
-    return store[:n][order]
+    return permute_rows(store[:n], order)
+
+
+def permute_rows(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``rows`` put in ``order`` (a permutation of its row indices: row ``i`` becomes what row
+    ``order[i]`` was) in place, one row at a time along each cycle of the permutation: the
+    memory of one row, where ``rows[order]`` would copy them all. Returns ``rows``."""
+    order = np.asarray(order)
+    done = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if done[start]:
+            continue
+        done[start] = True
+        if order[start] == start:
+            continue
+        held, j = rows[start].copy(), start
+        while (k := int(order[j])) != start:
+            rows[j] = rows[k]
+            done[k] = True
+            j = k
+        rows[j] = held
+    return rows

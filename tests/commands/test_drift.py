@@ -319,3 +319,31 @@ def test_an_analysis_whose_rule_is_selected_off_does_not_run(calibrated, monkeyp
     assert not {f.rule for f in report.findings} & set(ignore)
     full = bncheck.drift(model, path, options=options)
     assert report.result.layers == full.result.layers
+
+
+@pytest.mark.parametrize(
+    ("ignore", "mismatch_samples", "outputs"),
+    [([], 96, True), (["BN301"], 96, True), (["BN201"], 96, True), (["BN201", "BN301"], 96, False), ([], 0, False)],
+)
+def test_the_main_pass_keeps_the_subsample_outputs_only_for_an_analysis_that_compares_them(
+    calibrated, monkeypatch, ignore, mismatch_samples, outputs
+):
+    """The subsample's outputs (a CTC recogniser's 96 x 40 x 6,625 scores: 102 MB) are kept for
+    BN301 and BN201 only; without them the inputs are still kept (BN103's diagnosis, the
+    split halves) and the per-layer figures do not change."""
+    from bncheck.engines import local
+
+    model, _, path = calibrated
+    seen: list[bool] = []
+    real = local.measure
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["keep_outputs"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "measure", spy)
+    options = _opts(mismatch_samples=mismatch_samples, train_batch_size=2)
+    report = bncheck.drift(model, path, settings=bncheck.Settings(ignore=ignore), options=options)
+    assert seen == [outputs]
+    monkeypatch.setattr(local, "measure", real)
+    assert report.result.layers == bncheck.drift(model, path, options=options).result.layers

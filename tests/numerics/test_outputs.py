@@ -84,6 +84,26 @@ def test_compare_matches_float64_loops(shape, class_axis, chunk, monkeypatch):
     assert float(np.sqrt(np.mean(got.sample_errors**2))) == pytest.approx(rel, rel=1e-12)
 
 
+@pytest.mark.parametrize(("shape", "class_axis"), [((16, 10), 0), ((8, 40, 30), 1), ((6, 1, 12, 12), None)])
+@pytest.mark.parametrize("sizes", [[16], [5, 5, 6], [1] * 16, [3, 13]])
+def test_compare_batch_by_batch_is_compare_of_the_whole(shape, class_axis, sizes):
+    """BN301's noise floor and BN201 compare each batch as it comes (none kept): the same
+    figures, bit for bit, as comparing the whole arrays; a short stream is refused."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(16, *shape[1:])).astype(np.float32)
+    b = (a + 0.3 * rng.normal(size=a.shape)).astype(np.float32)
+    cuts = np.cumsum([0, *sizes])
+    got = o.compare_batches(a, (b[i:j] for i, j in zip(cuts[:-1], cuts[1:], strict=True)), class_axis)
+    whole = o.compare(a, b, class_axis)
+    assert got.relative_error == whole.relative_error and got.agreement == whole.agreement
+    assert np.array_equal(got.sample_errors, whole.sample_errors)
+    assert (got.sample_flips is None) == (whole.sample_flips is None)
+    if whole.sample_flips is not None:
+        assert np.array_equal(got.sample_flips, whole.sample_flips) and got.positions == whole.positions
+    with pytest.raises(ValueError, match="15 outputs to compare with 16"):
+        o.compare_batches(a, iter([b[:15]]), class_axis)
+
+
 @pytest.mark.parametrize("chunk", [1 << 19, 50, 1])
 @pytest.mark.parametrize("kind", ["logits", "probabilities", "log-probabilities"])
 def test_confidence_in_chunks_matches_the_whole_softmax(kind, chunk, monkeypatch):

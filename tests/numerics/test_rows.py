@@ -93,3 +93,39 @@ def test_a_drift_run_with_its_subsample_in_a_file_reports_the_same(monkeypatch):
     for report in (before, after):
         report.pop("run", None)
     assert after == before
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 4, 5)])
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_permuted_in_place_are_the_fancy_indexed_copy(shape, seed):
+    """The reservoir puts its kept samples in their random order where they lie (one row of
+    scratch, no second copy of a 100 MB output array): the same rows as ``a[order]``."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(17, *shape)).astype(np.float32)
+    for order in (rng.permutation(17), np.arange(17), np.roll(np.arange(17), 1)):
+        b = a.copy()
+        assert rows.permute_rows(b, order) is b
+        assert np.array_equal(b, a[order])
+
+
+def test_reservoir_hands_out_its_sample_once_and_the_same_again():
+    r = Reservoir(8, seed=1)
+    x = _rows(30)
+    out = x.reshape(30, -1)[:, :7] * 2
+    for i in range(0, 30, 4):
+        r.offer(x[i : i + 4], out[i : i + 4])
+    first = r.sample_all()
+    again = r.sample_all()
+    assert all(p is q for p, q in zip(first[:2], again[:2], strict=True))
+    kept = [int(np.flatnonzero((x == row).all(axis=(1, 2, 3)))[0]) for row in first[0]]
+    assert len(set(kept)) == 8 and np.array_equal(first[1], out[kept])  # each sample with its own output
+
+
+def test_reservoir_without_outputs_keeps_the_inputs_only():
+    full, bare = Reservoir(8, seed=2), Reservoir(8, seed=2, outputs=False)
+    x = _rows(20)
+    for i in range(0, 20, 5):
+        full.offer(x[i : i + 5], x[i : i + 5] * 3)
+        bare.offer(x[i : i + 5], x[i : i + 5] * 3)
+    (fx, fo), (bx, bo) = full.sample(), bare.sample()
+    assert np.array_equal(fx, bx) and fo.shape == (8, 3, 4, 5) and bo.shape == (8, 0)

@@ -1,0 +1,113 @@
+"""The ONNX runner's first batch: a probe of a few of its samples places the one-pass shifts
+(a data mean far from the running mean re-runs those samples, not the whole batch) and tells
+the output's size a sample, so that chunks hold at most ``CHUNK_BYTES`` of output as well as
+of BN input. Figures checked against float64 numpy and the plain model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from support.onnx_graphs import assert_exact_moments, bn_input, conv_bn_model, plain_output
+
+from bncheck.backends.onnx import runner as onnx_runner
+from bncheck.backends.onnx.source import OnnxSource
+
+
+def _spy_runs(monkeypatch) -> list[tuple[str, int]]:
+    runs: list[tuple[str, int]] = []
+    original = onnx_runner.OnnxRunner._run
+
+    def run(self, kind, names, x):
+        runs.append((kind, len(x)))
+        return original(self, kind, names, x)
+
+    monkeypatch.setattr(onnx_runner.OnnxRunner, "_run", run)
+    return runs
+
+
+def test_a_far_data_mean_re_runs_the_probe_not_the_first_batch(monkeypatch):
+    """Data 1e3 stds from the running mean: the probe's samples run twice (the move), the batch
+    of 32 once, already centred; its moments are exact and later batches need no move."""
+    runs = _spy_runs(monkeypatch)
+    model = conv_bn_model(running_mean=0.0)
+    rng = np.random.default_rng(5)
+    with OnnxSource(model, path=None).runner() as runner:
+        for _ in range(3):
+            x = (1e3 + rng.normal(0, 1, (32, 3, 6, 6))).astype(np.float32)
+            out, moments = runner.moments(x)
+            assert_exact_moments(moments["bn"], bn_input(model, x))
+            np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-5, atol=1e-4)
+        assert runner.recentres == 1
+    probe = onnx_runner.PROBE_SAMPLES
+    assert runs == [("moments", probe), ("moments", probe), ("moments", 32), ("moments", 32), ("moments", 32)]
+
+
+def test_data_the_running_mean_fits_costs_the_probe_once(monkeypatch):
+    runs = _spy_runs(monkeypatch)
+    model = conv_bn_model(running_mean=0.0)
+    rng = np.random.default_rng(6)
+    with OnnxSource(model, path=None).runner() as runner:
+        for _ in range(2):
+            x = rng.normal(0, 1, (32, 3, 6, 6)).astype(np.float32)
+            _, moments = runner.moments(x)
+            assert_exact_moments(moments["bn"], bn_input(model, x))
+        assert runner.recentres == 0
+    assert runs == [("moments", onnx_runner.PROBE_SAMPLES), ("moments", 32), ("moments", 32)]
+
+
+def test_small_batches_run_no_probe(monkeypatch):
+    runs = _spy_runs(monkeypatch)
+    model = conv_bn_model(running_mean=0.0)
+    x = np.random.default_rng(7).normal(0, 1, (2 * onnx_runner.PROBE_SAMPLES, 3, 6, 6)).astype(np.float32)
+    with OnnxSource(model, path=None).runner() as runner:
+        runner.moments(x)
+    assert runs == [("moments", len(x))]
+
+
+def _wide_output_model(classes: int = 4096) -> onnx.ModelProto:
+    """x (N, 3, 6, 6) -> Conv -> BN -> Relu -> Flatten -> MatMul (64 -> ``classes``): a sample's
+    output is 64 times its BN input, as a recogniser's scores over a large alphabet are."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(4, np.float32), "s"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "m"),
+        numpy_helper.from_array(np.ones(4, np.float32), "v"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (64, classes)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"]),
+        helper.make_node("BatchNormalization", ["conv", "s", "b", "m", "v"], ["y"], name="bn"),
+        helper.make_node("Relu", ["y"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", classes])], initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_chunks_hold_at_most_chunk_bytes_of_output_and_change_no_figure(monkeypatch):
+    """With room for 5 samples' outputs a chunk, a batch of 32 runs as 7 chunks of 4-5 samples
+    after the probe (the BN inputs alone would allow 80); the moments and outputs are those of
+    the batch run whole."""
+    model = _wide_output_model()
+    x = np.random.default_rng(8).normal(0, 1, (32, 3, 6, 6)).astype(np.float32)
+    with OnnxSource(model, path=None).runner() as runner:
+        whole_out, whole = runner.moments(x)
+    runs = _spy_runs(monkeypatch)
+    monkeypatch.setattr(onnx_runner, "CHUNK_BYTES", 5 * 4 * 4096)
+    with OnnxSource(model, path=None).runner() as runner:
+        out, moments = runner.moments(x)
+    sizes = [n for _, n in runs[1:]]
+    assert runs[0] == ("moments", onnx_runner.PROBE_SAMPLES)
+    assert sum(sizes) == 32 and max(sizes) == 5 and min(sizes) == 4
+    np.testing.assert_array_equal(out, whole_out)
+    np.testing.assert_allclose(moments["bn"].mean, whole["bn"].mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(moments["bn"].var, whole["bn"].var, rtol=1e-9)
