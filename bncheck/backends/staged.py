@@ -39,7 +39,20 @@ class StagedModel(ABC):
 
     @abstractmethod
     def advance(self, k: int, frontier: Frontier) -> Frontier:
-        """Segment ``k`` (1 <= k < depth) on ``frontier`` (level ``k``'s): level ``k + 1``'s."""
+        """Segment ``k`` (1 <= k < depth) on ``frontier`` (level ``k``'s): level ``k + 1``'s
+        (``k = depth``: the outputs, where the plan carries them)."""
+
+    def output(self, frontier: Frontier) -> np.ndarray | None:
+        """The model's first output (as the backend's runner returns it, before its batch axis
+        is moved) from a frontier of the deepest level: its segment and all that follows, with
+        the statistics set. None where the plan carries no output (``plan.outputs`` empty) or
+        the value is not an array."""
+        if not self.plan.outputs:
+            return None
+        return self._array(self.advance(self.plan.depth, frontier)[self.plan.outputs[0]])
+
+    def _array(self, value) -> np.ndarray | None:
+        return np.asarray(value)
 
     @abstractmethod
     def moments(self, k: int, frontier: Frontier) -> dict[str, Moments]:

@@ -21,6 +21,7 @@ from bncheck.commands.drift_setting import OutputSetting
 from bncheck.commands.recalibrate_staged import estimate_staged
 from bncheck.engines.measure import add_bounded, array_moments
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import batch_first
 from bncheck.numerics.recalibration import relative_change
 from bncheck.rules.stale_statistics import StaleStatistics
 
@@ -102,7 +103,9 @@ def refine(
     ``recalibrate --method exact``: each BN level measured with every level before it final,
     about one forward pass in all) solves it, and a last eval pass measures the residual
     and gives the outputs (where the level-by-level pass ran on the first samples only and its
-    move did not carry to the rest, once more level by level on every sample, then the check). A model that cannot be cut is iterated with whole-model passes
+    move did not carry to the rest, once more level by level on every sample, then the check).
+    One on every sample of the subsample solves it there exactly and gives the outputs itself:
+    no eval pass, movement 0 (one measured 1e-6 on PP-OCRv4's recogniser). A model that cannot be cut is iterated with whole-model passes
     instead, which settle one more BN level each (as many passes as the deepest chain of BN
     layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
     channel standard deviations, variance relative, both with the layer's eps, as
@@ -110,21 +113,24 @@ def refine(
     counted: then ``converged`` is false and the statistics and outputs are those of the last
     eval pass. ``stored``: the stored statistics; where ``full`` differs from them by more than
     ``tolerance`` somewhere, the first eval pass could hardly settle and the level-by-level pass
-    comes first (its result checked by the eval pass that follows, as always)."""
+    comes first (its result checked by the eval pass that follows unless it ran on every sample)."""
     names = list(full)
     eps = eps or {}
     if base is None:
         base = array_moments(runner, setting.sub, setting.batch_size, names)
     before = {n: (base[n].mean, base[n].var) for n in names if n in base}
     stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
+    exact = None  # the level-by-level pass's outputs where it ran on every sample
     if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
-        staged, levels, unstaged = level_by_level(source, full, before, setting, names)
+        staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names)
         if staged is not None:
             stats, how, passes = staged, "level by level", 1
     best: Refined | None = None
     widened = False
     prefix = _Prefix.of(setting, names, full, eps)
     while True:
+        if exact is not None:  # a level-by-level pass on every sample: the fixed point there, by construction
+            return Refined(stats, exact, passes, 0.0, True, how, levels, unstaged)
         judged = prefix is not None and best is not None and how == "fixed-point passes"
         stop = (lambda first, s=stats: prefix.movement(s, first) >= DIVERGING_RATIO * prefix.best) if judged else None
         out, moments, first = pass_with(source, runner, stats, setting, names, prefix=prefix.size if prefix else 0, stop=stop)
@@ -148,13 +154,13 @@ def refine(
             # the move measured on the first samples did not carry to the rest (sparse channels:
             # a MobileNetV2's near-dead ReLU6 channels moved 0.1-0.3 and the fixed-point passes
             # then diverged): once more level by level, on every sample the check runs on
-            staged, levels, unstaged = level_by_level(source, full, before, setting, names, every=True)
+            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names, every=True)
             widened = True
             if staged is not None:
                 stats, passes = staged, passes + 1
                 continue
         if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
-            staged, levels, unstaged = level_by_level(source, full, before, setting, names)
+            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names)
             if staged is not None:
                 stats, how, passes = staged, "level by level", passes + 1
                 continue
@@ -187,7 +193,7 @@ class _Subsample:
 
 def level_by_level(
     source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str], *, every: bool = False,
-) -> tuple[Statistics | None, int, str]:  # fmt: skip
+) -> tuple[Statistics | None, int, str, np.ndarray | None]:  # fmt: skip
     """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
     the subsample (:func:`_level_samples`; each level's moments moved onto all of
     DATA, as those samples' moments with the stored statistics moved, before the next level is
@@ -196,10 +202,13 @@ def level_by_level(
     last eval pass then checks on the whole subsample. ``before``: the whole subsample's moments
     with the stored statistics, used (with the whole subsample) where the main pass kept no
     per-sample moments to take those samples' from, or where ``every`` asks for every sample of
-    the subsample (the check's own samples: the fixed point is then exact on them)."""
+    the subsample (the check's own samples: the fixed point is then exact on them). Where the
+    pass runs on every sample of the subsample it also gives their outputs with those
+    statistics (batch-first; the rest of the model run on its last kept values: no eval pass
+    is needed to check a fixed point that holds there by construction), else None."""
     staged, why = backend_for(source).staged(source, names)
     if staged is None:
-        return None, 0, why
+        return None, 0, why, None
     k = len(setting.sub) if every else _level_samples(setting, names)
     base = setting.stored_moments(names, slice(0, k)) if k < len(setting.sub) else None
     if base is None:  # the whole subsample, whose moments with the stored statistics are known
@@ -208,12 +217,24 @@ def level_by_level(
         before = {n: (base[n].mean, base[n].var) for n in names if n in base}
     sub = setting.sub[:k]
     options = SimpleNamespace(batch_size=min(setting.batch_size, STAGED_BATCH), cache_mb=STAGED_CACHE_MB, prior=0.0)
+    every_sample = k == len(setting.sub)
     with staged:
         done = estimate_staged(
             staged, _Subsample(sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
             adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
+            outputs=every_sample,
         )  # fmt: skip
-    return {n: done.stats.get(n, full[n]) for n in names}, staged.plan.depth, ""
+    stats = {n: done.stats.get(n, full[n]) for n in names}
+    return stats, staged.plan.depth, "", _joined_outputs(done.outputs, setting) if every_sample else None
+
+
+def _joined_outputs(outputs: list[np.ndarray] | None, setting: OutputSetting) -> np.ndarray | None:
+    """The level-by-level pass's outputs, batch-first and joined, where they are the
+    subsample's (the shape of its reference outputs); None otherwise."""
+    if outputs is None:
+        return None
+    joined = np.concatenate([batch_first(out, setting.batch_axis) for out in outputs])
+    return joined if joined.shape == setting.reference.shape else None
 
 
 def _level_samples(setting: OutputSetting, names: list[str]) -> int:

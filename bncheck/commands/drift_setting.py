@@ -25,6 +25,8 @@ class OutputSetting:
     #: layer -> the per-sample eval-mode (stored statistics) moments of ``sub``, kept by the
     #: main pass (layers its runner gave none for are missing)
     sub_moments: dict[str, SampleMoments] = field(default_factory=dict)
+    #: the axis of the model's output that follows the batch size (the runner's ``batch_axis``)
+    batch_axis: int | None = 0
 
     def stored_moments(self, names: list[str], index=slice(None)) -> dict[str, Moments] | None:
         """See :func:`kept_moments`."""
@@ -55,4 +57,4 @@ def output_setting(result: Measurement, samples: int, class_axis: int | str, bat
     labels = result.sub_labels[:samples] if result.sub_labels is not None else None
     axis = output_class_axis(ref, class_axis, result.batch_axis)
     kept = {name: m.take(slice(0, len(ref))) for name, m in result.sub_moments.items() if len(m) == len(result.subsample)}
-    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size, kept)
+    return OutputSetting(result.subsample[:samples], ref, labels, axis, batch_size, kept, result.batch_axis)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bncheck.backends.interface import Statistics
 from bncheck.backends.staged import Frontier, StagedModel
 from bncheck.commands.progress import step
@@ -40,6 +42,9 @@ class StagedEstimate:
     samples: int
     #: what the report says of the passes: levels, data reads, batches kept, peak cache bytes
     record: dict[str, Any] = field(default_factory=dict)
+    #: with ``outputs=True``, each batch's model output with every statistic estimated (as the
+    #: backend returns it); None where not asked for or where not every last frontier was kept
+    outputs: list[np.ndarray] | None = None
 
 
 class _Cache:
@@ -68,13 +73,17 @@ class _Cache:
 
 
 def estimate_staged(
-    staged: StagedModel, session, options, split, samples: int | None, stored: Statistics, population, adjust: Callable[[Statistics], Statistics] | None = None
-) -> StagedEstimate:
+    staged: StagedModel, session, options, split, samples: int | None, stored: Statistics, population, adjust: Callable[[Statistics], Statistics] | None = None,
+    *, outputs: bool = False,
+) -> StagedEstimate:  # fmt: skip
     """The statistics of every layer of ``staged.plan``, level after level (module docstring).
     ``samples``: read at most this many (``--precision``'s count); ``population(moments)``:
     (mean, variance) to write from a layer's moments (``--variance``); ``adjust``: what a
     level's statistics become before the levels after it are measured with them (BN301 moves
-    a subsample's statistics onto all of DATA's, :func:`bncheck.commands.drift_refine.refine`)."""
+    a subsample's statistics onto all of DATA's, :func:`bncheck.commands.drift_refine.refine`).
+    ``outputs``: keep the deepest level's frontiers too (within the cache) and, once its
+    statistics are set, run the rest of the model on them: the outputs of the model carrying
+    every estimate, without another pass (BN301)."""
     plan = staged.plan
     depth = plan.depth
     budget = int(options.cache_mb * (1 << 20))
@@ -83,13 +92,14 @@ def estimate_staged(
     cache = _Cache(0)
     batches = read = peak = kept = total = 0
     for level in range(1, depth + 1):
-        nxt = _Cache(budget if level < depth else 0, cache)
+        keeps = level < depth or outputs
+        nxt = _Cache(budget if keeps else 0, cache)
         parts: dict[str, list[Moments]] = {}
         advance = step(f"exact, level {level} of {depth}: what its layers see", total=session.num_samples)
 
-        def take(index: int, n: int, frontier: Frontier, level=level, nxt=nxt, parts=parts, advance=advance) -> None:
+        def take(index: int, n: int, frontier: Frontier, level=level, nxt=nxt, parts=parts, advance=advance, keeps=keeps) -> None:
             add_bounded(parts, staged.moments(level, frontier))
-            if level < depth:
+            if keeps:
                 nxt.offer(index, n, frontier, staged.nbytes(frontier))
             if advance is not None:
                 advance(n)
@@ -120,7 +130,23 @@ def estimate_staged(
         stats.update(level_stats)
         seen.update(merged)
     record = {"levels": depth, "data_reads": read, "batches": batches, "batches_kept": kept, "cache_peak_bytes": peak, "cache_budget_bytes": budget}
-    return StagedEstimate(stats=stats, moments=seen, samples=total, record=record)
+    outs = _outputs(staged, cache, batches) if outputs and depth else None
+    return StagedEstimate(stats=stats, moments=seen, samples=total, record=record, outputs=outs)
+
+
+def _outputs(staged: StagedModel, cache: _Cache, batches: int) -> list[np.ndarray] | None:
+    """The model's output of each batch from the deepest level's kept frontiers (None unless
+    every one was kept and gives an array)."""
+    if len(cache.items) != batches:
+        return None
+    outs = []
+    for index in sorted(cache.items):
+        _, frontier = cache.pop(index)  # type: ignore[misc]
+        out = staged.output(frontier)
+        if out is None:
+            return None
+        outs.append(out)
+    return outs
 
 
 def _from_data(staged: StagedModel, x, level: int) -> Frontier:

@@ -51,6 +51,9 @@ class StagePlan:
     static: list[Hashable] = field(default_factory=list)
     #: layer -> the value its BN op normalises (a member of the frontier of its level)
     bn_input: dict[str, Hashable] = field(default_factory=dict)
+    #: the graph's outputs that data feeds, when asked for: then ``frontiers[depth + 1]``, which
+    #: the last segment (the deepest level and everything after it) computes
+    outputs: list[Hashable] = field(default_factory=list)
 
     @property
     def depth(self) -> int:
@@ -65,9 +68,10 @@ class StagePlan:
         return [v for v in self.frontiers[k + 1] if v not in passing]
 
 
-def plan_stages(ops: list[Op], data_inputs: list[Hashable]) -> StagePlan:
+def plan_stages(ops: list[Op], data_inputs: list[Hashable], outputs: tuple[Hashable, ...] = ()) -> StagePlan:
     """Stages, levels, segments and frontiers of the graph of ``ops`` (topological order) fed by
-    ``data_inputs``. Values no op writes and that are not data inputs are static."""
+    ``data_inputs``. Values no op writes and that are not data inputs are static. ``outputs``:
+    the graph's outputs, carried to a last frontier (:attr:`StagePlan.outputs`)."""
     stage: dict[Hashable, int] = dict.fromkeys(data_inputs, 0)
     op_stage: dict[Hashable, int] = {}
     static: list[Hashable] = []
@@ -99,11 +103,16 @@ def plan_stages(ops: list[Op], data_inputs: list[Hashable]) -> StagePlan:
         for v in op.inputs:
             if v in stage:
                 last_read[v] = max(last_read.get(v, -1), op_stage[op.key])
+    ends = [v for v in dict.fromkeys(outputs) if v in stage]
+    for v in ends:  # read after the last segment: carried to the end
+        last_read[v] = depth + 1
     frontiers: list[list[Hashable]] = [list(data_inputs)]
     order = {v: i for i, v in enumerate(stage)}  # first write order: deterministic
     for k in range(1, depth + 1):
         frontiers.append(sorted((v for v, s in stage.items() if s < k and last_read.get(v, -1) >= k), key=order.__getitem__))
+    if ends:
+        frontiers.append(ends)
     return StagePlan(
         levels=[levels.get(k, []) for k in range(1, depth + 1)], segments=segments, frontiers=frontiers, static=static,
-        bn_input=bn_input,
+        bn_input=bn_input, outputs=ends,
     )  # fmt: skip

@@ -433,7 +433,7 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
     (DATA narrower than the training data: its own statistics would not generalise). DATA's
     statistics are refined to the fixed point `recalibrate --method exact` writes (a first pass
     checks the one-pass statistics; where they do not hold, one level-by-level pass solves for
-    it and a last pass measures the residual, `refinement_movement`: mean in channel standard
+    it and a last pass measures the residual, none where it took every sample (0 there by construction), `refinement_movement`: mean in channel standard
     deviations, variance relative, with the layer's eps; `refinement_tolerance` 0.02); when
     they do not settle within the passes allowed (`refinement_converged` false: a model that
     cannot be cut into levels, iterated one level per pass), the report says so in a note and

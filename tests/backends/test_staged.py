@@ -105,6 +105,32 @@ def test_every_level_sees_what_the_whole_model_gives_it(net_files, family):
     assert sorted(n for lv in staged.plan.levels for n in lv) == sorted(layers)
 
 
+@pytest.mark.parametrize("family", ["torch", "onnx"])
+def test_the_deepest_frontier_gives_the_output_of_the_model_carrying_the_statistics_set(net_files, family):
+    """``output`` runs the deepest segment and all after it: the whole model's output with the
+    statistics set on every level, as the backend's runner gives it for a copy of the model
+    carrying those statistics (BN301 takes its outputs from here, with no eval pass)."""
+    model, x, onnx_path = net_files
+    source = as_source(model) if family == "torch" else load_model(onnx_path)
+    layers = [la.name for la in source.bn_layers()]
+    rng = np.random.default_rng(1)
+    stats = {la.name: (np.asarray(la.running_mean) + rng.normal(0, 0.2, la.num_features), np.asarray(la.running_var) * 1.5) for la in source.bn_layers()}
+    staged, why = backend_for(source).staged(source, layers)
+    assert staged is not None, why
+    with staged:
+        staged.set_statistics(stats)
+        frontier = staged.start(x)
+        for level in range(1, staged.plan.depth):
+            frontier = staged.advance(level, frontier)
+        got = staged.output(frontier)
+    with backend_for(source).with_statistics(source, stats).runner(layers=[]) as runner:
+        expected = runner.forward(x)
+    assert got.shape == expected.shape == (6, 5) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    stored = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - stored).max() > 1e-2  # the statistics set are what the output carries
+
+
 def test_models_that_cannot_be_cut_say_why(tmp_path):
     shared = as_source(SharedInPlace().eval())
     staged, why = backend_for(shared).staged(shared, [la.name for la in shared.bn_layers()])

@@ -159,7 +159,8 @@ def test_where_the_first_samples_are_half_the_subsample_one_level_by_level_pass_
     """The second pass of the test above, on every sample, costs more than running on every
     sample at once where the first samples are half of the subsample or more (the Khmer CRNN's
     64 lines: 32 level by level, a check, 64 level by level, a check; 12.7 s): one pass on
-    all 40 then, and the same fixed point as the two passes reach."""
+    all 40 then, and the same fixed point as the two passes reach; where the cache holds its
+    last values, that pass gives the outputs too and no check pass follows."""
     from bncheck.commands import drift_refine
 
     weights, arch = _embedder()
@@ -178,6 +179,13 @@ def test_where_the_first_samples_are_half_the_subsample_one_level_by_level_pass_
     assert figures[20]["refinement_converged"] is True and figures[20]["refinement_passes"] == 2
     assert figures[20]["relative_error"] == pytest.approx(figures[8]["relative_error"], rel=1e-3)
     assert figures[20]["top1_agreement"] == pytest.approx(figures[8]["top1_agreement"], abs=1 / 40)
+    # with room in the cache for its last values, that pass on every sample gives the outputs
+    # itself (the rest of the model run on them): no check pass, the same figures as with it
+    monkeypatch.undo()
+    own = bncheck.drift(weights, folder, arch=arch, options=options).to_dict()["drift"]["train_eval"]
+    assert own["refinement_passes"] == 1 and own["refinement_movement"] == 0.0 and own["refinement_method"] == "level by level"
+    assert own["relative_error"] == pytest.approx(figures[20]["relative_error"], rel=1e-4)
+    assert own["top1_agreement"] == pytest.approx(figures[20]["top1_agreement"], abs=1 / 40)
 
 
 def test_an_embedding_output_gets_the_class_axis_hint_and_none_compares_by_relative_error(tmp_path):

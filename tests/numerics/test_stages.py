@@ -52,3 +52,15 @@ def test_a_value_read_two_levels_later_passes_through():
     assert plan.levels == [["bn1"], ["bn2"], ["bn3"]]
     assert plan.frontiers == [["x"], ["x"], ["x", "y"], ["z"]]
     assert plan.produced(0) == [] and plan.produced(1) == ["y"]
+
+
+def test_outputs_are_carried_to_a_last_frontier_the_deepest_segment_computes():
+    """With the graph's outputs asked for, the deepest segment (bn3 and what follows) computes
+    them into ``frontiers[depth + 1]``; an output made early (r1, read by nothing after level 1)
+    is carried through every frontier to it. The other frontiers gain nothing else."""
+    ops = [*_ops(), Op("head", ("b3",), ("y",))]
+    plan = plan_stages(ops, ["x"], outputs=("y", "r1", "w1"))  # w1: static, no data value
+    assert plan.outputs == ["y", "r1"]
+    assert plan.frontiers == [["x"], ["c1", "cd"], ["r1", "c2", "bd"], ["r1", "c3"], ["y", "r1"]]
+    assert plan.segments[-1] == ["bn3", "head"] and plan.produced(3) == ["y"]
+    assert plan_stages(ops, ["x"]).frontiers == [["x"], ["c1", "cd"], ["c2", "bd"], ["c3"]]

@@ -48,7 +48,7 @@ def onnx_staged(source, layers: list[str]) -> tuple[StagedModel | None, str]:
     for index, node in enumerate(graph.node):
         reads = [v for v in node.input if v] + sorted(subgraph_inputs(node))
         ops.append(Op(index, tuple(reads), tuple(o for o in node.output if o), by_index.get(index)))
-    plan = plan_stages(ops, data)
+    plan = plan_stages(ops, data, outputs=(graph.output[0].name,))
     types = source.value_types()
     untyped = [v for f in plan.frontiers[1:] for v in f if not types.get(v, (0,))[0]]
     if untyped:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import fx
+from torch.utils._pytree import tree_leaves
 
 from bncheck.backends.staged import Frontier, StagedModel, run_failed
 from bncheck.backends.torch.graph import trace_with_defaults
@@ -75,7 +76,8 @@ def _plan(root, graph: fx.Graph, layers: set[str]) -> tuple[StagePlan | None, st
         ops.append(Op(node, tuple(node.all_input_nodes), (node,), layer))
     if seen != layers:
         return None, f"BN layer(s) {', '.join(sorted(layers - seen)[:3])} are not module calls of the traced graph"
-    return plan_stages(ops, [placeholders[0]]), ""
+    ends = [n for n in tree_leaves(next(n for n in graph.nodes if n.op == "output").args) if isinstance(n, fx.Node)][:1]
+    return plan_stages(ops, [placeholders[0]], outputs=tuple(ends)), ""
 
 
 def _inplace(node, modules) -> bool:
@@ -97,7 +99,7 @@ class FxStaged(StagedModel):
         self._device = torch.device(device)
         module.to(self._device)
         static = set(plan.static)
-        self._segments = [_segment(root, plan, k, static) for k in range(plan.depth)]
+        self._segments = [_segment(root, plan, k, static) for k in range(len(plan.frontiers) - 1)]  # the tail too, with outputs
 
     def set_statistics(self, stats) -> None:
         with torch.no_grad():
@@ -122,6 +124,13 @@ class FxStaged(StagedModel):
             values = self._segments[k](*[frontier[v] for v in self.plan.frontiers[k]])
         out = dict(zip(produced, values, strict=True))
         return {v: out[v] if v in out else frontier[v] for v in self.plan.frontiers[k + 1]}
+
+    def _array(self, value) -> np.ndarray | None:
+        """A tensor as the torch runner returns it (half precision as float32); None otherwise."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        value = value.detach().cpu()
+        return (value.float() if value.dtype in (torch.float16, torch.bfloat16) else value).numpy()
 
     def moments(self, k: int, frontier: Frontier) -> dict[str, Moments]:
         out = {}
