@@ -36,12 +36,12 @@ from bncheck.backends.runner import ModelRunner, dedupe, select_layers
 from bncheck.errors import DataError, UsageError, first_line
 from bncheck.numerics.moments import Moments, SampleMoments
 
-#: eval passes are split so that the largest BN input of a chunk takes at most this many bytes
+#: eval passes are split so that the largest BN input of a chunk, and its output, take at most this many bytes
 CHUNK_BYTES = 1 << 24
-#: the first chunk of a runner is preceded by a run of a few of its samples, spread over it, that only places
-#: the one-pass shifts (:mod:`.one_pass`): where the data mean sits more than a std from the
-#: running mean, the move then re-runs these samples instead of the whole chunk (PP-OCRv4's
-#: recogniser on its own text lines: one batch of 32 re-run, +16% on a 96-line run)
+#: a runner's first batch is preceded by a run of this many of its samples, spread over it, that
+#: places the one-pass shifts (:mod:`.one_pass`) and tells the output's size: where the data mean
+#: sits more than a std from the running mean, the move re-runs these samples, not the whole
+#: batch (PP-OCRv4's recogniser on its own text lines: a batch of 32 re-run, +16% of a 96-line run)
 PROBE_SAMPLES = 4
 
 
@@ -87,7 +87,7 @@ class OnnxRunner(ModelRunner):
         self._per_sample: dict[tuple[int, ...], dict[str, int | None]] = {}
         #: input sample shape -> layer -> block size of its large map (:mod:`.row_pool`)
         self._blocks: dict[tuple[int, ...], dict[str, int]] = {}
-        #: input sample shape -> elements of the model's output per sample (where inference tells)
+        #: input sample shape -> elements of the model's output per sample (from the first run)
         self._output_elements: dict[tuple[int, ...], int] = {}
         self._sessions: dict[str, object] = {}
         self._moments_graph: MomentsGraph | None = None
