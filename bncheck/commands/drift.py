@@ -271,7 +271,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
         )  # fmt: skip
     stale, small = "BN301" in diagnosis.selected, "BN201" in diagnosis.selected and options.train_batch_size >= 2
-    if options.mismatch_samples <= 0 or result.subsample is None or not (stale or small):
+    if not _compares_outputs(options, diagnosis.selected) or result.subsample is None:
         return evidence
     setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))
     if setting is None:
