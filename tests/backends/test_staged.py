@@ -59,6 +59,17 @@ class SharedInPlace(nn.Module):
         return self.bn2(h) + a
 
 
+class WithFlag(Net):
+    """``forward(x, embed=False)`` with a Python ``if`` on the flag, as torchcrepe's CREPE has:
+    torch.fx traces it only with the flag fixed, and adds a check of the flag the cut drops."""
+
+    def forward(self, x, embed=False):
+        h = self.layers(self.stem(x))
+        if embed:
+            return h
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
 def _net():
     torch.manual_seed(0)
     model = Net()
@@ -129,6 +140,29 @@ def test_the_deepest_frontier_gives_the_output_of_the_model_carrying_the_statist
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     stored = model(torch.from_numpy(x)).detach().numpy()
     assert np.abs(got - stored).max() > 1e-2  # the statistics set are what the output carries
+
+
+def test_a_model_with_a_defaulted_flag_is_cut_on_its_input_alone():
+    model = WithFlag()
+    model.load_state_dict(_net().state_dict())
+    model.eval()
+    source = as_source(model)
+    layers = [la.name for la in source.bn_layers()]
+    staged, why = backend_for(source).staged(source, layers)
+    assert staged is not None, why
+    assert staged.plan.depth == 5
+    x = np.random.default_rng(1).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    reference = bn_inputs(model, x)
+    with staged:
+        staged.set_statistics({la.name: (la.running_mean, la.running_var) for la in source.bn_layers()})
+        frontier = staged.start(x)
+        for level in range(1, staged.plan.depth + 1):
+            for name, m in staged.moments(level, frontier).items():
+                assert_moments(m, reference[name], rtol=1e-5)
+            frontier = staged.advance(level, frontier) if level < staged.plan.depth else frontier
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(staged.output(frontier), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_models_that_cannot_be_cut_say_why(tmp_path):

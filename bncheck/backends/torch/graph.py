@@ -10,6 +10,7 @@ unknown producer. FX nodes are classified by the one producer finder,
 from __future__ import annotations
 
 import inspect
+import operator
 from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
@@ -126,6 +127,21 @@ def trace_with_defaults(tracer: fx.Tracer, root) -> fx.Graph:
             return tracer.trace(root, concrete_args=defaults)
         except Exception:
             raise first from None
+
+
+def drop_default_guards(graph: fx.Graph) -> fx.Graph:
+    """``graph`` without the checks torch.fx adds for each argument fixed by ``concrete_args``
+    (``_assert(arg == default)``, see :func:`trace_with_defaults`), so that those arguments'
+    placeholders are read by nothing: for code that runs the graph on its first input alone
+    (torchcrepe's ``forward(x, embed=False)``). In place; returns ``graph``."""
+    for placeholder in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        for check in list(placeholder.users):
+            guards = list(check.users)
+            if check.target is operator.eq and guards and all(g.target is torch._assert and not g.users for g in guards):
+                for guard in guards:
+                    graph.erase_node(guard)
+                graph.erase_node(check)
+    return graph
 
 
 def fx_producers(root, bn_names: set[str]) -> tuple[dict[str, Producer], list[FunctionalBN]]:

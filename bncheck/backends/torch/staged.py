@@ -20,7 +20,7 @@ from torch import fx
 from torch.utils._pytree import tree_leaves
 
 from bncheck.backends.staged import Frontier, StagedModel, run_failed
-from bncheck.backends.torch.graph import trace_with_defaults
+from bncheck.backends.torch.graph import drop_default_guards, trace_with_defaults
 from bncheck.backends.torch.runner import channel_moments
 from bncheck.backends.torch.tensors import param_dtype_device
 from bncheck.numerics.moments import Moments
@@ -47,7 +47,7 @@ def fx_staged(source, layers: list[str]) -> tuple[StagedModel | None, str]:
         return None, "functional batch_norm layers have no module to cut at"
     module = copy.deepcopy(source.module).eval()
     try:
-        graph = trace_with_defaults(_LeafTracer(set(bn)), module)
+        graph = drop_default_guards(trace_with_defaults(_LeafTracer(set(bn)), module))
     except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
         return None, f"torch.fx cannot trace the model ({type(exc).__name__})"
     root = fx.GraphModule(module, graph)
