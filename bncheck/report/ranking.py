@@ -93,9 +93,9 @@ class Ranking(Gate):
         key = ranking_key(entries)
         fit = {e.index: _fit_severity(reports[e.index]) for e in entries}
         if key == "output_change":
-            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _figure(e.output_change, "value"), _finite(e.score), e.index))
+            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _figure(e.output_change, "value"), _rounded(e.score), e.index))
         else:
-            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _finite(e.score), _figure(e.output_change, "value"), e.index))
+            entries.sort(key=lambda e: (math.isnan(e.score), fit[e.index], _rounded(e.score), _figure(e.output_change, "value"), e.index))
         for rank, entry in enumerate(entries, 1):
             entry.rank = rank
         for entry, following in zip(entries, entries[1:], strict=False):
@@ -168,6 +168,16 @@ def ranking_key(entries: list[RankedModel]) -> str:
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else 0.0
+
+
+#: significant digits of the fit score that order models: copies of one model in two formats
+#: (digits_cnn.onnx and .ts) score alike to 1e-9, in an order that onnxruntime and torch
+#: releases' rounding swapped; below this they keep the order they were given in
+SCORE_DIGITS = 6
+
+
+def _rounded(value: float) -> float:
+    return float(f"{_finite(value):.{SCORE_DIGITS}g}")
 
 
 def _figure(change: dict[str, Any] | None, name: str) -> float:
