@@ -137,6 +137,8 @@ def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arc
         source = backend_for(source).place(source, options.device)
     report = Report(command="drift", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     if not layers:
+        if data is not None:
+            _open_only(source, data, options)
         report.notes.append(f"no batch-norm layers found (the model has {source.op_count()} ops/modules): nothing to measure")
         ctx = RuleContext(layers=[], thresholds=settings.threshold_table(), model_format=source.format, op_count=source.op_count())
         report.findings = run_rules("model", ctx, select=settings.select, ignore=settings.ignore)
@@ -198,6 +200,18 @@ def _compares_outputs(options: DriftOptions, selected: frozenset[str]) -> bool:
     return options.mismatch_samples > 0 and ("BN301" in selected or ("BN201" in selected and options.train_batch_size >= 2))
 
 
+def _open_only(source: ModelSource, data, options: DriftOptions) -> None:
+    """Open DATA and read its first batch, for a model with nothing to measure: DATA that does
+    not exist, is empty or does not fit the model still fails the run (exit 2), as it does for
+    a model with BN layers."""
+    engine = options.engine or make_engine("local")
+    where = DataSpec(data, options.shard, dict(options.storage_options), options.batch_size)
+    with engine.session(source, where, options.data_options or DataOptions(), layers=[]) as session:
+        if session.num_samples == 0:
+            raise DataError(f"{data}: no usable samples; give DATA with samples the model reads.")
+        next(iter(session.batches(options.batch_size)), None)
+
+
 def _data_pass(
     stack: ExitStack, source: ModelSource, data, layers, options: DriftOptions, model_spec, notes: list[str], *, outputs: bool = True
 ) -> DataPass:
@@ -227,6 +241,8 @@ def _data_pass(
         result = session.measure(request, on_batch=advance, runner=runner)
     except MemoryError as exc:
         raise DataError("ran out of memory; lower --batch-size.") from exc
+    if result.label_note:
+        notes.append(result.label_note)
     if result.samples == 1:  # no spread to compare, nor to tell noise by (a BatchNorm1d sees one value)
         raise DataError("DATA gave 1 sample: drift compares the spread of what each BN layer sees with its stored "
                         "statistics and needs at least 2 samples (a few hundred for reliable figures); give more DATA.")

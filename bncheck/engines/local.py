@@ -28,7 +28,7 @@ from bncheck.data.plan import Block, DataPlan
 from bncheck.data.planning import make_plan
 from bncheck.data.remote import is_remote, listing_digest
 from bncheck.engines.interface import DataSpec, Engine, ModelSpec, PassRequest, Session
-from bncheck.engines.measure import Measurement, measure, train_pass
+from bncheck.engines.measure import LabelCheck, Measurement, measure, train_pass
 from bncheck.errors import BncheckError, DataError
 
 
@@ -73,9 +73,18 @@ class LocalSession(Session):
             if request.mode == "eval":
                 return measure(
                     runner, batches, keep=request.keep, keep_outputs=request.keep_outputs, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
-                    class_axis=request.class_axis, until=request.until,
+                    class_axis=request.class_axis, until=request.until, labels=self._label_check(),
                 )  # fmt: skip
             return train_pass(runner, batches, request.layers, on_batch, until=request.until)
+
+    def _label_check(self) -> LabelCheck | None:
+        """DATA's labels as a whole (their largest value, where from, whether ``--labels`` asked
+        for them), for the pass to check against the model's classes at its first batch."""
+        labels = getattr(self.dataset, "labels", None)
+        if labels is None or labels.values is None or not len(labels.values):
+            return None
+        asked = self.dataset.options.labels is not None and str(self.dataset.options.labels).lower() != "none"
+        return LabelCheck(int(np.max(labels.values)), labels.source, asked)
 
     def batches(self, batch_size: int, *, split: HoldoutSplit | None = None, samples: int | None = None) -> Iterator[Batch]:
         """One pass over DATA as batches (``Dataset.batches``), for passes that are not

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bncheck.errors import UsageError
+from bncheck.errors import DataError, UsageError
 from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, sample_predictions
 from bncheck.numerics.reservoir import Reservoir
@@ -39,6 +39,8 @@ class Measurement:
     #: itself, for every layer whose runner gave them: the subsample's eval-mode moments need
     #: no second pass (BN301)
     sub_moments: dict[str, SampleMoments] = field(default_factory=dict)
+    #: why DATA's labels were left out (they cannot be class indices of the model's output)
+    label_note: str | None = None
 
     @classmethod
     def with_sample(cls, reservoir: Reservoir, moments: dict[str, Moments], samples: int, **fields) -> Measurement:
@@ -74,6 +76,7 @@ def measure(
     seed: int = 0,
     class_axis: int | str = CLASS_AXIS_AUTO,
     until=None,
+    labels: LabelCheck | None = None,
 ) -> Measurement:
     """Stream ``batches`` through ``runner.moments``; merge per-layer moments (Chan, float64),
     for the whole pass and for its even and odd batches apart; keep a uniform random subsample
@@ -82,12 +85,13 @@ def measure(
     only). Memory does not grow with the data:
     per-layer moments are merged every ``_MERGE_EVERY`` batches and predictions are only
     counted (one class per sample over ``class_axis``; outputs with several positions per sample
-    have no per-sample accuracy)."""
+    have no per-sample accuracy). ``labels``: DATA's labels as a whole, checked against the
+    output's classes at the first batch (see :class:`LabelCheck`)."""
     parts: dict[str, list[Moments]] = {}
     halves: tuple[dict[str, list[Moments]], dict[str, list[Moments]]] = ({}, {})
     reservoir = Reservoir(keep, seed, outputs=keep_outputs)
     samples = batches_seen = 0
-    counts = _Counts()
+    counts = _Counts(labels or LabelCheck())
     per_sample = keep > 0 and hasattr(runner, "sample_moments")
     for batch in batches:
         x = batch.x
@@ -98,9 +102,9 @@ def measure(
         add_bounded(parts, moments)
         add_bounded(halves[batches_seen % 2], moments)
         y = getattr(batch, "y", None)
-        reservoir.offer(x, outputs, y, samples_moments)
         if keep_predictions:
             counts.add(outputs, y, class_axis, runner)
+        reservoir.offer(x, outputs, None if counts.beyond else y, samples_moments)
         samples += len(x)
         batches_seen += 1
         if on_batch is not None:
@@ -116,29 +120,61 @@ def measure(
         samples,
         correct=counts.correct if keep_predictions and counts.labelled and not counts.unlabelled else None,
         labelled=counts.labelled,
+        label_note=counts.beyond,
         halves=tuple({name: merge_all(ms) for name, ms in h.items()} for h in halves) if batches_seen >= 2 else None,
         batch_axis=getattr(runner, "batch_axis", 0),
     )
 
 
-class _Counts:
-    """Running top-1 counts of a pass (labelled samples and correct predictions)."""
+@dataclass
+class LabelCheck:
+    """DATA's labels as a whole, for :func:`measure` to check against the model's output at its
+    first batch: the largest label (None: each batch is checked as it comes), where they come
+    from (``Labels.source``) and whether the user asked for them (``--labels``)."""
 
-    def __init__(self) -> None:
+    largest: int | None = None
+    source: str = "labels"
+    asked: bool = False
+
+
+class _Counts:
+    """Running top-1 counts of a pass (labelled samples and correct predictions). Labels that
+    cannot be class indices of the output (beyond its classes: class folders named 0, 90, 180,
+    270 for a 4-class orientation model, which scored 25%) are refused where the user asked for
+    them, else left out with a note (``beyond``): folders named 2024, 2025 may be days."""
+
+    def __init__(self, labels: LabelCheck) -> None:
         self.correct = self.labelled = 0
         self.unlabelled = False
+        self.labels = labels
+        self.beyond: str | None = None
 
     def add(self, outputs, y, class_axis: int | str, runner) -> None:
         axis = output_class_axis(outputs, class_axis, getattr(runner, "batch_axis", 0))  # a bad --class-axis stops here
-        if y is None:
+        if y is None or self.beyond:
             self.unlabelled = True
             return
         pred = sample_predictions(outputs, axis)
         if pred is None or pred.shape != np.shape(y):
             self.unlabelled = True
             return
-        self.correct += int(np.count_nonzero(pred == np.asarray(y)))
+        y = np.asarray(y)
+        classes = int(np.shape(outputs)[axis + 1])
+        largest = max(int(y.max()) if y.size else -1, self.labels.largest if self.labels.largest is not None else -1)
+        if largest >= classes or (y.size and int(y.min()) < 0):
+            self._refuse(largest, classes)
+            return
+        self.correct += int(np.count_nonzero(pred == y))
         self.labelled += len(pred)
+
+    def _refuse(self, largest: int, classes: int) -> None:
+        where = {"folders": "class folders' names", "file": "labels file's values"}.get(self.labels.source, "labels")
+        problem = f"DATA's {where} reach {largest} but the model's output has {classes} classes, so they are not its class indices"
+        fix = f"give --labels FILE with one class index (0-{classes - 1}) per sample in the model's class order"
+        if self.labels.asked:
+            raise DataError(f"{problem}; {fix}.")
+        self.beyond = f"labels left out: {problem} (no accuracy); {fix}"
+        self.unlabelled = True
 
 
 def output_class_axis(outputs, class_axis: int | str, batch_axis: int | None) -> int | None:

@@ -105,12 +105,7 @@ class OnnxSource(ModelSource):
         if self._layers is None:
             self._layers = self._inventory()
             if not self._layers and self._has_producers():
-                self.notes.append(
-                    "no BatchNormalization nodes: torch.onnx.export folds BN into the conv/gemm "
-                    "weights by default (do_constant_folding=True in eval mode); audit the PyTorch "
-                    "checkpoint instead, or export with do_constant_folding=False and "
-                    "training=torch.onnx.TrainingMode.PRESERVE"
-                )
+                self.notes.append(folded_note(self.model.producer_name))
         return self._layers
 
     def _has_producers(self) -> bool:
@@ -290,3 +285,28 @@ def _float32_attr(value: float) -> float:
     """An ONNX float attribute (stored as float32) as the shortest decimal that round-trips,
     so that epsilon=1e-5 reads 1e-05 and not 9.999999747378752e-06."""
     return float(str(np.float32(value)))
+
+
+def folded_note(producer: str) -> str:
+    """The note on a graph with convolutions or matmuls and no BatchNormalization node: what its
+    exporter does with BN (from the model's ``producer_name``), and where the statistics are."""
+    name = (producer or "").strip()
+    if name.lower() == "pytorch":
+        return (
+            "no BatchNormalization nodes: torch.onnx.export folds BN into the conv/gemm "
+            "weights by default (do_constant_folding=True in eval mode); audit the PyTorch "
+            "checkpoint instead, or export with do_constant_folding=False and "
+            "training=torch.onnx.TrainingMode.PRESERVE"
+        )
+    if name.lower() in ("tf2onnx", "keras2onnx"):
+        return (
+            f"no BatchNormalization nodes: this graph was converted by {name}, which folds a frozen "
+            "TensorFlow graph's BN into the convolution weights, so no running statistics are left in "
+            "this file; check the model's BN layers before conversion"
+        )
+    by = f" ({name})" if name else ""
+    return (
+        f"no BatchNormalization nodes: its exporter{by} may have folded BN into the conv/gemm weights, "
+        "so no running statistics are left in this file; check the model before export"
+    )
+

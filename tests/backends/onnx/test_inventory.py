@@ -74,6 +74,22 @@ def test_onnx_folded_by_exporter_note(tmp_path, save_model):
     assert any("folds BN into the conv" in note for note in source.notes)
 
 
+@pytest.mark.parametrize(
+    ("producer", "says", "not_says"),
+    [("pytorch", "torch.onnx.export folds BN", None), ("tf2onnx", "converted by tf2onnx", "torch"), ("", "its exporter may have folded", "torch")],
+)
+def test_onnx_folded_note_names_the_models_own_exporter(tmp_path, save_model, producer, says, not_says):
+    """basic-pitch's tf2onnx graph was told to audit its PyTorch checkpoint."""
+    path = save_model(Plain().eval(), tmp_path, "onnx_folded", torch.rand(1, 3, 5, 5))
+    model = onnx.load(str(path))
+    model.producer_name = producer
+    onnx.save(model, str(path))
+    source = load_model(path)
+    assert source.bn_layers() == []
+    (note,) = [n for n in source.notes if "no BatchNormalization nodes" in n]
+    assert says in note and (not_says is None or not_says not in note), note
+
+
 def test_onnx_folded_by_the_default_exporter(tmp_path):
     """torch.onnx.export with every default (the dynamo exporter, constant folding on)."""
     pytest.importorskip("onnxscript")
