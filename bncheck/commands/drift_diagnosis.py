@@ -60,16 +60,17 @@ NAMED_GAIN = 0.1
 COPIED_CORRELATION = 0.9999
 #: values per channel that check (every k-th)
 COPIED_VALUES = 1 << 18
-#: how the inferred mean/std candidates' descriptions start, and how the one of a single
-#: mean/std for every channel ends
+#: how the inferred mean/std candidates' descriptions start, and how the one of a single scale
+#: and shift for every channel ends (on top of the user's own per-channel --mean/--std it
+#: still suggests one mean and std per channel: "one mean and std" read as a contradiction)
 INFERRED = "normalising to the inferred"
-ONE_FOR_ALL = "one for all channels"
+ONE_FOR_ALL = "one scale and shift for all channels"
 #: a per-channel fit whose scales differ by more than this across channels that DATA spreads
 #: alike (their stds within ALIKE_RATIO) is no plausible preprocessing
 IMPLAUSIBLE_RATIO = 3.0
 ALIKE_RATIO = 1.5
-COPIED = "DATA's channels are copies of one another (grey images stored as RGB): one mean and std fitted for all of them"
-ONE_FOR_ALL_WHY = "one mean and std for all channels, re-measured, does as well as one per channel or nearly: the simpler fix"
+COPIED = "DATA's channels are copies of one another (grey images stored as RGB): one scale and shift fitted for all of them"
+ONE_FOR_ALL_WHY = "one scale and shift for all channels, re-measured, does as well as one per channel or nearly: the simpler fix"
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _implausible(scale: np.ndarray, data_std: np.ndarray) -> str:
         return ""
     return (
         f"a fit per channel needs scales {np.max(a) / np.min(a):.3g}x apart on channels that DATA spreads alike, "
-        "which no preprocessing does: one mean and std fitted for all channels"
+        "which no preprocessing does: one scale and shift fitted for all channels"
     )
 
 
@@ -228,7 +229,7 @@ def _fitted(fit, space: PixelSpace, x: np.ndarray, mean, std, pixel_mean, pixel_
     else:
         options = None
         figures["suggested"] = {"scale": _round(fit.scale), "offset": _round(offset)}
-    description = INFERRED + (" mean/std, one for all channels" if tied else " mean/std")
+    description = INFERRED + (f" mean/std, {ONE_FOR_ALL}" if tied else " mean/std")
     return figures, (description, options, lambda q: space.normalise(q) * scale_b + offset_b)
 
 

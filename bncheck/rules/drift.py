@@ -145,7 +145,7 @@ def _variance_factor(r, channel: int) -> str:
     is E[y] = W E[x] + b and Var[y] = a^T K a with K the measured covariance of the channels'
     contributions, spatial correlation included; beyond 4 input channels the channels are
     taken as independent) it infers the per-channel mean and std the model expects of its
-    input, and one mean and std for all channels beside it (the only fit where DATA's channels
+    input, and one scale and shift for all channels beside it (the only fit where DATA's channels
     are copies of one another, grey stored as RGB, or where the per-channel fit needs scales
     more than 3x apart on channels DATA spreads alike, which no preprocessing does); (2) it
     re-measures the first three BN layers (those after the first while the network up to

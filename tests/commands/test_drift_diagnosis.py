@@ -148,7 +148,7 @@ def test_grey_images_stored_as_rgb_get_one_mean_and_std(rgb, tmp_path):
     inference = report["drift"]["input_diagnosis"]["inference"]
     assert inference["tied"] == diagnostics.COPIED and "tied_fit" not in inference
     inferred = [c for c in report["drift"]["input_diagnosis"]["candidates"] if c["description"].startswith(diagnostics.INFERRED)]
-    assert [c["description"] for c in inferred] == [diagnostics.INFERRED + " mean/std, one for all channels"]
+    assert [c["description"] for c in inferred] == [diagnostics.INFERRED + " mean/std, " + diagnostics.ONE_FOR_ALL]
     words = shlex.split(inferred[0]["options"])
     assert words[0] == "--mean" and "," not in words[1] and words[2] == "--std" and "," not in words[3]
     assert len(set(inference["suggested"]["std"])) == 1
@@ -235,7 +235,7 @@ def test_the_simpler_fit_is_preferred_and_then_said():
     first, then one mean/std for all channels within 1.25x of the per-channel fit; where the
     latter wins, the inference says its figures (the per-channel ones kept beside)."""
     per_channel = {"description": diagnostics.INFERRED + " mean/std", "options": "--mean 0.1,0.2,0.3 --std 1,2,3", "score": 0.010, "first_layer_score": 0.01}
-    one = {"description": diagnostics.INFERRED + " mean/std, one for all channels", "options": "--mean 0.2 --std 2", "score": 0.012, "first_layer_score": 0.01}
+    one = {"description": diagnostics.INFERRED + " mean/std, " + diagnostics.ONE_FOR_ALL, "options": "--mean 0.2 --std 2", "score": 0.012, "first_layer_score": 0.01}
     swap = {"description": "swapping the channel order (RGB -> BGR)", "options": "--channel-order bgr", "score": 0.0124, "first_layer_score": 0.01}
     far = {**one, "score": 0.02}
     assert diagnostics._best([per_channel, one, swap], 0.1) is swap
