@@ -155,8 +155,8 @@ def _score(runners: Runners, by_name: dict, x: np.ndarray) -> tuple[float, float
 
 def _channel_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    x64 = x.astype(np.float64)
-    return x64.mean(axis=axes), x64.std(axis=axes)
+    # float64 accumulation without a float64 copy (64 samples of 3 x 224 x 224: 0.16 -> 0.03 s)
+    return x.mean(axis=axes, dtype=np.float64), x.std(axis=axes, dtype=np.float64)
 
 
 def _inferred(runners: Runners, by_name: dict, x: np.ndarray, space: PixelSpace) -> tuple[dict | None, list[Candidate]]:
@@ -219,8 +219,9 @@ def _fitted(fit, space: PixelSpace, x: np.ndarray, mean, std, pixel_mean, pixel_
     }
     if np.any(fit.scale <= 0) or not np.all(np.isfinite(fit.scale)):
         return figures, None
-    scale_b = space.per_channel(fit.scale, x.ndim)
-    offset_b = space.per_channel(offset, x.ndim)
+    dtype = np.result_type(x.dtype, np.float32)
+    scale_b = space.per_channel(fit.scale, x.ndim, dtype)
+    offset_b = space.per_channel(offset, x.ndim, dtype)
     if space.images:  # x' = a x + d = (q - M') / S' with S' = S / a, M' = M - d S / a
         new_std = space.std / fit.scale
         new_mean = space.mean - offset * space.std / fit.scale
