@@ -203,7 +203,7 @@ def _recalibrate(
         checked, held_moments = (None, None)
         if x_held is not None:
             step("checking the result on the held-out split")
-            checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names)
+            checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names, labels=session.label_check())
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
         converts = kind in CONVERTED_NOTE and backend.family == "torch"  # a torch model written as ONNX / torch.export
         example = _example(session, x_held, options.batch_size) if converts else None
@@ -400,6 +400,8 @@ def _report_notes(split, options: RecalibrateOptions, engine: str, checked, est,
     if split is None and options.holdout is None:
         notes.append(f"no held-out check of the result: --engine {engine} reads no split (--engine local holds one out)")
     notes += _guard_notes(split, checked, est.samples)
+    if checked and checked.get("labels_left_out"):
+        notes.append(checked["labels_left_out"])
     notes += est.notes
     if converted:
         notes.append(CONVERTED_NOTE[kind])

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.interface import ModelSource
-from bncheck.engines.measure import add_bounded
+from bncheck.data.labels import beyond_classes
+from bncheck.engines.measure import LabelCheck, add_bounded
+from bncheck.errors import DataError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.recalibration import Z95, paired_worse
 
@@ -82,12 +84,23 @@ def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | 
 
 
 def check(
-    source: ModelSource, candidate: ModelSource, x: np.ndarray, y: np.ndarray | None, batch_size: int, names: list[str], z: float = Z95
-) -> tuple[dict[str, Any], dict[str, Moments]]:
+    source: ModelSource, candidate: ModelSource, x: np.ndarray, y: np.ndarray | None, batch_size: int, names: list[str], z: float = Z95,
+    labels: LabelCheck | None = None,
+) -> tuple[dict[str, Any], dict[str, Moments]]:  # fmt: skip
     """The guard's figures on the held-out samples ``x`` (labels ``y`` or None) and the
-    candidate's BN-input moments on them (the "after" figures of the in-order methods)."""
+    candidate's BN-input moments on them (the "after" figures of the in-order methods).
+    Labels that cannot be class indices of the output are refused where ``labels.asked``,
+    else left out (``labels_left_out``: the check runs without them)."""
     before, _ = _eval(source, x, batch_size, [])
     after, moments = _eval(candidate, x, batch_size, names)
+    left_out = None
+    if y is not None and len(y):
+        classes, largest = _flat(before).shape[1], max(int(np.max(y)), labels.largest if labels and labels.largest is not None else -1)
+        if largest >= classes or int(np.min(y)) < 0:
+            problem, fix = beyond_classes(largest, classes, labels.source if labels else "labels")
+            if labels is not None and labels.asked:
+                raise DataError(f"{problem}; {fix}.")
+            y, left_out = None, f"labels left out of the held-out check: {problem}; {fix}"
     if y is not None:
         basis, reference, covered = "labels", None, len(x)
     else:
@@ -108,6 +121,8 @@ def check(
         "confidence_before": _confidence(before),
         "confidence_after": _confidence(after),
     }
+    if left_out:
+        figures["labels_left_out"] = left_out
     if y is not None and covered:
         figures["accuracy_before"] = 1.0 - figures["loss_before"]
         figures["accuracy_after"] = 1.0 - figures["loss_after"]

@@ -66,6 +66,15 @@ def _is_index(text: str) -> bool:
     return value.is_integer() and value >= 0 and text.strip().lstrip("+").replace(".", "", 1).isdigit()
 
 
+def beyond_classes(largest: int, classes: int, source: str) -> tuple[str, str]:
+    """(problem, fix) where labels from ``source`` (``Labels.source``) reach ``largest`` and the
+    model's output has ``classes`` classes: they cannot be its class indices (class folders named
+    0, 90, 180, 270 for a 4-class orientation model scored 25%)."""
+    where = {"folders": "class folders' names", "file": "labels file's values"}.get(source, "labels")
+    problem = f"DATA's {where} reach {largest} but the model's output has {classes} classes, so they are not its class indices"
+    return problem, f"give --labels FILE with one class index (0-{classes - 1}) per sample in the model's class order"
+
+
 def folder_labels(root: Path, files: list[str]) -> Labels | None:
     """Labels from class folders, or None when some file sits directly in ``root``."""
     top = os.path.normpath(root)

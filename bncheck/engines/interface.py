@@ -133,6 +133,12 @@ class Session(Closing):
         """What identifies the files behind the statistics: ``{"files", "listing_sha256",
         "shards", "of"}`` (see :mod:`bncheck.report.stats_file`)."""
 
+    def label_check(self) -> Any:
+        """DATA's labels as a whole (a :class:`~bncheck.engines.measure.LabelCheck`: their
+        largest value, where from, whether ``--labels`` asked for them), or None where this
+        engine does not hold them in this process."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Release workers and temporary files; idempotent."""

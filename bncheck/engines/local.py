@@ -73,11 +73,11 @@ class LocalSession(Session):
             if request.mode == "eval":
                 return measure(
                     runner, batches, keep=request.keep, keep_outputs=request.keep_outputs, on_batch=on_batch, keep_predictions=request.keep_predictions, seed=request.seed,
-                    class_axis=request.class_axis, until=request.until, labels=self._label_check(),
+                    class_axis=request.class_axis, until=request.until, labels=self.label_check(),
                 )  # fmt: skip
             return train_pass(runner, batches, request.layers, on_batch, until=request.until)
 
-    def _label_check(self) -> LabelCheck | None:
+    def label_check(self) -> LabelCheck | None:
         """DATA's labels as a whole (their largest value, where from, whether ``--labels`` asked
         for them), for the pass to check against the model's classes at its first batch."""
         labels = getattr(self.dataset, "labels", None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bncheck.data.labels import beyond_classes
 from bncheck.errors import DataError, UsageError
 from bncheck.numerics.moments import Moments, SampleMoments, merge_all
 from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, sample_predictions
@@ -168,9 +169,7 @@ class _Counts:
         self.labelled += len(pred)
 
     def _refuse(self, largest: int, classes: int) -> None:
-        where = {"folders": "class folders' names", "file": "labels file's values"}.get(self.labels.source, "labels")
-        problem = f"DATA's {where} reach {largest} but the model's output has {classes} classes, so they are not its class indices"
-        fix = f"give --labels FILE with one class index (0-{classes - 1}) per sample in the model's class order"
+        problem, fix = beyond_classes(largest, classes, self.labels.source)
         if self.labels.asked:
             raise DataError(f"{problem}; {fix}.")
         self.beyond = f"labels left out: {problem} (no accuracy); {fix}"

