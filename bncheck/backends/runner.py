@@ -66,10 +66,10 @@ class ModelRunner(Closing):
         x = self._prepare(x)
         self._before_moments(x)
         outs, stats = [], []
-        for chunk in self._chunks(x):
+        for chunk, real in self._parts(x):
             out, moments = self._moments(chunk)
-            outs.append(self._batch_first(out, chunk))
-            stats.append(moments)
+            outs.append(_first(self._batch_first(out, chunk), real))
+            stats.append(_untiled(moments, len(chunk) // real))
         return _concat(outs), self._merged(stats)
 
     def sample_moments(self, x: np.ndarray) -> tuple[np.ndarray | None, dict[str, Moments], dict[str, SampleMoments]]:
@@ -79,11 +79,11 @@ class ModelRunner(Closing):
         x = self._prepare(x)
         self._before_moments(x)
         outs, stats, samples = [], [], []
-        for chunk in self._chunks(x):
+        for chunk, real in self._parts(x):
             out, moments, per_sample = self._sample_moments(chunk)
-            outs.append(self._batch_first(out, chunk))
-            stats.append(moments)
-            samples.append(per_sample)
+            outs.append(_first(self._batch_first(out, chunk), real))
+            stats.append(_untiled(moments, len(chunk) // real))
+            samples.append({name: m.take(slice(0, real)) for name, m in per_sample.items()} if real < len(chunk) else per_sample)
         names = [name for name in self.layers if all(name in part for part in samples)]
         joined = {name: SampleMoments.concat([part[name] for part in samples]) for name in names}
         return _concat(outs), self._merged(stats), {name: s for name, s in joined.items() if len(s) == len(x)}
@@ -97,7 +97,7 @@ class ModelRunner(Closing):
         if bn == "train":
             self._check_train_batch(x)
             return self._batch_first(self._forward(x, "train"), x)
-        return _concat([self._batch_first(self._forward(chunk, "eval"), chunk) for chunk in self._chunks(x)])
+        return _concat([_first(self._batch_first(self._forward(chunk, "eval"), chunk), real) for chunk, real in self._parts(x)])
 
     def train_moments(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Moments]]:
         """Outputs and per-layer input moments of one pass in which every BN layer normalises
@@ -182,19 +182,34 @@ class ModelRunner(Closing):
         fixed = self.input_spec.batch
         if fixed is None or x.shape[0] == fixed:
             return [x]
-        if x.shape[0] % fixed:
-            raise DataError(
-                f"the model is exported with a fixed batch size of {fixed} and cannot take a batch "
-                f"of {x.shape[0]}; pass --batch-size {fixed} (or a multiple of it)."
-            )
         return [x[i : i + fixed] for i in range(0, x.shape[0], fixed)]
+
+    def _parts(self, x: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """The chunks of ``x`` the runtime runs, each with how many of its first samples are
+        real. A model exported with a fixed batch size B runs batches of B only (torch.onnx.export
+        without dynamic axes): a last chunk of k < B samples runs as parts of d samples, d
+        dividing B, each tiled B/d times, whose moments are those of its d samples counted B/d
+        times (exact: scaled back by :func:`_untiled`) and whose outputs are the first d rows
+        (DATA of 40 samples, B = 32, ended the run with exit 2 after the first batch)."""
+        fixed = self.input_spec.batch
+        parts = []
+        for chunk in self._chunks(x):
+            if fixed is None or len(chunk) == fixed:
+                parts.append((chunk, len(chunk)))
+                continue
+            rest = chunk
+            while len(rest):
+                d = max(q for q in range(1, len(rest) + 1) if fixed % q == 0)
+                parts.append((np.ascontiguousarray(np.concatenate([rest[:d]] * (fixed // d))), d))
+                rest = rest[d:]
+        return parts
 
     def _check_train_batch(self, x: np.ndarray) -> None:
         fixed = self.input_spec.batch
         if fixed is not None and x.shape[0] != fixed:
             raise DataError(
-                f"the model is exported with a fixed batch size of {fixed}, so train-mode passes "
-                f"need --train-batch-size {fixed} (got a batch of {x.shape[0]})."
+                f"the model is exported with a fixed batch size of {fixed}, so train-mode passes need batches of exactly "
+                f"{fixed} (got {x.shape[0]}); set their batch size to {fixed} (drift: --train-batch-size, recalibrate: --batch-size)."
             )
         if x.shape[0] < 2:
             raise DataError(
@@ -208,6 +223,19 @@ class ModelRunner(Closing):
             parts = [stats[name] for stats in per_chunk if name in stats]
             out[name] = merge_all(parts) if parts else Moments.empty(self.channels[name])
         return out
+
+
+def _first(out: np.ndarray | None, real: int) -> np.ndarray | None:
+    """The first ``real`` rows of a batch-first output (a tiled part's real samples)."""
+    return out if out is None or out.ndim == 0 or len(out) == real else out[:real]
+
+
+def _untiled(moments: dict[str, Moments], times: int) -> dict[str, Moments]:
+    """Moments of a part whose samples ran ``times`` times each: the same mean and variance,
+    ``times`` fewer elements."""
+    if times == 1:
+        return moments
+    return {name: Moments(m.count // times, m.mean, m.m2 / times) for name, m in moments.items()}
 
 
 def _concat(outputs: list[np.ndarray | None]) -> np.ndarray | None:

@@ -111,3 +111,32 @@ def test_chunks_hold_at_most_chunk_bytes_of_output_and_change_no_figure(monkeypa
     np.testing.assert_array_equal(out, whole_out)
     np.testing.assert_allclose(moments["bn"].mean, whole["bn"].mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(moments["bn"].var, whole["bn"].var, rtol=1e-9)
+
+
+def test_a_graph_with_a_fixed_batch_size_runs_no_probe_and_takes_any_number_of_samples(monkeypatch):
+    """A graph exported without dynamic axes (batch fixed at 32) runs whole batches of 32 only:
+    the probe's 4 samples were refused by onnxruntime, and a last batch of 8 (DATA of 40
+    samples) ended the run with exit 2. No probe runs there, and a last partial batch runs as
+    parts tiled to 32 (8 samples 4 times; 7 as 4, 2 and 1): the moments of all the samples are
+    exact, and the outputs are the plain model's."""
+    import bncheck
+    from bncheck.commands.drift import DriftOptions
+
+    dynamic = conv_bn_model(running_mean=0.0)
+    model = conv_bn_model(running_mean=0.0)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 32
+    runs = _spy_runs(monkeypatch)
+    rng = np.random.default_rng(7)
+    for n in (32, 40, 39, 5):
+        x = rng.normal(0, 1, (n, 3, 6, 6)).astype(np.float32)
+        runs.clear()
+        with OnnxSource(model, path=None).runner() as runner:
+            out, moments = runner.moments(x)
+            _, _, per_sample = runner.sample_moments(x)
+        assert_exact_moments(moments["bn"], bn_input(dynamic, x))
+        np.testing.assert_allclose(out, plain_output(dynamic, x), rtol=1e-5, atol=1e-5)
+        assert len(per_sample["bn"]) == n
+        assert all(size == 32 for _, size in runs), runs
+    data = rng.normal(0, 1, (40, 3, 6, 6)).astype(np.float32)
+    report = bncheck.drift(model, data, options=DriftOptions(batch_size=32, mismatch_samples=0))
+    assert report.to_dict()["data"]["samples"] == 40
