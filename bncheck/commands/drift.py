@@ -152,7 +152,7 @@ def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arc
             raise DataError(f"{data}: no usable samples (all skipped or excluded); see the warnings above.")
         evidence = _evidence(run, layers, options, thresholds, Diagnosis(source, selected), report.notes)
     ctx = RuleContext(layers=layers, thresholds=thresholds, model_format=source.format, train_batch_size=options.train_batch_size, drift=evidence)
-    report.findings = run_rules("drift", ctx, select=settings.select, ignore=settings.ignore)
+    report.findings = run_rules(("audit", "drift"), ctx, select=_with_inference_rules(settings.select), ignore=settings.ignore)
     report.result = _result(data, run, layers, evidence, thresholds, options)
     if options.save_stats is not None:
         step("writing the statistics (--save-stats)")
@@ -162,6 +162,20 @@ def _drift(model: Any, data: Any, settings: Settings, options: DriftOptions, arc
         )  # fmt: skip
         stats_file.write_stats(options.save_stats, stats_file.measured(layers, run.result.moments, meta, run.result.halves), force=True)
     return report
+
+
+#: the static rules drift runs beside its own: a layer that normalises with its batch's statistics
+#: at inference (no running statistics, a module saved in training mode) makes what drift measures
+#: beside the point, and the gate passed such models silently (exit 0, even with --fail-on info)
+INFERENCE_RULES = ("BN004", "BN005")
+
+
+def _with_inference_rules(select: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The drift rules ``select`` chooses (all of them when empty) and :data:`INFERENCE_RULES`
+    where ``select`` does not leave them out (it is empty, or names them)."""
+    from_drift = tuple(r.code for r in select_rules("drift", select))
+    chosen = [code for code in INFERENCE_RULES if not select or any(code.startswith(p) for p in select)]
+    return (*from_drift, *chosen)
 
 
 def with_transform(options, transform: Callable[[Any], Any] | None):

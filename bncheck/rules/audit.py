@@ -161,7 +161,10 @@ def check_no_running_stats(r, ctx: RuleContext):
 )
 def check_training_mode(r, ctx: RuleContext):
     for layer in ctx.layers:
-        if layer.training and layer.momentum_convention == "pytorch":
+        # a layer with no running statistics normalises with its batch's in any mode: BN004's
+        # business (torch.export writes track_running_stats=False as a training-mode batch norm,
+        # and a program exported after model.eval() read "saved in training mode")
+        if layer.training and layer.has_running_stats and layer.momentum_convention == "pytorch":
             yield r.finding(layer.name, "layer was saved in training mode (model.eval() not called)")
 
 
