@@ -36,6 +36,11 @@ STAGED_SAMPLES = 32
 STAGED_BATCH = 16
 #: how little a pass may move DATA's statistics for them to have settled (see :func:`refine`)
 REFINE_TOLERANCE = 0.02
+#: a layer a whole-model pass moves by less than this is settled for good (its layers before it
+#: final: it moves by float32 rounding alone); one under the tolerance but above this may still
+#: move (a small CNN's second BN layer 0.0115, then 0: counted settled at the first pass, it
+#: hid the next pass's progress and the passes stopped as diverging)
+SETTLED_MOVEMENT = 1e-4
 #: passes :func:`refine` may make by default (``DriftOptions.refinement_passes``)
 REFINE_PASSES = 6
 #: a whole-model pass after the first is judged on its first samples (at least this many, in
@@ -139,7 +144,7 @@ def refine(
         move = _movement(stats, new, eps)
         if move < tolerance or passes >= max_passes:
             return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
-        progressing = how in ("one pass", "fixed-point passes") and progress.update(stats, new, eps, tolerance, passes, max_passes)
+        progressing = how in ("one pass", "fixed-point passes") and progress.update(stats, new, eps, passes, max_passes)
         if best is not None and how == "fixed-point passes" and move >= best.movement and not progressing:
             # whole-model passes that move the statistics more than the pass before and settle
             # no further layer, or too few to settle the rest in the passes left (a random-init
@@ -279,8 +284,8 @@ def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> S
 
 @dataclass
 class _Progress:
-    """How many layers the last whole-model pass left where they were (moved by less than the
-    tolerance), and whether, at the rate the passes so far settled them, the rest can settle
+    """How many layers the last whole-model pass left where they were (moved by less than
+    :data:`SETTLED_MOVEMENT`), and whether, at the rate the passes so far settled them, the rest can settle
     within the passes allowed. A layer's input depends only on the layers before it, so each
     pass settles at least one more BN level for good, and whole-model passes take as many as
     the deepest chain of BN levels, moving the statistics more while they settle (torchcrepe's
@@ -289,10 +294,10 @@ class _Progress:
     settled: int = 0
     reachable: bool = False
 
-    def update(self, old: Statistics, new: Statistics, eps: dict[str, float], tolerance: float, passes: int, max_passes: int) -> bool:
+    def update(self, old: Statistics, new: Statistics, eps: dict[str, float], passes: int, max_passes: int) -> bool:
         """Take the pass from ``old`` to ``new`` (the ``passes``-th); whether it settled more
         layers than the pass before and the rest can settle in time."""
-        settled = sum(relative_change(old[name], values, float(eps.get(name) or 1e-5)) < tolerance for name, values in new.items())
+        settled = sum(relative_change(old[name], values, float(eps.get(name) or 1e-5)) < SETTLED_MOVEMENT for name, values in new.items())
         more, self.settled = settled > self.settled, settled
         self.reachable = settled > 0 and passes + math.ceil((len(new) - settled) * passes / settled) <= max_passes
         return more and self.reachable
