@@ -220,6 +220,7 @@ def _recalibrate(
     step("the before/after figures")
     report = Report(command="recalibrate", model=source.info(), layers=layers, findings=[], fail_on=settings.fail_on)
     report.notes.extend(_report_notes(split, options, engine.name, checked, est, converted=bool(written) and converts, kind=kind))
+    report.notes.extend(_training_note(layers))
     before_figures = compute_drift(layers, est.first, est.samples)
     new_layers = updated.bn_layers()  # the written statistics, which "after" is judged against
     after_figures = compute_drift(new_layers, after_moments, after_samples)
@@ -239,6 +240,20 @@ def _split(options: RecalibrateOptions, num_samples: int | None, engine: str) ->
     if num_samples:  # hold out at most holdout_samples: no sample is left out for nothing
         fraction = min(fraction, options.holdout_samples / num_samples)
     return HoldoutSplit(fraction, keep=options.holdout_samples)
+
+
+def _training_note(layers) -> list[str]:
+    """The note where the model's BN modules were saved in training mode (BN005): OUT keeps the
+    mode it was given, so whoever runs it as-is normalises with each batch's statistics and the
+    new running statistics go unused (a pickled, scripted or traced module was written so
+    without a word)."""
+    training = [la.name for la in layers if la.training and la.has_running_stats and la.momentum_convention == "pytorch"]
+    if not training:
+        return []
+    return [
+        f"{len(training)} BN layer(s) were saved in training mode (BN005; e.g. {training[0]}) and OUT keeps that mode: "
+        "run it after model.eval(), or save the model in eval mode and recalibrate again, or the new statistics go unused"
+    ]
 
 
 def _guard_notes(split: HoldoutSplit | None, checked: dict[str, Any] | None, estimated: int) -> list[str]:

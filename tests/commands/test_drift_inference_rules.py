@@ -60,3 +60,19 @@ def test_an_exported_program_with_no_running_statistics_is_not_said_to_be_in_tra
     torch.export.save(torch.export.export(_cnn(track=False).eval(), (torch.zeros(2, 3, 8, 8),)), str(path))
     result = CliRunner().invoke(app, ["audit", str(path)])
     assert "BN004" in result.output and "BN005" not in result.output, result.output
+
+
+def test_recalibrate_says_that_a_module_saved_in_training_mode_stays_so(tmp_path, data):
+    """recalibrate wrote a scripted train-mode module back in training mode without a word:
+    whoever runs OUT as-is normalises with each batch and never uses the new statistics."""
+    model = _cnn()
+    model.train()
+    path, out = tmp_path / "train.ts", tmp_path / "out.ts"
+    torch.jit.script(model).save(str(path))
+    result = CliRunner().invoke(app, ["recalibrate", str(path), str(data), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "saved in training mode (BN005" in " ".join(result.output.split()) and "OUT keeps that mode" in " ".join(result.output.split())
+    eval_path = tmp_path / "eval.ts"
+    torch.jit.script(_cnn().eval()).save(str(eval_path))
+    result = CliRunner().invoke(app, ["recalibrate", str(eval_path), str(data), "-o", str(tmp_path / "out2.ts")])
+    assert result.exit_code == 0 and "training mode" not in result.output, result.output
