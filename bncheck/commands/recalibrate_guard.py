@@ -3,12 +3,13 @@ recalibrated one run on the held-out split (samples no estimate read), and the r
 refused (rule BN501, exit 1, nothing written unless ``--force-write``) when it makes the model
 worse beyond noise.
 
-* With labels: per-sample top-1 errors before and after.
+* With labels (a classifier: one class per sample): per-sample top-1 errors before and after.
 * Without labels: the top-1 disagreement of each model with the predictions the *same* model
   makes with batch statistics (every BN layer normalising with the statistics of its held-out
-  batch of ``--batch-size``: the data's own statistics, the reference BN301 measures against);
-  for outputs without a class axis, the per-sample squared difference from those outputs,
-  relative to their mean square. Recalibration should bring the running-statistics outputs
+  batch of ``--batch-size``: the data's own statistics, the reference BN301 measures against),
+  per position over the class axis as drift takes it (a sequence's T positions: a sample's
+  loss is the fraction that changed); for outputs without a class axis (dense maps), the
+  per-sample squared difference from those outputs, relative to their mean square. Recalibration should bring the running-statistics outputs
   towards the batch-statistics ones; moving them away is what a harmful update looks like.
 
 "Beyond noise" is the paired test of :func:`bncheck.numerics.recalibration.paired_worse`: the
@@ -27,6 +28,7 @@ from bncheck.data.labels import beyond_classes
 from bncheck.engines.measure import LabelCheck, add_bounded
 from bncheck.errors import DataError
 from bncheck.numerics.moments import Moments, merge_all
+from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, predictions, sample_predictions
 from bncheck.numerics.recalibration import Z95, paired_worse
 
 
@@ -64,21 +66,34 @@ def _flat(out: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64).reshape(len(out), -1)
 
 
+def _class_axis(out: np.ndarray) -> int | None:
+    """The per-sample class axis of batch-first outputs, by drift's rule (the last axis of a
+    per-sample output of rank 1 or 2: a classifier's scores, a recogniser's (T, C) sequence);
+    None for dense maps and single values, which are compared by distance."""
+    return class_axis_of(np.shape(out)[1:], CLASS_AXIS_AUTO)
+
+
 def _confidence(out: np.ndarray) -> float | None:
-    a = _flat(out)
-    if a.shape[1] < 2:
+    a = np.asarray(out, np.float64)
+    axis = _class_axis(a)
+    if axis is None:
         return None
-    e = np.exp(a - a.max(axis=1, keepdims=True))
-    return float(np.mean(e.max(axis=1) / e.sum(axis=1)))
+    a = np.moveaxis(a, axis + 1, -1).reshape(len(a), -1, a.shape[axis + 1])
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return float(np.mean(e.max(axis=-1) / e.sum(axis=-1)))
 
 
 def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | None) -> np.ndarray:
-    a = _flat(out)
+    """Per held-out sample: its top-1 error against ``target``, or the fraction of its positions
+    whose top-1 class differs from ``reference``'s (one for a classifier, T for a (T, C)
+    sequence: a CTC recogniser's 40 x 6,625 scores were one argmax over 265k values), or, without
+    a class axis, its squared distance from ``reference`` relative to their mean square."""
+    axis = _class_axis(out)
     if target is not None:
-        return (a.argmax(axis=1) != np.asarray(target)).astype(np.float64)
-    ref = _flat(reference)
-    if a.shape[1] > 1:
-        return (a.argmax(axis=1) != ref.argmax(axis=1)).astype(np.float64)
+        return (sample_predictions(out, axis) != np.asarray(target)).astype(np.float64)
+    if axis is not None:
+        return np.mean(predictions(out, axis) != predictions(reference, axis), axis=1, dtype=np.float64)
+    a, ref = _flat(out), _flat(reference)
     scale = float(np.mean(ref**2)) or 1.0
     return np.mean((a - ref) ** 2, axis=1) / scale
 
@@ -94,8 +109,11 @@ def check(
     before, _ = _eval(source, x, batch_size, [])
     after, moments = _eval(candidate, x, batch_size, names)
     left_out = None
+    axis = _class_axis(before)
+    if y is not None and (axis is None or sample_predictions(before, axis) is None):
+        y = None  # per-sample labels need one class per sample: a sequence or a map is checked without them
     if y is not None and len(y):
-        classes, largest = _flat(before).shape[1], max(int(np.max(y)), labels.largest if labels and labels.largest is not None else -1)
+        classes, largest = int(np.shape(before)[axis + 1]), max(int(np.max(y)), labels.largest if labels and labels.largest is not None else -1)
         if largest >= classes or int(np.min(y)) < 0:
             problem, fix = beyond_classes(largest, classes, labels.source if labels else "labels")
             if labels is not None and labels.asked:
@@ -105,7 +123,7 @@ def check(
         basis, reference, covered = "labels", None, len(x)
     else:
         reference, covered = _batch_statistics_outputs(source, x, batch_size)
-        basis = "agreement with batch-statistics outputs" if _flat(after).shape[1] > 1 else "distance to batch-statistics outputs"
+        basis = "agreement with batch-statistics outputs" if axis is not None else "distance to batch-statistics outputs"
     loss_before = _losses(before[:covered], None if y is None else y[:covered], reference)
     loss_after = _losses(after[:covered], None if y is None else y[:covered], reference)
     test = paired_worse(loss_before, loss_after, z)

@@ -114,3 +114,45 @@ def test_bad_values_exit_2(tmp_path):
         result = run("recalibrate", model, SHIFTED, "--out", tmp_path / "o.onnx", *args)
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (args, result.output)
         assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_sequence_output_is_compared_position_by_position():
+    """A CTC recogniser's (N, T, C) scores were flattened to one argmax over T x C values per
+    sample (PP-OCRv4's 40 x 6,625), so one changed position anywhere could flip the sample's
+    "top-1" or leave it alone. Now each sample's loss is the fraction of its T positions whose
+    top-1 class changed; a dense map (N, C, H, W) is compared by distance; a classifier as before."""
+    from bncheck.commands.recalibrate_guard import _confidence, _losses
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4, 10, 7))
+    out = reference.copy()
+    out[0, 3] = np.roll(out[0, 3], 1)  # one position of ten changes its top class (a roll moves the max)
+    out[2, [1, 5]] = np.roll(out[2, [1, 5]], 2, axis=-1)
+    np.testing.assert_allclose(_losses(out, None, reference), [0.1, 0.0, 0.2, 0.0])
+    assert 0 < _confidence(out) < 1
+    dense = rng.normal(size=(3, 2, 4, 4))
+    np.testing.assert_allclose(_losses(2 * dense, None, dense), np.mean(dense.reshape(3, -1) ** 2, axis=1) / np.mean(dense**2))
+    assert _confidence(dense) is None
+    scores = rng.normal(size=(5, 3))
+    assert list(_losses(scores, np.argmax(scores, 1), None)) == [0.0] * 5
+
+
+def test_the_guard_of_a_real_recogniser_reads_positions(tmp_path):
+    """PP-OCRv4's recogniser recalibrated on 24 synthetic lines: the held-out check compares each
+    line's T positions, so its losses are multiples of 1/T."""
+    import bncheck
+    from bncheck.commands.recalibrate import RecalibrateOptions
+    from tests.commands.test_drift_real_models import _model, _ppocr_batch
+    from tests.support import real_models as rm
+
+    path = _model(rm.PPOCR_REC)
+    x = _ppocr_batch(24, 48, 160, 1, seed=3)
+    report = bncheck.recalibrate(path, x, tmp_path / "out.onnx", options=RecalibrateOptions(batch_size=8, holdout=0.34))
+    guard = report.to_dict()["recalibration"]["guard"]
+    assert guard["basis"] == "agreement with batch-statistics outputs" and guard["samples"] >= 4, guard
+    positions = 20  # 160 pixels wide: 20 CTC positions
+    for key in ("loss_before", "loss_after"):
+        assert 0 <= guard[key] <= 1
+        assert abs(guard[key] * guard["samples"] * positions - round(guard[key] * guard["samples"] * positions)) < 1e-6, guard
+    # fractions of lines, not whole lines: the flattened argmax could only give k / samples
+    assert any(abs(guard[k] * guard["samples"] - round(guard[k] * guard["samples"])) > 1e-6 for k in ("loss_before", "loss_after")), guard
