@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.interface import ModelSource
-from bncheck.data.labels import beyond_classes
 from bncheck.engines.measure import LabelCheck, add_bounded
-from bncheck.errors import DataError
 from bncheck.numerics.moments import Moments, merge_all
 from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, predictions, sample_predictions
 from bncheck.numerics.recalibration import Z95, paired_worse
@@ -113,12 +111,9 @@ def check(
     if y is not None and (axis is None or sample_predictions(before, axis) is None):
         y = None  # per-sample labels need one class per sample: a sequence or a map is checked without them
     if y is not None and len(y):
-        classes, largest = int(np.shape(before)[axis + 1]), max(int(np.max(y)), labels.largest if labels and labels.largest is not None else -1)
-        if largest >= classes or int(np.min(y)) < 0:
-            problem, fix = beyond_classes(largest, classes, labels.source if labels else "labels")
-            if labels is not None and labels.asked:
-                raise DataError(f"{problem}; {fix}.")
-            y, left_out = None, f"labels left out of the held-out check: {problem}; {fix}"
+        refused = (labels or LabelCheck()).beyond(y, int(np.shape(before)[axis + 1]))
+        if refused is not None:
+            y, left_out = None, f"labels left out of the held-out check: {refused[0]}; {refused[1]}"
     if y is not None:
         basis, reference, covered = "labels", None, len(x)
     else:

@@ -137,6 +137,19 @@ class LabelCheck:
     source: str = "labels"
     asked: bool = False
 
+    def beyond(self, y: np.ndarray, classes: int) -> tuple[str, str] | None:
+        """None where ``y`` and DATA's largest label are class indices of an output of
+        ``classes`` classes; else (problem, fix) (see :func:`~bncheck.data.labels.beyond_classes`),
+        or DataError naming both where ``--labels`` asked for them."""
+        y = np.asarray(y)
+        largest = max(int(y.max()) if y.size else -1, self.largest if self.largest is not None else -1)
+        if largest < classes and not (y.size and int(y.min()) < 0):
+            return None
+        problem, fix = beyond_classes(largest, classes, self.source)
+        if self.asked:
+            raise DataError(f"{problem}; {fix}.")
+        return problem, fix
+
 
 class _Counts:
     """Running top-1 counts of a pass (labelled samples and correct predictions). Labels that
@@ -160,20 +173,13 @@ class _Counts:
             self.unlabelled = True
             return
         y = np.asarray(y)
-        classes = int(np.shape(outputs)[axis + 1])
-        largest = max(int(y.max()) if y.size else -1, self.labels.largest if self.labels.largest is not None else -1)
-        if largest >= classes or (y.size and int(y.min()) < 0):
-            self._refuse(largest, classes)
+        refused = self.labels.beyond(y, int(np.shape(outputs)[axis + 1]))
+        if refused is not None:
+            self.beyond = f"labels left out: {refused[0]} (no accuracy); {refused[1]}"
+            self.unlabelled = True
             return
         self.correct += int(np.count_nonzero(pred == y))
         self.labelled += len(pred)
-
-    def _refuse(self, largest: int, classes: int) -> None:
-        problem, fix = beyond_classes(largest, classes, self.labels.source)
-        if self.labels.asked:
-            raise DataError(f"{problem}; {fix}.")
-        self.beyond = f"labels left out: {problem} (no accuracy); {fix}"
-        self.unlabelled = True
 
 
 def output_class_axis(outputs, class_axis: int | str, batch_axis: int | None) -> int | None:
