@@ -316,7 +316,7 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             "BN301's comparison with DATA's own statistics", notes,
             lambda: outputs.stale_statistics(
                 diagnosis.source, runner, layers, result, setting, halves, multiple=multiple, ranking=ranking, reach=reach,
-                max_passes=options.refinement_passes,
+                max_passes=options.refinement_passes, significance=float(bn301.get("significance", REGISTRY["BN301"].thresholds["significance"])),
             ),
         )  # fmt: skip
     if runner is not None:

@@ -10,7 +10,8 @@ approximation) refined on the subsample until every layer's statistics are those
 the layers before it use DATA's statistics too (:func:`bncheck.commands.drift_refine.refine`).
 Its noise floor is the same comparison between the statistics of one half of DATA (the even
 batches of the main pass) and of all of it, which differ by sampling alone as much as DATA's
-statistics differ from its population's. No train-mode pass.
+statistics differ from its population's; its pass stops once the samples it has run decide the
+rule (a group-sequential test, :func:`_staged_floor`). No train-mode pass.
 
 BN201 (:mod:`bncheck.commands.drift_small_batch`) runs the subsample with BN in train mode in
 batches of ``--train-batch-size`` (one pass), or estimates it from the main pass.
@@ -22,7 +23,6 @@ class axis, relative error without one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,10 @@ from bncheck.commands.drift_setting import OutputSetting, kept_moments
 from bncheck.engines.measure import Measurement, array_moments
 from bncheck.numerics.moments import Moments
 from bncheck.numerics.outputs import (
+    ComparisonParts,
     OutputComparison,
     accuracy,
     compare,
-    compare_batches,
     confidence,
 )
 from bncheck.rules.stale_statistics import StaleStatistics
@@ -60,15 +60,6 @@ def population_statistics(layers, moments: dict[str, Moments]) -> Statistics:
         for layer in layers
         if layer.has_running_stats and layer.name in moments and moments[layer.name].count > 0
     }
-
-
-def outputs_with(source: ModelSource, stats: Statistics, x: np.ndarray, batch_size: int, runner=None) -> Iterator[np.ndarray]:
-    """Eval-mode outputs of ``x`` (batch-first), a batch at a time, from ``source`` carrying
-    ``stats`` (see :func:`runner_with`)."""
-    size = min(batch_size, OUTPUTS_BATCH)  # the plain session's arena grows to its largest batch
-    with runner_with(source, stats, runner, []) as run:
-        for i in range(0, len(x), size):
-            yield run.forward(x[i : i + size])
 
 
 @dataclass
@@ -149,12 +140,14 @@ def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) ->
 def stale_statistics(
     source: ModelSource, runner, layers, result: Measurement, setting: OutputSetting, halves: Halves | None, *,
     multiple: float, ranking: list[str], reach: tuple[float, float] | None = None, max_passes: int = REFINE_PASSES,
+    significance: float = 3.0,
 ) -> StaleStatistics | None:
     """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
     ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
     cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
     false, no significance). None: the floor is always measured. ``max_passes``: the passes
-    :func:`refine` may make."""  # fmt: skip
+    :func:`refine` may make. ``significance``: the standard errors BN301 fires at (the floor's
+    pass stops once its first samples decide that, :func:`_staged_floor`)."""  # fmt: skip
     full = population_statistics(layers, result.moments)
     if not full:
         return None
@@ -166,7 +159,7 @@ def stale_statistics(
     refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes, stored=stored)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
     if reach is None or _within_reach(effect, *reach):
-        out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple)
+        out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple, significance)
     else:
         out = {**effect.to_dict(), "noise_floor": {"measured": False}, "significance": math.nan}
         if effect.sample_flips is not None and effect.positions:
@@ -232,23 +225,74 @@ def _within_reach(effect: OutputComparison, disagreement: float, rel_err: float)
     return effect.relative_error >= rel_err
 
 
-def _with_floor(source, runner, layers, result: Measurement, setting: OutputSetting, halves, full: Statistics, refined, effect, multiple: float) -> dict[str, Any]:
-    """The effect's figures with the noise floor (one eval pass over the subsample with the
-    statistics of half of DATA) and the significance of the effect beyond it."""
+def _with_floor(
+    source, runner, layers, result: Measurement, setting: OutputSetting, halves, full: Statistics, refined, effect,
+    multiple: float, needed: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The effect's figures with the noise floor (an eval pass over the subsample with the
+    statistics of half of DATA, in stages: :func:`_floor_stages`) and the significance of the
+    effect beyond it; ``needed``: the significance BN301 fires at."""
     if halves is None:  # no halves of DATA: half of the subsample (kept by the main pass, or measured now), scaled
         even = setting.stored_moments(list(full), slice(0, None, 2)) or array_moments(runner, setting.sub[0::2], setting.batch_size, list(full))
         half = population_statistics(layers, even)
         n_half, where = len(setting.sub[0::2]), "even samples of the subsample"
     else:
         half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
-    halved = outputs_with(source, shifted_like(half, full, refined.statistics), setting.sub, setting.batch_size, runner)
-    floor = compare_batches(refined.outputs, halved, setting.class_axis)  # each batch compared as it comes
     scale = floor_scale(result.samples, n_half)
+    floor, t, compared = _staged_floor(source, runner, setting, shifted_like(half, full, refined.statistics), refined.outputs, scale, multiple, needed)
     out = _figures(effect, floor, scale)
-    per_effect, per_floor = out.pop("_per_sample")
-    out["significance"] = excess_t(per_effect, per_floor, multiple)
-    out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale)
+    out.pop("_per_sample")
+    out["significance"] = t
+    out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale, samples=compared)
     return out
+
+
+#: the noise floor's pass runs the subsample's samples in a fixed random order, in stages that
+#: end after FLOOR_STAGE, 2 x FLOOR_STAGE, 4 x ... samples and at the last, and stops after a
+#: stage whose samples already decide BN301 (a group-sequential test): where the effect on them
+#: lies below ``noise_multiple`` x the floor by so much that the rest cannot carry it to the
+#: significance the rule needs (t < significance - FUTILITY_MARGIN: 0 at the defaults; stopping
+#: there only ever silences the rule, so it adds no false alarm), or beyond it by so much
+#: (t >= significance + EFFICACY_MARGIN: 6 at the defaults, odds below 1e-8 on data the
+#: statistics fit) that the rest cannot undo it. The random-init ResNet-18 of
+#: bench/drift_speed.py on its own kind of data (10.5% disagreement against a floor of 9.1%)
+#: is decided after 64 of its 256 samples: a quarter of the pass
+FLOOR_STAGE = 64
+FUTILITY_MARGIN = 3.0
+EFFICACY_MARGIN = 3.0
+
+
+def _floor_stages(n: int) -> list[int]:
+    """The numbers of samples after which the floor's pass may stop, the last ``n``."""
+    stops, k = [], FLOOR_STAGE
+    while k < n:
+        stops.append(k)
+        k *= 2
+    return [*stops, n]
+
+
+def _staged_floor(source, runner, setting: OutputSetting, stats: Statistics, refined: np.ndarray, scale: float, multiple: float, needed: float):
+    """The floor (``refined`` against the outputs with ``stats``) on the samples its stages
+    ran, the effect's significance beyond it on the same samples, and their number."""
+    n = len(setting.sub)
+    order = np.random.default_rng(0).permutation(n)  # the subsample's slots follow DATA's order in part
+    size = min(setting.batch_size, OUTPUTS_BATCH)  # the plain session's arena grows to its largest batch
+    floor_parts, effect_parts, done = [], [], 0
+    with runner_with(source, stats, runner, []) as run:
+        for stop in _floor_stages(n):
+            rows = np.sort(order[done:stop])
+            for start in range(0, len(rows), size):
+                batch = rows[start : start + size]
+                out = np.asarray(run.forward(np.ascontiguousarray(setting.sub[batch])))
+                floor_parts.append(ComparisonParts.of(refined[batch], out, setting.class_axis))
+                effect_parts.append(ComparisonParts.of(setting.reference[batch], refined[batch], setting.class_axis))
+            done = stop
+            floor = ComparisonParts.join(floor_parts).comparison()
+            seen = _figures(ComparisonParts.join(effect_parts).comparison(), floor, scale)["_per_sample"]
+            t = excess_t(*seen, multiple)
+            if done < n and (t < needed - FUTILITY_MARGIN or t >= needed + EFFICACY_MARGIN):
+                break
+    return floor, t, done
 
 
 def run_accuracy(result: Measurement) -> float | None:

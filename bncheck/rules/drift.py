@@ -1,9 +1,8 @@
 """Rules with data: BN101-BN104 (drift), BN201 (small-batch risk), BN301 (train/eval mismatch:
 stored vs DATA's own statistics).
 
-They read what ``bncheck drift`` measured, ``RuleContext.drift`` (a
-:class:`~bncheck.rules.context.DriftEvidence`: per-layer drift, samples, the input diagnosis,
-the small-batch and the train/eval figures); without it they find nothing.
+They read what ``bncheck drift`` measured, ``RuleContext.drift`` (a :class:`~bncheck.rules.context.DriftEvidence`:
+per-layer drift, samples, the input diagnosis, the small-batch and the train/eval figures); without it they find nothing.
 """
 
 from __future__ import annotations
@@ -401,8 +400,8 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
         return None
     sev, what = _train_eval_effect(mm, lambda name: float(thresholds[name]))
     significance, needed = mm.significance, float(thresholds["significance"])
-    if not sev or not math.isfinite(significance) or significance >= needed:
-        return None
+    if not sev or not math.isfinite(significance) or not 0 < significance < needed:
+        return None  # at or below 0 the effect lies within the noise on the samples compared
     return (
         f"BN301 held back: {what} on {mm.samples} samples, but only {significance:.2g} standard errors beyond "
         f"{thresholds['noise_multiple']:g}x the floor (it needs {needed:g}); more samples (--mismatch-samples, more DATA) decide"
@@ -426,8 +425,9 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
     which differ by sampling alone as much as DATA's statistics differ from its population's.
     Fires (warning or error by the `*_disagreement` / `*_rel_err` thresholds) only when the
     effect also reaches `noise_multiple` times the noise floor AND exceeds that multiple by
-    `significance` standard errors over the samples (an effect below the warning thresholds
-    cannot fire, and its floor is not measured: `noise_floor.measured` false). It stays a warning when the stored
+    `significance` standard errors over the samples (an effect below the warning thresholds cannot fire, and its floor is not
+    measured: `noise_floor.measured` false; the floor's pass stops after 64, 128, ... samples where they decide the rule,
+    t below significance - 3 or at least significance + 3: `noise_floor.samples`). It stays a warning when the stored
     statistics suit DATA at least as well as its own: with labels, when recalibrating would not
     raise the accuracy; without, when the outputs are more confident with the stored statistics
     (DATA narrower than the training data: its own statistics would not generalise). DATA's

@@ -25,6 +25,9 @@ class NoiseFloor(Record):
     halves: str | None = None
     half_samples: int | None = None
     scale: float | None = None
+    #: samples of the subsample the floor was compared on: all of them, or fewer where its pass
+    #: stopped once they decided BN301 (None in a record of an older version)
+    samples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if not self.measured:
@@ -33,6 +36,8 @@ class NoiseFloor(Record):
         if self.top1_agreement is not None:
             out["top1_agreement"] = self.top1_agreement
         out.update(measured=True, halves=self.halves, half_samples=self.half_samples, scale=self.scale)
+        if self.samples is not None:
+            out["samples"] = self.samples
         return out
 
     @classmethod

@@ -58,3 +58,34 @@ def test_without_classes_there_is_no_agreement_and_an_empty_record_is_none():
     te = StaleStatistics.from_dict(record)
     assert te.top1_agreement is None and te.disagreement is None and te.to_dict() == record
     assert StaleStatistics.from_dict({}) is None and StaleStatistics.from_dict(None) is None
+
+
+def test_a_floor_taken_on_part_of_the_subsample_keeps_its_sample_count():
+    record = {
+        "samples": 256, "relative_error": 0.3, "positions": 1, "top1_agreement": 0.8, "flips": 51,
+        "noise_floor": {"relative_error": 0.01, "top1_agreement": 0.99, "measured": True, "halves": "even and odd batches of DATA",
+                        "half_samples": 1000, "scale": 1.0, "samples": 64},
+        "significance": 9.0, **TAIL, "top_layers": ["bn1"],
+    }  # fmt: skip
+    te = StaleStatistics.from_dict(record)
+    assert te.noise_floor.samples == 64 and te.to_dict() == record
+
+
+@pytest.mark.parametrize(("significance", "noted"), [(-0.7, False), (0.0, False), (1.5, True), (3.5, False)])
+def test_bn301_is_held_back_only_for_an_effect_beyond_the_floor_short_of_significance(significance, noted):
+    """The note says "more samples decide" where the effect lies beyond noise_multiple x the floor
+    by fewer standard errors than the rule needs; at or below 0 it lies within the noise on the
+    samples compared (a floor's pass stopped early for futility), and there is nothing to decide."""
+    from bncheck.rules import REGISTRY
+    from bncheck.rules.drift import train_eval_held_back
+
+    record = {
+        "samples": 256, "relative_error": 0.3, "positions": 1, "top1_agreement": 0.85, "flips": 38,
+        "noise_floor": {"relative_error": 0.02, "top1_agreement": 0.95, "measured": True, "halves": "even and odd batches of DATA",
+                        "half_samples": 1000, "scale": 1.0, "samples": 64},
+        "significance": significance, **TAIL, "top_layers": ["bn1"],
+    }  # fmt: skip
+    note = train_eval_held_back(StaleStatistics.from_dict(record), dict(REGISTRY["BN301"].thresholds))
+    assert (note is not None) == noted
+    if noted:
+        assert "more samples" in note and "on 256 samples" in note
