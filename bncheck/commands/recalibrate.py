@@ -61,6 +61,7 @@ from bncheck.data.holdout import HoldoutSplit
 from bncheck.data.memory import as_data
 from bncheck.engines import DataSpec, ModelSpec, PassRequest, make_engine
 from bncheck.errors import BncheckError, UsageError
+from bncheck.numerics.outputs import CLASS_AXIS_AUTO
 from bncheck.numerics.recalibration import fewest_flagged
 from bncheck.report.report import Report
 from bncheck.report.results import DriftResult, LayerRecalibration, RecalibrationResult
@@ -114,6 +115,9 @@ class RecalibrateOptions:
     #: exact: MiB of activations kept between the levels of the layer-by-layer estimate
     #: (batches beyond it are read from DATA again; 0 keeps none)
     cache_mb: float = 1024.0
+    #: the class axis of the model's output for the held-out check, as drift's ``--class-axis``
+    #: (auto, none or an axis of the output, the batch axis included)
+    class_axis: int | str = CLASS_AXIS_AUTO
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -186,7 +190,7 @@ def _recalibrate(
     model_spec = ModelSpec(Path(source.path), arch, trust_pickle, source.device) if source.path is not None else None
     drift_options = DriftOptions(
         batch_size=options.batch_size, mismatch_samples=0, data_options=data_options, engine=engine,
-        storage_options=dict(options.storage_options), device=source.device,
+        storage_options=dict(options.storage_options), device=source.device, class_axis=options.class_axis,
     )  # fmt: skip
     if options.verify:
         step("drift of MODEL on DATA (--verify)")
@@ -203,7 +207,9 @@ def _recalibrate(
         checked, held_moments = (None, None)
         if x_held is not None:
             step("checking the result on the held-out split")
-            checked, held_moments = guard.check(source, updated, x_held, y_held, options.batch_size, names, labels=session.label_check())
+            checked, held_moments = guard.check(
+                source, updated, x_held, y_held, options.batch_size, names, labels=session.label_check(), class_axis=options.class_axis
+            )
         after_moments, after_samples, after_on = _after(est, held_moments, x_held, session, names, options)
         converts = kind in CONVERTED_NOTE and backend.family == "torch"  # a torch model written as ONNX / torch.export
         example = _example(session, x_held, options.batch_size) if converts else None

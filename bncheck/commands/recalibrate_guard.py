@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 
 from bncheck.backends.interface import ModelSource
-from bncheck.engines.measure import LabelCheck, add_bounded
+from bncheck.engines.measure import LabelCheck, add_bounded, output_class_axis
 from bncheck.numerics.moments import Moments, merge_all
-from bncheck.numerics.outputs import CLASS_AXIS_AUTO, class_axis_of, predictions, sample_predictions
+from bncheck.numerics.outputs import CLASS_AXIS_AUTO, predictions, sample_predictions
 from bncheck.numerics.recalibration import Z95, paired_worse
 
 
-def _eval(source: ModelSource, x: np.ndarray, batch_size: int, names: list[str] | None) -> tuple[np.ndarray, dict[str, Moments]]:
-    """Eval-mode outputs of ``x`` and, for ``names``, the merged moments of the BN inputs."""
+def _eval(source: ModelSource, x: np.ndarray, batch_size: int, names: list[str] | None) -> tuple[np.ndarray, dict[str, Moments], int | None]:
+    """Eval-mode outputs of ``x`` (batch-first), for ``names`` the merged moments of the BN
+    inputs, and the axis of the model's output that follows the batch size."""
     outs: list[np.ndarray] = []
     parts: dict[str, list[Moments]] = {}
     with source.runner(layers=names or None) as runner:
@@ -43,7 +44,8 @@ def _eval(source: ModelSource, x: np.ndarray, batch_size: int, names: list[str] 
             out, moments = runner.moments(chunk)
             outs.append(np.asarray(out))
             add_bounded(parts, moments)
-    return np.concatenate(outs), {n: merge_all(ms) for n, ms in parts.items()}
+        batch_axis = getattr(runner, "batch_axis", 0)
+    return np.concatenate(outs), {n: merge_all(ms) for n, ms in parts.items()}, batch_axis
 
 
 def _batch_statistics_outputs(source: ModelSource, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
@@ -64,16 +66,8 @@ def _flat(out: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64).reshape(len(out), -1)
 
 
-def _class_axis(out: np.ndarray) -> int | None:
-    """The per-sample class axis of batch-first outputs, by drift's rule (the last axis of a
-    per-sample output of rank 1 or 2: a classifier's scores, a recogniser's (T, C) sequence);
-    None for dense maps and single values, which are compared by distance."""
-    return class_axis_of(np.shape(out)[1:], CLASS_AXIS_AUTO)
-
-
-def _confidence(out: np.ndarray) -> float | None:
+def _confidence(out: np.ndarray, axis: int | None) -> float | None:
     a = np.asarray(out, np.float64)
-    axis = _class_axis(a)
     if axis is None:
         return None
     a = np.moveaxis(a, axis + 1, -1).reshape(len(a), -1, a.shape[axis + 1])
@@ -81,12 +75,12 @@ def _confidence(out: np.ndarray) -> float | None:
     return float(np.mean(e.max(axis=-1) / e.sum(axis=-1)))
 
 
-def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | None) -> np.ndarray:
+def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | None, axis: int | None) -> np.ndarray:
     """Per held-out sample: its top-1 error against ``target``, or the fraction of its positions
     whose top-1 class differs from ``reference``'s (one for a classifier, T for a (T, C)
     sequence: a CTC recogniser's 40 x 6,625 scores were one argmax over 265k values), or, without
-    a class axis, its squared distance from ``reference`` relative to their mean square."""
-    axis = _class_axis(out)
+    a class axis (``axis``: the per-sample one), its squared distance from ``reference``
+    relative to their mean square."""
     if target is not None:
         return (sample_predictions(out, axis) != np.asarray(target)).astype(np.float64)
     if axis is not None:
@@ -98,16 +92,19 @@ def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | 
 
 def check(
     source: ModelSource, candidate: ModelSource, x: np.ndarray, y: np.ndarray | None, batch_size: int, names: list[str], z: float = Z95,
-    labels: LabelCheck | None = None,
+    labels: LabelCheck | None = None, class_axis: int | str = CLASS_AXIS_AUTO,
 ) -> tuple[dict[str, Any], dict[str, Moments]]:  # fmt: skip
     """The guard's figures on the held-out samples ``x`` (labels ``y`` or None) and the
     candidate's BN-input moments on them (the "after" figures of the in-order methods).
     Labels that cannot be class indices of the output are refused where ``labels.asked``,
-    else left out (``labels_left_out``: the check runs without them)."""
-    before, _ = _eval(source, x, batch_size, [])
-    after, moments = _eval(candidate, x, batch_size, names)
+    else left out (``labels_left_out``: the check runs without them). ``class_axis``: the
+    output's class axis as drift's ``--class-axis`` gives it (auto: the last axis of a
+    per-sample output of rank 1 or 2, a classifier's scores or a recogniser's (T, C) sequence;
+    none: compared by distance, as dense maps are)."""
+    before, _, batch_axis = _eval(source, x, batch_size, [])
+    after, moments, _ = _eval(candidate, x, batch_size, names)
     left_out = None
-    axis = _class_axis(before)
+    axis = output_class_axis(before, class_axis, batch_axis)  # a --class-axis that does not fit stops here
     if y is not None and (axis is None or sample_predictions(before, axis) is None):
         y = None  # per-sample labels need one class per sample: a sequence or a map is checked without them
     if y is not None and len(y):
@@ -119,8 +116,8 @@ def check(
     else:
         reference, covered = _batch_statistics_outputs(source, x, batch_size)
         basis = "agreement with batch-statistics outputs" if axis is not None else "distance to batch-statistics outputs"
-    loss_before = _losses(before[:covered], None if y is None else y[:covered], reference)
-    loss_after = _losses(after[:covered], None if y is None else y[:covered], reference)
+    loss_before = _losses(before[:covered], None if y is None else y[:covered], reference, axis)
+    loss_after = _losses(after[:covered], None if y is None else y[:covered], reference, axis)
     test = paired_worse(loss_before, loss_after, z)
     figures: dict[str, Any] = {
         "basis": basis,
@@ -131,8 +128,8 @@ def check(
         "standard_error": test["standard_error"],
         "z": z,
         "worse": bool(test["worse"]),
-        "confidence_before": _confidence(before),
-        "confidence_after": _confidence(after),
+        "confidence_before": _confidence(before, axis),
+        "confidence_after": _confidence(after, axis),
     }
     if left_out:
         figures["labels_left_out"] = left_out

@@ -110,7 +110,8 @@ def test_a_helpful_recalibration_is_written_and_the_label_free_check_agrees(tmp_
 def test_bad_values_exit_2(tmp_path):
     model = ROOT / "sample_models" / "digits_cnn.onnx"
     for args, needle in ((["--prior", "-1"], "--prior"), (["--precision", "2"], "--precision"), (["--holdout", "1"], "--holdout"),
-                         (["--method", "ema", "--prior", "5"], "--prior"), (["--device", "tpu"], "--device")):
+                         (["--method", "ema", "--prior", "5"], "--prior"), (["--device", "tpu"], "--device"),
+                         (["--class-axis", "classes"], "--class-axis"), (["--class-axis", "3"], "--class-axis")):
         result = run("recalibrate", model, SHIFTED, "--out", tmp_path / "o.onnx", *args)
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (args, result.output)
         assert not (tmp_path / "o.onnx").exists()
@@ -128,13 +129,13 @@ def test_a_sequence_output_is_compared_position_by_position():
     out = reference.copy()
     out[0, 3] = np.roll(out[0, 3], 1)  # one position of ten changes its top class (a roll moves the max)
     out[2, [1, 5]] = np.roll(out[2, [1, 5]], 2, axis=-1)
-    np.testing.assert_allclose(_losses(out, None, reference), [0.1, 0.0, 0.2, 0.0])
-    assert 0 < _confidence(out) < 1
+    np.testing.assert_allclose(_losses(out, None, reference, 1), [0.1, 0.0, 0.2, 0.0])
+    assert 0 < _confidence(out, 1) < 1
     dense = rng.normal(size=(3, 2, 4, 4))
-    np.testing.assert_allclose(_losses(2 * dense, None, dense), np.mean(dense.reshape(3, -1) ** 2, axis=1) / np.mean(dense**2))
-    assert _confidence(dense) is None
+    np.testing.assert_allclose(_losses(2 * dense, None, dense, None), np.mean(dense.reshape(3, -1) ** 2, axis=1) / np.mean(dense**2))
+    assert _confidence(dense, None) is None
     scores = rng.normal(size=(5, 3))
-    assert list(_losses(scores, np.argmax(scores, 1), None)) == [0.0] * 5
+    assert list(_losses(scores, np.argmax(scores, 1), None, 0)) == [0.0] * 5
 
 
 def test_the_guard_of_a_real_recogniser_reads_positions(tmp_path):
@@ -156,3 +157,19 @@ def test_the_guard_of_a_real_recogniser_reads_positions(tmp_path):
         assert abs(guard[key] * guard["samples"] * positions - round(guard[key] * guard["samples"] * positions)) < 1e-6, guard
     # fractions of lines, not whole lines: the flattened argmax could only give k / samples
     assert any(abs(guard[k] * guard["samples"] - round(guard[k] * guard["samples"])) > 1e-6 for k in ("loss_before", "loss_after")), guard
+
+
+def test_class_axis_none_compares_an_embedding_by_distance(tmp_path):
+    """An output without class scores (an embedding, features) judged by top-1 agreement says
+    little; `--class-axis none` compares it by distance, as drift does; the default reads the
+    digits' 10 scores as classes."""
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    auto = run("recalibrate", model, SHIFTED, "--out", tmp_path / "a.onnx", "--labels", "none", "-f", "json")
+    none = run("recalibrate", model, SHIFTED, "--out", tmp_path / "b.onnx", "--labels", "none", "--class-axis", "none", "-f", "json")
+    assert auto.exit_code == 0 and none.exit_code == 0, (auto.output, none.output)
+    a, b = (json.loads(r.stdout)["recalibration"]["guard"] for r in (auto, none))
+    assert a["basis"] == "agreement with batch-statistics outputs"
+    assert b["basis"] == "distance to batch-statistics outputs" and b["confidence_after"] is None
+    assert b["loss_after"] < b["loss_before"] and not b["worse"]  # closer to the batch-statistics outputs
+    last = run("recalibrate", model, SHIFTED, "--out", tmp_path / "c.onnx", "--labels", "none", "--class-axis", "-1", "-f", "json")
+    assert json.loads(last.stdout)["recalibration"]["guard"]["loss_after"] == a["loss_after"]
