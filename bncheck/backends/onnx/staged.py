@@ -5,7 +5,7 @@ and whose outputs are the values the next segments read. The moments of a level'
 are taken from those outputs in float64 (two-pass per batch, as the runner's two-pass form).
 
 Models that cannot be cut get ``None`` and a reason: a BN layer inside a control-flow
-subgraph or with ``spatial=0``, a fixed batch size, more than one data input, values whose
+subgraph or with ``spatial=0``, a fixed batch size above 1 (one of 1 runs a sample at a time), more than one data input, values whose
 element type shape inference cannot tell."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def onnx_staged(source, layers: list[str]) -> tuple[StagedModel | None, str]:
         name, why = next(iter(blocked.items()))
         return None, f"BN layer {name} is {why}"
     spec = input_spec(model)
-    if spec.batch is not None:
-        return None, "the model is exported with a fixed batch size"
+    if spec.batch not in (None, 1):  # a last partial batch would not fit (one of 1 always does)
+        return None, f"the model is exported with a fixed batch size of {spec.batch}"
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     data = [i.name for i in graph.input if i.name not in inits]
@@ -53,7 +53,9 @@ def onnx_staged(source, layers: list[str]) -> tuple[StagedModel | None, str]:
     untyped = [v for f in plan.frontiers[1:] for v in f if not types.get(v, (0,))[0]]
     if untyped:
         return None, f"shape inference cannot tell the type of {untyped[0]}"
-    return OnnxStaged(model, plan, types, bn, getattr(source, "device", "cpu")), ""
+    staged = OnnxStaged(model, plan, types, bn, getattr(source, "device", "cpu"))
+    staged.batch = spec.batch  # its segments run one sample at a time (a PicoDet layout detector)
+    return staged, ""
 
 
 class OnnxStaged(StagedModel):
