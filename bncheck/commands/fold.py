@@ -11,8 +11,9 @@ write OUT atomically -> one :class:`~bncheck.report.report.Report`.
 
 Decisions a user should know:
 
-* **Nothing to fold** (no BN folded or turned affine): exit 0, OUT is *not* written (it would
-  be the input model again) unless ``force``; the report says so.
+* **Nothing to fold** (no BN folded or turned affine): exit 0, OUT is still written (the model
+  as it is, in OUT's kind, verified against the original like any output): a pipeline that
+  deploys OUT (``bncheck fold M -o X && deploy X``) must find it; the report says so.
 * **Verification failed** (error above ``atol + rtol * scale``): finding BN401 (error, exit 1)
   and OUT is not written unless ``force``.
 * **State-dict output** (``.safetensors``, or ``.pt``/``.pth`` for a state-dict input): the
@@ -180,7 +181,7 @@ class _Check:
         """(changed, the plan verified on, the converted artifact, its notes, the evidence)."""
         backend, source, kind, plan = self.backend, self.source, self.kind, self.plan
         changed = folded.count("folded") + folded.count("affine") > 0
-        converted = changed or (self.out is not None and self.force)
+        converted = changed or self.out is not None  # OUT is written even where nothing folds
         if not converted and plan.batches is not None:  # nothing folded or written: a run against itself proves nothing
             plan = replace(plan, batches=None, data_info=None, used=VerificationInputs("none", None, UNCHANGED))
         if converted:
@@ -310,16 +311,15 @@ def _verify(backend: Backend, source: ModelSource, artifact, kind: str, plan: In
 
 
 def _write(backend: Backend, source, folded, artifact, kind, out: Path | None, *, changed: bool, passed: bool, force: bool, notes: list[str]) -> list[Path]:
-    """Write OUT unless there is nothing to fold or verification failed (``force`` writes
-    anyway); the files written, and why not in ``notes``."""
+    """Write OUT unless verification failed (``force`` writes anyway; with nothing to fold,
+    OUT is the model as it is); the files written, and why not in ``notes``."""
     step("writing OUT")
     if out is None:
         if not changed:
             notes.append("nothing to fold")
         return []
-    if not changed and not force:
-        notes.append(f"nothing to fold: {out} was not written (it would be the input model again; --force writes it anyway)")
-        return []
+    if not changed:
+        notes.append(f"nothing to fold: {out} is the model as it is (written, so that what reads OUT finds it)")
     if not passed and not force:
         notes.append(f"verification failed: {out} was not written (--force writes it anyway)")
         return []

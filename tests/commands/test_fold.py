@@ -171,8 +171,9 @@ def test_nothing_to_fold(cli, tmp_path):
     result = cli("fold", SAMPLES / "broken" / "digits_cnn_folded.onnx", "--out", out, "-f", "json")
     assert result.exit_code == 0
     report = _json(result)
-    assert report["fold"]["layers_folded"] == 0 and report["fold"]["output"]["written"] is False
-    assert not out.exists()
+    assert report["fold"]["layers_folded"] == 0 and report["fold"]["output"]["written"] is True
+    assert out.exists()  # a pipeline that deploys OUT finds it: the model as it is, verified
+    assert report["verification"]["passed"] is True and report["verification"]["samples"] > 0
     assert any("nothing to fold" in n for n in report["notes"])
     # BN000's finding says there is no BN layer; the notes do not say it again
     assert [f["rule"] for f in report["findings"]] == ["BN000"]
@@ -180,27 +181,25 @@ def test_nothing_to_fold(cli, tmp_path):
 
 
 def test_kept_layers_only_need_no_whole_model_run(cli, tmp_path, export_onnx, randomize_bn):
-    """Every BN kept (fed by a ReLU) and nothing written: the model is unchanged, so no
-    verification inputs are built or run; --force writes the copy and verifies it."""
+    """Every BN kept (fed by a ReLU): OUT is still written, the model as it is, and verified
+    like any output; without OUT the model is unchanged, so no verification inputs are built
+    or run."""
     import torch
     from torch import nn
 
     model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(4)))
     model(torch.zeros(1, 3, 12, 12))
     path = export_onnx(model.eval(), torch.zeros(1, 3, 12, 12), tmp_path / "kept.onnx")
+    from bncheck.commands.fold import fold
+
     out = tmp_path / "f.onnx"
-    result = cli("fold", path, "--out", out, "-f", "json")
-    assert result.exit_code == 0, result.stderr
-    report = _json(result)
-    assert report["fold"]["layers_folded"] == 0 and not out.exists()
+    report = fold(path, None, timing=False).to_dict()  # no OUT (the API)
+    assert report["fold"]["layers_folded"] == 0
     assert report["verification"]["samples"] == 0 and report["verification"]["passed"] is True
     assert report["verification"]["inputs_used"]["origin"] == "none"
     assert "model is unchanged" in report["verification"]["inputs_used"]["why"]
-    table = cli("fold", path, "--out", out)
-    assert "verification: not needed: nothing was folded" in table.stdout
-    assert "verification inputs" not in table.stdout and "proved on their own" not in table.stdout
-    forced = _json(cli("fold", path, "--out", out, "-f", "json", "--force"))
-    assert out.exists() and forced["verification"]["samples"] > 0 and forced["verification"]["inputs_used"]["origin"] == "graph"
+    written = _json(cli("fold", path, "--out", out, "-f", "json"))
+    assert out.exists() and written["verification"]["samples"] > 0 and written["verification"]["inputs_used"]["origin"] == "graph"
 
 
 def test_verify_on_data_and_human_formats(cli, digits, tmp_path):
