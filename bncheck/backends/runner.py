@@ -206,6 +206,11 @@ class ModelRunner(Closing):
 
     def _check_train_batch(self, x: np.ndarray) -> None:
         fixed = self.input_spec.batch
+        if fixed == 1:  # a batch of one has no batch statistics: no option can help
+            raise DataError(
+                "the model is exported with a fixed batch size of 1, so it cannot run train-mode batches (batch statistics need at "
+                "least 2 samples); re-export it with a dynamic batch axis for train-mode passes (recalibrate's default --method exact needs none)."
+            )
         if fixed is not None and x.shape[0] != fixed:
             raise DataError(
                 f"the model is exported with a fixed batch size of {fixed}, so train-mode passes need batches of exactly "

@@ -301,6 +301,8 @@ def _evidence(run: DataPass, layers, options: DriftOptions, thresholds: dict, di
             "BN103's input diagnosis", notes, lambda: _diagnose(diagnosis.source, layers, order, sub, run.data_info, options.batch_size)
         )  # fmt: skip
     stale, small = "BN301" in diagnosis.selected, "BN201" in diagnosis.selected and options.train_batch_size >= 2
+    if "BN201" in diagnosis.selected and options.train_batch_size < 2 and options.mismatch_samples > 0:
+        notes.append("BN201 was skipped: batch statistics need a --train-batch-size of 2 or more")
     if not _compares_outputs(options, diagnosis.selected) or result.subsample is None:
         return evidence
     setting = _guarded("the output comparisons (BN201, BN301)", notes, lambda: output_setting(result, options.mismatch_samples, options.class_axis, options.batch_size))

@@ -257,19 +257,17 @@ def _options(values) -> str:
     severity="info",
     phase="drift",
     summary="Too few samples for reliable statistics.",
-    what="""Flags a run with fewer than `min_samples` samples, and layers whose sampling standard
-    error of mean |z| or mean |r| (shown in the report as `uncertainty`) exceeds `max_se`.
+    what="""Flags a run with fewer than `min_samples` samples, and (one finding, with the samples that would do) the layers
+    whose sampling standard error of mean |z| or mean |r| (the report's `uncertainty`) exceeds `max_se`.
     False-alarm rate: an info finding about the size of the run, not a drift detection, so it
     never fails the gate at `--fail-on error` (the default) or `warning`; it fires by design
     on every run below `min_samples`, whatever the data (every n = 32 run of
     bench/false_alarms.py), and bench/results/false_alarms.md, which counts runs with any
     warning or error, does not count it.""",
-    why="""Drift figures are estimates: with 20 images a mean shift of 0.3 may be pure chance.
-    The report states the standard error of each figure; this rule says when they are too
-    uncertain to act on.""",
+    why="""Drift figures are estimates: with 20 images a mean shift of 0.3 may be pure chance. The report states
+    the standard error of each figure; this rule says when they are too uncertain to act on.""",
     example="""drift on a folder of 12 images: SE(z) = 0.29, SE(r) = 0.43.""",
-    fix="""Run on more data (a few hundred samples is usually enough), or treat the figures as a
-    rough indication only.""",
+    fix="""Run on more data (a few hundred samples is usually enough; the finding says how many), or treat the figures as a rough indication only.""",
     thresholds={"min_samples": 100, "max_se": 0.1},
     threshold_docs={"min_samples": "fewest samples for a reliable run", "max_se": "largest acceptable standard error"},
 )
@@ -284,12 +282,14 @@ def check_few_samples(r, ctx: RuleContext):
                         f"so BN101-BN103 report nothing; run on at least {minimum:g}", samples=samples)
         return
     if samples < minimum:
-        yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples)
-        return
-    for name, d in ctx.drift.layers.items():
-        worst = max(d.z_se, d.r_se)
-        if math.isfinite(worst) and worst > max_se:
-            yield r.finding(name, f"standard error {worst:.2g} of the drift figures exceeds {max_se:g}", z_se=d.z_se, r_se=d.r_se)
+        return (yield r.finding(None, f"only {samples} samples: drift figures are uncertain (fewer than {minimum:g})", samples=samples))
+    over = {name: max(d.z_se, d.r_se) for name, d in ctx.drift.layers.items() if math.isfinite(max(d.z_se, d.r_se)) and max(d.z_se, d.r_se) > max_se}
+    if over:  # one finding for the run (a PicoDet's 94 layers each said "0.1 exceeds 0.1"), sized in samples
+        name, worst = max(over.items(), key=lambda item: item[1])
+        need = math.ceil(samples * (worst / max_se) ** 2)  # the standard errors fall as 1/sqrt(n); beyond 10x, a drift's own spread sets them
+        more = f"about {need} samples would bring it under {max_se:g}" if need <= 10 * samples else "the spread of a large drift sets it, more samples hardly lower it"
+        yield r.finding(None, f"standard error of the drift figures above {max_se:g} at {len(over)} of {len(ctx.drift.layers)} layer(s) (largest {worst:.3g} at "
+                        f"{name}, on {samples} samples): {more}", samples=samples, layers=len(over), largest_se=worst)
 
 
 @rule(

@@ -80,3 +80,13 @@ def test_drift_refines_bn301_level_by_level(files):
     assert result.exit_code in (0, 1), result.output
     te = json.loads(result.stdout)["drift"]["train_eval"]
     assert te["refinement_method"] == "level by level" and te["refinement_levels"] == 2 and te["refinement_converged"]
+
+
+def test_bn201_says_why_it_cannot_run(files):
+    """BN201's train-mode pass on a batch of one: the note says no option helps (it told the user
+    to set --train-batch-size 1, which then skipped BN201 without a word)."""
+    fixed, _, data = files
+    notes = json.loads(_run("drift", fixed, data, "-f", "json", "--train-pass", "always").stdout)["notes"]
+    assert any("cannot run train-mode batches" in note and "dynamic batch axis" in note for note in notes), notes
+    one = json.loads(_run("drift", fixed, data, "-f", "json", "--train-batch-size", "1").stdout)
+    assert "BN201 was skipped: batch statistics need a --train-batch-size of 2 or more" in one["notes"]

@@ -303,19 +303,23 @@ def test_the_exact_counter(batches, momentum, expected):
     assert exact_counter(batches, momentum) == expected
 
 
-def test_a_gain_on_a_few_held_out_samples_is_not_called_beyond_noise_and_lost_confidence_is_said():
+def test_a_gain_on_a_few_held_out_samples_says_how_few_and_lost_confidence_is_said():
     """The held-out line at tiny n, and without labels where the outputs lose confidence: a PP-OCR
     recogniser recalibrated on 8 held-out lines read "loss 1 -> 0.5, better beyond noise" beside
     drift's BN301 advising against recalibrating on such data (its outputs more confident with
-    the stored statistics); the line now says the gain is on too few samples, and repeats the
-    advice when the recalibrated outputs are less confident."""
+    the stored statistics); the line now says on how few samples the gain is (beyond Student's t
+    there, or too few to tell), and repeats the advice when the recalibrated outputs are less
+    confident."""
     from bncheck.formats.recalibrate_section import FEW_HELD_OUT, _guard_lines
 
     few = {"samples": 8, "basis": "agreement with batch-statistics outputs", "loss_before": 1.0, "loss_after": 0.5,
            "difference": -0.5, "standard_error": 0.19, "z": 1.96, "worse": False,
            "confidence_before": 0.62, "confidence_after": 0.41}  # fmt: skip
     line, advice = _guard_lines(few)
-    assert line.endswith("loss 1 -> 0.5, better, but on 8 samples only, too few to tell"), line
+    # 0.5 / 0.19 = 2.6 standard errors: beyond Student's t on 7 degrees of freedom (2.36)
+    assert line.endswith("loss 1 -> 0.5, better beyond noise, on 8 samples only"), line
+    within = {**few, "standard_error": 0.23}  # 2.2 standard errors: beyond the normal margin, not t's
+    assert _guard_lines(within)[0].endswith("loss 1 -> 0.5, better, but on 8 samples only, too few to tell")
     assert advice.startswith("the outputs are less confident after recalibration (62.0% -> 41.0%)") and "BN301 advises against" in advice
     many = {**few, "samples": FEW_HELD_OUT, "confidence_after": 0.7}
     assert _guard_lines(many) == [f"check on {FEW_HELD_OUT} held-out samples (agreement with batch-statistics outputs): loss 1 -> 0.5, better beyond noise"]
