@@ -253,7 +253,7 @@ def _with_floor(
 #: lies below ``noise_multiple`` x the floor by so much that the rest cannot carry it to the
 #: significance the rule needs (t < significance - FUTILITY_MARGIN: 0 at the defaults; stopping
 #: there only ever silences the rule, so it adds no false alarm), or beyond it by so much
-#: (t >= significance + EFFICACY_MARGIN: 6 at the defaults, odds below 1e-8 on data the
+#: (t >= significance + EFFICACY_MARGIN: 6 at the defaults, odds below 1e-7 on data the
 #: statistics fit) that the rest cannot undo it. The random-init ResNet-18 of
 #: bench/drift_speed.py on its own kind of data (10.5% disagreement against a floor of 9.1%)
 #: is decided after 64 of its 256 samples: a quarter of the pass

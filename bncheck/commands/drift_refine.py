@@ -176,10 +176,14 @@ def refinement_note(figures: StaleStatistics | None) -> str | None:
     """The report's note when BN301's statistics did not settle (None when they did)."""
     if figures is None or figures.refinement_converged is not False:
         return None
+    judged = (
+        "its whole-model passes diverged, so its figures are no estimate and it judges nothing (a model it can cut into "
+        "levels, ONNX or a state dict with --arch, is refined level by level)"
+        if figures.diverged else "its figures are approximate and it reports at most a warning"
+    )
     return (
         f"BN301: DATA's population statistics did not settle in {figures.refinement_passes} pass(es) over the subsample "
-        f"(last movement {figures.refinement_movement:.3g}, tolerance {figures.refinement_tolerance:g}); "
-        "its figures are approximate and it reports at most a warning"
+        f"(last movement {figures.refinement_movement:.3g}, tolerance {figures.refinement_tolerance:g}); {judged}"
     )
 
 

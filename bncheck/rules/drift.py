@@ -396,7 +396,7 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
     """The report's note where BN301's effect is beyond its thresholds and its noise floor
     but not significant on this many samples (the rule stays silent then): what was seen and
     that more samples decide. None otherwise."""
-    if mm is None:
+    if mm is None or mm.diverged:
         return None
     sev, what = _train_eval_effect(mm, lambda name: float(thresholds[name]))
     significance, needed = mm.significance, float(thresholds["significance"])
@@ -437,7 +437,7 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
     deviations, variance relative, with the layer's eps; `refinement_tolerance` 0.02); when
     they do not settle within the passes allowed (`refinement_converged` false: a model that
     cannot be cut into levels, iterated one level per pass), the report says so in a note and
-    BN301 reports at most a warning, qualified. False-alarm rule: on data drawn from the
+    BN301 reports at most a warning, qualified; nothing where the passes diverged (no estimate). False-alarm rule: on data drawn from the
     distribution the statistics were accumulated on, the effect is about the noise floor (its
     expected ratio is sqrt(1 + n/m) for statistics accumulated on m samples), so twice the floor
     at 3 standard errors rarely fires there; bench/results/false_alarms.md has the measured
@@ -467,7 +467,7 @@ def train_eval_held_back(mm, thresholds: dict[str, float]) -> str | None:
 )
 def check_train_eval(r, ctx: RuleContext):
     mm = ctx.drift.train_eval if ctx.drift is not None else None
-    if mm is None:
+    if mm is None or mm.diverged:  # passes that diverged give no figures to judge (a note says so)
         return
     sev, what = _train_eval_effect(mm, lambda name: ctx.threshold(r.code, name))
     if not sev or not mm.significance >= ctx.threshold(r.code, "significance"):
@@ -488,8 +488,7 @@ def check_train_eval(r, ctx: RuleContext):
     if stored_fit:  # the stored statistics suit DATA at least as well as its own: not an error
         sev = Severity.WARNING
     if mm.refinement_converged is False:  # DATA's statistics did not settle: approximate figures
-        sev = Severity.WARNING
-        movement = mm.refinement_movement if mm.refinement_movement is not None else math.nan
+        sev, movement = Severity.WARNING, (mm.refinement_movement if mm.refinement_movement is not None else math.nan)
         message += f"; DATA's statistics did not settle in {mm.refinement_passes} pass(es) (movement {movement:.3g}): the figures are approximate"
     top = ", ".join(mm.top_layers[:3])
     yield r.finding(

@@ -104,6 +104,13 @@ class StaleStatistics(Record):
     def disagreement(self) -> float | None:
         return None if self.top1_agreement is None else 1.0 - self.top1_agreement
 
+    @property
+    def diverged(self) -> bool:
+        """Whether the refinement stopped because its whole-model passes diverged: their last
+        statistics are no estimate of DATA's (a random-init ResNet-18 as TorchScript read 69%
+        top-1 agreement on its own kind of data, where its level-by-level ONNX copy reads 89.5%)."""
+        return self.refinement_converged is False and "diverging" in (self.refinement_method or "")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"samples": self.samples, "relative_error": self.relative_error}
         if self.top1_agreement is not None:

@@ -89,3 +89,28 @@ def test_bn301_is_held_back_only_for_an_effect_beyond_the_floor_short_of_signifi
     assert (note is not None) == noted
     if noted:
         assert "more samples" in note and "on 256 samples" in note
+
+
+@pytest.mark.parametrize(("method", "fires"), [("fixed-point passes (diverging: stopped)", False), ("fixed-point passes", True)])
+def test_bn301_judges_nothing_where_its_passes_diverged(method, fires):
+    """Whole-model passes that diverged leave statistics that are no estimate of DATA's: a
+    random-init ResNet-18 as TorchScript read 69% agreement on its own kind of data (89.5% level
+    by level as ONNX) and warned. Passes that ran out while settling still warn, qualified."""
+    from bncheck.commands.drift_refine import refinement_note
+    from bncheck.rules import DriftEvidence, RuleContext, run_rules
+
+    record = {
+        "samples": 256, "relative_error": 0.3, "positions": 1, "top1_agreement": 0.69, "flips": 79,
+        "noise_floor": {"relative_error": 0.02, "top1_agreement": 0.99, "measured": True, "halves": "even and odd batches of DATA",
+                        "half_samples": 1000, "scale": 1.0, "samples": 256},
+        "significance": 9.0, **{**TAIL, "refinement_converged": False, "refinement_method": method, "refinement_movement": 0.141},
+        "top_layers": ["bn1"],
+    }  # fmt: skip
+    te = StaleStatistics.from_dict(record)
+    from bncheck.config import Settings
+
+    ctx = RuleContext(layers=[], thresholds=Settings().threshold_table(), drift=DriftEvidence(layers={}, samples=1000, train_eval=te))
+    findings = run_rules(("drift",), ctx, select=("BN301",))
+    bn301 = [f for f in findings if f.rule == "BN301"]
+    assert bool(bn301) == fires and all(f.severity.value == "warning" for f in bn301)
+    assert ("judges nothing" in refinement_note(te)) == (not fires)
