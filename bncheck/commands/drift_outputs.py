@@ -144,7 +144,8 @@ def stale_statistics(
 ) -> StaleStatistics | None:
     """BN301's figures: stored vs DATA's own population statistics, with the noise floor.
     ``reach``: BN301's warning thresholds (disagreement, relative error); an effect below them
-    cannot fire whatever the floor, so the floor's pass is skipped (``noise_floor.measured``
+    cannot fire whatever the floor, so the floor's pass is skipped, as where the refinement
+    diverged (BN301 judges nothing then) (``noise_floor.measured``
     false, no significance). None: the floor is always measured. ``max_passes``: the passes
     :func:`refine` may make. ``significance``: the standard errors BN301 fires at (the floor's
     pass stops once its first samples decide that, :func:`_staged_floor`)."""  # fmt: skip
@@ -158,7 +159,8 @@ def stale_statistics(
     stored = {layer.name: (np.asarray(layer.running_mean, np.float64), np.asarray(layer.running_var, np.float64)) for layer in layers if layer.name in full}
     refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes, stored=stored)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
-    if reach is None or _within_reach(effect, *reach):
+    diverged = not refined.converged and "diverging" in refined.how  # BN301 judges nothing there: no floor needed
+    if not diverged and (reach is None or _within_reach(effect, *reach)):
         out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple, significance)
     else:
         out = {**effect.to_dict(), "noise_floor": {"measured": False}, "significance": math.nan}

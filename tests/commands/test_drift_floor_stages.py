@@ -82,3 +82,23 @@ def test_on_shifted_data_the_floor_stops_at_64_samples_and_the_rule_fires(floor_
 def test_a_stop_is_in_the_json_report(floor_always):
     staged, _ = _run(_model(), _data(1.0))
     assert staged.to_dict()["noise_floor"]["samples"] == 64
+
+
+def test_where_the_refinement_diverged_no_floor_is_measured_and_bn301_judges_nothing(monkeypatch):
+    """Whole-model passes that diverged (a deep TorchScript model) leave statistics that are no
+    estimate of DATA's: however far their outputs lie from the stored ones, BN301 stays silent,
+    its floor's pass is not run, and the note says why."""
+    from bncheck.commands import drift_refine
+
+    def diverged(source, runner, full, setting, **kwargs):
+        outputs = setting.reference.copy()
+        outputs[:, 0] += 100.0  # every top-1 changes
+        return drift_refine.Refined(full, outputs, 2, 0.5, False, "fixed-point passes (diverging: stopped)")
+
+    monkeypatch.setattr(drift_outputs, "refine", diverged)
+    monkeypatch.setattr(drift_outputs, "_with_floor", lambda *args, **kwargs: pytest.fail("the floor was measured"))
+    report = bncheck.drift(_model(), _data(0.0), options=DriftOptions())
+    te = report.result.train_eval
+    assert te.top1_agreement < 0.5 and te.noise_floor.measured is False
+    assert "BN301" not in {f.rule for f in report.findings}
+    assert any("diverged" in note and "judges nothing" in note for note in report.notes), report.notes
