@@ -109,9 +109,9 @@ def test_fold_of_a_model_without_inputs_proves_its_sites(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert "the model has no inputs" in result.stdout
-    # the Conv reads only constants, so its BN cannot be proved and is kept: nothing to write
+    # the Conv reads only constants, so its BN cannot be proved and is kept: OUT is the model as it is
     assert (report["fold"]["layers_folded"], report["fold"]["layers_kept"]) == (0, 1)
-    assert not (tmp_path / "f.onnx").exists()
+    assert (tmp_path / "f.onnx").exists() and report["fold"]["output"]["written"] is True
 
 
 def test_an_initializer_whose_dims_lie_is_refused(tmp_path):
