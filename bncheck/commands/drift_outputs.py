@@ -121,20 +121,26 @@ def excess_t(effect: np.ndarray, floor: np.ndarray, multiple: float) -> float:
 
 
 def _figures(effect: OutputComparison, floor: OutputComparison, scale: float) -> dict[str, Any]:
-    """The effect and noise-floor figures (floor scaled to the noise of all of DATA) and the
-    per-sample values the significance is computed on."""
+    """The effect and noise-floor figures (floor scaled to the noise of all of DATA)."""
     out: dict[str, Any] = effect.to_dict()
     noise: dict[str, Any] = {"relative_error": floor.relative_error * scale}
-    if effect.sample_flips is not None and floor.sample_flips is not None and effect.positions:
+    if _by_flips(effect, floor):
         noise["top1_agreement"] = 1.0 - (floor.disagreement or 0.0) * scale
         out["flips"] = effect.flips
-        per_effect = effect.sample_flips / effect.positions
-        per_floor = floor.sample_flips / effect.positions * scale
-    else:
-        per_effect, per_floor = effect.sample_errors, floor.sample_errors * scale
     out["noise_floor"] = noise
-    out["_per_sample"] = (per_effect, per_floor)
     return out
+
+
+def _by_flips(effect: OutputComparison, floor: OutputComparison) -> bool:
+    return effect.sample_flips is not None and floor.sample_flips is not None and bool(effect.positions)
+
+
+def _per_sample(effect: OutputComparison, floor: OutputComparison, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-sample values of the effect and of the scaled floor the significance is computed
+    on: flipped positions' fractions with a class axis, relative errors without."""
+    if _by_flips(effect, floor):
+        return effect.sample_flips / effect.positions, floor.sample_flips / effect.positions * scale
+    return effect.sample_errors, floor.sample_errors * scale
 
 
 def stale_statistics(
@@ -159,8 +165,7 @@ def stale_statistics(
     stored = {layer.name: (np.asarray(layer.running_mean, np.float64), np.asarray(layer.running_var, np.float64)) for layer in layers if layer.name in full}
     refined = refine(source, runner, full, setting, base=base, eps=eps, max_passes=max_passes, stored=stored)
     effect = compare(setting.reference, refined.outputs, setting.class_axis)
-    diverged = not refined.converged and "diverging" in refined.how  # BN301 judges nothing there: no floor needed
-    if not diverged and (reach is None or _within_reach(effect, *reach)):
+    if not refined.diverged and (reach is None or _within_reach(effect, *reach)):  # BN301 judges nothing where it diverged
         out = _with_floor(source, runner, layers, result, setting, halves, full, refined, effect, multiple, significance)
     else:
         out = {**effect.to_dict(), "noise_floor": {"measured": False}, "significance": math.nan}
@@ -243,7 +248,6 @@ def _with_floor(
     scale = floor_scale(result.samples, n_half)
     floor, t, compared = _staged_floor(source, runner, setting, shifted_like(half, full, refined.statistics, {layer.name: float(layer.eps or 1e-5) for layer in layers}), refined.outputs, scale, multiple, needed)
     out = _figures(effect, floor, scale)
-    out.pop("_per_sample")
     out["significance"] = t
     out["noise_floor"].update(measured=True, halves=where, half_samples=int(n_half), scale=scale, samples=compared)
     return out
@@ -290,8 +294,7 @@ def _staged_floor(source, runner, setting: OutputSetting, stats: Statistics, ref
                 effect_parts.append(ComparisonParts.of(setting.reference[batch], refined[batch], setting.class_axis))
             done = stop
             floor = ComparisonParts.join(floor_parts).comparison()
-            seen = _figures(ComparisonParts.join(effect_parts).comparison(), floor, scale)["_per_sample"]
-            t = excess_t(*seen, multiple)
+            t = excess_t(*_per_sample(ComparisonParts.join(effect_parts).comparison(), floor, scale), multiple)
             if done < n and (t < needed - FUTILITY_MARGIN or t >= needed + EFFICACY_MARGIN):
                 break
     return floor, t, done

@@ -89,6 +89,12 @@ class Refined:
     #: why the model could not be run level by level (empty when it was, or did not need to be)
     unstaged: str = ""
 
+    @property
+    def diverged(self) -> bool:
+        """Whether whole-model passes diverged and stopped: the statistics are no estimate of
+        DATA's (BN301 judges nothing then, :attr:`StaleStatistics.diverged`)."""
+        return not self.converged and "diverging" in self.how
+
 
 def refine(
     source: ModelSource, runner, full: Statistics, setting: OutputSetting, *, base: dict[str, Moments] | None = None,

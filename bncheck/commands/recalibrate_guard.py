@@ -14,7 +14,8 @@ worse beyond noise.
 
 "Beyond noise" is the paired test of :func:`bncheck.numerics.recalibration.paired_worse`: the
 mean per-sample difference exceeds 1.96 standard errors (for 0/1 losses, McNemar's test in its
-normal approximation). Mean top-1 confidence (softmax) before and after is reported beside.
+normal approximation). Mean top-1 confidence before and after (as BN301 takes it,
+:func:`bncheck.numerics.outputs.confidence`) is reported beside.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from bncheck.backends.interface import ModelSource
 from bncheck.engines.measure import LabelCheck, add_bounded, output_class_axis
 from bncheck.numerics.moments import Moments, merge_all
-from bncheck.numerics.outputs import CLASS_AXIS_AUTO, predictions, sample_predictions
+from bncheck.numerics.outputs import CLASS_AXIS_AUTO, confidence, predictions, sample_predictions
 from bncheck.numerics.recalibration import Z95, paired_worse
 
 
@@ -68,15 +69,6 @@ def _batch_statistics_outputs(source: ModelSource, x: np.ndarray, batch_size: in
 
 def _flat(out: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64).reshape(len(out), -1)
-
-
-def _confidence(out: np.ndarray, axis: int | None) -> float | None:
-    a = np.asarray(out, np.float64)
-    if axis is None:
-        return None
-    a = np.moveaxis(a, axis + 1, -1).reshape(len(a), -1, a.shape[axis + 1])
-    e = np.exp(a - a.max(axis=-1, keepdims=True))
-    return float(np.mean(e.max(axis=-1) / e.sum(axis=-1)))
 
 
 def _losses(out: np.ndarray, target: np.ndarray | None, reference: np.ndarray | None, axis: int | None) -> np.ndarray:
@@ -133,8 +125,8 @@ def check(
         "standard_error": test["standard_error"],
         "z": z,
         "worse": bool(test["worse"]),
-        "confidence_before": _confidence(before, axis),
-        "confidence_after": _confidence(after, axis),
+        "confidence_before": confidence(before, axis),
+        "confidence_after": confidence(after, axis),
     }
     if left_out:
         figures["labels_left_out"] = left_out

@@ -122,7 +122,8 @@ def test_a_sequence_output_is_compared_position_by_position():
     sample (PP-OCRv4's 40 x 6,625), so one changed position anywhere could flip the sample's
     "top-1" or leave it alone. Now each sample's loss is the fraction of its T positions whose
     top-1 class changed; a dense map (N, C, H, W) is compared by distance; a classifier as before."""
-    from bncheck.commands.recalibrate_guard import _confidence, _losses
+    from bncheck.commands.recalibrate_guard import _losses
+    from bncheck.numerics.outputs import confidence as _confidence
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(4, 10, 7))
