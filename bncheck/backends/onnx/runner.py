@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import onnx
@@ -242,11 +241,12 @@ class OnnxRunner(ModelRunner):
         if graph.packing.layers:  # every packed layer at once: one output, vectorised float64
             result, moved = _read_packed(graph.packing, values[0], counts)
             position = 1
-        for name, first, second, elements in self._unpacked_outputs(values[position:], counts):
+        for name, stats, elements in self._unpacked_outputs(values[position:], counts):
             shift = self._plan.shifts[name]
             if shift is None:
-                result[name] = moments_from_outputs(first, second, elements)
+                result[name] = moments_from_outputs(*stats, elements)
                 continue
+            first, second = stats
             pool = self._plan.pool_first.get(name)
             signs = pool.signs if pool is not None else None
             result[name], off_centre = shifted_moments(first, second, elements, shift, signs)
@@ -254,19 +254,20 @@ class OnnxRunner(ModelRunner):
                 moved[name] = result[name].mean
         return {name: result[name] for name in self.layers}, moved
 
-    def _unpacked_outputs(self, values: list, counts: dict) -> Iterator[tuple[str, Any, Any, int]]:
-        """``(name, first, second, elements)`` of each layer outside the packing, in order, from
-        the stats outputs that follow the packed one: the element count is the graph's own
-        output when it has one, else ``counts``."""
+    def _unpacked_outputs(self, values: list, counts: dict) -> Iterator[tuple[str, list, int]]:
+        """``(name, stats, elements)`` of each layer outside the packing, in order, from the
+        stats outputs that follow the packed one: ``stats`` its float outputs (one-pass: 2,
+        two-pass: 3), ``elements`` the graph's own Size output when it has one, else ``counts``."""
         graph = self._moments_graph
         position = 0
         for name in self.layers:
             if name in graph.packing.layers:
                 continue
             width = len(graph.outputs[name])
-            first, second, *size = values[position : position + width]
+            floats = 2 if self._plan.shifts[name] is not None else 3
+            stats, size = values[position : position + floats], values[position + floats : position + width]
             position += width
-            yield name, first, second, int(np.asarray(size[0])) if size else int(counts[name])
+            yield name, stats, int(np.asarray(size[0])) if size else int(counts[name])
 
     def _read_samples(self, values: list, counts: dict, n: int) -> dict[str, SampleMoments]:
         """Per-sample moments of the one-pass layers (packed or not) from the stats outputs: the
@@ -284,11 +285,12 @@ class OnnxRunner(ModelRunner):
                     per = int(counts[name]) // (n * (part.stop - part.start))
                     out[name] = SampleMoments.of(per, mean[:, part], var[:, part] * per)
             position = 1
-        for name, first, second, elements in self._unpacked_outputs(values[position:], counts):
+        for name, stats, elements in self._unpacked_outputs(values[position:], counts):
             shift = self._plan.shifts[name]
             channels = self.channels[name]
-            if shift is None or np.asarray(first).size != n * channels:
+            if shift is None or np.asarray(stats[0]).size != n * channels:
                 continue  # two-pass: the runtime gives the batch's moments only
+            first, second = stats
             pool = self._plan.pool_first.get(name)
             m, q = (np.asarray(v, np.float64).reshape(n, channels) for v in (first, second))
             mean, var, _ = one_pass_statistics(m, q, shift.astype(np.float64), pool.signs if pool is not None else None)
