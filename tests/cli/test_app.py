@@ -67,8 +67,18 @@ def test_enumerated_options_list_their_values_and_accept_any_case(cli):
 
 
 def test_shell_completion_offers_the_values():
-    script = _bncheck("--show-completion", "bash")
-    assert script.returncode == 0 and "_BNCHECK_COMPLETE" in script.stdout
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    # typer finds the shell among the process's ancestors: run from bash, as a user does (a
+    # test process with no shell above it, started in the background, got "Shell not supported";
+    # the "exit" keeps bash from replacing itself by the command)
+    command = f"{shlex.quote(sys.executable)} -m bncheck --show-completion"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = subprocess.run(["bash", "-c", command + "; exit $?"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert script.returncode == 0 and "_BNCHECK_COMPLETE" in script.stdout, script.stderr
     words = _bncheck(env={"_BNCHECK_COMPLETE": "complete_bash", "COMP_WORDS": "bncheck drift m.onnx --fail-on ", "COMP_CWORD": "4"})
     assert words.stdout.split() == ["error", "warning", "info", "never"]
 
