@@ -13,15 +13,22 @@ without raw data or of types numpy cannot hold stay in the message. Initializers
 (the moments graph's BN nodes read a moved running mean instead of the model's own) are left
 out: onnxruntime drops them before it takes the external values, and then refuses a value it
 no longer has an initializer for.
+
+A runner that opens several sessions of one model (its moments, train and plain graphs, made
+again after every :meth:`release`) splits the weights off once (:func:`split_weights`): the
+rewritten graphs are copies of the lean model (the declarations), and every session takes the
+same arrays (a ResNet-18's deep copy and weight copy cost 60 ms and 90 MB of page faults a
+session).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from bncheck.backends.onnx.graph import iter_graphs
 
@@ -41,33 +48,91 @@ class LightModel:
     arrays: list[np.ndarray]
 
 
-def light(model: onnx.ModelProto) -> LightModel:
-    """``model`` serialised with its large top-level initializers declared as external data,
-    and their values (read-only arrays sharing the protobuf's bytes)."""
-    graph = model.graph
-    inputs = {value.name for value in graph.input}
-    read = _read_names(graph)
-    lean = onnx.GraphProto()
-    for field, value in graph.ListFields():
-        if field.name != "initializer":
-            _copy_field(lean, field, value)
-    names, arrays = [], []
-    for init in graph.initializer:
-        if init.name not in read and init.name not in inputs:
-            continue  # unused: onnxruntime would drop it, then refuse its value
+@dataclass
+class Weights:
+    """A model with its large top-level initializers reduced to declarations (``lean``), and
+    their values by name (read-only arrays, one copy of the protobuf's bytes)."""
+
+    lean: onnx.ModelProto
+    arrays: dict[str, np.ndarray]
+
+
+def split_weights(model: onnx.ModelProto) -> Weights:
+    """``model``'s large initializers (not graph inputs) split off as arrays."""
+    inputs = {value.name for value in model.graph.input}
+    arrays: dict[str, np.ndarray] = {}
+
+    def declared(init: TensorProto) -> TensorProto:
         array = _array(init) if init.name not in inputs else None
         if array is None:
-            lean.initializer.append(init)
-            continue
-        names.append(init.name)
-        arrays.append(array)
-        lean.initializer.append(_declaration(init, array.nbytes))
+            return init
+        arrays[init.name] = array
+        return _declaration(init, array.nbytes)
+
+    return Weights(_rebuilt(model, lambda init: declared(init)), arrays)
+
+
+def with_weights(model: onnx.ModelProto, weights: Weights | None) -> onnx.ModelProto:
+    """``model`` with the declarations of ``weights`` holding their values again (a message
+    onnxruntime can read whole)."""
+    if weights is None:
+        return model
+
+    def restored(init: TensorProto) -> TensorProto:
+        if _is_declaration(init) and init.name in weights.arrays:
+            return numpy_helper.from_array(np.asarray(weights.arrays[init.name]), init.name)
+        return init
+
+    return _rebuilt(model, restored)
+
+
+def _rebuilt(model: onnx.ModelProto, initializer: Callable[[TensorProto], TensorProto | None]) -> onnx.ModelProto:
+    """A copy of ``model`` whose top-level initializers are ``initializer(init)`` (None: left out)."""
+    graph = onnx.GraphProto()
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(graph, field, value)
+    for init in model.graph.initializer:
+        made = initializer(init)
+        if made is not None:
+            graph.initializer.append(made)
     out = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
             _copy_field(out, field, value)
-    out.graph.CopyFrom(lean)
-    return LightModel(out.SerializeToString(), names, arrays)
+    out.graph.CopyFrom(graph)
+    return out
+
+
+def light(model: onnx.ModelProto, weights: Weights | None = None) -> LightModel:
+    """``model`` serialised with its large top-level initializers declared as external data,
+    and their values (read-only arrays sharing the protobuf's bytes); declarations of
+    ``weights`` take its arrays."""
+    graph = model.graph
+    inputs = {value.name for value in graph.input}
+    read = _read_names(graph)
+    names, arrays = [], []
+
+    def declared(init: TensorProto) -> TensorProto | None:
+        if init.name not in read and init.name not in inputs:
+            return None  # unused: onnxruntime would drop it, then refuse its value
+        if weights is not None and _is_declaration(init) and init.name in weights.arrays:
+            names.append(init.name)
+            arrays.append(weights.arrays[init.name])
+            return init
+        array = _array(init) if init.name not in inputs else None
+        if array is None:
+            return init
+        names.append(init.name)
+        arrays.append(array)
+        return _declaration(init, array.nbytes)
+
+    data = _rebuilt(model, declared).SerializeToString()
+    return LightModel(data, names, arrays)
+
+
+def _is_declaration(init: TensorProto) -> bool:
+    return init.data_location == TensorProto.EXTERNAL and any(e.key == "location" and e.value == LOCATION for e in init.external_data)
 
 
 def _read_names(graph: onnx.GraphProto) -> set[str]:
@@ -113,12 +178,13 @@ def _declaration(init: TensorProto, nbytes: int) -> TensorProto:
     return declared
 
 
-def open_light(model: onnx.ModelProto, options, providers: list):
-    """An ``onnxruntime.InferenceSession`` of ``model`` with its weights given in memory; the
-    session keeps the arrays (and their OrtValues) alive as long as it lives."""
+def open_light(model: onnx.ModelProto, options, providers: list, weights: Weights | None = None):
+    """An ``onnxruntime.InferenceSession`` of ``model`` with its weights given in memory (those
+    of ``weights`` for its declarations); the session keeps the arrays (and their OrtValues)
+    alive as long as it lives."""
     import onnxruntime as ort
 
-    parts = light(model)
+    parts = light(model, weights)
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in parts.arrays]
     if parts.names:
         options.add_external_initializers(parts.names, values)

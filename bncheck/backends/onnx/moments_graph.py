@@ -53,9 +53,13 @@ class MomentsGraph:
     packing: Packing
 
 
-def build_moments_graph(graph: BnGraph, plan: MomentsPlan, names: NameMaker) -> MomentsGraph:
-    """A copy of ``graph.model`` with the reductions of every layer of ``plan``."""
-    model = copy.deepcopy(graph.model)
+def build_moments_graph(
+    graph: BnGraph, plan: MomentsPlan, names: NameMaker, base: onnx.ModelProto | None = None
+) -> MomentsGraph:
+    """A copy of ``graph.model`` (or of ``base``, the same model with its weights declared
+    only: :func:`~bncheck.backends.onnx.in_memory.split_weights`) with the reductions of every
+    layer of ``plan``."""
+    model = copy.deepcopy(graph.model if base is None else base)
     by_index = {graph.nodes[name]: name for name in plan.layers}
     pooled = {
         name: pool

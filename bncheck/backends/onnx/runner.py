@@ -20,6 +20,7 @@ import onnx
 from bncheck.backends.onnx import bn_nodes
 from bncheck.backends.onnx.bn_nodes import BnGraph
 from bncheck.backends.onnx.graph import static_dims
+from bncheck.backends.onnx.in_memory import Weights, split_weights
 from bncheck.backends.onnx.input_sizes import total_strides
 from bncheck.backends.onnx.inputs import input_spec
 from bncheck.backends.onnx.moments_graph import MomentsGraph, MomentsPlan, build_moments_graph
@@ -37,10 +38,11 @@ from bncheck.numerics.moments import Moments, SampleMoments
 
 #: eval passes are split so that the largest BN input of a chunk, and its output, take at most this many bytes
 CHUNK_BYTES = 1 << 24
-#: a runner's first batch is preceded by a run of this many of its samples, spread over it, that
-#: places the one-pass shifts (:mod:`.one_pass`) and tells the output's size: where the data mean
-#: sits more than a std from the running mean, the move re-runs these samples, not the whole
-#: batch (PP-OCRv4's recogniser on its own text lines: a batch of 32 re-run, +16% of a 96-line run)
+#: a runner's first batch runs this many of its samples, spread over it, first, in a chunk of
+#: their own that places the one-pass shifts (:mod:`.one_pass`) and tells the output's size:
+#: where the data mean sits more than a std from the running mean, the move re-runs these
+#: samples, not the whole batch (PP-OCRv4's recogniser on its own text lines: a batch of 32
+#: re-run, +16% of a 96-line run); their figures count like any chunk's
 PROBE_SAMPLES = 4
 
 
@@ -89,6 +91,8 @@ class OnnxRunner(ModelRunner):
         #: input sample shape -> elements of the model's output per sample (from the first run)
         self._output_elements: dict[tuple[int, ...], int] = {}
         self._sessions: dict[str, object] = {}
+        #: the model's large weights, split off once for every session (:func:`split_weights`)
+        self._weights: Weights | None = None
         self._moments_graph: MomentsGraph | None = None
         self._train_graph: TrainGraph | None = None
 
@@ -119,27 +123,32 @@ class OnnxRunner(ModelRunner):
 
     def close(self) -> None:
         self._sessions.clear()
+        self._weights = None
 
     def release(self) -> None:
         self._sessions.clear()  # rebuilt by _session when a pass needs one again
 
     def _session(self, kind: str):
         if kind not in self._sessions:
+            if self._weights is None:  # split once: every session of this runner shares them
+                self._weights = split_weights(self._model)
+            lean = self._weights.lean
             if kind == "moments":
-                self._moments_graph = build_moments_graph(self._graph, self._plan, self._names)
+                self._moments_graph = build_moments_graph(self._graph, self._plan, self._names, lean)
                 model = self._moments_graph.model
             elif kind == "train":
-                self._train_graph = build_train_graph(self._graph, self._rewritten, self._finite_stats, self._names)
+                self._train_graph = build_train_graph(self._graph, self._rewritten, self._finite_stats, self._names, lean)
                 model = self._train_graph.model
             else:
-                model = self._model
+                model = lean
             # the train graph runs without onnxruntime's memory arena (it would grow to the largest
             # set of activations of a whole train batch ever alive and keep it: +160 MB on a
             # ResNet-18 at 16 x 3 x 224 x 224, for 2% of its time); the moments graph, whose eval
             # passes run in chunks of at most CHUNK_BYTES per BN input, keeps it (+5% memory,
             # -10% CPU). The rewritten graphs' protos are let go once the session holds the model
-            # (a copy of every weight: 45 MB on a ResNet-18)
-            self._sessions[kind] = open_session(model, threads=self._threads, device=self._device, arena=kind != "train")
+            self._sessions[kind] = open_session(
+                model, threads=self._threads, device=self._device, arena=kind != "train", weights=self._weights
+            )
             if kind == "moments":
                 self._moments_graph = replace(self._moments_graph, model=None)
             elif kind == "train":
@@ -200,17 +209,17 @@ class OnnxRunner(ModelRunner):
         out, result, _ = self._sample_moments(x)
         return out, result
 
-    def _before_moments(self, x: np.ndarray) -> None:
-        """Before the first batch: a run of :data:`PROBE_SAMPLES` of its samples, spread over it,
-        that places the one-pass shifts and tells the output's size a sample (its chunks are
-        then cut to :data:`CHUNK_BYTES` of output too); its figures are not used."""
+    def _lead(self, x: np.ndarray) -> np.ndarray | None:
+        """The first batch's :data:`PROBE_SAMPLES` samples spread over it, which run first and
+        place the one-pass shifts (their run tells the output's size a sample too)."""
         if self._probed:
-            return
+            return None
         self._probed = True
         # a graph whose batch size is fixed runs whole padded batches only (32 x 3 x 32 x 32
         # exported without dynamic axes refused the probe's 4 samples, and the run ended, exit 2)
         if len(x) > 2 * PROBE_SAMPLES and self.layers and self.input_spec.batch is None:
-            self._sample_moments(x[np.linspace(0, len(x) - 1, PROBE_SAMPLES).round().astype(int)])
+            return np.linspace(0, len(x) - 1, PROBE_SAMPLES).round().astype(int)
+        return None
 
     def _sample_moments(self, x: np.ndarray):
         """Outputs, moments and per-sample moments (the one-pass layers': their outputs are per

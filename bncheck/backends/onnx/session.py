@@ -15,7 +15,7 @@ import onnx
 
 from bncheck.backends.interface import Executable
 from bncheck.backends.onnx.external_data import fits_in_one_message
-from bncheck.backends.onnx.in_memory import open_light
+from bncheck.backends.onnx.in_memory import Weights, open_light, with_weights
 from bncheck.backends.onnx.serialized import serialized
 from bncheck.errors import BncheckError, ModelLoadError, first_line
 
@@ -57,6 +57,7 @@ def open_session(
     file: Path | None = None,
     arena: bool = True,
     spin: bool = True,
+    weights: Weights | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` for ``model``: every graph optimisation with
     ``optimize`` (none without: the graph runs exactly as written), ``threads`` intra-op
@@ -66,7 +67,8 @@ def open_session(
     (tensors are freed as they die instead of the arena growing to the largest set ever alive).
     ``spin`` False: the intra-op threads sleep between ops instead of spinning (a session that
     runs a few batches only burns, spinning, CPU that the rest of the process and the machine's
-    other processes need)."""
+    other processes need). ``weights``: the values of ``model``'s declarations
+    (:func:`~bncheck.backends.onnx.in_memory.split_weights`)."""
     import onnxruntime as ort
 
     def options():
@@ -85,9 +87,10 @@ def open_session(
     try:
         if file is not None:
             return ort.InferenceSession(str(file), options(), providers=providers(device))
-        session = _in_memory(model, options(), providers(device))
+        session = _in_memory(model, options(), providers(device), weights)
         if session is not None:
             return session
+        model = with_weights(model, weights)
         if fits_in_one_message(model):
             return ort.InferenceSession(serialized(model), options(), providers=providers(device))
         with tempfile.TemporaryDirectory(prefix="bncheck-") as tmp:
@@ -98,12 +101,12 @@ def open_session(
         raise SessionError(first_line(exc)) from exc
 
 
-def _in_memory(model: onnx.ModelProto, options, chosen: list):
+def _in_memory(model: onnx.ModelProto, options, chosen: list, weights: Weights | None = None):
     """A session of ``model`` with its weights handed over in memory (:mod:`.in_memory`), or
     None where onnxruntime refuses that form (the caller then serialises the model whole, and a
     model onnxruntime cannot load is refused there, with its own message)."""
     try:
-        return open_light(model, options, chosen)
+        return open_light(model, options, chosen, weights)
     except Exception:  # onnxruntime raises its own exception types; protobuf a ValueError past 2 GiB
         return None
 

@@ -3,6 +3,10 @@ whether they come from initializers or from constant subgraphs (as converters wr
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from concurrent.futures import Future
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +38,19 @@ ONNX_DEFAULT_EPS = 1e-5
 ONNX_DEFAULT_MOMENTUM = 0.9
 
 
-def read_onnx(path: Path) -> onnx.ModelProto:
+def read_onnx(path: Path) -> tuple[onnx.ModelProto, Future[str]]:
+    """The model at ``path`` (with its external data) and the sha256 of the file's bytes,
+    hashed in a thread while protobuf parses the same bytes (the file is read once: hashing it
+    again after the parse cost 35 ms of a ResNet-18's 0.35 s of fixed cost)."""
     try:
-        model = onnx.load(str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({first_line(exc)}).") from exc
+    digest = _hashing(data)
+    try:
+        model = onnx.load_model_from_string(data)
+        del data
+        onnx.load_external_data_for_model(model, str(path.parent))  # as onnx.load does
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
             f"{path} is not a valid ONNX model ({first_line(exc)}); "
@@ -48,7 +62,18 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} parses as ONNX but holds no graph; it is probably not an ONNX file.")
     check_names(model, path)
     check_wiring(model, path)
-    return model
+    return model, digest
+
+
+def _hashing(data: bytes) -> Future[str]:
+    """The sha256 of ``data``, computed in a thread (hashlib lets go of the GIL on large data)."""
+    done: Future[str] = Future()
+
+    def run() -> None:
+        done.set_result(hashlib.sha256(data).hexdigest())
+
+    threading.Thread(target=run, name="bncheck-sha256", daemon=True).start()
+    return done
 
 
 class OnnxSource(ModelSource):
@@ -83,9 +108,16 @@ class OnnxSource(ModelSource):
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
-        source = cls(read_onnx(path), path=path)
+        model, digest = read_onnx(path)
+        source = cls(model, path=path)
         source._as_read = not source.notes
+        source._digest = digest
         return source
+
+    @cached_property
+    def sha256(self) -> str:
+        digest = getattr(self, "_digest", None)
+        return digest.result() if digest is not None else super().sha256
 
     def executable(self, *, optimize: bool = False):
         """An onnxruntime executable of this model, made once per ``optimize`` setting (the

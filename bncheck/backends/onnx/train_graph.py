@@ -33,10 +33,13 @@ class TrainGraph:
     outputs: dict[str, tuple[str, str, str]]
 
 
-def build_train_graph(graph: BnGraph, rewritten: list[str], finite: set[str], names: NameMaker) -> TrainGraph:
-    """A copy of ``graph.model`` whose ``rewritten`` layers use batch statistics; ``finite``:
-    the layers whose running statistics are finite (see :func:`native_training`)."""
-    model = copy.deepcopy(graph.model)
+def build_train_graph(
+    graph: BnGraph, rewritten: list[str], finite: set[str], names: NameMaker, base: onnx.ModelProto | None = None
+) -> TrainGraph:
+    """A copy of ``graph.model`` (or of ``base``, the same model with its weights declared
+    only) whose ``rewritten`` layers use batch statistics; ``finite``: the layers whose running
+    statistics are finite (see :func:`native_training`)."""
+    model = copy.deepcopy(graph.model if base is None else base)
     consumers: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:

@@ -1,7 +1,9 @@
-"""The ONNX runner's first batch: a probe of a few of its samples places the one-pass shifts
-(a data mean far from the running mean re-runs those samples, not the whole batch) and tells
-the output's size a sample, so that chunks hold at most ``CHUNK_BYTES`` of output as well as
-of BN input. Figures checked against float64 numpy and the plain model."""
+"""The ONNX runner's first batch: a probe of a few of its samples, run first in a chunk of their
+own, places the one-pass shifts (a data mean far from the running mean re-runs those samples,
+not the whole batch) and tells the output's size a sample, so that chunks hold at most
+``CHUNK_BYTES`` of output as well as of BN input; the probe's figures count, and the batch's
+outputs and per-sample moments come back in its own order. Figures checked against float64
+numpy and the plain model."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ def _spy_runs(monkeypatch) -> list[tuple[str, int]]:
 
 
 def test_a_far_data_mean_re_runs_the_probe_not_the_first_batch(monkeypatch):
-    """Data 1e3 stds from the running mean: the probe's samples run twice (the move), the batch
-    of 32 once, already centred; its moments are exact and later batches need no move."""
+    """Data 1e3 stds from the running mean: the probe's samples run twice (the move), the rest
+    of the batch of 32 once, already centred; its moments are exact and later batches need no
+    move."""
     runs = _spy_runs(monkeypatch)
     model = conv_bn_model(running_mean=0.0)
     rng = np.random.default_rng(5)
@@ -40,7 +43,7 @@ def test_a_far_data_mean_re_runs_the_probe_not_the_first_batch(monkeypatch):
             np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-5, atol=1e-4)
         assert runner.recentres == 1
     probe = onnx_runner.PROBE_SAMPLES
-    assert runs == [("moments", probe), ("moments", probe), ("moments", 32), ("moments", 32), ("moments", 32)]
+    assert runs == [("moments", probe), ("moments", probe), ("moments", 32 - probe), ("moments", 32), ("moments", 32)]
 
 
 def test_data_the_running_mean_fits_costs_the_probe_once(monkeypatch):
@@ -53,7 +56,26 @@ def test_data_the_running_mean_fits_costs_the_probe_once(monkeypatch):
             _, moments = runner.moments(x)
             assert_exact_moments(moments["bn"], bn_input(model, x))
         assert runner.recentres == 0
-    assert runs == [("moments", onnx_runner.PROBE_SAMPLES), ("moments", 32), ("moments", 32)]
+    probe = onnx_runner.PROBE_SAMPLES
+    assert runs == [("moments", probe), ("moments", 32 - probe), ("moments", 32)]
+
+
+def test_the_probe_counts_and_the_batch_comes_back_in_its_order(monkeypatch):
+    """The probe's samples (spread over the batch) run first, yet the outputs and the per-sample
+    moments of the first batch are those of its samples in their order (float64 references,
+    sample by sample), and no sample runs twice."""
+    runs = _spy_runs(monkeypatch)
+    model = conv_bn_model(running_mean=0.0)
+    x = np.random.default_rng(9).normal(0, 1, (32, 3, 6, 6)).astype(np.float32)
+    x += np.arange(32, dtype=np.float32)[:, None, None, None]  # each sample its own level
+    with OnnxSource(model, path=None).runner() as runner:
+        out, moments, per_sample = runner.sample_moments(x)
+    assert sum(n for _, n in runs[-2:]) == 32 and runs[-2][1] == onnx_runner.PROBE_SAMPLES
+    assert_exact_moments(moments["bn"], bn_input(model, x))
+    np.testing.assert_allclose(out, plain_output(model, x), rtol=1e-5, atol=1e-4)
+    reference = bn_input(model, x).astype(np.float64)
+    np.testing.assert_allclose(per_sample["bn"].means, reference.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(per_sample["bn"].m2s / 16, reference.var(axis=(2, 3)), rtol=1e-3, atol=1e-5)
 
 
 def test_small_batches_run_no_probe(monkeypatch):
@@ -94,9 +116,9 @@ def _wide_output_model(classes: int = 4096) -> onnx.ModelProto:
 
 
 def test_chunks_hold_at_most_chunk_bytes_of_output_and_change_no_figure(monkeypatch):
-    """With room for 5 samples' outputs a chunk, a batch of 32 runs as 7 chunks of 4-5 samples
-    after the probe (the BN inputs alone would allow 80); the moments and outputs are those of
-    the batch run whole."""
+    """With room for 5 samples' outputs a chunk, the 28 samples of a batch of 32 left after the
+    probe's 4 run as 6 chunks of 4-5 samples (the BN inputs alone would allow 80); the moments
+    and outputs are those of the batch run whole."""
     model = _wide_output_model()
     x = np.random.default_rng(8).normal(0, 1, (32, 3, 6, 6)).astype(np.float32)
     with OnnxSource(model, path=None).runner() as runner:
@@ -107,7 +129,7 @@ def test_chunks_hold_at_most_chunk_bytes_of_output_and_change_no_figure(monkeypa
         out, moments = runner.moments(x)
     sizes = [n for _, n in runs[1:]]
     assert runs[0] == ("moments", onnx_runner.PROBE_SAMPLES)
-    assert sum(sizes) == 32 and max(sizes) == 5 and min(sizes) == 4
+    assert sum(sizes) == 32 - onnx_runner.PROBE_SAMPLES and max(sizes) == 5 and min(sizes) == 4
     np.testing.assert_array_equal(out, whole_out)
     np.testing.assert_allclose(moments["bn"].mean, whole["bn"].mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(moments["bn"].var, whole["bn"].var, rtol=1e-9)

@@ -135,3 +135,57 @@ def test_the_moments_session_opens_with_its_weights_in_memory(monkeypatch):
     with OnnxSource(model, path=None).runner() as runner:
         _, moments = runner.moments(x)
     assert_exact_moments(moments["bn"], bn_input(model, x))
+
+
+def test_split_weights_leave_one_copy_that_every_session_of_a_runner_shares(monkeypatch):
+    """A runner splits its model's weights off once: its moments, train and plain sessions
+    (made again after ``release``) take the same arrays, whose values are the model's, and their
+    figures are those of the model run whole."""
+    model = conv_bn_model(channels=64)  # a 64 x 3 x 3 x 3 weight: 6.9 KB, given in memory
+    weights = in_memory.split_weights(model)
+    assert set(weights.arrays) == {"w"}
+    np.testing.assert_array_equal(weights.arrays["w"], numpy_helper.to_array(model.graph.initializer[0]))
+    lean = {i.name: i for i in weights.lean.graph.initializer}
+    assert lean["w"].data_location == TensorProto.EXTERNAL and not lean["w"].raw_data
+    calls = []
+    original = in_memory.split_weights
+    monkeypatch.setattr("bncheck.backends.onnx.runner.split_weights", lambda m: calls.append(m) or original(m))
+    x = np.random.default_rng(3).normal(0, 1, (16, 3, 6, 6)).astype(np.float32)
+    with OnnxSource(model, path=None).runner() as runner:
+        _, moments = runner.moments(x)
+        runner.release()
+        _, again = runner.moments(x)
+        runner.forward(x, bn="train")
+        out = runner.forward(x)
+        held = [s._bncheck_weights[0] for s in runner._sessions.values()]
+    assert len(calls) == 1 and len(held) == 3  # moments, train and plain
+    assert len({id(a) for arrays in held for a in arrays}) == 1  # one array, in every session
+    assert_exact_moments(moments["bn"], bn_input(model, x))
+    np.testing.assert_array_equal(again["bn"].mean, moments["bn"].mean)
+    np.testing.assert_allclose(out, _outputs(_bytes_session(model), x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_a_refused_in_memory_form_with_split_weights_serialises_the_weights_back(monkeypatch):
+    """Where onnxruntime refuses the in-memory form, the lean model's declarations get their
+    values again before it is serialised whole (else the session would look for a file that
+    does not exist)."""
+    model = conv_bn_model(channels=64)
+    weights = in_memory.split_weights(model)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(session, "open_light", refuse)
+    sess = open_session(weights.lean, weights=weights)
+    x = np.random.default_rng(4).normal(0, 1, (3, 3, 6, 6)).astype(np.float32)
+    for a, b in zip(_outputs(sess, x), _outputs(_bytes_session(model), x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_loaded_model_is_hashed_from_the_bytes_it_was_parsed_from(tmp_path):
+    import hashlib
+
+    path = SAMPLES / "digits_cnn.onnx"
+    source = OnnxSource.load(path)
+    assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert source.info().sha256 == source.sha256
