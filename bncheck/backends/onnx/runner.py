@@ -91,7 +91,7 @@ class OnnxRunner(ModelRunner):
         #: input sample shape -> elements of the model's output per sample (from the first run)
         self._output_elements: dict[tuple[int, ...], int] = {}
         self._sessions: dict[str, object] = {}
-        #: the model's large weights, split off once for every session (:func:`split_weights`)
+        #: the model's large weights, split off once for the sessions of a pass (:func:`split_weights`)
         self._weights: Weights | None = None
         self._moments_graph: MomentsGraph | None = None
         self._train_graph: TrainGraph | None = None
@@ -127,6 +127,7 @@ class OnnxRunner(ModelRunner):
 
     def release(self) -> None:
         self._sessions.clear()  # rebuilt by _session when a pass needs one again
+        self._weights = None  # and the weights with them: a later pass's other sessions need memory
 
     def _session(self, kind: str):
         if kind not in self._sessions:

@@ -138,9 +138,10 @@ def test_the_moments_session_opens_with_its_weights_in_memory(monkeypatch):
 
 
 def test_split_weights_leave_one_copy_that_every_session_of_a_runner_shares(monkeypatch):
-    """A runner splits its model's weights off once: its moments, train and plain sessions
-    (made again after ``release``) take the same arrays, whose values are the model's, and their
-    figures are those of the model run whole."""
+    """A runner splits its model's weights off once a pass: its moments, train and plain
+    sessions take the same arrays, whose values are the model's, and their figures are those of
+    the model run whole; ``release`` lets go of them with the sessions (a later pass's other
+    sessions need the memory)."""
     model = conv_bn_model(channels=64)  # a 64 x 3 x 3 x 3 weight: 6.9 KB, given in memory
     weights = in_memory.split_weights(model)
     assert set(weights.arrays) == {"w"}
@@ -158,7 +159,7 @@ def test_split_weights_leave_one_copy_that_every_session_of_a_runner_shares(monk
         runner.forward(x, bn="train")
         out = runner.forward(x)
         held = [s._bncheck_weights[0] for s in runner._sessions.values()]
-    assert len(calls) == 1 and len(held) == 3  # moments, train and plain
+    assert len(calls) == 2 and len(held) == 3  # before and after the release; moments, train and plain
     assert len({id(a) for arrays in held for a in arrays}) == 1  # one array, in every session
     assert_exact_moments(moments["bn"], bn_input(model, x))
     np.testing.assert_array_equal(again["bn"].mean, moments["bn"].mean)
