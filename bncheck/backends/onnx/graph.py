@@ -90,7 +90,7 @@ class GraphIndex:
     def is_constant(self, name: str) -> bool:
         """Whether ``name`` is an initializer (its bytes are not read: a conv weight's copy cost
         more than the whole BN inventory) or computed from constants only."""
-        return (name in self.initializers and name not in self._cache) or self.constant(name) is not None
+        return name in self.initializers or self.constant(name) is not None
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of ``name`` if it is an initializer or computed from constants only."""

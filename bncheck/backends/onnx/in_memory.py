@@ -69,7 +69,7 @@ def split_weights(model: onnx.ModelProto) -> Weights:
         arrays[init.name] = array
         return _declaration(init, array.nbytes)
 
-    return Weights(_rebuilt(model, lambda init: declared(init)), arrays)
+    return Weights(_rebuilt(model, declared), arrays)
 
 
 def with_weights(model: onnx.ModelProto, weights: Weights | None) -> onnx.ModelProto:
@@ -117,15 +117,15 @@ def light(model: onnx.ModelProto, weights: Weights | None = None) -> LightModel:
         if init.name not in read and init.name not in inputs:
             return None  # unused: onnxruntime would drop it, then refuse its value
         if weights is not None and _is_declaration(init) and init.name in weights.arrays:
-            names.append(init.name)
-            arrays.append(weights.arrays[init.name])
-            return init
-        array = _array(init) if init.name not in inputs else None
-        if array is None:
-            return init
+            array, kept = weights.arrays[init.name], init
+        else:
+            array = _array(init) if init.name not in inputs else None
+            if array is None:
+                return init
+            kept = _declaration(init, array.nbytes)
         names.append(init.name)
         arrays.append(array)
-        return _declaration(init, array.nbytes)
+        return kept
 
     data = _rebuilt(model, declared).SerializeToString()
     return LightModel(data, names, arrays)

@@ -105,6 +105,8 @@ class OnnxSource(ModelSource):
         self._executables: dict[bool, object] = {}
         #: this exact model was read from ``path`` (nothing inlined): onnxruntime may read the file
         self._as_read = False
+        #: the sha256 of the file's bytes, hashed as they were parsed (:func:`read_onnx`)
+        self._digest: Future[str] | None = None
 
     @classmethod
     def load(cls, path: Path) -> OnnxSource:
@@ -116,8 +118,7 @@ class OnnxSource(ModelSource):
 
     @cached_property
     def sha256(self) -> str:
-        digest = getattr(self, "_digest", None)
-        return digest.result() if digest is not None else super().sha256
+        return self._digest.result() if self._digest is not None else super().sha256
 
     def executable(self, *, optimize: bool = False):
         """An onnxruntime executable of this model, made once per ``optimize`` setting (the
